@@ -1,0 +1,1 @@
+"""billing: the payment and subscription service of an API marketplace."""

@@ -1,0 +1,134 @@
+"""Bearer JWT -> Principal, and the role dependencies routes declare in their signatures."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import httpx
+import jwt
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.config import Settings
+from app.errors import Forbidden, Unauthorized
+
+Role = Literal["consumer", "creator", "admin"]
+ROLES: frozenset[str] = frozenset({"consumer", "creator", "admin"})
+JWKS_CACHE_SECONDS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    email: str | None
+    role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class TokenVerifier:
+    """Checks a bearer token's signature, expiry and claims; knows nothing of HTTP."""
+
+    def __init__(self, settings: Settings, http: httpx.AsyncClient | None = None) -> None:
+        self._settings = settings
+        self._http = http
+        self._jwks: jwt.PyJWKSet | None = None
+        self._jwks_fetched_at = 0.0
+
+    async def verify(self, token: str) -> Principal:
+        settings = self._settings
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthorized("Malformed bearer token", code="invalid_token") from None
+        if header.get("alg") != settings.jwt_algorithm:
+            raise Unauthorized("Token algorithm not accepted", code="invalid_token")
+        key: Any = (
+            await self._signing_key(header.get("kid"))
+            if settings.jwt_algorithm == "RS256"
+            else settings.jwt_secret.get_secret_value()
+        )
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[settings.jwt_algorithm],
+                audience=settings.jwt_audience,
+                issuer=settings.jwt_issuer,
+                options={"require": ["exp"], "verify_aud": settings.jwt_audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("Token has expired", code="token_expired") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("Invalid bearer token", code="invalid_token") from None
+        return self._principal(claims)
+
+    def _principal(self, claims: dict[str, Any]) -> Principal:
+        user_id = next(
+            (str(claims[c]) for c in self._settings.user_id_claims if isinstance(claims.get(c), str | int)),
+            None,
+        )
+        if not user_id:
+            raise Unauthorized("Token has no user id", code="invalid_token")
+        role: Role = claims.get(self._settings.jwt_role_claim) or "consumer"
+        if role not in ROLES:
+            raise Forbidden(f"Unknown user type {str(role)[:32]!r}", code="unknown_role")
+        email = claims.get(self._settings.jwt_email_claim)
+        return Principal(user_id=user_id, email=email if isinstance(email, str) else None, role=role)
+
+    async def _signing_key(self, kid: object) -> Any:
+        if not isinstance(kid, str):
+            raise Unauthorized("Token has no key id", code="invalid_token")
+        jwks = await self._load_jwks(force=False)
+        if kid not in {k.key_id for k in jwks.keys}:
+            jwks = await self._load_jwks(force=True)  # the issuer may have rotated its keys
+        for candidate in jwks.keys:
+            if candidate.key_id == kid:
+                return candidate.key
+        raise Unauthorized("Token signed with an unknown key", code="invalid_token")
+
+    async def _load_jwks(self, *, force: bool) -> jwt.PyJWKSet:
+        fresh = time.monotonic() - self._jwks_fetched_at < JWKS_CACHE_SECONDS
+        if self._jwks is not None and fresh and not force:
+            return self._jwks
+        if self._http is None or self._settings.jwt_jwks_url is None:
+            raise Unauthorized("Token keys are not configured", code="invalid_token")
+        try:
+            response = await self._http.get(self._settings.jwt_jwks_url, timeout=5.0)
+            response.raise_for_status()
+            self._jwks = jwt.PyJWKSet.from_dict(response.json())
+        except (httpx.HTTPError, jwt.PyJWTError, ValueError):
+            if self._jwks is None:
+                raise Unauthorized("Token keys are unavailable", code="invalid_token") from None
+        self._jwks_fetched_at = time.monotonic()
+        return self._jwks
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+async def get_principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("Missing bearer token", code="missing_token")
+    verifier: TokenVerifier = request.app.state.verifier
+    return await verifier.verify(credentials.credentials)
+
+
+def require_role(*roles: Role) -> Any:
+    async def dependency(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if principal.role not in roles:
+            raise Forbidden(f"This action needs the role {' or '.join(roles)}", code="wrong_role")
+        return principal
+
+    return Depends(dependency)
+
+
+CurrentUser = Annotated[Principal, Depends(get_principal)]
+CreatorOrAdmin = Annotated[Principal, require_role("creator", "admin")]
+AdminOnly = Annotated[Principal, require_role("admin")]

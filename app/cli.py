@@ -1,0 +1,98 @@
+"""The `billing` command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.config import ConfigError, Settings, get_settings
+
+cli = typer.Typer(no_args_is_help=True, add_completion=False, help="billing: payments and subscriptions.")
+
+
+def settings_or_exit() -> Settings:
+    """Load the settings, or print what is wrong in one line and exit 2 (no stack trace)."""
+    try:
+        return get_settings()
+    except ConfigError as exc:
+        typer.echo(f"billing: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@cli.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Bind address (default HOST or 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default PORT or 8080)")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    settings = settings_or_exit()
+    uvicorn.run(
+        "app.main:create_app_from_env",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_config=None,
+        proxy_headers=True,
+        timeout_graceful_shutdown=20,
+    )
+
+
+@cli.command()
+def worker() -> None:
+    """Run the arq worker (webhooks, usage, invoicing, sync, outbox, dunning)."""
+    from arq import run_worker
+    from arq.connections import RedisSettings
+
+    from app.worker.settings import WorkerSettings
+
+    settings = settings_or_exit()
+    run_worker(WorkerSettings, redis_settings=RedisSettings.from_dsn(settings.redis_url))  # type: ignore[arg-type]
+
+
+@cli.command()
+def migrate(revision: Annotated[str, typer.Argument(help="Target revision")] = "head") -> None:
+    """Apply the database migrations (needs only DATABASE_URL)."""
+    import os
+
+    from app.db.migrate import upgrade
+
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        typer.echo("billing: invalid configuration: DATABASE_URL is required", err=True)
+        raise typer.Exit(2)
+    upgrade(url, revision)
+    typer.echo(f"migrated to {revision}")
+
+
+@cli.command("seed-demo")
+def seed_demo() -> None:
+    """Create the demo creator, its two APIs and their plans (idempotent)."""
+    import asyncio
+
+    from app.dev.demo import seed
+
+    settings = settings_or_exit()
+    for line in asyncio.run(seed(settings)):
+        typer.echo(line)
+
+
+@cli.command()
+def dev(
+    port: Annotated[int | None, typer.Option(help="API port (default PORT or 8080)")] = None,
+    data_dir: Annotated[Path, typer.Option(help="Where embedded data lives")] = Path(".dev"),
+) -> None:
+    """Run the whole stack on embedded PostgreSQL, Redis and the Stripe emulator."""
+    from app.dev.stack import run_dev_stack
+
+    sys.exit(run_dev_stack(port=port, data_dir=data_dir))
+
+
+def main() -> None:
+    cli()

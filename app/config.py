@@ -1,0 +1,121 @@
+"""Settings from the environment, validated once at start-up."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_STRIPE_API_VERSION = "2026-10-28.endive"
+
+
+class ConfigError(Exception):
+    """A missing or malformed setting, described in one line without any secret value."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    database_url: str
+    redis_url: str
+    stripe_secret_key: SecretStr
+    # Several secrets, comma separated, so the webhook secret can rotate without losing events.
+    stripe_webhook_secret: SecretStr
+    jwt_secret: SecretStr
+    api_key_service_url: str
+    metering_service_url: str
+
+    stripe_api_base: str | None = None
+    stripe_api_version: str = DEFAULT_STRIPE_API_VERSION
+    stripe_max_network_retries: int = Field(2, ge=0, le=10)
+    stripe_rate_limit_per_second: int = Field(25, ge=1)
+
+    platform_commission: Decimal = Field(Decimal("0.20"), ge=0, le=1)
+
+    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
+    jwt_jwks_url: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_user_id_claims: str = "sub,cognito:username"
+    jwt_email_claim: str = "email"
+    jwt_role_claim: str = "custom:user_type"
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    db_pool_size: int = Field(10, ge=1)
+    sibling_timeout_seconds: float = Field(2.0, gt=0, le=30)
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        """Accept the usual postgres:// forms and use the asyncpg driver."""
+        for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+asyncpg://" + value[len(prefix) :]
+        raise ValueError("must be a postgresql:// URL")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// URL")
+        return value
+
+    @field_validator("api_key_service_url", "metering_service_url", "stripe_api_base", "jwt_jwks_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s):// URL")
+        return value.rstrip("/") if value else value
+
+    @field_validator("stripe_secret_key")
+    @classmethod
+    def _stripe_key(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("sk_", "rk_")):
+            raise ValueError("must be a Stripe secret key (sk_... or rk_...)")
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _jwt_secret_strength(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _jwks_for_rs256(self) -> Settings:
+        if self.jwt_algorithm == "RS256" and not self.jwt_jwks_url:
+            raise ValueError("JWT_JWKS_URL is required when JWT_ALGORITHM is RS256")
+        return self
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        return [s.strip() for s in self.stripe_webhook_secret.get_secret_value().split(",") if s.strip()]
+
+    @property
+    def user_id_claims(self) -> list[str]:
+        return [c.strip() for c in self.jwt_user_id_claims.split(",") if c.strip()]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment (and overrides), or raise ConfigError in one line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_input=False, include_url=False):
+            name = ".".join(str(part) for part in error["loc"]).upper() or "settings"
+            message = (
+                "is required" if error["type"] == "missing" else error["msg"].removeprefix("Value error, ")
+            )
+            problems.append(f"{name} {message}" if error["loc"] else message)
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

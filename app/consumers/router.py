@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response, status
+
+from app.auth import CurrentUser
+from app.consumers.schemas import ConsumerOut
+from app.consumers.service import ConsumerService
+from app.db import DbSession
+from app.http import error_responses
+from app.models import Consumer
+
+router = APIRouter(prefix="/consumers", tags=["consumers"])
+
+
+def consumer_service(request: Request, session: DbSession) -> ConsumerService:
+    return ConsumerService(session, request.app.state.stripe)
+
+
+Service = Annotated[ConsumerService, Depends(consumer_service)]
+
+
+def _out(consumer: Consumer) -> ConsumerOut:
+    return ConsumerOut(
+        consumer_id=consumer.id,
+        stripe_customer_id=consumer.stripe_customer_id,
+        email=consumer.email,
+        created_at=consumer.created_at,
+    )
+
+
+@router.post(
+    "/register",
+    summary="Register the caller as a consumer (idempotent)",
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"model": ConsumerOut, "description": "Already registered"}, **error_responses(401, 502)},
+)
+async def register_consumer(principal: CurrentUser, service: Service, response: Response) -> ConsumerOut:
+    consumer, created = await service.register(principal)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return _out(consumer)
+
+
+@router.get(
+    "/{consumer_id}", summary="Get a consumer (own, or any for admins)", responses=error_responses(401, 404)
+)
+async def get_consumer(consumer_id: uuid.UUID, principal: CurrentUser, service: Service) -> ConsumerOut:
+    return _out(await service.get(principal, consumer_id))

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth import Principal
+from app.consumers.repository import ConsumerRepository
+from app.errors import NotFound
+from app.models import Consumer
+from app.stripe import StripeGateway
+
+# Consumer ids derive from the user id, so a retried registration reuses its Stripe idempotency key.
+CONSUMER_NAMESPACE = uuid.UUID("5b0d7a8e-3f0c-4f8e-9a51-6f7f0c2b9d11")
+
+
+def consumer_id_for(user_id: str) -> uuid.UUID:
+    return uuid.uuid5(CONSUMER_NAMESPACE, user_id)
+
+
+class ConsumerService:
+    def __init__(self, session: AsyncSession, stripe: StripeGateway) -> None:
+        self._repo = ConsumerRepository(session)
+        self._stripe = stripe
+
+    async def register(self, principal: Principal) -> tuple[Consumer, bool]:
+        """Create the caller's consumer and Stripe customer, or return the existing one.
+
+        Returns the consumer and whether this call created it. Concurrent calls for one user
+        serialise on the consumer row, so only one Stripe customer is ever created.
+        """
+        consumer_id = consumer_id_for(principal.user_id)
+        created = await self._repo.insert_if_absent(consumer_id, principal.user_id, principal.email)
+        consumer = await self._repo.get_by_user_for_update(principal.user_id)
+        if consumer.stripe_customer_id is None:
+            customer = await self._stripe.create_customer(
+                email=consumer.email,
+                metadata={"user_id": principal.user_id, "consumer_id": str(consumer.id)},
+                idempotency_key=f"customer-create:{consumer.id}",
+            )
+            consumer.stripe_customer_id = customer.id
+        return consumer, created
+
+    async def get(self, principal: Principal, consumer_id: uuid.UUID) -> Consumer:
+        """The consumer, if it is the caller's own or the caller is an admin."""
+        consumer = await self._repo.get(consumer_id)
+        if consumer is None or (consumer.user_id != principal.user_id and not principal.is_admin):
+            raise NotFound("Consumer not found")
+        return consumer
+
+    async def require_own(self, principal: Principal) -> Consumer:
+        """The caller's consumer with its Stripe customer; 404 until they have registered."""
+        consumer = await self._repo.get_by_user(principal.user_id)
+        if consumer is None or consumer.stripe_customer_id is None:
+            raise NotFound(
+                "Register as a consumer first (POST /api/v1/consumers/register)", code="not_registered"
+            )
+        return consumer

@@ -1,0 +1,1 @@
+"""The embedded development stack (`billing dev`); imports dev-only packages lazily."""

@@ -1,0 +1,70 @@
+"""`billing seed-demo`: a demo creator with two APIs and free / subscription / pay-per-use plans."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sqlalchemy import select
+
+from app.auth import Principal
+from app.config import Settings
+from app.db import create_engine, create_sessionmaker
+from app.models import PricingPlan
+from app.plans.schemas import PlanCreate
+from app.plans.service import PlanService
+from app.stripe import StripeGateway
+
+DEMO_CREATOR = Principal(user_id="demo-creator", email="creator@demo.example", role="creator")
+DEMO_PLANS: dict[str, list[PlanCreate]] = {
+    "demo-weather": [
+        PlanCreate(name="Free", type="free", call_limit=1000, rate_limit_per_minute=10),
+        PlanCreate(
+            name="Pro",
+            type="subscription",
+            monthly_price=Decimal("29"),
+            call_limit=100_000,
+            rate_limit_per_minute=600,
+            trial_period_days=14,
+            features={"priority_support": True, "history_days": 365},
+        ),
+        PlanCreate(name="Pay as you go", type="pay_per_use", price_per_call=Decimal("0.0015")),
+    ],
+    "demo-geocoder": [
+        PlanCreate(name="Starter", type="free", call_limit=500),
+        PlanCreate(
+            name="Business",
+            type="subscription",
+            monthly_price=Decimal("9.99"),
+            call_limit=20_000,
+            features={"batch_geocoding": True},
+        ),
+        PlanCreate(
+            name="Metered", type="pay_per_use", price_per_call=Decimal("0.002"), rate_limit_per_day=50_000
+        ),
+    ],
+}
+
+
+async def seed(settings: Settings) -> list[str]:
+    """Create what is missing of the demo data; running it again adds nothing."""
+    engine = create_engine(settings)
+    sessionmaker = create_sessionmaker(engine)
+    stripe = StripeGateway(settings)
+    lines: list[str] = []
+    try:
+        for api_id, plans in DEMO_PLANS.items():
+            async with sessionmaker.begin() as session:
+                existing = set(
+                    (
+                        await session.execute(select(PricingPlan.name).where(PricingPlan.api_id == api_id))
+                    ).scalars()
+                )
+                service = PlanService(session, stripe)
+                for plan in plans:
+                    if plan.name not in existing:
+                        await service.create(DEMO_CREATOR, api_id, plan)
+                names = ", ".join(p.name for p in plans)
+                lines.append(f"demo API {api_id} (creator {DEMO_CREATOR.user_id}): {names}")
+    finally:
+        await engine.dispose()
+    return lines

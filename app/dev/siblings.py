@@ -1,0 +1,92 @@
+"""Dev-only stand-ins for the API key and metering services, in the shapes of CONTRACT.md.
+
+`billing dev` runs this when API_KEY_SERVICE_URL / METERING_SERVICE_URL are unset. State is in
+memory; `POST /api/v1/usage/subscription/{id}/calls` lets a demo record traffic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+from collections import defaultdict
+from datetime import UTC, date, datetime
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Response
+from pydantic import BaseModel, Field
+
+
+class KeyRequest(BaseModel):
+    name: str
+    subscription_id: str
+
+
+class CallsRequest(BaseModel):
+    day: date | None = None
+    successful: int = Field(0, ge=0)
+    failed: int = Field(0, ge=0)
+
+
+def build_app() -> FastAPI:
+    app = FastAPI(title="dev siblings")
+    keys: dict[str, dict[str, Any]] = {}
+    calls: dict[str, dict[date, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+
+    @app.post("/api/v1/keys", status_code=201)
+    async def create_key(body: KeyRequest) -> dict[str, Any]:
+        key_id = secrets.token_hex(8)
+        api_key = "mk_" + secrets.token_urlsafe(24)
+        info = {
+            "id": key_id,
+            "key_prefix": api_key[:8],
+            "name": body.name,
+            "subscription_id": body.subscription_id,
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        keys[key_id] = info
+        return {"api_key": api_key, "key_info": info}
+
+    @app.delete("/api/v1/keys/{key_id}", status_code=204)
+    async def delete_key(key_id: str) -> Response:
+        if keys.pop(key_id, None) is None:
+            raise HTTPException(404, "key not found")
+        return Response(status_code=204)
+
+    @app.post("/api/v1/usage/subscription/{subscription_id}/calls", status_code=204)
+    async def record_calls(subscription_id: str, body: CallsRequest) -> Response:
+        counts = calls[subscription_id][body.day or datetime.now(UTC).date()]
+        counts[0] += body.successful
+        counts[1] += body.failed
+        return Response(status_code=204)
+
+    @app.get("/api/v1/usage/subscription/{subscription_id}")
+    async def usage(subscription_id: str, start: date, end: date) -> dict[str, Any]:
+        days = {d: c for d, c in calls[subscription_id].items() if start <= d <= end}
+        successful = sum(c[0] for c in days.values())
+        failed = sum(c[1] for c in days.values())
+        return {
+            "subscription_id": subscription_id,
+            "period_start": start.isoformat(),
+            "period_end": end.isoformat(),
+            "summary": {
+                "total_calls": successful + failed,
+                "successful_calls": successful,
+                "failed_calls": failed,
+            },
+            "recent_calls": [],
+        }
+
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="Dev stand-ins for the API key and metering services")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    uvicorn.run(build_app(), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""create_app(): routers, middleware, the error handlers and the lifespan's shared clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from arq.connections import ArqRedis
+from fastapi import APIRouter, FastAPI
+from redis.asyncio import ConnectionPool
+
+from app.auth import TokenVerifier
+from app.config import Settings, get_settings
+from app.consumers.router import router as consumers_router
+from app.db import create_engine, create_sessionmaker
+from app.health.router import router as health_router
+from app.http import RequestContextMiddleware, install_error_handlers
+from app.logging import configure_logging
+from app.plans.router import router as plans_router
+from app.stripe import StripeGateway
+
+API_PREFIX = "/api/v1"
+
+
+def create_redis(settings: Settings) -> ArqRedis:
+    """A lazily connecting client: the API starts (and stores webhooks) even while Redis is down."""
+    pool = ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=2.0)
+    return ArqRedis(connection_pool=pool)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        http = httpx.AsyncClient(timeout=settings.sibling_timeout_seconds)
+        app.state.engine = engine
+        app.state.sessionmaker = create_sessionmaker(engine)
+        app.state.redis = create_redis(settings)
+        app.state.http = http
+        app.state.verifier = TokenVerifier(settings, http)
+        app.state.stripe = StripeGateway(settings)
+        app.state.draining = False
+        try:
+            yield
+        finally:
+            app.state.draining = True
+            await app.state.redis.aclose()
+            await http.aclose()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="billing",
+        version="0.1.0",
+        summary="Payments and subscriptions of the API marketplace",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+
+    api = APIRouter(prefix=API_PREFIX)
+    api.include_router(consumers_router)
+    api.include_router(plans_router)
+    app.include_router(api)
+    app.include_router(health_router)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn's factory for `billing api`."""
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

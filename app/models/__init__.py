@@ -1,0 +1,26 @@
+"""SQLAlchemy tables, one module per aggregate. Importing this package registers them all."""
+
+from app.models.consumer import Consumer, PaymentMethod
+from app.models.earning import Earning
+from app.models.event import StripeEvent
+from app.models.idempotency import IdempotencyKey
+from app.models.invoice import Invoice
+from app.models.outbox import OutboxMessage
+from app.models.plan import Api, PricingPlan, PricingPlanVersion
+from app.models.subscription import Subscription
+from app.models.usage import UsageRecord
+
+__all__ = [
+    "Api",
+    "Consumer",
+    "Earning",
+    "IdempotencyKey",
+    "Invoice",
+    "OutboxMessage",
+    "PaymentMethod",
+    "PricingPlan",
+    "PricingPlanVersion",
+    "StripeEvent",
+    "Subscription",
+    "UsageRecord",
+]

@@ -1,0 +1,35 @@
+"""arq WorkerSettings for `billing worker`."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from arq import cron
+
+from app.config import get_settings
+from app.logging import configure_logging
+from app.worker import jobs
+from app.worker.context import WorkerResources
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    ctx["resources"] = WorkerResources.open(settings)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    await ctx["resources"].close()
+
+
+class WorkerSettings:
+    functions: ClassVar[list[Any]] = [jobs.purge_expired_idempotency_keys]
+    cron_jobs: ClassVar[list[Any]] = [cron(jobs.purge_expired_idempotency_keys, minute={7}, unique=True)]
+    on_startup = startup
+    on_shutdown = shutdown
+    max_jobs = 20
+    job_timeout = 300
+    keep_result = 3600
+    # Jobs that fail with an exception are retried by arq; a job outlives a worker restart.
+    max_tries = 8
+    allow_abort_jobs = True

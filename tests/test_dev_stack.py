@@ -1,0 +1,106 @@
+"""`billing dev` as a user runs it: a real process tree, stopped, killed and started again."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.dev.processes import EmbeddedPostgres, free_port
+
+STACK_VARS = ("DATABASE_URL", "REDIS_URL", "STRIPE_SECRET_KEY", "STRIPE_API_BASE", "API_KEY_SERVICE_URL")
+
+
+@contextmanager
+def dev_stack(data_dir: Path, port: int) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
+    env = {k: v for k, v in os.environ.items() if k not in STACK_VARS and k != "METERING_SERVICE_URL"}
+    process = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "app", "dev", "--port", str(port), "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    banner: dict[str, str] = {}
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 90
+        for line in process.stdout:
+            if "token:" in line:
+                role, token = line.strip().split(" token: ")
+                banner[role] = token
+            if line.startswith("billing dev is up"):
+                banner["up"] = line
+            if "Ctrl-C" in line or time.monotonic() > deadline:
+                break
+        assert set(banner) >= {"consumer", "creator", "admin", "up"}, banner
+        yield process, banner
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _children_of(data_dir: Path) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if str(data_dir) in cmdline:
+                found.append(cmdline)
+    return found
+
+
+def test_billing_dev_serves_registers_and_restarts(data_dir: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with dev_stack(data_dir, port) as (process, tokens):
+        assert httpx.get(f"{base}/health").json() == {"status": "ok"}
+        assert httpx.get(f"{base}/ready").status_code == 200
+        headers = {"Authorization": f"Bearer {tokens['consumer']}"}
+        first = httpx.post(f"{base}/api/v1/consumers/register", headers=headers, timeout=10)
+        assert first.status_code == 201
+        assert first.json()["stripe_customer_id"].startswith("cus_")
+        plans = httpx.get(f"{base}/api/v1/apis/demo-weather/plans", headers=headers).json()["plans"]
+        assert {p["type"] for p in plans} == {"free", "subscription", "pay_per_use"}
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+    time.sleep(0.5)
+    assert _children_of(data_dir) == []
+
+    # Killed outright: the next start cleans up what was left and the data is still there.
+    with dev_stack(data_dir, port) as (process, tokens):
+        process.kill()
+        process.wait()
+    with dev_stack(data_dir, port) as (process, tokens):
+        headers = {"Authorization": f"Bearer {tokens['consumer']}"}
+        again = httpx.post(f"{base}/api/v1/consumers/register", headers=headers, timeout=10)
+        assert again.status_code == 200
+        assert again.json() == first.json()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """Short path (the PostgreSQL socket lives inside); whatever runs there is stopped after."""
+    path = Path(tempfile.mkdtemp(prefix="bd", dir="/tmp"))
+    yield path
+    if (path / "pg" / "postmaster.pid").exists():
+        server = EmbeddedPostgres(path / "pg")
+        server.start()
+        server.stop()
+    shutil.rmtree(path, ignore_errors=True)
