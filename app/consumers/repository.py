@@ -22,7 +22,7 @@ class ConsumerRepository:
         statement = (
             insert(Consumer)
             .values(id=consumer_id, user_id=user_id, email=email)
-            .on_conflict_do_nothing(index_elements=[Consumer.user_id])
+            .on_conflict_do_nothing()
             .returning(Consumer.id)
         )
         return (await self._session.execute(statement)).scalar_one_or_none() is not None

@@ -1,0 +1,68 @@
+"""Intents to call the API key service, written in the caller's transaction.
+
+A row in `outbox` is the promise; the worker's delivery job keeps it (with retries and backoff),
+and a sweeper re-enqueues rows whose job was lost. Dedupe keys make each intent exist once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from arq.connections import ArqRedis
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.session import after_commit
+from app.models import OutboxMessage, Subscription
+
+DELIVER_JOB = "deliver_outbox_message"
+
+
+def delivery_job_id(message_id: uuid.UUID) -> str:
+    return f"outbox:{message_id}"
+
+
+class Outbox:
+    def __init__(self, session: AsyncSession, redis: ArqRedis | None) -> None:
+        self._session = session
+        self._redis = redis
+
+    async def create_api_key(self, subscription: Subscription, user_id: str) -> None:
+        """Ask for the subscription's API key, once per subscription whatever happens after."""
+        await self._add(
+            "create_api_key",
+            f"create_api_key:{subscription.id}",
+            subscription,
+            {"user_id": user_id, "name": f"{subscription.api_id} subscription"},
+        )
+
+    async def revoke_api_key(self, subscription: Subscription, user_id: str) -> None:
+        """Ask for the subscription's key to be revoked (after its creation, if that is pending)."""
+        await self._add(
+            "revoke_api_key", f"revoke_api_key:{subscription.id}", subscription, {"user_id": user_id}
+        )
+
+    async def _add(
+        self, kind: str, dedupe_key: str, subscription: Subscription, payload: dict[str, Any]
+    ) -> None:
+        statement = (
+            insert(OutboxMessage)
+            .values(
+                id=uuid.uuid4(),
+                kind=kind,
+                dedupe_key=dedupe_key,
+                subscription_id=subscription.id,
+                payload=payload,
+            )
+            .on_conflict_do_nothing(index_elements=[OutboxMessage.dedupe_key])
+            .returning(OutboxMessage.id)
+        )
+        message_id = (await self._session.execute(statement)).scalar_one_or_none()
+        if message_id is not None and self._redis is not None:
+            redis = self._redis
+
+            async def enqueue() -> None:
+                await redis.enqueue_job(DELIVER_JOB, str(message_id), _job_id=delivery_job_id(message_id))
+
+            after_commit(self._session, enqueue)

@@ -1,0 +1,72 @@
+"""The shared core of the gateway: one SDK client, error translation, timing."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import stripe
+
+from app import metrics
+from app.config import Settings
+from app.errors import DomainError, PaymentRequired, ServiceUnavailable, Unprocessable, UpstreamError
+
+log = logging.getLogger("app.stripe")
+T = TypeVar("T")
+
+
+def translate_error(exc: stripe.StripeError) -> DomainError:
+    """Map a Stripe error onto ours; Stripe's user-facing message is kept, nothing internal."""
+    message = exc.user_message or getattr(exc, "_message", None) or "Stripe refused the request"
+    if isinstance(exc, stripe.CardError):
+        return PaymentRequired(message, code=exc.code or "card_declined")
+    if isinstance(exc, stripe.RateLimitError):
+        return ServiceUnavailable("Stripe is busy, try again shortly", code="stripe_rate_limited")
+    if isinstance(exc, stripe.InvalidRequestError):
+        return Unprocessable(message, code=exc.code or "stripe_invalid_request")
+    if isinstance(exc, stripe.APIConnectionError):
+        return UpstreamError("Stripe could not be reached", code="stripe_unreachable")
+    return UpstreamError("Stripe failed to answer", code="stripe_error")
+
+
+class StripeBase:
+    """Holds the SDK client; every call goes through `_call` so errors and timings are uniform."""
+
+    def __init__(self, settings: Settings, http_client: stripe.HTTPClient | None = None) -> None:
+        base = settings.stripe_api_base
+        addresses: dict[str, str] = (
+            {"api": base, "connect": base, "files": base, "meter_events": base} if base else {}
+        )
+        self._client = stripe.StripeClient(
+            settings.stripe_secret_key.get_secret_value(),
+            stripe_version=settings.stripe_api_version,
+            base_addresses=addresses,  # type: ignore[arg-type]
+            max_network_retries=settings.stripe_max_network_retries,
+            http_client=http_client or stripe.HTTPXClient(timeout=20),
+        )
+
+    @property
+    def client(self) -> stripe.StripeClient:
+        return self._client
+
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await call()
+        except stripe.StripeError as exc:
+            outcome = type(exc).__name__
+            log.warning(
+                "stripe call failed",
+                extra={
+                    "operation": operation,
+                    "stripe_error": outcome,
+                    "stripe_code": exc.code,
+                    "stripe_request_id": exc.request_id,
+                },
+            )
+            raise translate_error(exc) from None
+        finally:
+            metrics.STRIPE_CALLS.labels(operation, outcome).observe(time.perf_counter() - started)

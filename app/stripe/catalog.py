@@ -1,0 +1,90 @@
+"""Stripe products, prices and Billing Meters: what a pricing plan is made of."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from app.stripe.base import StripeBase
+
+
+@dataclass(frozen=True, slots=True)
+class StripePrice:
+    id: str
+    product: str
+    currency: str
+    unit_amount_decimal: Decimal | None
+    meter: str | None
+
+
+class CatalogCalls(StripeBase):
+    async def create_product(self, *, name: str, metadata: dict[str, str], idempotency_key: str) -> str:
+        product = await self._call(
+            "products.create",
+            lambda: self._client.v1.products.create_async(
+                params={"name": name, "metadata": metadata},
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return product.id
+
+    async def create_meter(self, *, display_name: str, event_name: str, idempotency_key: str) -> str:
+        """A Billing Meter summing `value` per customer; pay-per-use prices bill from it."""
+        meter = await self._call(
+            "billing.meters.create",
+            lambda: self._client.v1.billing.meters.create_async(
+                params={
+                    "display_name": display_name,
+                    "event_name": event_name,
+                    "default_aggregation": {"formula": "sum"},
+                    "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
+                    "value_settings": {"event_payload_key": "value"},
+                },
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return meter.id
+
+    async def create_price(
+        self,
+        *,
+        product: str,
+        currency: str,
+        unit_amount_decimal: Decimal,
+        nickname: str,
+        metadata: dict[str, str],
+        idempotency_key: str,
+        meter: str | None = None,
+    ) -> StripePrice:
+        """A monthly recurring price; with `meter`, a metered per-unit price billed from that meter."""
+        recurring: dict[str, Any] = {"interval": "month"}
+        if meter is not None:
+            recurring.update(usage_type="metered", meter=meter)
+        price = await self._call(
+            "prices.create",
+            lambda: self._client.v1.prices.create_async(
+                params={
+                    "product": product,
+                    "currency": currency,
+                    "unit_amount_decimal": unit_amount_decimal,
+                    "recurring": recurring,  # type: ignore[typeddict-item]
+                    "nickname": nickname,
+                    "metadata": metadata,
+                },
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return StripePrice(
+            id=price.id,
+            product=price.product if isinstance(price.product, str) else price.product.id,
+            currency=price.currency,
+            unit_amount_decimal=price.unit_amount_decimal,
+            meter=meter,
+        )
+
+    async def deactivate_price(self, price_id: str) -> None:
+        await self._call(
+            "prices.update",
+            lambda: self._client.v1.prices.update_async(price_id, params={"active": False}),
+        )

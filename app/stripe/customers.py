@@ -1,0 +1,37 @@
+"""Stripe customers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.stripe.base import StripeBase
+
+
+@dataclass(frozen=True, slots=True)
+class StripeCustomer:
+    id: str
+    email: str | None
+
+
+class CustomerCalls(StripeBase):
+    async def create_customer(
+        self, *, email: str | None, metadata: dict[str, str], idempotency_key: str
+    ) -> StripeCustomer:
+        params: dict[str, Any] = {"metadata": metadata}
+        if email:
+            params["email"] = email
+        customer = await self._call(
+            "customers.create",
+            lambda: self._client.v1.customers.create_async(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return StripeCustomer(id=customer.id, email=customer.email)
+
+    async def retrieve_customer(self, customer_id: str) -> StripeCustomer:
+        customer = await self._call(
+            "customers.retrieve", lambda: self._client.v1.customers.retrieve_async(customer_id)
+        )
+        return StripeCustomer(id=customer.id, email=customer.email)
