@@ -28,20 +28,21 @@ class Outbox:
         self._session = session
         self._redis = redis
 
-    async def create_api_key(self, subscription: Subscription, user_id: str) -> None:
-        """Ask for the subscription's API key, once per subscription whatever happens after."""
+    async def create_api_key(self, subscription: Subscription) -> None:
+        """Ask for the subscription's API key, once per subscription whatever happens after.
+
+        The delivery job looks up the consumer (the service token's `sub`) when it runs.
+        """
         await self._add(
             "create_api_key",
             f"create_api_key:{subscription.id}",
             subscription,
-            {"user_id": user_id, "name": f"{subscription.api_id} subscription"},
+            {"name": f"{subscription.api_id} subscription"},
         )
 
-    async def revoke_api_key(self, subscription: Subscription, user_id: str) -> None:
+    async def revoke_api_key(self, subscription: Subscription) -> None:
         """Ask for the subscription's key to be revoked (after its creation, if that is pending)."""
-        await self._add(
-            "revoke_api_key", f"revoke_api_key:{subscription.id}", subscription, {"user_id": user_id}
-        )
+        await self._add("revoke_api_key", f"revoke_api_key:{subscription.id}", subscription, {})
 
     async def _add(
         self, kind: str, dedupe_key: str, subscription: Subscription, payload: dict[str, Any]
