@@ -8,6 +8,7 @@ from app.models.invoice import Invoice
 from app.models.outbox import OutboxMessage
 from app.models.plan import Api, PricingPlan, PricingPlanVersion
 from app.models.subscription import Subscription
+from app.models.sync_run import SyncRun
 from app.models.usage import UsageRecord
 
 __all__ = [
@@ -22,5 +23,6 @@ __all__ = [
     "PricingPlanVersion",
     "StripeEvent",
     "Subscription",
+    "SyncRun",
     "UsageRecord",
 ]

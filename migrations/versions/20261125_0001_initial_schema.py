@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 02:35:44.516178
+Create Date: 2026-11-25 02:46:35.950403
 """
 
 from collections.abc import Sequence
@@ -80,6 +80,21 @@ def upgrade() -> None:
     )
     op.create_index(
         "ix_stripe_events_status_received", "stripe_events", ["status", "received_at"], unique=False
+    )
+    op.create_table(
+        "sync_runs",
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("dry_run", sa.Boolean(), nullable=False),
+        sa.Column("cursor", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("report", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.CheckConstraint(
+            "status IN ('running', 'interrupted', 'completed', 'failed')",
+            name=op.f("ck_sync_runs_status_valid"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_sync_runs")),
     )
     op.create_table(
         "api_pricing_plans",
@@ -416,6 +431,7 @@ def downgrade() -> None:
     op.drop_table("payment_methods")
     op.drop_index(op.f("ix_api_pricing_plans_api_id"), table_name="api_pricing_plans")
     op.drop_table("api_pricing_plans")
+    op.drop_table("sync_runs")
     op.drop_index("ix_stripe_events_status_received", table_name="stripe_events")
     op.drop_table("stripe_events")
     op.drop_index("ix_idempotency_keys_expires_at", table_name="idempotency_keys")
