@@ -67,7 +67,7 @@ class SubscriptionRepository:
                     and_(Subscription.created_at == created_at, Subscription.id < last_id),
                 )
             )
-        return (await self._session.execute(statement)).tuples().all()
+        return [(s, plan, version) for s, plan, version in await self._session.execute(statement)]
 
     async def recorded_usage(
         self, subscription_id: uuid.UUID, start: datetime, end: datetime
