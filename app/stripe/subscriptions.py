@@ -14,8 +14,6 @@ class StripeSubscription:
 
     payload: dict[str, Any]
     client_secret: str | None
-    payment_error: str | None
-    payment_error_code: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +48,10 @@ def _payment_intent(invoice: Any) -> dict[str, Any]:
 def _subscription(stripe_object: Any) -> StripeSubscription:
     payload: dict[str, Any] = stripe_object.to_dict()
     intent = _payment_intent(payload.get("latest_invoice"))
+    # Only an incomplete subscription waits for the consumer (SCA, or another card after a decline).
     needs_action = payload.get("status") == "incomplete"
-    error = intent.get("last_payment_error") or {}
     return StripeSubscription(
-        payload=payload,
-        client_secret=intent.get("client_secret") if needs_action else None,
-        payment_error=error.get("message") if needs_action else None,
-        payment_error_code=(error.get("decline_code") or error.get("code")) if needs_action else None,
+        payload=payload, client_secret=intent.get("client_secret") if needs_action else None
     )
 
 

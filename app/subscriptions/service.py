@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import Principal
 from app.consumers.service import ConsumerService
-from app.errors import Conflict, InvalidField, NotFound, PaymentRequired
+from app.errors import Conflict, InvalidField, NotFound
 from app.integrations.metering import MeteringClient, MeteringUnavailable
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription
 from app.money import exponent
@@ -170,7 +170,7 @@ class SubscriptionService:
                 metadata=self._metadata(subscription),
                 idempotency_key=f"sub-create:{subscription.id}",
             )
-            client_secret = await self._apply_created(subscription, created, f"sub-abort:{subscription.id}")
+            client_secret = await self._apply_created(subscription, created)
         await self._repo.flush()
         return subscription_out(subscription, plan, version, client_secret=client_secret)
 
@@ -257,7 +257,7 @@ class SubscriptionService:
                 idempotency_key=f"sub-create:{tag}",
             )
             subscription.stripe_state_at = None
-            client_secret = await self._apply_created(subscription, created, f"sub-abort:{tag}")
+            client_secret = await self._apply_created(subscription, created)
         else:
             if subscription.stripe_subscription_item_id is None:
                 raise Conflict("The Stripe subscription is not mirrored yet, try again", code="not_synced")
@@ -432,16 +432,10 @@ class SubscriptionService:
             )
         return default.stripe_payment_method_id
 
-    async def _apply_created(
-        self, subscription: Subscription, created: StripeSubscription, abort_key: str
-    ) -> str | None:
-        """Mirror a new Stripe subscription. A declined first payment (not one waiting for SCA)
-        cancels it at Stripe and raises 402, so nothing is kept; SCA returns the client secret."""
-        if created.payment_error is not None:
-            await self._stripe.cancel_subscription(
-                created.payload["id"], prorate=False, idempotency_key=abort_key
-            )
-            raise PaymentRequired(created.payment_error, code=created.payment_error_code or "card_declined")
+    async def _apply_created(self, subscription: Subscription, created: StripeSubscription) -> str | None:
+        """Mirror a new Stripe subscription. When its first payment waits for the consumer (SCA, or
+        a declined card to replace in Stripe.js) it stays `incomplete` and the client secret is
+        returned; Stripe expires it after 23 hours if nothing happens."""
         state = StripeSubscriptionState.from_payload(created.payload)
         observed = int(created.payload.get("created") or time.time())
         await apply_stripe_state(self._outbox, subscription, state, observed_at=observed)
