@@ -365,3 +365,68 @@ async def test_usage_answers_from_records_when_metering_is_down(
     assert body["live"] is False
     assert body["total_calls"] == 7
     assert body["estimated_amount"] == 7  # 7 calls at 1 cent
+
+
+async def test_checkout_against_the_emulator_gives_a_page_that_pays_the_session(
+    client: httpx.AsyncClient, auth: Auth, settings: Any
+) -> None:
+    plan = await create_plan(client, auth("creator"), new_api_id())
+    headers = auth("consumer")
+    await register(client, headers)
+    response = await subscribe(
+        client,
+        headers,
+        plan,
+        checkout=True,
+        success_url="https://market.example/ok",
+        cancel_url="https://market.example/no",
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["status"] == "incomplete"
+    async with httpx.AsyncClient() as browser:
+        page = await browser.get(body["checkout_url"], follow_redirects=False)
+        assert (page.status_code, page.headers["location"]) == (302, "https://market.example/ok")
+        session_id = body["checkout_url"].rsplit("/", 1)[1]
+        session = await browser.get(
+            f"{settings.stripe_api_base}/v1/checkout/sessions/{session_id}",
+            auth=(settings.stripe_secret_key.get_secret_value(), ""),
+        )
+    assert session.json()["status"] == "complete"
+    assert session.json()["subscription"].startswith("sub_")
+    assert session.json()["client_reference_id"] == body["id"]
+
+
+async def test_cancelling_a_pending_checkout_expires_the_session(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+) -> None:
+    plan = await create_plan(client, auth("creator"), new_api_id())
+    headers = auth("consumer")
+    await register(client, headers)
+    created = (
+        await subscribe(
+            client,
+            headers,
+            plan,
+            checkout=True,
+            success_url="https://m.example/ok",
+            cancel_url="https://m.example/no",
+        )
+    ).json()
+    response = await client.put(f"/api/v1/subscriptions/{created['id']}/cancel", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "cancelled"
+    assert response.json()["checkout_url"] is None
+    assert "create_api_key" not in await _outbox(engine, created["id"])
+
+
+async def test_portal_session_against_the_emulator_returns_a_url(
+    client: httpx.AsyncClient, auth: Auth
+) -> None:
+    headers = auth("consumer")
+    await register(client, headers)
+    response = await client.post(
+        "/api/v1/consumers/portal-session", json={"return_url": "https://market.example/me"}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    assert "/portal/bps_" in response.json()["url"]

@@ -287,10 +287,16 @@ async def expire_checkout_session(request: web.Request) -> web.Response:
     return _json(session._export())
 
 
-async def pay_checkout_session(request: web.Request) -> web.StreamResponse:
-    """The dev stand-in for Stripe's hosted page: pays with the customer's default card at once."""
-    session = CheckoutSession._api_retrieve(request.match_info["id"])
+async def pay_checkout_session(request: web.Request, path: dict[str, str]) -> web.StreamResponse:
+    """The dev stand-in for Stripe's hosted page: pays at once with the customer's default card,
+    or with the 4242 test card (as a consumer would type it) when there is none."""
+    session = CheckoutSession._api_retrieve(path["id"])
     if session.status == "open":
+        customer = resources.Customer._api_retrieve(session.customer)
+        if customer._get_default_payment_method_or_source() is None:
+            card = resources.PaymentMethod._api_retrieve("pm_card_visa")
+            resources.PaymentMethod._api_attach(card.id, customer=customer.id)
+            customer.invoice_settings["default_payment_method"] = card.id
         extra = session._subscription_data
         trial_days = extra.get("trial_period_days")
         subscription = resources.Subscription(
@@ -332,7 +338,7 @@ async def create_portal_session(request: web.Request) -> web.Response:
     )
 
 
-async def portal_page(request: web.Request) -> web.Response:
+async def portal_page(request: web.Request, path: dict[str, str]) -> web.Response:
     return web.Response(text="Dev billing portal: cards and invoices are managed in billing's API.")
 
 
@@ -344,24 +350,41 @@ _OVERRIDES: list[tuple[str, re.Pattern[str], Override]] = [
 ]
 
 
-@web.middleware
-async def stripe_today(request: web.Request, handler: Handler) -> web.StreamResponse:
-    for method, pattern, override in _OVERRIDES:
+# Pages a browser opens without an API key, so they are served before localstripe's auth.
+_PAGES: list[tuple[str, re.Pattern[str], Override]] = [
+    ("GET", re.compile(r"^/checkout/(?P<id>cs_test_\w+)$"), pay_checkout_session),
+    ("GET", re.compile(r"^/portal/(?P<id>bps_\w+)$"), portal_page),
+]
+
+
+async def _dispatch(
+    routes: list[tuple[str, re.Pattern[str], Override]], request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    for method, pattern, override in routes:
         found = pattern.match(request.path)
         if request.method == method and found:
             return await override(request, found.groupdict())
     return await handler(request)
 
 
+@web.middleware
+async def hosted_pages(request: web.Request, handler: Handler) -> web.StreamResponse:
+    return await _dispatch(_PAGES, request, handler)
+
+
+@web.middleware
+async def stripe_today(request: web.Request, handler: Handler) -> web.StreamResponse:
+    return await _dispatch(_OVERRIDES, request, handler)
+
+
 def install_extensions(app: web.Application) -> None:
     """Register the extra routes on localstripe's aiohttp app (before it starts)."""
+    app.middlewares.insert(1, hosted_pages)  # after the error middleware, before auth
     app.middlewares.append(stripe_today)
     app.router.add_post("/v1/checkout/sessions", create_checkout_session)
     app.router.add_get("/v1/checkout/sessions/{id}", retrieve_checkout_session)
     app.router.add_post("/v1/checkout/sessions/{id}/expire", expire_checkout_session)
-    app.router.add_get("/checkout/{id}", pay_checkout_session)
     app.router.add_post("/v1/billing_portal/sessions", create_portal_session)
-    app.router.add_get("/portal/{id}", portal_page)
     app.router.add_post("/v1/prices", create_price)
     app.router.add_get("/v1/prices/{id}", retrieve_price)
     app.router.add_post("/v1/prices/{id}", update_price)
