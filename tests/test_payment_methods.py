@@ -92,8 +92,14 @@ async def test_malformed_payment_method_id_is_422_naming_the_field(
     assert response.json()["details"][0]["field"] == "payment_method_id"
 
 
-async def test_unregistered_caller_gets_404_not_registered(client: httpx.AsyncClient, auth: Auth) -> None:
-    response = await client.get("/api/v1/payment-methods", headers=auth("consumer"))
+async def test_unregistered_caller_lists_no_cards_and_cannot_add_one(
+    client: httpx.AsyncClient, auth: Auth
+) -> None:
+    headers = auth("consumer")
+    assert (await client.get("/api/v1/payment-methods", headers=headers)).json() == {"payment_methods": []}
+    response = await client.post(
+        "/api/v1/payment-methods", json={"payment_method_id": "pm_card_visa"}, headers=headers
+    )
     assert response.status_code == 404
     assert response.json()["code"] == "not_registered"
 

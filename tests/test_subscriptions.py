@@ -430,3 +430,29 @@ async def test_portal_session_against_the_emulator_returns_a_url(
     )
     assert response.status_code == 200, response.text
     assert "/portal/bps_" in response.json()["url"]
+
+
+async def test_card_needing_authentication_leaves_the_subscription_incomplete_with_a_secret(
+    client: httpx.AsyncClient, auth: Auth, settings: Any, engine: AsyncEngine
+) -> None:
+    async with httpx.AsyncClient(base_url=str(settings.stripe_api_base)) as stripe:
+        created_card = await stripe.post(
+            "/v1/payment_methods",
+            data={
+                "type": "card",
+                "card[number]": "4000002500003155",
+                "card[exp_month]": "12",
+                "card[exp_year]": "2030",
+                "card[cvc]": "123",
+            },
+            auth=(settings.stripe_secret_key.get_secret_value(), ""),
+        )
+    plan = await create_plan(client, auth("creator"), new_api_id())
+    headers = auth("consumer")
+    await register(client, headers)
+    response = await subscribe(client, headers, plan, payment_method_id=created_card.json()["id"])
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["status"] == "incomplete"
+    assert body["client_secret"].startswith("pi_")
+    assert await _outbox(engine, body["id"]) == []

@@ -82,8 +82,11 @@ class PaymentMethodService:
         return payment_method
 
     async def list(self, principal: Principal) -> list[PaymentMethod]:
-        """The caller's cards from our mirror, oldest first."""
-        consumer = await self._consumers.require_own(principal)
+        """The caller's cards from our mirror, oldest first (none before registration)."""
+        try:
+            consumer = await self._consumers.require_own(principal)
+        except NotFound:
+            return []
         return list(await self._repo.list_for(consumer.id))
 
     async def delete(self, principal: Principal, payment_method_id: str) -> None:
