@@ -397,3 +397,20 @@ async def test_portal_session_needs_registration(wire: httpx.AsyncClient, auth: 
     )
     assert response.status_code == 404
     assert json.loads(response.text)["code"] == "not_registered"
+
+
+async def test_card_attached_but_refused_as_default_is_detached_again_and_not_stored(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
+) -> None:
+    stripe_api.post("/v1/customers/cus_wire").respond(
+        400, json={"error": {"type": "invalid_request_error", "message": "No such PaymentMethod"}}
+    )
+    detach = stripe_api.post("/v1/payment_methods/pm_wire/detach").respond(200, json=_payment_method())
+    headers = auth("consumer")
+    await register(wire, headers)
+    body = {"payment_method_id": "pm_wire"}
+    response = await wire.post("/api/v1/payment-methods", json=body, headers=headers)
+    assert response.status_code == 422
+    assert detach.called
+    async with engine.connect() as connection:
+        assert (await connection.execute(select(func.count()).select_from(PaymentMethod))).scalar_one() == 0

@@ -49,7 +49,7 @@ class PaymentMethodService:
             if card.stripe_payment_method_id == payment_method_id:
                 return card
         if await self._repo.get_by_stripe_id(payment_method_id) is not None:
-            raise Conflict("This card belongs to another customer", code="payment_method_taken")
+            raise InvalidField("payment_method_id", "not a card of yours")
         assert consumer.stripe_customer_id is not None  # noqa: S101  (require_own checked it)
         attached = await self._stripe.attach_payment_method(
             payment_method_id,
