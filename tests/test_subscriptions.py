@@ -456,3 +456,42 @@ async def test_card_needing_authentication_leaves_the_subscription_incomplete_wi
     assert body["status"] == "incomplete"
     assert body["client_secret"].startswith("pi_")
     assert await _outbox(engine, body["id"]) == []
+
+
+async def test_usage_answers_within_the_sibling_budget_when_metering_hangs(
+    settings: Any, auth: Auth, engine: AsyncEngine
+) -> None:
+    import asyncio
+    import time
+
+    from app.main import create_app
+    from tests.conftest import make_settings
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up and hangs up
+        writer.close()
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    hanging = make_settings(
+        database_url=settings.database_url,
+        redis_url=settings.redis_url,
+        stripe_api_base=settings.stripe_api_base,
+        metering_service_url=f"http://127.0.0.1:{port}",
+    )
+    app = create_app(hanging)
+    async with (
+        server,
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        plan = await create_plan(http, auth("creator"), new_api_id(), type="free")
+        headers = auth("consumer")
+        await register(http, headers)
+        created = (await subscribe(http, headers, plan)).json()
+        started = time.perf_counter()
+        response = await http.get(f"/api/v1/subscriptions/{created['id']}/usage", headers=headers)
+        elapsed = time.perf_counter() - started
+    assert response.status_code == 200
+    assert response.json()["live"] is False
+    assert elapsed < 2.5
