@@ -17,8 +17,10 @@ from app.db import create_engine, create_sessionmaker
 from app.health.router import router as health_router
 from app.http import RequestContextMiddleware, install_error_handlers
 from app.logging import configure_logging
+from app.payment_methods.router import router as payment_methods_router
 from app.plans.router import router as plans_router
 from app.stripe import StripeGateway
+from app.subscriptions.router import router as subscriptions_router
 
 API_PREFIX = "/api/v1"
 
@@ -64,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(consumers_router)
     api.include_router(plans_router)
+    api.include_router(payment_methods_router)
+    api.include_router(subscriptions_router)
     app.include_router(api)
     app.include_router(health_router)
     return app
