@@ -4,9 +4,10 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query, Request, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import CurrentUser
-from app.db import DbSession
+from app.db import DbSession, ReadSession
 from app.http import error_responses
 from app.integrations.metering import MeteringClient
 from app.outbox.service import Outbox
@@ -25,17 +26,23 @@ from app.subscriptions.service import SubscriptionService
 router = APIRouter(prefix="/subscriptions", tags=["subscriptions"])
 
 
-def subscription_service(request: Request, session: DbSession) -> SubscriptionService:
+def _service(request: Request, session: AsyncSession) -> SubscriptionService:
     state = request.app.state
     return SubscriptionService(
-        session,
-        state.stripe,
-        Outbox(session, state.redis),
-        MeteringClient(state.http, request.app.state.settings),
+        session, state.stripe, Outbox(session, state.redis), MeteringClient(state.http, state.settings)
     )
 
 
+def subscription_service(request: Request, session: DbSession) -> SubscriptionService:
+    return _service(request, session)
+
+
+def subscription_reader(request: Request, session: ReadSession) -> SubscriptionService:
+    return _service(request, session)
+
+
 Service = Annotated[SubscriptionService, Depends(subscription_service)]
+Reader = Annotated[SubscriptionService, Depends(subscription_reader)]
 
 
 @router.post(
@@ -53,7 +60,7 @@ async def create_subscription(
 @router.get("", summary="List the caller's subscriptions, newest first", responses=error_responses(401))
 async def list_subscriptions(
     principal: CurrentUser,
-    service: Service,
+    service: Reader,
     status: SubscriptionStatus | None = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -63,7 +70,7 @@ async def list_subscriptions(
 
 @router.get("/{subscription_id}", summary="Get a subscription", responses=error_responses(401, 404))
 async def get_subscription(
-    subscription_id: uuid.UUID, principal: CurrentUser, service: Service
+    subscription_id: uuid.UUID, principal: CurrentUser, service: Reader
 ) -> SubscriptionOut:
     return await service.get(principal, subscription_id)
 

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import Principal
-from app.consumers.service import ConsumerService
+from app.consumers.service import ConsumerService, consumer_id_for
 from app.errors import Conflict, InvalidField, NotFound
 from app.integrations.metering import MeteringClient, MeteringUnavailable
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription
@@ -179,11 +179,10 @@ class SubscriptionService:
     ) -> SubscriptionList:
         """The caller's subscriptions, newest first, a page at a time."""
         after = decode_cursor(cursor) if cursor else None
-        try:
-            consumer = await self._consumers.require_own(principal)
-        except NotFound:
-            return SubscriptionList(subscriptions=[], next_cursor=None)
-        rows = await self._repo.page(consumer.id, status=status, after=after, limit=limit + 1)
+        # The consumer id derives from the user id: no lookup; an unregistered user has no rows.
+        rows = await self._repo.page(
+            consumer_id_for(principal.user_id), status=status, after=after, limit=limit + 1
+        )
         page = rows[:limit]
         next_cursor = encode_cursor(page[-1][0]) if len(rows) > limit else None
         return SubscriptionList(
