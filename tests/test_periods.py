@@ -32,7 +32,7 @@ async def test_two_workers_racing_for_one_period_claim_it_once(engine: AsyncEngi
     await asyncio.sleep(0.2)
     assert not second.done()  # blocked on the unique index until the first one commits
     release.set()
-    assert await asyncio.gather(first, second) == [True, False]
+    assert (await first, await second) == (True, False)
     async with sessions() as session:
         assert await session.scalar(select(func.count()).select_from(JobRun)) == 1
 
