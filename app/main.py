@@ -16,6 +16,7 @@ from app.consumers.router import router as consumers_router
 from app.db import create_engine, create_sessionmaker
 from app.health.router import router as health_router
 from app.http import RequestContextMiddleware, install_error_handlers
+from app.idempotency import IdempotencyMiddleware
 from app.logging import configure_logging
 from app.plans.router import router as plans_router
 from app.stripe import StripeGateway
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(IdempotencyMiddleware)  # inside RequestContextMiddleware: needs the request id
     app.add_middleware(RequestContextMiddleware)
 
     api = APIRouter(prefix=API_PREFIX)
