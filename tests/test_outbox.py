@@ -12,16 +12,19 @@ import pytest
 import respx
 from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
+from arq.worker import Worker
 from redis.asyncio import ConnectionPool
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.db.session import run_after_commit
 from app.models import Api, Consumer, OutboxMessage, PricingPlan, PricingPlanVersion, Subscription
 from app.outbox.delivery import SWEEP_GRACE, OutboxDelivery
 from app.outbox.jobs import deliver_outbox_message, sweep_outbox
 from app.outbox.service import Outbox, delivery_job_id
 from app.worker.context import WorkerResources
+from app.worker.settings import WorkerSettings
 from tests.conftest import make_settings
 from tests.factories import JWT_SECRET
 
@@ -444,3 +447,31 @@ async def test_a_key_issued_in_an_attempt_that_cannot_be_stored_is_deleted_again
     message = await _message(engine, message_id)
     assert (message.status, message.attempts) == ("pending", 0)
     assert (await _reload(engine, subscription)).api_key_id is None
+
+
+@respx.mock
+async def test_an_arq_worker_delivers_the_intent_enqueued_after_commit(
+    engine: AsyncEngine, settings: Settings, redis: ArqRedis
+) -> None:
+    await redis.flushdb()  # jobs other tests left behind
+    subscription = await _subscription(engine)
+    respx.post(KEYS_URL).mock(return_value=_created("key_worker"))
+    async with _sessions(engine)() as session:
+        await Outbox(session, redis).create_api_key(subscription)
+        await session.commit()
+        await run_after_commit(session)
+    resources = WorkerResources.open(settings)
+    worker = Worker(
+        functions=WorkerSettings.functions,
+        redis_pool=redis,
+        burst=True,
+        poll_delay=0.05,
+        ctx={"resources": resources},
+        handle_signals=False,
+    )
+    try:
+        await worker.async_run()
+    finally:
+        await resources.close()
+    assert worker.jobs_complete == 1
+    assert (await _reload(engine, subscription)).api_key_id == "key_worker"

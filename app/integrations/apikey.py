@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import jwt
@@ -91,7 +92,7 @@ class ApiKeyClient:
 
     async def delete_key(self, *, user_id: str, key_id: str) -> bool:
         """Revoke a key; False if the service did not know it (404 counts as done)."""
-        response = await self._request("DELETE", f"/api/v1/keys/{key_id}", user_id)
+        response = await self._request("DELETE", f"/api/v1/keys/{quote(key_id, safe='')}", user_id)
         if response.status_code == 404:
             return False
         if response.status_code in (200, 202, 204):

@@ -42,7 +42,9 @@ from app.subscriptions.lifecycle import TERMINAL
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["done", "retry_scheduled", "failed", "waiting", "locked", "not_due", "finished", "missing"]
+Outcome = Literal[
+    "done", "retry_scheduled", "failed", "waiting", "locked", "not_due", "finished", "missing", "not_ours"
+]
 # arq may start a deferred job a little before its score; tolerate that much.
 EARLY_SLACK = timedelta(seconds=2)
 # A message waiting for an older one of its subscription looks again this long after that one's turn.
@@ -133,9 +135,11 @@ class OutboxDelivery:
         if message is None:
             exists = await session.scalar(select(OutboxMessage.id).where(OutboxMessage.id == message_id))
             return "missing" if exists is None else "locked"
+        if message.status != "pending":
+            return "finished"
         handler = self._handlers.get(message.kind)
-        if message.status != "pending" or handler is None:
-            return "finished" if message.status != "pending" else "missing"
+        if handler is None:
+            return "not_ours"  # e.g. a `notify` record: no sibling call to make
         now = utcnow()
         if message.next_attempt_at > now + EARLY_SLACK:
             return "not_due"
