@@ -475,3 +475,21 @@ async def test_an_arq_worker_delivers_the_intent_enqueued_after_commit(
         await resources.close()
     assert worker.jobs_complete == 1
     assert (await _reload(engine, subscription)).api_key_id == "key_worker"
+
+
+@respx.mock
+async def test_revoke_after_a_create_that_failed_for_good_has_nothing_to_revoke(
+    engine: AsyncEngine, ctx: dict[str, Any]
+) -> None:
+    subscription = await _subscription(engine)
+    create_id = await _intend(engine, subscription, "create_api_key")
+    revoke_id = await _intend(engine, subscription, "revoke_api_key")
+    assert create_id is not None
+    assert revoke_id is not None
+    respx.post(KEYS_URL).mock(return_value=httpx.Response(400, json={"detail": "no"}))
+    delete = respx.delete(url__startswith=KEYS_URL).mock(return_value=httpx.Response(204))
+
+    assert await deliver_outbox_message(ctx, str(create_id)) == "failed"
+    assert await deliver_outbox_message(ctx, str(revoke_id)) == "done"
+    assert delete.call_count == 0
+    assert (await _message(engine, revoke_id)).last_error == "no key to revoke"
