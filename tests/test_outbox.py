@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import jwt
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db.session import run_after_commit
+from app.integrations.apikey import ApiKeyClient
 from app.models import Api, Consumer, OutboxMessage, PricingPlan, PricingPlanVersion, Subscription
 from app.outbox.delivery import SWEEP_GRACE, OutboxDelivery
 from app.outbox.jobs import deliver_outbox_message, sweep_outbox
@@ -493,3 +495,41 @@ async def test_revoke_after_a_create_that_failed_for_good_has_nothing_to_revoke(
     assert await deliver_outbox_message(ctx, str(revoke_id)) == "done"
     assert delete.call_count == 0
     assert (await _message(engine, revoke_id)).last_error == "no key to revoke"
+
+
+class _CommitAnswerLost:
+    """A sessionmaker whose transactions commit, then report a failure (the COMMIT's answer lost)."""
+
+    def __init__(self, real: async_sessionmaker[AsyncSession]) -> None:
+        self._real = real
+
+    def __call__(self) -> AsyncSession:
+        return self._real()
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncSession]:
+        async with self._real.begin() as session:
+            yield session
+        raise ConnectionError("connection lost while committing")
+
+
+@respx.mock
+async def test_a_key_whose_commit_applied_after_all_is_kept(engine: AsyncEngine, ctx: dict[str, Any]) -> None:
+    subscription = await _subscription(engine)
+    message_id = await _intend(engine, subscription, "create_api_key")
+    assert message_id is not None
+    respx.post(KEYS_URL).mock(return_value=_created("key_kept"))
+    delete = respx.delete(f"{KEYS_URL}/key_kept").mock(return_value=httpx.Response(204))
+    resources: WorkerResources = ctx["resources"]
+    delivery = OutboxDelivery(
+        cast("Any", _CommitAnswerLost(resources.sessionmaker)),
+        ApiKeyClient(resources.settings, resources.http),
+        resources.settings,
+        None,
+    )
+
+    with pytest.raises(ConnectionError):
+        await delivery.deliver(message_id)
+
+    assert delete.call_count == 0
+    assert (await _reload(engine, subscription)).api_key_id == "key_kept"

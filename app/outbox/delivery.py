@@ -12,7 +12,8 @@ the contract gives no way to look a key up: if the service creates a key and we 
 id (our process dies, or the answer times out after the service acted), a later attempt creates
 a second key. We narrow it: the create carries an `Idempotency-Key` (the message's dedupe key)
 that a service honouring it uses to dedupe; a timed-out create is marked `[ambiguous]` in
-last_error; and a key we received but could not store (our commit failed) is deleted again.
+last_error; and a key we received but could not store (our commit failed) is deleted again
+(unless a re-read shows the commit applied after all).
 
 Suspend and restore: the contract has only create and delete, so a suspension revokes the key
 (`api_key_suspended` = true, `api_key_id` keeps the revoked key's id) and a restore issues a new
@@ -66,7 +67,7 @@ class _Attempt:
     """What one attempt leaves for after its transaction: jobs to enqueue, keys to undo on failure."""
 
     enqueue: list[tuple[uuid.UUID, datetime]] = field(default_factory=list)
-    issued: list[tuple[str, str]] = field(default_factory=list)  # (user id, key id)
+    issued: list[tuple[str, uuid.UUID, str]] = field(default_factory=list)  # user, subscription, key
 
 
 Handler = Callable[[OutboxMessage, Subscription, str, _Attempt], Awaitable[str | None]]
@@ -271,7 +272,7 @@ class OutboxDelivery:
             subscription_id=str(subscription.id),
             idempotency_key=message.dedupe_key,
         )
-        attempt.issued.append((user_id, key.id))
+        attempt.issued.append((user_id, subscription.id, key.id))
         subscription.api_key_id = key.id
         subscription.api_key_suspended = False
 
@@ -298,8 +299,22 @@ class OutboxDelivery:
         return None if found else "key unknown to the API key service (404)"
 
     async def _undo_issued(self, attempt: _Attempt) -> None:
-        """Our commit failed after the service issued a key: delete it, or the retry would double it."""
-        for user_id, key_id in attempt.issued:
+        """The attempt failed after the service issued a key: delete it, or the retry would double it.
+
+        Only once the store confirms the key is not ours: a COMMIT whose answer was lost may have
+        applied, and deleting a stored key would leave the consumer without a working one.
+        """
+        for user_id, subscription_id, key_id in attempt.issued:
+            try:
+                async with self._sessionmaker() as session:
+                    stored = await session.scalar(
+                        select(Subscription.api_key_id).where(Subscription.id == subscription_id)
+                    )
+            except Exception:
+                log.exception("cannot tell whether an issued key was stored; kept", extra={"key_id": key_id})
+                continue
+            if stored == key_id:
+                continue
             try:
                 await self._keys.delete_key(user_id=user_id, key_id=key_id)
             except ApiKeyServiceError:
