@@ -17,6 +17,7 @@ from app.consumers.router import router as consumers_router
 from app.db import create_engine, create_read_sessionmaker, create_sessionmaker
 from app.health.router import router as health_router
 from app.http import RequestContextMiddleware, install_error_handlers
+from app.idempotency import IdempotencyMiddleware
 from app.logging import configure_logging
 from app.payment_methods.router import router as payment_methods_router
 from app.plans.router import router as plans_router
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(IdempotencyMiddleware)  # inside RequestContextMiddleware: needs the request id
     app.add_middleware(RequestContextMiddleware)
 
     api = APIRouter(prefix=API_PREFIX)

@@ -5,6 +5,7 @@ from app.models.earning import Earning
 from app.models.event import StripeEvent
 from app.models.idempotency import IdempotencyKey
 from app.models.invoice import Invoice
+from app.models.job_run import JobRun
 from app.models.outbox import OutboxMessage
 from app.models.plan import Api, PricingPlan, PricingPlanVersion
 from app.models.subscription import Subscription
@@ -17,6 +18,7 @@ __all__ = [
     "Earning",
     "IdempotencyKey",
     "Invoice",
+    "JobRun",
     "OutboxMessage",
     "PaymentMethod",
     "PricingPlan",

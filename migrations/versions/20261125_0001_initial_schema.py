@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 02:46:35.950403
+Create Date: 2026-11-25 03:07:46.974031
 """
 
 from collections.abc import Sequence
@@ -59,6 +59,16 @@ def upgrade() -> None:
         sa.UniqueConstraint("user_id", "key", name="uq_idempotency_keys_user_key"),
     )
     op.create_index("ix_idempotency_keys_expires_at", "idempotency_keys", ["expires_at"], unique=False)
+    op.create_table(
+        "job_runs",
+        sa.Column("job", sa.String(length=64), nullable=False),
+        sa.Column("subject", sa.String(length=255), nullable=False),
+        sa.Column("period", sa.String(length=64), nullable=False),
+        sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_job_runs")),
+        sa.UniqueConstraint("job", "subject", "period", name="uq_job_runs_job_subject_period"),
+    )
     op.create_table(
         "stripe_events",
         sa.Column("id", sa.String(length=255), nullable=False),
@@ -434,6 +444,7 @@ def downgrade() -> None:
     op.drop_table("sync_runs")
     op.drop_index("ix_stripe_events_status_received", table_name="stripe_events")
     op.drop_table("stripe_events")
+    op.drop_table("job_runs")
     op.drop_index("ix_idempotency_keys_expires_at", table_name="idempotency_keys")
     op.drop_table("idempotency_keys")
     op.drop_table("consumers")
