@@ -26,22 +26,42 @@ def settings_or_exit() -> Settings:
 def api(
     host: Annotated[str | None, typer.Option(help="Bind address (default HOST or 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default PORT or 8080)")] = None,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    drain_seconds: Annotated[
+        float,
+        typer.Option(
+            envvar="SHUTDOWN_DRAIN_SECONDS",
+            min=0,
+            help="On SIGTERM, answer /ready with 503 this long before closing the listener",
+        ),
+    ] = 0.0,
+    graceful_timeout: Annotated[
+        int,
+        typer.Option(
+            envvar="SHUTDOWN_GRACEFUL_TIMEOUT_SECONDS", min=1, help="Longest wait for in-flight requests"
+        ),
+    ] = 20,
 ) -> None:
-    """Serve the HTTP API."""
+    """Serve the HTTP API (one process; scale with replicas)."""
     import uvicorn
 
+    from app.health.lifecycle import DrainingServer
+    from app.main import create_app_from_env
+
     settings = settings_or_exit()
-    uvicorn.run(
-        "app.main:create_app_from_env",
-        factory=True,
+    app = create_app_from_env()
+
+    def start_draining() -> None:
+        app.state.draining = True
+
+    config = uvicorn.Config(
+        app,
         host=host or settings.host,
         port=port or settings.port,
-        workers=workers,
         log_config=None,
         proxy_headers=True,
-        timeout_graceful_shutdown=20,
+        timeout_graceful_shutdown=graceful_timeout,
     )
+    DrainingServer(config, on_drain=start_draining, drain_seconds=drain_seconds).run()
 
 
 @cli.command()

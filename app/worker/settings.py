@@ -8,6 +8,7 @@ from arq import cron
 
 from app.config import get_settings
 from app.logging import configure_logging
+from app.metrics import instrument_worker
 from app.worker import jobs
 from app.worker.context import WorkerResources
 
@@ -33,3 +34,9 @@ class WorkerSettings:
     # Jobs that fail with an exception are retried by arq; a job outlives a worker restart.
     max_tries = 8
     allow_abort_jobs = True
+    # On SIGTERM: stop picking jobs, let running ones finish for up to 25 s, then cancel them (arq
+    # re-queues a cancelled job). Below the worker's terminationGracePeriodSeconds (k8s/worker.yaml).
+    job_completion_wait = 25
+
+
+instrument_worker(WorkerSettings)

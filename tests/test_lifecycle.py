@@ -1,0 +1,123 @@
+"""SIGTERM on a real `billing api` process: readiness turns false first, in-flight requests finish."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from app.config import Settings
+from app.dev.processes import free_port, wait_for_port
+from tests.factories import JWT_SECRET, WEBHOOK_SECRET
+
+SLOW_API = Path(__file__).with_name("slow_api.py")
+
+
+def _env(settings: Settings, port: int, drain_seconds: float) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=settings.redis_url,
+        STRIPE_SECRET_KEY="sk_test_lifecycle",
+        STRIPE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        JWT_SECRET=JWT_SECRET,
+        API_KEY_SERVICE_URL="http://127.0.0.1:9",
+        METERING_SERVICE_URL="http://127.0.0.1:9",
+        HOST="127.0.0.1",
+        PORT=str(port),
+        LOG_LEVEL="INFO",
+        SHUTDOWN_DRAIN_SECONDS=str(drain_seconds),
+        SHUTDOWN_GRACEFUL_TIMEOUT_SECONDS="10",
+    )
+    return env
+
+
+def _start_api(
+    settings: Settings, port: int, drain_seconds: float, output: Path | None
+) -> subprocess.Popen[bytes]:
+    """`billing api` (with the slow route) in a child process."""
+    sink = output.open("wb") if output is not None else None
+    try:
+        return subprocess.Popen(  # noqa: S603
+            [sys.executable, str(SLOW_API), "api"],
+            env=_env(settings, port, drain_seconds),
+            stdout=sink or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+    finally:
+        if sink is not None:
+            sink.close()
+
+
+async def _wait_ready(http: httpx.AsyncClient) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if (await http.get("/ready")).status_code == 200:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the API never became ready")
+
+
+async def test_sigterm_turns_readiness_false_then_finishes_the_request_in_flight_and_exits_0(
+    settings: Settings, tmp_path: Path
+) -> None:
+    port = free_port()
+    log_path = tmp_path / "api.log"
+    process = _start_api(settings, port, 1.0, log_path)
+    try:
+        await asyncio.to_thread(wait_for_port, port, 30, process)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=15) as http:
+            await _wait_ready(http)
+            slow = asyncio.create_task(http.get("/test/slow", params={"seconds": 2.5}))
+            await asyncio.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+
+            # Still listening during the drain delay, but no longer ready; still alive.
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as probe:
+                ready = await probe.get("/ready")
+                health = await probe.get("/health")
+            assert ready.status_code == 503
+            assert ready.json()["code"] == "draining"
+            assert health.status_code == 200
+
+            response = await slow
+        assert response.status_code == 200
+        assert response.json() == {"slept": 2.5}
+        assert await asyncio.to_thread(process.wait, 15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert b"draining: readiness is false" in log_path.read_bytes()
+
+
+async def test_after_the_drain_delay_new_connections_are_refused(settings: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    process = _start_api(settings, port, 0.2, None)
+    try:
+        await asyncio.to_thread(wait_for_port, port, 30, process)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=15) as http:
+            await _wait_ready(http)
+            slow = asyncio.create_task(http.get("/test/slow", params={"seconds": 2}))
+            await asyncio.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.8)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as late:
+                try:
+                    refused = (await late.get("/health")).status_code != 200
+                except httpx.ConnectError:
+                    refused = True
+            assert refused
+            assert (await slow).status_code == 200
+        assert await asyncio.to_thread(process.wait, 15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
