@@ -1,4 +1,4 @@
-"""SIGTERM on a real `billing api` process: readiness turns false first, in-flight requests finish."""
+"""SIGTERM on real `billing api` and `billing worker` processes loses no request and no job."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+from arq.jobs import JobStatus
 
 from app.config import Settings
 from app.dev.processes import free_port, wait_for_port
@@ -121,3 +125,73 @@ async def test_after_the_drain_delay_new_connections_are_refused(settings: Setti
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+SLOW_WORKER = Path(__file__).with_name("slow_worker.py")
+
+
+def _start_worker(settings: Settings, completion_wait: int | None) -> subprocess.Popen[bytes]:
+    env = _env(settings, 8080, 0)
+    if completion_wait is not None:
+        env["SLOW_WORKER_COMPLETION_WAIT"] = str(completion_wait)
+    return subprocess.Popen(  # noqa: S603
+        [sys.executable, str(SLOW_WORKER), "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def _wait_for_key(redis: ArqRedis, key: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await redis.exists(key):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{key} never appeared")
+
+
+async def _stop(process: subprocess.Popen[bytes]) -> int:
+    process.send_signal(signal.SIGTERM)
+    return await asyncio.to_thread(process.wait, 30)
+
+
+async def test_sigterm_lets_the_running_job_finish_before_the_worker_exits(settings: Settings) -> None:
+    redis = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    marker = f"lifecycle:{uuid.uuid4().hex}"
+    worker = _start_worker(settings, completion_wait=None)
+    try:
+        await redis.enqueue_job("slow_job", 1.5, marker)
+        await _wait_for_key(redis, f"{marker}:started", 20)
+        assert await _stop(worker) == 0
+        assert await redis.get(f"{marker}:done") == b"1"
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        await redis.aclose()
+
+
+async def test_a_job_still_running_when_the_wait_ends_is_requeued_and_run_again(settings: Settings) -> None:
+    redis = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    marker = f"lifecycle:{uuid.uuid4().hex}"
+    first = _start_worker(settings, completion_wait=1)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        job = await redis.enqueue_job("slow_job", 4, marker)
+        assert job is not None
+        await _wait_for_key(redis, f"{marker}:started", 20)
+        assert await _stop(first) == 0
+        assert not await redis.exists(f"{marker}:done")
+        assert await job.status() == JobStatus.queued  # back in the queue, not lost
+
+        second = _start_worker(settings, completion_wait=None)
+        await _wait_for_key(redis, f"{marker}:done", 20)
+        assert await redis.lrange(f"{marker}:started", 0, -1) == [b"1", b"2"]
+        assert await _stop(second) == 0
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+        await redis.aclose()
