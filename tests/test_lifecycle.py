@@ -187,7 +187,7 @@ async def test_a_job_still_running_when_the_wait_ends_is_requeued_and_run_again(
 
         second = _start_worker(settings, completion_wait=None)
         await _wait_for_key(redis, f"{marker}:done", 20)
-        assert await redis.lrange(f"{marker}:started", 0, -1) == [b"1", b"2"]
+        assert await redis.lrange(f"{marker}:started", 0, -1) == [b"1", b"2"]  # type: ignore[misc]
         assert await _stop(second) == 0
     finally:
         for process in (first, second):
