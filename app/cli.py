@@ -91,6 +91,19 @@ def migrate(revision: Annotated[str, typer.Argument(help="Target revision")] = "
     typer.echo(f"migrated to {revision}")
 
 
+@cli.command()
+def doctor() -> None:
+    """Check configuration, PostgreSQL, migrations, Redis and Stripe; exit 1 if anything is wrong."""
+    import asyncio
+
+    from app.health.doctor import diagnose, render
+
+    checks = asyncio.run(diagnose())
+    typer.echo(render(checks))
+    if not all(check.ok for check in checks):
+        raise typer.Exit(1)
+
+
 @cli.command("seed-demo")
 def seed_demo() -> None:
     """Create the demo creator, its two APIs and their plans (idempotent)."""

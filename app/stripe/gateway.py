@@ -7,9 +7,10 @@ metrics, and mutating calls carry idempotency keys derived from our own row ids.
 
 from __future__ import annotations
 
+from app.stripe.account import AccountCalls
 from app.stripe.catalog import CatalogCalls
 from app.stripe.customers import CustomerCalls
 
 
-class StripeGateway(CustomerCalls, CatalogCalls):
+class StripeGateway(CustomerCalls, CatalogCalls, AccountCalls):
     """Thin async wrapper over `stripe.StripeClient`; callers never see the SDK or its errors."""
