@@ -77,16 +77,37 @@ def worker() -> None:
 
 
 @cli.command()
-def migrate(revision: Annotated[str, typer.Argument(help="Target revision")] = "head") -> None:
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision")] = "head",
+    check: Annotated[
+        bool, typer.Option("--check", help="Migrate nothing: exit 0 if the database is at head, else 1")
+    ] = False,
+    wait: Annotated[
+        float, typer.Option(min=0, help="With --check: keep checking this many seconds (init containers)")
+    ] = 0.0,
+) -> None:
     """Apply the database migrations (needs only DATABASE_URL)."""
     import os
-
-    from app.db.migrate import upgrade
 
     url = os.environ.get("DATABASE_URL")
     if not url:
         typer.echo("billing: invalid configuration: DATABASE_URL is required", err=True)
         raise typer.Exit(2)
+    if check:
+        import asyncio
+
+        from app.health.doctor import CheckFailed, wait_for_head
+
+        async_url = "postgresql+asyncpg://" + url.split("://", 1)[1]
+        try:
+            typer.echo(asyncio.run(wait_for_head(async_url, wait)))
+        except CheckFailed as exc:
+            typer.echo(f"billing: {exc}", err=True)
+            raise typer.Exit(1) from None
+        return
+
+    from app.db.migrate import upgrade
+
     upgrade(url, revision)
     typer.echo(f"migrated to {revision}")
 

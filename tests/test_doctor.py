@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+import uuid
 
 from app.config import Settings
+from app.db.migrate import upgrade
 from app.dev.processes import free_port
 from tests.factories import JWT_SECRET, WEBHOOK_SECRET
 
@@ -103,3 +106,57 @@ def test_doctor_reports_invalid_configuration_without_a_traceback_or_secret(sett
     assert "1 problem(s): config" in result.stdout
     assert "Traceback" not in result.stderr
     assert "sk_test_doctor_secret_value" not in result.stdout + result.stderr
+
+
+def _migrate_check(database_url: str, *extra: str) -> subprocess.Popen[str]:
+    base = {k: v for k, v in os.environ.items() if k not in _CONFIG}
+    return subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "app", "migrate", "--check", *extra],
+        env={**base, "DATABASE_URL": database_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _fresh_database(postgres_uri: str) -> str:
+    import asyncio
+
+    import asyncpg
+
+    name = f"billing_gate_{uuid.uuid4().hex[:8]}"
+
+    async def create() -> None:
+        connection = await asyncpg.connect(postgres_uri.replace("postgresql://", "postgres://"))
+        try:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await connection.close()
+
+    asyncio.run(create())
+    return postgres_uri.replace("/postgres?", f"/{name}?")
+
+
+def test_migrate_check_passes_at_head_and_fails_on_an_unmigrated_database(
+    database_url: str, postgres_uri: str
+) -> None:
+    at_head = _migrate_check(database_url)
+    out, _ = at_head.communicate(timeout=60)
+    assert at_head.returncode == 0
+    assert out.strip() == "at head 0001"
+
+    behind = _migrate_check(_fresh_database(postgres_uri))
+    _, err = behind.communicate(timeout=60)
+    assert behind.returncode == 1
+    assert "database at none, code expects 0001: run `billing migrate`" in err
+
+
+def test_migrate_check_with_wait_returns_once_the_migration_job_has_run(postgres_uri: str) -> None:
+    url = _fresh_database(postgres_uri)
+    gate = _migrate_check(url, "--wait", "60")
+    time.sleep(1.5)
+    assert gate.poll() is None  # still waiting, as an init container would
+    upgrade(url)
+    out, _ = gate.communicate(timeout=30)
+    assert gate.returncode == 0
+    assert out.strip() == "at head 0001"

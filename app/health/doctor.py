@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.config import ConfigError, Settings, load_settings
 from app.db import create_engine
@@ -55,6 +57,37 @@ async def _run(name: str, probe: Callable[[], Awaitable[str]]) -> Check:
     return Check(name, True, detail)
 
 
+async def migration_state(engine: AsyncEngine, database_url: str) -> str:
+    """ "at head <rev>" when the database's Alembic revision is the code's head, else CheckFailed."""
+    heads = set(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
+    async with engine.connect() as connection:
+        try:
+            rows = (await connection.execute(text("SELECT version_num FROM alembic_version"))).all()
+        except ProgrammingError:
+            rows = []
+    current = {row[0] for row in rows}
+    if current == heads:
+        return f"at head {', '.join(sorted(heads))}"
+    shown = ", ".join(sorted(current)) or "none"
+    raise CheckFailed(f"database at {shown}, code expects {', '.join(sorted(heads))}: run `billing migrate`")
+
+
+async def wait_for_head(database_url: str, timeout_seconds: float, poll_seconds: float = 2.0) -> str:
+    """Poll until the database is migrated to head (an init container's gate); CheckFailed on timeout."""
+    engine = create_async_engine(database_url, pool_pre_ping=True)
+    deadline = time.monotonic() + timeout_seconds
+    try:
+        while True:
+            try:
+                return await migration_state(engine, database_url)
+            except Exception as exc:
+                if time.monotonic() + poll_seconds > deadline:
+                    raise CheckFailed(_describe(exc)) from None
+            await asyncio.sleep(poll_seconds)
+    finally:
+        await engine.dispose()
+
+
 async def _database_and_migrations(settings: Settings) -> list[Check]:
     engine = create_engine(settings)
     try:
@@ -69,19 +102,7 @@ async def _database_and_migrations(settings: Settings) -> list[Check]:
             return [database_check, Check("migrations", False, "database unreachable", skipped=True)]
 
         async def migrations() -> str:
-            heads = set(ScriptDirectory.from_config(alembic_config(settings.database_url)).get_heads())
-            async with engine.connect() as connection:
-                try:
-                    rows = (await connection.execute(text("SELECT version_num FROM alembic_version"))).all()
-                except ProgrammingError:
-                    rows = []
-            current = {row[0] for row in rows}
-            if current == heads:
-                return f"at head {', '.join(sorted(heads))}"
-            shown = ", ".join(sorted(current)) or "none"
-            raise CheckFailed(
-                f"database at {shown}, code expects {', '.join(sorted(heads))}: run `billing migrate`"
-            )
+            return await migration_state(engine, settings.database_url)
 
         return [database_check, await _run("migrations", migrations)]
     finally:
