@@ -17,7 +17,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
-from app.config import Settings
 from app.errors import UpstreamError
 from app.logging import JsonFormatter, RedactSecretsFilter, request_id_var
 from app.stripe import StripeGateway
@@ -218,15 +217,17 @@ def test_worker_functions_and_cron_jobs_are_instrumented_under_their_own_names()
         assert cron_job.name == "cron:purge_expired_idempotency_keys"
 
 
-async def test_each_stripe_call_logs_its_request_id(
-    settings: Settings, caplog: pytest.LogCaptureFixture
-) -> None:
-    gateway = StripeGateway(settings)
-    with caplog.at_level(logging.INFO, logger="app.stripe"):
+async def test_each_stripe_call_logs_its_request_id(caplog: pytest.LogCaptureFixture) -> None:
+    gateway = StripeGateway(make_settings(stripe_api_base="http://stripe.test"))
+    balance = {"object": "balance", "available": [], "pending": [], "livemode": False}
+    with respx.mock, caplog.at_level(logging.INFO, logger="app.stripe"):
+        respx.get("http://stripe.test/v1/balance").respond(
+            200, json=balance, headers={"Request-Id": "req_42"}
+        )
         await gateway._call("balance.retrieve", lambda: gateway.client.v1.balance.retrieve_async())
     (record,) = [r for r in caplog.records if r.getMessage() == "stripe call"]
     assert record.__dict__["operation"] == "balance.retrieve"
-    assert hasattr(record, "stripe_request_id")
+    assert record.__dict__["stripe_request_id"] == "req_42"
 
 
 async def test_failed_stripe_calls_are_counted_by_error() -> None:
