@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.logging import request_id_var
+
 log = logging.getLogger("app.metrics")
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -82,12 +84,15 @@ def instrument_job(job: J) -> J:
     """Wrap an arq job so each run is timed in JOBS and each failure counted in JOB_FAILURES.
 
     The wrapper keeps the job's name (arq enqueues by name). A cancelled run (worker shutdown,
-    timeout) is recorded as `cancelled` and re-raised so arq re-queues it.
+    timeout) is recorded as `cancelled` and re-raised so arq re-queues it. While the job runs, its
+    log lines carry `request_id` "job:<arq job id>".
     """
     name = job.__name__
 
     @functools.wraps(job)
     async def run(*args: Any, **kwargs: Any) -> Any:
+        ctx = args[0] if args and isinstance(args[0], dict) else {}
+        token = request_id_var.set(f"job:{ctx['job_id']}") if "job_id" in ctx else None
         started = time.perf_counter()
         outcome = "ok"
         try:
@@ -101,6 +106,8 @@ def instrument_job(job: J) -> J:
             raise
         finally:
             JOBS.labels(name, outcome).observe(time.perf_counter() - started)
+            if token is not None:
+                request_id_var.reset(token)
 
     return run  # type: ignore[return-value]
 

@@ -190,6 +190,15 @@ async def test_instrumented_job_records_duration_and_failures() -> None:
     )
 
 
+async def test_log_lines_of_a_job_carry_its_job_id(captured: io.StringIO) -> None:
+    async def send_receipt(ctx: dict[str, Any]) -> None:
+        logging.getLogger("test.observability").info("sending")
+
+    await metrics.instrument_job(send_receipt)({"job_id": "abc123"})
+    assert _lines(captured)[0]["request_id"] == "job:abc123"
+    assert request_id_var.get() is None
+
+
 async def test_cancelled_job_is_recorded_and_cancellation_propagates() -> None:
     async def long_sync(ctx: dict[str, Any]) -> None:
         await asyncio.sleep(10)
