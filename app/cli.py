@@ -65,7 +65,12 @@ def api(
 
 
 @cli.command()
-def worker() -> None:
+def worker(
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Exit 0 if this host's worker beat in the last 30 s, else 1 (liveness)"),
+    ] = False,
+) -> None:
     """Run the arq worker (webhooks, usage, invoicing, sync, outbox, dunning)."""
     from arq import run_worker
     from arq.connections import RedisSettings
@@ -73,7 +78,14 @@ def worker() -> None:
     from app.worker.settings import WorkerSettings
 
     settings = settings_or_exit()
-    run_worker(WorkerSettings, redis_settings=RedisSettings.from_dsn(settings.redis_url))  # type: ignore[arg-type]
+    redis_settings = RedisSettings.from_dsn(settings.redis_url)
+    if check:
+        import asyncio
+
+        from arq.worker import async_check_health
+
+        raise typer.Exit(asyncio.run(async_check_health(redis_settings, WorkerSettings.health_check_key)))
+    run_worker(WorkerSettings, redis_settings=redis_settings)  # type: ignore[arg-type]
 
 
 @cli.command()

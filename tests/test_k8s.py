@@ -213,9 +213,12 @@ def test_the_api_grace_period_covers_the_drain_and_the_in_flight_requests() -> N
     assert grace >= drain + graceful + 5
 
 
-def test_the_worker_grace_period_covers_the_job_completion_wait() -> None:
+def test_the_worker_is_probed_by_its_heartbeat_and_its_grace_period_covers_running_jobs() -> None:
     pod = one("Deployment", "billing-worker")["spec"]["template"]["spec"]
-    assert pod["containers"][0]["command"] == ["billing", "worker"]
+    (worker,) = pod["containers"]
+    assert worker["command"] == ["billing", "worker"]
+    assert worker["livenessProbe"]["exec"]["command"] == ["billing", "worker", "--check"]
+    assert worker["livenessProbe"]["periodSeconds"] >= WorkerSettings.health_check_interval
     assert pod["terminationGracePeriodSeconds"] >= WorkerSettings.job_completion_wait + 10
 
 

@@ -172,6 +172,32 @@ async def test_sigterm_lets_the_running_job_finish_before_the_worker_exits(setti
         await redis.aclose()
 
 
+def _worker_check(settings: Settings) -> int:
+    return subprocess.run(
+        [sys.executable, "-m", "app", "worker", "--check"],
+        env=_env(settings, 8080, 0),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    ).returncode
+
+
+async def test_worker_check_follows_the_worker_heartbeat(settings: Settings) -> None:
+    assert await asyncio.to_thread(_worker_check, settings) == 1  # no worker yet
+    worker = _start_worker(settings, completion_wait=None)
+    try:
+        deadline = time.monotonic() + 20
+        while await asyncio.to_thread(_worker_check, settings) != 0:
+            assert time.monotonic() < deadline, "the worker never reported healthy"
+            await asyncio.sleep(0.2)
+        assert await _stop(worker) == 0
+        assert await asyncio.to_thread(_worker_check, settings) == 1  # heartbeat removed on exit
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
 async def test_a_job_still_running_when_the_wait_ends_is_requeued_and_run_again(settings: Settings) -> None:
     redis = await create_pool(RedisSettings.from_dsn(settings.redis_url))
     marker = f"lifecycle:{uuid.uuid4().hex}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any, ClassVar
 
 from arq import cron
@@ -37,6 +38,9 @@ class WorkerSettings:
     # On SIGTERM: stop picking jobs, let running ones finish for up to 25 s, then cancel them (arq
     # re-queues a cancelled job). Below the worker's terminationGracePeriodSeconds (k8s/worker.yaml).
     job_completion_wait = 25
+    # A heartbeat per worker (pod), read by `billing worker --check` (the liveness probe).
+    health_check_interval = 30
+    health_check_key = f"arq:health-check:{socket.gethostname()}"
 
 
 instrument_worker(WorkerSettings)
