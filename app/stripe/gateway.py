@@ -7,6 +7,7 @@ metrics, and mutating calls carry idempotency keys derived from our own row ids.
 
 from __future__ import annotations
 
+from app.stripe.account import AccountCalls
 from app.stripe.catalog import CatalogCalls
 from app.stripe.checkout import CheckoutCalls
 from app.stripe.customers import CustomerCalls
@@ -16,6 +17,12 @@ from app.stripe.subscriptions import SubscriptionCalls
 
 
 class StripeGateway(
-    CustomerCalls, CatalogCalls, PaymentMethodCalls, SubscriptionCalls, CheckoutCalls, ListingCalls
+    CustomerCalls,
+    CatalogCalls,
+    PaymentMethodCalls,
+    SubscriptionCalls,
+    CheckoutCalls,
+    ListingCalls,
+    AccountCalls,
 ):
     """Thin async wrapper over `stripe.StripeClient`; callers never see the SDK or its errors."""
