@@ -16,6 +16,8 @@ from app.consumers.router import router as consumers_router
 from app.db import create_engine, create_sessionmaker
 from app.health.router import router as health_router
 from app.http import RequestContextMiddleware, install_error_handlers
+from app.invoices.router import admin_router as admin_invoices_router
+from app.invoices.router import router as invoices_router
 from app.logging import configure_logging
 from app.plans.router import router as plans_router
 from app.stripe import StripeGateway
@@ -64,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(consumers_router)
     api.include_router(plans_router)
+    api.include_router(invoices_router)
+    api.include_router(admin_invoices_router)
     app.include_router(api)
     app.include_router(health_router)
     return app

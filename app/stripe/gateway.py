@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from app.stripe.catalog import CatalogCalls
 from app.stripe.customers import CustomerCalls
+from app.stripe.invoices import InvoiceCalls
 
 
-class StripeGateway(CustomerCalls, CatalogCalls):
+class StripeGateway(CustomerCalls, CatalogCalls, InvoiceCalls):
     """Thin async wrapper over `stripe.StripeClient`; callers never see the SDK or its errors."""
