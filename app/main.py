@@ -10,6 +10,7 @@ from arq.connections import ArqRedis
 from fastapi import APIRouter, FastAPI
 from redis.asyncio import ConnectionPool
 
+from app.analytics.router import router as analytics_router
 from app.auth import TokenVerifier
 from app.config import Settings, get_settings
 from app.consumers.router import router as consumers_router
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(plans_router)
     api.include_router(invoices_router)
     api.include_router(admin_invoices_router)
+    api.include_router(analytics_router)
     app.include_router(api)
     app.include_router(health_router)
     return app

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.consumers.service import consumer_id_for
-from app.models import Api, Consumer, Earning, Invoice, PricingPlan, PricingPlanVersion, Subscription
+from app.models import (
+    Api,
+    Consumer,
+    Earning,
+    Invoice,
+    PricingPlan,
+    PricingPlanVersion,
+    Subscription,
+    UsageRecord,
+)
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -107,3 +116,16 @@ def earning(
     }
     values.update(fields)
     return Earning(**values)
+
+
+def usage(
+    subscription_row: Subscription, window_start: datetime, successful: int, failed: int = 0
+) -> UsageRecord:
+    return UsageRecord(
+        subscription_id=subscription_row.id,
+        window_start=window_start,
+        window_end=window_start + timedelta(hours=1),
+        quantity=successful + failed,
+        successful_calls=successful,
+        failed_calls=failed,
+    )

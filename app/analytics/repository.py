@@ -1,0 +1,123 @@
+"""The analytics queries: each answer is one GROUP BY in PostgreSQL, never rows in Python."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import Api
+
+# One pass over the API's usage rows: the total, each day and each plan (GROUPING SETS).
+USAGE_SQL = text(
+    """
+    SELECT GROUPING(day, s.pricing_plan_id) AS grouping_id,
+           day,
+           s.pricing_plan_id AS plan_id,
+           COALESCE(SUM(u.quantity), 0)::bigint AS calls,
+           COALESCE(SUM(u.successful_calls), 0)::bigint AS successful_calls,
+           COALESCE(SUM(u.failed_calls), 0)::bigint AS failed_calls,
+           COUNT(DISTINCT s.consumer_id) AS unique_consumers
+    FROM usage_records u
+    JOIN subscriptions s ON s.id = u.subscription_id
+    CROSS JOIN LATERAL (SELECT (u.window_start AT TIME ZONE 'UTC')::date AS day) d
+    WHERE s.api_id = :api_id AND u.window_start >= :start AND u.window_start < :end
+    GROUP BY GROUPING SETS ((), (day), (s.pricing_plan_id))
+    """
+)
+
+TOP_CONSUMERS_SQL = text(
+    """
+    SELECT s.consumer_id, SUM(u.quantity)::bigint AS calls
+    FROM usage_records u
+    JOIN subscriptions s ON s.id = u.subscription_id
+    WHERE s.api_id = :api_id AND u.window_start >= :start AND u.window_start < :end
+    GROUP BY s.consumer_id
+    ORDER BY calls DESC, s.consumer_id
+    LIMIT :limit
+    """
+)
+
+# Reversal lines count negative. One pass: per currency, per (currency, month), per (currency, plan).
+EARNINGS_SQL = text(
+    """
+    SELECT GROUPING(month, e.plan_id) AS grouping_id,
+           e.currency,
+           month,
+           e.plan_id,
+           SUM(sign * e.gross_amount)::bigint AS gross_amount,
+           SUM(sign * e.commission_amount)::bigint AS commission_amount,
+           SUM(sign * e.net_amount)::bigint AS net_amount,
+           COALESCE(SUM(sign * e.net_amount) FILTER (WHERE e.status = 'pending'), 0)::bigint
+               AS pending_amount,
+           COALESCE(SUM(sign * e.net_amount) FILTER (WHERE e.status = 'available'), 0)::bigint
+               AS available_amount,
+           COALESCE(SUM(sign * e.net_amount) FILTER (WHERE e.status = 'paid_out'), 0)::bigint
+               AS paid_out_amount
+    FROM earnings e
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN e.kind = 'reversal' THEN -1 ELSE 1 END AS sign,
+               to_char(e.earned_at AT TIME ZONE 'UTC', 'YYYY-MM') AS month
+    ) d
+    WHERE e.api_id = :api_id AND e.earned_at >= :start AND e.earned_at < :end
+    GROUP BY GROUPING SETS ((e.currency), (e.currency, month), (e.currency, e.plan_id))
+    """
+)
+
+PLAN_NAMES_SQL = text("SELECT id, name FROM api_pricing_plans WHERE api_id = :api_id")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    grouping_id: int  # GROUPING(day, plan): 3 the total, 1 a day, 2 a plan (a bit per column left out)
+    day: date | None
+    plan_id: uuid.UUID | None
+    calls: int
+    successful_calls: int
+    failed_calls: int
+    unique_consumers: int
+
+
+@dataclass(frozen=True, slots=True)
+class EarningsRow:
+    grouping_id: int  # GROUPING(month, plan): 3 a currency's total, 1 a month, 2 a plan
+    currency: str
+    month: str | None
+    plan_id: uuid.UUID | None
+    gross_amount: int
+    commission_amount: int
+    net_amount: int
+    pending_amount: int
+    available_amount: int
+    paid_out_amount: int
+
+
+class AnalyticsRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def get_api(self, api_id: str) -> Api | None:
+        return await self._session.get(Api, api_id)
+
+    async def usage(self, api_id: str, start: datetime, end: datetime) -> list[UsageRow]:
+        result = await self._session.execute(USAGE_SQL, {"api_id": api_id, "start": start, "end": end})
+        return [UsageRow(*row) for row in result]
+
+    async def top_consumers(
+        self, api_id: str, start: datetime, end: datetime, limit: int
+    ) -> list[tuple[uuid.UUID, int]]:
+        result = await self._session.execute(
+            TOP_CONSUMERS_SQL, {"api_id": api_id, "start": start, "end": end, "limit": limit}
+        )
+        return [(consumer_id, int(calls)) for consumer_id, calls in result]
+
+    async def earnings(self, api_id: str, start: datetime, end: datetime) -> list[EarningsRow]:
+        result = await self._session.execute(EARNINGS_SQL, {"api_id": api_id, "start": start, "end": end})
+        return [EarningsRow(*row) for row in result]
+
+    async def plan_names(self, api_id: str) -> dict[uuid.UUID, str]:
+        result = await self._session.execute(PLAN_NAMES_SQL, {"api_id": api_id})
+        return {row[0]: row[1] for row in result}
