@@ -11,33 +11,41 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Api
 
-# One pass over the API's usage rows: the total, each day and each plan (GROUPING SETS).
+# One statement, one (parallel) scan of the API's usage rows: first reduced to (day, subscription),
+# then the total, each day, each plan and each consumer (GROUPING SETS), of which only the top
+# consumers leave the database.
 USAGE_SQL = text(
     """
-    SELECT GROUPING(day, s.pricing_plan_id) AS grouping_id,
-           day,
-           s.pricing_plan_id AS plan_id,
-           COALESCE(SUM(u.quantity), 0)::bigint AS calls,
-           COALESCE(SUM(u.successful_calls), 0)::bigint AS successful_calls,
-           COALESCE(SUM(u.failed_calls), 0)::bigint AS failed_calls,
-           COUNT(DISTINCT s.consumer_id) AS unique_consumers
-    FROM usage_records u
-    JOIN subscriptions s ON s.id = u.subscription_id
-    CROSS JOIN LATERAL (SELECT (u.window_start AT TIME ZONE 'UTC')::date AS day) d
-    WHERE s.api_id = :api_id AND u.window_start >= :start AND u.window_start < :end
-    GROUP BY GROUPING SETS ((), (day), (s.pricing_plan_id))
-    """
-)
-
-TOP_CONSUMERS_SQL = text(
-    """
-    SELECT s.consumer_id, SUM(u.quantity)::bigint AS calls
-    FROM usage_records u
-    JOIN subscriptions s ON s.id = u.subscription_id
-    WHERE s.api_id = :api_id AND u.window_start >= :start AND u.window_start < :end
-    GROUP BY s.consumer_id
-    ORDER BY calls DESC, s.consumer_id
-    LIMIT :limit
+    SELECT grouping_id, day, plan_id, consumer_id, calls, successful_calls, failed_calls, unique_consumers
+    FROM (
+        SELECT GROUPING(per.day, s.pricing_plan_id, s.consumer_id) AS grouping_id,
+               per.day,
+               s.pricing_plan_id AS plan_id,
+               s.consumer_id,
+               COALESCE(SUM(per.calls), 0)::bigint AS calls,
+               COALESCE(SUM(per.successful_calls), 0)::bigint AS successful_calls,
+               COALESCE(SUM(per.failed_calls), 0)::bigint AS failed_calls,
+               COUNT(DISTINCT s.consumer_id) AS unique_consumers,
+               row_number() OVER (
+                   PARTITION BY GROUPING(per.day, s.pricing_plan_id, s.consumer_id)
+                   ORDER BY SUM(per.calls) DESC, s.consumer_id
+               ) AS position
+        FROM (
+            SELECT (u.window_start AT TIME ZONE 'UTC')::date AS day,
+                   u.subscription_id,
+                   SUM(u.quantity) AS calls,
+                   SUM(u.successful_calls) AS successful_calls,
+                   SUM(u.failed_calls) AS failed_calls
+            FROM usage_records u
+            WHERE u.subscription_id IN (SELECT id FROM subscriptions WHERE api_id = :api_id)
+              AND u.window_start >= :start AND u.window_start < :end
+            GROUP BY 1, 2
+        ) per
+        JOIN subscriptions s ON s.id = per.subscription_id
+        GROUP BY GROUPING SETS ((), (per.day), (s.pricing_plan_id), (s.consumer_id))
+    ) ranked
+    WHERE grouping_id <> 6 OR position <= :limit
+    ORDER BY grouping_id, position
     """
 )
 
@@ -72,9 +80,11 @@ PLAN_NAMES_SQL = text("SELECT id, name FROM api_pricing_plans WHERE api_id = :ap
 
 @dataclass(frozen=True, slots=True)
 class UsageRow:
-    grouping_id: int  # GROUPING(day, plan): 3 the total, 1 a day, 2 a plan (a bit per column left out)
+    # GROUPING(day, plan, consumer), a bit per column left out: 7 the total, 3 a day, 5 a plan, 6 a consumer.
+    grouping_id: int
     day: date | None
     plan_id: uuid.UUID | None
+    consumer_id: uuid.UUID | None
     calls: int
     successful_calls: int
     failed_calls: int
@@ -102,17 +112,11 @@ class AnalyticsRepository:
     async def get_api(self, api_id: str) -> Api | None:
         return await self._session.get(Api, api_id)
 
-    async def usage(self, api_id: str, start: datetime, end: datetime) -> list[UsageRow]:
-        result = await self._session.execute(USAGE_SQL, {"api_id": api_id, "start": start, "end": end})
-        return [UsageRow(*row) for row in result]
-
-    async def top_consumers(
-        self, api_id: str, start: datetime, end: datetime, limit: int
-    ) -> list[tuple[uuid.UUID, int]]:
+    async def usage(self, api_id: str, start: datetime, end: datetime, top: int) -> list[UsageRow]:
         result = await self._session.execute(
-            TOP_CONSUMERS_SQL, {"api_id": api_id, "start": start, "end": end, "limit": limit}
+            USAGE_SQL, {"api_id": api_id, "start": start, "end": end, "limit": top}
         )
-        return [(consumer_id, int(calls)) for consumer_id, calls in result]
+        return [UsageRow(*row) for row in result]
 
     async def earnings(self, api_id: str, start: datetime, end: datetime) -> list[EarningsRow]:
         result = await self._session.execute(EARNINGS_SQL, {"api_id": api_id, "start": start, "end": end})

@@ -26,8 +26,10 @@ from app.models import Api
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
 TOP_CONSUMERS = 10
-# GROUPING(a, b) of the two-column grouping sets: a bit for each column left out.
+# GROUPING(month, plan) of the earnings query's sets: a bit for each column left out.
 TOTAL, BY_FIRST, BY_SECOND = 3, 1, 2
+# GROUPING(day, plan, consumer) of the usage query's sets (), (day), (plan) and (consumer).
+USAGE_TOTAL, USAGE_DAY, USAGE_PLAN, USAGE_CONSUMER = 7, 3, 5, 6
 
 
 def date_range(date_from: date | None, date_to: date | None, today: date) -> tuple[date, date]:
@@ -61,13 +63,13 @@ class AnalyticsService:
         start, end = date_range(date_from, date_to, datetime.now(UTC).date())
         await self._owned_api(principal, api_id)
         lower, upper = _bounds(start, end)
-        rows = await self._repo.usage(api_id, lower, upper)
-        top = await self._repo.top_consumers(api_id, lower, upper, TOP_CONSUMERS)
+        rows = await self._repo.usage(api_id, lower, upper, TOP_CONSUMERS)
         names = await self._repo.plan_names(api_id)
 
         totals = UsageCounts(calls=0, successful_calls=0, failed_calls=0, unique_consumers=0)
         days: dict[date, UsageDay] = {}
         plans: list[UsagePlan] = []
+        top: list[TopConsumer] = []
         for row in rows:
             counts = {
                 "calls": row.calls,
@@ -75,12 +77,14 @@ class AnalyticsService:
                 "failed_calls": row.failed_calls,
                 "unique_consumers": row.unique_consumers,
             }
-            if row.grouping_id == TOTAL:
+            if row.grouping_id == USAGE_TOTAL:
                 totals = UsageCounts(**counts)
-            elif row.grouping_id == BY_FIRST and row.day is not None:
+            elif row.grouping_id == USAGE_DAY and row.day is not None:
                 days[row.day] = UsageDay(date=row.day, **counts)
-            elif row.grouping_id == BY_SECOND and row.plan_id is not None:
+            elif row.grouping_id == USAGE_PLAN and row.plan_id is not None:
                 plans.append(UsagePlan(plan_id=row.plan_id, plan_name=names.get(row.plan_id), **counts))
+            elif row.grouping_id == USAGE_CONSUMER and row.consumer_id is not None:
+                top.append(TopConsumer(consumer_id=row.consumer_id, calls=row.calls))
         # Every day of the range, so charts need no gap filling (at most 366 entries).
         daily = [
             days.get(day)
@@ -95,7 +99,7 @@ class AnalyticsService:
             totals=totals,
             daily=daily,
             plans=plans,
-            top_consumers=[TopConsumer(consumer_id=c, calls=n) for c, n in top],
+            top_consumers=top,
         )
 
     async def earnings(
