@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     invoice_issuer_address: str = "1 Market Street, San Francisco, CA 94105, United States"
     invoice_issuer_email: str = "billing@marketplace.example"
     invoice_days_until_due: int = Field(30, ge=0, le=365)
+    # Earnings become available for payout once refunds and disputes are unlikely.
+    payout_refund_window_days: int = Field(14, ge=0, le=180)
 
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
     jwt_jwks_url: str | None = None

@@ -14,6 +14,7 @@ from app.analytics.router import router as analytics_router
 from app.auth import TokenVerifier
 from app.config import Settings, get_settings
 from app.consumers.router import router as consumers_router
+from app.creators.router import router as creators_router
 from app.db import create_engine, create_sessionmaker
 from app.health.router import router as health_router
 from app.http import RequestContextMiddleware, install_error_handlers
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(invoices_router)
     api.include_router(admin_invoices_router)
     api.include_router(analytics_router)
+    api.include_router(creators_router)
     app.include_router(api)
     app.include_router(health_router)
     return app

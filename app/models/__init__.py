@@ -6,6 +6,7 @@ from app.models.event import StripeEvent
 from app.models.idempotency import IdempotencyKey
 from app.models.invoice import Invoice
 from app.models.outbox import OutboxMessage
+from app.models.payout import CreatorAccount, Payout
 from app.models.plan import Api, PricingPlan, PricingPlanVersion
 from app.models.subscription import Subscription
 from app.models.usage import UsageRecord
@@ -13,11 +14,13 @@ from app.models.usage import UsageRecord
 __all__ = [
     "Api",
     "Consumer",
+    "CreatorAccount",
     "Earning",
     "IdempotencyKey",
     "Invoice",
     "OutboxMessage",
     "PaymentMethod",
+    "Payout",
     "PricingPlan",
     "PricingPlanVersion",
     "StripeEvent",

@@ -37,5 +37,7 @@ class Earning(UUIDPk, Base):
     commission_amount: Mapped[MinorUnits]
     net_amount: Mapped[MinorUnits]
     stripe_transfer_id: Mapped[str | None] = mapped_column(String(255))
+    # The payout that claimed this line (set before the transfer, so a retry pays the same lines).
+    payout_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("payouts.id"), index=True)
     earned_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -8,9 +8,10 @@ metrics, and mutating calls carry idempotency keys derived from our own row ids.
 from __future__ import annotations
 
 from app.stripe.catalog import CatalogCalls
+from app.stripe.connect import ConnectCalls
 from app.stripe.customers import CustomerCalls
 from app.stripe.invoices import InvoiceCalls
 
 
-class StripeGateway(CustomerCalls, CatalogCalls, InvoiceCalls):
+class StripeGateway(CustomerCalls, CatalogCalls, InvoiceCalls, ConnectCalls):
     """Thin async wrapper over `stripe.StripeClient`; callers never see the SDK or its errors."""

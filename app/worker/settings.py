@@ -8,6 +8,7 @@ from arq import cron
 
 from app.config import get_settings
 from app.logging import configure_logging
+from app.payouts.jobs import run_payouts
 from app.worker import jobs
 from app.worker.context import WorkerResources
 
@@ -23,8 +24,11 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 class WorkerSettings:
-    functions: ClassVar[list[Any]] = [jobs.purge_expired_idempotency_keys]
-    cron_jobs: ClassVar[list[Any]] = [cron(jobs.purge_expired_idempotency_keys, minute={7}, unique=True)]
+    functions: ClassVar[list[Any]] = [jobs.purge_expired_idempotency_keys, run_payouts]
+    cron_jobs: ClassVar[list[Any]] = [
+        cron(jobs.purge_expired_idempotency_keys, minute={7}, unique=True),
+        cron(run_payouts, hour={3}, minute={17}, unique=True),
+    ]
     on_startup = startup
     on_shutdown = shutdown
     max_jobs = 20
