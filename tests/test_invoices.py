@@ -101,6 +101,8 @@ async def test_list_filters_by_status_subscription_and_dates(
     assert await ids(subscription_id=str(sub.id)) == [str(march.id)]
     assert await ids(**{"from": "2026-03-01", "to": "2026-03-15"}) == [str(march.id)]
     assert await ids(**{"from": "2026-03-16"}) == [str(april_open.id)]
+    assert await ids(**{"from": "2026-03-15T12:00:01Z"}) == [str(april_open.id)]
+    assert await ids(to="2026-03-15T12:00:00Z") == [str(march.id)]
 
 
 async def test_list_rejects_bad_filters_with_422(client: httpx.AsyncClient, auth: Auth) -> None:

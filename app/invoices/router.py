@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
@@ -36,9 +36,13 @@ async def list_invoices(
     status: InvoiceStatus | None = None,
     subscription_id: uuid.UUID | None = None,
     date_from: Annotated[
-        date | None, Query(alias="from", description="Created on or after (UTC day)")
+        date | datetime | None,
+        Query(alias="from", description="Created on or after: a UTC day or a timestamp"),
     ] = None,
-    date_to: Annotated[date | None, Query(alias="to", description="Created on or before (UTC day)")] = None,
+    date_to: Annotated[
+        date | datetime | None,
+        Query(alias="to", description="Created on or before: a UTC day or a timestamp"),
+    ] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> InvoiceList:

@@ -76,6 +76,22 @@ def _start_of(day: date) -> datetime:
     return datetime.combine(day, clock.min, tzinfo=UTC)
 
 
+def created_bounds(date_from: date | None, date_to: date | None) -> tuple[datetime | None, datetime | None]:
+    """`[from, to)` in UTC: a day means the whole day (`to` inclusive); a timestamp means itself."""
+    lower = upper = None
+    if isinstance(date_from, datetime):
+        lower = date_from if date_from.tzinfo else date_from.replace(tzinfo=UTC)
+    elif date_from is not None:
+        lower = _start_of(date_from)
+    if isinstance(date_to, datetime):
+        upper = (date_to if date_to.tzinfo else date_to.replace(tzinfo=UTC)) + timedelta(microseconds=1)
+    elif date_to is not None:
+        upper = _start_of(date_to + timedelta(days=1))
+    if lower is not None and upper is not None and lower >= upper:
+        raise InvalidField("from", "must not be after `to`")
+    return lower, upper
+
+
 class InvoiceService:
     def __init__(self, session: AsyncSession, stripe: StripeGateway, settings: Settings) -> None:
         self._repo = InvoiceRepository(session)
@@ -88,20 +104,19 @@ class InvoiceService:
         *,
         status: InvoiceStatus | None,
         subscription_id: uuid.UUID | None,
-        date_from: date | None,
-        date_to: date | None,
+        date_from: date | datetime | None,
+        date_to: date | datetime | None,
         cursor: str | None,
         limit: int,
     ) -> InvoiceList:
-        """The caller's own invoices, newest first; `to` is inclusive (whole days, UTC)."""
-        if date_from and date_to and date_from > date_to:
-            raise InvalidField("from", "must not be after `to`")
+        """The caller's own invoices, newest first; `from` and `to` are inclusive."""
+        created_from, created_before = created_bounds(date_from, date_to)
         rows = await self._repo.list_for_user(
             principal.user_id,
             status=status,
             subscription_id=subscription_id,
-            created_from=_start_of(date_from) if date_from else None,
-            created_before=_start_of(date_to + timedelta(days=1)) if date_to else None,
+            created_from=created_from,
+            created_before=created_before,
             after=decode_cursor(cursor) if cursor else None,
             limit=limit + 1,
         )
