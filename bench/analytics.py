@@ -1,10 +1,10 @@
 """Creator analytics on one API with 1,000 consumers and 1M usage rows: our endpoints vs bare SQL.
 
-    python -m bench.analytics [--rows 1000000] [--consumers 1000] [--repeat 7]
+    python -m bench.analytics [--rows 1000000] [--consumers 1000] [--repeat 15]
 
 Starts a throwaway embedded PostgreSQL (or uses BENCH_DATABASE_URL, a database it may fill),
 migrates it, generates the data in PostgreSQL (INSERT ... SELECT generate_series), then times,
-in the same run and on warm caches, the median of:
+in the same run, on warm caches and interleaved, the median of:
   - GET /api/v1/apis/{id}/usage and /earnings through the ASGI app (JWT, service, SQL, JSON);
   - the same aggregate SQL run bare over asyncpg (what the endpoint cannot avoid);
   - the smallest bare aggregate over the same rows (one GROUP BY day; one GROUP BY currency).
@@ -124,14 +124,17 @@ def _asyncpg_sql(statement: Any) -> str:
     return sql
 
 
-async def _median(run: Callable[[], Awaitable[object]], repeat: int) -> float:
-    await run()  # warm the caches and plans
-    samples = []
+async def _medians(runs: dict[str, Callable[[], Awaitable[object]]], repeat: int) -> dict[str, float]:
+    """Median time of each run, interleaved round-robin so load from elsewhere hits all of them alike."""
+    for run in runs.values():
+        await run()  # warm the caches and plans
+    samples: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeat):
-        started = time.perf_counter()
-        await run()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+        for name, run in runs.items():
+            started = time.perf_counter()
+            await run()
+            samples[name].append(time.perf_counter() - started)
+    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 async def _seed(url: str, consumers: int, hours: int) -> None:
@@ -194,15 +197,29 @@ async def _bench(url: str, repeat: int, hours: int) -> dict[str, float]:
                 async def same_sql_earnings() -> None:
                     await raw.fetch(_asyncpg_sql(EARNINGS_SQL), API_ID, lower, upper)
 
-                results["usage endpoint"] = await _median(lambda: endpoint("usage"), repeat)
-                results["usage same SQL, bare"] = await _median(same_sql_usage, repeat)
-                results["usage minimal GROUP BY day"] = await _median(
-                    lambda: raw.fetch(MIN_USAGE_SQL, API_ID, lower, upper), repeat
+                results.update(
+                    await _medians(
+                        {
+                            "usage endpoint": lambda: endpoint("usage"),
+                            "usage same SQL, bare": same_sql_usage,
+                            "usage minimal GROUP BY day": lambda: raw.fetch(
+                                MIN_USAGE_SQL, API_ID, lower, upper
+                            ),
+                        },
+                        repeat,
+                    )
                 )
-                results["earnings endpoint"] = await _median(lambda: endpoint("earnings"), repeat)
-                results["earnings same SQL, bare"] = await _median(same_sql_earnings, repeat)
-                results["earnings minimal GROUP BY currency"] = await _median(
-                    lambda: raw.fetch(MIN_EARNINGS_SQL, API_ID, lower, upper), repeat
+                results.update(
+                    await _medians(
+                        {
+                            "earnings endpoint": lambda: endpoint("earnings"),
+                            "earnings same SQL, bare": same_sql_earnings,
+                            "earnings minimal GROUP BY currency": lambda: raw.fetch(
+                                MIN_EARNINGS_SQL, API_ID, lower, upper
+                            ),
+                        },
+                        repeat,
+                    )
                 )
     finally:
         await raw.close()
@@ -255,7 +272,7 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=1_000_000, help="usage rows for the API")
     parser.add_argument("--consumers", type=int, default=1_000)
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=15)
     asyncio.run(_main(parser.parse_args()))
 
 

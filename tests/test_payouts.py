@@ -257,3 +257,31 @@ async def test_creator_without_connect_account_accrues_until_onboarded(
     )
     assert (await run_payouts(worker_ctx))["paid"] == 2
     assert {t["destination"] for t in fake.transfers.values()} == {"acct_late"}
+
+
+async def test_creator_onboards_and_receives_transfers_in_the_stripe_emulator(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine, worker_ctx: dict[str, Any], settings: Settings
+) -> None:
+    headers = auth("creator", user_id="creator-1")
+    body = {
+        "return_url": "https://market.example/creator/done",
+        "refresh_url": "https://market.example/again",
+    }
+    onboarding = (await client.post("/api/v1/creators/connect", json=body, headers=headers)).json()
+    async with httpx.AsyncClient() as browser:
+        visit = await browser.get(onboarding["url"])
+    assert visit.status_code == 302
+    assert visit.headers["location"] == body["return_url"]
+    assert (await client.get("/api/v1/creators/connect", headers=headers)).json()["status"] == "active"
+    await _seed_ledger(engine, onboarded=False)
+
+    assert (await run_payouts(worker_ctx))["paid"] == 2
+
+    payouts = await _payouts(engine)
+    async with httpx.AsyncClient(base_url=str(settings.stripe_api_base)) as stripe:
+        key = (settings.stripe_secret_key.get_secret_value(), "")
+        transfers = [
+            (await stripe.get(f"/v1/transfers/{p.stripe_transfer_id}", auth=key)).json() for p in payouts
+        ]
+    assert [(t["currency"], t["amount"]) for t in transfers] == [("jpy", 2666), ("usd", 3998)]
+    assert {t["destination"] for t in transfers} == {onboarding["stripe_account_id"]}

@@ -16,7 +16,8 @@ from app.models import Api
 # consumers leave the database.
 USAGE_SQL = text(
     """
-    SELECT grouping_id, day, plan_id, consumer_id, calls, successful_calls, failed_calls, unique_consumers
+    SELECT grouping_id, day, plan_id, plan.name AS plan_name, consumer_id, calls, successful_calls,
+           failed_calls, unique_consumers
     FROM (
         SELECT GROUPING(per.day, s.pricing_plan_id, s.consumer_id) AS grouping_id,
                per.day,
@@ -44,6 +45,7 @@ USAGE_SQL = text(
         JOIN subscriptions s ON s.id = per.subscription_id
         GROUP BY GROUPING SETS ((), (per.day), (s.pricing_plan_id), (s.consumer_id))
     ) ranked
+    LEFT JOIN api_pricing_plans plan ON plan.id = ranked.plan_id
     WHERE grouping_id <> 6 OR position <= :limit
     ORDER BY grouping_id, position
     """
@@ -52,30 +54,34 @@ USAGE_SQL = text(
 # Reversal lines count negative. One pass: per currency, per (currency, month), per (currency, plan).
 EARNINGS_SQL = text(
     """
-    SELECT GROUPING(month, e.plan_id) AS grouping_id,
-           e.currency,
-           month,
-           e.plan_id,
-           SUM(sign * e.gross_amount)::bigint AS gross_amount,
-           SUM(sign * e.commission_amount)::bigint AS commission_amount,
-           SUM(sign * e.net_amount)::bigint AS net_amount,
-           COALESCE(SUM(sign * e.net_amount) FILTER (WHERE e.status = 'pending'), 0)::bigint
-               AS pending_amount,
-           COALESCE(SUM(sign * e.net_amount) FILTER (WHERE e.status = 'available'), 0)::bigint
-               AS available_amount,
-           COALESCE(SUM(sign * e.net_amount) FILTER (WHERE e.status = 'paid_out'), 0)::bigint
-               AS paid_out_amount
-    FROM earnings e
-    CROSS JOIN LATERAL (
-        SELECT CASE WHEN e.kind = 'reversal' THEN -1 ELSE 1 END AS sign,
-               to_char(e.earned_at AT TIME ZONE 'UTC', 'YYYY-MM') AS month
-    ) d
-    WHERE e.api_id = :api_id AND e.earned_at >= :start AND e.earned_at < :end
-    GROUP BY GROUPING SETS ((e.currency), (e.currency, month), (e.currency, e.plan_id))
+    SELECT totals.grouping_id, totals.currency, totals.month, totals.plan_id, plan.name AS plan_name,
+           totals.gross_amount, totals.commission_amount, totals.net_amount, totals.pending_amount,
+           totals.available_amount, totals.paid_out_amount
+    FROM (
+        SELECT GROUPING(month, e.plan_id) AS grouping_id,
+               e.currency,
+               month,
+               e.plan_id,
+               SUM(sign * e.gross_amount)::bigint AS gross_amount,
+               SUM(sign * e.commission_amount)::bigint AS commission_amount,
+               SUM(sign * e.net_amount)::bigint AS net_amount,
+               COALESCE(SUM(sign * e.net_amount) FILTER (WHERE e.status = 'pending'), 0)::bigint
+                   AS pending_amount,
+               COALESCE(SUM(sign * e.net_amount) FILTER (WHERE e.status = 'available'), 0)::bigint
+                   AS available_amount,
+               COALESCE(SUM(sign * e.net_amount) FILTER (WHERE e.status = 'paid_out'), 0)::bigint
+                   AS paid_out_amount
+        FROM earnings e
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN e.kind = 'reversal' THEN -1 ELSE 1 END AS sign,
+                   to_char(e.earned_at AT TIME ZONE 'UTC', 'YYYY-MM') AS month
+        ) d
+        WHERE e.api_id = :api_id AND e.earned_at >= :start AND e.earned_at < :end
+        GROUP BY GROUPING SETS ((e.currency), (e.currency, month), (e.currency, e.plan_id))
+    ) totals
+    LEFT JOIN api_pricing_plans plan ON plan.id = totals.plan_id
     """
 )
-
-PLAN_NAMES_SQL = text("SELECT id, name FROM api_pricing_plans WHERE api_id = :api_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,7 @@ class UsageRow:
     grouping_id: int
     day: date | None
     plan_id: uuid.UUID | None
+    plan_name: str | None
     consumer_id: uuid.UUID | None
     calls: int
     successful_calls: int
@@ -97,6 +104,7 @@ class EarningsRow:
     currency: str
     month: str | None
     plan_id: uuid.UUID | None
+    plan_name: str | None
     gross_amount: int
     commission_amount: int
     net_amount: int
@@ -121,7 +129,3 @@ class AnalyticsRepository:
     async def earnings(self, api_id: str, start: datetime, end: datetime) -> list[EarningsRow]:
         result = await self._session.execute(EARNINGS_SQL, {"api_id": api_id, "start": start, "end": end})
         return [EarningsRow(*row) for row in result]
-
-    async def plan_names(self, api_id: str) -> dict[uuid.UUID, str]:
-        result = await self._session.execute(PLAN_NAMES_SQL, {"api_id": api_id})
-        return {row[0]: row[1] for row in result}

@@ -64,7 +64,6 @@ class AnalyticsService:
         await self._owned_api(principal, api_id)
         lower, upper = _bounds(start, end)
         rows = await self._repo.usage(api_id, lower, upper, TOP_CONSUMERS)
-        names = await self._repo.plan_names(api_id)
 
         totals = UsageCounts(calls=0, successful_calls=0, failed_calls=0, unique_consumers=0)
         days: dict[date, UsageDay] = {}
@@ -82,7 +81,7 @@ class AnalyticsService:
             elif row.grouping_id == USAGE_DAY and row.day is not None:
                 days[row.day] = UsageDay(date=row.day, **counts)
             elif row.grouping_id == USAGE_PLAN and row.plan_id is not None:
-                plans.append(UsagePlan(plan_id=row.plan_id, plan_name=names.get(row.plan_id), **counts))
+                plans.append(UsagePlan(plan_id=row.plan_id, plan_name=row.plan_name, **counts))
             elif row.grouping_id == USAGE_CONSUMER and row.consumer_id is not None:
                 top.append(TopConsumer(consumer_id=row.consumer_id, calls=row.calls))
         # Every day of the range, so charts need no gap filling (at most 366 entries).
@@ -109,7 +108,6 @@ class AnalyticsService:
         start, end = date_range(date_from, date_to, datetime.now(UTC).date())
         await self._owned_api(principal, api_id)
         rows = await self._repo.earnings(api_id, *_bounds(start, end))
-        names = await self._repo.plan_names(api_id)
         months: dict[str, list[EarningMonth]] = defaultdict(list)
         plans: dict[str, list[EarningPlan]] = defaultdict(list)
         totals: dict[str, EarningsRow] = {}
@@ -125,7 +123,7 @@ class AnalyticsService:
                 months[row.currency].append(EarningMonth(month=row.month, **amounts))
             elif row.grouping_id == BY_SECOND and row.plan_id is not None:
                 plans[row.currency].append(
-                    EarningPlan(plan_id=row.plan_id, plan_name=names.get(row.plan_id), **amounts)
+                    EarningPlan(plan_id=row.plan_id, plan_name=row.plan_name, **amounts)
                 )
         currencies = [
             CurrencyEarnings(
