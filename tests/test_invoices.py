@@ -285,3 +285,35 @@ def test_amounts_format_in_each_currencys_minor_unit() -> None:
     assert format_unit_price(Decimal("0.15"), "usd") == "0.0015 USD"
     assert format_unit_price(Decimal("2900"), "usd") == "29.00 USD"
     assert format_unit_price(Decimal("5"), "jpy") == "5 JPY"
+
+
+def test_long_invoice_pdf_spans_pages_and_ends_with_the_totals() -> None:
+    from app.invoices.lines import InvoiceLine
+    from app.invoices.pdf import InvoiceDocument, Party, render_invoice_pdf
+
+    line = InvoiceLine(
+        "Calls \u2014 batch", None, "Metered", None, None, 1000, Decimal("0.15"), 150, 0, "usd"
+    )
+    document = InvoiceDocument(
+        issuer=Party("API Marketplace", ("billing@marketplace.example",)),
+        bill_to=Party("alice@example.com", ()),
+        number="INV-LONG",
+        status="open",
+        currency="usd",
+        issued_at=rows.T0,
+        period_start=None,
+        period_end=None,
+        paid_at=None,
+        lines=(line,) * 40,
+        subtotal=6000,
+        tax=0,
+        total=6000,
+        amount_paid=0,
+        amount_due=6000,
+    )
+
+    pages = PdfReader(io.BytesIO(render_invoice_pdf(document))).pages
+
+    assert len(pages) > 1
+    assert "60.00 USD" in pages[-1].extract_text()
+    assert "Calls - batch" in pages[0].extract_text()

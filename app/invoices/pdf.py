@@ -58,13 +58,25 @@ class InvoiceDocument:
     amount_due: int
 
 
+# Typographic characters outside Latin-1 that have a plain equivalent.
+_PLAIN = str.maketrans(
+    {"\u2013": "-", "\u2014": "-", "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
+     "\u2026": "...", "\u2022": "*", "\u20ac": "EUR", "\u00a0": " ", "\u2212": "-"}
+)  # fmt: skip
+
+
 def _text(value: str) -> str:
-    """The core PDF fonts are Latin-1; anything outside it is shown as '?' rather than failing."""
-    return value.encode("latin-1", "replace").decode("latin-1")
+    """The core PDF fonts are Latin-1; anything else without a plain equivalent is shown as '?'."""
+    return value.translate(_PLAIN).encode("latin-1", "replace").decode("latin-1")
 
 
 def _date(value: datetime | None) -> str:
     return value.strftime("%d %b %Y") if value else "-"
+
+
+def _is_span(start: datetime | None, end: datetime | None) -> bool:
+    """A service period worth printing (one-off items carry start == end)."""
+    return start is not None and end is not None and start != end
 
 
 def format_unit_price(unit_amount: Decimal | None, currency: str) -> str:
@@ -142,7 +154,7 @@ def _header(pdf: FPDF, doc: InvoiceDocument, width: float) -> None:
         ("Date of issue", _date(doc.issued_at)),
         ("Currency", doc.currency.upper()),
     ]
-    if doc.period_start or doc.period_end:
+    if _is_span(doc.period_start, doc.period_end):
         meta.append(("Service period", f"{_date(doc.period_start)} - {_date(doc.period_end)}"))
     if doc.paid_at:
         meta.append(("Paid on", _date(doc.paid_at)))
@@ -180,19 +192,24 @@ def _parties(pdf: FPDF, doc: InvoiceDocument, width: float) -> None:
 COLUMNS = (("Description", 0.40, "L"), ("Qty", 0.09, "R"), ("Unit price", 0.18, "R"), ("Tax", 0.14, "R"))
 
 
-def _line_table(pdf: FPDF, doc: InvoiceDocument, width: float) -> None:
-    widths = [width * share for _, share, _ in COLUMNS]
-    widths.append(width - sum(widths))
-    aligns = [align for _, _, align in COLUMNS] + ["R"]
+def _table_header(pdf: FPDF, widths: list[float]) -> None:
     pdf.set_fill_color(*BAND)
     pdf.set_text_color(*MUTED)
     pdf.set_font("helvetica", "B", 8.5)
     for (title, _, align), w in zip((*COLUMNS, ("Amount", 0, "R")), widths, strict=True):
         pdf.cell(w, 8, title.upper(), align=align, fill=True)
     pdf.ln(8)
+
+
+def _line_table(pdf: FPDF, doc: InvoiceDocument, width: float) -> None:
+    widths = [width * share for _, share, _ in COLUMNS]
+    widths.append(width - sum(widths))
+    aligns = [align for _, _, align in COLUMNS] + ["R"]
+    _table_header(pdf, widths)
     for line in doc.lines:
         if pdf.will_page_break(14):
             pdf.add_page()
+            _table_header(pdf, widths)
         top = pdf.get_y()
         pdf.set_text_color(*INK)
         pdf.set_font("helvetica", "", 9.5)
@@ -201,7 +218,7 @@ def _line_table(pdf: FPDF, doc: InvoiceDocument, width: float) -> None:
         details = []
         if line.plan_name and line.plan_name != description:
             details.append(f"Plan: {line.plan_name}")
-        if line.period_start or line.period_end:
+        if _is_span(line.period_start, line.period_end):
             details.append(f"{_date(line.period_start)} - {_date(line.period_end)}")
         if details:
             pdf.set_font("helvetica", "", 8)
