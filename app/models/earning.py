@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, UUIDPk, utcnow
@@ -23,6 +23,14 @@ class Earning(UUIDPk, Base):
         enum_check("status", EARNING_STATUSES),
         *non_negative("gross_amount", "commission_amount", "net_amount"),
         Index("ix_earnings_api_earned", "api_id", "earned_at"),
+        # The payout run's two scans touch only lines still due: maturing ones and unclaimed ones.
+        Index("ix_earnings_pending_earned", "earned_at", postgresql_where=text("status = 'pending'")),
+        Index(
+            "ix_earnings_unclaimed_available",
+            "creator_id",
+            "currency",
+            postgresql_where=text("status = 'available' AND payout_id IS NULL"),
+        ),
     )
 
     creator_id: Mapped[str] = mapped_column(String(255), index=True)
