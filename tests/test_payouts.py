@@ -13,11 +13,12 @@ import httpx
 import pytest
 import respx
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
 from app.models import CreatorAccount, Earning, Payout
-from app.payouts.jobs import run_payouts
+from app.payouts.jobs import pay_out_earnings, run_payouts
+from app.payouts.reversals import proportional_shares, reverse_invoice_earnings
 from app.worker.context import WorkerResources
 from tests import rows
 
@@ -285,3 +286,84 @@ async def test_creator_onboards_and_receives_transfers_in_the_stripe_emulator(
         ]
     assert [(t["currency"], t["amount"]) for t in transfers] == [("jpy", 2666), ("usd", 3998)]
     assert {t["destination"] for t in transfers} == {onboarding["stripe_account_id"]}
+
+
+# Refunds and lost disputes: reversal lines.
+
+
+async def _paid_invoice(engine: AsyncEngine, *charges: tuple[int, int]) -> tuple[Any, list[Any]]:
+    api = rows.api("creator-1", "weather")
+    alice = rows.consumer("alice")
+    invoice = rows.invoice(alice, total=sum(g for g, _ in charges), created_at=OLD)
+    plans = [rows.plan(api, name=f"Plan {i}") for i in range(len(charges))]
+    ledger = [
+        rows.earning(plan, invoice, "creator-1", gross, commission, earned_at=OLD)
+        for (plan, _), (gross, commission) in zip(plans, charges, strict=True)
+    ]
+    await rows.add(engine, api, *(x for pair in plans for x in pair), alice, invoice, *ledger)
+    return invoice, [plan for plan, _ in plans]
+
+
+async def _reversals(engine: AsyncEngine) -> list[tuple[int, int, int]]:
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            select(Earning.gross_amount, Earning.commission_amount, Earning.net_amount)
+            .where(Earning.kind == "reversal")
+            .order_by(Earning.plan_id)
+        )
+        return [(g, c, n) for g, c, n in result]
+
+
+async def _reverse(engine: AsyncEngine, invoice_id: Any, amount: int) -> int:
+    async with AsyncSession(engine) as session, session.begin():
+        return await reverse_invoice_earnings(session, invoice_id=invoice_id, reversed_total=amount)
+
+
+def test_proportional_shares_sum_exactly() -> None:
+    assert proportional_shares(100, [1, 1, 1]) == [34, 33, 33]
+    assert proportional_shares(1000, [2999, 1]) == [1000, 0]
+    assert proportional_shares(7, [0, 0]) == [0, 0]
+    for amount in range(0, 300, 7):
+        assert sum(proportional_shares(amount, [2999, 1500, 1])) == amount
+
+
+async def test_full_refund_reverses_each_charge_exactly(engine: AsyncEngine) -> None:
+    invoice, _ = await _paid_invoice(engine, (2999, 600), (1000, 200))
+
+    assert await _reverse(engine, invoice.id, 3999) == 2
+
+    assert sorted(await _reversals(engine)) == sorted([(2999, 600, 2399), (1000, 200, 800)])
+
+
+async def test_partial_refunds_grow_the_reversal_and_repeats_change_nothing(engine: AsyncEngine) -> None:
+    invoice, _ = await _paid_invoice(engine, (2999, 600))
+
+    await _reverse(engine, invoice.id, 1000)
+    assert await _reversals(engine) == [(1000, 200, 800)]
+    await _reverse(engine, invoice.id, 1500)  # cumulative: 500 more
+    assert await _reverse(engine, invoice.id, 1000) == 0  # an older event arrives late
+    assert await _reverse(engine, invoice.id, 1500) == 0  # a repeated event
+    assert await _reversals(engine) == [(1500, 300, 1200)]
+
+
+async def test_refund_of_a_paid_out_invoice_is_netted_from_the_next_payout(
+    engine: AsyncEngine, worker_ctx: dict[str, Any], connect: tuple[FakeConnect, Any]
+) -> None:
+    fake, _ = connect
+    res = worker_ctx["resources"]
+    invoice, plans = await _paid_invoice(engine, (2999, 600))
+    await rows.add(
+        engine, CreatorAccount(creator_id="creator-1", stripe_account_id="acct_c1", payouts_enabled=True)
+    )
+    first = await pay_out_earnings(res.sessionmaker, res.stripe, res.settings, now=NOW)
+    assert first.paid == 1
+    bob = rows.consumer("bob")
+    later = rows.invoice(bob, total=5000, created_at=OLD)
+    await rows.add(engine, bob, later, rows.earning(plans[0], later, "creator-1", 5000, 1000, earned_at=OLD))
+
+    await _reverse(engine, invoice.id, 2999)
+    second = await pay_out_earnings(res.sessionmaker, res.stripe, res.settings, now=NOW + timedelta(days=1))
+
+    assert second.paid == 1
+    # 2399 paid first; then bob's 4000 net less the 2399 taken back.
+    assert sorted(t["amount"] for t in fake.transfers.values()) == [1601, 2399]
