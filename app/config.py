@@ -36,6 +36,15 @@ class Settings(BaseSettings):
     stripe_rate_limit_per_second: int = Field(25, ge=1)
 
     platform_commission: Decimal = Field(Decimal("0.20"), ge=0, le=1)
+    # Stripe Tax (`automatic_tax`) on new invoices; needs Stripe Tax set up on the account.
+    stripe_tax_enabled: bool = False
+    # The issuer printed on the invoices we render ourselves (when Stripe has no PDF).
+    invoice_issuer_name: str = "API Marketplace"
+    invoice_issuer_address: str = "1 Market Street, San Francisco, CA 94105, United States"
+    invoice_issuer_email: str = "billing@marketplace.example"
+    invoice_days_until_due: int = Field(30, ge=0, le=365)
+    # Earnings become available for payout once refunds and disputes are unlikely.
+    payout_refund_window_days: int = Field(14, ge=0, le=180)
 
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
     jwt_jwks_url: str | None = None

@@ -11,13 +11,17 @@ from arq.connections import ArqRedis
 from fastapi import APIRouter, FastAPI
 from redis.asyncio import ConnectionPool
 
+from app.analytics.router import router as analytics_router
 from app.auth import TokenVerifier
 from app.config import Settings, get_settings
 from app.consumers.router import router as consumers_router
+from app.creators.router import router as creators_router
 from app.db import create_engine, create_read_sessionmaker, create_sessionmaker
 from app.health.router import router as health_router
 from app.http import RequestContextMiddleware, install_error_handlers
 from app.idempotency import IdempotencyMiddleware
+from app.invoices.router import admin_router as admin_invoices_router
+from app.invoices.router import router as invoices_router
 from app.logging import configure_logging
 from app.payment_methods.router import router as payment_methods_router
 from app.plans.router import router as plans_router
@@ -76,6 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(plans_router)
     api.include_router(payment_methods_router)
     api.include_router(subscriptions_router)
+    api.include_router(invoices_router)
+    api.include_router(admin_invoices_router)
+    api.include_router(analytics_router)
+    api.include_router(creators_router)
     app.include_router(api)
     app.include_router(health_router)
     return app

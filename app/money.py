@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated
 
 from pydantic import PlainSerializer
@@ -123,3 +123,16 @@ def _json_number(value: Decimal) -> int | float:
 
 
 JsonDecimal = Annotated[Decimal, PlainSerializer(_json_number, return_type=int | float, when_used="json")]
+
+
+def split_commission(gross: int, rate: Decimal) -> tuple[int, int]:
+    """`(commission, net)` of a gross amount in minor units; `commission + net == gross` exactly.
+
+    The commission is `gross * rate` rounded half up to the minor unit (half a cent goes to the
+    platform) and the net is the rest, so a creator's net is `gross * (1 - rate)` rounded half down.
+    Each ledger line is rounded on its own and the lines are then summed.
+    """
+    if gross < 0:
+        raise ValueError("gross must not be negative")
+    commission = int((Decimal(gross) * rate).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    return commission, gross - commission

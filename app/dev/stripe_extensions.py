@@ -9,6 +9,9 @@
   `latest_invoice.confirmation_secret` expansion), translated onto localstripe's plan-based ones.
 - Checkout Sessions (`/v1/checkout/sessions`) whose `url` is a dev page that pays the session
   (subscription created, `checkout.session.completed` sent), and billing-portal sessions.
+- Connect: Express accounts (`/v1/accounts`), onboarding links (`/v1/account_links`; opening the
+  link completes onboarding at once and redirects to `return_url`) and transfers
+  (`/v1/transfers`), which replay their answer for a repeated Idempotency-Key as Stripe does.
 Objects are kept in localstripe's store, so they persist with it.
 """
 
@@ -20,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, cast
+from urllib.parse import urlencode
 
 from aiohttp import web
 from localstripe import resources, server
@@ -377,6 +381,86 @@ async def stripe_today(request: web.Request, handler: Handler) -> web.StreamResp
     return await _dispatch(_OVERRIDES, request, handler)
 
 
+async def create_account(request: web.Request) -> web.Response:
+    data = await server.get_post_data(request) or {}
+    account = {
+        "id": _new_id("acct_"),
+        "object": "account",
+        "type": data.get("type", "express"),
+        "email": data.get("email"),
+        "country": data.get("country", "US"),
+        "capabilities": dict.fromkeys(data.get("capabilities") or {"transfers": {}}, "inactive"),
+        "charges_enabled": False,
+        "payouts_enabled": False,
+        "details_submitted": False,
+        "created": int(time.time()),
+        "metadata": data.get("metadata") or {},
+        "livemode": False,
+    }
+    return _json(_save("account", account))
+
+
+async def retrieve_account(request: web.Request) -> web.Response:
+    return _json(_stored("account", request.match_info["id"]))
+
+
+async def create_account_link(request: web.Request) -> web.Response:
+    data = await server.get_post_data(request) or {}
+    account = _stored("account", str(data.get("account")))
+    if not data.get("return_url") or not data.get("refresh_url"):
+        raise UserError(400, "Missing required param: return_url or refresh_url")
+    now = int(time.time())
+    query = urlencode({"return_url": data["return_url"]})
+    return _json(
+        {
+            "object": "account_link",
+            "created": now,
+            "expires_at": now + 300,
+            "url": f"{request.scheme}://{request.host}/_config/connect/{account['id']}/onboard?{query}",
+        }
+    )
+
+
+async def complete_onboarding(request: web.Request) -> web.Response:
+    """What the creator's visit to Stripe's hosted onboarding amounts to, in development."""
+    account = _stored("account", request.match_info["id"])
+    account.update(details_submitted=True, charges_enabled=True, payouts_enabled=True)
+    account["capabilities"] = dict.fromkeys(account["capabilities"], "active")
+    _save("account", account)
+    raise web.HTTPFound(request.query.get("return_url") or "/")
+
+
+async def create_transfer(request: web.Request) -> web.Response:
+    key = request.headers.get("Idempotency-Key")
+    if key and f"transfer_key:{key}" in resources.store:
+        return _json(_stored("transfer", resources.store[f"transfer_key:{key}"]))
+    data = await server.get_post_data(request) or {}
+    destination = _stored("account", str(data.get("destination")))
+    if not destination["payouts_enabled"]:
+        raise UserError(400, "The destination account has not finished onboarding")
+    transfer = {
+        "id": _new_id("tr_"),
+        "object": "transfer",
+        "amount": int(data.get("amount") or 0),
+        "amount_reversed": 0,
+        "currency": data.get("currency"),
+        "destination": destination["id"],
+        "transfer_group": data.get("transfer_group"),
+        "metadata": data.get("metadata") or {},
+        "created": int(time.time()),
+        "reversed": False,
+        "livemode": False,
+    }
+    _save("transfer", transfer)
+    if key:
+        resources.store[f"transfer_key:{key}"] = transfer["id"]
+    return _json(transfer)
+
+
+async def retrieve_transfer(request: web.Request) -> web.Response:
+    return _json(_stored("transfer", request.match_info["id"]))
+
+
 def install_extensions(app: web.Application) -> None:
     """Register the extra routes on localstripe's aiohttp app (before it starts)."""
     app.middlewares.insert(1, hosted_pages)  # after the error middleware, before auth
@@ -391,3 +475,9 @@ def install_extensions(app: web.Application) -> None:
     app.router.add_post("/v1/billing/meters", create_meter)
     app.router.add_get("/v1/billing/meters/{id}", retrieve_meter)
     app.router.add_post("/v1/billing/meter_events", create_meter_event)
+    app.router.add_post("/v1/accounts", create_account)
+    app.router.add_get("/v1/accounts/{id}", retrieve_account)
+    app.router.add_post("/v1/account_links", create_account_link)
+    app.router.add_get("/_config/connect/{id}/onboard", complete_onboarding)
+    app.router.add_post("/v1/transfers", create_transfer)
+    app.router.add_get("/v1/transfers/{id}", retrieve_transfer)

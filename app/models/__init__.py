@@ -7,6 +7,7 @@ from app.models.idempotency import IdempotencyKey
 from app.models.invoice import Invoice
 from app.models.job_run import JobRun
 from app.models.outbox import OutboxMessage
+from app.models.payout import CreatorAccount, Payout
 from app.models.plan import Api, PricingPlan, PricingPlanVersion
 from app.models.subscription import Subscription
 from app.models.sync_run import SyncRun
@@ -15,12 +16,14 @@ from app.models.usage import UsageRecord
 __all__ = [
     "Api",
     "Consumer",
+    "CreatorAccount",
     "Earning",
     "IdempotencyKey",
     "Invoice",
     "JobRun",
     "OutboxMessage",
     "PaymentMethod",
+    "Payout",
     "PricingPlan",
     "PricingPlanVersion",
     "StripeEvent",

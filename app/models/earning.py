@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base, UUIDPk, utcnow
@@ -23,6 +23,14 @@ class Earning(UUIDPk, Base):
         enum_check("status", EARNING_STATUSES),
         *non_negative("gross_amount", "commission_amount", "net_amount"),
         Index("ix_earnings_api_earned", "api_id", "earned_at"),
+        # The payout run's two scans touch only lines still due: maturing ones and unclaimed ones.
+        Index("ix_earnings_pending_earned", "earned_at", postgresql_where=text("status = 'pending'")),
+        Index(
+            "ix_earnings_unclaimed_available",
+            "creator_id",
+            "currency",
+            postgresql_where=text("status = 'available' AND payout_id IS NULL"),
+        ),
     )
 
     creator_id: Mapped[str] = mapped_column(String(255), index=True)
@@ -37,5 +45,7 @@ class Earning(UUIDPk, Base):
     commission_amount: Mapped[MinorUnits]
     net_amount: Mapped[MinorUnits]
     stripe_transfer_id: Mapped[str | None] = mapped_column(String(255))
+    # The payout that claimed this line (set before the transfer, so a retry pays the same lines).
+    payout_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("payouts.id"), index=True)
     earned_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

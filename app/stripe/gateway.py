@@ -10,7 +10,9 @@ from __future__ import annotations
 from app.stripe.account import AccountCalls
 from app.stripe.catalog import CatalogCalls
 from app.stripe.checkout import CheckoutCalls
+from app.stripe.connect import ConnectCalls
 from app.stripe.customers import CustomerCalls
+from app.stripe.invoices import InvoiceCalls
 from app.stripe.listing import ListingCalls
 from app.stripe.payment_methods import PaymentMethodCalls
 from app.stripe.subscriptions import SubscriptionCalls
@@ -24,5 +26,7 @@ class StripeGateway(
     CheckoutCalls,
     ListingCalls,
     AccountCalls,
+    InvoiceCalls,
+    ConnectCalls,
 ):
     """Thin async wrapper over `stripe.StripeClient`; callers never see the SDK or its errors."""

@@ -1,0 +1,1 @@
+"""Creator analytics: usage and earnings of one API, from SQL aggregates."""

@@ -1,0 +1,131 @@
+"""The analytics queries: each answer is one GROUP BY in PostgreSQL, never rows in Python."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import Api
+
+# One statement, one (parallel) scan of the API's usage rows: first reduced to (day, subscription),
+# then the total, each day, each plan and each consumer (GROUPING SETS), of which only the top
+# consumers leave the database.
+USAGE_SQL = text(
+    """
+    SELECT grouping_id, day, plan_id, plan.name AS plan_name, consumer_id, calls, successful_calls,
+           failed_calls, unique_consumers
+    FROM (
+        SELECT GROUPING(per.day, s.pricing_plan_id, s.consumer_id) AS grouping_id,
+               per.day,
+               s.pricing_plan_id AS plan_id,
+               s.consumer_id,
+               COALESCE(SUM(per.calls), 0)::bigint AS calls,
+               COALESCE(SUM(per.successful_calls), 0)::bigint AS successful_calls,
+               COALESCE(SUM(per.failed_calls), 0)::bigint AS failed_calls,
+               COUNT(DISTINCT s.consumer_id) AS unique_consumers,
+               row_number() OVER (
+                   PARTITION BY GROUPING(per.day, s.pricing_plan_id, s.consumer_id)
+                   ORDER BY SUM(per.calls) DESC, s.consumer_id
+               ) AS position
+        FROM (
+            SELECT (u.window_start AT TIME ZONE 'UTC')::date AS day,
+                   u.subscription_id,
+                   SUM(u.quantity) AS calls,
+                   SUM(u.successful_calls) AS successful_calls,
+                   SUM(u.failed_calls) AS failed_calls
+            FROM usage_records u
+            WHERE u.subscription_id IN (SELECT id FROM subscriptions WHERE api_id = :api_id)
+              AND u.window_start >= :start AND u.window_start < :end
+            GROUP BY 1, 2
+        ) per
+        JOIN subscriptions s ON s.id = per.subscription_id
+        GROUP BY GROUPING SETS ((), (per.day), (s.pricing_plan_id), (s.consumer_id))
+    ) ranked
+    LEFT JOIN api_pricing_plans plan ON plan.id = ranked.plan_id
+    WHERE grouping_id <> 6 OR position <= :limit
+    ORDER BY grouping_id, position
+    """
+)
+
+# Reversal lines count negative. One pass: per currency, per (currency, month), per (currency, plan).
+EARNINGS_SQL = text(
+    """
+    SELECT totals.grouping_id, totals.currency, totals.month, totals.plan_id, plan.name AS plan_name,
+           totals.gross_amount, totals.commission_amount, totals.net_amount, totals.pending_amount,
+           totals.available_amount, totals.paid_out_amount
+    FROM (
+        SELECT GROUPING(month, e.plan_id) AS grouping_id,
+               e.currency,
+               month,
+               e.plan_id,
+               SUM(sign * e.gross_amount)::bigint AS gross_amount,
+               SUM(sign * e.commission_amount)::bigint AS commission_amount,
+               SUM(sign * e.net_amount)::bigint AS net_amount,
+               COALESCE(SUM(sign * e.net_amount) FILTER (WHERE e.status = 'pending'), 0)::bigint
+                   AS pending_amount,
+               COALESCE(SUM(sign * e.net_amount) FILTER (WHERE e.status = 'available'), 0)::bigint
+                   AS available_amount,
+               COALESCE(SUM(sign * e.net_amount) FILTER (WHERE e.status = 'paid_out'), 0)::bigint
+                   AS paid_out_amount
+        FROM earnings e
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN e.kind = 'reversal' THEN -1 ELSE 1 END AS sign,
+                   to_char(e.earned_at AT TIME ZONE 'UTC', 'YYYY-MM') AS month
+        ) d
+        WHERE e.api_id = :api_id AND e.earned_at >= :start AND e.earned_at < :end
+        GROUP BY GROUPING SETS ((e.currency), (e.currency, month), (e.currency, e.plan_id))
+    ) totals
+    LEFT JOIN api_pricing_plans plan ON plan.id = totals.plan_id
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    # GROUPING(day, plan, consumer), a bit per column left out: 7 the total, 3 a day, 5 a plan, 6 a consumer.
+    grouping_id: int
+    day: date | None
+    plan_id: uuid.UUID | None
+    plan_name: str | None
+    consumer_id: uuid.UUID | None
+    calls: int
+    successful_calls: int
+    failed_calls: int
+    unique_consumers: int
+
+
+@dataclass(frozen=True, slots=True)
+class EarningsRow:
+    grouping_id: int  # GROUPING(month, plan): 3 a currency's total, 1 a month, 2 a plan
+    currency: str
+    month: str | None
+    plan_id: uuid.UUID | None
+    plan_name: str | None
+    gross_amount: int
+    commission_amount: int
+    net_amount: int
+    pending_amount: int
+    available_amount: int
+    paid_out_amount: int
+
+
+class AnalyticsRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def get_api(self, api_id: str) -> Api | None:
+        return await self._session.get(Api, api_id)
+
+    async def usage(self, api_id: str, start: datetime, end: datetime, top: int) -> list[UsageRow]:
+        result = await self._session.execute(
+            USAGE_SQL, {"api_id": api_id, "start": start, "end": end, "limit": top}
+        )
+        return [UsageRow(*row) for row in result]
+
+    async def earnings(self, api_id: str, start: datetime, end: datetime) -> list[EarningsRow]:
+        result = await self._session.execute(EARNINGS_SQL, {"api_id": api_id, "start": start, "end": end})
+        return [EarningsRow(*row) for row in result]

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from app.analytics.schemas import EarningsReport, UsageReport
+from app.analytics.service import AnalyticsService
+from app.auth import CreatorOrAdmin
+from app.db import DbSession
+from app.http import error_responses
+from app.plans.schemas import ApiId
+
+router = APIRouter(prefix="/apis/{api_id}", tags=["analytics"])
+ApiIdPath = Annotated[ApiId, Path(description="The marketplace's API id: 1-64 of letters, digits, - and _")]
+From = Annotated[date | None, Query(alias="from", description="First UTC day (default: 29 days before `to`)")]
+To = Annotated[date | None, Query(alias="to", description="Last UTC day, inclusive (default: today)")]
+
+
+def analytics_service(request: Request, session: DbSession) -> AnalyticsService:
+    return AnalyticsService(session, request.app.state.settings)
+
+
+Service = Annotated[AnalyticsService, Depends(analytics_service)]
+
+
+@router.get(
+    "/usage",
+    summary="Usage of an API: totals, daily series, per plan, top consumers (creator or admin)",
+    responses=error_responses(401, 403, 404),
+    response_model_by_alias=True,
+)
+async def api_usage(
+    api_id: ApiIdPath, principal: CreatorOrAdmin, service: Service, date_from: From = None, date_to: To = None
+) -> UsageReport:
+    return await service.usage(principal, api_id, date_from, date_to)
+
+
+@router.get(
+    "/earnings",
+    summary="Earnings of an API per currency: gross, commission, net, by month and plan (creator or admin)",
+    responses=error_responses(401, 403, 404),
+    response_model_by_alias=True,
+)
+async def api_earnings(
+    api_id: ApiIdPath, principal: CreatorOrAdmin, service: Service, date_from: From = None, date_to: To = None
+) -> EarningsReport:
+    return await service.earnings(principal, api_id, date_from, date_to)

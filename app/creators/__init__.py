@@ -1,0 +1,1 @@
+"""Creators' Stripe Connect accounts: onboarding and status."""

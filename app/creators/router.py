@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from app.auth import CreatorOrAdmin
+from app.creators.schemas import ConnectAccountOut, ConnectOnboardingIn, ConnectOnboardingOut
+from app.creators.service import ConnectService
+from app.db import DbSession
+from app.http import error_responses
+
+router = APIRouter(prefix="/creators", tags=["creators"])
+
+
+def connect_service(request: Request, session: DbSession) -> ConnectService:
+    return ConnectService(session, request.app.state.stripe)
+
+
+Service = Annotated[ConnectService, Depends(connect_service)]
+
+
+@router.post(
+    "/connect",
+    summary="Start or resume Stripe Connect onboarding: returns the onboarding link",
+    responses=error_responses(401, 403, 502),
+)
+async def start_connect_onboarding(
+    body: ConnectOnboardingIn, principal: CreatorOrAdmin, service: Service
+) -> ConnectOnboardingOut:
+    return await service.start_onboarding(principal, body)
+
+
+@router.get(
+    "/connect",
+    summary="The caller's Stripe Connect account status",
+    responses=error_responses(401, 403, 502),
+)
+async def connect_status(principal: CreatorOrAdmin, service: Service) -> ConnectAccountOut:
+    return await service.status(principal)

@@ -1,0 +1,1 @@
+"""Invoices: the consumer's list, detail, download and PDF; custom invoices created by admins."""

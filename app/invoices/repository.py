@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import Consumer, Invoice, PricingPlan
+
+
+class InvoiceRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def list_for_user(
+        self,
+        user_id: str,
+        *,
+        status: str | None,
+        subscription_id: uuid.UUID | None,
+        created_from: datetime | None,
+        created_before: datetime | None,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> Sequence[Invoice]:
+        """Newest first, keyset-paginated on (created_at, id) over ix_invoices_consumer_created."""
+        statement = (
+            select(Invoice)
+            .join(Consumer, Consumer.id == Invoice.consumer_id)
+            .where(Consumer.user_id == user_id)
+            .order_by(Invoice.created_at.desc(), Invoice.id.desc())
+            .limit(limit)
+        )
+        if status is not None:
+            statement = statement.where(Invoice.status == status)
+        if subscription_id is not None:
+            statement = statement.where(Invoice.subscription_id == subscription_id)
+        if created_from is not None:
+            statement = statement.where(Invoice.created_at >= created_from)
+        if created_before is not None:
+            statement = statement.where(Invoice.created_at < created_before)
+        if after is not None:
+            statement = statement.where(tuple_(Invoice.created_at, Invoice.id) < tuple_(*after))
+        return (await self._session.execute(statement)).scalars().all()
+
+    async def get_with_consumer(self, invoice_id: uuid.UUID) -> tuple[Invoice, Consumer] | None:
+        statement = (
+            select(Invoice, Consumer)
+            .join(Consumer, Consumer.id == Invoice.consumer_id)
+            .where(Invoice.id == invoice_id)
+        )
+        row = (await self._session.execute(statement)).one_or_none()
+        return (row[0], row[1]) if row else None
+
+    async def get_by_stripe_id(self, stripe_invoice_id: str) -> Invoice | None:
+        statement = select(Invoice).where(Invoice.stripe_invoice_id == stripe_invoice_id)
+        return (await self._session.execute(statement)).scalar_one_or_none()
+
+    async def plan_names(self, plan_ids: set[uuid.UUID]) -> dict[str, str]:
+        if not plan_ids:
+            return {}
+        rows = await self._session.execute(
+            select(PricingPlan.id, PricingPlan.name).where(PricingPlan.id.in_(plan_ids))
+        )
+        return {str(plan_id): name for plan_id, name in rows}
+
+    async def get_consumer(self, consumer_id: uuid.UUID) -> Consumer | None:
+        return await self._session.get(Consumer, consumer_id)
+
+    async def insert_if_absent(self, values: dict[str, Any]) -> None:
+        """Insert a mirrored invoice unless it is already there (a retry, or the webhook was first)."""
+        await self._session.execute(insert(Invoice).values(**values).on_conflict_do_nothing())

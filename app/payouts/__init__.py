@@ -1,0 +1,1 @@
+"""Creator payouts: available net earnings transferred to Connect accounts, once per period."""

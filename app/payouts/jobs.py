@@ -1,0 +1,54 @@
+"""The payout job: thin, it opens the transactions and delegates to PayoutService."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.errors import DomainError
+from app.payouts.service import PayoutRun, PayoutService
+from app.stripe import StripeGateway
+from app.worker.context import resources
+
+log = logging.getLogger(__name__)
+
+
+async def pay_out_earnings(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+) -> PayoutRun:
+    """One payout run for the period of `now` (its UTC day). Safe to repeat and to retry."""
+    now = now or datetime.now(UTC)
+    period = now.date().isoformat()
+    async with sessionmaker.begin() as session:
+        released, created = await PayoutService(session, stripe, settings).prepare(period, now)
+    async with sessionmaker() as session:
+        # Pending payouts of earlier periods too: a failed transfer is retried with its own key.
+        due = await PayoutService(session, stripe, settings).pending_payout_ids()
+    paid = failed = 0
+    for payout_id in due:
+        try:
+            async with sessionmaker.begin() as session:
+                paid += await PayoutService(session, stripe, settings).transfer(payout_id)
+        except DomainError as exc:
+            failed += 1
+            log.warning("payout transfer failed", extra={"payout_id": str(payout_id), "code": exc.code})
+            async with sessionmaker.begin() as session:
+                await PayoutService(session, stripe, settings).record_failure(payout_id, exc)
+    return PayoutRun(released=released, created=created, paid=paid, failed=failed)
+
+
+async def run_payouts(ctx: dict[str, Any]) -> dict[str, int]:
+    """arq job (daily cron): transfer creators' available net earnings to their Connect accounts."""
+    res = resources(ctx)
+    run = await pay_out_earnings(res.sessionmaker, res.stripe, res.settings)
+    log.info("payout run", extra=asdict(run))
+    return asdict(run)

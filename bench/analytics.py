@@ -1,0 +1,280 @@
+"""Creator analytics on one API with 1,000 consumers and 1M usage rows: our endpoints vs bare SQL.
+
+    python -m bench.analytics [--rows 1000000] [--consumers 1000] [--repeat 15]
+
+Starts a throwaway embedded PostgreSQL (or uses BENCH_DATABASE_URL, a database it may fill),
+migrates it, generates the data in PostgreSQL (INSERT ... SELECT generate_series), then times,
+in the same run, on warm caches and interleaved, the median of:
+  - GET /api/v1/apis/{id}/usage and /earnings through the ASGI app (JWT, service, SQL, JSON);
+  - the same aggregate SQL run bare over asyncpg (what the endpoint cannot avoid);
+  - the smallest bare aggregate over the same rows (one GROUP BY day; one GROUP BY currency).
+and prints the ratios (goal: endpoint <= 1.25x the bare SQL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import jwt
+
+from app.analytics.repository import EARNINGS_SQL, USAGE_SQL
+from app.config import load_settings
+from app.db.migrate import upgrade
+from app.dev.processes import EmbeddedPostgres
+from app.main import create_app
+
+API_ID = "bench-api"
+CREATOR = "bench-creator"
+JWT_SECRET = "bench-jwt-secret-0123456789abcdef"
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+SEED_SQL = [
+    # One API, a USD and a EUR plan (half of the consumers each), another API as noise.
+    "INSERT INTO apis (api_id, creator_id, created_at) VALUES ($1, $2, now()), ('bench-other', 'x', now())",
+    """
+    INSERT INTO api_pricing_plans (id, api_id, name, type, features, is_active, current_version,
+                                   created_at, updated_at)
+    SELECT ('00000000-0000-0000-0000-00000000000' || n)::uuid, $1, 'Plan ' || n, 'subscription',
+           '{}', true, 1, now(), now()
+    FROM generate_series(1, 2) n
+    """,
+    """
+    INSERT INTO api_pricing_plan_versions (id, plan_id, version, currency, monthly_amount, created_at)
+    SELECT gen_random_uuid(), ('00000000-0000-0000-0000-00000000000' || n)::uuid, 1,
+           CASE n WHEN 1 THEN 'usd' ELSE 'eur' END, 2999, now()
+    FROM generate_series(1, 2) n
+    """,
+    """
+    INSERT INTO consumers (id, user_id, email, stripe_customer_id, created_at, updated_at)
+    SELECT gen_random_uuid(), 'bench-user-' || n, 'bench-user-' || n || '@example.com',
+           'cus_bench' || n, now(), now()
+    FROM generate_series(1, $1::int) n
+    """,
+    """
+    INSERT INTO subscriptions (id, consumer_id, api_id, pricing_plan_id, plan_version, status,
+                               api_key_suspended, started_at, cancel_at_period_end, created_at, updated_at)
+    SELECT gen_random_uuid(), c.id, $1,
+           ('00000000-0000-0000-0000-00000000000' || (1 + (row_number() OVER () % 2)))::uuid,
+           1, 'active', false, now(), false, now(), now()
+    FROM consumers c
+    """,
+    # Hourly windows per subscription, as the metering pull writes them.
+    """
+    INSERT INTO usage_records (id, subscription_id, window_start, window_end, quantity,
+                               successful_calls, failed_calls, created_at)
+    SELECT gen_random_uuid(), s.id, $2::timestamptz + make_interval(hours => h),
+           $2::timestamptz + make_interval(hours => h + 1),
+           (x % 97) + 3, (x % 97), 3, now()
+    FROM (SELECT id, row_number() OVER (ORDER BY id) AS i FROM subscriptions) s
+    CROSS JOIN generate_series(0, $1::int - 1) h
+    CROSS JOIN LATERAL (SELECT (s.i * 7919 + h * 31) AS x) r
+    """,
+    # A paid invoice per subscription and month, and its earning line (20% commission, half up).
+    """
+    INSERT INTO invoices (id, stripe_invoice_id, consumer_id, subscription_id, number, status, currency,
+                          amount_due, amount_paid, subtotal, tax, total, lines, created_at, updated_at)
+    SELECT gen_random_uuid(), 'in_bench_' || s.id || '_' || m, s.consumer_id, s.id, 'B-' || m, 'paid',
+           v.currency, 2999, 2999, 2999, 0, 2999, '[]', $1::timestamptz + make_interval(months => m),
+           now()
+    FROM subscriptions s
+    JOIN api_pricing_plan_versions v ON v.plan_id = s.pricing_plan_id
+    CROSS JOIN generate_series(0, 2) m
+    """,
+    """
+    INSERT INTO earnings (id, creator_id, api_id, plan_id, invoice_id, subscription_id, kind, status,
+                          currency, gross_amount, commission_amount, net_amount, earned_at, created_at)
+    SELECT gen_random_uuid(), $2, s.api_id, s.pricing_plan_id, i.id, s.id, 'charge',
+           CASE WHEN i.created_at < $1::timestamptz + interval '2 months' THEN 'paid_out' ELSE 'pending' END,
+           i.currency, i.total, round(i.total * 0.20), i.total - round(i.total * 0.20), i.created_at, now()
+    FROM invoices i JOIN subscriptions s ON s.id = i.subscription_id
+    """,
+]
+
+MIN_USAGE_SQL = """
+    SELECT (u.window_start AT TIME ZONE 'UTC')::date AS day, SUM(u.quantity)
+    FROM usage_records u JOIN subscriptions s ON s.id = u.subscription_id
+    WHERE s.api_id = $1 AND u.window_start >= $2 AND u.window_start < $3
+    GROUP BY 1
+"""
+MIN_EARNINGS_SQL = """
+    SELECT currency, SUM(gross_amount), SUM(commission_amount), SUM(net_amount)
+    FROM earnings WHERE api_id = $1 AND earned_at >= $2 AND earned_at < $3
+    GROUP BY currency
+"""
+
+
+def _asyncpg_sql(statement: Any) -> str:
+    """Our SQLAlchemy text() with :name parameters, as asyncpg's $n SQL."""
+    sql = str(statement.text)
+    for index, name in enumerate(("api_id", "start", "end", "limit"), start=1):
+        sql = sql.replace(f":{name}", f"${index}")
+    return sql
+
+
+async def _medians(runs: dict[str, Callable[[], Awaitable[object]]], repeat: int) -> dict[str, float]:
+    """Median time of each run, interleaved round-robin so load from elsewhere hits all of them alike."""
+    for run in runs.values():
+        await run()  # warm the caches and plans
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeat):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            await run()
+            samples[name].append(time.perf_counter() - started)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+async def _seed(url: str, consumers: int, hours: int) -> None:
+    connection = await asyncpg.connect(url)
+    try:
+        started = time.perf_counter()
+        await connection.execute(SEED_SQL[0], API_ID, CREATOR)
+        await connection.execute(SEED_SQL[1], API_ID)
+        await connection.execute(SEED_SQL[2])
+        await connection.execute(SEED_SQL[3], consumers)
+        await connection.execute(SEED_SQL[4], API_ID)
+        await connection.execute(SEED_SQL[5], hours, START)
+        await connection.execute(SEED_SQL[6], START)
+        await connection.execute(SEED_SQL[7], START, CREATOR)
+        await connection.execute("VACUUM ANALYZE")
+        count = await connection.fetchval("SELECT count(*) FROM usage_records")
+        earnings = await connection.fetchval("SELECT count(*) FROM earnings")
+        print(f"seeded {count:,} usage rows, {earnings:,} earnings in {time.perf_counter() - started:.1f}s")
+    finally:
+        await connection.close()
+
+
+async def _bench(url: str, repeat: int, hours: int) -> dict[str, float]:
+    settings = load_settings(
+        database_url=url,
+        redis_url="redis://127.0.0.1:1/0",
+        stripe_secret_key="sk_test_bench",
+        stripe_webhook_secret="whsec_bench",
+        jwt_secret=JWT_SECRET,
+        api_key_service_url="http://apikeys.invalid",
+        metering_service_url="http://metering.invalid",
+        log_level="WARNING",
+    )
+    token = jwt.encode(
+        {"sub": CREATOR, "custom:user_type": "creator", "exp": datetime.now(UTC) + timedelta(hours=1)},
+        JWT_SECRET,
+        algorithm="HS256",
+    )
+    end_day = (START + timedelta(hours=hours)).date()
+    params = {"from": START.date().isoformat(), "to": end_day.isoformat()}
+    lower, upper = START, datetime.combine(end_day + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    app = create_app(settings)
+    raw = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    results: dict[str, float] = {}
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+                headers = {"Authorization": f"Bearer {token}"}
+
+                async def endpoint(path: str) -> None:
+                    response = await client.get(
+                        f"/api/v1/apis/{API_ID}/{path}", params=params, headers=headers
+                    )
+                    response.raise_for_status()
+
+                async def same_sql_usage() -> None:
+                    await raw.fetch(_asyncpg_sql(USAGE_SQL), API_ID, lower, upper, 10)
+
+                async def same_sql_earnings() -> None:
+                    await raw.fetch(_asyncpg_sql(EARNINGS_SQL), API_ID, lower, upper)
+
+                results.update(
+                    await _medians(
+                        {
+                            "usage endpoint": lambda: endpoint("usage"),
+                            "usage same SQL, bare": same_sql_usage,
+                            "usage minimal GROUP BY day": lambda: raw.fetch(
+                                MIN_USAGE_SQL, API_ID, lower, upper
+                            ),
+                        },
+                        repeat,
+                    )
+                )
+                results.update(
+                    await _medians(
+                        {
+                            "earnings endpoint": lambda: endpoint("earnings"),
+                            "earnings same SQL, bare": same_sql_earnings,
+                            "earnings minimal GROUP BY currency": lambda: raw.fetch(
+                                MIN_EARNINGS_SQL, API_ID, lower, upper
+                            ),
+                        },
+                        repeat,
+                    )
+                )
+    finally:
+        await raw.close()
+    return results
+
+
+def _report(results: dict[str, float]) -> None:
+    for name, seconds in results.items():
+        print(f"{name:<40} {seconds * 1000:9.1f} ms")
+    for kind, minimal in (
+        ("usage", "usage minimal GROUP BY day"),
+        ("earnings", "earnings minimal GROUP BY currency"),
+    ):
+        endpoint = results[f"{kind} endpoint"]
+        print(
+            f"{kind}: endpoint / same SQL bare = {endpoint / results[f'{kind} same SQL, bare']:.2f}x"
+            f" (goal <= 1.25x); endpoint / minimal aggregate = {endpoint / results[minimal]:.2f}x"
+        )
+
+
+async def _main(args: argparse.Namespace) -> None:
+    hours = max(1, args.rows // args.consumers)
+    url = os.environ.get("BENCH_DATABASE_URL")
+    workdir: Path | None = None
+    server: EmbeddedPostgres | None = None
+    if url is None:
+        workdir = Path(tempfile.mkdtemp(prefix="bench", dir="/tmp"))
+        server = EmbeddedPostgres(workdir / "pg")
+        admin = server.start()
+        name = f"bench_{uuid.uuid4().hex[:8]}"
+        connection = await asyncpg.connect(admin.replace("postgresql://", "postgres://"))
+        await connection.execute(f'CREATE DATABASE "{name}"')
+        await connection.close()
+        url = admin.replace("/postgres?", f"/{name}?")
+    try:
+        await asyncio.to_thread(upgrade, url)
+        await _seed(url.replace("postgresql+asyncpg://", "postgresql://"), args.consumers, hours)
+        print(f"{args.consumers:,} consumers x {hours:,} hourly windows; median of {args.repeat} warm runs")
+        _report(await _bench(url, args.repeat, hours))
+    finally:
+        if server is not None:
+            server.stop()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=1_000_000, help="usage rows for the API")
+    parser.add_argument("--consumers", type=int, default=1_000)
+    parser.add_argument("--repeat", type=int, default=15)
+    asyncio.run(_main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

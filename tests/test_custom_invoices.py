@@ -1,0 +1,268 @@
+"""Admin one-off invoices; Stripe's wire calls are checked with respx in Stripe's documented shapes
+(the emulator cannot finalise or send an invoice)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+import pytest
+import respx
+from fastapi import FastAPI
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.config import Settings
+from app.main import create_app
+from app.models import Invoice
+from tests import rows
+
+Auth = Callable[..., dict[str, str]]
+STRIPE_PDF = "https://pay.stripe.com/invoice/acct_1Test/test_YWNjdF8x/pdf?s=ap"
+HOSTED = "https://invoice.stripe.com/i/acct_1Test/test_YWNjdF8x?s=ap"
+BODY = {
+    "currency": "usd",
+    "description": "Enterprise onboarding",
+    "lines": [
+        {"description": "Integration workshop", "quantity": 2, "unit_amount": 75000},
+        {"description": "Dedicated support, March", "quantity": 1, "unit_amount": 19999},
+    ],
+}
+
+
+def _form(request: httpx.Request) -> dict[str, str]:
+    return dict(parse_qsl(request.content.decode()))
+
+
+class FakeStripeInvoices:
+    """Answers Stripe's invoice and invoice item calls with Stripe's documented object shapes."""
+
+    def __init__(self, tax_rate: int = 0) -> None:
+        self.invoice_id = f"in_{uuid.uuid4().hex[:24]}"
+        self.items: list[dict[str, Any]] = []
+        self.tax_rate = tax_rate
+        self.created: dict[str, str] = {}
+
+    def invoice(self, status: str, **extra: Any) -> dict[str, Any]:
+        lines = [
+            {
+                "id": f"il_{index}",
+                "object": "line_item",
+                "amount": item["amount"],
+                "currency": "usd",
+                "description": item["description"],
+                "metadata": item["metadata"],
+                "period": {"start": 1772323200, "end": 1772323200},
+                "pricing": {"type": "price_details", "unit_amount_decimal": item["unit_amount_decimal"]},
+                "quantity": item["quantity"],
+                "taxes": [{"amount": item["amount"] * self.tax_rate // 100, "tax_behavior": "exclusive"}],
+            }
+            for index, item in enumerate(self.items)
+        ]
+        subtotal = sum(line["amount"] for line in lines)
+        tax = sum(line["taxes"][0]["amount"] for line in lines)
+        return {
+            "id": self.invoice_id,
+            "object": "invoice",
+            "automatic_tax": {"enabled": self.created.get("automatic_tax[enabled]") == "true"},
+            "collection_method": "send_invoice",
+            "created": 1772323200,
+            "currency": "usd",
+            "customer": self.created.get("customer"),
+            "hosted_invoice_url": None,
+            "invoice_pdf": None,
+            "lines": {"object": "list", "data": lines, "has_more": False},
+            "metadata": {k[9:-1]: v for k, v in self.created.items() if k.startswith("metadata[")},
+            "number": None,
+            "period_start": 1772323200,
+            "period_end": 1772323200,
+            "status": status,
+            "status_transitions": {"finalized_at": None, "paid_at": None},
+            "subtotal": subtotal,
+            "total": subtotal + tax,
+            "total_taxes": [{"amount": tax}] if tax else [],
+            "amount_due": subtotal + tax,
+            "amount_paid": 0,
+            **extra,
+        }
+
+    def install(self, mock: respx.MockRouter) -> dict[str, respx.Route]:
+        def create(request: httpx.Request) -> httpx.Response:
+            self.created = _form(request)
+            self.items = []
+            return httpx.Response(200, json=self.invoice("draft"))
+
+        def add_item(request: httpx.Request) -> httpx.Response:
+            form = _form(request)
+            item = {
+                "id": f"ii_{len(self.items)}",
+                "object": "invoiceitem",
+                "amount": int(form["quantity"]) * int(form["unit_amount_decimal"]),
+                "currency": form["currency"],
+                "description": form["description"],
+                "invoice": form["invoice"],
+                "metadata": {k[9:-1]: v for k, v in form.items() if k.startswith("metadata[")},
+                "quantity": int(form["quantity"]),
+                "unit_amount_decimal": form["unit_amount_decimal"],
+            }
+            self.items.append(item)
+            return httpx.Response(200, json=item)
+
+        finalized = {
+            "number": "MKT-0001",
+            "status_transitions": {"finalized_at": 1772323300, "paid_at": None},
+        }
+        sent = {**finalized, "invoice_pdf": STRIPE_PDF, "hosted_invoice_url": HOSTED}
+        return {
+            "create": mock.post("/v1/invoices").mock(side_effect=create),
+            "item": mock.post("/v1/invoiceitems").mock(side_effect=add_item),
+            "finalize": mock.post(f"/v1/invoices/{self.invoice_id}/finalize").mock(
+                side_effect=lambda _: httpx.Response(200, json=self.invoice("open", **finalized))
+            ),
+            "send": mock.post(f"/v1/invoices/{self.invoice_id}/send").mock(
+                side_effect=lambda _: httpx.Response(200, json=self.invoice("open", **sent))
+            ),
+        }
+
+
+@pytest.fixture
+def stripe_invoices(settings: Settings) -> Iterator[tuple[FakeStripeInvoices, dict[str, respx.Route]]]:
+    fake = FakeStripeInvoices()
+    with respx.mock(base_url=settings.stripe_api_base, assert_all_called=False) as mock:
+        yield fake, fake.install(mock)
+
+
+async def test_admin_creates_sends_and_mirrors_a_custom_invoice(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    engine: AsyncEngine,
+    stripe_invoices: tuple[FakeStripeInvoices, dict[str, respx.Route]],
+) -> None:
+    fake, routes = stripe_invoices
+    alice = rows.consumer("alice")
+    await rows.add(engine, alice)
+
+    response = await client.post(
+        "/api/v1/admin/invoices", json={"consumer_id": str(alice.id), **BODY}, headers=auth("admin")
+    )
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    invoice_id = body["id"]
+    assert body["stripe_invoice_id"] == fake.invoice_id
+    assert (body["number"], body["status"], body["currency"]) == ("MKT-0001", "open", "usd")
+    assert (body["subtotal"], body["tax"], body["total"], body["amount_due"]) == (169999, 0, 169999, 169999)
+    assert [
+        (line["description"], line["quantity"], line["unit_amount"], line["amount"]) for line in body["lines"]
+    ] == [
+        ("Integration workshop", 2, 75000, 150000),
+        ("Dedicated support, March", 1, 19999, 19999),
+    ]
+    created = _form(routes["create"].calls.last.request)
+    assert created["customer"] == alice.stripe_customer_id
+    assert created["collection_method"] == "send_invoice"
+    assert created["pending_invoice_items_behavior"] == "exclude"
+    assert created["automatic_tax[enabled]"] == "false"
+    keys = [call.request.headers["idempotency-key"] for route in routes.values() for call in route.calls]
+    assert keys == [
+        f"invoice-create:{invoice_id}",
+        f"invoice-item:{invoice_id}:0",
+        f"invoice-item:{invoice_id}:1",
+        f"invoice-finalize:{invoice_id}",
+        f"invoice-send:{invoice_id}",
+    ]
+
+    consumer_headers = auth(user_id="alice")
+    listed = (await client.get("/api/v1/invoices", headers=consumer_headers)).json()["invoices"]
+    assert [i["id"] for i in listed] == [invoice_id]
+    download = await client.get(f"/api/v1/invoices/{invoice_id}/download", headers=consumer_headers)
+    assert download.json() == {"download_url": STRIPE_PDF}
+    pdf = await client.get(f"/api/v1/invoices/{invoice_id}/pdf", headers=consumer_headers)
+    assert pdf.status_code == 200
+    assert pdf.headers["content-type"] == "application/pdf"
+
+
+async def test_retried_custom_invoice_with_same_idempotency_key_makes_one_invoice(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    engine: AsyncEngine,
+    stripe_invoices: tuple[FakeStripeInvoices, dict[str, respx.Route]],
+) -> None:
+    _, routes = stripe_invoices
+    alice = rows.consumer("alice")
+    await rows.add(engine, alice)
+    headers = auth("admin", user_id="admin-1") | {"Idempotency-Key": "order-7"}
+    payload = {"consumer_id": str(alice.id), **BODY}
+
+    first = await client.post("/api/v1/admin/invoices", json=payload, headers=headers)
+    second = await client.post("/api/v1/admin/invoices", json=payload, headers=headers)
+
+    assert first.status_code == second.status_code == 201
+    assert first.json()["id"] == second.json()["id"]
+    create_keys = {call.request.headers["idempotency-key"] for call in routes["create"].calls}
+    assert create_keys == {f"invoice-create:{first.json()['id']}"}
+    async with engine.connect() as connection:
+        assert (await connection.execute(select(func.count()).select_from(Invoice))).scalar_one() == 1
+
+
+@pytest.fixture
+async def taxed_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    application: FastAPI = create_app(settings.model_copy(update={"stripe_tax_enabled": True}))
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as http:
+            yield http
+
+
+async def test_tax_setting_turns_on_automatic_tax_and_the_tax_is_mirrored_and_printed(
+    taxed_client: httpx.AsyncClient,
+    auth: Auth,
+    engine: AsyncEngine,
+    stripe_invoices: tuple[FakeStripeInvoices, dict[str, respx.Route]],
+) -> None:
+    fake, routes = stripe_invoices
+    fake.tax_rate = 10
+    alice = rows.consumer("alice")
+    await rows.add(engine, alice)
+
+    response = await taxed_client.post(
+        "/api/v1/admin/invoices", json={"consumer_id": str(alice.id), **BODY}, headers=auth("admin")
+    )
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert _form(routes["create"].calls.last.request)["automatic_tax[enabled]"] == "true"
+    assert (body["subtotal"], body["tax"], body["total"]) == (169999, 15000 + 1999, 169999 + 16999)
+    assert [line["tax"] for line in body["lines"]] == [15000, 1999]
+
+
+async def test_custom_invoice_needs_admin_a_known_consumer_and_valid_lines(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    engine: AsyncEngine,
+    stripe_invoices: tuple[FakeStripeInvoices, dict[str, respx.Route]],
+) -> None:
+    _, routes = stripe_invoices
+    alice = rows.consumer("alice")
+    await rows.add(engine, alice)
+    url = "/api/v1/admin/invoices"
+    payload = {"consumer_id": str(alice.id), **BODY}
+
+    assert (await client.post(url, json=payload, headers=auth("creator"))).status_code == 403
+    unknown = {**payload, "consumer_id": str(uuid.uuid4())}
+    assert (await client.post(url, json=unknown, headers=auth("admin"))).status_code == 404
+    for bad in (
+        {**payload, "lines": []},
+        {**payload, "currency": "xyz"},
+        {**payload, "lines": [{"description": "x", "quantity": 1, "unit_amount": 9.99}]},
+        {**payload, "lines": [{"description": "", "quantity": 1, "unit_amount": 100}]},
+    ):
+        response = await client.post(
+            url, content=json.dumps(bad), headers=auth("admin") | {"content-type": "application/json"}
+        )
+        assert response.status_code == 422, bad
+    assert not routes["create"].called
