@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     stripe_rate_limit_per_second: int = Field(25, ge=1)
 
     platform_commission: Decimal = Field(Decimal("0.20"), ge=0, le=1)
+    dunning_grace_days: int = Field(7, ge=0)
 
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
     jwt_jwks_url: str | None = None

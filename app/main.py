@@ -19,6 +19,7 @@ from app.http import RequestContextMiddleware, install_error_handlers
 from app.logging import configure_logging
 from app.plans.router import router as plans_router
 from app.stripe import StripeGateway
+from app.webhooks.router import router as webhooks_router
 
 API_PREFIX = "/api/v1"
 
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(plans_router)
     app.include_router(api)
     app.include_router(health_router)
+    app.include_router(webhooks_router)
     return app
 
 

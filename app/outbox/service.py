@@ -44,6 +44,20 @@ class Outbox:
         """Ask for the subscription's key to be revoked (after its creation, if that is pending)."""
         await self._add("revoke_api_key", f"revoke_api_key:{subscription.id}", subscription, {})
 
+    async def suspend_api_key(self, subscription: Subscription, *, episode: str) -> None:
+        """Ask for the key to be suspended, once per dunning `episode` (e.g. its past-due start)."""
+        await self._add("suspend_api_key", f"suspend_api_key:{subscription.id}:{episode}", subscription, {})
+
+    async def restore_api_key(self, subscription: Subscription, *, episode: str) -> None:
+        """Ask for a suspended key to work again, once per dunning `episode`."""
+        await self._add("restore_api_key", f"restore_api_key:{subscription.id}:{episode}", subscription, {})
+
+    async def notify(
+        self, subscription: Subscription, topic: str, dedupe: str, payload: dict[str, Any]
+    ) -> None:
+        """An outbound notification about the subscription (e.g. its trial ends), once per `dedupe`."""
+        await self._add("notify", f"notify:{topic}:{dedupe}", subscription, {"topic": topic, **payload})
+
     async def _add(
         self, kind: str, dedupe_key: str, subscription: Subscription, payload: dict[str, Any]
     ) -> None:

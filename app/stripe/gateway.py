@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from app.stripe.catalog import CatalogCalls
 from app.stripe.customers import CustomerCalls
+from app.stripe.meters import MeterCalls
+from app.stripe.objects import ObjectCalls
 
 
-class StripeGateway(CustomerCalls, CatalogCalls):
+class StripeGateway(CustomerCalls, CatalogCalls, MeterCalls, ObjectCalls):
     """Thin async wrapper over `stripe.StripeClient`; callers never see the SDK or its errors."""

@@ -8,7 +8,7 @@ from arq import cron
 
 from app.config import get_settings
 from app.logging import configure_logging
-from app.worker import jobs
+from app.worker import jobs, webhook_jobs
 from app.worker.context import WorkerResources
 
 
@@ -23,8 +23,11 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 class WorkerSettings:
-    functions: ClassVar[list[Any]] = [jobs.purge_expired_idempotency_keys]
-    cron_jobs: ClassVar[list[Any]] = [cron(jobs.purge_expired_idempotency_keys, minute={7}, unique=True)]
+    functions: ClassVar[list[Any]] = [jobs.purge_expired_idempotency_keys, *webhook_jobs.JOBS]
+    cron_jobs: ClassVar[list[Any]] = [
+        cron(jobs.purge_expired_idempotency_keys, minute={7}, unique=True),
+        *webhook_jobs.CRON_JOBS,
+    ]
     on_startup = startup
     on_shutdown = shutdown
     max_jobs = 20
