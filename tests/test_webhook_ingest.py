@@ -18,7 +18,7 @@ from app.config import Settings
 from app.dev.processes import free_port
 from app.main import create_app
 from app.models import StripeEvent
-from app.webhooks.service import event_job_id
+from app.webhooks.ingest import event_job_id
 from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import enqueue_pending_stripe_events
 from tests.conftest import make_settings

@@ -7,19 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from arq.connections import ArqRedis
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.session import after_commit
 from app.errors import BadRequest
-from app.webhooks.repository import StripeEventRepository
+from app.webhooks.ingest import EventIngest
+from app.webhooks.repository import IncomingEvent
 from app.webhooks.signature import verify_signature
-
-PROCESS_JOB = "process_stripe_event"
-
-
-def event_job_id(event_id: str) -> str:
-    return f"stripe:{event_id}"
 
 
 class InvalidEvent(BadRequest):
@@ -47,34 +39,26 @@ def parse_event(body: bytes) -> dict[str, Any]:
 
 
 class WebhookService:
-    def __init__(self, session: AsyncSession, redis: ArqRedis | None, secrets: Sequence[str]) -> None:
-        self._session = session
-        self._repo = StripeEventRepository(session)
-        self._redis = redis
+    def __init__(self, ingest: EventIngest, secrets: Sequence[str]) -> None:
+        self._ingest = ingest
         self._secrets = secrets
 
     async def receive(self, body: bytes, signature: str | None) -> bool:
-        """Verify and store a Stripe event, and enqueue its processing once stored.
+        """Verify and store a Stripe event, then enqueue its processing; True if it was new.
 
-        Returns whether the event was new. The job is enqueued after the commit; if Redis is
-        down the event stays `pending` and the sweeper enqueues it later.
+        The row has committed before the job is enqueued and before this returns. If Redis is
+        down the event stays `pending` and the sweeper enqueues it later: still a success.
         """
         verify_signature(body, signature, self._secrets, now=int(time.time()))
         event = parse_event(body)
         api_version = event.get("api_version")
-        stored = await self._repo.insert_if_absent(
-            event_id=event["id"],
-            event_type=event["type"],
-            api_version=api_version if isinstance(api_version, str) else None,
-            created=event["created"],
-            livemode=bool(event.get("livemode")),
-            payload=body.decode(),
+        return await self._ingest.submit(
+            IncomingEvent(
+                id=event["id"],
+                type=event["type"],
+                api_version=api_version if isinstance(api_version, str) else None,
+                created=event["created"],
+                livemode=bool(event.get("livemode")),
+                payload=body.decode(),
+            )
         )
-        if stored and self._redis is not None:
-            redis, event_id = self._redis, event["id"]
-
-            async def enqueue() -> None:
-                await redis.enqueue_job(PROCESS_JOB, event_id, _job_id=event_job_id(event_id))
-
-            after_commit(self._session, enqueue)
-        return stored

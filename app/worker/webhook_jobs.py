@@ -15,9 +15,9 @@ from app.db.session import run_after_commit
 from app.dunning.service import DunningService
 from app.outbox.service import Outbox
 from app.usage.service import UsageService
+from app.webhooks.ingest import PROCESS_JOB, event_job_id
 from app.webhooks.processor import MAX_ATTEMPTS, EventProcessor, retry_delay
 from app.webhooks.repository import StripeEventRepository
-from app.webhooks.service import PROCESS_JOB, event_job_id
 from app.worker.context import resources
 
 log = logging.getLogger(__name__)
