@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.errors import Unprocessable
+import stripe
+
 from app.stripe.base import StripeBase
 
 
@@ -28,13 +29,14 @@ class ObjectCalls(StripeBase):
 
     async def cancel_unpaid_subscription(self, subscription_id: str, *, idempotency_key: str) -> None:
         """Cancel a subscription whose payment retries ended; one that is already gone is fine."""
-        try:
-            await self._call(
-                "subscriptions.cancel",
-                lambda: self._client.v1.subscriptions.cancel_async(
+
+        async def cancel() -> None:
+            try:
+                await self._client.v1.subscriptions.cancel_async(
                     subscription_id, options={"idempotency_key": idempotency_key}
-                ),
-            )
-        except Unprocessable as exc:
-            if exc.code != "resource_missing":
-                raise
+                )
+            except stripe.InvalidRequestError as exc:
+                if exc.http_status != 404:
+                    raise
+
+        await self._call("subscriptions.cancel", cancel)
