@@ -7,10 +7,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
+import respx
 from arq import Retry
 from arq.connections import RedisSettings, create_pool
 from sqlalchemy import select, text
@@ -18,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.db.base import Base
+from app.earnings.booking import split_commission
 from app.models import Consumer, Earning, Invoice, OutboxMessage, StripeEvent, Subscription
 from app.webhooks.processor import MAX_ATTEMPTS
 from app.webhooks.replay import replay_events
@@ -318,3 +321,73 @@ async def test_replay_of_failed_events_applies_them_once_the_cause_is_gone(
     assert (result.total, result.outcomes) == (1, {"processed": 1})
     assert (await one(engine, StripeEvent, id=payload["id"])).status == "processed"
     assert (await one(engine, Subscription, id=world.subscription_id)).status == "active"
+
+
+async def test_checkout_completion_links_and_activates_the_subscription(
+    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
+) -> None:
+    world = await make_world(
+        engine, checkout_session="cs_test_checkout1", stripe_subscription="sub_checkout1"
+    )
+    session = {
+        "id": "cs_test_checkout1",
+        "object": "checkout.session",
+        "mode": "subscription",
+        "status": "complete",
+        "customer": world.customer,
+        "subscription": "sub_checkout1",
+        "metadata": {},
+    }
+    fetched = subscription_obj(world, "active", period=(1_780_000_000, 1_782_592_000))
+    with respx.mock(assert_all_called=True) as stripe_mock:
+        stripe_mock.get(f"{settings.stripe_api_base}/v1/subscriptions/sub_checkout1").respond(
+            200, json=fetched
+        )
+        for _ in range(2):
+            outcome = await deliver(
+                client, worker_ctx, event("checkout.session.completed", session, created=9)
+            )
+            assert outcome == "processed"
+    sub = await one(engine, Subscription, id=world.subscription_id)
+    assert (sub.status, sub.stripe_subscription_id) == ("active", "sub_checkout1")
+    assert sub.current_period_end == datetime.fromtimestamp(1_782_592_000, tz=UTC)
+    assert len(await rows(engine, OutboxMessage, kind="create_api_key")) == 1
+    # Stripe's own subscription events, older than the fetched state, change nothing now.
+    stale = subscription_obj(world, "incomplete", period=(1, 2))
+    await deliver(client, worker_ctx, event("customer.subscription.created", stale, created=8))
+    assert (await one(engine, Subscription, id=world.subscription_id)).status == "active"
+
+
+async def test_checkout_of_a_payment_without_subscription_is_ignored(
+    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine
+) -> None:
+    session = {"id": "cs_test_pay", "object": "checkout.session", "mode": "payment", "subscription": None}
+    assert (
+        await deliver(client, worker_ctx, event("checkout.session.completed", session, created=1))
+        == "ignored"
+    )
+
+
+async def test_payment_intent_of_an_invoice_refreshes_that_invoice(
+    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
+) -> None:
+    world = await make_world(engine, status="active")
+    opened = invoice_obj(world, "in_pi", "open", period=(1, 2))
+    await deliver(client, worker_ctx, event("invoice.finalized", opened, created=10))
+    paid = invoice_obj(world, "in_pi", "paid", period=(1, 2), paid_at=20)
+    intent = {"id": "pi_1", "object": "payment_intent", "status": "succeeded", "invoice": "in_pi"}
+    with respx.mock(assert_all_called=True) as stripe_mock:
+        stripe_mock.get(f"{settings.stripe_api_base}/v1/invoices/in_pi").respond(200, json=paid)
+        assert await deliver(client, worker_ctx, event("payment_intent.succeeded", intent, created=20)) == (
+            "processed"
+        )
+    invoice = await one(engine, Invoice, stripe_invoice_id="in_pi")
+    assert (invoice.status, invoice.amount_paid) == ("paid", 2900)
+    assert len(await rows(engine, Earning)) == 1
+
+
+def test_commission_is_rounded_half_up_and_net_is_the_rest() -> None:
+    assert split_commission(2900, Decimal("0.20")) == (580, 2320)
+    assert split_commission(2999, Decimal("0.20")) == (600, 2399)
+    assert split_commission(2, Decimal("0.25")) == (1, 1)
+    assert split_commission(1, Decimal("0.20")) == (0, 1)
