@@ -177,3 +177,16 @@ async def test_redis_down_still_stores_and_answers_200_and_the_sweeper_enqueues_
 async def test_webhook_needs_no_bearer_token(client: httpx.AsyncClient) -> None:
     response = await post_signed(client, event())
     assert response.status_code == 200
+
+
+async def test_database_down_is_503_so_stripe_sends_again(settings: Settings) -> None:
+    dead_database = make_settings(
+        database_url=f"postgresql://billing@127.0.0.1:{free_port()}/billing", redis_url=settings.redis_url
+    )
+    app = create_app(dead_database)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as http:
+            response = await post_signed(http, event())
+    assert response.status_code == 503
+    assert response.json()["code"] == "service_unavailable"

@@ -13,6 +13,7 @@ import logging
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
+from app.errors import ServiceUnavailable
 from app.webhooks.repository import EventStore, IncomingEvent
 from app.worker.enqueue import enqueue_unique_many
 
@@ -52,9 +53,12 @@ class EventIngest:
             try:
                 stored = await self._store.insert_new([event for event, _ in batch])
             except Exception as exc:
+                log.exception("could not store stripe events", extra={"count": len(batch)})
+                failure = ServiceUnavailable("The event could not be stored; Stripe will send it again")
+                failure.__cause__ = exc
                 for _, future in batch:
                     if not future.done():
-                        future.set_exception(exc)
+                        future.set_exception(failure)
                 continue
             await self._enqueue(sorted(stored))
             claimed: set[str] = set()

@@ -51,7 +51,8 @@ class EventStore:
 
     @classmethod
     async def open(cls, database_url: str, *, max_size: int) -> EventStore:
-        pool = await asyncpg.create_pool(asyncpg_dsn(database_url), min_size=1, max_size=max_size)
+        # min_size=0: the API starts (and answers probes) even while the database is away.
+        pool = await asyncpg.create_pool(asyncpg_dsn(database_url), min_size=0, max_size=max_size)
         return cls(pool)
 
     async def close(self) -> None:

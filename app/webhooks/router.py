@@ -51,7 +51,7 @@ SIGNATURE_HEADER = {
 @router.post(
     "/stripe",
     summary="Receive a Stripe event (signed; no JWT)",
-    responses=error_responses(400),
+    responses=error_responses(400, 503),
     openapi_extra=SIGNATURE_HEADER,
 )
 async def receive_stripe_event(request: Request) -> Received:
