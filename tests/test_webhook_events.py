@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 import uuid
@@ -391,3 +392,16 @@ def test_commission_is_rounded_half_up_and_net_is_the_rest() -> None:
     assert split_commission(2999, Decimal("0.20")) == (600, 2399)
     assert split_commission(2, Decimal("0.25")) == (1, 1)
     assert split_commission(1, Decimal("0.20")) == (0, 1)
+
+
+async def test_two_workers_on_the_same_event_apply_it_once(
+    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine
+) -> None:
+    world = await make_world(engine, status="active")
+    paid = event("invoice.paid", invoice_obj(world, "in_race", "paid", period=(1, 2), paid_at=5), created=5)
+    await post(client, paid)
+    outcomes = await asyncio.gather(*(process_stripe_event(worker_ctx, paid["id"]) for _ in range(2)))
+    assert "processed" in outcomes
+    assert set(outcomes) <= {"processed", None}
+    assert len(await rows(engine, Earning)) == 1
+    assert (await one(engine, StripeEvent, id=paid["id"])).attempts == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -190,3 +191,13 @@ async def test_database_down_is_503_so_stripe_sends_again(settings: Settings) ->
             response = await post_signed(http, event())
     assert response.status_code == 503
     assert response.json()["code"] == "service_unavailable"
+
+
+async def test_concurrent_deliveries_of_one_event_store_it_once(
+    client: httpx.AsyncClient, engine: AsyncEngine, arq_redis: ArqRedis
+) -> None:
+    payload, others = event(), [event() for _ in range(5)]
+    responses = await asyncio.gather(*(post_signed(client, p) for p in [payload] * 10 + others))
+    assert {r.status_code for r in responses} == {200}
+    assert sorted(e.id for e in await stored_events(engine)) == sorted(p["id"] for p in [payload, *others])
+    assert await arq_redis.exists(*(f"arq:job:{event_job_id(p['id'])}" for p in [payload, *others])) == 6

@@ -70,7 +70,7 @@ class DunningService:
             )
             .order_by(Subscription.past_due_since)
             .limit(limit)
-            .with_for_update(skip_locked=True)
+            .with_for_update(skip_locked=True, key_share=True)
         )
         overdue = (await self._session.execute(statement)).scalars().all()
         for subscription in overdue:

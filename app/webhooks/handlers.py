@@ -80,7 +80,10 @@ async def find_subscription(
     checkout_session_id: str | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Subscription | None:
-    """Our subscription for a Stripe object, locked: by Stripe id, checkout session or metadata."""
+    """Our subscription for a Stripe object, locked: by Stripe id, checkout session or metadata.
+
+    FOR NO KEY UPDATE: it serialises event handlers without blocking usage rows that refer to it.
+    """
     conditions = []
     if stripe_subscription_id:
         conditions.append(Subscription.stripe_subscription_id == stripe_subscription_id)
@@ -91,7 +94,7 @@ async def find_subscription(
         conditions.append(Subscription.id == our_id)
     for condition in conditions:
         found = (
-            await session.execute(select(Subscription).where(condition).with_for_update())
+            await session.execute(select(Subscription).where(condition).with_for_update(key_share=True))
         ).scalar_one_or_none()
         if found is not None:
             return found
@@ -152,7 +155,7 @@ async def _mirror_invoice(ctx: EventContext, obj: dict[str, Any], observed_at: i
 async def _invoice_subscription(ctx: EventContext, invoice: Invoice) -> Subscription | None:
     if invoice.subscription_id is None:
         return None
-    return await ctx.session.get(Subscription, invoice.subscription_id, with_for_update=True)
+    return await ctx.session.get(Subscription, invoice.subscription_id, with_for_update={"key_share": True})
 
 
 async def invoice_created(ctx: EventContext, obj: dict[str, Any]) -> str:
