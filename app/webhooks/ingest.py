@@ -11,7 +11,6 @@ import asyncio
 import logging
 
 from arq.connections import ArqRedis
-from redis.exceptions import RedisError
 
 from app.errors import ServiceUnavailable
 from app.webhooks.repository import EventStore, IncomingEvent
@@ -73,7 +72,7 @@ class EventIngest:
             return
         try:
             await enqueue_unique_many(self._redis, PROCESS_JOB, [(event_job_id(i), (i,)) for i in event_ids])
-        except (RedisError, OSError):
+        except Exception:
             # The events are stored and `pending`: the sweeper enqueues them later.
             log.warning(
                 "redis unavailable; pending events wait for the sweeper", extra={"count": len(event_ids)}
