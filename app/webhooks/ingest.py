@@ -2,7 +2,8 @@
 
 Each delivery waits until its own row has committed (and its job was handed to Redis, or
 Redis failed), so the 200 still means "stored". There is no timer: a batch is whatever arrived
-while the previous batch was being written, so a lone event goes out at once.
+while earlier batches were being written (up to MAX_WRITERS at once), so a lone event goes out
+at once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 
 PROCESS_JOB = "process_stripe_event"
 MAX_BATCH = 500
+# Batches in flight at once, so a batch waiting on PostgreSQL or Redis does not hold up the next.
+MAX_WRITERS = 4
 
 
 def event_job_id(event_id: str) -> str:
@@ -31,20 +34,22 @@ class EventIngest:
         self._store = store
         self._redis = redis
         self._waiting: list[tuple[IncomingEvent, asyncio.Future[bool]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.Task[None]] = set()
 
     async def submit(self, event: IncomingEvent) -> bool:
         """Store the event and enqueue its job; True if this delivery stored it first."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.append((event, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write())
+        if len(self._writers) < MAX_WRITERS:
+            writer = asyncio.create_task(self._write())
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
         return await asyncio.shield(future)
 
     async def drain(self) -> None:
         """Wait for the batches in flight (at shutdown)."""
-        if self._writer is not None:
-            await self._writer
+        if self._writers:
+            await asyncio.gather(*self._writers)
 
     async def _write(self) -> None:
         while self._waiting:

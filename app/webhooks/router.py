@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, Response
 from pydantic import BaseModel
 
 from app.http import error_responses
@@ -33,6 +33,9 @@ class Received(BaseModel):
     received: bool = True
 
 
+RECEIVED = b'{"received":true}'
+
+
 SIGNATURE_HEADER = {
     "parameters": [
         {
@@ -51,10 +54,11 @@ SIGNATURE_HEADER = {
 @router.post(
     "/stripe",
     summary="Receive a Stripe event (signed; no JWT)",
+    response_model=Received,
     responses=error_responses(400, 503),
     openapi_extra=SIGNATURE_HEADER,
 )
-async def receive_stripe_event(request: Request) -> Received:
+async def receive_stripe_event(request: Request) -> Response:
     service: WebhookService = request.app.state.webhooks
     await service.receive(await request.body(), request.headers.get("stripe-signature"))
-    return Received()
+    return Response(RECEIVED, media_type="application/json")
