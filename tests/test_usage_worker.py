@@ -63,10 +63,18 @@ class Metering:
         )
 
 
-def meter_event_api(accepted: dict[str, dict[str, Any]]) -> Any:
-    """Stripe's POST /v1/billing/meter_events, with its identifier de-duplication."""
+def meter_event_api(accepted: dict[str, dict[str, Any]], fail_calls: set[int] | None = None) -> Any:
+    """Stripe's POST /v1/billing/meter_events, with its identifier de-duplication.
+
+    Calls whose (1-based) number is in `fail_calls` get a 500, as when Stripe has a bad moment.
+    """
+    calls = 0
 
     def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls in (fail_calls or set()):
+            return httpx.Response(500, json={"error": {"type": "api_error", "message": "try again"}})
         form = httpx.QueryParams(request.content.decode())
         identifier = form["identifier"]
         if identifier in accepted:
@@ -97,6 +105,17 @@ def stripe_and_metering(settings: Settings) -> Iterator[tuple[Metering, respx.Ro
         yield Metering(mock), meter_events
 
 
+def outcome(
+    *, recorded: int, reported: int, unavailable: int = 0, stripe_failures: int = 0
+) -> dict[str, int]:
+    return {
+        "recorded": recorded,
+        "reported": reported,
+        "unavailable": unavailable,
+        "stripe_failures": stripe_failures,
+    }
+
+
 async def records(engine: AsyncEngine) -> list[Any]:
     async with engine.connect() as connection:
         statement = select(UsageRecord).order_by(UsageRecord.window_start)
@@ -120,9 +139,9 @@ async def test_each_ended_day_is_recorded_and_reported_once(
     _, meter_events = stripe_and_metering
     world = await pay_per_use(engine)
     first = await aggregate_usage(worker_ctx)
-    assert first == {"recorded": 3, "reported": 3, "unavailable": 0}
+    assert first == {"recorded": 3, "reported": 3, "unavailable": 0, "stripe_failures": 0}
     rerun = await aggregate_usage(worker_ctx)
-    assert rerun == {"recorded": 0, "reported": 0, "unavailable": 0}
+    assert rerun == {"recorded": 0, "reported": 0, "unavailable": 0, "stripe_failures": 0}
     assert meter_events.call_count == 3
     today = datetime.now(UTC).date()
     days = [today - timedelta(days=n) for n in (3, 2, 1)]
@@ -145,10 +164,20 @@ async def test_metering_down_records_nothing_and_the_next_run_catches_up(
     metering, meter_events = stripe_and_metering
     await pay_per_use(engine)
     metering.down = True
-    assert await aggregate_usage(worker_ctx) == {"recorded": 0, "reported": 0, "unavailable": 1}
+    assert await aggregate_usage(worker_ctx) == {
+        "recorded": 0,
+        "reported": 0,
+        "unavailable": 1,
+        "stripe_failures": 0,
+    }
     assert await records(engine) == []
     metering.down = False
-    assert await aggregate_usage(worker_ctx) == {"recorded": 3, "reported": 3, "unavailable": 0}
+    assert await aggregate_usage(worker_ctx) == {
+        "recorded": 3,
+        "reported": 3,
+        "unavailable": 0,
+        "stripe_failures": 0,
+    }
     assert meter_events.call_count == 3
 
 
@@ -172,7 +201,12 @@ async def test_call_limited_subscription_is_recorded_but_not_sent_to_stripe(
         engine, call_limit=1000, status="active", started_at=datetime.now(UTC) - timedelta(days=2)
     )
     await make_world(engine, status="active", started_at=datetime.now(UTC) - timedelta(days=2))
-    assert await aggregate_usage(worker_ctx) == {"recorded": 2, "reported": 0, "unavailable": 0}
+    assert await aggregate_usage(worker_ctx) == {
+        "recorded": 2,
+        "reported": 0,
+        "unavailable": 0,
+        "stripe_failures": 0,
+    }
     assert meter_events.call_count == 0
     assert all(r.meter_event_identifier is None for r in await records(engine))
 
@@ -183,7 +217,7 @@ async def test_on_demand_run_covers_only_the_given_subscription(
     world = await pay_per_use(engine, days_ago=1)
     await pay_per_use(engine, days_ago=1)
     result = await aggregate_usage(worker_ctx, str(world.subscription_id))
-    assert result == {"recorded": 1, "reported": 1, "unavailable": 0}
+    assert result == {"recorded": 1, "reported": 1, "unavailable": 0, "stripe_failures": 0}
     assert [r.subscription_id for r in await records(engine)] == [world.subscription_id]
 
 
@@ -207,3 +241,23 @@ async def test_draft_invoice_waits_for_usage_until_metering_answers(
     assert await process_stripe_event({**worker_ctx, "job_try": 2}, payload["id"]) == "processed"
     assert meter_events.call_count == 2
     assert all(r.reported_at is not None for r in await records(engine))
+
+
+async def test_stripe_failing_mid_batch_then_recovering_reports_each_window_once(
+    worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
+) -> None:
+    accepted: dict[str, dict[str, Any]] = {}
+    with respx.mock(assert_all_called=False) as mock:
+        Metering(mock)
+        meter_events = mock.post(f"{settings.stripe_api_base}/v1/billing/meter_events")
+        meter_events.side_effect = meter_event_api(accepted, fail_calls={2})
+        await pay_per_use(engine)
+        first = await aggregate_usage(worker_ctx)
+        assert first == {"recorded": 3, "reported": 0, "unavailable": 0, "stripe_failures": 1}
+        assert all(r.reported_at is None for r in await records(engine))
+        second = await aggregate_usage(worker_ctx)
+        assert second == {"recorded": 0, "reported": 3, "unavailable": 0, "stripe_failures": 0}
+    assert sorted(accepted) == sorted(r.meter_event_identifier for r in await records(engine))
+    assert [e["payload"]["value"] for e in sorted(accepted.values(), key=lambda e: e["timestamp"])] == [
+        str(r.quantity) for r in await records(engine)
+    ]

@@ -97,7 +97,8 @@ class UsageRepository:
         statement = (
             insert(UsageRecord)
             .values(rows)
-            .on_conflict_do_nothing(constraint="uq_usage_records_subscription_window")
+            # No target: a concurrent run may collide on the window or on its identifier (the same thing).
+            .on_conflict_do_nothing()
             .returning(UsageRecord.id)
         )
         return len((await self._session.execute(statement)).scalars().all())

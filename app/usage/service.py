@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db.base import utcnow
+from app.errors import DomainError
 from app.integrations.metering import MeteringClient, MeteringUnavailable
 from app.plans.service import meter_event_name
 from app.stripe import StripeGateway
@@ -50,6 +51,8 @@ class UsageRun:
     recorded: int = 0
     reported: int = 0
     unavailable: list[uuid.UUID] = field(default_factory=list)
+    # Batches whose meter events Stripe refused or could not take; they go again next run.
+    stripe_failures: int = 0
 
 
 class UsageService:
@@ -128,16 +131,22 @@ class UsageService:
     async def _report(self, subscription_ids: list[uuid.UUID], run: UsageRun) -> None:
         if not subscription_ids:
             return
-        async with self._sessionmaker.begin() as session:
-            repo = UsageRepository(session)
-            claimed = await repo.claim_unreported(subscription_ids)
-            for record in claimed:
-                await self._stripe.report_meter_event(
-                    event_name=meter_event_name(record.api_id),
-                    customer=record.stripe_customer_id,
-                    value=record.quantity,
-                    identifier=record.identifier,
-                    timestamp=record.window_end - timedelta(seconds=1),
-                )
-            await repo.mark_reported([r.id for r in claimed], utcnow())
-            run.reported += len(claimed)
+        try:
+            async with self._sessionmaker.begin() as session:
+                repo = UsageRepository(session)
+                claimed = await repo.claim_unreported(subscription_ids)
+                for record in claimed:
+                    await self._stripe.report_meter_event(
+                        event_name=meter_event_name(record.api_id),
+                        customer=record.stripe_customer_id,
+                        value=record.quantity,
+                        identifier=record.identifier,
+                        timestamp=record.window_end - timedelta(seconds=1),
+                    )
+                await repo.mark_reported([r.id for r in claimed], utcnow())
+        except DomainError:
+            # Nothing is marked reported; the events Stripe did take are dropped as repeats then.
+            log.warning("stripe meter events failed", exc_info=True)
+            run.stripe_failures += 1
+            return
+        run.reported += len(claimed)

@@ -163,8 +163,8 @@ async def invoice_created(ctx: EventContext, obj: dict[str, Any]) -> str:
     invoice = await _mirror_invoice(ctx, obj, ctx.created)
     if obj.get("status") == "draft" and invoice.subscription_id is not None:
         run = await ctx.usage.aggregate(only=[invoice.subscription_id])
-        if run.unavailable:
-            raise UsageNotReported("metering unavailable; usage not yet reported for this invoice")
+        if run.unavailable or run.stripe_failures:
+            raise UsageNotReported("usage not yet reported for this invoice (metering or Stripe failed)")
     return "processed"
 
 

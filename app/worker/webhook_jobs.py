@@ -65,14 +65,19 @@ async def enqueue_pending_stripe_events(ctx: dict[str, Any], *, min_age_seconds:
 async def aggregate_usage(ctx: dict[str, Any], subscription_id: str | None = None) -> dict[str, int]:
     """Record and report ended usage windows: all metered subscriptions (cron) or one (on demand).
 
-    Subscriptions whose metering failed are simply left for the next run.
+    Subscriptions whose metering (or Stripe) failed are simply left for the next run.
     """
     res = resources(ctx)
     only = [uuid.UUID(subscription_id)] if subscription_id else None
     run = await UsageService(res.sessionmaker, res.stripe, res.settings, res.http).aggregate(only=only)
     if run.unavailable:
         log.warning("metering unavailable", extra={"subscriptions": len(run.unavailable)})
-    return {"recorded": run.recorded, "reported": run.reported, "unavailable": len(run.unavailable)}
+    return {
+        "recorded": run.recorded,
+        "reported": run.reported,
+        "unavailable": len(run.unavailable),
+        "stripe_failures": run.stripe_failures,
+    }
 
 
 async def suspend_overdue_api_keys(ctx: dict[str, Any]) -> int:
