@@ -17,6 +17,10 @@ from app.errors import Forbidden, Unauthorized
 Role = Literal["consumer", "creator", "admin"]
 ROLES: frozenset[str] = frozenset({"consumer", "creator", "admin"})
 JWKS_CACHE_SECONDS = 300
+# Verified tokens are remembered (until their exp, at most this long) so a client's repeated
+# calls skip the signature check; bounded so a flood of distinct tokens cannot grow memory.
+TOKEN_CACHE_SECONDS = 300
+TOKEN_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +42,22 @@ class TokenVerifier:
         self._http = http
         self._jwks: jwt.PyJWKSet | None = None
         self._jwks_fetched_at = 0.0
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     async def verify(self, token: str) -> Principal:
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, valid_until = cached
+            if time.time() < valid_until:
+                return principal
+            del self._verified[token]
+        principal, expires_at = await self._verify_uncached(token)
+        if len(self._verified) >= TOKEN_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (principal, min(expires_at, time.time() + TOKEN_CACHE_SECONDS))
+        return principal
+
+    async def _verify_uncached(self, token: str) -> tuple[Principal, float]:
         settings = self._settings
         try:
             header = jwt.get_unverified_header(token)
@@ -65,7 +83,7 @@ class TokenVerifier:
             raise Unauthorized("Token has expired", code="token_expired") from None
         except jwt.PyJWTError:
             raise Unauthorized("Invalid bearer token", code="invalid_token") from None
-        return self._principal(claims)
+        return self._principal(claims), float(claims["exp"])
 
     def _principal(self, claims: dict[str, Any]) -> Principal:
         user_id = next(

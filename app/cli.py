@@ -95,8 +95,42 @@ def dev(
     sys.exit(run_dev_stack(port=port, data_dir=data_dir))
 
 
-def main() -> None:
-    cli()
+@cli.command()
+def sync(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report differences, change nothing")] = False,
+) -> None:
+    """Reconcile customers and subscriptions with Stripe; resumes an interrupted run."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+    from rich.table import Table
+
+    from app.errors import DomainError
+    from app.sync.runner import run_sync
+
+    settings = settings_or_exit()
+    console = Console(stderr=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def progress(resource: str, seen: int) -> None:
+            bar.update(task, description=f"{resource}: {seen} checked")
+
+        try:
+            run = asyncio.run(run_sync(settings, dry_run=dry_run, progress=progress))
+        except DomainError as exc:
+            typer.echo(f"billing: {exc.message}", err=True)
+            raise typer.Exit(1) from None
+    table = Table(title=f"billing sync {run.id} ({'dry run' if dry_run else 'repaired'}): {run.status}")
+    for column in ("list", "seen", "changed", "unknown"):
+        table.add_column(column)
+    for resource, report in run.report.items():
+        table.add_row(resource, str(report["seen"]), str(report["changed"]), str(report["unknown"]))
+    Console().print(table)
+    for resource, report in run.report.items():
+        for difference in report["differences"][:50]:
+            typer.echo(f"  {resource}: {difference}")
 
 
 webhooks = typer.Typer(no_args_is_help=True, help="Stored Stripe webhook events.")
@@ -141,3 +175,7 @@ def webhooks_replay(
     typer.echo(f"replayed {result.total} events" + (f": {summary}" if summary else ""))
     if result.outcomes.get("failed"):
         raise typer.Exit(1)
+
+
+def main() -> None:
+    cli()

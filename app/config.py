@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     db_pool_size: int = Field(10, ge=1)
     sibling_timeout_seconds: float = Field(2.0, gt=0, le=30)
+    # Outbox delivery: exponential backoff with jitter, then `failed` after this many attempts.
+    outbox_max_attempts: int = Field(12, ge=1, le=100)
+    outbox_retry_base_seconds: float = Field(5.0, gt=0)
+    outbox_retry_max_seconds: float = Field(3600.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

@@ -1,32 +1,25 @@
-"""`make bench`: run every benchmark module in bench/ (each has a `main()` printing its ratios)."""
+"""`make bench`: run every benchmark module in bench/ (or those named) and print its ratios."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import pkgutil
 import sys
 from pathlib import Path
 
+SKIP = {"harness", "__main__"}
 
-def main() -> int:
-    names = sorted(
-        info.name
-        for info in pkgutil.iter_modules([str(Path(__file__).parent)])
-        if not info.name.startswith("_")
+
+def main() -> None:
+    names = sys.argv[1:] or sorted(
+        m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name not in SKIP
     )
-    failed = []
     for name in names:
         module = importlib.import_module(f"bench.{name}")
-        runner = getattr(module, "main", None)
-        if runner is None:
-            continue
         print(f"== bench.{name}", flush=True)
-        if runner() is False:
-            failed.append(name)
-    if failed:
-        print(f"below goal: {', '.join(failed)}")
-    return 1 if failed else 0
+        asyncio.run(module.main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -53,9 +53,14 @@ async def outbox_kinds(engine: AsyncEngine) -> list[str]:
 
 
 async def overdue_by(engine: AsyncEngine, days: int) -> None:
+    """Move the clock: the subscription has been past due for `days`, and what the outbox holds
+    was written before that."""
     async with engine.begin() as connection:
         await connection.execute(
             text("UPDATE subscriptions SET past_due_since = now() - make_interval(days => :d)"), {"d": days}
+        )
+        await connection.execute(
+            text("UPDATE outbox SET created_at = created_at - make_interval(days => :d + 30)"), {"d": days}
         )
 
 
@@ -72,7 +77,6 @@ async def test_failed_payment_makes_the_subscription_past_due(
     sub = await subscription(engine, world)
     assert sub.status == "past_due"
     assert sub.past_due_since is not None
-    assert not sub.api_key_suspended
 
 
 async def test_key_is_suspended_only_after_the_grace_period(
@@ -85,7 +89,6 @@ async def test_key_is_suspended_only_after_the_grace_period(
     await overdue_by(engine, settings.dunning_grace_days + 1)
     assert await suspend_overdue_api_keys(worker_ctx) == 1
     assert await suspend_overdue_api_keys(worker_ctx) == 0
-    assert (await subscription(engine, world)).api_key_suspended
     assert await outbox_kinds(engine) == ["suspend_api_key"]
 
 
@@ -110,7 +113,7 @@ async def test_paid_invoice_restores_active_and_the_suspended_key(
     paid = invoice_obj(world, "in_dun", "paid", period=PERIOD, paid_at=200)
     assert await deliver(client, worker_ctx, event("invoice.paid", paid, created=200)) == "processed"
     sub = await subscription(engine, world)
-    assert (sub.status, sub.api_key_suspended, sub.past_due_since) == ("active", False, None)
+    assert (sub.status, sub.past_due_since) == ("active", None)
     assert await outbox_kinds(engine) == ["restore_api_key", "suspend_api_key"]
 
 
@@ -178,3 +181,14 @@ async def test_stripe_down_while_ending_dunning_retries_the_event(
         )
         assert await process_stripe_event({**worker_ctx, "job_try": 2}, payload["id"]) == "processed"
     assert (await subscription(engine, world)).status == "cancelled"
+
+
+async def test_payment_before_any_suspension_asks_for_no_restore(
+    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine
+) -> None:
+    world = await make_world(engine, status="active")
+    await fail_payment(client, worker_ctx, world)
+    paid = invoice_obj(world, "in_dun", "paid", period=PERIOD, paid_at=200)
+    await deliver(client, worker_ctx, event("invoice.paid", paid, created=200))
+    assert (await subscription(engine, world)).status == "active"
+    assert await outbox_kinds(engine) == []

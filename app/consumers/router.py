@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response, status
 
 from app.auth import CurrentUser
-from app.consumers.schemas import ConsumerOut
+from app.consumers.schemas import ConsumerOut, PortalSessionCreate, PortalSessionOut
 from app.consumers.service import ConsumerService
 from app.db import DbSession
 from app.http import error_responses
@@ -42,6 +42,17 @@ async def register_consumer(principal: CurrentUser, service: Service, response: 
     if not created:
         response.status_code = status.HTTP_200_OK
     return _out(consumer)
+
+
+@router.post(
+    "/portal-session",
+    summary="A Stripe billing-portal URL for the caller",
+    responses=error_responses(401, 404, 502),
+)
+async def create_portal_session(
+    body: PortalSessionCreate, principal: CurrentUser, service: Service
+) -> PortalSessionOut:
+    return PortalSessionOut(url=await service.create_portal_session(principal, str(body.return_url)))
 
 
 @router.get(

@@ -56,3 +56,11 @@ class ConsumerService:
                 "Register as a consumer first (POST /api/v1/consumers/register)", code="not_registered"
             )
         return consumer
+
+    async def create_portal_session(self, principal: Principal, return_url: str) -> str:
+        """A Stripe billing-portal URL for the caller's customer."""
+        consumer = await self.require_own(principal)
+        assert consumer.stripe_customer_id is not None  # noqa: S101  (require_own checked it)
+        return await self._stripe.create_portal_session(
+            customer=consumer.stripe_customer_id, return_url=return_url
+        )

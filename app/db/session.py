@@ -28,6 +28,11 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+def create_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for reads: autocommit, so a GET costs no BEGIN/COMMIT round trips."""
+    return async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+
+
 def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
     """Run `callback` once the request's transaction has committed (e.g. enqueue a job)."""
     session.info.setdefault("after_commit", []).append(callback)
@@ -56,5 +61,13 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         await run_after_commit(session)
 
 
+async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A session for routes that only read: nothing to commit, each statement stands alone."""
+    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
+    async with sessionmaker() as session:
+        yield session
+
+
 # scope="function": the commit happens when the route returns, before the response goes out.
 DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]
+ReadSession = Annotated[AsyncSession, Depends(get_read_session, scope="function")]

@@ -4,19 +4,30 @@
   invoices and items work with `price` ids as with Stripe (which treats a Plan as a Price).
 - Billing Meters (`/v1/billing/meters`) and meter events (`/v1/billing/meter_events`), with
   Stripe's identifier de-duplication.
+- Subscriptions and invoice previews sent as today's Stripe takes them (`items[][price]`,
+  `default_payment_method`, `proration_behavior`, `trial_period_days`, the
+  `latest_invoice.confirmation_secret` expansion), translated onto localstripe's plan-based ones.
+- Checkout Sessions (`/v1/checkout/sessions`) whose `url` is a dev page that pays the session
+  (subscription created, `checkout.session.completed` sent), and billing-portal sessions.
 Objects are kept in localstripe's store, so they persist with it.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, cast
 
 from aiohttp import web
 from localstripe import resources, server
 from localstripe.errors import UserError
+from localstripe.webhooks import schedule_webhook
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Override = Callable[[web.Request, dict[str, str]], Awaitable[web.StreamResponse]]
 
 
 def _json(body: dict[str, Any]) -> web.Response:
@@ -154,8 +165,226 @@ async def create_meter_event(request: web.Request) -> web.Response:
     return _json(event)
 
 
+def _prices_as_plans(items: Any) -> list[dict[str, Any]]:
+    """Stripe's `items[][price]` as localstripe's `items[][plan]` (our prices are its plans)."""
+    mapped = []
+    for item in items or []:
+        item = dict(item)
+        if "price" in item:
+            item["plan"] = item.pop("price")
+        mapped.append(item)
+    return mapped
+
+
+def _with_confirmation_secret(subscription: Any) -> dict[str, Any]:
+    """Export with the first invoice expanded and its `confirmation_secret`, as Stripe does."""
+    exported: dict[str, Any] = subscription._export(expand=["latest_invoice"])
+    invoice = exported.get("latest_invoice")
+    if isinstance(invoice, dict):
+        intent_id = invoice.get("payment_intent")
+        secret = None
+        if isinstance(intent_id, str):
+            secret = resources.PaymentIntent._api_retrieve(intent_id).client_secret
+        invoice["confirmation_secret"] = (
+            {"client_secret": secret, "type": "payment_intent"} if secret else None
+        )
+    return exported
+
+
+def _start_trial(subscription: Any, days: int) -> None:
+    now = int(time.time())
+    subscription.status = "trialing"
+    subscription.trial_start = now
+    subscription.trial_end = now + days * 86400
+    subscription.start_date = now
+
+
+async def create_subscription(request: web.Request, path: dict[str, str]) -> web.Response:
+    data = dict(await server.get_post_data(request) or {})
+    data.pop("expand", None)
+    data.pop("payment_settings", None)
+    # localstripe charges the customer's invoice default, which we always set first.
+    data.pop("default_payment_method", None)
+    data["items"] = _prices_as_plans(data.get("items"))
+    trial_days = data.get("trial_period_days")
+    subscription = resources.Subscription._api_create(**data)
+    if trial_days:
+        _start_trial(subscription, int(trial_days))
+    return _json(_with_confirmation_secret(subscription))
+
+
+async def update_subscription(request: web.Request, path: dict[str, str]) -> web.Response:
+    data = dict(await server.get_post_data(request) or {})
+    data.pop("expand", None)
+    data.pop("proration_behavior", None)
+    data.pop("payment_behavior", None)
+    if "items" in data:
+        data["items"] = _prices_as_plans(data["items"])
+    subscription = resources.Subscription._api_update(path["id"], **data)
+    return _json(_with_confirmation_secret(subscription))
+
+
+async def create_invoice_preview(request: web.Request, path: dict[str, str]) -> web.Response:
+    data = dict(await server.get_post_data(request) or {})
+    details = dict(data.get("subscription_details") or {})
+    details.pop("proration_behavior", None)
+    if "items" in details:
+        details["items"] = _prices_as_plans(details["items"])
+    invoice = resources.Invoice._api_create_preview_invoice(
+        customer=data.get("customer"),
+        subscription=data.get("subscription"),
+        subscription_details=details or None,
+    )
+    return _json(invoice._export())
+
+
+class CheckoutSession(resources.StripeObject):  # type: ignore[misc]
+    """Stripe's `checkout.session` in subscription mode (the fields billing reads)."""
+
+    object = "checkout.session"
+    _id_prefix = "cs_test_"
+
+    def __init__(self, page_base: str, **data: Any) -> None:
+        line_items = data.get("line_items") or []
+        if data.get("mode") != "subscription" or not data.get("customer") or len(line_items) != 1:
+            raise UserError(400, "Dev checkout supports mode=subscription, a customer and one line item")
+        resources.Customer._api_retrieve(data["customer"])
+        price = line_items[0].get("price")
+        resources.Plan._api_retrieve(price)
+        super().__init__()
+        self.mode = "subscription"
+        self.customer = data["customer"]
+        self.client_reference_id = data.get("client_reference_id")
+        self.metadata = data.get("metadata") or {}
+        self.success_url = data.get("success_url")
+        self.cancel_url = data.get("cancel_url")
+        self.status = "open"
+        self.payment_status = "unpaid"
+        self.subscription = None
+        self.expires_at = self.created + 86400
+        self.url = f"{page_base}/checkout/{self.id}"
+        self._price = price
+        self._subscription_data = data.get("subscription_data") or {}
+
+
+async def create_checkout_session(request: web.Request) -> web.Response:
+    data = dict(await server.get_post_data(request) or {})
+    data.pop("expand", None)
+    session = CheckoutSession(f"{request.scheme}://{request.host}", **data)
+    return _json(session._export())
+
+
+async def retrieve_checkout_session(request: web.Request) -> web.Response:
+    return _json(CheckoutSession._api_retrieve(request.match_info["id"])._export())
+
+
+async def expire_checkout_session(request: web.Request) -> web.Response:
+    session = CheckoutSession._api_retrieve(request.match_info["id"])
+    if session.status != "open":
+        raise UserError(400, f"This Checkout Session is {session.status} and cannot be expired")
+    session.status = "expired"
+    schedule_webhook(resources.Event("checkout.session.expired", session))
+    return _json(session._export())
+
+
+async def pay_checkout_session(request: web.Request, path: dict[str, str]) -> web.StreamResponse:
+    """The dev stand-in for Stripe's hosted page: pays at once with the customer's default card,
+    or with the 4242 test card (as a consumer would type it) when there is none."""
+    session = CheckoutSession._api_retrieve(path["id"])
+    if session.status == "open":
+        customer = resources.Customer._api_retrieve(session.customer)
+        if customer._get_default_payment_method_or_source() is None:
+            card = resources.PaymentMethod._api_retrieve("pm_card_visa")
+            resources.PaymentMethod._api_attach(card.id, customer=customer.id)
+            customer.invoice_settings["default_payment_method"] = card.id
+        extra = session._subscription_data
+        trial_days = extra.get("trial_period_days")
+        subscription = resources.Subscription(
+            customer=session.customer,
+            items=[{"plan": session._price}],
+            metadata=extra.get("metadata") or {},
+            trial_period_days=int(trial_days) if trial_days else None,
+        )
+        if trial_days:
+            _start_trial(subscription, int(trial_days))
+        session.subscription = subscription.id
+        session.status = "complete"
+        session.payment_status = "no_payment_required" if trial_days else "paid"
+        schedule_webhook(resources.Event("checkout.session.completed", session))
+    raise web.HTTPFound(session.success_url or "/")
+
+
+async def create_portal_session(request: web.Request) -> web.Response:
+    data = await server.get_post_data(request) or {}
+    customer = data.get("customer")
+    if not customer:
+        raise UserError(400, "Missing required param: customer")
+    resources.Customer._api_retrieve(customer)
+    session_id = _new_id("bps_")
+    return _json(
+        {
+            "id": session_id,
+            "object": "billing_portal.session",
+            "configuration": "bpc_dev",
+            "created": int(time.time()),
+            "customer": customer,
+            "flow": None,
+            "livemode": False,
+            "locale": None,
+            "on_behalf_of": None,
+            "return_url": data.get("return_url"),
+            "url": f"{request.scheme}://{request.host}/portal/{session_id}",
+        }
+    )
+
+
+async def portal_page(request: web.Request, path: dict[str, str]) -> web.Response:
+    return web.Response(text="Dev billing portal: cards and invoices are managed in billing's API.")
+
+
+# Routes localstripe already has, answered here first in today's Stripe shapes.
+_OVERRIDES: list[tuple[str, re.Pattern[str], Override]] = [
+    ("POST", re.compile(r"^/v1/subscriptions$"), create_subscription),
+    ("POST", re.compile(r"^/v1/subscriptions/(?P<id>sub_\w+)$"), update_subscription),
+    ("POST", re.compile(r"^/v1/invoices/create_preview$"), create_invoice_preview),
+]
+
+
+# Pages a browser opens without an API key, so they are served before localstripe's auth.
+_PAGES: list[tuple[str, re.Pattern[str], Override]] = [
+    ("GET", re.compile(r"^/checkout/(?P<id>cs_test_\w+)$"), pay_checkout_session),
+    ("GET", re.compile(r"^/portal/(?P<id>bps_\w+)$"), portal_page),
+]
+
+
+async def _dispatch(
+    routes: list[tuple[str, re.Pattern[str], Override]], request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    for method, pattern, override in routes:
+        found = pattern.match(request.path)
+        if request.method == method and found:
+            return await override(request, found.groupdict())
+    return await handler(request)
+
+
+@web.middleware
+async def hosted_pages(request: web.Request, handler: Handler) -> web.StreamResponse:
+    return await _dispatch(_PAGES, request, handler)
+
+
+@web.middleware
+async def stripe_today(request: web.Request, handler: Handler) -> web.StreamResponse:
+    return await _dispatch(_OVERRIDES, request, handler)
+
+
 def install_extensions(app: web.Application) -> None:
     """Register the extra routes on localstripe's aiohttp app (before it starts)."""
+    app.middlewares.insert(1, hosted_pages)  # after the error middleware, before auth
+    app.middlewares.append(stripe_today)
+    app.router.add_post("/v1/checkout/sessions", create_checkout_session)
+    app.router.add_get("/v1/checkout/sessions/{id}", retrieve_checkout_session)
+    app.router.add_post("/v1/checkout/sessions/{id}/expire", expire_checkout_session)
+    app.router.add_post("/v1/billing_portal/sessions", create_portal_session)
     app.router.add_post("/v1/prices", create_price)
     app.router.add_get("/v1/prices/{id}", retrieve_price)
     app.router.add_post("/v1/prices/{id}", update_price)

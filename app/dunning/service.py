@@ -1,10 +1,10 @@
 """Dunning: what a failed payment does to a subscription, and how it ends.
 
-invoice.payment_failed -> `past_due` (since then); after the grace period the API key is
-suspended; when Stripe's retries end (subscription deleted or `unpaid`) the subscription is
-cancelled and its key revoked; a paid invoice at any point restores `active` and the key.
-Invoice events are observations of the subscription at their `created` time, so they never
-undo a newer subscription snapshot (and an older snapshot never undoes them).
+invoice.payment_failed -> `past_due` (since then); after the grace period the key's suspension
+is asked of the outbox; when Stripe's retries end (subscription deleted or `unpaid`) the
+subscription is cancelled and its key revoked; a paid invoice at any point restores `active`
+and the key. Invoice events are observations of the subscription at their `created` time, so
+they never undo a newer subscription snapshot (and an older snapshot never undoes them).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Subscription
+from app.models import OutboxMessage, Subscription
 from app.outbox.service import Outbox
 from app.stripe import StripeGateway
-from app.subscriptions.lifecycle import apply_status, dunning_episode
+from app.subscriptions.lifecycle import apply_status
 
 
 def _is_older(subscription: Subscription, observed_at: int) -> bool:
@@ -57,16 +57,27 @@ class DunningService:
         return await apply_status(self._outbox, subscription, "cancelled")
 
     async def suspend_overdue(self, *, now: datetime, grace: timedelta, limit: int = 200) -> int:
-        """Suspend the keys of subscriptions past due for longer than `grace`; returns how many.
+        """Ask to suspend the keys of subscriptions past due for longer than `grace`; returns how many.
 
-        Rows are claimed with SKIP LOCKED, so two workers never suspend the same key twice.
+        Once per spell of `past_due`: a subscription whose suspension was asked since it became
+        past due is skipped. Rows are claimed with SKIP LOCKED, so two workers never ask twice.
+        (The outbox delivery sets `api_key_suspended` once the key service has acted.)
         """
+        asked = (
+            select(OutboxMessage.id)
+            .where(
+                OutboxMessage.subscription_id == Subscription.id,
+                OutboxMessage.kind == "suspend_api_key",
+                OutboxMessage.created_at >= Subscription.past_due_since,
+            )
+            .exists()
+        )
         statement = (
             select(Subscription)
             .where(
                 Subscription.status == "past_due",
-                Subscription.api_key_suspended.is_(False),
                 Subscription.past_due_since <= now - grace,
+                ~asked,
             )
             .order_by(Subscription.past_due_since)
             .limit(limit)
@@ -74,6 +85,5 @@ class DunningService:
         )
         overdue = (await self._session.execute(statement)).scalars().all()
         for subscription in overdue:
-            await self._outbox.suspend_api_key(subscription, episode=dunning_episode(subscription))
-            subscription.api_key_suspended = True
+            await self._outbox.suspend_api_key(subscription)
         return len(overdue)

@@ -1,7 +1,9 @@
-"""Client of the metering service (CONTRACT.md): call counts per subscription and day range."""
+"""Client of the metering service: live call counts of a subscription for a period."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import date
@@ -9,18 +11,20 @@ from datetime import date
 import httpx
 
 from app.config import Settings
-from app.errors import UpstreamError
+
+log = logging.getLogger("app.integrations.metering")
+
+# A user request waits at most about ATTEMPTS * timeout + the backoff for the live count.
+ATTEMPTS = 2
+BACKOFF_SECONDS = 0.1
 
 
-class MeteringUnavailable(UpstreamError):
-    code = "metering_unavailable"
+class MeteringUnavailable(Exception):
+    """The metering service did not answer in time or answered an error."""
 
 
 @dataclass(frozen=True, slots=True)
-class UsageSummary:
-    subscription_id: str
-    start: date
-    end: date
+class LiveUsage:
     total_calls: int
     successful_calls: int
     failed_calls: int
@@ -30,29 +34,29 @@ class MeteringClient:
     def __init__(self, http: httpx.AsyncClient, settings: Settings) -> None:
         self._http = http
         self._base = settings.metering_service_url
-        self._timeout = settings.sibling_timeout_seconds
+        # Half the sibling budget per attempt, so two attempts stay within "a couple of seconds".
+        self._timeout = settings.sibling_timeout_seconds / ATTEMPTS
 
-    async def get_usage(self, subscription_id: uuid.UUID, start: date, end: date) -> UsageSummary:
-        """Calls of the subscription from `start` to `end`, both days included (UTC).
-
-        Raises MeteringUnavailable when the service is down, slow or answers nonsense; the
-        caller retries later, so nothing is recorded from a failed answer.
-        """
-        try:
-            response = await self._http.get(
-                f"{self._base}/api/v1/usage/subscription/{subscription_id}",
-                params={"start": start.isoformat(), "end": end.isoformat()},
-                timeout=self._timeout,
-            )
-            response.raise_for_status()
-            summary = response.json()["summary"]
-            return UsageSummary(
-                subscription_id=str(subscription_id),
-                start=start,
-                end=end,
-                total_calls=int(summary["total_calls"]),
-                successful_calls=int(summary["successful_calls"]),
-                failed_calls=int(summary["failed_calls"]),
-            )
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            raise MeteringUnavailable(f"metering service failed: {type(exc).__name__}") from exc
+    async def subscription_usage(self, subscription_id: uuid.UUID, start: date, end: date) -> LiveUsage:
+        """Calls of the subscription from `start` to `end` (inclusive days); retries once on failure."""
+        url = f"{self._base}/api/v1/usage/subscription/{subscription_id}"
+        params = {"start": start.isoformat(), "end": end.isoformat()}
+        last_error: Exception | None = None
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(BACKOFF_SECONDS * attempt)
+            try:
+                response = await self._http.get(url, params=params, timeout=self._timeout)
+                if response.status_code == 404:
+                    return LiveUsage(0, 0, 0)  # no calls recorded yet
+                response.raise_for_status()
+                summary = response.json()["summary"]
+                return LiveUsage(
+                    total_calls=int(summary["total_calls"]),
+                    successful_calls=int(summary.get("successful_calls", 0)),
+                    failed_calls=int(summary.get("failed_calls", 0)),
+                )
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                last_error = exc
+        log.warning("metering unavailable", extra={"subscription_id": str(subscription_id)})
+        raise MeteringUnavailable(str(last_error))

@@ -5,9 +5,11 @@ from app.models.earning import Earning
 from app.models.event import StripeEvent
 from app.models.idempotency import IdempotencyKey
 from app.models.invoice import Invoice
+from app.models.job_run import JobRun
 from app.models.outbox import OutboxMessage
 from app.models.plan import Api, PricingPlan, PricingPlanVersion
 from app.models.subscription import Subscription
+from app.models.sync_run import SyncRun
 from app.models.usage import UsageRecord
 
 __all__ = [
@@ -16,11 +18,13 @@ __all__ = [
     "Earning",
     "IdempotencyKey",
     "Invoice",
+    "JobRun",
     "OutboxMessage",
     "PaymentMethod",
     "PricingPlan",
     "PricingPlanVersion",
     "StripeEvent",
     "Subscription",
+    "SyncRun",
     "UsageRecord",
 ]

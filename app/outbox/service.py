@@ -7,9 +7,11 @@ and a sweeper re-enqueues rows whose job was lost. Dedupe keys make each intent 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from arq.connections import ArqRedis
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -17,10 +19,19 @@ from app.db.session import after_commit
 from app.models import OutboxMessage, Subscription
 
 DELIVER_JOB = "deliver_outbox_message"
+# The kinds the delivery job knows; the sweeper re-enqueues only these.
+API_KEY_KINDS = ("create_api_key", "revoke_api_key", "suspend_api_key", "restore_api_key")
 
 
-def delivery_job_id(message_id: uuid.UUID) -> str:
-    return f"outbox:{message_id}"
+def delivery_job_id(message_id: uuid.UUID, due: datetime | None = None) -> str:
+    """arq job id: the first delivery's, or (with `due`) a retry's, unique per scheduled time.
+
+    arq refuses a job id while an earlier job of that id is queued or its result is kept, so a
+    retry cannot reuse the first id.
+    """
+    if due is None:
+        return f"outbox:{message_id}"
+    return f"outbox:{message_id}:{int(due.timestamp() * 1000)}"
 
 
 class Outbox:
@@ -44,13 +55,44 @@ class Outbox:
         """Ask for the subscription's key to be revoked (after its creation, if that is pending)."""
         await self._add("revoke_api_key", f"revoke_api_key:{subscription.id}", subscription, {})
 
-    async def suspend_api_key(self, subscription: Subscription, *, episode: str) -> None:
-        """Ask for the key to be suspended, once per dunning `episode` (e.g. its past-due start)."""
-        await self._add("suspend_api_key", f"suspend_api_key:{subscription.id}:{episode}", subscription, {})
+    async def suspend_api_key(self, subscription: Subscription) -> None:
+        """Ask for the subscription's key to stop working (dunning); a no-op while already suspended.
 
-    async def restore_api_key(self, subscription: Subscription, *, episode: str) -> None:
-        """Ask for a suspended key to work again, once per dunning `episode`."""
-        await self._add("restore_api_key", f"restore_api_key:{subscription.id}:{episode}", subscription, {})
+        The API key service has only create and delete: suspending revokes the key, and restoring
+        issues a new one (the consumer sees a new key after a restore).
+        """
+        latest, count = await self._latest_toggle(subscription.id)
+        if latest != "suspend_api_key":
+            await self._add("suspend_api_key", f"suspend_api_key:{subscription.id}:{count}", subscription, {})
+
+    async def restore_api_key(self, subscription: Subscription) -> None:
+        """Ask for a working key again after a suspension; a no-op unless the last intent suspended."""
+        latest, count = await self._latest_toggle(subscription.id)
+        if latest == "suspend_api_key":
+            await self._add(
+                "restore_api_key",
+                f"restore_api_key:{subscription.id}:{count}",
+                subscription,
+                {"name": f"{subscription.api_id} subscription"},
+            )
+
+    async def _latest_toggle(self, subscription_id: uuid.UUID) -> tuple[str | None, int]:
+        """The latest suspend/restore intent of a subscription and how many there are.
+
+        The count numbers the next intent's dedupe key, so suspend/restore may cycle, while two
+        transactions asking for the same step at once still make one row.
+        """
+        statement = (
+            select(OutboxMessage.kind, func.count().over())
+            .where(
+                OutboxMessage.subscription_id == subscription_id,
+                OutboxMessage.kind.in_(("suspend_api_key", "restore_api_key")),
+            )
+            .order_by(OutboxMessage.created_at.desc(), OutboxMessage.id.desc())
+            .limit(1)
+        )
+        row = (await self._session.execute(statement)).one_or_none()
+        return (None, 0) if row is None else (row[0], int(row[1]))
 
     async def notify(
         self, subscription: Subscription, topic: str, dedupe: str, payload: dict[str, Any]

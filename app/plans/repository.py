@@ -44,7 +44,7 @@ class PlanRepository:
         )
         if not include_inactive:
             statement = statement.where(PricingPlan.is_active)
-        return (await self._session.execute(statement)).tuples().all()
+        return (await self._session.execute(statement)).all()
 
     async def get_current(
         self, plan_id: uuid.UUID, *, api_id: str | None = None, for_update: bool = False
@@ -55,7 +55,7 @@ class PlanRepository:
             statement = statement.where(PricingPlan.api_id == api_id)
         if for_update:
             statement = statement.with_for_update(of=PricingPlan)
-        row = (await self._session.execute(statement)).tuples().one_or_none()
+        row = (await self._session.execute(statement)).one_or_none()
         return (row[0], row[1]) if row else None
 
     async def get_version(
@@ -66,7 +66,7 @@ class PlanRepository:
             .join(PricingPlanVersion, PricingPlanVersion.plan_id == PricingPlan.id)
             .where(PricingPlan.id == plan_id, PricingPlanVersion.version == version)
         )
-        row = (await self._session.execute(statement)).tuples().one_or_none()
+        row = (await self._session.execute(statement)).one_or_none()
         return (row[0], row[1]) if row else None
 
     def add(self, *rows: object) -> None:

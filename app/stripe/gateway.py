@@ -8,10 +8,23 @@ metrics, and mutating calls carry idempotency keys derived from our own row ids.
 from __future__ import annotations
 
 from app.stripe.catalog import CatalogCalls
+from app.stripe.checkout import CheckoutCalls
 from app.stripe.customers import CustomerCalls
+from app.stripe.listing import ListingCalls
 from app.stripe.meters import MeterCalls
 from app.stripe.objects import ObjectCalls
+from app.stripe.payment_methods import PaymentMethodCalls
+from app.stripe.subscriptions import SubscriptionCalls
 
 
-class StripeGateway(CustomerCalls, CatalogCalls, MeterCalls, ObjectCalls):
+class StripeGateway(
+    CustomerCalls,
+    CatalogCalls,
+    PaymentMethodCalls,
+    SubscriptionCalls,
+    CheckoutCalls,
+    ListingCalls,
+    MeterCalls,
+    ObjectCalls,
+):
     """Thin async wrapper over `stripe.StripeClient`; callers never see the SDK or its errors."""

@@ -78,12 +78,6 @@ class StripeSubscriptionState:
         )
 
 
-def dunning_episode(subscription: Subscription) -> str:
-    """Names one spell of `past_due`, so its suspension and restoration each happen once."""
-    since = subscription.past_due_since
-    return str(int(since.timestamp())) if since else "0"
-
-
 async def apply_status(outbox: Outbox, subscription: Subscription, new_status: str) -> bool:
     """Move to `new_status` (never out of a terminal one) and issue or revoke the key to match."""
     old_status = subscription.status
@@ -93,10 +87,9 @@ async def apply_status(outbox: Outbox, subscription: Subscription, new_status: s
     now = datetime.now(UTC)
     if new_status in KEYED and old_status not in KEYED:
         await outbox.create_api_key(subscription)
-    if old_status == "past_due" and new_status in KEYED and subscription.api_key_suspended:
-        # Dunning suspended the key; a paid invoice (or Stripe's active state) brings it back.
-        await outbox.restore_api_key(subscription, episode=dunning_episode(subscription))
-        subscription.api_key_suspended = False
+    if old_status == "past_due" and new_status in KEYED:
+        # Leaving dunning brings back a key it suspended (a no-op if no suspension was asked).
+        await outbox.restore_api_key(subscription)
     if new_status == "past_due" and subscription.past_due_since is None:
         subscription.past_due_since = now
     if new_status != "past_due":

@@ -99,7 +99,7 @@ class UsageService:
             while day < today:
                 try:
                     async with gate:
-                        usage = await self._metering.get_usage(subscription.id, day, day)
+                        usage = await self._metering.subscription_usage(subscription.id, day, day)
                 except MeteringUnavailable:
                     run.unavailable.append(subscription.id)
                     break

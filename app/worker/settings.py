@@ -8,6 +8,7 @@ from arq import cron
 
 from app.config import get_settings
 from app.logging import configure_logging
+from app.outbox import jobs as outbox_jobs
 from app.worker import jobs, webhook_jobs
 from app.worker.context import WorkerResources
 
@@ -23,9 +24,14 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 class WorkerSettings:
-    functions: ClassVar[list[Any]] = [jobs.purge_expired_idempotency_keys, *webhook_jobs.JOBS]
+    functions: ClassVar[list[Any]] = [
+        jobs.purge_expired_idempotency_keys,
+        outbox_jobs.deliver_outbox_message,
+        *webhook_jobs.JOBS,
+    ]
     cron_jobs: ClassVar[list[Any]] = [
         cron(jobs.purge_expired_idempotency_keys, minute={7}, unique=True),
+        cron(outbox_jobs.sweep_outbox, second={30}, unique=True),
         *webhook_jobs.CRON_JOBS,
     ]
     on_startup = startup

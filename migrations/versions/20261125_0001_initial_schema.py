@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 02:35:44.516178
+Create Date: 2026-11-25 03:07:46.974031
 """
 
 from collections.abc import Sequence
@@ -60,6 +60,16 @@ def upgrade() -> None:
     )
     op.create_index("ix_idempotency_keys_expires_at", "idempotency_keys", ["expires_at"], unique=False)
     op.create_table(
+        "job_runs",
+        sa.Column("job", sa.String(length=64), nullable=False),
+        sa.Column("subject", sa.String(length=255), nullable=False),
+        sa.Column("period", sa.String(length=64), nullable=False),
+        sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_job_runs")),
+        sa.UniqueConstraint("job", "subject", "period", name="uq_job_runs_job_subject_period"),
+    )
+    op.create_table(
         "stripe_events",
         sa.Column("id", sa.String(length=255), nullable=False),
         sa.Column("type", sa.String(length=128), nullable=False),
@@ -80,6 +90,21 @@ def upgrade() -> None:
     )
     op.create_index(
         "ix_stripe_events_status_received", "stripe_events", ["status", "received_at"], unique=False
+    )
+    op.create_table(
+        "sync_runs",
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("dry_run", sa.Boolean(), nullable=False),
+        sa.Column("cursor", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("report", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.CheckConstraint(
+            "status IN ('running', 'interrupted', 'completed', 'failed')",
+            name=op.f("ck_sync_runs_status_valid"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_sync_runs")),
     )
     op.create_table(
         "api_pricing_plans",
@@ -416,8 +441,10 @@ def downgrade() -> None:
     op.drop_table("payment_methods")
     op.drop_index(op.f("ix_api_pricing_plans_api_id"), table_name="api_pricing_plans")
     op.drop_table("api_pricing_plans")
+    op.drop_table("sync_runs")
     op.drop_index("ix_stripe_events_status_received", table_name="stripe_events")
     op.drop_table("stripe_events")
+    op.drop_table("job_runs")
     op.drop_index("ix_idempotency_keys_expires_at", table_name="idempotency_keys")
     op.drop_table("idempotency_keys")
     op.drop_table("consumers")

@@ -1,0 +1,27 @@
+"""arq jobs of the outbox: deliver one message, and the per-minute sweeper."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from app.integrations.apikey import ApiKeyClient
+from app.outbox.delivery import OutboxDelivery
+from app.worker.context import WorkerResources, resources
+
+
+def delivery_of(ctx: dict[str, Any]) -> OutboxDelivery:
+    res: WorkerResources = resources(ctx)
+    return OutboxDelivery(
+        res.sessionmaker, ApiKeyClient(res.settings, res.http), res.settings, ctx.get("redis")
+    )
+
+
+async def deliver_outbox_message(ctx: dict[str, Any], message_id: str) -> str:
+    """Deliver one outbox message (create, revoke, suspend or restore an API key)."""
+    return await delivery_of(ctx).deliver(uuid.UUID(message_id))
+
+
+async def sweep_outbox(ctx: dict[str, Any]) -> int:
+    """Re-enqueue pending outbox messages whose job was lost; runs every minute."""
+    return await delivery_of(ctx).sweep()

@@ -1,0 +1,487 @@
+from __future__ import annotations
+
+import base64
+import binascii
+import calendar
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth import Principal
+from app.consumers.service import ConsumerService, consumer_id_for
+from app.errors import Conflict, InvalidField, NotFound
+from app.integrations.metering import MeteringClient, MeteringUnavailable
+from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription
+from app.money import exponent
+from app.outbox.service import Outbox
+from app.payment_methods.service import PaymentMethodService
+from app.plans.repository import PlanRepository
+from app.plans.service import plan_out
+from app.stripe import StripeGateway
+from app.stripe.subscriptions import StripeSubscription
+from app.subscriptions.lifecycle import (
+    TERMINAL,
+    StripeSubscriptionState,
+    apply_status,
+    apply_stripe_state,
+)
+from app.subscriptions.repository import SubscriptionRepository
+from app.subscriptions.schemas import (
+    PreviewLine,
+    SubscriptionCreate,
+    SubscriptionList,
+    SubscriptionOut,
+    UpgradePreview,
+    UsageOut,
+)
+
+# Statuses in which a subscription may change plan or be cancelled at its period's end.
+RUNNING = frozenset({"active", "trial", "past_due"})
+
+
+def subscription_out(
+    subscription: Subscription,
+    plan: PricingPlan,
+    version: PricingPlanVersion,
+    *,
+    client_secret: str | None = None,
+) -> SubscriptionOut:
+    """The contract's Subscription, embedding the plan version the subscriber holds."""
+    return SubscriptionOut(
+        id=subscription.id,
+        consumer_id=subscription.consumer_id,
+        api_id=subscription.api_id,
+        pricing_plan_id=subscription.pricing_plan_id,
+        pricing_plan=plan_out(plan, version),
+        api_key_id=subscription.api_key_id,
+        stripe_subscription_id=subscription.stripe_subscription_id,
+        status=subscription.status,
+        started_at=subscription.started_at,
+        cancelled_at=subscription.cancelled_at,
+        expires_at=subscription.expires_at,
+        current_period_start=subscription.current_period_start,
+        current_period_end=subscription.current_period_end,
+        trial_end=subscription.trial_end,
+        cancel_at_period_end=subscription.cancel_at_period_end,
+        client_secret=client_secret,
+        checkout_url=subscription.checkout_url if subscription.status == "incomplete" else None,
+    )
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    year, month = divmod(moment.month - 1 + months, 12)
+    year += moment.year
+    day = min(moment.day, calendar.monthrange(year, month + 1)[1])
+    return moment.replace(year=year, month=month + 1, day=day)
+
+
+def monthly_window(anchor: datetime, now: datetime) -> tuple[datetime, datetime]:
+    """The monthly period, counted from `anchor`, that contains `now`."""
+    months = max((now.year - anchor.year) * 12 + now.month - anchor.month, 0)
+    start = add_months(anchor, months)
+    if start > now and months > 0:
+        months -= 1
+        start = add_months(anchor, months)
+    return start, add_months(anchor, months + 1)
+
+
+def encode_cursor(subscription: Subscription) -> str:
+    raw = f"{subscription.created_at.isoformat()}|{subscription.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, last_id = raw.split("|")
+        parsed = datetime.fromisoformat(created_at)
+        if parsed.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return parsed, uuid.UUID(last_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidField("cursor", "not a cursor from a previous page") from None
+
+
+class SubscriptionService:
+    def __init__(
+        self, session: AsyncSession, stripe: StripeGateway, outbox: Outbox, metering: MeteringClient
+    ) -> None:
+        self._session = session
+        self._repo = SubscriptionRepository(session)
+        self._plans = PlanRepository(session)
+        self._consumers = ConsumerService(session, stripe)
+        self._cards = PaymentMethodService(session, stripe)
+        self._stripe = stripe
+        self._outbox = outbox
+        self._metering = metering
+
+    async def create(self, principal: Principal, data: SubscriptionCreate) -> SubscriptionOut:
+        """Subscribe the caller to a plan: free plans start at once; paid ones through Stripe with a
+        stored (or just attached) card, or through a Stripe Checkout page with `checkout`."""
+        consumer = await self._consumers.require_own(principal)
+        plan, version = await self._sellable_plan(data.pricing_plan_id, api_id=data.api_id)
+        if data.checkout:
+            if plan.type == "free":
+                raise InvalidField("checkout", "a free plan needs no checkout")
+            for field in ("success_url", "cancel_url"):
+                if getattr(data, field) is None:
+                    raise InvalidField(field, "required with checkout")
+        if await self._repo.live_on_api(consumer.id, data.api_id) is not None:
+            raise Conflict("You already have a live subscription to this API", code="already_subscribed")
+        subscription = Subscription(
+            id=uuid.uuid4(),
+            consumer_id=consumer.id,
+            api_id=plan.api_id,
+            pricing_plan_id=plan.id,
+            plan_version=version.version,
+            status="incomplete",
+            started_at=datetime.now(UTC),
+            cancel_at_period_end=False,
+        )
+        await self._insert(subscription)
+        client_secret: str | None = None
+        if plan.type == "free":
+            self._start_free_period(subscription)
+            await apply_status(self._outbox, subscription, "active")
+        elif data.checkout:
+            session = await self._stripe.create_checkout_session(
+                customer=self._customer(consumer),
+                price_id=self._price(version),
+                success_url=str(data.success_url),
+                cancel_url=str(data.cancel_url),
+                trial_period_days=plan.trial_period_days,
+                client_reference_id=str(subscription.id),
+                metadata=self._metadata(subscription),
+                idempotency_key=f"checkout-create:{subscription.id}",
+            )
+            subscription.stripe_checkout_session_id = session.id
+            subscription.checkout_url = session.url
+        else:
+            card = await self._card_for(consumer, data.payment_method_id)
+            created = await self._stripe.create_subscription(
+                customer=self._customer(consumer),
+                price_id=self._price(version),
+                payment_method=card,
+                trial_period_days=plan.trial_period_days,
+                metadata=self._metadata(subscription),
+                idempotency_key=f"sub-create:{subscription.id}",
+            )
+            client_secret = await self._apply_created(subscription, created)
+        await self._repo.flush()
+        return subscription_out(subscription, plan, version, client_secret=client_secret)
+
+    async def list(
+        self, principal: Principal, *, status: str | None, cursor: str | None, limit: int
+    ) -> SubscriptionList:
+        """The caller's subscriptions, newest first, a page at a time."""
+        after = decode_cursor(cursor) if cursor else None
+        # The consumer id derives from the user id: no lookup; an unregistered user has no rows.
+        rows = await self._repo.page(
+            consumer_id_for(principal.user_id), status=status, after=after, limit=limit + 1
+        )
+        page = rows[:limit]
+        next_cursor = encode_cursor(page[-1][0]) if len(rows) > limit else None
+        return SubscriptionList(
+            subscriptions=[subscription_out(s, plan, version) for s, plan, version in page],
+            next_cursor=next_cursor,
+        )
+
+    async def get(self, principal: Principal, subscription_id: uuid.UUID) -> SubscriptionOut:
+        subscription = await self._owned(principal, subscription_id)
+        return await self._out(subscription)
+
+    async def cancel(
+        self, principal: Principal, subscription_id: uuid.UUID, *, immediately: bool
+    ) -> SubscriptionOut:
+        """Cancel at the end of the paid period (default) or at once; cancelling again changes
+        nothing. Free, unpaid and checkout-pending subscriptions have no paid period and end at once.
+        Ending revokes the API key."""
+        subscription = await self._owned(principal, subscription_id, for_update=True)
+        if subscription.status in TERMINAL:
+            return await self._out(subscription)
+        stripe_id = subscription.stripe_subscription_id
+        if stripe_id and not immediately and subscription.status in RUNNING:
+            if not subscription.cancel_at_period_end:
+                updated = await self._stripe.cancel_subscription_at_period_end(
+                    stripe_id, idempotency_key=f"sub-cancel-at-period-end:{subscription.id}"
+                )
+                await self._mirror(subscription, updated)
+        elif stripe_id:
+            canceled = await self._stripe.cancel_subscription(
+                stripe_id, prorate=False, idempotency_key=f"sub-cancel:{subscription.id}"
+            )
+            await self._mirror(subscription, canceled)
+        else:
+            if subscription.stripe_checkout_session_id and subscription.status == "incomplete":
+                await self._stripe.expire_checkout_session(
+                    subscription.stripe_checkout_session_id,
+                    idempotency_key=f"checkout-expire:{subscription.id}",
+                )
+            subscription.expires_at = datetime.now(UTC)
+            subscription.cancel_at_period_end = False
+            await apply_status(self._outbox, subscription, "cancelled")
+        return await self._out(subscription)
+
+    async def upgrade(
+        self, principal: Principal, subscription_id: uuid.UUID, new_plan_id: uuid.UUID
+    ) -> SubscriptionOut:
+        """Move to another plan of the same API with Stripe proration; free <-> paid included."""
+        subscription = await self._owned(principal, subscription_id, for_update=True)
+        plan, version = await self._change_target(subscription, new_plan_id)
+        consumer = await self._consumers.require_own(principal)
+        # Unique per change: the row's last update, so a retry of this change reuses the key.
+        tag = f"{subscription.id}:{int(subscription.updated_at.timestamp() * 1_000_000)}"
+        client_secret: str | None = None
+        stripe_id = subscription.stripe_subscription_id
+        if plan.type == "free":
+            if stripe_id:
+                await self._stripe.cancel_subscription(
+                    stripe_id, prorate=True, idempotency_key=f"sub-downgrade:{tag}"
+                )
+                self._detach_stripe(subscription)
+            self._start_free_period(subscription)
+            await apply_status(self._outbox, subscription, "active")
+        elif stripe_id is None:
+            card = await self._card_for(consumer, None)
+            created = await self._stripe.create_subscription(
+                customer=self._customer(consumer),
+                price_id=self._price(version),
+                payment_method=card,
+                trial_period_days=None,
+                metadata=self._metadata(subscription, plan, version),
+                idempotency_key=f"sub-create:{tag}",
+            )
+            subscription.stripe_state_at = None
+            client_secret = await self._apply_created(subscription, created)
+        else:
+            if subscription.stripe_subscription_item_id is None:
+                raise Conflict("The Stripe subscription is not mirrored yet, try again", code="not_synced")
+            updated = await self._stripe.change_subscription_price(
+                stripe_id,
+                item_id=subscription.stripe_subscription_item_id,
+                price_id=self._price(version),
+                idempotency_key=f"sub-change:{tag}",
+            )
+            await self._mirror(subscription, updated)
+        subscription.pricing_plan_id = plan.id
+        subscription.plan_version = version.version
+        await self._repo.flush()
+        return subscription_out(subscription, plan, version, client_secret=client_secret)
+
+    async def preview_upgrade(
+        self, principal: Principal, subscription_id: uuid.UUID, new_plan_id: uuid.UUID
+    ) -> UpgradePreview:
+        """What moving to `new_plan_id` would invoice now, prorated, before anything changes."""
+        subscription = await self._owned(principal, subscription_id)
+        plan, version = await self._change_target(subscription, new_plan_id)
+        if plan.type == "free":
+            # Leaving a paid plan cancels it at Stripe; unused time becomes a credit, nothing is due.
+            return UpgradePreview(amount_due=0, currency=version.currency, lines=[])
+        consumer = await self._consumers.require_own(principal)
+        stripe_id = subscription.stripe_subscription_id
+        preview = await self._stripe.preview_invoice(
+            customer=self._customer(consumer),
+            price_id=self._price(version),
+            subscription_id=stripe_id,
+            item_id=subscription.stripe_subscription_item_id if stripe_id else None,
+            proration_date=int(time.time()) if stripe_id else None,
+        )
+
+        def moment(value: int | None) -> datetime | None:
+            return datetime.fromtimestamp(value, tz=UTC) if value else None
+
+        return UpgradePreview(
+            amount_due=preview.amount_due,
+            currency=preview.currency or version.currency,
+            lines=[
+                PreviewLine(
+                    description=line.description,
+                    amount=line.amount,
+                    currency=line.currency or version.currency,
+                    proration=line.proration,
+                    period_start=moment(line.period_start),
+                    period_end=moment(line.period_end),
+                )
+                for line in preview.lines
+            ],
+        )
+
+    async def usage(self, principal: Principal, subscription_id: uuid.UUID) -> UsageOut:
+        """Calls in the current period against the plan's limit: our usage records, raised to the
+        metering service's live count when it answers (`live` says whether it did)."""
+        subscription = await self._owned(principal, subscription_id)
+        plan, version = await self._held(subscription)
+        now = datetime.now(UTC)
+        start, end = subscription.current_period_start, subscription.current_period_end
+        if start is None or end is None or not start <= now < end:
+            start, end = monthly_window(start or subscription.started_at, now)
+        counts = await self._repo.recorded_usage(subscription.id, start, end)
+        live = True
+        try:
+            measured = await self._metering.subscription_usage(
+                subscription.id, start.date(), (end - timedelta(microseconds=1)).date()
+            )
+        except MeteringUnavailable:
+            live = False
+        else:
+            if measured.total_calls >= counts[0]:
+                counts = (measured.total_calls, measured.successful_calls, measured.failed_calls)
+        total, successful, failed = counts
+        limit = version.call_limit
+        return UsageOut(
+            subscription_id=subscription.id,
+            period_start=start,
+            period_end=end,
+            total_calls=total,
+            successful_calls=successful,
+            failed_calls=failed,
+            call_limit=limit,
+            remaining_calls=max(limit - total, 0) if limit is not None else None,
+            estimated_amount=self._estimate(plan, version, total),
+            currency=version.currency,
+            live=live,
+        )
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _estimate(plan: PricingPlan, version: PricingPlanVersion, calls: int) -> int:
+        """The period's amount so far in minor units."""
+        if plan.type == "subscription":
+            return version.monthly_amount or 0
+        if plan.type == "pay_per_use" and version.price_per_call is not None:
+            amount = (version.price_per_call * calls).scaleb(exponent(version.currency))
+            return int(amount.quantize(1, rounding=ROUND_HALF_UP))
+        return 0
+
+    async def _owned(
+        self, principal: Principal, subscription_id: uuid.UUID, *, for_update: bool = False
+    ) -> Subscription:
+        """The caller's subscription; anybody else's is answered as if it did not exist."""
+        try:
+            consumer = await self._consumers.require_own(principal)
+        except NotFound:
+            raise NotFound("Subscription not found") from None
+        subscription = await self._repo.get_owned(subscription_id, consumer.id, for_update=for_update)
+        if subscription is None:
+            raise NotFound("Subscription not found")
+        return subscription
+
+    async def _held(self, subscription: Subscription) -> tuple[PricingPlan, PricingPlanVersion]:
+        found = await self._plans.get_version(subscription.pricing_plan_id, subscription.plan_version)
+        if found is None:  # the foreign key makes this impossible
+            raise NotFound("Plan not found")
+        return found
+
+    async def _out(self, subscription: Subscription) -> SubscriptionOut:
+        plan, version = await self._held(subscription)
+        return subscription_out(subscription, plan, version)
+
+    async def _sellable_plan(
+        self, plan_id: uuid.UUID, *, api_id: str | None = None
+    ) -> tuple[PricingPlan, PricingPlanVersion]:
+        found = await self._plans.get_current(plan_id, api_id=api_id)
+        if found is None:
+            raise NotFound("Plan not found")
+        plan, version = found
+        if not plan.is_active:
+            raise Conflict("This plan is no longer offered", code="plan_inactive")
+        return plan, version
+
+    async def _change_target(
+        self, subscription: Subscription, new_plan_id: uuid.UUID
+    ) -> tuple[PricingPlan, PricingPlanVersion]:
+        if subscription.status not in RUNNING:
+            raise Conflict(
+                f"A {subscription.status} subscription cannot change plan", code="subscription_not_running"
+            )
+        found = await self._plans.get_current(new_plan_id)
+        if found is None:
+            raise NotFound("Plan not found")
+        if found[0].api_id != subscription.api_id:
+            raise InvalidField("new_pricing_plan_id", "must be a plan of the same API")
+        plan, version = await self._sellable_plan(new_plan_id)
+        if (plan.id, version.version) == (subscription.pricing_plan_id, subscription.plan_version):
+            raise Conflict("The subscription is already on this plan", code="same_plan")
+        return plan, version
+
+    async def _insert(self, subscription: Subscription) -> None:
+        try:
+            async with self._session.begin_nested():
+                self._repo.add(subscription)
+                await self._repo.flush()
+        except IntegrityError:
+            raise Conflict(
+                "You already have a live subscription to this API", code="already_subscribed"
+            ) from None
+
+    async def _card_for(self, consumer: Consumer, payment_method_id: str | None) -> str:
+        """The card to charge: the one sent (attached first if new), else the default."""
+        if payment_method_id is not None:
+            card = await self._cards.attach(consumer, payment_method_id)
+            return card.stripe_payment_method_id
+        default = await self._cards.default_for(consumer)
+        if default is None:
+            raise InvalidField(
+                "payment_method_id", "add a card first (POST /api/v1/payment-methods) or send one here"
+            )
+        return default.stripe_payment_method_id
+
+    async def _apply_created(self, subscription: Subscription, created: StripeSubscription) -> str | None:
+        """Mirror a new Stripe subscription. When its first payment waits for the consumer (SCA, or
+        a declined card to replace in Stripe.js) it stays `incomplete` and the client secret is
+        returned; Stripe expires it after 23 hours if nothing happens."""
+        state = StripeSubscriptionState.from_payload(created.payload)
+        observed = int(created.payload.get("created") or time.time())
+        await apply_stripe_state(self._outbox, subscription, state, observed_at=observed)
+        return created.client_secret
+
+    async def _mirror(self, subscription: Subscription, result: StripeSubscription) -> None:
+        state = StripeSubscriptionState.from_payload(result.payload)
+        observed = max(int(time.time()), subscription.stripe_state_at or 0)
+        await apply_stripe_state(self._outbox, subscription, state, observed_at=observed)
+
+    @staticmethod
+    def _detach_stripe(subscription: Subscription) -> None:
+        """Forget the Stripe subscription a downgrade to free ended, so its late events miss this row."""
+        subscription.stripe_subscription_id = None
+        subscription.stripe_subscription_item_id = None
+        subscription.stripe_state_at = None
+        subscription.trial_end = None
+        subscription.cancel_at_period_end = False
+        subscription.expires_at = None
+
+    @staticmethod
+    def _start_free_period(subscription: Subscription) -> None:
+        now = datetime.now(UTC)
+        subscription.current_period_start = now
+        subscription.current_period_end = add_months(now, 1)
+
+    @staticmethod
+    def _customer(consumer: Consumer) -> str:
+        assert consumer.stripe_customer_id is not None  # noqa: S101  (require_own checked it)
+        return consumer.stripe_customer_id
+
+    @staticmethod
+    def _price(version: PricingPlanVersion) -> str:
+        if version.stripe_price_id is None:
+            raise Conflict("This plan has no Stripe price yet", code="plan_not_published")
+        return version.stripe_price_id
+
+    @staticmethod
+    def _metadata(
+        subscription: Subscription,
+        plan: PricingPlan | None = None,
+        version: PricingPlanVersion | None = None,
+    ) -> dict[str, str]:
+        return {
+            "subscription_id": str(subscription.id),
+            "consumer_id": str(subscription.consumer_id),
+            "api_id": subscription.api_id,
+            "plan_id": str(plan.id if plan else subscription.pricing_plan_id),
+            "plan_version": str(version.version if version else subscription.plan_version),
+        }

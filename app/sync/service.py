@@ -1,0 +1,213 @@
+"""Reconciliation with Stripe: page through Stripe's objects, repair our mirror, report drift.
+
+Each object type is applied by the same function the webhook handlers use (dj-stripe style),
+so a resync and a webhook can never disagree. Progress is saved after every page, so an
+interrupted run resumes where it stopped; a PostgreSQL advisory lock keeps runs single.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from arq.connections import ArqRedis
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.db.base import utcnow
+from app.db.session import run_after_commit
+from app.errors import Conflict
+from app.models import Consumer, Subscription, SyncRun
+from app.outbox.service import Outbox
+from app.stripe import StripeGateway
+from app.stripe.listing import Listable
+from app.subscriptions.lifecycle import StripeSubscriptionState, apply_stripe_state
+from app.sync.ratelimit import RateLimiter
+
+SYNC_LOCK_ID = 0x5_7121_0001  # pg advisory lock key of `billing sync`
+MAX_DIFFERENCES = 1000
+DONE = "done"
+Progress = Callable[[str, int], None]
+
+
+@dataclass
+class ListReport:
+    seen: int = 0
+    changed: int = 0
+    unknown: int = 0
+    differences: list[str] = field(default_factory=list)
+
+    def note(self, difference: str) -> None:
+        if len(self.differences) < MAX_DIFFERENCES:
+            self.differences.append(difference)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seen": self.seen,
+            "changed": self.changed,
+            "unknown": self.unknown,
+            "differences": self.differences,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> ListReport:
+        data = data or {}
+        return cls(
+            data.get("seen", 0),
+            data.get("changed", 0),
+            data.get("unknown", 0),
+            list(data.get("differences", [])),
+        )
+
+
+Applier = Callable[[AsyncSession, dict[str, Any], ListReport], Awaitable[None]]
+
+
+class SyncService:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        stripe: StripeGateway,
+        redis: ArqRedis | None,
+        *,
+        rate_per_second: float,
+        dry_run: bool,
+        progress: Progress | None = None,
+    ) -> None:
+        self._engine = engine
+        self._sessionmaker = sessionmaker
+        self._stripe = stripe
+        self._redis = redis
+        self._limiter = RateLimiter(rate_per_second)
+        self._dry_run = dry_run
+        self._progress = progress or (lambda _resource, _count: None)
+        self._appliers: dict[Listable, Applier] = {
+            "customers": self._apply_customer,
+            "subscriptions": self._apply_subscription,
+        }
+
+    async def run(self) -> SyncRun:
+        """Reconcile every list, resuming an interrupted run of the same kind; returns the run."""
+        async with self._engine.connect() as lock_connection:
+            locked = await lock_connection.scalar(
+                text("SELECT pg_try_advisory_lock(:id)"), {"id": SYNC_LOCK_ID}
+            )
+            if not locked:
+                raise Conflict("Another sync is running", code="sync_running")
+            try:
+                return await self._run_locked()
+            finally:
+                await lock_connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": SYNC_LOCK_ID})
+
+    async def _run_locked(self) -> SyncRun:
+        run = await self._start_or_resume()
+        try:
+            for resource, applier in self._appliers.items():
+                await self._sync_list(run, resource, applier)
+            run.status = "completed"
+            run.finished_at = utcnow()
+        except BaseException:
+            run.status = "interrupted"
+            raise
+        finally:
+            await self._save(run)
+        return run
+
+    async def _start_or_resume(self) -> SyncRun:
+        async with self._sessionmaker() as session:
+            statement = (
+                select(SyncRun)
+                .where(SyncRun.status.in_(("running", "interrupted")), SyncRun.dry_run == self._dry_run)
+                .order_by(SyncRun.started_at.desc())
+                .limit(1)
+            )
+            run = (await session.execute(statement)).scalar_one_or_none()
+            if run is None:
+                run = SyncRun(id=uuid.uuid4(), status="running", dry_run=self._dry_run, cursor={}, report={})
+                session.add(run)
+            run.status = "running"
+            await session.commit()
+            return run
+
+    async def _save(self, run: SyncRun) -> None:
+        async with self._sessionmaker() as session:
+            await session.merge(run)
+            await session.commit()
+
+    async def _sync_list(self, run: SyncRun, resource: Listable, applier: Applier) -> None:
+        starting_after = run.cursor.get(resource)
+        if starting_after == DONE:
+            return
+        report = ListReport.from_dict(run.report.get(resource))
+        while True:
+            await self._limiter.wait()
+            page = await self._stripe.list_page(resource, starting_after=starting_after)
+            async with self._sessionmaker() as session:
+                for obj in page.objects:
+                    report.seen += 1
+                    await applier(session, obj, report)
+                if self._dry_run:
+                    await session.rollback()
+                else:
+                    await session.commit()
+                    await run_after_commit(session)
+            if page.objects:
+                starting_after = page.objects[-1]["id"]
+            run.cursor = {**run.cursor, resource: starting_after if page.has_more else DONE}
+            run.report = {**run.report, resource: report.as_dict()}
+            await self._save(run)
+            self._progress(resource, report.seen)
+            if not page.has_more or not page.objects:
+                return
+
+    async def _apply_customer(self, session: AsyncSession, obj: dict[str, Any], report: ListReport) -> None:
+        consumer = (
+            await session.execute(select(Consumer).where(Consumer.stripe_customer_id == obj["id"]))
+        ).scalar_one_or_none()
+        if consumer is None:
+            report.unknown += 1
+            report.note(f"customer {obj['id']}: no consumer here")
+            return
+        email = obj.get("email")
+        if email and email != consumer.email:
+            report.changed += 1
+            report.note(f"customer {obj['id']}: email {consumer.email!r} -> {email!r}")
+            consumer.email = email
+
+    async def _apply_subscription(
+        self, session: AsyncSession, obj: dict[str, Any], report: ListReport
+    ) -> None:
+        state = StripeSubscriptionState.from_payload(obj)
+        subscription = (
+            await session.execute(select(Subscription).where(Subscription.stripe_subscription_id == state.id))
+        ).scalar_one_or_none()
+        our_id = _uuid(state.metadata.get("subscription_id", ""))
+        if subscription is None and our_id is not None:
+            # Created at Stripe but our answer was lost before we stored its id: link it.
+            with_id = await session.get(Subscription, our_id)
+            if with_id is not None and with_id.stripe_subscription_id is None:
+                subscription = with_id
+        if subscription is None:
+            report.unknown += 1
+            report.note(f"subscription {state.id}: not in our store")
+            return
+        before = subscription.status
+        changed = await apply_stripe_state(
+            Outbox(session, self._redis), subscription, state, observed_at=int(time.time())
+        )
+        if changed:
+            report.changed += 1
+            report.note(
+                f"subscription {state.id}: {before} -> {subscription.status} (periods and flags mirrored)"
+            )
+
+
+def _uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None

@@ -1,0 +1,112 @@
+"""What every benchmark shares: the embedded stack, an in-process client, and a load loop.
+
+Figures are ratios against a baseline measured in the same run with the same client, because
+absolute times on a shared 2-core machine mean little.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+
+from app.config import Settings, load_settings
+from app.db.migrate import upgrade
+from app.dev.processes import EmbeddedPostgres, free_port, redis_server, stripe_emulator
+
+JWT_SECRET = "bench-jwt-secret-0123456789abcdef-0123"
+WEBHOOK_SECRET = "whsec_bench"
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+    def line(self, name: str) -> str:
+        return (
+            f"{name:<28} {self.throughput:9.0f} req/s   p50 {self.p50_ms:7.2f} ms   p99 {self.p99_ms:7.2f} ms"
+        )
+
+
+@asynccontextmanager
+async def embedded_stack(*, with_stripe: bool = False) -> AsyncIterator[Settings]:
+    """Embedded PostgreSQL (migrated) and Redis, optionally the Stripe emulator; settings for them."""
+    folder = Path(tempfile.mkdtemp(prefix="bb", dir="/tmp"))
+    postgres = EmbeddedPostgres(folder / "pg")
+    redis_port = free_port()
+    redis = redis_server(folder / "redis", redis_port, persist=False)
+    stripe = stripe_emulator(free_port(), None) if with_stripe else None
+    try:
+        database_url = await asyncio.to_thread(postgres.start)
+        await asyncio.to_thread(upgrade, database_url)
+        redis.start()
+        if stripe is not None:
+            stripe.start(timeout=30)
+        yield load_settings(
+            database_url=database_url,
+            redis_url=f"redis://127.0.0.1:{redis_port}/0",
+            stripe_secret_key="sk_test_bench",
+            stripe_api_base=f"http://127.0.0.1:{stripe.port}" if stripe else "http://127.0.0.1:1",
+            stripe_webhook_secret=WEBHOOK_SECRET,
+            jwt_secret=JWT_SECRET,
+            api_key_service_url="http://127.0.0.1:1",
+            metering_service_url="http://127.0.0.1:1",
+            log_level="WARNING",
+            db_pool_size=10,
+        )
+    finally:
+        if stripe is not None:
+            stripe.stop()
+        redis.stop()
+        postgres.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@asynccontextmanager
+async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as http,
+    ):
+        yield http
+
+
+async def load(
+    send: Callable[[], Awaitable[httpx.Response]], *, concurrency: int, requests: int, warmup: int = 50
+) -> LoadResult:
+    """Send `requests` requests from `concurrency` workers; every answer must be a 2xx."""
+    for _ in range(warmup):
+        (await send()).raise_for_status()
+    latencies: list[float] = []
+    remaining = requests
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            response = await send()
+            latencies.append(time.perf_counter() - started)
+            response.raise_for_status()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    cuts = statistics.quantiles(latencies, n=100)
+    return LoadResult(len(latencies), elapsed, cuts[49] * 1e3, cuts[98] * 1e3)

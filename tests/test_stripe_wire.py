@@ -1,0 +1,416 @@
+"""The gateway's real wire calls, against respx answering in Stripe's documented shapes, for what
+the emulator lacks: SCA, declines, proration previews, Checkout, the portal and retries."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+import respx
+from fastapi import FastAPI
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.config import Settings
+from app.main import create_app
+from app.models import PaymentMethod, Subscription
+from tests.conftest import make_settings
+from tests.journeys import Auth, create_plan, new_api_id, register, subscribe
+
+NOW = 1_770_000_000
+MONTH = 30 * 86400
+
+
+def _form(request: httpx.Request) -> dict[str, list[str]]:
+    return parse_qs(request.content.decode())
+
+
+def _customer(customer_id: str = "cus_wire") -> dict[str, Any]:
+    return {
+        "id": customer_id,
+        "object": "customer",
+        "email": "wire@example.com",
+        "invoice_settings": {"default_payment_method": None},
+        "metadata": {},
+    }
+
+
+def _payment_method(payment_method_id: str = "pm_wire") -> dict[str, Any]:
+    return {
+        "id": payment_method_id,
+        "object": "payment_method",
+        "type": "card",
+        "customer": "cus_wire",
+        "card": {"brand": "mastercard", "last4": "4444", "exp_month": 4, "exp_year": 2031},
+        "created": NOW,
+    }
+
+
+def _subscription(status: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": "sub_wire",
+        "object": "subscription",
+        "customer": "cus_wire",
+        "status": status,
+        "created": NOW,
+        "cancel_at_period_end": False,
+        "canceled_at": None,
+        "ended_at": None,
+        "trial_end": None,
+        "metadata": {},
+        "items": {
+            "object": "list",
+            "data": [
+                {
+                    "id": "si_wire",
+                    "object": "subscription_item",
+                    "current_period_start": NOW,
+                    "current_period_end": NOW + MONTH,
+                    "price": {"id": "price_wire_1", "object": "price"},
+                }
+            ],
+        },
+        "latest_invoice": {
+            "id": "in_wire",
+            "object": "invoice",
+            "confirmation_secret": {"client_secret": "pi_wire_secret_abc", "type": "payment_intent"},
+        },
+        **extra,
+    }
+
+
+@pytest.fixture
+def stripe_api() -> Iterator[respx.MockRouter]:
+    """Stripe at api.stripe.com: customers, products, prices, cards; tests add the rest."""
+    prices = itertools.count(1)
+    with respx.mock(base_url="https://api.stripe.com", assert_all_called=False) as mock:
+        mock.post("/v1/customers").respond(200, json=_customer())
+        mock.post("/v1/customers/cus_wire").respond(200, json=_customer())
+        mock.post("/v1/products").respond(200, json={"id": "prod_wire", "object": "product"})
+        mock.post("/v1/prices").mock(
+            side_effect=lambda request: httpx.Response(
+                200,
+                json={
+                    "id": f"price_wire_{next(prices)}",
+                    "object": "price",
+                    "product": "prod_wire",
+                    "currency": "usd",
+                    "unit_amount_decimal": "2900",
+                },
+            )
+        )
+        mock.post("/v1/payment_methods/pm_wire/attach").respond(200, json=_payment_method())
+        yield mock
+
+
+@pytest.fixture
+async def wire_app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The app talking to api.stripe.com (mocked), with the SDK's own retries on."""
+    wired = make_settings(
+        database_url=settings.database_url, redis_url=settings.redis_url, stripe_max_network_retries=2
+    )
+    application = create_app(wired)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def wire(
+    wire_app: FastAPI, engine: AsyncEngine, stripe_api: respx.MockRouter
+) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=wire_app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as http:
+        yield http
+
+
+async def _consumer_with_card(wire: httpx.AsyncClient, auth: Auth) -> dict[str, str]:
+    headers = auth("consumer")
+    await register(wire, headers)
+    added = await wire.post("/api/v1/payment-methods", json={"payment_method_id": "pm_wire"}, headers=headers)
+    assert added.status_code == 201, added.text
+    return headers
+
+
+async def test_sca_needed_answers_incomplete_with_the_payment_intent_client_secret(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth
+) -> None:
+    route = stripe_api.post("/v1/subscriptions").respond(200, json=_subscription("incomplete"))
+    plan = await create_plan(wire, auth("creator"), new_api_id())
+    headers = await _consumer_with_card(wire, auth)
+    response = await subscribe(wire, headers, plan)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert (body["status"], body["client_secret"]) == ("incomplete", "pi_wire_secret_abc")
+    assert body["stripe_subscription_id"] == "sub_wire"
+    sent = _form(route.calls.last.request)
+    assert sent["items[0][price]"] == ["price_wire_1"]
+    assert sent["default_payment_method"] == ["pm_wire"]
+    assert sent["payment_behavior"] == ["allow_incomplete"]
+    assert sent["expand[0]"] == ["latest_invoice.confirmation_secret"]
+    assert route.calls.last.request.headers["Idempotency-Key"] == f"sub-create:{body['id']}"
+
+
+async def test_stripe_500_is_retried_with_the_same_idempotency_key(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth
+) -> None:
+    route = stripe_api.post("/v1/subscriptions").mock(
+        side_effect=[
+            httpx.Response(500, json={"error": {"type": "api_error", "message": "boom"}}),
+            httpx.Response(200, json=_subscription("active")),
+        ]
+    )
+    plan = await create_plan(wire, auth("creator"), new_api_id())
+    headers = await _consumer_with_card(wire, auth)
+    response = await subscribe(wire, headers, plan)
+    assert response.status_code == 201, response.text
+    keys = [call.request.headers["Idempotency-Key"] for call in route.calls]
+    assert keys == [f"sub-create:{response.json()['id']}"] * 2
+    assert response.json()["status"] == "active"
+
+
+async def test_stripe_failing_on_subscribe_is_502_and_keeps_nothing(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
+) -> None:
+    stripe_api.post("/v1/subscriptions").respond(500, json={"error": {"type": "api_error", "message": "x"}})
+    plan = await create_plan(wire, auth("creator"), new_api_id())
+    headers = await _consumer_with_card(wire, auth)
+    response = await subscribe(wire, headers, plan)
+    assert response.status_code == 502
+    assert response.json()["code"] == "stripe_error"
+    async with engine.connect() as connection:
+        assert (await connection.execute(select(func.count()).select_from(Subscription))).scalar_one() == 0
+
+
+async def test_card_declined_on_attach_is_402_with_stripes_reason_and_nothing_written(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
+) -> None:
+    stripe_api.post("/v1/payment_methods/pm_declined/attach").respond(
+        402,
+        json={
+            "error": {
+                "type": "card_error",
+                "code": "card_declined",
+                "decline_code": "insufficient_funds",
+                "message": "Your card has insufficient funds.",
+            }
+        },
+    )
+    plan = await create_plan(wire, auth("creator"), new_api_id())
+    headers = auth("consumer")
+    await register(wire, headers)
+    response = await subscribe(wire, headers, plan, payment_method_id="pm_declined")
+    assert response.status_code == 402
+    assert response.json()["error"] == "Your card has insufficient funds."
+    assert response.json()["code"] == "card_declined"
+    async with engine.connect() as connection:
+        for table in (Subscription, PaymentMethod):
+            assert (await connection.execute(select(func.count()).select_from(table))).scalar_one() == 0
+
+
+async def test_trial_plan_sends_trial_days_and_mirrors_trialing(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth
+) -> None:
+    trial = _subscription("trialing", trial_end=NOW + 14 * 86400, latest_invoice=None)
+    route = stripe_api.post("/v1/subscriptions").respond(200, json=trial)
+    plan = await create_plan(wire, auth("creator"), new_api_id(), trial_period_days=14)
+    headers = await _consumer_with_card(wire, auth)
+    response = await subscribe(wire, headers, plan)
+    assert response.json()["status"] == "trial"
+    assert response.json()["trial_end"].startswith("2026-")
+    assert _form(route.calls.last.request)["trial_period_days"] == ["14"]
+
+
+async def test_upgrade_preview_reads_stripes_prorated_invoice(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth
+) -> None:
+    stripe_api.post("/v1/subscriptions").respond(200, json=_subscription("active"))
+    preview = stripe_api.post("/v1/invoices/create_preview").respond(
+        200,
+        json={
+            "id": "upcoming_in_1",
+            "object": "invoice",
+            "amount_due": 1934,
+            "currency": "usd",
+            "lines": {
+                "object": "list",
+                "data": [
+                    {
+                        "id": "il_1",
+                        "object": "line_item",
+                        "amount": -645,
+                        "currency": "usd",
+                        "description": "Unused time on Basic after 10 Feb 2026",
+                        "period": {"start": NOW, "end": NOW + MONTH},
+                        "parent": {"subscription_item_details": {"proration": True}},
+                    },
+                    {
+                        "id": "il_2",
+                        "object": "line_item",
+                        "amount": 2579,
+                        "currency": "usd",
+                        "description": "Remaining time on Pro after 10 Feb 2026",
+                        "period": {"start": NOW, "end": NOW + MONTH},
+                        "parent": {"subscription_item_details": {"proration": True}},
+                    },
+                ],
+            },
+        },
+    )
+    creator = auth("creator")
+    api_id = new_api_id()
+    basic = await create_plan(wire, creator, api_id, monthly_price="10")
+    pro = await create_plan(wire, creator, api_id, monthly_price="40")
+    headers = await _consumer_with_card(wire, auth)
+    created = (await subscribe(wire, headers, basic)).json()
+    response = await wire.get(
+        f"/api/v1/subscriptions/{created['id']}/upgrade/preview",
+        params={"new_pricing_plan_id": pro["id"]},
+        headers=headers,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["amount_due"], body["currency"]) == (1934, "usd")
+    assert [(line["amount"], line["proration"]) for line in body["lines"]] == [(-645, True), (2579, True)]
+    sent = _form(preview.calls.last.request)
+    assert sent["subscription"] == ["sub_wire"]
+    assert sent["subscription_details[items][0][id]"] == ["si_wire"]
+    assert sent["subscription_details[items][0][price]"] == ["price_wire_2"]
+    assert sent["subscription_details[proration_behavior]"] == ["always_invoice"]
+
+
+async def test_upgrade_changes_the_item_price_with_immediate_proration(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth
+) -> None:
+    stripe_api.post("/v1/subscriptions").respond(200, json=_subscription("active"))
+    update = stripe_api.post("/v1/subscriptions/sub_wire").respond(200, json=_subscription("active"))
+    creator = auth("creator")
+    api_id = new_api_id()
+    basic = await create_plan(wire, creator, api_id, monthly_price="10")
+    pro = await create_plan(wire, creator, api_id, monthly_price="40")
+    headers = await _consumer_with_card(wire, auth)
+    created = (await subscribe(wire, headers, basic)).json()
+    response = await wire.put(
+        f"/api/v1/subscriptions/{created['id']}/upgrade",
+        json={"new_pricing_plan_id": pro["id"]},
+        headers=headers,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["pricing_plan_id"] == pro["id"]
+    sent = _form(update.calls.last.request)
+    assert sent["items[0][id]"] == ["si_wire"]
+    assert sent["items[0][price]"] == ["price_wire_2"]
+    assert sent["proration_behavior"] == ["always_invoice"]
+    assert update.calls.last.request.headers["Idempotency-Key"].startswith(f"sub-change:{created['id']}:")
+
+
+async def test_checkout_creates_an_incomplete_subscription_with_the_session_url(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
+) -> None:
+    route = stripe_api.post("/v1/checkout/sessions").respond(
+        200,
+        json={
+            "id": "cs_test_wire",
+            "object": "checkout.session",
+            "mode": "subscription",
+            "status": "open",
+            "customer": "cus_wire",
+            "url": "https://checkout.stripe.com/c/pay/cs_test_wire",
+        },
+    )
+    plan = await create_plan(wire, auth("creator"), new_api_id(), trial_period_days=7)
+    headers = auth("consumer")
+    await register(wire, headers)
+    response = await subscribe(
+        wire,
+        headers,
+        plan,
+        checkout=True,
+        success_url="https://market.example/success",
+        cancel_url="https://market.example/cancel",
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert (body["status"], body["checkout_url"]) == (
+        "incomplete",
+        "https://checkout.stripe.com/c/pay/cs_test_wire",
+    )
+    sent = _form(route.calls.last.request)
+    assert sent["mode"] == ["subscription"]
+    assert sent["line_items[0][price]"] == ["price_wire_1"]
+    assert sent["client_reference_id"] == [body["id"]]
+    assert sent["subscription_data[trial_period_days]"] == ["7"]
+    assert sent["subscription_data[metadata][subscription_id]"] == [body["id"]]
+    async with engine.connect() as connection:
+        stored = await connection.scalar(
+            select(Subscription.stripe_checkout_session_id).where(Subscription.id == body["id"])
+        )
+    assert stored == "cs_test_wire"
+
+
+async def test_checkout_without_urls_is_422_naming_the_field(wire: httpx.AsyncClient, auth: Auth) -> None:
+    plan = await create_plan(wire, auth("creator"), new_api_id())
+    headers = auth("consumer")
+    await register(wire, headers)
+    response = await subscribe(wire, headers, plan, checkout=True, cancel_url="https://m.example/c")
+    assert response.status_code == 422
+    assert response.json()["details"][0]["field"] == "success_url"
+
+
+async def test_portal_session_returns_stripes_url(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth
+) -> None:
+    route = stripe_api.post("/v1/billing_portal/sessions").respond(
+        200,
+        json={
+            "id": "bps_wire",
+            "object": "billing_portal.session",
+            "customer": "cus_wire",
+            "return_url": "https://market.example/account",
+            "url": "https://billing.stripe.com/p/session/test_wire",
+        },
+    )
+    headers = auth("consumer")
+    await register(wire, headers)
+    response = await wire.post(
+        "/api/v1/consumers/portal-session",
+        json={"return_url": "https://market.example/account"},
+        headers=headers,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"url": "https://billing.stripe.com/p/session/test_wire"}
+    assert _form(route.calls.last.request) == {
+        "customer": ["cus_wire"],
+        "return_url": ["https://market.example/account"],
+    }
+
+
+async def test_portal_session_needs_registration(wire: httpx.AsyncClient, auth: Auth) -> None:
+    response = await wire.post(
+        "/api/v1/consumers/portal-session",
+        json={"return_url": "https://m.example/a"},
+        headers=auth("consumer"),
+    )
+    assert response.status_code == 404
+    assert json.loads(response.text)["code"] == "not_registered"
+
+
+async def test_card_attached_but_refused_as_default_is_detached_again_and_not_stored(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
+) -> None:
+    stripe_api.post("/v1/customers/cus_wire").respond(
+        400, json={"error": {"type": "invalid_request_error", "message": "No such PaymentMethod"}}
+    )
+    detach = stripe_api.post("/v1/payment_methods/pm_wire/detach").respond(200, json=_payment_method())
+    headers = auth("consumer")
+    await register(wire, headers)
+    body = {"payment_method_id": "pm_wire"}
+    response = await wire.post("/api/v1/payment-methods", json=body, headers=headers)
+    assert response.status_code == 422
+    assert detach.called
+    async with engine.connect() as connection:
+        assert (await connection.execute(select(func.count()).select_from(PaymentMethod))).scalar_one() == 0

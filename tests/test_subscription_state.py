@@ -1,0 +1,85 @@
+"""The one mapping from Stripe subscription state to ours: ordering, terminal states, key intents."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from app.models import Subscription
+from app.outbox.service import Outbox
+from app.subscriptions.lifecycle import StripeSubscriptionState, apply_stripe_state
+
+
+class RecordingOutbox(Outbox):
+    def __init__(self) -> None:
+        super().__init__(session=None, redis=None)  # type: ignore[arg-type]
+        self.intents: list[str] = []
+
+    async def create_api_key(self, subscription: Subscription) -> None:
+        self.intents.append("create")
+
+    async def revoke_api_key(self, subscription: Subscription) -> None:
+        self.intents.append("revoke")
+
+
+def _subscription(status: str = "incomplete") -> Subscription:
+    return Subscription(id=uuid.uuid4(), status=status, api_id="a", cancel_at_period_end=False)
+
+
+def _state(status: str, **extra: Any) -> StripeSubscriptionState:
+    payload = {
+        "id": "sub_1",
+        "status": status,
+        "customer": "cus_1",
+        "items": {"data": [{"id": "si_1", "price": {"id": "price_1"}, "current_period_start": 1_700_000_000,
+                            "current_period_end": 1_702_592_000}]},
+    } | extra  # fmt: skip
+    return StripeSubscriptionState.from_payload(payload)
+
+
+async def test_activation_requests_one_key() -> None:
+    outbox, subscription = RecordingOutbox(), _subscription()
+    assert await apply_stripe_state(outbox, subscription, _state("active"), observed_at=10)
+    assert not await apply_stripe_state(outbox, subscription, _state("active"), observed_at=10)
+    assert subscription.status == "active"
+    assert subscription.stripe_subscription_item_id == "si_1"
+    assert subscription.current_period_end is not None
+    assert outbox.intents == ["create"]
+
+
+async def test_an_older_snapshot_never_moves_state_back() -> None:
+    outbox, subscription = RecordingOutbox(), _subscription()
+    await apply_stripe_state(outbox, subscription, _state("past_due"), observed_at=20)
+    assert not await apply_stripe_state(outbox, subscription, _state("active"), observed_at=10)
+    assert subscription.status == "past_due"
+
+
+async def test_cancelled_is_final_even_for_newer_snapshots() -> None:
+    outbox, subscription = RecordingOutbox(), _subscription("active")
+    await apply_stripe_state(
+        outbox, subscription, _state("canceled", canceled_at=1_700_000_500), observed_at=5
+    )
+    await apply_stripe_state(outbox, subscription, _state("active"), observed_at=50)
+    assert subscription.status == "cancelled"
+    assert subscription.cancelled_at is not None
+    assert outbox.intents == ["revoke"]
+
+
+@pytest.mark.parametrize(
+    ("stripe_status", "ours"),
+    [("trialing", "trial"), ("unpaid", "past_due"), ("incomplete_expired", "incomplete_expired")],
+)
+async def test_stripe_statuses_map_to_the_contracts(stripe_status: str, ours: str) -> None:
+    subscription = _subscription()
+    await apply_stripe_state(RecordingOutbox(), subscription, _state(stripe_status), observed_at=1)
+    assert subscription.status == ours
+
+
+def test_period_is_read_from_the_subscription_on_older_api_versions() -> None:
+    state = StripeSubscriptionState.from_payload(
+        {"id": "sub_2", "status": "active", "current_period_end": 1_702_592_000, "items": {"data": []}}
+    )
+    assert state.current_period_end is not None
+    assert state.item_id is None

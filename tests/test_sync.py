@@ -1,0 +1,181 @@
+"""`billing sync` against the Stripe emulator: drift repaired, dry runs, resume, one run at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from app.config import Settings
+from app.errors import Conflict
+from app.models import Consumer, OutboxMessage, PricingPlanVersion, Subscription, SyncRun
+from app.stripe import StripeGateway
+from app.sync.service import SyncService
+
+Auth = Callable[..., dict[str, str]]
+
+
+@pytest.fixture
+async def stripe_http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """Direct access to the Stripe emulator, to arrange what Stripe holds."""
+    key = settings.stripe_secret_key.get_secret_value()
+    async with httpx.AsyncClient(base_url=str(settings.stripe_api_base), auth=(key, "")) as http:
+        yield http
+
+
+def _service(engine: AsyncEngine, settings: Settings, *, dry_run: bool = False) -> SyncService:
+    return SyncService(
+        engine, async_sessionmaker(engine, expire_on_commit=False), StripeGateway(settings), None,
+        rate_per_second=1000, dry_run=dry_run,
+    )  # fmt: skip
+
+
+async def _stripe_subscription_with_row(
+    client: httpx.AsyncClient, auth: Auth, stripe_http: httpx.AsyncClient, engine: AsyncEngine, status: str
+) -> tuple[str, uuid.UUID]:
+    """A paid plan, a registered consumer with a card, a Stripe subscription, and our row of it."""
+    api_id = f"api-{uuid.uuid4().hex[:8]}"
+    plan = await client.post(
+        f"/api/v1/apis/{api_id}/plans",
+        json={"name": "Pro", "type": "subscription", "monthly_price": 29},
+        headers=auth("creator"),
+    )
+    consumer = (await client.post("/api/v1/consumers/register", headers=auth("consumer"))).json()
+    customer = consumer["stripe_customer_id"]
+    card = (
+        await stripe_http.post("/v1/payment_methods/pm_card_visa/attach", data={"customer": customer})
+    ).json()
+    await stripe_http.post(
+        f"/v1/customers/{customer}", data={"invoice_settings[default_payment_method]": card["id"]}
+    )
+    async with engine.connect() as connection:
+        price = (
+            await connection.execute(
+                select(PricingPlanVersion.stripe_price_id).where(
+                    PricingPlanVersion.plan_id == plan.json()["id"]
+                )
+            )
+        ).scalar_one()
+    our_id = uuid.uuid4()
+    stripe_sub = (
+        await stripe_http.post(
+            "/v1/subscriptions",
+            data={"customer": customer, "items[0][plan]": price, "metadata[subscription_id]": str(our_id)},
+        )
+    ).json()
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert(Subscription).values(
+                id=our_id,
+                consumer_id=uuid.UUID(consumer["consumer_id"]),
+                api_id=api_id,
+                pricing_plan_id=uuid.UUID(plan.json()["id"]),
+                plan_version=1,
+                status=status,
+                stripe_subscription_id=stripe_sub["id"],
+                cancel_at_period_end=False,
+                api_key_suspended=False,
+            )
+        )
+    return stripe_sub["id"], our_id
+
+
+async def test_sync_repairs_a_drifted_subscription_and_requests_its_key(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    stripe_http: httpx.AsyncClient,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    stripe_id, our_id = await _stripe_subscription_with_row(client, auth, stripe_http, engine, "incomplete")
+    run = await _service(engine, settings).run()
+    assert run.status == "completed"
+    assert run.report["subscriptions"]["changed"] >= 1
+    assert any(stripe_id in d for d in run.report["subscriptions"]["differences"])
+    async with engine.connect() as connection:
+        row = (await connection.execute(select(Subscription).where(Subscription.id == our_id))).one()
+        intents = (
+            (
+                await connection.execute(
+                    select(OutboxMessage.kind).where(OutboxMessage.subscription_id == our_id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert row.status == "active"
+    assert row.current_period_end is not None
+    assert intents == ["create_api_key"]
+
+    again = await _service(engine, settings).run()
+    assert again.report["subscriptions"]["changed"] == 0
+
+
+async def test_dry_run_reports_without_changing(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    stripe_http: httpx.AsyncClient,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    _, our_id = await _stripe_subscription_with_row(client, auth, stripe_http, engine, "incomplete")
+    run = await _service(engine, settings, dry_run=True).run()
+    assert run.report["subscriptions"]["changed"] >= 1
+    async with engine.connect() as connection:
+        status = (
+            await connection.execute(select(Subscription.status).where(Subscription.id == our_id))
+        ).scalar()
+        outbox = (await connection.execute(select(OutboxMessage))).all()
+    assert status == "incomplete"
+    assert outbox == []
+
+
+async def test_customer_email_drift_is_repaired(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    stripe_http: httpx.AsyncClient,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    consumer = (await client.post("/api/v1/consumers/register", headers=auth("consumer"))).json()
+    await stripe_http.post(
+        f"/v1/customers/{consumer['stripe_customer_id']}", data={"email": "new@example.com"}
+    )
+    await _service(engine, settings).run()
+    async with engine.connect() as connection:
+        email = (
+            await connection.execute(
+                select(Consumer.email).where(Consumer.id == uuid.UUID(consumer["consumer_id"]))
+            )
+        ).scalar()
+    assert email == "new@example.com"
+
+
+async def test_an_interrupted_run_resumes_after_its_cursor(engine: AsyncEngine, settings: Settings) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert(SyncRun).values(
+                id=uuid.uuid4(),
+                status="interrupted",
+                dry_run=False,
+                cursor={"customers": "done"},
+                report={"customers": {"seen": 7, "changed": 0, "unknown": 0, "differences": []}},
+            )
+        )
+    run = await _service(engine, settings).run()
+    assert run.status == "completed"
+    assert run.report["customers"]["seen"] == 7  # not listed again
+    assert "subscriptions" in run.report
+
+
+async def test_two_syncs_at_once_run_one(engine: AsyncEngine, settings: Settings) -> None:
+    results = await asyncio.gather(
+        _service(engine, settings).run(), _service(engine, settings).run(), return_exceptions=True
+    )
+    assert sum(isinstance(r, Conflict) for r in results) == 1
+    assert sum(isinstance(r, SyncRun) for r in results) == 1
