@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install run test lint typecheck pytest bench clean image-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "billing needs Python 3.11 or newer")'
@@ -29,6 +29,15 @@ pytest: install
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# The Dockerfile's install steps in a throwaway venv (CI runs this; Docker cannot build here).
+image-venv:
+	rm -rf .image-venv && $(PYTHON) -m venv .image-venv
+	.image-venv/bin/pip install --quiet --no-cache-dir --no-deps --requirement requirements.lock
+	.image-venv/bin/pip install --quiet --no-cache-dir --no-deps .
+	.image-venv/bin/pip check
+	.image-venv/bin/billing --help > /dev/null
+	rm -rf .image-venv
 
 bench: install
 	$(BIN)/python -m bench

@@ -27,26 +27,51 @@ def settings_or_exit() -> Settings:
 def api(
     host: Annotated[str | None, typer.Option(help="Bind address (default HOST or 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default PORT or 8080)")] = None,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    drain_seconds: Annotated[
+        float,
+        typer.Option(
+            envvar="SHUTDOWN_DRAIN_SECONDS",
+            min=0,
+            help="On SIGTERM, answer /ready with 503 this long before closing the listener",
+        ),
+    ] = 0.0,
+    graceful_timeout: Annotated[
+        int,
+        typer.Option(
+            envvar="SHUTDOWN_GRACEFUL_TIMEOUT_SECONDS", min=1, help="Longest wait for in-flight requests"
+        ),
+    ] = 20,
 ) -> None:
-    """Serve the HTTP API."""
+    """Serve the HTTP API (one process; scale with replicas)."""
     import uvicorn
 
+    from app.health.lifecycle import DrainingServer
+    from app.main import create_app_from_env
+
     settings = settings_or_exit()
-    uvicorn.run(
-        "app.main:create_app_from_env",
-        factory=True,
+    app = create_app_from_env()
+
+    def start_draining() -> None:
+        app.state.draining = True
+
+    config = uvicorn.Config(
+        app,
         host=host or settings.host,
         port=port or settings.port,
-        workers=workers,
         log_config=None,
         proxy_headers=True,
-        timeout_graceful_shutdown=20,
+        timeout_graceful_shutdown=graceful_timeout,
     )
+    DrainingServer(config, on_drain=start_draining, drain_seconds=drain_seconds).run()
 
 
 @cli.command()
-def worker() -> None:
+def worker(
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Exit 0 if this host's worker beat in the last 30 s, else 1 (liveness)"),
+    ] = False,
+) -> None:
     """Run the arq worker (webhooks, usage, invoicing, sync, outbox, dunning)."""
     from arq import run_worker
     from arq.connections import RedisSettings
@@ -54,22 +79,63 @@ def worker() -> None:
     from app.worker.settings import WorkerSettings
 
     settings = settings_or_exit()
-    run_worker(WorkerSettings, redis_settings=RedisSettings.from_dsn(settings.redis_url))  # type: ignore[arg-type]
+    redis_settings = RedisSettings.from_dsn(settings.redis_url)
+    if check:
+        import asyncio
+
+        from arq.worker import async_check_health
+
+        raise typer.Exit(asyncio.run(async_check_health(redis_settings, WorkerSettings.health_check_key)))
+    run_worker(WorkerSettings, redis_settings=redis_settings)  # type: ignore[arg-type]
 
 
 @cli.command()
-def migrate(revision: Annotated[str, typer.Argument(help="Target revision")] = "head") -> None:
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision")] = "head",
+    check: Annotated[
+        bool, typer.Option("--check", help="Migrate nothing: exit 0 if the database is at head, else 1")
+    ] = False,
+    wait: Annotated[
+        float, typer.Option(min=0, help="With --check: keep checking this many seconds (init containers)")
+    ] = 0.0,
+) -> None:
     """Apply the database migrations (needs only DATABASE_URL)."""
     import os
-
-    from app.db.migrate import upgrade
 
     url = os.environ.get("DATABASE_URL")
     if not url:
         typer.echo("billing: invalid configuration: DATABASE_URL is required", err=True)
         raise typer.Exit(2)
+    if check:
+        import asyncio
+
+        from app.health.doctor import CheckFailed, wait_for_head
+
+        async_url = "postgresql+asyncpg://" + url.split("://", 1)[1]
+        try:
+            typer.echo(asyncio.run(wait_for_head(async_url, wait)))
+        except CheckFailed as exc:
+            typer.echo(f"billing: {exc}", err=True)
+            raise typer.Exit(1) from None
+        return
+
+    from app.db.migrate import upgrade
+
     upgrade(url, revision)
     typer.echo(f"migrated to {revision}")
+
+
+@cli.command()
+def doctor() -> None:
+    """Check configuration, PostgreSQL, migrations, Redis and Stripe; exit 1 if anything is wrong."""
+    import asyncio
+
+    from app.health.doctor import diagnose, render
+
+    checks = asyncio.run(diagnose())
+    typer.echo(render(checks))
+    if not all(check.ok for check in checks):
+        raise typer.Exit(1)
 
 
 @cli.command("seed-demo")

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import asyncio
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+from arq.worker import Function
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.logging import request_id_var
+
+log = logging.getLogger("app.metrics")
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 HTTP_REQUESTS = Histogram(
@@ -19,6 +33,12 @@ STRIPE_CALLS = Histogram(
     ["operation", "outcome"],
     registry=REGISTRY,
 )
+STRIPE_ERRORS = Counter(
+    "billing_stripe_call_errors_total",
+    "Stripe API calls that failed, by operation and Stripe error class",
+    ["operation", "error"],
+    registry=REGISTRY,
+)
 WEBHOOK_EVENTS = Counter(
     "billing_webhook_events_total",
     "Stripe webhook events by type and outcome",
@@ -27,11 +47,127 @@ WEBHOOK_EVENTS = Counter(
 )
 JOBS = Histogram(
     "billing_job_duration_seconds",
-    "Worker job durations by job and outcome",
+    "Worker job durations by job and outcome (ok, failed, cancelled)",
     ["job", "outcome"],
+    registry=REGISTRY,
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300),
+)
+JOB_FAILURES = Counter(
+    "billing_job_failures_total",
+    "Worker job runs that raised, by job and exception class",
+    ["job", "error"],
+    registry=REGISTRY,
+)
+OUTBOX_BACKLOG = Gauge(
+    "billing_outbox_backlog",
+    "Outbox messages not yet delivered, by status (pending, failed); refreshed at most every 15 s",
+    ["status"],
+    registry=REGISTRY,
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "billing_outbox_oldest_pending_age_seconds",
+    "Age of the oldest pending outbox message (0 when none)",
     registry=REGISTRY,
 )
 
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
     HTTP_REQUESTS.labels(method, route, str(status)).observe(seconds)
+
+
+# --- worker jobs -----------------------------------------------------------------------------
+
+J = TypeVar("J", bound=Callable[..., Awaitable[Any]])
+
+
+def instrument_job(job: J) -> J:
+    """Wrap an arq job so each run is timed in JOBS and each failure counted in JOB_FAILURES.
+
+    The wrapper keeps the job's name (arq enqueues by name). A cancelled run (worker shutdown,
+    timeout) is recorded as `cancelled` and re-raised so arq re-queues it. While the job runs, its
+    log lines carry `request_id` "job:<arq job id>".
+    """
+    name = job.__name__
+
+    @functools.wraps(job)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        ctx = args[0] if args and isinstance(args[0], dict) else {}
+        token = request_id_var.set(f"job:{ctx['job_id']}") if "job_id" in ctx else None
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await job(*args, **kwargs)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except Exception as exc:
+            outcome = "failed"
+            JOB_FAILURES.labels(name, type(exc).__name__).inc()
+            raise
+        finally:
+            JOBS.labels(name, outcome).observe(time.perf_counter() - started)
+            if token is not None:
+                request_id_var.reset(token)
+
+    return run  # type: ignore[return-value]
+
+
+def instrument_worker(settings: type) -> None:
+    """Instrument every function and cron job of an arq WorkerSettings class, in place."""
+    functions = []
+    for entry in getattr(settings, "functions", []):
+        if isinstance(entry, Function):
+            functions.append(dataclasses.replace(entry, coroutine=instrument_job(entry.coroutine)))
+        else:
+            functions.append(instrument_job(entry))
+    settings.functions = functions  # type: ignore[attr-defined]
+    settings.cron_jobs = [  # type: ignore[attr-defined]
+        dataclasses.replace(cron_job, coroutine=instrument_job(cron_job.coroutine))
+        for cron_job in getattr(settings, "cron_jobs", [])
+    ]
+
+
+# --- outbox backlog, computed at scrape time but at most once per interval ----------------------
+
+
+class OutboxBacklog:
+    """Refreshes the outbox gauges from the database when /metrics is scraped and they are stale.
+
+    Several scrapes within `interval_seconds` share one query; a failing query keeps the last values.
+    """
+
+    def __init__(self, interval_seconds: float = 15.0) -> None:
+        self.interval_seconds = interval_seconds
+        self._refreshed_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def refresh(self, engine: AsyncEngine) -> None:
+        if not self._stale():
+            return
+        async with self._lock:
+            if not self._stale():
+                return
+            self._refreshed_at = time.monotonic()
+            try:
+                await self._query(engine)
+            except Exception as exc:
+                log.warning("outbox backlog query failed", extra={"error": type(exc).__name__})
+
+    def _stale(self) -> bool:
+        return self._refreshed_at is None or time.monotonic() - self._refreshed_at >= self.interval_seconds
+
+    async def _query(self, engine: AsyncEngine) -> None:
+        statement = text(
+            "SELECT status, count(*) AS n, "
+            "coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age "
+            "FROM outbox WHERE status IN ('pending', 'failed') GROUP BY status"
+        )
+        async with engine.connect() as connection:
+            rows = (await connection.execute(statement)).all()
+        found = {row.status: row for row in rows}
+        for status in ("pending", "failed"):
+            OUTBOX_BACKLOG.labels(status).set(found[status].n if status in found else 0)
+        OUTBOX_OLDEST_AGE.set(float(found["pending"].age) if "pending" in found else 0.0)
+
+
+OUTBOX = OutboxBacklog()

@@ -59,5 +59,8 @@ async def ready(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics_endpoint() -> Response:
+async def metrics_endpoint(request: Request) -> Response:
+    engine = getattr(request.app.state, "engine", None)
+    if engine is not None:
+        await metrics.OUTBOX.refresh(engine)
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

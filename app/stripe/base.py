@@ -31,6 +31,13 @@ def translate_error(exc: stripe.StripeError) -> DomainError:
     return UpstreamError("Stripe failed to answer", code="stripe_error")
 
 
+def stripe_request_id(result: object) -> str | None:
+    """The `Request-Id` Stripe answered with, when the SDK kept the response on the object."""
+    response = getattr(result, "last_response", None)
+    request_id = getattr(response, "request_id", None)
+    return request_id if isinstance(request_id, str) else None
+
+
 class StripeBase:
     """Holds the SDK client; every call goes through `_call` so errors and timings are uniform."""
 
@@ -55,9 +62,10 @@ class StripeBase:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return await call()
+            result = await call()
         except stripe.StripeError as exc:
             outcome = type(exc).__name__
+            metrics.STRIPE_ERRORS.labels(operation, outcome).inc()
             log.warning(
                 "stripe call failed",
                 extra={
@@ -69,4 +77,14 @@ class StripeBase:
             )
             raise translate_error(exc) from None
         finally:
-            metrics.STRIPE_CALLS.labels(operation, outcome).observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            metrics.STRIPE_CALLS.labels(operation, outcome).observe(elapsed)
+        log.info(
+            "stripe call",
+            extra={
+                "operation": operation,
+                "stripe_request_id": stripe_request_id(result),
+                "ms": round(elapsed * 1000, 2),
+            },
+        )
+        return result

@@ -7,6 +7,7 @@ metrics, and mutating calls carry idempotency keys derived from our own row ids.
 
 from __future__ import annotations
 
+from app.stripe.account import AccountCalls
 from app.stripe.catalog import CatalogCalls
 from app.stripe.checkout import CheckoutCalls
 from app.stripe.customers import CustomerCalls
@@ -24,6 +25,7 @@ class StripeGateway(
     SubscriptionCalls,
     CheckoutCalls,
     ListingCalls,
+    AccountCalls,
     MeterCalls,
     ObjectCalls,
 ):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any, ClassVar
 
 from arq import cron
 
 from app.config import get_settings
 from app.logging import configure_logging
+from app.metrics import instrument_worker
 from app.outbox import jobs as outbox_jobs
 from app.worker import jobs, webhook_jobs
 from app.worker.context import WorkerResources
@@ -42,3 +44,12 @@ class WorkerSettings:
     # Jobs that fail with an exception are retried by arq; a job outlives a worker restart.
     max_tries = 8
     allow_abort_jobs = True
+    # On SIGTERM: stop picking jobs, let running ones finish for up to 25 s, then cancel them (arq
+    # re-queues a cancelled job). Below the worker's terminationGracePeriodSeconds (k8s/worker.yaml).
+    job_completion_wait = 25
+    # A heartbeat per worker (pod), read by `billing worker --check` (the liveness probe).
+    health_check_interval = 30
+    health_check_key = f"arq:health-check:{socket.gethostname()}"
+
+
+instrument_worker(WorkerSettings)

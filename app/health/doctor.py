@@ -1,0 +1,159 @@
+"""`billing doctor`: is this deployment able to run? Config, PostgreSQL, migrations, Redis, Stripe."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.config import ConfigError, Settings, load_settings
+from app.db import create_engine
+from app.db.migrate import alembic_config
+from app.errors import DomainError
+from app.main import create_redis
+from app.stripe import StripeGateway
+
+TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    skipped: bool = False
+
+    @property
+    def status(self) -> str:
+        return "skip" if self.skipped else "ok" if self.ok else "FAIL"
+
+
+class CheckFailed(Exception):
+    """A check that ran and found something wrong; its message is the whole explanation."""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, CheckFailed):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {TIMEOUT_SECONDS:.0f}s"
+    if isinstance(exc, DomainError):
+        return f"{exc.code}: {exc.message}"
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {message}"[:160]
+
+
+async def _run(name: str, probe: Callable[[], Awaitable[str]]) -> Check:
+    try:
+        detail = await asyncio.wait_for(probe(), TIMEOUT_SECONDS)
+    except Exception as exc:
+        return Check(name, False, _describe(exc))
+    return Check(name, True, detail)
+
+
+async def migration_state(engine: AsyncEngine, database_url: str) -> str:
+    """ "at head <rev>" when the database's Alembic revision is the code's head, else CheckFailed."""
+    heads = set(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
+    async with engine.connect() as connection:
+        try:
+            rows = (await connection.execute(text("SELECT version_num FROM alembic_version"))).all()
+        except ProgrammingError:
+            rows = []
+    current = {row[0] for row in rows}
+    if current == heads:
+        return f"at head {', '.join(sorted(heads))}"
+    shown = ", ".join(sorted(current)) or "none"
+    raise CheckFailed(f"database at {shown}, code expects {', '.join(sorted(heads))}: run `billing migrate`")
+
+
+async def wait_for_head(database_url: str, timeout_seconds: float, poll_seconds: float = 2.0) -> str:
+    """Poll until the database is migrated to head (an init container's gate); CheckFailed on timeout."""
+    engine = create_async_engine(database_url, pool_pre_ping=True)
+    deadline = time.monotonic() + timeout_seconds
+    try:
+        while True:
+            try:
+                return await migration_state(engine, database_url)
+            except Exception as exc:
+                if time.monotonic() + poll_seconds > deadline:
+                    raise CheckFailed(_describe(exc)) from None
+            await asyncio.sleep(poll_seconds)
+    finally:
+        await engine.dispose()
+
+
+async def _database_and_migrations(settings: Settings) -> list[Check]:
+    engine = create_engine(settings)
+    try:
+
+        async def database() -> str:
+            async with engine.connect() as connection:
+                version = (await connection.execute(text("SHOW server_version"))).scalar_one()
+            return f"PostgreSQL {version}"
+
+        database_check = await _run("database", database)
+        if not database_check.ok:
+            return [database_check, Check("migrations", False, "database unreachable", skipped=True)]
+
+        async def migrations() -> str:
+            return await migration_state(engine, settings.database_url)
+
+        return [database_check, await _run("migrations", migrations)]
+    finally:
+        await engine.dispose()
+
+
+async def _redis(settings: Settings) -> Check:
+    redis = create_redis(settings)
+
+    async def ping() -> str:
+        await redis.ping()
+        return "PONG"
+
+    try:
+        return await _run("redis", ping)
+    finally:
+        await redis.aclose()
+
+
+async def _stripe(settings: Settings) -> Check:
+    async def reachable() -> str:
+        await StripeGateway(settings).check_reachable()
+        return settings.stripe_api_base or "api.stripe.com"
+
+    return await _run("stripe", reachable)
+
+
+async def diagnose(environ_overrides: dict[str, object] | None = None) -> list[Check]:
+    """Every check, in order; the later ones are skipped when the configuration is invalid."""
+    try:
+        settings = load_settings(**(environ_overrides or {}))
+    except ConfigError as exc:
+        skipped = [Check(name, False, "invalid configuration", skipped=True) for name in _LATER]
+        return [Check("config", False, str(exc)), *skipped]
+    mode = (
+        "live" if settings.stripe_secret_key.get_secret_value().startswith(("sk_live", "rk_live")) else "test"
+    )
+    config = Check("config", True, f"valid (Stripe {mode} mode)")
+    database_checks, redis_check, stripe_check = await asyncio.gather(
+        _database_and_migrations(settings), _redis(settings), _stripe(settings)
+    )
+    return [config, *database_checks, redis_check, stripe_check]
+
+
+_LATER = ("database", "migrations", "redis", "stripe")
+
+
+def render(checks: list[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    lines = [f"{'check'.ljust(width)}  status  detail"]
+    lines += [f"{c.name.ljust(width)}  {c.status:<6}  {c.detail}" for c in checks]
+    failed = [c.name for c in checks if c.status == "FAIL"]
+    lines.append(f"{len(failed)} problem(s): {', '.join(failed)}" if failed else "all checks passed")
+    return "\n".join(lines)
