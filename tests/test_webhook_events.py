@@ -19,6 +19,7 @@ from arq.connections import RedisSettings, create_pool
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import metrics
 from app.config import Settings
 from app.db.base import Base
 from app.earnings.booking import split_commission
@@ -405,3 +406,15 @@ async def test_two_workers_on_the_same_event_apply_it_once(
     assert set(outcomes) <= {"processed", None}
     assert len(await rows(engine, Earning)) == 1
     assert (await one(engine, StripeEvent, id=paid["id"])).attempts == 1
+
+
+async def test_processed_events_are_counted_by_type_and_outcome(
+    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine
+) -> None:
+    def count() -> float:
+        labels = {"type": "charge.captured", "outcome": "ignored"}
+        return metrics.REGISTRY.get_sample_value("billing_webhook_events_total", labels) or 0.0
+
+    before = count()
+    await deliver(client, worker_ctx, event("charge.captured", {"id": "ch_1", "object": "charge"}, created=1))
+    assert count() == before + 1

@@ -13,6 +13,7 @@ import httpx
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app import metrics
 from app.config import Settings
 from app.db.session import run_after_commit
 from app.outbox.service import Outbox
@@ -52,6 +53,7 @@ class EventProcessor:
 
         With `force`, an event already processed is applied again (handlers are idempotent).
         """
+        event_type = "unknown"
         try:
             async with self._sessionmaker() as session:
                 async with session.begin():
@@ -60,6 +62,7 @@ class EventProcessor:
                         return None
                     if event.status in DONE and not force:
                         return event.status
+                    event_type = event.type
                     handler = HANDLERS.get(event.type)
                     outcome = "ignored"
                     if handler is not None:
@@ -75,8 +78,10 @@ class EventProcessor:
                         outcome = await handler(context, event.payload["data"]["object"])
                     mark_done(event, outcome)
                 await run_after_commit(session)
+                metrics.WEBHOOK_EVENTS.labels(event_type, outcome).inc()
                 return outcome
         except Exception as exc:
+            metrics.WEBHOOK_EVENTS.labels(event_type, "failed" if final_attempt else "retry").inc()
             log.warning("stripe event failed", extra={"event_id": event_id, "error": repr(exc)})
             async with self._sessionmaker.begin() as session:
                 await StripeEventRepository(session).record_failure(
