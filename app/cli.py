@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -196,6 +197,50 @@ def sync(
     for resource, report in run.report.items():
         for difference in report["differences"][:50]:
             typer.echo(f"  {resource}: {difference}")
+
+
+webhooks = typer.Typer(no_args_is_help=True, help="Stored Stripe webhook events.")
+cli.add_typer(webhooks, name="webhooks")
+
+
+@webhooks.command("replay")
+def webhooks_replay(
+    event: Annotated[str | None, typer.Option("--event", help="Only this event id (evt_...)")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Only events that failed for good")] = False,
+    since: Annotated[
+        datetime | None, typer.Option("--since", help="Only events received at or after (ISO time, UTC)")
+    ] = None,
+) -> None:
+    """Reprocess stored events, oldest first, with a progress bar."""
+    import asyncio
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from app.webhooks.replay import replay_events
+
+    if event is None and not failed and since is None:
+        typer.echo("billing: choose --event ID, --failed or --since T", err=True)
+        raise typer.Exit(2)
+    settings = settings_or_exit()
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns) as progress:
+        task = progress.add_task("replay", total=None)
+        result = asyncio.run(
+            replay_events(
+                settings,
+                event_id=event,
+                failed=failed,
+                since=since,
+                on_start=lambda total: progress.update(task, total=total),
+                on_event=lambda _id, _outcome: progress.advance(task),
+            )
+        )
+    summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(result.outcomes.items()))
+    typer.echo(f"replayed {result.total} events" + (f": {summary}" if summary else ""))
+    if result.outcomes.get("failed"):
+        raise typer.Exit(1)
 
 
 def main() -> None:

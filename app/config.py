@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     invoice_days_until_due: int = Field(30, ge=0, le=365)
     # Earnings become available for payout once refunds and disputes are unlikely.
     payout_refund_window_days: int = Field(14, ge=0, le=180)
+    dunning_grace_days: int = Field(7, ge=0)
 
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
     jwt_jwks_url: str | None = None

@@ -27,6 +27,7 @@ from app.payment_methods.router import router as payment_methods_router
 from app.plans.router import router as plans_router
 from app.stripe import StripeGateway
 from app.subscriptions.router import router as subscriptions_router
+from app.webhooks.router import router as webhooks_router
 
 API_PREFIX = "/api/v1"
 
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(creators_router)
     app.include_router(api)
     app.include_router(health_router)
+    app.include_router(webhooks_router)
     return app
 
 

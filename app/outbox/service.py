@@ -94,6 +94,12 @@ class Outbox:
         row = (await self._session.execute(statement)).one_or_none()
         return (None, 0) if row is None else (row[0], int(row[1]))
 
+    async def notify(
+        self, subscription: Subscription, topic: str, dedupe: str, payload: dict[str, Any]
+    ) -> None:
+        """An outbound notification about the subscription (e.g. its trial ends), once per `dedupe`."""
+        await self._add("notify", f"notify:{topic}:{dedupe}", subscription, {"topic": topic, **payload})
+
     async def _add(
         self, kind: str, dedupe_key: str, subscription: Subscription, payload: dict[str, Any]
     ) -> None:

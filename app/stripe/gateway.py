@@ -14,6 +14,8 @@ from app.stripe.connect import ConnectCalls
 from app.stripe.customers import CustomerCalls
 from app.stripe.invoices import InvoiceCalls
 from app.stripe.listing import ListingCalls
+from app.stripe.meters import MeterCalls
+from app.stripe.objects import ObjectCalls
 from app.stripe.payment_methods import PaymentMethodCalls
 from app.stripe.subscriptions import SubscriptionCalls
 
@@ -28,5 +30,7 @@ class StripeGateway(
     AccountCalls,
     InvoiceCalls,
     ConnectCalls,
+    MeterCalls,
+    ObjectCalls,
 ):
     """Thin async wrapper over `stripe.StripeClient`; callers never see the SDK or its errors."""

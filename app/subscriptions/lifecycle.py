@@ -87,6 +87,9 @@ async def apply_status(outbox: Outbox, subscription: Subscription, new_status: s
     now = datetime.now(UTC)
     if new_status in KEYED and old_status not in KEYED:
         await outbox.create_api_key(subscription)
+    if old_status == "past_due" and new_status in KEYED:
+        # Leaving dunning brings back a key it suspended (a no-op if no suspension was asked).
+        await outbox.restore_api_key(subscription)
     if new_status == "past_due" and subscription.past_due_since is None:
         subscription.past_due_since = now
     if new_status != "past_due":

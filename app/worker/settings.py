@@ -12,7 +12,7 @@ from app.logging import configure_logging
 from app.metrics import instrument_worker
 from app.outbox import jobs as outbox_jobs
 from app.payouts.jobs import run_payouts
-from app.worker import jobs
+from app.worker import jobs, webhook_jobs
 from app.worker.context import WorkerResources
 
 
@@ -31,11 +31,13 @@ class WorkerSettings:
         jobs.purge_expired_idempotency_keys,
         outbox_jobs.deliver_outbox_message,
         run_payouts,
+        *webhook_jobs.JOBS,
     ]
     cron_jobs: ClassVar[list[Any]] = [
         cron(jobs.purge_expired_idempotency_keys, minute={7}, unique=True),
         cron(outbox_jobs.sweep_outbox, second={30}, unique=True),
         cron(run_payouts, hour={3}, minute={17}, unique=True),
+        *webhook_jobs.CRON_JOBS,
     ]
     on_startup = startup
     on_shutdown = shutdown

@@ -1,0 +1,146 @@
+"""Queries of the usage worker; each touches a whole batch of subscriptions at once."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription, UsageRecord
+from app.models.subscription import LIVE_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class MeteredSubscription:
+    id: uuid.UUID
+    api_id: str
+    pay_per_use: bool
+    stripe_customer_id: str | None
+    started_at: datetime
+    last_window_start: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unreported:
+    id: uuid.UUID
+    subscription_id: uuid.UUID
+    api_id: str
+    stripe_customer_id: str
+    quantity: int
+    identifier: str
+    window_end: datetime
+
+
+class UsageRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def metered_subscriptions(
+        self, *, after: uuid.UUID | None, limit: int, only: Sequence[uuid.UUID] | None = None
+    ) -> list[MeteredSubscription]:
+        """Live pay-per-use or call-limited subscriptions, by id after `after`, with their last window."""
+        last_window = (
+            select(func.max(UsageRecord.window_start))
+            .where(UsageRecord.subscription_id == Subscription.id)
+            .scalar_subquery()
+        )
+        statement = (
+            select(
+                Subscription.id,
+                Subscription.api_id,
+                PricingPlan.type,
+                Consumer.stripe_customer_id,
+                Subscription.started_at,
+                last_window,
+            )
+            .join(PricingPlan, PricingPlan.id == Subscription.pricing_plan_id)
+            .join(
+                PricingPlanVersion,
+                (PricingPlanVersion.plan_id == Subscription.pricing_plan_id)
+                & (PricingPlanVersion.version == Subscription.plan_version),
+            )
+            .join(Consumer, Consumer.id == Subscription.consumer_id)
+            .where(
+                Subscription.status.in_(LIVE_STATUSES),
+                or_(PricingPlan.type == "pay_per_use", PricingPlanVersion.call_limit.is_not(None)),
+            )
+            .order_by(Subscription.id)
+            .limit(limit)
+        )
+        if after is not None:
+            statement = statement.where(Subscription.id > after)
+        if only is not None:
+            statement = statement.where(Subscription.id.in_(only))
+        rows = (await self._session.execute(statement)).all()
+        return [
+            MeteredSubscription(
+                id=row[0],
+                api_id=row[1],
+                pay_per_use=row[2] == "pay_per_use",
+                stripe_customer_id=row[3],
+                started_at=row[4],
+                last_window_start=row[5],
+            )
+            for row in rows
+        ]
+
+    async def insert_records(self, rows: list[dict[str, Any]]) -> int:
+        """Insert the windows not yet recorded (a rerun adds nothing); returns how many were new."""
+        if not rows:
+            return 0
+        statement = (
+            insert(UsageRecord)
+            .values(rows)
+            # No target: a concurrent run may collide on the window or on its identifier (the same thing).
+            .on_conflict_do_nothing()
+            .returning(UsageRecord.id)
+        )
+        return len((await self._session.execute(statement)).scalars().all())
+
+    async def claim_unreported(self, subscription_ids: Sequence[uuid.UUID]) -> list[Unreported]:
+        """Pay-per-use windows not yet sent to Stripe, locked (SKIP LOCKED) for this transaction."""
+        statement = (
+            select(
+                UsageRecord.id,
+                UsageRecord.subscription_id,
+                Subscription.api_id,
+                Consumer.stripe_customer_id,
+                UsageRecord.quantity,
+                UsageRecord.meter_event_identifier,
+                UsageRecord.window_end,
+            )
+            .join(Subscription, Subscription.id == UsageRecord.subscription_id)
+            .join(Consumer, Consumer.id == Subscription.consumer_id)
+            .where(
+                UsageRecord.subscription_id.in_(subscription_ids),
+                UsageRecord.reported_at.is_(None),
+                UsageRecord.meter_event_identifier.is_not(None),
+                Consumer.stripe_customer_id.is_not(None),
+            )
+            .order_by(UsageRecord.window_start)
+            .with_for_update(of=UsageRecord, skip_locked=True)
+        )
+        return [
+            Unreported(
+                id=row[0],
+                subscription_id=row[1],
+                api_id=row[2],
+                stripe_customer_id=str(row[3]),
+                quantity=row[4],
+                identifier=str(row[5]),
+                window_end=row[6],
+            )
+            for row in (await self._session.execute(statement)).all()
+        ]
+
+    async def mark_reported(self, record_ids: Sequence[uuid.UUID], at: datetime) -> None:
+        if record_ids:
+            await self._session.execute(
+                update(UsageRecord).where(UsageRecord.id.in_(record_ids)).values(reported_at=at)
+            )

@@ -1,0 +1,152 @@
+"""Usage aggregation: metering counts -> `usage_records` per window -> Stripe meter events.
+
+A window is one UTC day, and only days that have ended are recorded, so a window's count is
+final when it is written (the metering service answers per day). Each window is inserted once
+(unique per subscription and window) and, for pay-per-use, sent to Stripe once under an
+identifier derived from the subscription and the day. The meter event is stamped with the
+last second of its day: a day in which a billing period ends is billed in the next period,
+so no call is billed twice or dropped. Metering down -> that subscription stops at the first
+missing day and the next run resumes there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.db.base import utcnow
+from app.errors import DomainError
+from app.integrations.metering import MeteringClient, MeteringUnavailable
+from app.plans.service import meter_event_name
+from app.stripe import StripeGateway
+from app.usage.repository import MeteredSubscription, UsageRepository
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 100
+# Stripe accepts meter events up to 35 days old; older windows are not fetched.
+MAX_BACKFILL_DAYS = 35
+METERING_CONCURRENCY = 8
+
+
+def meter_event_identifier(subscription_id: uuid.UUID, day: date) -> str:
+    return f"usage:{subscription_id}:{day:%Y%m%d}"
+
+
+def day_start(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+@dataclass
+class UsageRun:
+    recorded: int = 0
+    reported: int = 0
+    unavailable: list[uuid.UUID] = field(default_factory=list)
+    # Batches whose meter events Stripe refused or could not take; they go again next run.
+    stripe_failures: int = 0
+
+
+class UsageService:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        stripe: StripeGateway,
+        settings: Settings,
+        http: httpx.AsyncClient,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._stripe = stripe
+        self._metering = MeteringClient(http, settings)
+
+    async def aggregate(
+        self, *, only: Sequence[uuid.UUID] | None = None, today: date | None = None
+    ) -> UsageRun:
+        """Record and report every ended day not yet recorded, for all metered subscriptions
+        (or `only` these), batch by batch; safe to run concurrently and to rerun."""
+        today = today or utcnow().date()
+        run = UsageRun()
+        after: uuid.UUID | None = None
+        while True:
+            async with self._sessionmaker() as session:
+                batch = await UsageRepository(session).metered_subscriptions(
+                    after=after, limit=BATCH_SIZE, only=only
+                )
+            if not batch:
+                return run
+            await self._record(batch, today, run)
+            await self._report([s.id for s in batch if s.pay_per_use], run)
+            after = batch[-1].id
+
+    async def _record(self, batch: list[MeteredSubscription], today: date, run: UsageRun) -> None:
+        gate = asyncio.Semaphore(METERING_CONCURRENCY)
+
+        async def windows_of(subscription: MeteredSubscription) -> list[dict[str, Any]]:
+            first = subscription.started_at.astimezone(UTC).date()
+            if subscription.last_window_start is not None:
+                first = subscription.last_window_start.astimezone(UTC).date() + timedelta(days=1)
+            first = max(first, today - timedelta(days=MAX_BACKFILL_DAYS))
+            rows: list[dict[str, Any]] = []
+            day = first
+            while day < today:
+                try:
+                    async with gate:
+                        usage = await self._metering.subscription_usage(subscription.id, day, day)
+                except MeteringUnavailable:
+                    run.unavailable.append(subscription.id)
+                    break
+                quantity = usage.successful_calls
+                rows.append(
+                    {
+                        "id": uuid.uuid4(),
+                        "subscription_id": subscription.id,
+                        "window_start": day_start(day),
+                        "window_end": day_start(day + timedelta(days=1)),
+                        "quantity": quantity,
+                        "successful_calls": usage.successful_calls,
+                        "failed_calls": usage.failed_calls,
+                        "meter_event_identifier": (
+                            meter_event_identifier(subscription.id, day)
+                            if subscription.pay_per_use and quantity > 0
+                            else None
+                        ),
+                    }
+                )
+                day += timedelta(days=1)
+            return rows
+
+        per_subscription = await asyncio.gather(*(windows_of(s) for s in batch))
+        rows = [row for rows in per_subscription for row in rows]
+        async with self._sessionmaker.begin() as session:
+            run.recorded += await UsageRepository(session).insert_records(rows)
+
+    async def _report(self, subscription_ids: list[uuid.UUID], run: UsageRun) -> None:
+        if not subscription_ids:
+            return
+        try:
+            async with self._sessionmaker.begin() as session:
+                repo = UsageRepository(session)
+                claimed = await repo.claim_unreported(subscription_ids)
+                for record in claimed:
+                    await self._stripe.report_meter_event(
+                        event_name=meter_event_name(record.api_id),
+                        customer=record.stripe_customer_id,
+                        value=record.quantity,
+                        identifier=record.identifier,
+                        timestamp=record.window_end - timedelta(seconds=1),
+                    )
+                await repo.mark_reported([r.id for r in claimed], utcnow())
+        except DomainError:
+            # Nothing is marked reported; the events Stripe did take are dropped as repeats then.
+            log.warning("stripe meter events failed", exc_info=True)
+            run.stripe_failures += 1
+            return
+        run.reported += len(claimed)

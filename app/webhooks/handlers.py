@@ -1,0 +1,254 @@
+"""One handler per Stripe event type; each is idempotent and safe out of order.
+
+Handlers get the event's `data.object` and the event's `created` time, and return the status
+the event ends in (`processed`, or `ignored` when it concerns nothing of ours). Subscription
+snapshots go through `apply_stripe_state` (older snapshots never win), invoices through
+`sync_invoice` (status never moves back), earnings through a unique key (booked once).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.dunning.service import DunningService
+from app.earnings.booking import book_invoice_earnings
+from app.errors import DomainError
+from app.invoices.stripe_sync import sync_invoice
+from app.models import Consumer, Invoice, Subscription
+from app.outbox.service import Outbox
+from app.stripe import StripeGateway
+from app.subscriptions.lifecycle import StripeSubscriptionState, apply_stripe_state
+from app.usage.service import UsageService
+
+
+class NotYetKnown(DomainError):
+    """The event names an object of ours we cannot find yet (its transaction may not have
+    committed); the event is retried, and ends `failed` if it never appears."""
+
+    status = 409
+    code = "unknown_object"
+
+
+class UsageNotReported(DomainError):
+    status = 503
+    code = "usage_not_reported"
+
+
+@dataclass(frozen=True)
+class EventContext:
+    session: AsyncSession
+    outbox: Outbox
+    stripe: StripeGateway
+    usage: UsageService
+    settings: Settings
+    event_id: str
+    created: int
+
+    @property
+    def dunning(self) -> DunningService:
+        return DunningService(self.session, self.outbox)
+
+
+Handler = Callable[[EventContext, dict[str, Any]], Awaitable[str]]
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _id(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return str(value["id"]) if value.get("id") else None
+    return str(value) if value else None
+
+
+async def find_subscription(
+    session: AsyncSession,
+    *,
+    stripe_subscription_id: str | None = None,
+    checkout_session_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Subscription | None:
+    """Our subscription for a Stripe object, locked: by Stripe id, checkout session or metadata.
+
+    FOR NO KEY UPDATE: it serialises event handlers without blocking usage rows that refer to it.
+    """
+    conditions = []
+    if stripe_subscription_id:
+        conditions.append(Subscription.stripe_subscription_id == stripe_subscription_id)
+    if checkout_session_id:
+        conditions.append(Subscription.stripe_checkout_session_id == checkout_session_id)
+    our_id = _uuid((metadata or {}).get("subscription_id"))
+    if our_id is not None:
+        conditions.append(Subscription.id == our_id)
+    for condition in conditions:
+        found = (
+            await session.execute(select(Subscription).where(condition).with_for_update(key_share=True))
+        ).scalar_one_or_none()
+        if found is not None:
+            return found
+    return None
+
+
+async def customer_created(ctx: EventContext, obj: dict[str, Any]) -> str:
+    """Link the customer to its consumer if our own write has not (the consumer id is in metadata)."""
+    consumer_id = _uuid((obj.get("metadata") or {}).get("consumer_id"))
+    consumer = await ctx.session.get(Consumer, consumer_id, with_for_update=True) if consumer_id else None
+    if consumer is None:
+        return "ignored"
+    if consumer.stripe_customer_id is None:
+        consumer.stripe_customer_id = obj["id"]
+    return "processed"
+
+
+async def subscription_changed(ctx: EventContext, obj: dict[str, Any]) -> str:
+    """customer.subscription.created / updated / deleted: mirror the snapshot."""
+    state = StripeSubscriptionState.from_payload(obj)
+    subscription = await find_subscription(
+        ctx.session, stripe_subscription_id=state.id, metadata=state.metadata
+    )
+    if subscription is None:
+        raise NotYetKnown(f"no subscription of ours for {state.id}")
+    if state.status == "unpaid":
+        await ctx.dunning.retries_ended(subscription, ctx.stripe, observed_at=ctx.created)
+    else:
+        await apply_stripe_state(ctx.outbox, subscription, state, observed_at=ctx.created)
+    return "processed"
+
+
+async def trial_will_end(ctx: EventContext, obj: dict[str, Any]) -> str:
+    """Tell the consumer the trial ends soon (an outbound notification, once per trial end)."""
+    state = StripeSubscriptionState.from_payload(obj)
+    subscription = await find_subscription(
+        ctx.session, stripe_subscription_id=state.id, metadata=state.metadata
+    )
+    if subscription is None:
+        raise NotYetKnown(f"no subscription of ours for {state.id}")
+    trial_end = state.trial_end.isoformat() if state.trial_end else None
+    await ctx.outbox.notify(
+        subscription,
+        "trial_will_end",
+        f"{subscription.id}:{trial_end}",
+        {"consumer_id": str(subscription.consumer_id), "trial_end": trial_end},
+    )
+    return "processed"
+
+
+async def _mirror_invoice(ctx: EventContext, obj: dict[str, Any], observed_at: int) -> Invoice:
+    invoice = await sync_invoice(ctx.session, obj, observed_at=observed_at)
+    if invoice is None:
+        raise NotYetKnown(f"no consumer of ours for the customer of invoice {obj.get('id')}")
+    return invoice
+
+
+async def _invoice_subscription(ctx: EventContext, invoice: Invoice) -> Subscription | None:
+    if invoice.subscription_id is None:
+        return None
+    return await ctx.session.get(Subscription, invoice.subscription_id, with_for_update={"key_share": True})
+
+
+async def invoice_created(ctx: EventContext, obj: dict[str, Any]) -> str:
+    """Mirror the draft, and report the subscription's usage before Stripe finalises it."""
+    invoice = await _mirror_invoice(ctx, obj, ctx.created)
+    if obj.get("status") == "draft" and invoice.subscription_id is not None:
+        run = await ctx.usage.aggregate(only=[invoice.subscription_id])
+        if run.unavailable or run.stripe_failures:
+            raise UsageNotReported("usage not yet reported for this invoice (metering or Stripe failed)")
+    return "processed"
+
+
+async def invoice_finalized(ctx: EventContext, obj: dict[str, Any]) -> str:
+    await _mirror_invoice(ctx, obj, ctx.created)
+    return "processed"
+
+
+async def invoice_paid(ctx: EventContext, obj: dict[str, Any]) -> str:
+    """Mirror, book the creator's earnings once, and end any dunning."""
+    invoice = await _mirror_invoice(ctx, obj, ctx.created)
+    await book_invoice_earnings(ctx.session, invoice, ctx.settings.platform_commission)
+    subscription = await _invoice_subscription(ctx, invoice)
+    if subscription is not None:
+        await ctx.dunning.payment_succeeded(subscription, observed_at=ctx.created)
+    return "processed"
+
+
+async def invoice_payment_failed(ctx: EventContext, obj: dict[str, Any]) -> str:
+    """Mirror, and enter dunning unless the invoice has been paid meanwhile."""
+    invoice = await _mirror_invoice(ctx, obj, ctx.created)
+    subscription = await _invoice_subscription(ctx, invoice)
+    if subscription is not None and invoice.status != "paid":
+        await ctx.dunning.payment_failed(subscription, observed_at=ctx.created)
+    return "processed"
+
+
+async def checkout_completed(ctx: EventContext, obj: dict[str, Any]) -> str:
+    """Link the Stripe subscription the checkout created and mirror its current state."""
+    stripe_subscription_id = _id(obj.get("subscription"))
+    if not stripe_subscription_id:
+        return "ignored"
+    metadata = dict(obj.get("metadata") or {})
+    if obj.get("client_reference_id"):
+        metadata.setdefault("subscription_id", obj["client_reference_id"])
+    subscription = await find_subscription(
+        ctx.session,
+        checkout_session_id=obj["id"],
+        stripe_subscription_id=stripe_subscription_id,
+        metadata=metadata,
+    )
+    if subscription is None:
+        raise NotYetKnown(f"no subscription of ours for checkout session {obj['id']}")
+    subscription.stripe_subscription_id = subscription.stripe_subscription_id or stripe_subscription_id
+    # The session does not carry the subscription's state: fetch it, as of now.
+    fetched_at = int(time.time())
+    state = StripeSubscriptionState.from_payload(
+        await ctx.stripe.retrieve_subscription_json(stripe_subscription_id)
+    )
+    await apply_stripe_state(ctx.outbox, subscription, state, observed_at=max(fetched_at, ctx.created))
+    return "processed"
+
+
+async def payment_intent_settled(ctx: EventContext, obj: dict[str, Any]) -> str:
+    """payment_intent.succeeded / payment_failed: refresh the invoice it was paying, if any.
+
+    Dunning and earnings follow the invoice events; this keeps the invoice mirror current when
+    those arrive late. Payment intents of no invoice (since API 2025-03-31 the link lives on
+    InvoicePayment) concern nothing we mirror.
+    """
+    invoice_id = _id(obj.get("invoice"))
+    if invoice_id is None:
+        return "ignored"
+    fetched_at = int(time.time())
+    invoice = await sync_invoice(
+        ctx.session, await ctx.stripe.retrieve_invoice_json(invoice_id), observed_at=fetched_at
+    )
+    if invoice is None:
+        return "ignored"
+    await book_invoice_earnings(ctx.session, invoice, ctx.settings.platform_commission)
+    return "processed"
+
+
+HANDLERS: dict[str, Handler] = {
+    "customer.created": customer_created,
+    "customer.subscription.created": subscription_changed,
+    "customer.subscription.updated": subscription_changed,
+    "customer.subscription.deleted": subscription_changed,
+    "customer.subscription.trial_will_end": trial_will_end,
+    "invoice.created": invoice_created,
+    "invoice.finalized": invoice_finalized,
+    "invoice.paid": invoice_paid,
+    "invoice.payment_failed": invoice_payment_failed,
+    "checkout.session.completed": checkout_completed,
+    "payment_intent.succeeded": payment_intent_settled,
+    "payment_intent.payment_failed": payment_intent_settled,
+}

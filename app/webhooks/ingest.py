@@ -1,0 +1,84 @@
+"""Group commit for webhook ingest: concurrent deliveries share one INSERT and one Redis trip.
+
+Each delivery waits until its own row has committed (and its job was handed to Redis, or
+Redis failed), so the 200 still means "stored". There is no timer: a batch is whatever arrived
+while earlier batches were being written (up to MAX_WRITERS at once), so a lone event goes out
+at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from arq.connections import ArqRedis
+
+from app.errors import ServiceUnavailable
+from app.webhooks.repository import EventStore, IncomingEvent
+from app.worker.enqueue import enqueue_unique_many
+
+log = logging.getLogger(__name__)
+
+PROCESS_JOB = "process_stripe_event"
+MAX_BATCH = 500
+# Batches in flight at once, so a batch waiting on PostgreSQL or Redis does not hold up the next.
+MAX_WRITERS = 4
+
+
+def event_job_id(event_id: str) -> str:
+    return f"stripe:{event_id}"
+
+
+class EventIngest:
+    def __init__(self, store: EventStore, redis: ArqRedis | None) -> None:
+        self._store = store
+        self._redis = redis
+        self._waiting: list[tuple[IncomingEvent, asyncio.Future[bool]]] = []
+        self._writers: set[asyncio.Task[None]] = set()
+
+    async def submit(self, event: IncomingEvent) -> bool:
+        """Store the event and enqueue its job; True if this delivery stored it first."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((event, future))
+        if len(self._writers) < MAX_WRITERS:
+            writer = asyncio.create_task(self._write())
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
+        return await asyncio.shield(future)
+
+    async def drain(self) -> None:
+        """Wait for the batches in flight (at shutdown)."""
+        if self._writers:
+            await asyncio.gather(*self._writers)
+
+    async def _write(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+            try:
+                stored = await self._store.insert_new([event for event, _ in batch])
+            except Exception as exc:
+                log.exception("could not store stripe events", extra={"count": len(batch)})
+                failure = ServiceUnavailable("The event could not be stored; Stripe will send it again")
+                failure.__cause__ = exc
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(failure)
+                continue
+            await self._enqueue(sorted(stored))
+            claimed: set[str] = set()
+            for event, future in batch:
+                first = event.id in stored and event.id not in claimed
+                claimed.add(event.id)
+                if not future.done():
+                    future.set_result(first)
+
+    async def _enqueue(self, event_ids: list[str]) -> None:
+        if not event_ids or self._redis is None:
+            return
+        try:
+            await enqueue_unique_many(self._redis, PROCESS_JOB, [(event_job_id(i), (i,)) for i in event_ids])
+        except Exception:
+            # The events are stored and `pending`: the sweeper enqueues them later.
+            log.warning(
+                "redis unavailable; pending events wait for the sweeper", extra={"count": len(event_ids)}
+            )

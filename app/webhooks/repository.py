@@ -1,0 +1,128 @@
+"""Queries on `stripe_events`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.base import utcnow
+from app.models import StripeEvent
+
+# One autocommitted statement per batch of incoming events; bodies go in as text, parsed as JSONB.
+_INSERT_EVENTS = (
+    "INSERT INTO stripe_events "
+    "(id, type, api_version, stripe_created, livemode, payload, status, attempts, received_at) "
+    "SELECT e.id, e.type, e.api_version, e.created, e.livemode, e.payload::jsonb, 'pending', 0, now() "
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bool[], $6::text[]) "
+    "AS e(id, type, api_version, created, livemode, payload) "
+    "ON CONFLICT (id) DO NOTHING RETURNING id"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingEvent:
+    id: str
+    type: str
+    api_version: str | None
+    created: int
+    livemode: bool
+    payload: str
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+class EventStore:
+    """Stores incoming events through a small asyncpg pool of its own.
+
+    Ingest is one INSERT per batch that commits by itself, so it skips the ORM session, its
+    transaction round trips and the pool's pre-ping: this is what Stripe waits on.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, database_url: str, *, max_size: int) -> EventStore:
+        # min_size=0: the API starts (and answers probes) even while the database is away.
+        pool = await asyncpg.create_pool(asyncpg_dsn(database_url), min_size=0, max_size=max_size)
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def insert_new(self, events: Sequence[IncomingEvent]) -> set[str]:
+        """Store the events not stored yet (duplicates are no-ops); returns the ids stored now."""
+        rows = await self._pool.fetch(
+            _INSERT_EVENTS,
+            [e.id for e in events],
+            [e.type for e in events],
+            [e.api_version for e in events],
+            [e.created for e in events],
+            [e.livemode for e in events],
+            [e.payload for e in events],
+        )
+        return {row["id"] for row in rows}
+
+
+class StripeEventRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def lock(self, event_id: str) -> StripeEvent | None:
+        """The event, locked for this transaction; None if absent or another worker holds it."""
+        statement = select(StripeEvent).where(StripeEvent.id == event_id).with_for_update(skip_locked=True)
+        return (await self._session.execute(statement)).scalar_one_or_none()
+
+    async def get(self, event_id: str) -> StripeEvent | None:
+        return await self._session.get(StripeEvent, event_id)
+
+    async def record_failure(self, event_id: str, error: str, *, final: bool) -> int:
+        """Count a failed attempt; returns the attempts so far."""
+        statement = (
+            update(StripeEvent)
+            .where(StripeEvent.id == event_id)
+            .values(
+                attempts=StripeEvent.attempts + 1,
+                last_error=error[:4000],
+                status="failed" if final else "pending",
+            )
+            .returning(StripeEvent.attempts)
+        )
+        return int((await self._session.execute(statement)).scalar_one())
+
+    async def pending_ids(self, *, received_before: datetime, limit: int) -> Sequence[str]:
+        statement = (
+            select(StripeEvent.id)
+            .where(StripeEvent.status == "pending", StripeEvent.received_at < received_before)
+            .order_by(StripeEvent.received_at)
+            .limit(limit)
+        )
+        return (await self._session.execute(statement)).scalars().all()
+
+    async def ids_for_replay(
+        self, *, event_id: str | None, failed: bool, since: datetime | None
+    ) -> Sequence[str]:
+        """Ids of the events to reprocess, oldest Stripe creation first."""
+        statement = select(StripeEvent.id).order_by(StripeEvent.stripe_created, StripeEvent.id)
+        if event_id is not None:
+            statement = statement.where(StripeEvent.id == event_id)
+        if failed:
+            statement = statement.where(StripeEvent.status == "failed")
+        if since is not None:
+            statement = statement.where(StripeEvent.received_at >= since)
+        return (await self._session.execute(statement)).scalars().all()
+
+
+def mark_done(event: StripeEvent, status: str) -> None:
+    event.status = status
+    event.attempts += 1
+    event.last_error = None
+    event.processed_at = utcnow()

@@ -1,0 +1,55 @@
+"""arq's enqueue for many jobs in one Redis round trip, for hot paths.
+
+`ArqRedis.enqueue_job` uses WATCH / EXISTS / MULTI (three round trips on a dedicated
+connection per job). This Lua script does the same atomically per job: nothing if a job or a
+result with the id exists, else the serialized job with its expiry and its place in the queue.
+The job is exactly what arq writes, so any arq worker runs it. A pipeline sends many at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from arq.connections import ArqRedis
+from arq.constants import default_queue_name, expires_extra_ms, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
+from redis.exceptions import NoScriptError
+
+_ENQUEUE_UNIQUE = """
+if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+_ENQUEUE_UNIQUE_SHA = hashlib.sha1(_ENQUEUE_UNIQUE.encode(), usedforsecurity=False).hexdigest()
+
+
+async def enqueue_unique_many(
+    redis: ArqRedis, function: str, jobs: Sequence[tuple[str, tuple[Any, ...]]]
+) -> list[bool]:
+    """Enqueue `function(*args)` as job `job_id` for each (job_id, args) unless that job exists.
+
+    Returns, per job, whether this call enqueued it.
+    """
+    if not jobs:
+        return []
+    try:
+        return await _send(redis, function, jobs)
+    except NoScriptError:
+        # First use on this Redis (or after a restart): load the script and send again.
+        await redis.script_load(_ENQUEUE_UNIQUE)
+        return await _send(redis, function, jobs)
+
+
+async def _send(redis: ArqRedis, function: str, jobs: Sequence[tuple[str, tuple[Any, ...]]]) -> list[bool]:
+    queue = redis.default_queue_name or default_queue_name
+    now = timestamp_ms()
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id, args in jobs:
+            job = serialize_job(function, args, {}, None, now, serializer=redis.job_serializer)
+            keys = [job_key_prefix + job_id, result_key_prefix + job_id, queue]
+            pipe.evalsha(_ENQUEUE_UNIQUE_SHA, len(keys), *keys, expires_extra_ms, job, now, job_id)  # type: ignore[arg-type]
+        return [bool(added) for added in await pipe.execute()]

@@ -1,0 +1,84 @@
+"""Webhook ingest (verify + persist + enqueue) against a no-op POST of the same app.
+
+Both run in one process on embedded PostgreSQL and Redis, through the same httpx client over
+ASGI, with the same concurrency, alternating rounds so load from elsewhere on the machine hits
+both alike. The ratio is ingest throughput / no-op throughput (goal >= 0.40).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+
+from app.main import create_app
+from bench.harness import WEBHOOK_SECRET, LoadResult, client_for, embedded_stack, load
+from tests.factories import sign_webhook
+
+GOAL = 0.40
+REQUESTS = 1500
+ROUNDS = 3
+CONCURRENCY = 32
+
+
+def signed_event() -> tuple[bytes, dict[str, str]]:
+    event: dict[str, Any] = {
+        "id": f"evt_{uuid.uuid4().hex}",
+        "object": "event",
+        "type": "invoice.paid",
+        "created": int(time.time()),
+        "api_version": "2026-10-28.endive",
+        "livemode": False,
+        "data": {
+            "object": {
+                "id": f"in_{uuid.uuid4().hex[:24]}",
+                "object": "invoice",
+                "customer": "cus_bench",
+                "status": "paid",
+                "amount_due": 2900,
+                "amount_paid": 2900,
+                "currency": "usd",
+                "lines": {"data": [{"id": "il_1", "amount": 2900, "currency": "usd"}]},
+            }
+        },
+    }
+    body, header = sign_webhook(orjson.dumps(event), secret=WEBHOOK_SECRET)
+    return body, {"Stripe-Signature": header}
+
+
+async def main() -> None:
+    async with embedded_stack() as settings:
+        app = create_app(settings)
+
+        @app.post("/bench/noop")
+        async def noop() -> dict[str, bool]:
+            return {"received": True}
+
+        async with client_for(app) as client:
+            sample, sample_headers = signed_event()
+            fresh: Iterator[tuple[bytes, dict[str, str]]] = iter([])
+
+            async def ingest() -> httpx.Response:
+                body, headers = next(fresh)
+                return await client.post("/webhooks/stripe", content=body, headers=headers)
+
+            async def no_op() -> httpx.Response:
+                return await client.post("/bench/noop", content=sample, headers=sample_headers)
+
+            rounds: list[tuple[LoadResult, LoadResult]] = []
+            for _ in range(ROUNDS):
+                # Each ingest request is a new, freshly signed event (warm-up included).
+                fresh = iter([signed_event() for _ in range(REQUESTS + 50)])
+                baseline = await load(no_op, concurrency=CONCURRENCY, requests=REQUESTS)
+                measured = await load(ingest, concurrency=CONCURRENCY, requests=REQUESTS)
+                rounds.append((baseline, measured))
+    baseline, measured = sorted(rounds, key=lambda r: r[1].throughput / r[0].throughput)[ROUNDS // 2]
+    ratio = measured.throughput / baseline.throughput
+    print(baseline.line("no-op POST"))
+    print(measured.line("webhook ingest"))
+    verdict = "meets" if ratio >= GOAL else "misses"
+    print(f"ratio ingest/no-op: {ratio:.2f}x ({verdict} the goal >= {GOAL:.2f}x; median of {ROUNDS} rounds)")

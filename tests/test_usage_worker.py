@@ -1,0 +1,263 @@
+"""Usage aggregation: metering -> usage_records per day -> Stripe meter events, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from arq import Retry
+from arq.connections import RedisSettings, create_pool
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.config import Settings
+from app.models import UsageRecord
+from app.usage.service import meter_event_identifier
+from app.worker.context import WorkerResources
+from app.worker.webhook_jobs import aggregate_usage, process_stripe_event
+from tests.billing_data import World, event, invoice_obj, make_world
+from tests.factories import sign_webhook
+
+Ctx = dict[str, Any]
+METERING = "http://metering.test"
+
+
+@pytest.fixture
+async def worker_ctx(settings: Settings, redis_url: str) -> AsyncIterator[Ctx]:
+    resources = WorkerResources.open(settings)
+    redis = await create_pool(RedisSettings.from_dsn(redis_url))
+    yield {"resources": resources, "redis": redis, "job_try": 1}
+    await redis.aclose()
+    await resources.close()
+
+
+class Metering:
+    """The metering service: `successful` calls per day, or down."""
+
+    def __init__(self, mock: respx.MockRouter) -> None:
+        self.down = False
+        self.route = mock.get(url__startswith=f"{METERING}/api/v1/usage/subscription/")
+        self.route.side_effect = self._answer
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            return httpx.Response(503)
+        day = date.fromisoformat(request.url.params["start"])
+        successful = 100 + day.day
+        return httpx.Response(
+            200,
+            json={
+                "subscription_id": request.url.path.rsplit("/", 1)[-1],
+                "period_start": request.url.params["start"],
+                "period_end": request.url.params["end"],
+                "summary": {"total_calls": successful + 3, "successful_calls": successful, "failed_calls": 3},
+                "recent_calls": [],
+            },
+        )
+
+
+def meter_event_api(accepted: dict[str, dict[str, Any]], fail_calls: set[int] | None = None) -> Any:
+    """Stripe's POST /v1/billing/meter_events, with its identifier de-duplication.
+
+    Calls whose (1-based) number is in `fail_calls` get a 500, as when Stripe has a bad moment.
+    """
+    calls = 0
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls in (fail_calls or set()):
+            return httpx.Response(500, json={"error": {"type": "api_error", "message": "try again"}})
+        form = httpx.QueryParams(request.content.decode())
+        identifier = form["identifier"]
+        if identifier in accepted:
+            message = f"An event with identifier {identifier} already exists"
+            return httpx.Response(400, json={"error": {"type": "invalid_request_error", "message": message}})
+        accepted[identifier] = {
+            "object": "billing.meter_event",
+            "event_name": form["event_name"],
+            "identifier": identifier,
+            "payload": {
+                "stripe_customer_id": form["payload[stripe_customer_id]"],
+                "value": form["payload[value]"],
+            },
+            "timestamp": int(form["timestamp"]),
+            "created": int(form["timestamp"]),
+            "livemode": False,
+        }
+        return httpx.Response(200, json=accepted[identifier])
+
+    return answer
+
+
+@pytest.fixture
+def stripe_and_metering(settings: Settings) -> Iterator[tuple[Metering, respx.Route]]:
+    with respx.mock(assert_all_called=False) as mock:
+        meter_events = mock.post(f"{settings.stripe_api_base}/v1/billing/meter_events")
+        meter_events.side_effect = meter_event_api({})
+        yield Metering(mock), meter_events
+
+
+def outcome(
+    *, recorded: int, reported: int, unavailable: int = 0, stripe_failures: int = 0
+) -> dict[str, int]:
+    return {
+        "recorded": recorded,
+        "reported": reported,
+        "unavailable": unavailable,
+        "stripe_failures": stripe_failures,
+    }
+
+
+async def records(engine: AsyncEngine) -> list[Any]:
+    async with engine.connect() as connection:
+        statement = select(UsageRecord).order_by(UsageRecord.window_start)
+        return list((await connection.execute(statement)).all())
+
+
+async def pay_per_use(engine: AsyncEngine, days_ago: int = 3) -> World:
+    return await make_world(
+        engine,
+        plan_type="pay_per_use",
+        monthly_amount=None,
+        price_per_call=Decimal("0.01"),
+        status="active",
+        started_at=datetime.now(UTC) - timedelta(days=days_ago),
+    )
+
+
+async def test_each_ended_day_is_recorded_and_reported_once(
+    worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
+) -> None:
+    _, meter_events = stripe_and_metering
+    world = await pay_per_use(engine)
+    first = await aggregate_usage(worker_ctx)
+    assert first == {"recorded": 3, "reported": 3, "unavailable": 0, "stripe_failures": 0}
+    rerun = await aggregate_usage(worker_ctx)
+    assert rerun == {"recorded": 0, "reported": 0, "unavailable": 0, "stripe_failures": 0}
+    assert meter_events.call_count == 3
+    today = datetime.now(UTC).date()
+    days = [today - timedelta(days=n) for n in (3, 2, 1)]
+    stored = await records(engine)
+    assert [r.window_start.date() for r in stored] == days
+    assert [r.quantity for r in stored] == [100 + d.day for d in days]
+    assert [r.meter_event_identifier for r in stored] == [
+        meter_event_identifier(world.subscription_id, d) for d in days
+    ]
+    assert all(r.reported_at is not None for r in stored)
+    sent = [httpx.QueryParams(call.request.content.decode()) for call in meter_events.calls]
+    assert [p["identifier"] for p in sent] == [r.meter_event_identifier for r in stored]
+    assert [p["payload[value]"] for p in sent] == [str(r.quantity) for r in stored]
+    assert {p["payload[stripe_customer_id]"] for p in sent} == {world.customer}
+
+
+async def test_metering_down_records_nothing_and_the_next_run_catches_up(
+    worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
+) -> None:
+    metering, meter_events = stripe_and_metering
+    await pay_per_use(engine)
+    metering.down = True
+    assert await aggregate_usage(worker_ctx) == {
+        "recorded": 0,
+        "reported": 0,
+        "unavailable": 1,
+        "stripe_failures": 0,
+    }
+    assert await records(engine) == []
+    metering.down = False
+    assert await aggregate_usage(worker_ctx) == {
+        "recorded": 3,
+        "reported": 3,
+        "unavailable": 0,
+        "stripe_failures": 0,
+    }
+    assert meter_events.call_count == 3
+
+
+async def test_two_workers_on_the_same_windows_record_and_report_once(
+    worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
+) -> None:
+    _, meter_events = stripe_and_metering
+    await pay_per_use(engine, days_ago=5)
+    results = await asyncio.gather(aggregate_usage(worker_ctx), aggregate_usage(worker_ctx))
+    assert sum(r["recorded"] for r in results) == 5
+    assert sum(r["reported"] for r in results) == 5
+    assert meter_events.call_count == 5
+    assert len(await records(engine)) == 5
+
+
+async def test_call_limited_subscription_is_recorded_but_not_sent_to_stripe(
+    worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
+) -> None:
+    _, meter_events = stripe_and_metering
+    await make_world(
+        engine, call_limit=1000, status="active", started_at=datetime.now(UTC) - timedelta(days=2)
+    )
+    await make_world(engine, status="active", started_at=datetime.now(UTC) - timedelta(days=2))
+    assert await aggregate_usage(worker_ctx) == {
+        "recorded": 2,
+        "reported": 0,
+        "unavailable": 0,
+        "stripe_failures": 0,
+    }
+    assert meter_events.call_count == 0
+    assert all(r.meter_event_identifier is None for r in await records(engine))
+
+
+async def test_on_demand_run_covers_only_the_given_subscription(
+    worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
+) -> None:
+    world = await pay_per_use(engine, days_ago=1)
+    await pay_per_use(engine, days_ago=1)
+    result = await aggregate_usage(worker_ctx, str(world.subscription_id))
+    assert result == {"recorded": 1, "reported": 1, "unavailable": 0, "stripe_failures": 0}
+    assert [r.subscription_id for r in await records(engine)] == [world.subscription_id]
+
+
+async def test_draft_invoice_waits_for_usage_until_metering_answers(
+    client: httpx.AsyncClient,
+    worker_ctx: Ctx,
+    engine: AsyncEngine,
+    stripe_and_metering: tuple[Metering, respx.Route],
+) -> None:
+    metering, meter_events = stripe_and_metering
+    world = await pay_per_use(engine, days_ago=2)
+    draft = invoice_obj(world, f"in_{uuid.uuid4().hex[:8]}", "draft", amount=0, period=(1, 2))
+    payload = event("invoice.created", draft, created=5)
+    body, header = sign_webhook(payload)
+    await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
+    metering.down = True
+    with pytest.raises(Retry):
+        await process_stripe_event(worker_ctx, payload["id"])
+    assert meter_events.call_count == 0
+    metering.down = False
+    assert await process_stripe_event({**worker_ctx, "job_try": 2}, payload["id"]) == "processed"
+    assert meter_events.call_count == 2
+    assert all(r.reported_at is not None for r in await records(engine))
+
+
+async def test_stripe_failing_mid_batch_then_recovering_reports_each_window_once(
+    worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
+) -> None:
+    accepted: dict[str, dict[str, Any]] = {}
+    with respx.mock(assert_all_called=False) as mock:
+        Metering(mock)
+        meter_events = mock.post(f"{settings.stripe_api_base}/v1/billing/meter_events")
+        meter_events.side_effect = meter_event_api(accepted, fail_calls={2})
+        await pay_per_use(engine)
+        first = await aggregate_usage(worker_ctx)
+        assert first == {"recorded": 3, "reported": 0, "unavailable": 0, "stripe_failures": 1}
+        assert all(r.reported_at is None for r in await records(engine))
+        second = await aggregate_usage(worker_ctx)
+        assert second == {"recorded": 0, "reported": 3, "unavailable": 0, "stripe_failures": 0}
+    assert sorted(accepted) == sorted(r.meter_event_identifier for r in await records(engine))
+    assert [e["payload"]["value"] for e in sorted(accepted.values(), key=lambda e: e["timestamp"])] == [
+        str(r.quantity) for r in await records(engine)
+    ]
