@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import metrics
 from app.config import Settings
 from app.db.base import Base
-from app.earnings.booking import split_commission
 from app.models import Consumer, Earning, Invoice, OutboxMessage, StripeEvent, Subscription
+from app.money import split_commission
 from app.webhooks.processor import MAX_ATTEMPTS
 from app.webhooks.replay import replay_events
 from app.worker.context import WorkerResources
@@ -418,3 +418,33 @@ async def test_processed_events_are_counted_by_type_and_outcome(
     before = count()
     await deliver(client, worker_ctx, event("charge.captured", {"id": "ch_1", "object": "charge"}, created=1))
     assert count() == before + 1
+
+
+async def test_an_invoice_mirrored_from_stripe_shows_its_lines_tax_and_pdf_to_its_consumer(
+    client: httpx.AsyncClient, engine: AsyncEngine, worker_ctx: Ctx, auth: Any
+) -> None:
+    world = await make_world(engine)
+    t0 = int(time.time()) - DAY
+    paid = invoice_obj(
+        world, f"in_v{world.stripe_subscription}", "paid", period=(t0, t0 + 30 * DAY), paid_at=t0
+    )
+    line = paid["lines"]["data"][0]
+    line["taxes"] = [{"amount": 290, "tax_behavior": "exclusive"}]
+    line["pricing"]["unit_amount_decimal"] = "2900"
+    paid["total_taxes"] = [{"amount": 290}]
+    paid["invoice_pdf"] = None
+    await deliver(client, worker_ctx, event("invoice.paid", paid, created=t0 + 5))
+
+    async with engine.connect() as connection:
+        user_id = (
+            await connection.execute(select(Consumer.user_id).filter_by(id=world.consumer_id))
+        ).scalar_one()
+        invoice_id = (await connection.execute(select(Invoice.id))).scalar_one()
+    headers = auth("consumer", user_id=user_id)
+    detail = (await client.get(f"/api/v1/invoices/{invoice_id}", headers=headers)).json()
+    assert detail["lines"][0]["tax"] == 290
+    assert detail["lines"][0]["amount"] == 2900
+    assert Decimal(str(detail["lines"][0]["unit_amount"])) == Decimal(2900)
+    download = (await client.get(f"/api/v1/invoices/{invoice_id}/download", headers=headers)).json()
+    pdf = await client.get(download["download_url"], headers=headers)
+    assert pdf.headers["content-type"] == "application/pdf"

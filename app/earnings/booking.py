@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
@@ -18,12 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.models import Api, Earning, Invoice, PricingPlan, PricingPlanVersion, Subscription
-
-
-def split_commission(gross: int, rate: Decimal) -> tuple[int, int]:
-    """(commission, net) of `gross` minor units at `rate`; commission rounded half-up."""
-    commission = int((Decimal(gross) * rate).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-    return commission, gross - commission
+from app.money import split_commission
 
 
 async def book_invoice_earnings(session: AsyncSession, invoice: Invoice, rate: Decimal) -> int:

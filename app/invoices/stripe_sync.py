@@ -14,7 +14,9 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.invoices.lines import stored_line
 from app.models import Consumer, Invoice, Subscription
+from app.stripe.invoices import StripeInvoiceLine
 
 # How far along its life an invoice is; a snapshot never moves it to a lower rank.
 STATUS_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
@@ -36,23 +38,17 @@ def invoice_subscription_id(obj: dict[str, Any]) -> str | None:
     return _id(obj.get("subscription")) or _id(details.get("subscription"))
 
 
-def _line(line: dict[str, Any]) -> dict[str, Any]:
-    """A line in our shape, read from either API generation."""
+def _line(line: dict[str, Any], currency: str) -> dict[str, Any]:
+    """A line in the one shape the invoice API, the PDF and the earnings booking all read
+    (`stored_line`), plus what the booking needs: the price, discounts, the subscription."""
     pricing = (line.get("pricing") or {}).get("price_details") or {}
     parent = (line.get("parent") or {}).get("subscription_item_details") or {}
-    period = line.get("period") or {}
     discounts = sum(int(d.get("amount", 0)) for d in line.get("discount_amounts") or [])
-    return {
+    return stored_line(StripeInvoiceLine.from_payload(line, currency)) | {
         "id": line.get("id"),
-        "description": line.get("description"),
-        "amount": int(line.get("amount") or 0),
         "discount": discounts,
-        "currency": line.get("currency"),
-        "quantity": line.get("quantity"),
         "price_id": _id(line.get("price")) or _id(pricing.get("price")) or _id(line.get("plan")),
         "subscription": _id(line.get("subscription")) or _id(parent.get("subscription")),
-        "period_start": period.get("start"),
-        "period_end": period.get("end"),
     }
 
 
@@ -119,7 +115,7 @@ async def sync_invoice(session: AsyncSession, obj: dict[str, Any], *, observed_a
     invoice.paid_at = _ts(transitions.get("paid_at")) or invoice.paid_at
     invoice.invoice_pdf = obj.get("invoice_pdf") or invoice.invoice_pdf
     invoice.hosted_invoice_url = obj.get("hosted_invoice_url") or invoice.hosted_invoice_url
-    invoice.lines = [_line(line) for line in (obj.get("lines") or {}).get("data") or []]
+    invoice.lines = [_line(line, invoice.currency) for line in (obj.get("lines") or {}).get("data") or []]
     if invoice.status == "paid" and invoice.paid_at is None:
         invoice.paid_at = datetime.fromtimestamp(observed_at, tz=UTC)
     return invoice
