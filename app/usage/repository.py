@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.base import utcnow
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription, UsageRecord
 from app.models.subscription import LIVE_STATUSES
 
@@ -35,6 +35,31 @@ class Unreported:
     quantity: int
     identifier: str
     window_end: datetime
+
+
+_RECORD_COLUMNS = (
+    "id",
+    "subscription_id",
+    "window_start",
+    "window_end",
+    "quantity",
+    "successful_calls",
+    "failed_calls",
+    "meter_event_identifier",
+)
+# No conflict target: a concurrent run may collide on the window or on its identifier (the same thing).
+_INSERT_RECORDS = text(
+    """
+    INSERT INTO usage_records (id, subscription_id, window_start, window_end, quantity,
+                               successful_calls, failed_calls, meter_event_identifier, created_at)
+    SELECT *, :created_at
+    FROM unnest(CAST(:id AS uuid[]), CAST(:subscription_id AS uuid[]),
+                CAST(:window_start AS timestamptz[]), CAST(:window_end AS timestamptz[]),
+                CAST(:quantity AS int[]), CAST(:successful_calls AS int[]), CAST(:failed_calls AS int[]),
+                CAST(:meter_event_identifier AS text[]))
+    ON CONFLICT DO NOTHING
+    """
+)
 
 
 class UsageRepository:
@@ -91,17 +116,17 @@ class UsageRepository:
         ]
 
     async def insert_records(self, rows: list[dict[str, Any]]) -> int:
-        """Insert the windows not yet recorded (a rerun adds nothing); returns how many were new."""
+        """Insert the windows not yet recorded (a rerun adds nothing); returns how many were new.
+
+        One statement per batch whatever its size: the rows travel as one array per column and
+        are unnested by PostgreSQL (a VALUES list costs a bound parameter per cell).
+        """
         if not rows:
             return 0
-        statement = (
-            insert(UsageRecord)
-            .values(rows)
-            # No target: a concurrent run may collide on the window or on its identifier (the same thing).
-            .on_conflict_do_nothing()
-            .returning(UsageRecord.id)
-        )
-        return len((await self._session.execute(statement)).scalars().all())
+        params: dict[str, Any] = {name: [row[name] for row in rows] for name in _RECORD_COLUMNS}
+        params["created_at"] = utcnow()
+        result = await self._session.execute(_INSERT_RECORDS, params)
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
     async def claim_unreported(self, subscription_ids: Sequence[uuid.UUID]) -> list[Unreported]:
         """Pay-per-use windows not yet sent to Stripe, locked (SKIP LOCKED) for this transaction."""
