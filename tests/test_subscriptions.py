@@ -337,8 +337,30 @@ async def test_usage_combines_records_with_the_live_count(
     body = response.json()
     assert (body["total_calls"], body["successful_calls"], body["failed_calls"]) == (42, 40, 2)
     assert (body["call_limit"], body["remaining_calls"]) == (100, 58)
+    assert body["over_limit"] is False
     assert body["live"] is True
     assert (body["estimated_amount"], body["currency"]) == (0, "usd")
+
+
+async def test_usage_over_the_call_limit_says_so(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+) -> None:
+    plan = await create_plan(client, auth("creator"), new_api_id(), type="free", call_limit=100)
+    headers = auth("consumer")
+    await register(client, headers)
+    created = (await subscribe(client, headers, plan)).json()
+    with respx.mock(assert_all_called=True) as mock:
+        mock.get(url__regex=rf"http://metering\.test/api/v1/usage/subscription/{created['id']}.*").respond(
+            200,
+            json={
+                "subscription_id": created["id"],
+                "summary": {"total_calls": 101, "successful_calls": 101, "failed_calls": 0},
+                "recent_calls": [],
+            },
+        )
+        response = await client.get(f"/api/v1/subscriptions/{created['id']}/usage", headers=headers)
+    body = response.json()
+    assert (body["total_calls"], body["remaining_calls"], body["over_limit"]) == (101, 0, True)
 
 
 async def test_usage_answers_from_records_when_metering_is_down(

@@ -14,11 +14,12 @@ import pytest
 import respx
 from arq import Retry
 from arq.connections import RedisSettings, create_pool
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from app.models import UsageRecord
+from app.models import JobRun, OutboxMessage, Subscription, UsageRecord
+from app.subscriptions.service import add_months
 from app.usage.service import meter_event_identifier
 from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import aggregate_usage, process_stripe_event
@@ -261,3 +262,74 @@ async def test_stripe_failing_mid_batch_then_recovering_reports_each_window_once
     assert [e["payload"]["value"] for e in sorted(accepted.values(), key=lambda e: e["timestamp"])] == [
         str(r.quantity) for r in await records(engine)
     ]
+
+
+async def notifications(engine: AsyncEngine, topic: str) -> list[dict[str, Any]]:
+    async with engine.connect() as connection:
+        statement = select(OutboxMessage.payload).where(OutboxMessage.kind == "notify")
+        return [p for (p,) in (await connection.execute(statement)).all() if p["topic"] == topic]
+
+
+async def test_going_over_the_call_limit_is_flagged_once_per_period(
+    worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
+) -> None:
+    started = datetime.now(UTC) - timedelta(days=3)
+    world = await make_world(engine, call_limit=150, status="active", started_at=started)
+    await make_world(engine, call_limit=100_000, status="active", started_at=started)
+    await asyncio.gather(aggregate_usage(worker_ctx), aggregate_usage(worker_ctx))
+    await aggregate_usage(worker_ctx)
+    flagged = await notifications(engine, "quota_overrun")
+    # The first (partial) day starts before the period does, so two whole days count.
+    counted = [r.quantity for r in await records(engine) if r.subscription_id == world.subscription_id][1:]
+    assert flagged == [
+        {
+            "topic": "quota_overrun",
+            "consumer_id": str(world.consumer_id),
+            "period_start": started.isoformat(),
+            "period_end": add_months(started, 1).isoformat(),
+            "recorded_calls": sum(counted),
+            "call_limit": 150,
+        }
+    ]
+    async with engine.connect() as connection:
+        claims = (await connection.execute(select(JobRun).where(JobRun.job == "quota_overrun"))).all()
+    assert [(c.subject, c.period) for c in claims] == [(str(world.subscription_id), started.isoformat())]
+
+
+async def test_a_new_period_over_the_limit_is_flagged_again(
+    worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
+) -> None:
+    world = await make_world(
+        engine, call_limit=50, status="active", started_at=datetime.now(UTC) - timedelta(days=4)
+    )
+    midnight = datetime.combine(datetime.now(UTC).date(), datetime.min.time(), tzinfo=UTC)
+    for period_start in (midnight - timedelta(days=4), midnight - timedelta(days=2)):
+        async with engine.begin() as connection:
+            await connection.execute(
+                update(Subscription)
+                .where(Subscription.id == world.subscription_id)
+                .values(
+                    current_period_start=period_start, current_period_end=period_start + timedelta(days=30)
+                )
+            )
+        await aggregate_usage(worker_ctx)
+        await aggregate_usage(worker_ctx)
+    flagged = await notifications(engine, "quota_overrun")
+    assert [f["period_start"] for f in flagged] == [
+        (midnight - timedelta(days=4)).isoformat(),
+        (midnight - timedelta(days=2)).isoformat(),
+    ]
+    assert [f["recorded_calls"] for f in flagged] == [
+        sum(100 + (midnight - timedelta(days=n)).day for n in (4, 3, 2, 1)),
+        sum(100 + (midnight - timedelta(days=n)).day for n in (2, 1)),
+    ]
+
+
+async def test_usage_within_the_call_limit_is_not_flagged(
+    worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
+) -> None:
+    await make_world(
+        engine, call_limit=1000, status="active", started_at=datetime.now(UTC) - timedelta(days=3)
+    )
+    await aggregate_usage(worker_ctx)
+    assert await notifications(engine, "quota_overrun") == []

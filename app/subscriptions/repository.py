@@ -52,6 +52,16 @@ _PAGE_STATEMENTS = {
     for after in (False, True)
 }
 
+_RECORDED_USAGE = select(
+    func.coalesce(func.sum(UsageRecord.quantity), 0),
+    func.coalesce(func.sum(UsageRecord.successful_calls), 0),
+    func.coalesce(func.sum(UsageRecord.failed_calls), 0),
+).where(
+    UsageRecord.subscription_id == bindparam("subscription_id"),
+    UsageRecord.window_start >= bindparam("start"),
+    UsageRecord.window_start < bindparam("end"),
+)
+
 
 class SubscriptionRepository:
     def __init__(self, session: AsyncSession) -> None:
@@ -99,17 +109,15 @@ class SubscriptionRepository:
     async def recorded_usage(
         self, subscription_id: uuid.UUID, start: datetime, end: datetime
     ) -> tuple[int, int, int]:
-        """Sums of the usage records whose window starts inside [start, end)."""
-        statement = select(
-            func.coalesce(func.sum(UsageRecord.quantity), 0),
-            func.coalesce(func.sum(UsageRecord.successful_calls), 0),
-            func.coalesce(func.sum(UsageRecord.failed_calls), 0),
-        ).where(
-            UsageRecord.subscription_id == subscription_id,
-            UsageRecord.window_start >= start,
-            UsageRecord.window_start < end,
-        )
-        total, successful, failed = (await self._session.execute(statement)).one()
+        """Sums of the usage records whose window starts inside [start, end).
+
+        A statement built once, run on the session's connection without the ORM's execution
+        layer: the sum itself reads a few rows of the (subscription_id, window_start) index, so
+        building and compiling the statement per call cost several times the query.
+        """
+        params = {"subscription_id": subscription_id, "start": start, "end": end}
+        connection = await self._session.connection()
+        total, successful, failed = (await connection.execute(_RECORDED_USAGE, params)).one()
         return int(total), int(successful), int(failed)
 
     def add(self, subscription: Subscription) -> None:

@@ -88,3 +88,5 @@ class UsageOut(BaseModel):
     currency: str
     # False when the metering service did not answer: the counts are then our stored records only.
     live: bool
+    # Beyond the contract: the period's calls exceed the plan's call limit.
+    over_limit: bool

@@ -89,6 +89,15 @@ def monthly_window(anchor: datetime, now: datetime) -> tuple[datetime, datetime]
     return start, add_months(anchor, months + 1)
 
 
+def usage_period(
+    current_start: datetime | None, current_end: datetime | None, started_at: datetime, now: datetime
+) -> tuple[datetime, datetime]:
+    """The period whose usage counts now: Stripe's current period, or else a monthly one."""
+    if current_start is None or current_end is None or not current_start <= now < current_end:
+        return monthly_window(current_start or started_at, now)
+    return current_start, current_end
+
+
 def encode_cursor(subscription: Subscription) -> str:
     raw = f"{subscription.created_at.isoformat()}|{subscription.id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -316,9 +325,9 @@ class SubscriptionService:
         subscription = await self._owned(principal, subscription_id)
         plan, version = await self._held(subscription)
         now = datetime.now(UTC)
-        start, end = subscription.current_period_start, subscription.current_period_end
-        if start is None or end is None or not start <= now < end:
-            start, end = monthly_window(start or subscription.started_at, now)
+        start, end = usage_period(
+            subscription.current_period_start, subscription.current_period_end, subscription.started_at, now
+        )
         counts = await self._repo.recorded_usage(subscription.id, start, end)
         live = True
         try:
@@ -344,6 +353,7 @@ class SubscriptionService:
             estimated_amount=self._estimate(plan, version, total),
             currency=version.currency,
             live=live,
+            over_limit=limit is not None and total > limit,
         )
 
     # -- helpers ------------------------------------------------------------------------------

@@ -24,6 +24,9 @@ class MeteredSubscription:
     stripe_customer_id: str | None
     started_at: datetime
     last_window_start: datetime | None
+    call_limit: int | None
+    current_period_start: datetime | None
+    current_period_end: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,17 @@ _INSERT_RECORDS = text(
     """
 )
 
+_PERIOD_CALLS = text(
+    """
+    SELECT p.subscription_id, coalesce(sum(r.quantity), 0)
+    FROM unnest(CAST(:subscription_id AS uuid[]), CAST(:start AS timestamptz[]),
+                CAST(:end AS timestamptz[])) AS p(subscription_id, period_start, period_end)
+    JOIN usage_records r ON r.subscription_id = p.subscription_id
+                        AND r.window_start >= p.period_start AND r.window_start < p.period_end
+    GROUP BY p.subscription_id
+    """
+)
+
 
 class UsageRepository:
     def __init__(self, session: AsyncSession) -> None:
@@ -83,6 +97,9 @@ class UsageRepository:
                 Consumer.stripe_customer_id,
                 Subscription.started_at,
                 last_window,
+                PricingPlanVersion.call_limit,
+                Subscription.current_period_start,
+                Subscription.current_period_end,
             )
             .join(PricingPlan, PricingPlan.id == Subscription.pricing_plan_id)
             .join(
@@ -111,6 +128,9 @@ class UsageRepository:
                 stripe_customer_id=row[3],
                 started_at=row[4],
                 last_window_start=row[5],
+                call_limit=row[6],
+                current_period_start=row[7],
+                current_period_end=row[8],
             )
             for row in rows
         ]
@@ -127,6 +147,26 @@ class UsageRepository:
         params["created_at"] = utcnow()
         result = await self._session.execute(_INSERT_RECORDS, params)
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+    async def period_calls(
+        self, periods: Sequence[tuple[uuid.UUID, datetime, datetime]]
+    ) -> dict[uuid.UUID, int]:
+        """Recorded calls (quantity) per subscription in its own [start, end), one query for all."""
+        if not periods:
+            return {}
+        params = {
+            "subscription_id": [p[0] for p in periods],
+            "start": [p[1] for p in periods],
+            "end": [p[2] for p in periods],
+        }
+        rows = await self._session.execute(_PERIOD_CALLS, params)
+        return {row[0]: int(row[1]) for row in rows}
+
+    async def subscriptions(self, ids: Sequence[uuid.UUID]) -> list[Subscription]:
+        if not ids:
+            return []
+        statement = select(Subscription).where(Subscription.id.in_(ids)).order_by(Subscription.id)
+        return list((await self._session.execute(statement)).scalars().all())
 
     async def claim_unreported(self, subscription_ids: Sequence[uuid.UUID]) -> list[Unreported]:
         """Pay-per-use windows not yet sent to Stripe, locked (SKIP LOCKED) for this transaction."""

@@ -26,9 +26,12 @@ from app.config import Settings
 from app.db.base import utcnow
 from app.errors import DomainError
 from app.integrations.metering import MeteringClient, MeteringUnavailable
+from app.outbox.service import Outbox
 from app.plans.service import meter_event_name
 from app.stripe import StripeGateway
+from app.subscriptions.service import usage_period
 from app.usage.repository import MeteredSubscription, UsageRepository
+from app.worker.periods import claim_period
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ BATCH_SIZE = 100
 # Stripe accepts meter events up to 35 days old; older windows are not fetched.
 MAX_BACKFILL_DAYS = 35
 METERING_CONCURRENCY = 8
+QUOTA_JOB = "quota_overrun"
 
 
 def meter_event_identifier(subscription_id: uuid.UUID, day: date) -> str:
@@ -53,6 +57,8 @@ class UsageRun:
     unavailable: list[uuid.UUID] = field(default_factory=list)
     # Batches whose meter events Stripe refused or could not take; they go again next run.
     stripe_failures: int = 0
+    # Subscriptions newly flagged over their plan's call limit in their current period.
+    over_limit: int = 0
 
 
 class UsageService:
@@ -84,6 +90,7 @@ class UsageService:
                 return run
             await self._record(batch, today, run)
             await self._report([s.id for s in batch if s.pay_per_use], run)
+            await self._flag_overruns([s for s in batch if s.call_limit is not None], utcnow(), run)
             after = batch[-1].id
 
     async def _record(self, batch: list[MeteredSubscription], today: date, run: UsageRun) -> None:
@@ -150,3 +157,33 @@ class UsageService:
             run.stripe_failures += 1
             return
         run.reported += len(claimed)
+
+    async def _flag_overruns(self, batch: list[MeteredSubscription], now: datetime, run: UsageRun) -> None:
+        """Flag, once per (subscription, period), the recorded calls going over the call limit:
+        a claimed `job_runs` row and an outbound `quota_overrun` notification, in one transaction."""
+        periods = {
+            s.id: usage_period(s.current_period_start, s.current_period_end, s.started_at, now) for s in batch
+        }
+        limits = {s.id: s.call_limit for s in batch if s.call_limit is not None}
+        async with self._sessionmaker.begin() as session:
+            repo = UsageRepository(session)
+            calls = await repo.period_calls([(id_, *period) for id_, period in periods.items()])
+            over = [id_ for id_, count in calls.items() if id_ in limits and count > limits[id_]]
+            outbox = Outbox(session, None)
+            for subscription in await repo.subscriptions(over):
+                start, end = periods[subscription.id]
+                if not await claim_period(session, QUOTA_JOB, str(subscription.id), start.isoformat()):
+                    continue
+                await outbox.notify(
+                    subscription,
+                    "quota_overrun",
+                    f"{subscription.id}:{start.isoformat()}",
+                    {
+                        "consumer_id": str(subscription.consumer_id),
+                        "period_start": start.isoformat(),
+                        "period_end": end.isoformat(),
+                        "recorded_calls": calls[subscription.id],
+                        "call_limit": limits[subscription.id],
+                    },
+                )
+                run.over_limit += 1
