@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -240,6 +240,80 @@ def webhooks_replay(
     summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(result.outcomes.items()))
     typer.echo(f"replayed {result.total} events" + (f": {summary}" if summary else ""))
     if result.outcomes.get("failed"):
+        raise typer.Exit(1)
+
+
+usage = typer.Typer(no_args_is_help=True, help="Recorded API usage.")
+cli.add_typer(usage, name="usage")
+
+
+def _day(option: str, value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        typer.echo(f"billing: {option} must be a day as YYYY-MM-DD, not {value!r}", err=True)
+        raise typer.Exit(2) from None
+
+
+@usage.command("backfill")
+def usage_backfill(
+    first: Annotated[str, typer.Option("--from", help="First day, YYYY-MM-DD (UTC)")],
+    last: Annotated[str, typer.Option("--to", help="Last day, YYYY-MM-DD (UTC), included")],
+    subscription: Annotated[
+        str | None, typer.Option("--subscription", help="Only this subscription id")
+    ] = None,
+) -> None:
+    """Pull those days' counts from metering again, record the missing windows, report pay-per-use usage."""
+    import asyncio
+    import uuid
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from app.db.base import utcnow
+    from app.errors import DomainError
+    from app.usage.backfill import run_backfill
+    from app.usage.service import check_backfill_range
+
+    start, end = _day("--from", first), _day("--to", last)
+    try:
+        subscription_id = uuid.UUID(subscription) if subscription is not None else None
+        check_backfill_range(start, end, utcnow().date())
+    except ValueError:
+        typer.echo(f"billing: --subscription must be a subscription id, not {subscription!r}", err=True)
+        raise typer.Exit(2) from None
+    except DomainError as exc:
+        typer.echo(f"billing: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    settings = settings_or_exit()
+    columns = (TextColumn("subscriptions"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        task = progress.add_task("backfill", total=None)
+        run = asyncio.run(
+            run_backfill(
+                settings,
+                start,
+                end,
+                subscription_id=subscription_id,
+                on_start=lambda total: progress.update(task, total=total),
+                on_batch=lambda done: progress.advance(task, done),
+            )
+        )
+    table = Table(title=f"billing usage backfill {start} .. {end}")
+    for column in ("days", "subscriptions", "windows written", "windows already present", "reported"):
+        table.add_column(column)
+    days = (end - start).days + 1
+    present = run.fetched - run.recorded
+    table.add_row(str(days), str(run.subscriptions), str(run.recorded), str(present), str(run.reported))
+    Console().print(table)
+    if run.unavailable:
+        typer.echo(
+            f"metering did not answer for {len(run.unavailable)} subscriptions: run again later", err=True
+        )
+    if run.stripe_failures:
+        typer.echo("Stripe refused some meter events: the worker reports them on its next run", err=True)
+    if run.unavailable or run.stripe_failures:
         raise typer.Exit(1)
 
 

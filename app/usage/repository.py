@@ -6,14 +6,16 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVarTuple
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import Select, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription, UsageRecord
 from app.models.subscription import LIVE_STATUSES
+
+_Ts = TypeVarTuple("_Ts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,26 @@ _PERIOD_CALLS = text(
 )
 
 
+def _metered(statement: Select[*_Ts], only: Sequence[uuid.UUID] | None) -> Select[*_Ts]:
+    """Only live subscriptions on a pay-per-use plan or a plan version with a call limit."""
+    statement = (
+        statement.join(PricingPlan, PricingPlan.id == Subscription.pricing_plan_id)
+        .join(
+            PricingPlanVersion,
+            (PricingPlanVersion.plan_id == Subscription.pricing_plan_id)
+            & (PricingPlanVersion.version == Subscription.plan_version),
+        )
+        .join(Consumer, Consumer.id == Subscription.consumer_id)
+        .where(
+            Subscription.status.in_(LIVE_STATUSES),
+            or_(PricingPlan.type == "pay_per_use", PricingPlanVersion.call_limit.is_not(None)),
+        )
+    )
+    if only is not None:
+        statement = statement.where(Subscription.id.in_(only))
+    return statement
+
+
 class UsageRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -89,7 +111,7 @@ class UsageRepository:
             .where(UsageRecord.subscription_id == Subscription.id)
             .scalar_subquery()
         )
-        statement = (
+        statement = _metered(
             select(
                 Subscription.id,
                 Subscription.api_id,
@@ -100,25 +122,12 @@ class UsageRepository:
                 PricingPlanVersion.call_limit,
                 Subscription.current_period_start,
                 Subscription.current_period_end,
-            )
-            .join(PricingPlan, PricingPlan.id == Subscription.pricing_plan_id)
-            .join(
-                PricingPlanVersion,
-                (PricingPlanVersion.plan_id == Subscription.pricing_plan_id)
-                & (PricingPlanVersion.version == Subscription.plan_version),
-            )
-            .join(Consumer, Consumer.id == Subscription.consumer_id)
-            .where(
-                Subscription.status.in_(LIVE_STATUSES),
-                or_(PricingPlan.type == "pay_per_use", PricingPlanVersion.call_limit.is_not(None)),
-            )
-            .order_by(Subscription.id)
-            .limit(limit)
+            ),
+            only,
         )
+        statement = statement.order_by(Subscription.id).limit(limit)
         if after is not None:
             statement = statement.where(Subscription.id > after)
-        if only is not None:
-            statement = statement.where(Subscription.id.in_(only))
         rows = (await self._session.execute(statement)).all()
         return [
             MeteredSubscription(
@@ -134,6 +143,10 @@ class UsageRepository:
             )
             for row in rows
         ]
+
+    async def count_metered(self, *, only: Sequence[uuid.UUID] | None = None) -> int:
+        statement = _metered(select(func.count()).select_from(Subscription), only)
+        return int((await self._session.execute(statement)).scalar_one())
 
     async def insert_records(self, rows: list[dict[str, Any]]) -> int:
         """Insert the windows not yet recorded (a rerun adds nothing); returns how many were new.

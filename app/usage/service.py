@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db.base import utcnow
-from app.errors import DomainError
+from app.errors import BadRequest, DomainError
 from app.integrations.metering import MeteringClient, MeteringUnavailable
 from app.outbox.service import Outbox
 from app.plans.service import meter_event_name
@@ -50,9 +50,29 @@ def day_start(day: date) -> datetime:
     return datetime.combine(day, time.min, tzinfo=UTC)
 
 
+class BadBackfillRange(BadRequest):
+    pass
+
+
+def check_backfill_range(first: date, last: date, today: date) -> None:
+    """Only ended days Stripe still takes meter events for (the last 35) can be backfilled."""
+    if first > last:
+        raise BadBackfillRange(f"--from {first} is after --to {last}")
+    if last >= today:
+        raise BadBackfillRange(f"--to must be a day that has ended (before {today})")
+    oldest = today - timedelta(days=MAX_BACKFILL_DAYS)
+    if first < oldest:
+        raise BadBackfillRange(
+            f"--from must be {oldest} or later: Stripe takes meter events up to {MAX_BACKFILL_DAYS} days old"
+        )
+
+
 @dataclass
 class UsageRun:
+    # Windows pulled from the metering service, and those of them newly recorded.
+    fetched: int = 0
     recorded: int = 0
+    subscriptions: int = 0
     reported: int = 0
     unavailable: list[uuid.UUID] = field(default_factory=list)
     # Batches whose meter events Stripe refused or could not take; they go again next run.
@@ -79,6 +99,48 @@ class UsageService:
         """Record and report every ended day not yet recorded, for all metered subscriptions
         (or `only` these), batch by batch; safe to run concurrently and to rerun."""
         today = today or utcnow().date()
+        oldest = today - timedelta(days=MAX_BACKFILL_DAYS)
+
+        def days(subscription: MeteredSubscription) -> tuple[date, date]:
+            first = subscription.started_at.astimezone(UTC).date()
+            if subscription.last_window_start is not None:
+                first = subscription.last_window_start.astimezone(UTC).date() + timedelta(days=1)
+            return max(first, oldest), today - timedelta(days=1)
+
+        return await self._run(days, only=only)
+
+    async def backfill(
+        self,
+        first: date,
+        last: date,
+        *,
+        only: Sequence[uuid.UUID] | None = None,
+        today: date | None = None,
+        on_start: Callable[[int], None] | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> UsageRun:
+        """Pull the days first..last again for the metered subscriptions (or `only` these) and
+        record the windows missing (those present are kept: a window's count is final), then
+        report pay-per-use usage as the worker does. `on_start` gets how many subscriptions
+        there are, `on_batch` how many a finished batch held."""
+        today = today or utcnow().date()
+        check_backfill_range(first, last, today)
+        if on_start is not None:
+            async with self._sessionmaker() as session:
+                on_start(await UsageRepository(session).count_metered(only=only))
+
+        def days(subscription: MeteredSubscription) -> tuple[date, date]:
+            return max(first, subscription.started_at.astimezone(UTC).date()), last
+
+        return await self._run(days, only=only, on_batch=on_batch)
+
+    async def _run(
+        self,
+        days: Callable[[MeteredSubscription], tuple[date, date]],
+        *,
+        only: Sequence[uuid.UUID] | None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> UsageRun:
         run = UsageRun()
         after: uuid.UUID | None = None
         while True:
@@ -88,22 +150,26 @@ class UsageService:
                 )
             if not batch:
                 return run
-            await self._record(batch, today, run)
+            await self._record(batch, days, run)
             await self._report([s.id for s in batch if s.pay_per_use], run)
             await self._flag_overruns([s for s in batch if s.call_limit is not None], utcnow(), run)
+            run.subscriptions += len(batch)
+            if on_batch is not None:
+                on_batch(len(batch))
             after = batch[-1].id
 
-    async def _record(self, batch: list[MeteredSubscription], today: date, run: UsageRun) -> None:
+    async def _record(
+        self,
+        batch: list[MeteredSubscription],
+        days: Callable[[MeteredSubscription], tuple[date, date]],
+        run: UsageRun,
+    ) -> None:
         gate = asyncio.Semaphore(METERING_CONCURRENCY)
 
         async def windows_of(subscription: MeteredSubscription) -> list[dict[str, Any]]:
-            first = subscription.started_at.astimezone(UTC).date()
-            if subscription.last_window_start is not None:
-                first = subscription.last_window_start.astimezone(UTC).date() + timedelta(days=1)
-            first = max(first, today - timedelta(days=MAX_BACKFILL_DAYS))
+            day, last = days(subscription)
             rows: list[dict[str, Any]] = []
-            day = first
-            while day < today:
+            while day <= last:
                 try:
                     async with gate:
                         usage = await self._metering.subscription_usage(subscription.id, day, day)
@@ -132,6 +198,7 @@ class UsageService:
 
         per_subscription = await asyncio.gather(*(windows_of(s) for s in batch))
         rows = [row for rows in per_subscription for row in rows]
+        run.fetched += len(rows)
         async with self._sessionmaker.begin() as session:
             run.recorded += await UsageRepository(session).insert_records(rows)
 
