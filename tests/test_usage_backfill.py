@@ -10,10 +10,9 @@ from decimal import Decimal
 import httpx
 import pytest
 import respx
-from click.testing import Result
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from app import cli as cli_module
 from app.config import Settings
@@ -35,8 +34,9 @@ def services(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[tu
 
 async def backfill(*args: str) -> Result:
     """The command in-process (in a thread: it runs its own event loop), on a wide terminal."""
+    runner = CliRunner()
     return await asyncio.to_thread(
-        CliRunner().invoke, cli_module.cli, ["usage", "backfill", *args], env={"COLUMNS": "200"}
+        lambda: runner.invoke(cli_module.cli, ["usage", "backfill", *args], env={"COLUMNS": "200"})
     )
 
 
