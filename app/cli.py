@@ -307,6 +307,9 @@ def usage_backfill(
     present = run.fetched - run.recorded
     table.add_row(str(days), str(run.subscriptions), str(run.recorded), str(present), str(run.reported))
     Console().print(table)
+    if subscription_id is not None and run.subscriptions == 0:
+        typer.echo(f"subscription {subscription_id} is not a live pay-per-use or call-limited one", err=True)
+        raise typer.Exit(1)
     if run.unavailable:
         typer.echo(
             f"metering did not answer for {len(run.unavailable)} subscriptions: run again later", err=True

@@ -107,6 +107,17 @@ async def test_backfill_of_one_subscription_leaves_the_others_alone(
     assert await days_recorded(engine, other) == []
 
 
+async def test_backfill_of_a_subscription_that_is_not_metered_says_so(
+    engine: AsyncEngine, services: tuple[Metering, respx.Route]
+) -> None:
+    flat = await make_world(engine, status="active", started_at=datetime.now(UTC) - timedelta(days=3))
+    day = str(TODAY - timedelta(days=1))
+    result = await backfill("--from", day, "--to", day, "--subscription", str(flat.subscription_id))
+    assert result.exit_code == 1
+    assert summary(result) == [1, 0, 0, 0, 0]
+    assert "is not a live pay-per-use or call-limited one" in result.output
+
+
 async def test_backfill_with_metering_down_records_nothing_and_exits_1(
     engine: AsyncEngine, services: tuple[Metering, respx.Route]
 ) -> None:

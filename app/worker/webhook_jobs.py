@@ -72,6 +72,8 @@ async def aggregate_usage(ctx: dict[str, Any], subscription_id: str | None = Non
     run = await UsageService(res.sessionmaker, res.stripe, res.settings, res.http).aggregate(only=only)
     if run.unavailable:
         log.warning("metering unavailable", extra={"subscriptions": len(run.unavailable)})
+    if run.over_limit:
+        log.info("quota overruns flagged", extra={"subscriptions": run.over_limit})
     return {
         "recorded": run.recorded,
         "reported": run.reported,
