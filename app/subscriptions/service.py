@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import base64
-import binascii
 import calendar
 import time
 import uuid
@@ -18,6 +16,7 @@ from app.integrations.metering import MeteringClient, MeteringUnavailable
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription
 from app.money import exponent
 from app.outbox.service import Outbox
+from app.pagination import decode_cursor, encode_cursor
 from app.payment_methods.service import PaymentMethodService
 from app.plans.repository import PlanRepository
 from app.plans.service import plan_out
@@ -87,23 +86,6 @@ def monthly_window(anchor: datetime, now: datetime) -> tuple[datetime, datetime]
         months -= 1
         start = add_months(anchor, months)
     return start, add_months(anchor, months + 1)
-
-
-def encode_cursor(subscription: Subscription) -> str:
-    raw = f"{subscription.created_at.isoformat()}|{subscription.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created_at, last_id = raw.split("|")
-        parsed = datetime.fromisoformat(created_at)
-        if parsed.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return parsed, uuid.UUID(last_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidField("cursor", "not a cursor from a previous page") from None
 
 
 class SubscriptionService:
