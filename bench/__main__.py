@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import pkgutil
 import sys
 from pathlib import Path
@@ -20,7 +21,9 @@ def main() -> None:
     for name in names:
         module = importlib.import_module(f"bench.{name}")
         print(f"== bench.{name}", flush=True)
-        asyncio.run(module.main())
+        outcome = module.main()
+        if inspect.iscoroutine(outcome):
+            asyncio.run(outcome)
 
 
 if __name__ == "__main__":
