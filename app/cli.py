@@ -188,7 +188,9 @@ def sync(
         except DomainError as exc:
             typer.echo(f"billing: {exc.message}", err=True)
             raise typer.Exit(1) from None
-    table = Table(title=f"billing sync {run.id} ({'dry run' if dry_run else 'repaired'}): {run.status}")
+    table = Table(
+        title=f"sync {run.status} ({'dry run' if dry_run else 'repaired'})", caption=f"run {run.id}"
+    )
     for column in ("list", "seen", "changed", "unknown"):
         table.add_column(column)
     for resource, report in run.report.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -51,6 +52,32 @@ def dev_stack(data_dir: Path, port: int) -> Iterator[tuple[subprocess.Popen[str]
             process.wait()
 
 
+def _wait_for_event(data_dir: Path, event_type: str, object_id: str, timeout: float = 15) -> bool:
+    import asyncpg
+
+    uri = EmbeddedPostgres(data_dir / "pg").start()  # the running server, reused
+
+    async def stored() -> bool:
+        connection = await asyncpg.connect(uri.replace("postgresql://", "postgres://"))
+        try:
+            found = await connection.fetchval(
+                "SELECT count(*) FROM stripe_events"
+                " WHERE type = $1 AND payload->'data'->'object'->>'id' = $2",
+                event_type,
+                object_id,
+            )
+        finally:
+            await connection.close()
+        return bool(found)
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if asyncio.run(stored()):
+            return True
+        time.sleep(0.3)
+    return False
+
+
 def _children_of(data_dir: Path) -> list[str]:
     found = []
     for proc in Path("/proc").iterdir():
@@ -76,6 +103,8 @@ def test_billing_dev_serves_registers_and_restarts(data_dir: Path) -> None:
         assert first.json()["stripe_customer_id"].startswith("cus_")
         plans = httpx.get(f"{base}/api/v1/apis/demo-weather/plans", headers=headers).json()["plans"]
         assert {p["type"] for p in plans} == {"free", "subscription", "pay_per_use"}
+        # The emulator posts its events to our webhook endpoint, signed: the register made one.
+        assert _wait_for_event(data_dir, "customer.created", first.json()["stripe_customer_id"])
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
     time.sleep(0.5)

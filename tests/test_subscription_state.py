@@ -83,3 +83,11 @@ def test_period_is_read_from_the_subscription_on_older_api_versions() -> None:
     )
     assert state.current_period_end is not None
     assert state.item_id is None
+
+
+async def test_a_same_second_incomplete_snapshot_never_undoes_a_started_trial() -> None:
+    outbox, subscription = RecordingOutbox(), _subscription("trial")
+    subscription.stripe_state_at = 100
+    await apply_stripe_state(outbox, subscription, _state("incomplete"), observed_at=100)
+    assert subscription.status == "trial"
+    assert outbox.intents == []

@@ -13,7 +13,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from app.config import Settings
 from app.errors import Conflict
-from app.models import Consumer, OutboxMessage, PricingPlanVersion, Subscription, SyncRun
+from app.models import (
+    Consumer,
+    Earning,
+    Invoice,
+    OutboxMessage,
+    PaymentMethod,
+    PricingPlanVersion,
+    Subscription,
+    SyncRun,
+)
 from app.stripe import StripeGateway
 from app.sync.service import SyncService
 
@@ -31,7 +40,7 @@ async def stripe_http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 def _service(engine: AsyncEngine, settings: Settings, *, dry_run: bool = False) -> SyncService:
     return SyncService(
         engine, async_sessionmaker(engine, expire_on_commit=False), StripeGateway(settings), None,
-        rate_per_second=1000, dry_run=dry_run,
+        rate_per_second=1000, commission=settings.platform_commission, dry_run=dry_run,
     )  # fmt: skip
 
 
@@ -179,3 +188,56 @@ async def test_two_syncs_at_once_run_one(engine: AsyncEngine, settings: Settings
     )
     assert sum(isinstance(r, Conflict) for r in results) == 1
     assert sum(isinstance(r, SyncRun) for r in results) == 1
+
+
+async def test_cards_follow_stripe_added_default_and_detached(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    stripe_http: httpx.AsyncClient,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    consumer = (await client.post("/api/v1/consumers/register", headers=auth("consumer"))).json()
+    customer = consumer["stripe_customer_id"]
+    card = (
+        await stripe_http.post("/v1/payment_methods/pm_card_visa/attach", data={"customer": customer})
+    ).json()
+    await stripe_http.post(
+        f"/v1/customers/{customer}", data={"invoice_settings[default_payment_method]": card["id"]}
+    )
+
+    run = await _service(engine, settings).run()
+    assert any(card["id"] in d for d in run.report["customers"]["differences"])
+    async with engine.connect() as connection:
+        mirrored = (await connection.execute(select(PaymentMethod))).all()
+    assert [(m.stripe_payment_method_id, m.is_default, m.last4) for m in mirrored] == [
+        (card["id"], True, "4242")
+    ]
+
+    await stripe_http.post(f"/v1/payment_methods/{card['id']}/detach")
+    await _service(engine, settings).run()
+    async with engine.connect() as connection:
+        assert (await connection.execute(select(PaymentMethod))).all() == []
+
+
+async def test_invoices_are_mirrored_and_paid_ones_book_earnings_once(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    stripe_http: httpx.AsyncClient,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    _, our_id = await _stripe_subscription_with_row(client, auth, stripe_http, engine, "incomplete")
+    first = await _service(engine, settings).run()
+    assert first.report["invoices"]["changed"] >= 1
+    async with engine.connect() as connection:
+        invoice = (await connection.execute(select(Invoice).where(Invoice.subscription_id == our_id))).one()
+        earnings = (await connection.execute(select(Earning).where(Earning.invoice_id == invoice.id))).all()
+    assert invoice.status == "paid"
+    assert invoice.amount_paid == 2900
+    assert [(e.gross_amount, e.commission_amount, e.net_amount) for e in earnings] == [(2900, 580, 2320)]
+
+    again = await _service(engine, settings).run()
+    assert again.report["invoices"]["changed"] == 0
+    async with engine.connect() as connection:
+        assert len((await connection.execute(select(Earning))).all()) == 1

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from app.analytics.schemas import EarningsReport, UsageReport
 from app.analytics.service import AnalyticsService
 from app.auth import CreatorOrAdmin
-from app.db import DbSession
+from app.db import ReadSession
 from app.http import error_responses
 from app.plans.schemas import ApiId
 
@@ -18,7 +18,7 @@ From = Annotated[date | None, Query(alias="from", description="First UTC day (de
 To = Annotated[date | None, Query(alias="to", description="Last UTC day, inclusive (default: today)")]
 
 
-def analytics_service(request: Request, session: DbSession) -> AnalyticsService:
+def analytics_service(request: Request, session: ReadSession) -> AnalyticsService:
     return AnalyticsService(session, request.app.state.settings)
 
 

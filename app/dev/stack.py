@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
+import httpx
 import jwt
 
 from app.config import ConfigError, load_settings
@@ -50,6 +51,14 @@ def say(line: str, *, err: bool = False) -> None:
     stream = sys.stderr if err else sys.stdout
     stream.write(line + "\n")
     stream.flush()
+
+
+def register_emulator_webhook(stripe_base: str, url: str, secret: str) -> None:
+    """Have the emulator send its events to our endpoint, signed as Stripe signs them."""
+    response = httpx.post(
+        f"{stripe_base}/_config/webhooks/billing", data={"url": url, "secret": secret}, timeout=5
+    )
+    response.raise_for_status()
 
 
 class _Stop(Exception):
@@ -116,6 +125,12 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
         )
         api.start(timeout=30)
         children.append(api)
+        if "STRIPE_API_BASE" in env and env["STRIPE_SECRET_KEY"] == DEV_STRIPE_KEY:
+            register_emulator_webhook(
+                env["STRIPE_API_BASE"],
+                f"http://{LOOPBACK}:{api_port}/webhooks/stripe",
+                settings.webhook_secrets[0],
+            )
         worker = ChildProcess(
             "app worker",
             [sys.executable, "-m", "app", "worker"],

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
 from app.auth import AdminOnly, CurrentUser
-from app.db import DbSession
+from app.db import DbSession, ReadSession
 from app.http import error_responses
 from app.invoices.schemas import (
     CustomInvoiceIn,
@@ -26,13 +26,18 @@ def invoice_service(request: Request, session: DbSession) -> InvoiceService:
     return InvoiceService(session, request.app.state.stripe, request.app.state.settings)
 
 
+def invoice_reader(request: Request, session: ReadSession) -> InvoiceService:
+    return InvoiceService(session, request.app.state.stripe, request.app.state.settings)
+
+
 Service = Annotated[InvoiceService, Depends(invoice_service)]
+Reader = Annotated[InvoiceService, Depends(invoice_reader)]
 
 
 @router.get("", summary="List the caller's invoices, newest first", responses=error_responses(401))
 async def list_invoices(
     principal: CurrentUser,
-    service: Service,
+    service: Reader,
     status: InvoiceStatus | None = None,
     subscription_id: uuid.UUID | None = None,
     date_from: Annotated[
@@ -58,7 +63,7 @@ async def list_invoices(
 
 
 @router.get("/{invoice_id}", summary="Get an invoice with its lines", responses=error_responses(401, 404))
-async def get_invoice(invoice_id: uuid.UUID, principal: CurrentUser, service: Service) -> InvoiceDetail:
+async def get_invoice(invoice_id: uuid.UUID, principal: CurrentUser, service: Reader) -> InvoiceDetail:
     return await service.get(principal, invoice_id)
 
 
@@ -67,9 +72,7 @@ async def get_invoice(invoice_id: uuid.UUID, principal: CurrentUser, service: Se
     summary="Where to download the invoice PDF (Stripe's, else ours)",
     responses=error_responses(401, 404),
 )
-async def download_invoice(
-    invoice_id: uuid.UUID, principal: CurrentUser, service: Service
-) -> InvoiceDownload:
+async def download_invoice(invoice_id: uuid.UUID, principal: CurrentUser, service: Reader) -> InvoiceDownload:
     return InvoiceDownload(download_url=await service.download_url(principal, invoice_id))
 
 
@@ -79,7 +82,7 @@ async def download_invoice(
     response_class=Response,
     responses={200: {"content": {"application/pdf": {}}}, **error_responses(401, 404)},
 )
-async def invoice_pdf(invoice_id: uuid.UUID, principal: CurrentUser, service: Service) -> Response:
+async def invoice_pdf(invoice_id: uuid.UUID, principal: CurrentUser, service: Reader) -> Response:
     filename, content = await service.render_pdf(principal, invoice_id)
     return Response(
         content,

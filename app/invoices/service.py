@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 import uuid
 from dataclasses import replace
@@ -28,6 +26,7 @@ from app.invoices.schemas import (
     InvoiceStatus,
 )
 from app.models import Consumer, Invoice
+from app.pagination import decode_cursor, encode_cursor
 from app.stripe import StripeGateway
 from app.stripe.invoices import StripeInvoice
 
@@ -56,20 +55,6 @@ def invoice_out(invoice: Invoice) -> InvoiceOut:
         invoice_pdf=invoice.invoice_pdf,
         hosted_invoice_url=invoice.hosted_invoice_url,
     )
-
-
-def encode_cursor(invoice: Invoice) -> str:
-    raw = f"{invoice.created_at.isoformat()}|{invoice.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, invoice_id = raw.split("|", 1)
-        return datetime.fromisoformat(created), uuid.UUID(invoice_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidField("cursor", "not a cursor this API returned") from None
 
 
 def _start_of(day: date) -> datetime:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from app.stripe.base import StripeBase
+from app.stripe.payment_methods import StripeCard, card_of
 
 Listable = Literal["customers", "subscriptions", "invoices"]
 
@@ -30,11 +31,12 @@ class ListingCalls(StripeBase):
         page = await self._call(f"{resource}.list", lambda: service.list_async(params=params))
         return StripePage(objects=[obj.to_dict() for obj in page.data], has_more=bool(page.has_more))
 
-    async def list_customer_cards(self, customer_id: str) -> list[dict[str, Any]]:
+    async def list_customer_cards(self, customer_id: str) -> list[StripeCard]:
+        """The cards attached to a customer at Stripe (a customer has few: one page)."""
         page = await self._call(
             "payment_methods.list",
             lambda: self._client.v1.payment_methods.list_async(
                 params={"customer": customer_id, "type": "card", "limit": 100}
             ),
         )
-        return [pm.to_dict() for pm in page.data]
+        return [card_of(pm) for pm in page.data]

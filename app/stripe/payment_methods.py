@@ -18,7 +18,7 @@ class StripeCard:
     exp_year: int | None
 
 
-def _card(stripe_object: Any) -> StripeCard:
+def card_of(stripe_object: Any) -> StripeCard:
     payment_method: dict[str, Any] = stripe_object.to_dict()
     card = payment_method.get("card") or {}
     return StripeCard(
@@ -44,7 +44,7 @@ class PaymentMethodCalls(StripeBase):
                 options={"idempotency_key": idempotency_key},
             ),
         )
-        return _card(attached)
+        return card_of(attached)
 
     async def detach_payment_method(self, payment_method_id: str, *, idempotency_key: str) -> None:
         await self._call(

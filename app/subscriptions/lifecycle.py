@@ -79,9 +79,15 @@ class StripeSubscriptionState:
 
 
 async def apply_status(outbox: Outbox, subscription: Subscription, new_status: str) -> bool:
-    """Move to `new_status` (never out of a terminal one) and issue or revoke the key to match."""
+    """Move to `new_status` and issue or revoke the key to match.
+
+    Never out of a terminal status, and never back to `incomplete`: Stripe only starts there, so
+    an `incomplete` snapshot after any other status is a stale one that shares its second.
+    """
     old_status = subscription.status
     if old_status == new_status or old_status in TERMINAL:
+        return False
+    if new_status == "incomplete":
         return False
     subscription.status = new_status
     now = datetime.now(UTC)

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import base64
-import binascii
 import calendar
 import time
 import uuid
@@ -18,6 +16,7 @@ from app.integrations.metering import MeteringClient, MeteringUnavailable
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription
 from app.money import exponent
 from app.outbox.service import Outbox
+from app.pagination import decode_cursor, encode_cursor
 from app.payment_methods.service import PaymentMethodService
 from app.plans.repository import PlanRepository
 from app.plans.service import plan_out
@@ -96,23 +95,6 @@ def usage_period(
     if current_start is None or current_end is None or not current_start <= now < current_end:
         return monthly_window(current_start or started_at, now)
     return current_start, current_end
-
-
-def encode_cursor(subscription: Subscription) -> str:
-    raw = f"{subscription.created_at.isoformat()}|{subscription.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created_at, last_id = raw.split("|")
-        parsed = datetime.fromisoformat(created_at)
-        if parsed.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return parsed, uuid.UUID(last_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidField("cursor", "not a cursor from a previous page") from None
 
 
 class SubscriptionService:

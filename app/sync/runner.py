@@ -20,6 +20,7 @@ async def run_sync(settings: Settings, *, dry_run: bool, progress: Progress | No
             StripeGateway(settings),
             redis,
             rate_per_second=settings.stripe_rate_limit_per_second,
+            commission=settings.platform_commission,
             dry_run=dry_run,
             progress=progress,
         )

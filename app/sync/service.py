@@ -1,4 +1,6 @@
-"""Reconciliation with Stripe: page through Stripe's objects, repair our mirror, report drift.
+"""Reconciliation with Stripe: customers (with their cards), subscriptions and invoices.
+
+Page through Stripe's objects, repair our mirror, report drift.
 
 Each object type is applied by the same function the webhook handlers use (dj-stripe style),
 so a resync and a webhook can never disagree. Progress is saved after every page, so an
@@ -11,6 +13,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -19,9 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.db.base import utcnow
 from app.db.session import run_after_commit
+from app.earnings.booking import book_invoice_earnings
 from app.errors import Conflict
-from app.models import Consumer, Subscription, SyncRun
+from app.invoices.stripe_sync import sync_invoice
+from app.models import Consumer, Invoice, PaymentMethod, Subscription, SyncRun
 from app.outbox.service import Outbox
+from app.payment_methods.repository import PaymentMethodRepository
 from app.stripe import StripeGateway
 from app.stripe.listing import Listable
 from app.subscriptions.lifecycle import StripeSubscriptionState, apply_stripe_state
@@ -75,6 +81,7 @@ class SyncService:
         redis: ArqRedis | None,
         *,
         rate_per_second: float,
+        commission: Decimal,
         dry_run: bool,
         progress: Progress | None = None,
     ) -> None:
@@ -84,10 +91,12 @@ class SyncService:
         self._redis = redis
         self._limiter = RateLimiter(rate_per_second)
         self._dry_run = dry_run
+        self._commission = commission
         self._progress = progress or (lambda _resource, _count: None)
         self._appliers: dict[Listable, Applier] = {
             "customers": self._apply_customer,
             "subscriptions": self._apply_subscription,
+            "invoices": self._apply_invoice,
         }
 
     async def run(self) -> SyncRun:
@@ -177,6 +186,64 @@ class SyncService:
             report.changed += 1
             report.note(f"customer {obj['id']}: email {consumer.email!r} -> {email!r}")
             consumer.email = email
+        default = (obj.get("invoice_settings") or {}).get("default_payment_method")
+        await self._sync_cards(session, consumer, default if isinstance(default, str) else None, report)
+
+    async def _sync_cards(
+        self, session: AsyncSession, consumer: Consumer, default: str | None, report: ListReport
+    ) -> None:
+        """Mirror the customer's cards: add what Stripe has, drop what was detached there, and
+        follow Stripe's invoice default (left alone when Stripe has none)."""
+        await self._limiter.wait()
+        cards = {
+            card.id: card for card in await self._stripe.list_customer_cards(str(consumer.stripe_customer_id))
+        }
+        repository = PaymentMethodRepository(session)
+        mirrored = {
+            pm.stripe_payment_method_id: pm for pm in await repository.list_for(consumer.id, for_update=True)
+        }
+        label = f"customer {consumer.stripe_customer_id}"
+        for stripe_id, stale in mirrored.items():
+            if stripe_id not in cards:
+                report.changed += 1
+                report.note(f"{label}: card {stripe_id} detached at Stripe, removed")
+                await repository.delete(stale)
+        for stripe_id, card in cards.items():
+            row = mirrored.get(stripe_id)
+            if row is None:
+                report.changed += 1
+                report.note(f"{label}: card {stripe_id} missing here, added")
+                repository.add(
+                    PaymentMethod(
+                        id=uuid.uuid4(), consumer_id=consumer.id, stripe_payment_method_id=card.id,
+                        type=card.type, brand=card.brand, last4=card.last4, exp_month=card.exp_month,
+                        exp_year=card.exp_year, is_default=False,
+                    )
+                )  # fmt: skip
+            elif (row.brand, row.last4, row.exp_month, row.exp_year) != (
+                card.brand, card.last4, card.exp_month, card.exp_year
+            ):  # fmt: skip
+                report.changed += 1
+                report.note(f"{label}: card {stripe_id} details updated")
+                row.brand, row.last4, row.exp_month, row.exp_year = (
+                    card.brand, card.last4, card.exp_month, card.exp_year
+                )  # fmt: skip
+        await repository.flush()
+        if default is None or default not in cards:
+            return
+        rows = await repository.list_for(consumer.id)
+        current = next((row for row in rows if row.is_default), None)
+        if current is not None and current.stripe_payment_method_id == default:
+            return
+        report.changed += 1
+        report.note(f"{label}: default card -> {default}")
+        if current is not None:
+            current.is_default = False
+            await repository.flush()  # one default per consumer, enforced by a unique index
+        for row in rows:
+            if row.stripe_payment_method_id == default:
+                row.is_default = True
+        await repository.flush()
 
     async def _apply_subscription(
         self, session: AsyncSession, obj: dict[str, Any], report: ListReport
@@ -204,6 +271,27 @@ class SyncService:
             report.note(
                 f"subscription {state.id}: {before} -> {subscription.status} (periods and flags mirrored)"
             )
+
+    async def _apply_invoice(self, session: AsyncSession, obj: dict[str, Any], report: ListReport) -> None:
+        """The invoice webhooks' own mirror and booking, applied to what Stripe holds now."""
+        before = (
+            await session.execute(
+                select(Invoice.status, Invoice.amount_due, Invoice.amount_paid, Invoice.total).where(
+                    Invoice.stripe_invoice_id == obj["id"]
+                )
+            )
+        ).one_or_none()
+        invoice = await sync_invoice(session, obj, observed_at=int(time.time()))
+        if invoice is None:
+            report.unknown += 1
+            report.note(f"invoice {obj['id']}: its customer is not ours")
+            return
+        booked = await book_invoice_earnings(session, invoice, self._commission)
+        after = (invoice.status, invoice.amount_due, invoice.amount_paid, invoice.total)
+        if before is None or tuple(before) != after or booked:
+            report.changed += 1
+            was = "missing" if before is None else before[0]
+            report.note(f"invoice {obj['id']}: {was} -> {invoice.status}, {booked} earnings lines booked")
 
 
 def _uuid(value: str) -> uuid.UUID | None:

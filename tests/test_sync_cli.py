@@ -1,0 +1,33 @@
+"""`billing sync` on the command line, and the pace it keeps with Stripe."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.testing import CliRunner
+
+from app import cli as cli_module
+from app.config import Settings
+from app.sync.ratelimit import RateLimiter
+
+
+def test_sync_prints_a_table_of_what_it_checked(
+    settings: Settings, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_module, "settings_or_exit", lambda: settings)
+    result = CliRunner().invoke(cli_module.cli, ["sync", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "dry run" in result.output
+    for resource in ("customers", "subscriptions", "invoices"):
+        assert resource in result.output
+
+
+async def test_rate_limiter_spaces_calls_to_the_configured_pace() -> None:
+    limiter = RateLimiter(per_second=50)
+    started = time.monotonic()
+    await asyncio.gather(*(limiter.wait() for _ in range(11)))
+    # Eleven calls at 50/s: the last may start no sooner than 10 intervals (0.2 s) after the first.
+    assert time.monotonic() - started >= 0.19
