@@ -5,7 +5,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import BindParameter, Select, and_, bindparam, func, or_, select
+from sqlalchemy import BindParameter, Select, and_, bindparam, func, literal_column, or_, select
+from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Bundle
 
@@ -52,20 +53,28 @@ _PAGE_STATEMENTS = {
     for after in (False, True)
 }
 
-_RECORDED_USAGE = select(
-    func.coalesce(func.sum(UsageRecord.quantity), 0),
-    func.coalesce(func.sum(UsageRecord.successful_calls), 0),
-    func.coalesce(func.sum(UsageRecord.failed_calls), 0),
-).where(
-    UsageRecord.subscription_id == bindparam("subscription_id"),
-    UsageRecord.window_start >= bindparam("start"),
-    UsageRecord.window_start < bindparam("end"),
+# The period sum, rendered once from the model into the driver's own SQL ($1, $2, $3).
+_RECORDED_USAGE_SQL = str(
+    select(
+        func.coalesce(func.sum(UsageRecord.quantity), literal_column("0")),
+        func.coalesce(func.sum(UsageRecord.successful_calls), literal_column("0")),
+        func.coalesce(func.sum(UsageRecord.failed_calls), literal_column("0")),
+    )
+    .where(
+        UsageRecord.subscription_id == bindparam("subscription_id"),
+        UsageRecord.window_start >= bindparam("start"),
+        UsageRecord.window_start < bindparam("end"),
+    )
+    .compile(dialect=postgresql_asyncpg.dialect())  # type: ignore[no-untyped-call]
 )
 
 
 class SubscriptionRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
+        # The session's own asyncpg connection, asked for once per session transaction.
+        self._driver: Any = None
+        self._driver_transaction: object = None
 
     async def get_owned(
         self, subscription_id: uuid.UUID, consumer_id: uuid.UUID, *, for_update: bool = False
@@ -111,14 +120,18 @@ class SubscriptionRepository:
     ) -> tuple[int, int, int]:
         """Sums of the usage records whose window starts inside [start, end).
 
-        A statement built once, run on the session's connection without the ORM's execution
-        layer: the sum itself reads a few rows of the (subscription_id, window_start) index, so
-        building and compiling the statement per call cost several times the query.
+        The sum reads a few rows of the (subscription_id, window_start) index in well under
+        0.1 ms, less than SQLAlchemy's own cost per statement; so the statement, rendered once
+        from the model, goes to the driver on the session's connection (same transaction), where
+        asyncpg keeps it prepared.
         """
-        params = {"subscription_id": subscription_id, "start": start, "end": end}
-        connection = await self._session.connection()
-        total, successful, failed = (await connection.execute(_RECORDED_USAGE, params)).one()
-        return int(total), int(successful), int(failed)
+        transaction = self._session.sync_session.get_transaction()
+        if self._driver is None or self._driver_transaction is not transaction:
+            raw = await (await self._session.connection()).get_raw_connection()
+            self._driver = raw.driver_connection
+            self._driver_transaction = self._session.sync_session.get_transaction()
+        row = await self._driver.fetchrow(_RECORDED_USAGE_SQL, subscription_id, start, end)
+        return int(row[0]), int(row[1]), int(row[2])
 
     def add(self, subscription: Subscription) -> None:
         self._session.add(subscription)
