@@ -5,10 +5,10 @@ InvoicePayments)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
-import pytest
 import respx
 
 from app.config import Settings
@@ -83,8 +83,9 @@ class FakePayments:
 Payments = tuple[FakePayments, dict[str, respx.Route]]
 
 
-@pytest.fixture
-def stripe_payments(settings: Settings) -> Iterator[Payments]:
+@contextmanager
+def mocked_payments(settings: Settings) -> Iterator[Payments]:
+    """Stripe answered by a FakePayments (for each test module's `stripe_payments` fixture)."""
     fake = FakePayments()
     with respx.mock(base_url=settings.stripe_api_base, assert_all_called=False) as mock:
         yield fake, fake.install(mock)

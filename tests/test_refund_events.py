@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.config import Settings
 from app.models import Earning, InvoiceReversal
 from tests.billing_data import World, event, make_world
-from tests.stripe_payments import T0, FakePayments, Payments, dispute, refund, stripe_payments
+from tests.stripe_payments import T0, FakePayments, Payments, dispute, mocked_payments, refund
 from tests.test_webhook_events import Ctx, deliver, truncate, worker_ctx
 
-__all__ = ["stripe_payments", "worker_ctx"]  # fixtures shared with the other webhook tests
+__all__ = ["worker_ctx"]  # the worker fixture of the other webhook tests
+
+
+@pytest.fixture
+def stripe_payments(settings: Settings) -> Iterator[Payments]:
+    with mocked_payments(settings) as payments:
+        yield payments
 
 
 async def ledger(engine: AsyncEngine) -> dict[str, tuple[int, int, int]]:
