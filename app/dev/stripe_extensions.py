@@ -207,6 +207,8 @@ async def create_subscription(request: web.Request, path: dict[str, str]) -> web
     data = dict(await server.get_post_data(request) or {})
     data.pop("expand", None)
     data.pop("payment_settings", None)
+    # No Stripe Tax in the emulator: a taxed subscription is accepted and billed without tax.
+    data.pop("automatic_tax", None)
     # localstripe charges the customer's invoice default, which we always set first.
     data.pop("default_payment_method", None)
     data["items"] = _prices_as_plans(data.get("items"))
@@ -222,6 +224,7 @@ async def update_subscription(request: web.Request, path: dict[str, str]) -> web
     data.pop("expand", None)
     data.pop("proration_behavior", None)
     data.pop("payment_behavior", None)
+    data.pop("automatic_tax", None)
     if "items" in data:
         data["items"] = _prices_as_plans(data["items"])
     subscription = resources.Subscription._api_update(path["id"], **data)
