@@ -14,10 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.models import Earning, InvoiceReversal
 from tests.billing_data import World, event, make_world
+from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 from tests.stripe_payments import T0, FakePayments, Payments, dispute, mocked_payments, refund
 from tests.test_webhook_events import Ctx, deliver, truncate, worker_ctx
 
 __all__ = ["worker_ctx"]  # the worker fixture of the other webhook tests
+
+
+def _id(value: Any) -> str:
+    return str(value["id"] if isinstance(value, dict) else value)
 
 
 @pytest.fixture
@@ -276,3 +281,28 @@ async def test_refunds_and_disputes_shuffled_with_duplicates_end_like_the_in_ord
     for seed in range(3):
         got = await _run_story(client, worker_ctx, engine, fake, order=random.Random(seed))  # noqa: S311
         assert got == expected, f"seed {seed}"
+
+
+async def test_the_dev_emulator_links_a_paid_invoice_to_its_payment_and_refunds_send_their_event(
+    client: httpx.AsyncClient, worker_ctx: Ctx, auth: Auth, settings: Settings
+) -> None:
+    creator = auth("creator")
+    plan = await create_plan(client, creator, new_api_id(), monthly_price="12")
+    headers = auth("consumer")
+    await register(client, headers)
+    await add_card(client, headers)
+    subscribed = (await subscribe(client, headers, plan)).json()
+    gateway = worker_ctx["resources"].stripe
+    stripe_subscription = await gateway.retrieve_subscription_json(subscribed["stripe_subscription_id"])
+    invoice_id = _id(stripe_subscription["latest_invoice"])
+    key = (settings.stripe_secret_key.get_secret_value(), "")
+    async with httpx.AsyncClient(base_url=str(settings.stripe_api_base), auth=key) as stripe:
+        intent = (await stripe.get(f"/v1/invoices/{invoice_id}")).json()["payment_intent"]
+        refunded = await stripe.post("/v1/refunds", data={"payment_intent": intent, "amount": "300"})
+        assert refunded.status_code == 200, refunded.text
+        events = (await stripe.get("/v1/events", params={"type": "refund.created"})).json()["data"]
+
+    assert await gateway.invoice_of_payment_intent(intent) == invoice_id
+    assert await gateway.invoice_of_payment_intent("pi_unknown_to_invoices") is None
+    assert await gateway.payment_intent_of_charge(refunded.json()["charge"]) == intent
+    assert [e["data"]["object"]["id"] for e in events] == [refunded.json()["id"]]
