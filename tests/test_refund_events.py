@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -13,10 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import Earning, InvoiceReversal
+from app.worker.webhook_jobs import process_stripe_event
 from tests.billing_data import World, event, make_world
 from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 from tests.stripe_payments import T0, FakePayments, Payments, dispute, mocked_payments, refund
-from tests.test_webhook_events import Ctx, deliver, truncate, worker_ctx
+from tests.test_webhook_events import Ctx, deliver, post, truncate, worker_ctx
 
 __all__ = ["worker_ctx"]  # the worker fixture of the other webhook tests
 
@@ -306,3 +308,18 @@ async def test_the_dev_emulator_links_a_paid_invoice_to_its_payment_and_refunds_
     assert await gateway.invoice_of_payment_intent("pi_unknown_to_invoices") is None
     assert await gateway.payment_intent_of_charge(refunded.json()["charge"]) == intent
     assert [e["data"]["object"]["id"] for e in events] == [refunded.json()["id"]]
+
+
+async def test_two_workers_on_two_refunds_of_one_invoice_book_both_exactly(
+    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, stripe_payments: Payments
+) -> None:
+    await _paid_world(engine, client, worker_ctx, stripe_payments)
+    first = event("refund.created", refund("in_a1", "re_r1", 1000, "succeeded"), created=T0 + 100)
+    second = event("refund.created", refund("in_a1", "re_r2", 1900, "succeeded"), created=T0 + 100)
+    for payload in (first, second):
+        await post(client, payload)
+
+    outcomes = await asyncio.gather(*(process_stripe_event(worker_ctx, p["id"]) for p in (first, second)))
+
+    assert outcomes == ["processed", "processed"]
+    assert await taken_back(engine) == (2900, 580, 2320)
