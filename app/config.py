@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     stripe_rate_limit_per_second: int = Field(25, ge=1)
 
     platform_commission: Decimal = Field(Decimal("0.20"), ge=0, le=1)
-    # Stripe Tax (`automatic_tax`) on new invoices; needs Stripe Tax set up on the account.
+    # Stripe Tax (`automatic_tax`) on new invoices and subscriptions; needs Stripe Tax set up on the account.
     stripe_tax_enabled: bool = False
     # The issuer printed on the invoices we render ourselves (when Stripe has no PDF).
     invoice_issuer_name: str = "API Marketplace"

@@ -6,9 +6,11 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.money import split_commission
+from app.payouts.reversals import reverse_invoice_earnings
 from tests import rows
 
 Auth = Callable[..., dict[str, str]]
@@ -185,6 +187,39 @@ async def test_earnings_are_paid_times_one_minus_commission_per_currency(
     )
     assert jpy["pending_amount"] == 2666
     assert [p["plan_name"] for p in jpy["plans"]] == ["Japan"]
+
+
+async def test_earnings_net_a_refund_booked_after_a_payout_and_a_won_disputes_reinstatement(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+) -> None:
+    api = rows.api("creator-1", "weather")
+    basic, basic_v = rows.plan(api, name="Basic")
+    alice = rows.consumer("alice")
+    earned = datetime.now(UTC) - timedelta(days=10)
+    invoice = rows.invoice(alice, total=2900, created_at=earned)
+    charge = rows.earning(basic, invoice, "creator-1", 2900, 580, status="paid_out", earned_at=earned)
+    await rows.add(engine, api, basic, basic_v, alice, invoice, charge)
+
+    async def reverse(total: int) -> None:
+        async with AsyncSession(engine) as session, session.begin():
+            await reverse_invoice_earnings(session, invoice_id=invoice.id, reversed_total=total)
+
+    await reverse(1000)  # a partial refund, then netted by a payout
+    async with engine.begin() as connection:
+        await connection.execute(text("UPDATE earnings SET status = 'paid_out' WHERE kind = 'reversal'"))
+    await reverse(2900)  # the rest refunded too: its own line, 1900 more
+    await reverse(1450)  # a dispute won back half: a reinstatement of 1450
+
+    response = await client.get("/api/v1/apis/weather/earnings", headers=auth("creator", user_id="creator-1"))
+
+    assert response.status_code == 200
+    [usd] = response.json()["currencies"]
+    # 2900 - 1000 - 1900 + 1450 gross; commission 580 - 200 - 380 + 290; net 2320 - 800 - 1520 + 1160.
+    assert (usd["gross_amount"], usd["commission_amount"], usd["net_amount"]) == (1450, 290, 1160)
+    assert usd["paid_out_amount"] == 2320 - 800
+    assert usd["available_amount"] == -1520 + 1160  # still owed back by the next payout
+    assert [(p["plan_name"], p["net_amount"]) for p in usd["plans"]] == [("Basic", 1160)]
+    assert sum(m["net_amount"] for m in usd["months"]) == 1160
 
 
 def test_commission_rounds_half_up_and_net_is_the_rest() -> None:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.config import Settings
 from app.models import CreatorAccount, Earning, Payout
 from app.payouts.jobs import pay_out_earnings, run_payouts
-from app.payouts.reversals import proportional_shares, reverse_invoice_earnings
+from app.payouts.reversals import proportional_shares, reverse_invoice_earnings, reversed_gross
 from app.worker.context import WorkerResources
 from tests import rows
 
@@ -335,15 +335,101 @@ async def test_full_refund_reverses_each_charge_exactly(engine: AsyncEngine) -> 
     assert sorted(await _reversals(engine)) == sorted([(2999, 600, 2399), (1000, 200, 800)])
 
 
-async def test_partial_refunds_grow_the_reversal_and_repeats_change_nothing(engine: AsyncEngine) -> None:
+async def _reversed(engine: AsyncEngine) -> tuple[int, int, int]:
+    """What the reversal lines take back in all, reinstatements subtracted."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            select(Earning.kind, Earning.gross_amount, Earning.commission_amount, Earning.net_amount).where(
+                Earning.kind != "charge"
+            )
+        )
+        lines = [(1 if kind == "reversal" else -1, g, c, n) for kind, g, c, n in result]
+    return (
+        sum(s * g for s, g, _, _ in lines),
+        sum(s * c for s, _, c, _ in lines),
+        sum(s * n for s, _, _, n in lines),
+    )
+
+
+async def test_partial_refunds_append_the_difference_and_repeats_change_nothing(engine: AsyncEngine) -> None:
     invoice, _ = await _paid_invoice(engine, (2999, 600))
 
-    await _reverse(engine, invoice.id, 1000)
+    assert await _reverse(engine, invoice.id, 1000) == 1
     assert await _reversals(engine) == [(1000, 200, 800)]
-    await _reverse(engine, invoice.id, 1500)  # cumulative: 500 more
-    assert await _reverse(engine, invoice.id, 1000) == 0  # an older event arrives late
-    assert await _reverse(engine, invoice.id, 1500) == 0  # a repeated event
-    assert await _reversals(engine) == [(1500, 300, 1200)]
+    assert await _reverse(engine, invoice.id, 1500) == 1  # cumulative: 500 more, its own line
+    assert await _reverse(engine, invoice.id, 1500) == 0  # a repeat books nothing
+
+    assert sorted(await _reversals(engine)) == [(500, 100, 400), (1000, 200, 800)]
+    assert await _reversed(engine) == (1500, 300, 1200)
+
+
+async def test_a_lower_reversed_total_books_a_reinstatement(engine: AsyncEngine) -> None:
+    invoice, _ = await _paid_invoice(engine, (2999, 600))
+    await _reverse(engine, invoice.id, 2999)
+
+    assert await _reverse(engine, invoice.id, 1000) == 1  # e.g. a won dispute gave 1999 back
+
+    async with engine.connect() as connection:
+        kinds = sorted((await connection.execute(select(Earning.kind, Earning.gross_amount))).all())
+    assert kinds == [("charge", 2999), ("reinstatement", 1999), ("reversal", 2999)]
+    assert await _reversed(engine) == (1000, 200, 800)
+
+
+def test_reversed_gross_is_the_refunds_share_of_the_taxed_total() -> None:
+    assert reversed_gross(1595, 2900, 3190) == 1450  # half the invoice, half the creator's gross
+    assert reversed_gross(3190, 2900, 3190) == 2900
+    assert reversed_gross(9999, 2900, 3190) == 2900
+    assert reversed_gross(1, 2900, 3190) == 1  # 0.909 rounds half-up to 1
+    assert reversed_gross(0, 2900, 3190) == 0
+    assert reversed_gross(500, 2900, 0) == 500  # no total to scale by: the amount itself
+
+
+async def test_every_reversal_line_adds_up_and_the_sum_matches_a_single_reversal(engine: AsyncEngine) -> None:
+    invoice, _ = await _paid_invoice(engine, (2999, 600), (1001, 200))
+    for cumulative in (1, 7, 333, 1234, 2500, 4000):
+        await _reverse(engine, invoice.id, cumulative)
+    async with engine.connect() as connection:
+        lines = (
+            await connection.execute(
+                select(Earning.gross_amount, Earning.commission_amount, Earning.net_amount).where(
+                    Earning.kind == "reversal"
+                )
+            )
+        ).all()
+    assert all(g == c + n and min(g, c, n) >= 0 for g, c, n in lines)
+    assert await _reversed(engine) == (4000, 800, 3200)  # everything, exactly the charges
+
+
+async def test_a_larger_refund_after_a_payout_netted_the_first_is_netted_from_the_next_payout(
+    engine: AsyncEngine, worker_ctx: dict[str, Any], connect: tuple[FakeConnect, Any]
+) -> None:
+    fake, _ = connect
+    res = worker_ctx["resources"]
+    invoice, plans = await _paid_invoice(engine, (2999, 600))
+    bob = rows.consumer("bob")
+    later = rows.invoice(bob, total=5000, created_at=OLD)
+    await rows.add(
+        engine,
+        bob,
+        later,
+        rows.earning(plans[0], later, "creator-1", 5000, 1000, earned_at=OLD),
+        CreatorAccount(creator_id="creator-1", stripe_account_id="acct_c1", payouts_enabled=True),
+    )
+    await _reverse(engine, invoice.id, 1000)  # a partial refund before the first payout
+    first = await pay_out_earnings(res.sessionmaker, res.stripe, res.settings, now=NOW)
+    carol = rows.consumer("carol")
+    third = rows.invoice(carol, total=3000, created_at=OLD)
+    await rows.add(engine, carol, third, rows.earning(plans[0], third, "creator-1", 3000, 600, earned_at=OLD))
+
+    await _reverse(engine, invoice.id, 2999)  # then the rest is refunded too
+    second = await pay_out_earnings(res.sessionmaker, res.stripe, res.settings, now=NOW + timedelta(days=1))
+
+    assert (first.paid, second.paid) == (1, 1)
+    # First: 2399 + 4000 - 800 = 5599. Then carol's 2400 less the 1599 still to take back.
+    assert sorted(t["amount"] for t in fake.transfers.values()) == [801, 5599]
+    async with engine.connect() as connection:
+        unpaid = (await connection.execute(select(Earning.id).where(Earning.status != "paid_out"))).all()
+    assert unpaid == []
 
 
 async def test_refund_of_a_paid_out_invoice_is_netted_from_the_next_payout(

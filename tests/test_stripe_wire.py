@@ -414,3 +414,90 @@ async def test_card_attached_but_refused_as_default_is_detached_again_and_not_st
     assert detach.called
     async with engine.connect() as connection:
         assert (await connection.execute(select(func.count()).select_from(PaymentMethod))).scalar_one() == 0
+
+
+@pytest.fixture(params=[True, False], ids=["stripe_tax", "no_tax"])
+async def tax_wire(
+    request: pytest.FixtureRequest, settings: Settings, engine: AsyncEngine, stripe_api: respx.MockRouter
+) -> AsyncIterator[tuple[bool, httpx.AsyncClient]]:
+    """The wired app with STRIPE_TAX_ENABLED on, then off."""
+    tax: bool = request.param
+    wired = make_settings(
+        database_url=settings.database_url, redis_url=settings.redis_url, stripe_tax_enabled=tax
+    )
+    application = create_app(wired)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as http:
+            yield tax, http
+
+
+def _checkout_route(stripe_api: respx.MockRouter) -> respx.Route:
+    return stripe_api.post("/v1/checkout/sessions").respond(
+        200,
+        json={
+            "id": "cs_test_tax",
+            "object": "checkout.session",
+            "mode": "subscription",
+            "status": "open",
+            "customer": "cus_wire",
+            "url": "https://checkout.stripe.com/c/pay/cs_test_tax",
+        },
+    )
+
+
+async def test_card_subscriptions_and_upgrades_ask_for_automatic_tax_only_with_stripe_tax(
+    tax_wire: tuple[bool, httpx.AsyncClient], stripe_api: respx.MockRouter, auth: Auth
+) -> None:
+    tax, client = tax_wire
+    create = stripe_api.post("/v1/subscriptions").respond(200, json=_subscription("active"))
+    update = stripe_api.post("/v1/subscriptions/sub_wire").respond(200, json=_subscription("active"))
+    preview = stripe_api.post("/v1/invoices/create_preview").respond(
+        200, json={"id": "upcoming_in", "object": "invoice", "amount_due": 0, "currency": "usd", "lines": {}}
+    )
+    creator = auth("creator")
+    api_id = new_api_id()
+    basic = await create_plan(client, creator, api_id, monthly_price="10")
+    pro = await create_plan(client, creator, api_id, monthly_price="40")
+    headers = await _consumer_with_card(client, auth)
+    created = (await subscribe(client, headers, basic)).json()
+    path = f"/api/v1/subscriptions/{created['id']}/upgrade"
+    previewed = await client.get(
+        f"{path}/preview", params={"new_pricing_plan_id": pro["id"]}, headers=headers
+    )
+    upgraded = await client.put(path, json={"new_pricing_plan_id": pro["id"]}, headers=headers)
+
+    assert (previewed.status_code, upgraded.status_code) == (200, 200)
+    for route in (create, update, preview):
+        sent = _form(route.calls.last.request)
+        if tax:
+            assert sent["automatic_tax[enabled]"] == ["true"]
+        else:
+            assert not any(key.startswith("automatic_tax") for key in sent)
+
+
+async def test_checkout_asks_for_automatic_tax_and_the_address_only_with_stripe_tax(
+    tax_wire: tuple[bool, httpx.AsyncClient], stripe_api: respx.MockRouter, auth: Auth
+) -> None:
+    tax, client = tax_wire
+    route = _checkout_route(stripe_api)
+    plan = await create_plan(client, auth("creator"), new_api_id())
+    headers = auth("consumer")
+    await register(client, headers)
+    response = await subscribe(
+        client,
+        headers,
+        plan,
+        checkout=True,
+        success_url="https://market.example/success",
+        cancel_url="https://market.example/cancel",
+    )
+
+    assert response.status_code == 201, response.text
+    sent = _form(route.calls.last.request)
+    if tax:
+        assert sent["automatic_tax[enabled]"] == ["true"]
+        # Checkout collects the address Stripe Tax needs and saves it on the existing customer.
+        assert sent["customer_update[address]"] == ["auto"]
+    else:
+        assert not any(key.startswith(("automatic_tax", "customer_update")) for key in sent)

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import respx
+from fastapi import FastAPI
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.config import Settings
+from app.main import create_app
 from app.models import OutboxMessage
 from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 
@@ -517,3 +521,42 @@ async def test_usage_answers_within_the_sibling_budget_when_metering_hangs(
     assert response.status_code == 200
     assert response.json()["live"] is False
     assert elapsed < 2.5
+
+
+@pytest.fixture
+async def taxed_client(settings: Settings, engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
+    """The app against the emulator with STRIPE_TAX_ENABLED."""
+    application: FastAPI = create_app(settings.model_copy(update={"stripe_tax_enabled": True}))
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as http:
+            yield http
+
+
+async def test_with_stripe_tax_the_emulator_still_subscribes_upgrades_and_checks_out(
+    taxed_client: httpx.AsyncClient, auth: Auth
+) -> None:
+    creator = auth("creator")
+    api_id = new_api_id()
+    basic = await create_plan(taxed_client, creator, api_id, name="Basic", monthly_price="9.99")
+    pro = await create_plan(taxed_client, creator, api_id, name="Pro", monthly_price="29")
+    headers = await _paying_consumer(taxed_client, auth)
+
+    created = await subscribe(taxed_client, headers, basic)
+    assert created.status_code == 201, created.text
+    assert created.json()["status"] == "active"
+    upgrade_url = f"/api/v1/subscriptions/{created.json()['id']}/upgrade"
+    upgraded = await taxed_client.put(upgrade_url, json={"new_pricing_plan_id": pro["id"]}, headers=headers)
+    assert upgraded.status_code == 200, upgraded.text
+    other = auth("consumer", user_id="taxed-checkout")
+    await register(taxed_client, other)
+    checkout = await subscribe(
+        taxed_client,
+        other,
+        basic,
+        checkout=True,
+        success_url="https://market.example/ok",
+        cancel_url="https://market.example/no",
+    )
+    assert checkout.status_code == 201, checkout.text
+    assert checkout.json()["checkout_url"]

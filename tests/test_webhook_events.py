@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -30,9 +30,16 @@ from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import process_stripe_event
 from tests.billing_data import World, event, invoice_obj, make_world, subscription_obj
 from tests.factories import sign_webhook
+from tests.stripe_payments import FakePayments, Payments, dispute, mocked_payments, refund
 
 Ctx = dict[str, Any]
 DAY = 86400
+
+
+@pytest.fixture
+def stripe_payments(settings: Settings) -> Iterator[Payments]:
+    with mocked_payments(settings) as payments:
+        yield payments
 
 
 @pytest.fixture
@@ -75,10 +82,21 @@ async def snapshot(engine: AsyncEngine, world: World) -> dict[str, Any]:
         for i in await rows(engine, Invoice)
     )
     stripe_of = {i.id: i.stripe_invoice_id for i in await rows(engine, Invoice)}
+    ledger = await rows(engine, Earning)
     earnings = sorted(
         (stripe_of[e.invoice_id], e.gross_amount, e.commission_amount, e.net_amount, e.creator_id)
-        for e in await rows(engine, Earning)
+        for e in ledger
+        if e.kind == "charge"
     )
+    # Reversal lines are appended as refunds and disputes change, so their number depends on the
+    # order; what they take back per invoice does not.
+    reversed_: dict[str, list[int]] = {}
+    for e in ledger:
+        if e.kind != "charge":
+            sign = 1 if e.kind == "reversal" else -1
+            total = reversed_.setdefault(stripe_of[e.invoice_id], [0, 0, 0])
+            for i, amount in enumerate((e.gross_amount, e.commission_amount, e.net_amount)):
+                total[i] += sign * amount
     return {
         "subscription": (
             sub.status,
@@ -91,6 +109,7 @@ async def snapshot(engine: AsyncEngine, world: World) -> dict[str, Any]:
         ),
         "invoices": invoices,
         "earnings": earnings,
+        "reversed": sorted((invoice, tuple(amounts)) for invoice, amounts in reversed_.items()),
     }
 
 
@@ -136,6 +155,17 @@ def lifecycle(world: World, *, t0: int, ending: str) -> list[dict[str, Any]]:
         ),
         event("customer.subscription.updated", subscription_obj(world, "active", period=p2), created=t0 + 21),
     ]
+    if ending == "refunded":
+        # Part of the first invoice is refunded; the second is disputed and the dispute lost.
+        first, second = f"in_1{sub}", f"in_2{sub}"
+        events += [
+            event("refund.created", refund(first, "re_lc1", 1000, "pending"), created=t0 + 30),
+            event("refund.updated", refund(first, "re_lc1", 1000, "succeeded"), created=t0 + 31),
+            event(
+                "charge.dispute.created", dispute(second, "dp_lc2", 3190, "needs_response"), created=t0 + 32
+            ),
+            event("charge.dispute.closed", dispute(second, "dp_lc2", 3190, "lost"), created=t0 + 45),
+        ]
     if ending == "cancelled":
         events.append(
             event(
@@ -159,11 +189,16 @@ async def run_lifecycle(
     engine: AsyncEngine,
     ending: str,
     order: random.Random | None,
+    payments: FakePayments,
     t0: int = 1_780_000_000,
 ) -> tuple[dict[str, Any], int]:
     await truncate(engine)
     world = await make_world(engine, key="lifecycle")
     events = lifecycle(world, t0=t0, ending=ending)
+    # A refund or dispute seen before its invoice was paid re-fetches the invoice: Stripe's now.
+    for payload in events:
+        if payload["type"] == "invoice.paid":
+            payments.register(payload["data"]["object"])
     if order is not None:
         events = [e for e in events for _ in range(10)]
         order.shuffle(events)
@@ -173,15 +208,29 @@ async def run_lifecycle(
     return await snapshot(engine, world), creates
 
 
-@pytest.mark.parametrize("ending", ["active", "cancelled"])
+@pytest.mark.parametrize("ending", ["active", "cancelled", "refunded"])
 async def test_shuffled_lifecycle_with_duplicates_ends_like_the_in_order_run(
-    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, ending: str
+    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, ending: str, stripe_payments: Payments
 ) -> None:
-    expected, creates = await run_lifecycle(client, worker_ctx, engine, ending, order=None)
-    assert expected["subscription"][0] == ending
+    payments, _ = stripe_payments
+    expected, creates = await run_lifecycle(client, worker_ctx, engine, ending, order=None, payments=payments)
+    assert expected["subscription"][0] == ("active" if ending == "refunded" else ending)
     assert creates == 1
+    if ending == "refunded":
+        # 1000 of 2900 refunded: 1000 gross, 200 commission; the lost dispute takes all of the second.
+        assert expected["reversed"] == [
+            ("in_1sub_lifecycle", (1000, 200, 800)),
+            ("in_2sub_lifecycle", (2900, 580, 2320)),
+        ]
     for seed in range(3):
-        got, creates = await run_lifecycle(client, worker_ctx, engine, ending, order=random.Random(seed))  # noqa: S311
+        got, creates = await run_lifecycle(
+            client,
+            worker_ctx,
+            engine,
+            ending,
+            order=random.Random(seed),  # noqa: S311
+            payments=payments,
+        )
         assert got == expected, f"seed {seed}"
         assert creates <= 1
 
@@ -189,7 +238,7 @@ async def test_shuffled_lifecycle_with_duplicates_ends_like_the_in_order_run(
 async def test_in_order_lifecycle_mirrors_invoices_and_books_each_paid_invoice_once(
     client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine
 ) -> None:
-    state, _ = await run_lifecycle(client, worker_ctx, engine, "active", order=None)
+    state, _ = await run_lifecycle(client, worker_ctx, engine, "active", order=None, payments=FakePayments())
     status, period_start, period_end, *_ = state["subscription"]
     assert status == "active"
     assert period_end - period_start == timedelta(days=30)

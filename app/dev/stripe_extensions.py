@@ -12,6 +12,9 @@
 - Connect: Express accounts (`/v1/accounts`), onboarding links (`/v1/account_links`; opening the
   link completes onboarding at once and redirects to `return_url`) and transfers
   (`/v1/transfers`), which replay their answer for a repeated Idempotency-Key as Stripe does.
+- Invoice payments (`/v1/invoice_payments`, the PaymentIntent -> invoice link since API
+  2025-03-31) and refunds that send `refund.created` as Stripe does; `automatic_tax` is accepted
+  on subscriptions (the emulator has no Stripe Tax: nothing is taxed).
 Objects are kept in localstripe's store, so they persist with it.
 """
 
@@ -207,6 +210,8 @@ async def create_subscription(request: web.Request, path: dict[str, str]) -> web
     data = dict(await server.get_post_data(request) or {})
     data.pop("expand", None)
     data.pop("payment_settings", None)
+    # No Stripe Tax in the emulator: a taxed subscription is accepted and billed without tax.
+    data.pop("automatic_tax", None)
     # localstripe charges the customer's invoice default, which we always set first.
     data.pop("default_payment_method", None)
     data["items"] = _prices_as_plans(data.get("items"))
@@ -222,6 +227,7 @@ async def update_subscription(request: web.Request, path: dict[str, str]) -> web
     data.pop("expand", None)
     data.pop("proration_behavior", None)
     data.pop("payment_behavior", None)
+    data.pop("automatic_tax", None)
     if "items" in data:
         data["items"] = _prices_as_plans(data["items"])
     subscription = resources.Subscription._api_update(path["id"], **data)
@@ -346,8 +352,46 @@ async def portal_page(request: web.Request, path: dict[str, str]) -> web.Respons
     return web.Response(text="Dev billing portal: cards and invoices are managed in billing's API.")
 
 
+def _invoice_payment(intent: Any) -> dict[str, Any]:
+    paid = intent.status == "succeeded"
+    return {
+        "id": "inpay_" + intent.id.removeprefix("pi_"),
+        "object": "invoice_payment",
+        "amount_paid": intent.amount if paid else None,
+        "amount_requested": intent.amount,
+        "created": intent.created,
+        "currency": intent.currency,
+        "invoice": intent.invoice,
+        "is_default": True,
+        "livemode": False,
+        "payment": {"type": "payment_intent", "payment_intent": intent.id},
+        "status": "paid" if paid else "open",
+        "status_transitions": {"canceled_at": None, "paid_at": intent.created if paid else None},
+    }
+
+
+async def list_invoice_payments(request: web.Request) -> web.Response:
+    """By `payment[payment_intent]` or by `invoice`: localstripe links a PaymentIntent to its invoice."""
+    intent_id = request.query.get("payment[payment_intent]")
+    if intent_id is None and request.query.get("invoice"):
+        intent_id = resources.Invoice._api_retrieve(request.query["invoice"]).payment_intent
+    intent = resources.store.get(f"payment_intent:{intent_id}") if intent_id else None
+    data = [_invoice_payment(intent)] if intent is not None and intent.invoice else []
+    return _json({"object": "list", "url": "/v1/invoice_payments", "has_more": False, "data": data})
+
+
+async def create_refund(request: web.Request, path: dict[str, str]) -> web.Response:
+    """localstripe's refund, plus the `refund.created` event Stripe sends for every refund."""
+    data = dict(await server.get_post_data(request) or {})
+    data.pop("reason", None)
+    refund = resources.Refund._api_create(**data)
+    schedule_webhook(resources.Event("refund.created", refund))
+    return _json(refund._export())
+
+
 # Routes localstripe already has, answered here first in today's Stripe shapes.
 _OVERRIDES: list[tuple[str, re.Pattern[str], Override]] = [
+    ("POST", re.compile(r"^/v1/refunds$"), create_refund),
     ("POST", re.compile(r"^/v1/subscriptions$"), create_subscription),
     ("POST", re.compile(r"^/v1/subscriptions/(?P<id>sub_\w+)$"), update_subscription),
     ("POST", re.compile(r"^/v1/invoices/create_preview$"), create_invoice_preview),
@@ -481,3 +525,4 @@ def install_extensions(app: web.Application) -> None:
     app.router.add_get("/_config/connect/{id}/onboard", complete_onboarding)
     app.router.add_post("/v1/transfers", create_transfer)
     app.router.add_get("/v1/transfers/{id}", retrieve_transfer)
+    app.router.add_get("/v1/invoice_payments", list_invoice_payments)

@@ -12,13 +12,14 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.base import utcnow
 from app.models import Api, Earning, Invoice, PricingPlan, PricingPlanVersion, Subscription
 from app.money import split_commission
+from app.payouts.reversals import settle_invoice_reversals
 
 
 async def book_invoice_earnings(session: AsyncSession, invoice: Invoice, rate: Decimal) -> int:
@@ -80,7 +81,13 @@ async def book_invoice_earnings(session: AsyncSession, invoice: Invoice, rate: D
     statement = (
         insert(Earning)
         .values(rows)
-        .on_conflict_do_nothing(constraint="uq_earnings_invoice_plan_kind")
+        .on_conflict_do_nothing(
+            index_elements=[Earning.invoice_id, Earning.plan_id], index_where=text("kind = 'charge'")
+        )
         .returning(Earning.id)
     )
-    return len((await session.execute(statement)).scalars().all())
+    added = len((await session.execute(statement)).scalars().all())
+    if added:
+        # A refund or dispute may have been recorded before the charges were booked.
+        await settle_invoice_reversals(session, invoice, reference=invoice.stripe_invoice_id)
+    return added

@@ -1,7 +1,7 @@
 """SQLAlchemy tables, one module per aggregate. Importing this package registers them all."""
 
 from app.models.consumer import Consumer, PaymentMethod
-from app.models.earning import Earning
+from app.models.earning import Earning, InvoiceReversal
 from app.models.event import StripeEvent
 from app.models.idempotency import IdempotencyKey
 from app.models.invoice import Invoice
@@ -20,6 +20,7 @@ __all__ = [
     "Earning",
     "IdempotencyKey",
     "Invoice",
+    "InvoiceReversal",
     "JobRun",
     "OutboxMessage",
     "PaymentMethod",

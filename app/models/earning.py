@@ -3,14 +3,17 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint, text
+from sqlalchemy import BigInteger, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db.base import Base, UUIDPk, utcnow
+from app.db.base import Base, Timestamps, UUIDPk, utcnow
 from app.models.types import MinorUnits, enum_check, non_negative
 
-EARNING_KINDS = ("charge", "reversal")
+# A charge earns; a reversal (refund, dispute) takes back; a reinstatement gives back what a
+# reversal took (a won dispute, a failed refund). Reversals count negative everywhere.
+EARNING_KINDS = ("charge", "reversal", "reinstatement")
 EARNING_STATUSES = ("pending", "available", "paid_out", "reversed")
+REVERSAL_SOURCES = ("refund", "dispute")
 
 
 class Earning(UUIDPk, Base):
@@ -18,7 +21,15 @@ class Earning(UUIDPk, Base):
 
     __tablename__ = "earnings"
     __table_args__ = (
-        UniqueConstraint("invoice_id", "plan_id", "kind", name="uq_earnings_invoice_plan_kind"),
+        # One charge line per (invoice, plan); reversals and reinstatements are appended, any number.
+        Index(
+            "uq_earnings_charge_invoice_plan",
+            "invoice_id",
+            "plan_id",
+            unique=True,
+            postgresql_where=text("kind = 'charge'"),
+        ),
+        Index("ix_earnings_invoice_id", "invoice_id"),
         enum_check("kind", EARNING_KINDS),
         enum_check("status", EARNING_STATUSES),
         *non_negative("gross_amount", "commission_amount", "net_amount"),
@@ -47,5 +58,29 @@ class Earning(UUIDPk, Base):
     stripe_transfer_id: Mapped[str | None] = mapped_column(String(255))
     # The payout that claimed this line (set before the transfer, so a retry pays the same lines).
     payout_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("payouts.id"), index=True)
+    # The refund or dispute (or the invoice) whose change booked a reversal or reinstatement line.
+    reference: Mapped[str | None] = mapped_column(String(255))
     earned_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InvoiceReversal(UUIDPk, Timestamps, Base):
+    """What one refund or dispute takes back from a paid invoice, as Stripe last showed it.
+
+    One row per Stripe refund or dispute, kept at its newest state (by the event's time, ties by
+    how far along its life it is); the invoice's reversed total is the sum of `amount`.
+    """
+
+    __tablename__ = "invoice_reversals"
+    __table_args__ = (
+        enum_check("source", REVERSAL_SOURCES),
+        *non_negative("amount"),
+    )
+
+    invoice_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("invoices.id"), index=True)
+    stripe_object_id: Mapped[str] = mapped_column(String(255), unique=True)  # re_... or dp_...
+    source: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(32))
+    amount: Mapped[MinorUnits]  # taken back now: 0 once a refund failed or a dispute was won
+    stripe_state_at: Mapped[int] = mapped_column(BigInteger)
+    state_rank: Mapped[int]

@@ -1,20 +1,78 @@
-"""Refunds and lost disputes take back what a paid invoice earned its creators.
+"""Refunds and disputes take back what a paid invoice earned its creators.
 
-The ledger is append-only: a refund books `reversal` lines beside the invoice's `charge` lines
-(one per plan, as the charges), which analytics count negative and the next payout nets off.
+Each Stripe refund or dispute of an invoice is kept at its newest state (`invoice_reversals`); the
+invoice's reversed total is what they take back now. The ledger is append-only: whenever that
+total changes, the difference per plan is booked as a new `reversal` line (or a `reinstatement`
+when money comes back: a refund failed, a dispute was won), so a line a payout has already netted
+is never touched and a later, larger refund is simply another line. Analytics count reversals
+negative; the next payout nets them off.
+
+Amounts: a refund or dispute of `x` out of an invoice total `T` (tax included) takes back
+`x * G / T` of the creators' pre-tax gross `G` (all of it once `x >= T`), rounded half-up to the
+minor unit, then split over the invoice's plans in proportion to their gross (largest
+remainders). Each plan's commission comes back at the rate its charge was booked at (the whole
+commission on a full reversal), so gross = commission + net on every line.
 """
 
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import case, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Earning
+from app.db.base import utcnow
+from app.models import Earning, Invoice, InvoiceReversal
 from app.money import split_commission
+
+# Refund statuses: Stripe returns the money unless the refund failed or was canceled.
+REFUND_RANK = {"pending": 0, "requires_action": 0, "succeeded": 1, "failed": 2, "canceled": 2}
+REFUND_RETURNS_MONEY = frozenset({"pending", "requires_action", "succeeded"})
+# Dispute statuses: the funds are withdrawn from the moment a chargeback opens (inquiries, the
+# `warning_*` ones, withdraw nothing) until it is won; an appeal keeps them withdrawn.
+DISPUTE_RANK = {
+    "warning_needs_response": 0,
+    "warning_under_review": 1,
+    "needs_response": 2,
+    "under_review": 3,
+    "appeal_needs_response": 4,
+    "appeal_under_review": 5,
+    "lost": 6,
+    "won": 6,
+    "warning_closed": 6,
+    "prevented": 6,
+}
+DISPUTE_WITHDRAWS = frozenset(
+    {"needs_response", "under_review", "appeal_needs_response", "appeal_under_review", "lost"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReversalState:
+    """One refund or dispute as a Stripe object showed it: what it takes back in that state."""
+
+    stripe_object_id: str
+    source: str  # refund | dispute
+    status: str
+    amount: int
+    rank: int
+
+    @classmethod
+    def of_refund(cls, obj: dict[str, Any]) -> ReversalState:
+        status = str(obj.get("status") or "pending")
+        takes = int(obj.get("amount") or 0) if status in REFUND_RETURNS_MONEY else 0
+        return cls(str(obj["id"]), "refund", status, takes, REFUND_RANK.get(status, 0))
+
+    @classmethod
+    def of_dispute(cls, obj: dict[str, Any]) -> ReversalState:
+        status = str(obj.get("status") or "needs_response")
+        takes = int(obj.get("amount") or 0) if status in DISPUTE_WITHDRAWS else 0
+        return cls(str(obj["id"]), "dispute", status, takes, DISPUTE_RANK.get(status, 0))
 
 
 def proportional_shares(amount: int, weights: list[int]) -> list[int]:
@@ -31,16 +89,100 @@ def proportional_shares(amount: int, weights: list[int]) -> list[int]:
     return shares
 
 
-async def reverse_invoice_earnings(
-    session: AsyncSession, *, invoice_id: uuid.UUID, reversed_total: int
-) -> int:
-    """Book the reversal of `reversed_total` (cumulative, as Stripe's `amount_refunded` or a lost
-    dispute's amount) of a paid invoice; returns how many reversal lines changed.
+def reversed_gross(reversed_total: int, gross_total: int, invoice_total: int) -> int:
+    """The creators' gross taken back when `reversed_total` of an invoice of `invoice_total`
+    (tax included) is refunded or disputed: proportional, rounded half-up, never above the gross."""
+    if reversed_total <= 0 or gross_total <= 0:
+        return 0
+    if invoice_total <= 0:
+        return min(reversed_total, gross_total)
+    if reversed_total >= invoice_total:
+        return gross_total
+    exact = Decimal(reversed_total) * gross_total / invoice_total
+    return min(gross_total, int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP)))
 
-    Idempotent and safe out of order: a line only ever grows to the newest cumulative amount, so a
-    repeated or older event books nothing. A reversal already netted by a payout is not changed;
-    a later, larger refund of that invoice is then left to support (logged by the caller).
+
+async def record_reversal(
+    session: AsyncSession, invoice_id: uuid.UUID, state: ReversalState, *, observed_at: int
+) -> bool:
+    """Keep the newest state of a refund or dispute of the invoice; True if this one is newer
+    (by the event's time, then by how far along its life it is). Older or repeated states are no-ops."""
+    statement = insert(InvoiceReversal).values(
+        id=uuid.uuid4(),
+        invoice_id=invoice_id,
+        stripe_object_id=state.stripe_object_id,
+        source=state.source,
+        status=state.status,
+        amount=state.amount,
+        stripe_state_at=observed_at,
+        state_rank=state.rank,
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=[InvoiceReversal.stripe_object_id],
+        set_={
+            "status": statement.excluded.status,
+            "amount": statement.excluded.amount,
+            "stripe_state_at": statement.excluded.stripe_state_at,
+            "state_rank": statement.excluded.state_rank,
+            "updated_at": utcnow(),
+        },
+        where=tuple_(InvoiceReversal.stripe_state_at, InvoiceReversal.state_rank)
+        < tuple_(statement.excluded.stripe_state_at, statement.excluded.state_rank),
+    )
+    result = await session.execute(statement)
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def invoice_reversed_total(session: AsyncSession, invoice_id: uuid.UUID) -> int:
+    """What the invoice's refunds and disputes take back now, in the invoice's minor units."""
+    total = await session.execute(
+        select(func.coalesce(func.sum(InvoiceReversal.amount), 0)).where(
+            InvoiceReversal.invoice_id == invoice_id
+        )
+    )
+    return int(total.scalar_one())
+
+
+async def _booked_adjustments(
+    session: AsyncSession, invoice_id: uuid.UUID
+) -> dict[uuid.UUID, tuple[int, int, int]]:
+    """Per plan, what the invoice's reversal lines take back so far (reinstatements subtracted)."""
+    sign = case((Earning.kind == "reversal", 1), else_=-1)
+    result = await session.execute(
+        select(
+            Earning.plan_id,
+            func.sum(sign * Earning.gross_amount),
+            func.sum(sign * Earning.commission_amount),
+            func.sum(sign * Earning.net_amount),
+        )
+        .where(Earning.invoice_id == invoice_id, Earning.kind != "charge")
+        .group_by(Earning.plan_id)
+    )
+    return {plan: (int(g), int(c), int(n)) for plan, g, c, n in result.all()}
+
+
+def _target(charge: Earning, gross: int) -> tuple[int, int, int]:
+    if gross >= charge.gross_amount:  # a full reversal gives back exactly what was booked
+        return charge.gross_amount, charge.commission_amount, charge.net_amount
+    commission, net = split_commission(gross, Decimal(charge.commission_amount) / charge.gross_amount)
+    return gross, commission, net
+
+
+async def reverse_invoice_earnings(
+    session: AsyncSession, *, invoice_id: uuid.UUID, reversed_total: int, reference: str | None = None
+) -> int:
+    """Bring the invoice's reversal lines to `reversed_total` (cumulative: everything its refunds
+    and disputes take back now); returns how many ledger lines this call appended.
+
+    Idempotent: the lines booked so far are compared with the target and only the difference is
+    appended, per plan (a reinstatement when the target went down). The invoice row is locked,
+    so concurrent calls for one invoice apply one after the other.
     """
+    invoice = (
+        await session.execute(select(Invoice).where(Invoice.id == invoice_id).with_for_update())
+    ).scalar_one_or_none()
+    if invoice is None:
+        return 0
     charges = (
         (
             await session.execute(
@@ -55,36 +197,53 @@ async def reverse_invoice_earnings(
     if not charges:
         return 0
     gross_total = sum(c.gross_amount for c in charges)
-    shares = proportional_shares(min(reversed_total, gross_total), [c.gross_amount for c in charges])
-    changed = 0
+    to_reverse = reversed_gross(reversed_total, gross_total, invoice.total)
+    shares = proportional_shares(to_reverse, [c.gross_amount for c in charges])
+    booked = await _booked_adjustments(session, invoice_id)
+    rows = list(_adjustments(charges, shares, booked, reference))
+    if rows:
+        await session.execute(insert(Earning).values(rows))
+    return len(rows)
+
+
+def _adjustments(
+    charges: Iterable[Earning],
+    shares: list[int],
+    booked: dict[uuid.UUID, tuple[int, int, int]],
+    reference: str | None,
+) -> Iterable[dict[str, Any]]:
+    now = utcnow()
     for charge, gross in zip(charges, shares, strict=True):
-        if gross <= 0:
+        target = _target(charge, gross)
+        done = booked.get(charge.plan_id, (0, 0, 0))
+        delta = [t - d for t, d in zip(target, done, strict=True)]
+        if delta[0] == 0:
             continue
-        # The commission comes back at the rate the charge was booked at; a full reversal is exact.
-        commission, net = split_commission(gross, Decimal(charge.commission_amount) / charge.gross_amount)
-        statement = insert(Earning).values(
-            id=uuid.uuid4(),
-            creator_id=charge.creator_id,
-            api_id=charge.api_id,
-            plan_id=charge.plan_id,
-            invoice_id=charge.invoice_id,
-            subscription_id=charge.subscription_id,
-            kind="reversal",
-            status="available",  # deducted from the next payout at once
-            currency=charge.currency,
-            gross_amount=gross,
-            commission_amount=commission,
-            net_amount=net,
-        )
-        statement = statement.on_conflict_do_update(
-            constraint="uq_earnings_invoice_plan_kind",
-            set_={
-                "gross_amount": statement.excluded.gross_amount,
-                "commission_amount": statement.excluded.commission_amount,
-                "net_amount": statement.excluded.net_amount,
-            },
-            where=(Earning.gross_amount < statement.excluded.gross_amount) & Earning.payout_id.is_(None),
-        )
-        result = await session.execute(statement)
-        changed += int(getattr(result, "rowcount", 0) or 0)
-    return changed
+        # Commission and net move with the gross (half-up rounding is monotonic), same sign.
+        kind = "reversal" if delta[0] > 0 else "reinstatement"
+        gross_delta, commission_delta, net_delta = (abs(x) for x in delta)
+        yield {
+            "id": uuid.uuid4(),
+            "creator_id": charge.creator_id,
+            "api_id": charge.api_id,
+            "plan_id": charge.plan_id,
+            "invoice_id": charge.invoice_id,
+            "subscription_id": charge.subscription_id,
+            "kind": kind,
+            "status": "available",  # deducted from (or added to) the next payout at once
+            "currency": charge.currency,
+            "gross_amount": gross_delta,
+            "commission_amount": commission_delta,
+            "net_amount": net_delta,
+            "reference": reference,
+            "earned_at": now,
+            "created_at": now,
+        }
+
+
+async def settle_invoice_reversals(session: AsyncSession, invoice: Invoice, *, reference: str | None) -> int:
+    """Book what the invoice's recorded refunds and disputes take back now (see above)."""
+    total = await invoice_reversed_total(session, invoice.id)
+    return await reverse_invoice_earnings(
+        session, invoice_id=invoice.id, reversed_total=total, reference=reference
+    )

@@ -26,8 +26,11 @@ class CheckoutCalls(StripeBase):
         client_reference_id: str,
         metadata: dict[str, str],
         idempotency_key: str,
+        automatic_tax: bool = False,
     ) -> StripeCheckoutSession:
-        """A hosted page where the consumer pays for a subscription to `price_id`."""
+        """A hosted page where the consumer pays for a subscription to `price_id`. With
+        `automatic_tax`, the page collects the billing address Stripe Tax needs and saves it on
+        the (existing) customer, and the subscription it starts is taxed."""
         subscription_data: dict[str, Any] = {"metadata": metadata}
         if trial_period_days:
             subscription_data["trial_period_days"] = trial_period_days
@@ -41,6 +44,9 @@ class CheckoutCalls(StripeBase):
             "metadata": metadata,
             "subscription_data": subscription_data,
         }
+        if automatic_tax:
+            params["automatic_tax"] = {"enabled": True}
+            params["customer_update"] = {"address": "auto"}
         session = await self._call(
             "checkout.sessions.create",
             lambda: self._client.v1.checkout.sessions.create_async(

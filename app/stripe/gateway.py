@@ -17,6 +17,7 @@ from app.stripe.listing import ListingCalls
 from app.stripe.meters import MeterCalls
 from app.stripe.objects import ObjectCalls
 from app.stripe.payment_methods import PaymentMethodCalls
+from app.stripe.payments import PaymentCalls
 from app.stripe.subscriptions import SubscriptionCalls
 
 
@@ -32,5 +33,6 @@ class StripeGateway(
     ConnectCalls,
     MeterCalls,
     ObjectCalls,
+    PaymentCalls,
 ):
     """Thin async wrapper over `stripe.StripeClient`; callers never see the SDK or its errors."""

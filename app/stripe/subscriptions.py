@@ -71,6 +71,8 @@ def _line(line: dict[str, Any]) -> StripePreviewLine:
 # With the pinned API version the first invoice exposes `confirmation_secret`; it is not expanded
 # by default.
 EXPAND_FIRST_PAYMENT = ["latest_invoice.confirmation_secret"]
+# Stripe Tax (STRIPE_TAX_ENABLED): sent only when enabled, so accounts without Stripe Tax see no change.
+AUTOMATIC_TAX = {"enabled": True}
 
 
 class SubscriptionCalls(StripeBase):
@@ -83,9 +85,11 @@ class SubscriptionCalls(StripeBase):
         trial_period_days: int | None,
         metadata: dict[str, str],
         idempotency_key: str,
+        automatic_tax: bool = False,
     ) -> StripeSubscription:
         """Subscribe the customer to one price. Stripe charges at once (or starts the trial);
-        when the card needs authentication the subscription comes back `incomplete`."""
+        when the card needs authentication the subscription comes back `incomplete`. With
+        `automatic_tax`, Stripe Tax adds tax from the customer's location to every invoice."""
         params: dict[str, Any] = {
             "customer": customer,
             "items": [{"price": price_id}],
@@ -97,6 +101,8 @@ class SubscriptionCalls(StripeBase):
             params["default_payment_method"] = payment_method
         if trial_period_days:
             params["trial_period_days"] = trial_period_days
+        if automatic_tax:
+            params["automatic_tax"] = AUTOMATIC_TAX
         created = await self._call(
             "subscriptions.create",
             lambda: self._client.v1.subscriptions.create_async(
@@ -107,19 +113,29 @@ class SubscriptionCalls(StripeBase):
         return _subscription(created)
 
     async def change_subscription_price(
-        self, subscription_id: str, *, item_id: str, price_id: str, idempotency_key: str
+        self,
+        subscription_id: str,
+        *,
+        item_id: str,
+        price_id: str,
+        idempotency_key: str,
+        automatic_tax: bool = False,
     ) -> StripeSubscription:
         """Move the subscription's one item to another price; the prorated difference for the rest
-        of the period is invoiced at once (what `preview_invoice` shows)."""
+        of the period is invoiced at once (what `preview_invoice` shows). With `automatic_tax`
+        it is (still) taxed by Stripe Tax."""
+        params: dict[str, Any] = {
+            "items": [{"id": item_id, "price": price_id}],
+            "proration_behavior": "always_invoice",
+            "expand": EXPAND_FIRST_PAYMENT,
+        }
+        if automatic_tax:
+            params["automatic_tax"] = AUTOMATIC_TAX
         updated = await self._call(
             "subscriptions.update",
             lambda: self._client.v1.subscriptions.update_async(
                 subscription_id,
-                params={
-                    "items": [{"id": item_id, "price": price_id}],
-                    "proration_behavior": "always_invoice",
-                    "expand": EXPAND_FIRST_PAYMENT,
-                },
+                params=params,  # type: ignore[arg-type]
                 options={"idempotency_key": idempotency_key},
             ),
         )
@@ -161,12 +177,15 @@ class SubscriptionCalls(StripeBase):
         subscription_id: str | None = None,
         item_id: str | None = None,
         proration_date: int | None = None,
+        automatic_tax: bool = False,
     ) -> StripeInvoicePreview:
         """The invoice Stripe would issue for moving to `price_id` (with prorations), or for a new
         subscription to it when there is none."""
         item: dict[str, Any] = {"price": price_id}
         details: dict[str, Any] = {"items": [item]}
         params: dict[str, Any] = {"customer": customer, "subscription_details": details}
+        if automatic_tax:
+            params["automatic_tax"] = AUTOMATIC_TAX
         if subscription_id is not None:
             params["subscription"] = subscription_id
             item["id"] = item_id

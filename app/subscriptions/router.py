@@ -29,7 +29,11 @@ router = APIRouter(prefix="/subscriptions", tags=["subscriptions"])
 def _service(request: Request, session: AsyncSession) -> SubscriptionService:
     state = request.app.state
     return SubscriptionService(
-        session, state.stripe, Outbox(session, state.redis), MeteringClient(state.http, state.settings)
+        session,
+        state.stripe,
+        Outbox(session, state.redis),
+        MeteringClient(state.http, state.settings),
+        automatic_tax=state.settings.stripe_tax_enabled,
     )
 
 

@@ -99,9 +99,16 @@ def usage_period(
 
 class SubscriptionService:
     def __init__(
-        self, session: AsyncSession, stripe: StripeGateway, outbox: Outbox, metering: MeteringClient
+        self,
+        session: AsyncSession,
+        stripe: StripeGateway,
+        outbox: Outbox,
+        metering: MeteringClient,
+        *,
+        automatic_tax: bool = False,
     ) -> None:
         self._session = session
+        self._automatic_tax = automatic_tax  # STRIPE_TAX_ENABLED: Stripe Tax on new subscriptions
         self._repo = SubscriptionRepository(session)
         self._plans = PlanRepository(session)
         self._consumers = ConsumerService(session, stripe)
@@ -148,6 +155,7 @@ class SubscriptionService:
                 client_reference_id=str(subscription.id),
                 metadata=self._metadata(subscription),
                 idempotency_key=f"checkout-create:{subscription.id}",
+                automatic_tax=self._automatic_tax,
             )
             subscription.stripe_checkout_session_id = session.id
             subscription.checkout_url = session.url
@@ -160,6 +168,7 @@ class SubscriptionService:
                 trial_period_days=plan.trial_period_days,
                 metadata=self._metadata(subscription),
                 idempotency_key=f"sub-create:{subscription.id}",
+                automatic_tax=self._automatic_tax,
             )
             client_secret = await self._apply_created(subscription, created)
         await self._repo.flush()
@@ -245,6 +254,7 @@ class SubscriptionService:
                 trial_period_days=None,
                 metadata=self._metadata(subscription, plan, version),
                 idempotency_key=f"sub-create:{tag}",
+                automatic_tax=self._automatic_tax,
             )
             subscription.stripe_state_at = None
             client_secret = await self._apply_created(subscription, created)
@@ -256,6 +266,7 @@ class SubscriptionService:
                 item_id=subscription.stripe_subscription_item_id,
                 price_id=self._price(version),
                 idempotency_key=f"sub-change:{tag}",
+                automatic_tax=self._automatic_tax,
             )
             await self._mirror(subscription, updated)
         subscription.pricing_plan_id = plan.id
@@ -280,6 +291,7 @@ class SubscriptionService:
             subscription_id=stripe_id,
             item_id=subscription.stripe_subscription_item_id if stripe_id else None,
             proration_date=int(time.time()) if stripe_id else None,
+            automatic_tax=self._automatic_tax,
         )
 
         def moment(value: int | None) -> datetime | None:

@@ -27,6 +27,7 @@ from app.outbox.service import Outbox
 from app.stripe import StripeGateway
 from app.subscriptions.lifecycle import StripeSubscriptionState, apply_stripe_state
 from app.usage.service import UsageService
+from app.webhooks.reversal_handlers import dispute_changed, refund_changed
 
 
 class NotYetKnown(DomainError):
@@ -251,4 +252,10 @@ HANDLERS: dict[str, Handler] = {
     "checkout.session.completed": checkout_completed,
     "payment_intent.succeeded": payment_intent_settled,
     "payment_intent.payment_failed": payment_intent_settled,
+    "refund.created": refund_changed,
+    "refund.updated": refund_changed,
+    "refund.failed": refund_changed,
+    "charge.dispute.created": dispute_changed,
+    "charge.dispute.updated": dispute_changed,
+    "charge.dispute.closed": dispute_changed,
 }
