@@ -16,6 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.logging import request_id_var
+from app.outbox.service import API_KEY_KINDS
 
 log = logging.getLogger("app.metrics")
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -157,13 +158,15 @@ class OutboxBacklog:
         return self._refreshed_at is None or time.monotonic() - self._refreshed_at >= self.interval_seconds
 
     async def _query(self, engine: AsyncEngine) -> None:
+        # Only calls the worker delivers (API key intents); `notify` rows are records kept for a
+        # notification consumer, which this service does not run, so they never drain here.
         statement = text(
             "SELECT status, count(*) AS n, "
             "coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age "
-            "FROM outbox WHERE status IN ('pending', 'failed') GROUP BY status"
+            "FROM outbox WHERE status IN ('pending', 'failed') AND kind = ANY(:kinds) GROUP BY status"
         )
         async with engine.connect() as connection:
-            rows = (await connection.execute(statement)).all()
+            rows = (await connection.execute(statement, {"kinds": list(API_KEY_KINDS)})).all()
         found = {row.status: row for row in rows}
         for status in ("pending", "failed"):
             OUTBOX_BACKLOG.labels(status).set(found[status].n if status in found else 0)

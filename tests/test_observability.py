@@ -127,16 +127,18 @@ async def test_metrics_show_every_named_series(client: httpx.AsyncClient) -> Non
         assert name in body
 
 
-async def _add_outbox(engine: AsyncEngine, status: str, age_seconds: int) -> None:
+async def _add_outbox(
+    engine: AsyncEngine, status: str, age_seconds: int, kind: str = "create_api_key"
+) -> None:
     async with engine.begin() as connection:
         await connection.execute(
             text(
                 "INSERT INTO outbox"
                 " (id, kind, dedupe_key, payload, status, attempts, next_attempt_at, created_at)"
-                " VALUES (:id, 'notify', :key, '{}', :status, 0, now(),"
+                " VALUES (:id, :kind, :key, '{}', :status, 0, now(),"
                 " now() - make_interval(secs => :age))"
             ),
-            {"id": uuid.uuid4(), "key": uuid.uuid4().hex, "status": status, "age": age_seconds},
+            {"id": uuid.uuid4(), "kind": kind, "key": uuid.uuid4().hex, "status": status, "age": age_seconds},
         )
 
 
@@ -148,6 +150,7 @@ async def test_outbox_backlog_is_counted_from_the_database_at_most_once_per_inte
     await _add_outbox(engine, "pending", 5)
     await _add_outbox(engine, "failed", 10)
     await _add_outbox(engine, "done", 999)
+    await _add_outbox(engine, "pending", 999, kind="notify")  # a record, not a call we deliver
     body = (await client.get("/metrics")).text
     assert _value(body, 'billing_outbox_backlog{status="pending"}') == 2
     assert _value(body, 'billing_outbox_backlog{status="failed"}') == 1
