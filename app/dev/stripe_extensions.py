@@ -14,7 +14,13 @@
   (`/v1/transfers`), which replay their answer for a repeated Idempotency-Key as Stripe does.
 - Invoice payments (`/v1/invoice_payments`, the PaymentIntent -> invoice link since API
   2025-03-31) and refunds that send `refund.created` as Stripe does; `automatic_tax` is accepted
-  on subscriptions (the emulator has no Stripe Tax: nothing is taxed).
+  on subscriptions and invoices (the emulator has no Stripe Tax: nothing is taxed).
+- One-off invoices as today's Stripe makes them: a draft that excludes pending items
+  (`collection_method`, `days_until_due`), invoice items added to it by id (`quantity` and
+  `unit_amount_decimal` or `unit_amount`), finalize and send, with `invoice.created`,
+  `invoiceitem.created`, `invoice.finalized` and `invoice.sent`; a repeated Idempotency-Key on
+  these calls replays the first answer as Stripe does. The emulator renders no PDF and has no
+  hosted invoice page: `invoice_pdf` and `hosted_invoice_url` stay null.
 Objects are kept in localstripe's store, so they persist with it.
 """
 
@@ -24,7 +30,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, cast
 from urllib.parse import urlencode
 
@@ -389,12 +395,211 @@ async def create_refund(request: web.Request, path: dict[str, str]) -> web.Respo
     return _json(refund._export())
 
 
+class ManualInvoice(resources.Invoice):  # type: ignore[misc]
+    """A one-off invoice as `POST /v1/invoices` makes it today: a draft holding only the items added
+    to it by id. It is a localstripe Invoice, so retrieve, list, lines, pay and void work on it."""
+
+    def __init__(
+        self,
+        customer: Any = None,
+        currency: Any = None,
+        collection_method: Any = "charge_automatically",
+        days_until_due: Any = None,
+        auto_advance: Any = None,
+        description: Any = None,
+        metadata: Any = None,
+        **unexpected: Any,
+    ) -> None:
+        if unexpected:
+            raise UserError(400, "Unexpected " + ", ".join(unexpected))
+        days = resources.try_convert_to_int(days_until_due)
+        if collection_method not in ("charge_automatically", "send_invoice"):
+            raise UserError(400, "Invalid collection_method: charge_automatically or send_invoice")
+        if collection_method == "send_invoice" and not (isinstance(days, int) and days >= 0):
+            raise UserError(400, "Missing required param: days_until_due (collection_method=send_invoice)")
+        if collection_method == "charge_automatically" and days is not None:
+            raise UserError(400, "days_until_due is only valid when collection_method=send_invoice")
+        # localstripe's own set-up as a simulation (no event, no pending item claimed) ...
+        super().__init__(customer=customer, description=description, metadata=metadata, simulation=True)
+        # ... whose lines would show the pending items: a one-off invoice excludes them.
+        for line in self.lines._list:
+            del resources.store[f"line_item:{line.id}"]
+        self.lines._list = []
+        self.ending_balance = max(0, self.starting_balance)
+        self.currency = str(currency or "usd").lower()
+        self.collection_method = collection_method
+        self.days_until_due = days
+        self.due_date = self.created + days * 86400 if days is not None else None
+        self.auto_advance = resources.try_convert_to_bool(auto_advance) is True
+        self.automatic_tax = {"enabled": False, "liability": None, "status": None}
+        self.billing_reason = "manual"
+        self.attempt_count = 0
+        self.attempted = False
+        self.number = None
+        self.hosted_invoice_url = None
+        self.invoice_pdf = None
+        # A one-off invoice's period is its creation instant, as Stripe reports it.
+        self.period_start = self.period_end = self.created
+
+    @property
+    def total_taxes(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "amount": tax["amount"],
+                "tax_behavior": "inclusive" if tax["inclusive"] else "exclusive",
+                "taxability_reason": None,
+                "type": "tax_rate_details",
+                "tax_rate_details": {"tax_rate": tax["tax_rate"]},
+            }
+            for tax in self.total_tax_amounts
+        ]
+
+    @property
+    def amount_remaining(self) -> int:
+        return int(self.amount_due - self.amount_paid)
+
+
+async def create_invoice(request: web.Request, path: dict[str, str]) -> web.Response:
+    data = dict(await server.get_post_data(request) or {})
+    data.pop("expand", None)
+    data.pop("automatic_tax", None)  # no Stripe Tax in the emulator: nothing is taxed
+    if data.pop("pending_invoice_items_behavior", "exclude") != "exclude" or data.get("subscription"):
+        raise UserError(400, "The dev emulator creates one-off invoices only (pending items excluded)")
+    invoice = ManualInvoice(**data)
+    schedule_webhook(resources.Event("invoice.created", invoice))
+    return _json(invoice._export())
+
+
+def _unit_amount(data: dict[str, Any], quantity: int) -> Decimal | None:
+    """The unit amount asked for (`unit_amount_decimal` or `unit_amount`), pricing `amount` from it."""
+    unit = data.pop("unit_amount_decimal", None)
+    whole = data.pop("unit_amount", None)
+    if unit is None and whole is None:
+        return None
+    if "amount" in data or (unit is not None and whole is not None):
+        raise UserError(400, "Pass one of amount, unit_amount or unit_amount_decimal")
+    try:
+        amount = Decimal(str(unit if unit is not None else whole))
+    except InvalidOperation:
+        raise UserError(400, "Invalid unit_amount_decimal or unit_amount") from None
+    if not amount.is_finite() or (whole is not None and amount != amount.to_integral_value()):
+        raise UserError(400, "Invalid unit_amount_decimal or unit_amount")
+    data["amount"] = int((amount * quantity).to_integral_value(ROUND_HALF_UP))
+    return amount
+
+
+async def create_invoice_item(request: web.Request, path: dict[str, str]) -> web.Response:
+    """An invoice item, pending or (with `invoice`) added to that draft invoice as a line."""
+    data = dict(await server.get_post_data(request) or {})
+    quantity = resources.try_convert_to_int(data.pop("quantity", 1))
+    if not isinstance(quantity, int) or quantity < 0:
+        raise UserError(400, "Invalid quantity: a non-negative integer")
+    unit = _unit_amount(data, quantity)
+    if unit is None and quantity != 1:
+        raise UserError(400, "A quantity needs unit_amount or unit_amount_decimal")
+    invoice = None
+    if data.get("invoice") is not None:
+        invoice = resources.Invoice._api_retrieve(str(data["invoice"]))
+        if invoice.status != "draft":
+            raise UserError(400, f"Invoice {invoice.id} is {invoice.status}: items go on draft invoices only")
+        data.setdefault("currency", invoice.currency)
+        if data["currency"] != invoice.currency:
+            raise UserError(400, f"The item's currency must be the invoice's ({invoice.currency})")
+    item = resources.InvoiceItem(**data)
+    item.quantity = quantity
+    unit_text = format(unit.normalize(), "f") if unit is not None else str(item.amount)
+    item.pricing = {"type": "price_details", "price_details": None, "unit_amount_decimal": unit_text}
+    item.parent = None
+    if invoice is not None:
+        line = resources.InvoiceLineItem(item)
+        line.pricing = item.pricing
+        line.taxes = []
+        line.parent = {
+            "type": "invoice_item_details",
+            "invoice_item_details": {
+                "invoice_item": item.id,
+                "proration": False,
+                "proration_details": {"credited_items": None},
+                "subscription": None,
+            },
+        }
+        invoice.lines._list.append(line)
+    schedule_webhook(resources.Event("invoiceitem.created", item))
+    return _json(item._export())
+
+
+def _next_number(customer_id: str) -> str:
+    """Stripe's per-customer numbering: the customer's invoice prefix, then a sequence."""
+    numbered = [
+        obj
+        for key, obj in resources.store.items()
+        if key.startswith("invoice:") and obj.customer == customer_id and getattr(obj, "number", None)
+    ]
+    return f"{customer_id.removeprefix('cus_')[:8].upper()}-{len(numbered) + 1:04d}"
+
+
+def _finalize(invoice: Any) -> None:
+    if invoice.status != "draft":
+        raise UserError(400, "This invoice is already finalized, you can't re-finalize a non-draft invoice.")
+    invoice._finalize()
+    invoice.number = _next_number(invoice.customer)
+    schedule_webhook(resources.Event("invoice.finalized", invoice))
+
+
+async def finalize_invoice(request: web.Request) -> web.Response:
+    invoice = resources.Invoice._api_retrieve(request.match_info["id"])
+    data = await server.get_post_data(request) or {}
+    _finalize(invoice)
+    if "auto_advance" in data:
+        invoice.auto_advance = resources.try_convert_to_bool(data["auto_advance"]) is True
+    return _json(invoice._export())
+
+
+async def send_invoice(request: web.Request) -> web.Response:
+    """Send (in test mode Stripe emails nothing but sends `invoice.sent`); a draft is finalised first."""
+    invoice = resources.Invoice._api_retrieve(request.match_info["id"])
+    if invoice.collection_method != "send_invoice":
+        raise UserError(
+            400, "You can only manually send an invoice if its collection method is 'send_invoice'."
+        )
+    if invoice.status == "void":
+        raise UserError(400, "You can't send a voided invoice.")
+    if invoice.status == "draft":
+        _finalize(invoice)
+    schedule_webhook(resources.Event("invoice.sent", invoice))
+    return _json(invoice._export())
+
+
+# Stripe replays the first answer to a request repeated with the same Idempotency-Key.
+_REPLAYED = re.compile(r"^/v1/(invoices|invoiceitems|invoices/in_\w+/(finalize|send))$")
+
+
+@web.middleware
+async def idempotent_replay(request: web.Request, handler: Handler) -> web.StreamResponse:
+    key = request.headers.get("Idempotency-Key")
+    if request.method != "POST" or not key or not _REPLAYED.match(request.path):
+        return await handler(request)
+    first = resources.store.get(f"idempotency:{key}")
+    if first is not None:
+        if first["path"] != request.path:
+            raise UserError(400, f"Idempotency key {key} was first used on {first['path']}")
+        return web.Response(
+            text=first["body"], content_type="application/json", headers={"Idempotent-Replayed": "true"}
+        )
+    response = await handler(request)
+    if response.status == 200 and isinstance(response, web.Response) and response.text is not None:
+        resources.store[f"idempotency:{key}"] = {"path": request.path, "body": response.text}
+    return response
+
+
 # Routes localstripe already has, answered here first in today's Stripe shapes.
 _OVERRIDES: list[tuple[str, re.Pattern[str], Override]] = [
     ("POST", re.compile(r"^/v1/refunds$"), create_refund),
     ("POST", re.compile(r"^/v1/subscriptions$"), create_subscription),
     ("POST", re.compile(r"^/v1/subscriptions/(?P<id>sub_\w+)$"), update_subscription),
     ("POST", re.compile(r"^/v1/invoices/create_preview$"), create_invoice_preview),
+    ("POST", re.compile(r"^/v1/invoices$"), create_invoice),
+    ("POST", re.compile(r"^/v1/invoiceitems$"), create_invoice_item),
 ]
 
 
@@ -508,6 +713,7 @@ async def retrieve_transfer(request: web.Request) -> web.Response:
 def install_extensions(app: web.Application) -> None:
     """Register the extra routes on localstripe's aiohttp app (before it starts)."""
     app.middlewares.insert(1, hosted_pages)  # after the error middleware, before auth
+    app.middlewares.append(idempotent_replay)
     app.middlewares.append(stripe_today)
     app.router.add_post("/v1/checkout/sessions", create_checkout_session)
     app.router.add_get("/v1/checkout/sessions/{id}", retrieve_checkout_session)
@@ -526,3 +732,5 @@ def install_extensions(app: web.Application) -> None:
     app.router.add_post("/v1/transfers", create_transfer)
     app.router.add_get("/v1/transfers/{id}", retrieve_transfer)
     app.router.add_get("/v1/invoice_payments", list_invoice_payments)
+    app.router.add_post("/v1/invoices/{id}/finalize", finalize_invoice)
+    app.router.add_post("/v1/invoices/{id}/send", send_invoice)
