@@ -497,3 +497,16 @@ async def test_an_invoice_mirrored_from_stripe_shows_its_lines_tax_and_pdf_to_it
     download = (await client.get(f"/api/v1/invoices/{invoice_id}/download", headers=headers)).json()
     pdf = await client.get(download["download_url"], headers=headers)
     assert pdf.headers["content-type"] == "application/pdf"
+
+
+async def test_an_invoice_we_created_keeps_our_id_when_its_event_arrives_first(
+    client: httpx.AsyncClient, engine: AsyncEngine, worker_ctx: Ctx
+) -> None:
+    world = await make_world(engine)
+    t0 = int(time.time())
+    ours = uuid.uuid4()
+    draft = invoice_obj(world, f"in_c{world.stripe_subscription}", "draft", period=(t0, t0))
+    draft["metadata"] = {"invoice_id": str(ours), "kind": "custom"}
+    await deliver(client, worker_ctx, event("invoice.created", draft, created=t0))
+    stored = await one(engine, Invoice, stripe_invoice_id=draft["id"])
+    assert stored.id == ours

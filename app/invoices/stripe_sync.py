@@ -52,6 +52,13 @@ def _line(line: dict[str, Any], currency: str) -> dict[str, Any]:
     }
 
 
+def _our_id(obj: dict[str, Any]) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str((obj.get("metadata") or {}).get("invoice_id")))
+    except ValueError:
+        return None
+
+
 def _tax(obj: dict[str, Any]) -> int:
     if obj.get("tax") is not None:
         return int(obj["tax"])
@@ -78,21 +85,32 @@ async def sync_invoice(session: AsyncSession, obj: dict[str, Any], *, observed_a
             )
         ).scalar_one_or_none()
 
-    await session.execute(
-        insert(Invoice)
-        .values(
-            id=uuid.uuid4(),
-            stripe_invoice_id=obj["id"],
-            consumer_id=consumer_id,
-            status=obj.get("status") or "draft",
-            currency=obj.get("currency") or "usd",
-            lines=[],
+    # An invoice we created ourselves (custom invoices) names our row id in its metadata: the row
+    # gets that id whether the API call or this event stores it first.
+    for row_id in (_our_id(obj), uuid.uuid4()):
+        if row_id is None:
+            continue
+        await session.execute(
+            insert(Invoice)
+            .values(
+                id=row_id,
+                stripe_invoice_id=obj["id"],
+                consumer_id=consumer_id,
+                status=obj.get("status") or "draft",
+                currency=obj.get("currency") or "usd",
+                lines=[],
+            )
+            .on_conflict_do_nothing()
         )
-        .on_conflict_do_nothing(index_elements=[Invoice.stripe_invoice_id])
-    )
-    invoice = (
-        await session.execute(select(Invoice).where(Invoice.stripe_invoice_id == obj["id"]).with_for_update())
-    ).scalar_one()
+        invoice = (
+            await session.execute(
+                select(Invoice).where(Invoice.stripe_invoice_id == obj["id"]).with_for_update()
+            )
+        ).scalar_one_or_none()
+        if invoice is not None:
+            break
+    else:
+        raise RuntimeError(f"invoice {obj['id']} could not be stored")
 
     status = obj.get("status") or invoice.status
     if invoice.stripe_state_at is not None:
