@@ -16,7 +16,7 @@ import pytest
 import respx
 from arq import Retry
 from arq.connections import RedisSettings, create_pool
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
@@ -510,3 +510,27 @@ async def test_an_invoice_we_created_keeps_our_id_when_its_event_arrives_first(
     await deliver(client, worker_ctx, event("invoice.created", draft, created=t0))
     stored = await one(engine, Invoice, stripe_invoice_id=draft["id"])
     assert stored.id == ours
+
+
+async def test_late_events_of_a_stripe_subscription_left_by_a_downgrade_do_not_touch_the_row(
+    client: httpx.AsyncClient, engine: AsyncEngine, worker_ctx: Ctx
+) -> None:
+    world = await make_world(engine)
+    t0 = int(time.time())
+    # Downgraded to a free plan: our row runs on without the Stripe subscription it detached.
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(Subscription)
+            .where(Subscription.id == world.subscription_id)
+            .values(status="active", stripe_subscription_id=None, stripe_state_at=None)
+        )
+    deleted = subscription_obj(world, "canceled", period=(t0, t0 + 30 * DAY))
+    outcome = await deliver(
+        client, worker_ctx, event("customer.subscription.deleted", deleted, created=t0 + 5)
+    )
+    assert outcome == "ignored"
+    row = await one(engine, Subscription, id=world.subscription_id)
+    assert (row.status, row.stripe_subscription_id) == ("active", None)
+    assert (
+        await rows(engine, OutboxMessage, subscription_id=world.subscription_id, kind="revoke_api_key") == []
+    )

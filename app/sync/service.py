@@ -256,7 +256,11 @@ class SyncService:
         if subscription is None and our_id is not None:
             # Created at Stripe but our answer was lost before we stored its id: link it.
             with_id = await session.get(Subscription, our_id)
-            if with_id is not None and with_id.stripe_subscription_id is None:
+            if (
+                with_id is not None
+                and with_id.stripe_subscription_id is None
+                and with_id.status == "incomplete"
+            ):
                 subscription = with_id
         if subscription is None:
             report.unknown += 1

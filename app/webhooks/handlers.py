@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
@@ -92,7 +92,16 @@ async def find_subscription(
         conditions.append(Subscription.stripe_checkout_session_id == checkout_session_id)
     our_id = _uuid((metadata or {}).get("subscription_id"))
     if our_id is not None:
-        conditions.append(Subscription.id == our_id)
+        # Only a row still waiting for its first Stripe subscription (our write of the Stripe id
+        # may lag the event). A row that moved on (e.g. downgraded to free, detaching its old
+        # Stripe subscription) must not be reached by that old subscription's late events.
+        conditions.append(
+            and_(
+                Subscription.id == our_id,
+                Subscription.stripe_subscription_id.is_(None),
+                Subscription.status == "incomplete",
+            )
+        )
     for condition in conditions:
         found = (
             await session.execute(select(Subscription).where(condition).with_for_update(key_share=True))
@@ -100,6 +109,12 @@ async def find_subscription(
         if found is not None:
             return found
     return None
+
+
+async def was_detached(session: AsyncSession, metadata: dict[str, Any]) -> bool:
+    """True when the metadata names a subscription of ours that no longer follows this Stripe one."""
+    our_id = _uuid(metadata.get("subscription_id"))
+    return our_id is not None and await session.get(Subscription, our_id) is not None
 
 
 async def customer_created(ctx: EventContext, obj: dict[str, Any]) -> str:
@@ -120,6 +135,8 @@ async def subscription_changed(ctx: EventContext, obj: dict[str, Any]) -> str:
         ctx.session, stripe_subscription_id=state.id, metadata=state.metadata
     )
     if subscription is None:
+        if await was_detached(ctx.session, state.metadata):
+            return "ignored"
         raise NotYetKnown(f"no subscription of ours for {state.id}")
     if state.status == "unpaid":
         await ctx.dunning.retries_ended(subscription, ctx.stripe, observed_at=ctx.created)
