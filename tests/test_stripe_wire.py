@@ -501,3 +501,39 @@ async def test_checkout_asks_for_automatic_tax_and_the_address_only_with_stripe_
         assert sent["customer_update[address]"] == ["auto"]
     else:
         assert not any(key.startswith(("automatic_tax", "customer_update")) for key in sent)
+
+
+@pytest.mark.parametrize(
+    ("price_per_call", "currency", "sent"),
+    [
+        ("0.10", "usd", "10"),
+        ("1", "usd", "100"),
+        ("0.0015", "usd", "0.15"),
+        ("0.00000001", "jpy", "0.00000001"),
+    ],
+)
+@respx.mock
+async def test_per_call_prices_reach_stripe_as_plain_decimal_digits(
+    price_per_call: str, currency: str, sent: str
+) -> None:
+    from decimal import Decimal
+
+    from app.money import minor_decimal
+    from app.stripe import StripeGateway
+
+    price = {
+        "id": "price_wire", "object": "price", "product": "prod_wire", "currency": currency,
+        "unit_amount_decimal": sent, "active": True, "recurring": {"interval": "month"},
+    }  # fmt: skip
+    route = respx.post("https://api.stripe.com/v1/prices").respond(200, json=price)
+    gateway = StripeGateway(make_settings())
+    await gateway.create_price(
+        product="prod_wire",
+        currency=currency,
+        unit_amount_decimal=minor_decimal(Decimal(price_per_call), currency),
+        nickname="n",
+        metadata={},
+        idempotency_key="k",
+        meter="mtr_wire",
+    )
+    assert _form(route.calls.last.request)["unit_amount_decimal"] == [sent]

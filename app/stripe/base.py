@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import TypeVar
 
 import stripe
@@ -15,6 +16,11 @@ from app.errors import DomainError, PaymentRequired, ServiceUnavailable, Unproce
 
 log = logging.getLogger("app.stripe")
 T = TypeVar("T")
+
+
+def decimal_param(value: Decimal) -> str:
+    """A decimal as Stripe's `*_decimal` params take it: plain digits (the SDK would send `1E+1`)."""
+    return format(value.normalize(), "f")
 
 
 def translate_error(exc: stripe.StripeError) -> DomainError:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from app.stripe.base import StripeBase
+from app.stripe.base import StripeBase, decimal_param
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +67,7 @@ class CatalogCalls(StripeBase):
                 params={
                     "product": product,
                     "currency": currency,
-                    "unit_amount_decimal": unit_amount_decimal,
+                    "unit_amount_decimal": decimal_param(unit_amount_decimal),  # type: ignore[typeddict-item]
                     "recurring": recurring,  # type: ignore[typeddict-item]
                     "nickname": nickname,
                     "metadata": metadata,

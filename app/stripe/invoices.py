@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from app.stripe.base import StripeBase
+from app.stripe.base import StripeBase, decimal_param
 
 
 def _ts(value: Any) -> datetime | None:
@@ -170,13 +170,13 @@ class InvoiceCalls(StripeBase):
         item = await self._call(
             "invoiceitems.create",
             lambda: self._client.v1.invoice_items.create_async(
-                params={
+                params={  # type: ignore[arg-type]
                     "customer": customer,
                     "invoice": invoice,
                     "currency": currency,
                     "description": description,
                     "quantity": quantity,
-                    "unit_amount_decimal": unit_amount_decimal,
+                    "unit_amount_decimal": decimal_param(unit_amount_decimal),
                     "metadata": metadata,
                 },
                 options={"idempotency_key": idempotency_key},
