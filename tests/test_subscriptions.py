@@ -340,7 +340,8 @@ async def test_usage_combines_records_with_the_live_count(
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["total_calls"], body["successful_calls"], body["failed_calls"]) == (42, 40, 2)
-    assert (body["call_limit"], body["remaining_calls"]) == (100, 58)
+    # The limit counts successful calls, as the usage worker reports and bills them.
+    assert (body["call_limit"], body["remaining_calls"]) == (100, 60)
     assert body["over_limit"] is False
     assert body["live"] is True
     assert (body["estimated_amount"], body["currency"]) == (0, "usd")
@@ -378,7 +379,7 @@ async def test_usage_answers_from_records_when_metering_is_down(
             text(
                 "INSERT INTO usage_records (id, subscription_id, window_start, window_end, quantity,"
                 " successful_calls, failed_calls, created_at) VALUES (gen_random_uuid(), :s, now(),"
-                " now() + interval '1 hour', 7, 6, 1, now())"
+                " now() + interval '1 hour', 6, 6, 1, now())"
             ),
             {"s": created["id"]},
         )
@@ -390,7 +391,7 @@ async def test_usage_answers_from_records_when_metering_is_down(
     body = response.json()
     assert body["live"] is False
     assert body["total_calls"] == 7
-    assert body["estimated_amount"] == 7  # 7 calls at 1 cent
+    assert body["estimated_amount"] == 6  # the 6 successful calls at 1 cent; the failed one is free
 
 
 async def test_checkout_against_the_emulator_gives_a_page_that_pays_the_session(

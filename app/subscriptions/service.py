@@ -322,7 +322,9 @@ class SubscriptionService:
         start, end = usage_period(
             subscription.current_period_start, subscription.current_period_end, subscription.started_at, now
         )
-        counts = await self._repo.recorded_usage(subscription.id, start, end)
+        # Recorded windows bill their successful calls (`quantity`); failed ones are kept beside.
+        _billed, successful, failed = await self._repo.recorded_usage(subscription.id, start, end)
+        total = successful + failed
         live = True
         try:
             measured = await self._metering.subscription_usage(
@@ -331,10 +333,12 @@ class SubscriptionService:
         except MeteringUnavailable:
             live = False
         else:
-            if measured.total_calls >= counts[0]:
-                counts = (measured.total_calls, measured.successful_calls, measured.failed_calls)
-        total, successful, failed = counts
+            if measured.total_calls >= total:
+                total, successful, failed = (
+                    measured.total_calls, measured.successful_calls, measured.failed_calls
+                )  # fmt: skip
         limit = version.call_limit
+        # The limit and the price count successful calls, as the usage worker reports them to Stripe.
         return UsageOut(
             subscription_id=subscription.id,
             period_start=start,
@@ -343,11 +347,11 @@ class SubscriptionService:
             successful_calls=successful,
             failed_calls=failed,
             call_limit=limit,
-            remaining_calls=max(limit - total, 0) if limit is not None else None,
-            estimated_amount=self._estimate(plan, version, total),
+            remaining_calls=max(limit - successful, 0) if limit is not None else None,
+            estimated_amount=self._estimate(plan, version, successful),
             currency=version.currency,
             live=live,
-            over_limit=limit is not None and total > limit,
+            over_limit=limit is not None and successful > limit,
         )
 
     # -- helpers ------------------------------------------------------------------------------
