@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -155,3 +157,16 @@ async def test_setup_intent_returns_a_client_secret(client: httpx.AsyncClient, a
     response = await client.post("/api/v1/payment-methods/setup-intent", headers=headers)
     assert response.status_code == 200
     assert response.json()["client_secret"].startswith("seti_")
+
+
+async def test_two_first_cards_added_at_once_make_one_default(client: httpx.AsyncClient, auth: Auth) -> None:
+    headers = auth("consumer")
+    await register(client, headers)
+    responses = await asyncio.gather(
+        *(client.post("/api/v1/payment-methods", json={"payment_method_id": "pm_card_visa"}, headers=headers)
+          for _ in range(2))
+    )  # fmt: skip
+    assert [r.status_code for r in responses] == [201, 201]
+    cards = (await client.get("/api/v1/payment-methods", headers=headers)).json()["payment_methods"]
+    assert len(cards) == 2
+    assert sum(card["is_default"] for card in cards) == 1

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import PaymentMethod, Subscription
+from app.models import Consumer, PaymentMethod, Subscription
 from app.models.subscription import LIVE_STATUSES
 
 
@@ -15,7 +15,13 @@ class PaymentMethodRepository:
         self._session = session
 
     async def list_for(self, consumer_id: uuid.UUID, *, for_update: bool = False) -> Sequence[PaymentMethod]:
-        """The consumer's cards, oldest first; locked with `for_update` to change defaults safely."""
+        """The consumer's cards, oldest first. With `for_update`, card changes of this consumer
+        queue behind each other: the consumer row is locked too, since a consumer with no card
+        yet has no card row to lock (two first cards would both become the default)."""
+        if for_update:
+            await self._session.execute(
+                select(Consumer.id).where(Consumer.id == consumer_id).with_for_update()
+            )
         statement = (
             select(PaymentMethod)
             .where(PaymentMethod.consumer_id == consumer_id)
