@@ -6,12 +6,13 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from datetime import date, datetime
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,6 +22,21 @@ from app.logging import request_id_var
 
 log = logging.getLogger("app.http")
 REQUEST_ID_HEADER = "x-request-id"
+
+
+EARLIEST_DAY, LATEST_DAY = date(2000, 1, 1), date(2100, 12, 31)
+
+
+def _within_range(value: date) -> date:
+    day = value.date() if isinstance(value, datetime) else value
+    if not EARLIEST_DAY <= day <= LATEST_DAY:
+        raise ValueError(f"must be between {EARLIEST_DAY} and {LATEST_DAY}")
+    return value
+
+
+# Query dates: far-off days would overflow the date arithmetic behind ranges (a 500, not a 422).
+Day = Annotated[date, AfterValidator(_within_range)]
+DayOrTime = Annotated[date | datetime, AfterValidator(_within_range)]
 
 
 class ErrorDetail(BaseModel):

@@ -51,3 +51,16 @@ async def test_unexpected_exception_is_500_in_the_error_format(settings: Setting
     assert body["code"] == "internal_error"
     assert "secret internals" not in body["error"]
     assert body["request_id"]
+
+
+async def test_far_off_query_dates_are_422_not_500(client: httpx.AsyncClient, auth: Auth) -> None:
+    creator = auth("creator")
+    await client.post("/api/v1/apis/dated-api/plans", json={"name": "Free", "type": "free"}, headers=creator)
+    for path, headers in (
+        ("/api/v1/invoices?to=9999-12-31", auth("consumer")),
+        ("/api/v1/apis/dated-api/usage?to=9999-12-31", creator),
+        ("/api/v1/apis/dated-api/earnings?from=0001-01-05", creator),
+    ):
+        response = await client.get(path, headers=headers)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["details"][0]["field"] in {"from", "to"}

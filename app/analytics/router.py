@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -9,13 +8,13 @@ from app.analytics.schemas import EarningsReport, UsageReport
 from app.analytics.service import AnalyticsService
 from app.auth import CreatorOrAdmin
 from app.db import ReadSession
-from app.http import error_responses
+from app.http import Day, error_responses
 from app.plans.schemas import ApiId
 
 router = APIRouter(prefix="/apis/{api_id}", tags=["analytics"])
 ApiIdPath = Annotated[ApiId, Path(description="The marketplace's API id: 1-64 of letters, digits, - and _")]
-From = Annotated[date | None, Query(alias="from", description="First UTC day (default: 29 days before `to`)")]
-To = Annotated[date | None, Query(alias="to", description="Last UTC day, inclusive (default: today)")]
+From = Annotated[Day | None, Query(alias="from", description="First UTC day (default: 29 days before `to`)")]
+To = Annotated[Day | None, Query(alias="to", description="Last UTC day, inclusive (default: today)")]
 
 
 def analytics_service(request: Request, session: ReadSession) -> AnalyticsService:

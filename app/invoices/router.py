@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
 from app.auth import AdminOnly, CurrentUser
 from app.db import DbSession, ReadSession
-from app.http import error_responses
+from app.http import DayOrTime, error_responses
 from app.invoices.schemas import (
     CustomInvoiceIn,
     InvoiceDetail,
@@ -41,11 +40,11 @@ async def list_invoices(
     status: InvoiceStatus | None = None,
     subscription_id: uuid.UUID | None = None,
     date_from: Annotated[
-        date | datetime | None,
+        DayOrTime | None,
         Query(alias="from", description="Created on or after: a UTC day or a timestamp"),
     ] = None,
     date_to: Annotated[
-        date | datetime | None,
+        DayOrTime | None,
         Query(alias="to", description="Created on or before: a UTC day or a timestamp"),
     ] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
