@@ -94,3 +94,25 @@ async def test_deleted_plan_is_hidden_from_consumers_and_shown_to_its_owner_with
     assert (await client.get(base, headers=auth("consumer"))).json() == {"plans": []}
     owned = (await client.get(f"{base}?all=true", headers=creator)).json()["plans"]
     assert [(p["id"], p["is_active"]) for p in owned] == [(plan["id"], False)]
+
+
+async def test_an_admin_cannot_claim_an_unclaimed_api(client: httpx.AsyncClient, auth: Auth) -> None:
+    api_id = new_api_id()
+    response = await client.post(
+        f"/api/v1/apis/{api_id}/plans", json={"name": "Free", "type": "free"}, headers=auth("admin")
+    )
+    assert response.status_code == 409
+    assert response.json()["code"] == "api_unclaimed"
+    creator = auth("creator")
+    assert (
+        await client.post(
+            f"/api/v1/apis/{api_id}/plans", json={"name": "Free", "type": "free"}, headers=creator
+        )
+    ).status_code == 201
+    # Once a creator owns it, an admin may add plans to it; the owner stays the creator.
+    added = await client.post(
+        f"/api/v1/apis/{api_id}/plans", json={"name": "Free 2", "type": "free"}, headers=auth("admin")
+    )
+    assert added.status_code == 201
+    listed = await client.get(f"/api/v1/apis/{api_id}/plans?all=true", headers=creator)
+    assert len(listed.json()["plans"]) == 2

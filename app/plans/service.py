@@ -6,7 +6,7 @@ from decimal import Decimal
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import Principal
-from app.errors import Forbidden, InvalidField, NotFound
+from app.errors import Conflict, Forbidden, InvalidField, NotFound
 from app.models import Api, PricingPlan, PricingPlanVersion
 from app.money import exponent, from_minor, minor_decimal, to_minor
 from app.plans.repository import PlanRepository
@@ -86,7 +86,18 @@ class PlanService:
         check_prices(
             data.type, data.currency, data.monthly_price, data.price_per_call, data.trial_period_days
         )
-        api = await self._repo.claim_api(api_id, principal.user_id)
+        if principal.is_admin:
+            # An admin acts on a creator's API, but never becomes the owner of an unclaimed one
+            # (its earnings and payouts would go to the admin).
+            claimed = await self._repo.get_api(api_id, for_update=True)
+            if claimed is None:
+                raise Conflict(
+                    "No creator has claimed this API yet: its creator adds the first plan",
+                    code="api_unclaimed",
+                )
+            api = claimed
+        else:
+            api = await self._repo.claim_api(api_id, principal.user_id)
         self._require_owner(principal, api)
         plan = PricingPlan(
             id=uuid.uuid4(),
