@@ -534,3 +534,34 @@ async def test_late_events_of_a_stripe_subscription_left_by_a_downgrade_do_not_t
     assert (
         await rows(engine, OutboxMessage, subscription_id=world.subscription_id, kind="revoke_api_key") == []
     )
+
+
+async def test_an_invoice_with_more_lines_than_stripe_embeds_is_stored_whole(
+    client: httpx.AsyncClient, engine: AsyncEngine, worker_ctx: Ctx, settings: Settings
+) -> None:
+    world = await make_world(engine)
+    t0 = int(time.time()) - DAY
+    paid = invoice_obj(
+        world, f"in_m{world.stripe_subscription}", "paid", period=(t0, t0 + 30 * DAY), paid_at=t0
+    )
+    template = paid["lines"]["data"][0]
+    lines = [template | {"id": f"il_{n}", "amount": 100} for n in range(12)]
+    paid["lines"] = {"object": "list", "data": lines[:10], "has_more": True, "total_count": 12}
+    paid["amount_paid"] = paid["amount_due"] = paid["subtotal"] = paid["total"] = 1200
+    rest = {
+        "object": "list",
+        "data": lines[10:],
+        "has_more": False,
+        "url": f"/v1/invoices/{paid['id']}/lines",
+    }
+    with respx.mock(assert_all_called=False) as stripe:
+        more = stripe.route(host="127.0.0.1", path=f"/v1/invoices/{paid['id']}/lines").mock(
+            return_value=httpx.Response(200, json=rest)
+        )
+        stripe.route(host="127.0.0.1").pass_through()
+        await deliver(client, worker_ctx, event("invoice.paid", paid, created=t0 + 5))
+    assert more.call_count == 1
+    stored = await one(engine, Invoice, stripe_invoice_id=paid["id"])
+    assert len(stored.lines) == 12
+    earning = await one(engine, Earning, invoice_id=stored.id)
+    assert earning.gross_amount == 1200

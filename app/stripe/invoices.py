@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from app.stripe.base import StripeBase, decimal_param
@@ -19,6 +20,27 @@ def _id(value: Any) -> str | None:
         return value
     found = value.get("id") if isinstance(value, dict) else None
     return found if isinstance(found, str) else None
+
+
+async def with_all_lines(calls: StripeBase, invoice: dict[str, Any]) -> dict[str, Any]:
+    """The invoice JSON with every line: Stripe embeds only the first page (10) of `lines`."""
+    lines = invoice.get("lines") or {}
+    if not lines.get("has_more") or not invoice.get("id"):
+        return invoice
+    data = list(lines.get("data") or [])
+    service = calls.client.v1.invoices.line_items
+    while True:
+        params: dict[str, Any] = {"limit": 100}
+        if data:
+            params["starting_after"] = data[-1]["id"]
+        page = await calls._call(
+            "invoices.line_items.list",
+            partial(service.list_async, invoice["id"], params=params),  # type: ignore[arg-type]
+        )
+        data.extend(line.to_dict() for line in page.data)
+        if not page.has_more or not page.data:
+            break
+    return {**invoice, "lines": {**lines, "data": data, "has_more": False}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +175,7 @@ class InvoiceCalls(StripeBase):
                 options={"idempotency_key": idempotency_key},
             ),
         )
-        return StripeInvoice.from_payload(invoice.to_dict())
+        return StripeInvoice.from_payload(await with_all_lines(self, invoice.to_dict()))
 
     async def add_invoice_item(
         self,
@@ -191,7 +213,7 @@ class InvoiceCalls(StripeBase):
                 invoice_id, params={"auto_advance": True}, options={"idempotency_key": idempotency_key}
             ),
         )
-        return StripeInvoice.from_payload(invoice.to_dict())
+        return StripeInvoice.from_payload(await with_all_lines(self, invoice.to_dict()))
 
     async def send_invoice(self, invoice_id: str, *, idempotency_key: str) -> StripeInvoice:
         invoice = await self._call(
@@ -200,4 +222,4 @@ class InvoiceCalls(StripeBase):
                 invoice_id, options={"idempotency_key": idempotency_key}
             ),
         )
-        return StripeInvoice.from_payload(invoice.to_dict())
+        return StripeInvoice.from_payload(await with_all_lines(self, invoice.to_dict()))

@@ -11,6 +11,7 @@ from typing import Any
 import stripe
 
 from app.stripe.base import StripeBase
+from app.stripe.invoices import with_all_lines
 
 
 class ObjectCalls(StripeBase):
@@ -25,7 +26,7 @@ class ObjectCalls(StripeBase):
         invoice = await self._call(
             "invoices.retrieve", lambda: self._client.v1.invoices.retrieve_async(invoice_id)
         )
-        return invoice.to_dict(for_json=True)
+        return await with_all_lines(self, invoice.to_dict(for_json=True))
 
     async def cancel_unpaid_subscription(self, subscription_id: str, *, idempotency_key: str) -> None:
         """Cancel a subscription whose payment retries ended; one that is already gone is fine."""

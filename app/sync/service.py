@@ -29,6 +29,7 @@ from app.models import Consumer, Invoice, PaymentMethod, Subscription, SyncRun
 from app.outbox.service import Outbox
 from app.payment_methods.repository import PaymentMethodRepository
 from app.stripe import StripeGateway
+from app.stripe.invoices import with_all_lines
 from app.stripe.listing import Listable
 from app.subscriptions.lifecycle import StripeSubscriptionState, apply_stripe_state
 from app.sync.ratelimit import RateLimiter
@@ -285,7 +286,9 @@ class SyncService:
                 )
             )
         ).one_or_none()
-        invoice = await sync_invoice(session, obj, observed_at=int(time.time()))
+        invoice = await sync_invoice(
+            session, await with_all_lines(self._stripe, obj), observed_at=int(time.time())
+        )
         if invoice is None:
             report.unknown += 1
             report.note(f"invoice {obj['id']}: its customer is not ours")

@@ -25,6 +25,7 @@ from app.invoices.stripe_sync import sync_invoice
 from app.models import Consumer, Invoice, Subscription
 from app.outbox.service import Outbox
 from app.stripe import StripeGateway
+from app.stripe.invoices import with_all_lines
 from app.subscriptions.lifecycle import StripeSubscriptionState, apply_stripe_state
 from app.usage.service import UsageService
 from app.webhooks.reversal_handlers import dispute_changed, refund_changed
@@ -164,7 +165,7 @@ async def trial_will_end(ctx: EventContext, obj: dict[str, Any]) -> str:
 
 
 async def _mirror_invoice(ctx: EventContext, obj: dict[str, Any], observed_at: int) -> Invoice:
-    invoice = await sync_invoice(ctx.session, obj, observed_at=observed_at)
+    invoice = await sync_invoice(ctx.session, await with_all_lines(ctx.stripe, obj), observed_at=observed_at)
     if invoice is None:
         raise NotYetKnown(f"no consumer of ours for the customer of invoice {obj.get('id')}")
     return invoice
