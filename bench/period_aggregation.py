@@ -31,7 +31,7 @@ from app.subscriptions.repository import SubscriptionRepository
 from app.usage.repository import UsageRepository
 from app.usage.service import BATCH_SIZE
 from bench.harness import embedded_stack
-from bench.usage_ingest import SEED_SQL
+from bench.usage_ingest import seed_subscriptions
 
 GOAL = 1.25
 SUBSCRIPTIONS = 10_000
@@ -75,11 +75,7 @@ async def main() -> None:
     async with embedded_stack() as settings:
         bare_url = settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
         connection = await asyncpg.connect(bare_url)
-        await connection.execute(SEED_SQL[0])
-        await connection.execute(SEED_SQL[1])
-        await connection.execute(SEED_SQL[2])
-        await connection.execute(SEED_SQL[3], SUBSCRIPTIONS)
-        await connection.execute(SEED_SQL[4], START)
+        await seed_subscriptions(connection, SUBSCRIPTIONS, START)
         await connection.execute(RECORDS_SQL, START, DAYS)
         await connection.execute("VACUUM ANALYZE usage_records")
         count = await connection.fetchval("SELECT count(*) FROM usage_records")

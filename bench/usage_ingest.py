@@ -110,15 +110,20 @@ def columns(rows: list[dict[str, Any]]) -> list[list[Any]]:
     return [[row[name] for row in rows] for name in names]
 
 
+async def seed_subscriptions(connection: asyncpg.Connection, count: int, start: datetime) -> None:
+    """`count` live pay-per-use subscriptions with their consumers, API and plan (SEED_SQL)."""
+    await connection.execute(SEED_SQL[0])
+    await connection.execute(SEED_SQL[1])
+    await connection.execute(SEED_SQL[2])
+    await connection.execute(SEED_SQL[3], count)
+    await connection.execute(SEED_SQL[4], start)
+
+
 async def main() -> None:
     async with embedded_stack() as settings:
         bare_url = settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
         connection = await asyncpg.connect(bare_url)
-        await connection.execute(SEED_SQL[0])
-        await connection.execute(SEED_SQL[1])
-        await connection.execute(SEED_SQL[2])
-        await connection.execute(SEED_SQL[3], SUBSCRIPTIONS)
-        await connection.execute(SEED_SQL[4], START)
+        await seed_subscriptions(connection, SUBSCRIPTIONS, START)
         await connection.execute("ANALYZE")
         ids = [r[0] for r in await connection.fetch("SELECT id FROM subscriptions ORDER BY id")]
         engine = create_async_engine(settings.database_url, pool_size=2)
