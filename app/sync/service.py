@@ -25,7 +25,7 @@ from app.db.session import run_after_commit
 from app.earnings.booking import book_invoice_earnings
 from app.errors import Conflict
 from app.invoices.stripe_sync import sync_invoice
-from app.models import Consumer, Invoice, PaymentMethod, Subscription, SyncRun
+from app.models import Consumer, Invoice, PaymentMethod, SyncRun
 from app.outbox.service import Outbox
 from app.payment_methods.repository import PaymentMethodRepository
 from app.stripe import StripeGateway
@@ -33,6 +33,7 @@ from app.stripe.invoices import with_all_lines
 from app.stripe.listing import Listable
 from app.subscriptions.lifecycle import StripeSubscriptionState, apply_stripe_state
 from app.sync.ratelimit import RateLimiter
+from app.webhooks.handlers import find_subscription
 
 SYNC_LOCK_ID = 0x5_7121_0001  # pg advisory lock key of `billing sync`
 MAX_DIFFERENCES = 1000
@@ -250,19 +251,10 @@ class SyncService:
         self, session: AsyncSession, obj: dict[str, Any], report: ListReport
     ) -> None:
         state = StripeSubscriptionState.from_payload(obj)
-        subscription = (
-            await session.execute(select(Subscription).where(Subscription.stripe_subscription_id == state.id))
-        ).scalar_one_or_none()
-        our_id = _uuid(state.metadata.get("subscription_id", ""))
-        if subscription is None and our_id is not None:
-            # Created at Stripe but our answer was lost before we stored its id: link it.
-            with_id = await session.get(Subscription, our_id)
-            if (
-                with_id is not None
-                and with_id.stripe_subscription_id is None
-                and with_id.status == "incomplete"
-            ):
-                subscription = with_id
+        # The webhooks' own lookup: by Stripe id, or a row still waiting for its Stripe id.
+        subscription = await find_subscription(
+            session, stripe_subscription_id=state.id, metadata=state.metadata
+        )
         if subscription is None:
             report.unknown += 1
             report.note(f"subscription {state.id}: not in our store")
@@ -299,10 +291,3 @@ class SyncService:
             report.changed += 1
             was = "missing" if before is None else before[0]
             report.note(f"invoice {obj['id']}: {was} -> {invoice.status}, {booked} earnings lines booked")
-
-
-def _uuid(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None
