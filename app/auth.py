@@ -48,13 +48,14 @@ class TokenVerifier:
         cached = self._verified.get(token)
         if cached is not None:
             principal, valid_until = cached
-            if time.time() < valid_until:
+            if time.time() < valid_until:  # wall clock: token expiry is real time
                 return principal
             del self._verified[token]
         principal, expires_at = await self._verify_uncached(token)
         if len(self._verified) >= TOKEN_CACHE_SIZE:
             self._verified.clear()
-        self._verified[token] = (principal, min(expires_at, time.time() + TOKEN_CACHE_SECONDS))
+        # wall clock: a token's exp is real time, whatever the business clock says.
+        self._verified[token] = (principal, min(expires_at, time.time() + TOKEN_CACHE_SECONDS))  # wall clock
         return principal
 
     async def _verify_uncached(self, token: str) -> tuple[Principal, float]:

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from app import clock
 from app.config import ConfigError, Settings, get_settings
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="billing: payments and subscriptions.")
@@ -273,7 +274,6 @@ def usage_backfill(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
-    from app.db.base import utcnow
     from app.errors import DomainError
     from app.usage.backfill import run_backfill
     from app.usage.service import check_backfill_range
@@ -281,7 +281,7 @@ def usage_backfill(
     start, end = _day("--from", first), _day("--to", last)
     try:
         subscription_id = uuid.UUID(subscription) if subscription is not None else None
-        check_backfill_range(start, end, utcnow().date())
+        check_backfill_range(start, end, clock.today())
     except ValueError:
         typer.echo(f"billing: --subscription must be a subscription id, not {subscription!r}", err=True)
         raise typer.Exit(2) from None

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
-from datetime import time as clock
+from datetime import time as wall_time
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import clock
 from app.analytics.repository import AnalyticsRepository, EarningsRow
 from app.analytics.schemas import (
     CurrencyEarnings,
@@ -46,8 +47,8 @@ def date_range(date_from: date | None, date_to: date | None, today: date) -> tup
 
 
 def _bounds(start: date, end: date) -> tuple[datetime, datetime]:
-    return datetime.combine(start, clock.min, tzinfo=UTC), datetime.combine(
-        end + timedelta(days=1), clock.min, tzinfo=UTC
+    return datetime.combine(start, wall_time.min, tzinfo=UTC), datetime.combine(
+        end + timedelta(days=1), wall_time.min, tzinfo=UTC
     )
 
 
@@ -60,7 +61,7 @@ class AnalyticsService:
         self, principal: Principal, api_id: str, date_from: date | None, date_to: date | None
     ) -> UsageReport:
         """Calls of an API by day and by plan, with its top consumers (ids only)."""
-        start, end = date_range(date_from, date_to, datetime.now(UTC).date())
+        start, end = date_range(date_from, date_to, clock.today())
         await self._owned_api(principal, api_id)
         lower, upper = _bounds(start, end)
         rows = await self._repo.usage(api_id, lower, upper, TOP_CONSUMERS)
@@ -105,7 +106,7 @@ class AnalyticsService:
         self, principal: Principal, api_id: str, date_from: date | None, date_to: date | None
     ) -> EarningsReport:
         """Gross, commission and net per currency (never summed across currencies), by month and plan."""
-        start, end = date_range(date_from, date_to, datetime.now(UTC).date())
+        start, end = date_range(date_from, date_to, clock.today())
         await self._owned_api(principal, api_id)
         rows = await self._repo.earnings(api_id, *_bounds(start, end))
         months: dict[str, list[EarningMonth]] = defaultdict(list)

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import DateTime, MetaData, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app import clock
 
 # Stable constraint names, so Alembic migrations can address them.
 NAMING_CONVENTION = {
@@ -15,10 +17,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -31,5 +29,7 @@ class UUIDPk:
 
 
 class Timestamps:
-    created_at: Mapped[datetime] = mapped_column(server_default=func.now(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), default=utcnow, onupdate=utcnow)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now(), default=clock.now)
+    updated_at: Mapped[datetime] = mapped_column(
+        server_default=func.now(), default=clock.now, onupdate=clock.now
+    )

@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.base import utcnow
+from app import clock
 from app.models import Api, Earning, Invoice, PricingPlan, PricingPlanVersion, Subscription
 from app.money import split_commission
 from app.payouts.reversals import settle_invoice_reversals
@@ -73,7 +73,7 @@ async def book_invoice_earnings(session: AsyncSession, invoice: Invoice, rate: D
                 "gross_amount": payable[plan_id],
                 "commission_amount": commission,
                 "net_amount": net,
-                "earned_at": invoice.paid_at or utcnow(),
+                "earned_at": invoice.paid_at or clock.now(),
             }
         )
     if not rows:

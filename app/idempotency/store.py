@@ -17,7 +17,7 @@ from sqlalchemy import Integer, String, Uuid, bindparam, column, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.base import utcnow
+from app import clock
 
 KEY_TTL = timedelta(hours=24)
 # A claim without an answer this old is taken to be abandoned (its process died between the
@@ -104,7 +104,7 @@ class IdempotencyStore:
     ) -> Claimed | Existing:
         """Take the key (new, expired or abandoned), or describe who holds it: one statement."""
         for _ in range(3):
-            now = utcnow()
+            now = clock.now()
             params = {
                 "claim_id": uuid.uuid4(),
                 "user_id": user_id,

@@ -9,13 +9,14 @@ whose outcome is unknown (the request may have reached the service) from one tha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import jwt
 
+from app import clock
 from app.config import Settings
 from app.errors import UpstreamError
 
@@ -55,7 +56,7 @@ class ApiKeyClient:
 
     def service_token(self, user_id: str) -> str:
         """An admin token acting for `user_id`, valid for a couple of minutes."""
-        now = datetime.now(UTC)
+        now = clock.now()
         claims = {
             "sub": user_id,
             self._settings.jwt_role_claim: "admin",

@@ -1,16 +1,16 @@
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
-from datetime import time as clock
+from datetime import time as wall_time
 from decimal import Decimal
 
 import anyio
 import anyio.to_thread
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import clock
 from app.auth import Principal
 from app.config import Settings
 from app.errors import InvalidField, NotFound
@@ -58,7 +58,7 @@ def invoice_out(invoice: Invoice) -> InvoiceOut:
 
 
 def _start_of(day: date) -> datetime:
-    return datetime.combine(day, clock.min, tzinfo=UTC)
+    return datetime.combine(day, wall_time.min, tzinfo=UTC)
 
 
 def created_bounds(date_from: date | None, date_to: date | None) -> tuple[datetime | None, datetime | None]:
@@ -242,8 +242,8 @@ class InvoiceService:
             "invoice_pdf": sent.invoice_pdf,
             "hosted_invoice_url": sent.hosted_invoice_url,
             "lines": [stored_line(line) for line in sent.lines],
-            "stripe_state_at": int(time.time()),
-            "created_at": sent.created or datetime.now(UTC),
+            "stripe_state_at": clock.timestamp(),
+            "created_at": sent.created or clock.now(),
         }
 
     async def _readable(self, principal: Principal, invoice_id: uuid.UUID) -> tuple[Invoice, Consumer]:

@@ -6,7 +6,8 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db.base import Base, Timestamps, UUIDPk, utcnow
+from app import clock
+from app.db.base import Base, Timestamps, UUIDPk
 
 
 class Consumer(UUIDPk, Timestamps, Base):
@@ -39,4 +40,4 @@ class PaymentMethod(UUIDPk, Base):
     exp_month: Mapped[int | None]
     exp_year: Mapped[int | None]
     is_default: Mapped[bool] = mapped_column(default=False)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=clock.now)

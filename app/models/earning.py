@@ -6,7 +6,8 @@ from datetime import datetime
 from sqlalchemy import BigInteger, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db.base import Base, Timestamps, UUIDPk, utcnow
+from app import clock
+from app.db.base import Base, Timestamps, UUIDPk
 from app.models.types import MinorUnits, enum_check, non_negative
 
 # A charge earns; a reversal (refund, dispute) takes back; a reinstatement gives back what a
@@ -60,8 +61,8 @@ class Earning(UUIDPk, Base):
     payout_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("payouts.id"), index=True)
     # The refund or dispute (or the invoice) whose change booked a reversal or reinstatement line.
     reference: Mapped[str | None] = mapped_column(String(255))
-    earned_at: Mapped[datetime] = mapped_column(default=utcnow)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    earned_at: Mapped[datetime] = mapped_column(default=clock.now)
+    created_at: Mapped[datetime] = mapped_column(default=clock.now)
 
 
 class InvoiceReversal(UUIDPk, Timestamps, Base):

@@ -7,7 +7,8 @@ from sqlalchemy import BigInteger, Index, String, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db.base import Base, utcnow
+from app import clock
+from app.db.base import Base
 from app.models.types import enum_check
 
 EVENT_STATUSES = ("pending", "processing", "processed", "failed", "ignored")
@@ -31,5 +32,5 @@ class StripeEvent(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
-    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(default=clock.now)
     processed_at: Mapped[datetime | None]

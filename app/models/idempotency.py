@@ -7,7 +7,8 @@ from sqlalchemy import Index, String, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db.base import Base, UUIDPk, utcnow
+from app import clock
+from app.db.base import Base, UUIDPk
 
 
 class IdempotencyKey(UUIDPk, Base):
@@ -26,5 +27,5 @@ class IdempotencyKey(UUIDPk, Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     response_status: Mapped[int | None]
     response_body: Mapped[Any | None] = mapped_column(JSONB)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=clock.now)
     expires_at: Mapped[datetime]

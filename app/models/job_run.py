@@ -5,7 +5,8 @@ from datetime import datetime
 from sqlalchemy import String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db.base import Base, UUIDPk, utcnow
+from app import clock
+from app.db.base import Base, UUIDPk
 
 
 class JobRun(UUIDPk, Base):
@@ -19,4 +20,4 @@ class JobRun(UUIDPk, Base):
     subject: Mapped[str] = mapped_column(String(255))
     # The period's stable name, e.g. "2026-11" or "2026-11-25T10:00/2026-11-25T10:05".
     period: Mapped[str] = mapped_column(String(64))
-    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_at: Mapped[datetime] = mapped_column(default=clock.now)

@@ -8,7 +8,8 @@ from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db.base import Base, UUIDPk, utcnow
+from app import clock
+from app.db.base import Base, UUIDPk
 from app.models.types import enum_check
 
 OUTBOX_KINDS = ("create_api_key", "revoke_api_key", "suspend_api_key", "restore_api_key", "notify")
@@ -32,7 +33,7 @@ class OutboxMessage(UUIDPk, Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=clock.now)
     last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=clock.now)
     processed_at: Mapped[datetime | None]

@@ -5,7 +5,8 @@ from datetime import datetime
 from sqlalchemy import Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db.base import Base, Timestamps, UUIDPk, utcnow
+from app import clock
+from app.db.base import Base, Timestamps, UUIDPk
 from app.models.types import MinorUnits, enum_check
 
 PAYOUT_STATUSES = ("pending", "paid")
@@ -43,5 +44,5 @@ class Payout(UUIDPk, Base):
     stripe_transfer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=clock.now)
     paid_at: Mapped[datetime | None]

@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import CheckConstraint, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from app.db.base import Base, Timestamps, UUIDPk, utcnow
+from app import clock
+from app.db.base import Base, Timestamps, UUIDPk
 from app.models.types import PER_CALL_PRICE, Json, MinorUnits, enum_check, non_negative
 
 PLAN_TYPES = ("free", "subscription", "pay_per_use")
@@ -24,7 +25,7 @@ class Api(Base):
     stripe_product_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     # One Billing Meter per API: a consumer has at most one live subscription per API.
     stripe_meter_id: Mapped[str | None] = mapped_column(String(255), unique=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=clock.now)
 
 
 class PricingPlan(UUIDPk, Timestamps, Base):
@@ -76,7 +77,7 @@ class PricingPlanVersion(UUIDPk, Base):
     price_per_call: Mapped[Decimal | None] = mapped_column(PER_CALL_PRICE)
     call_limit: Mapped[int | None]
     stripe_price_id: Mapped[str | None] = mapped_column(String(255), unique=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=clock.now)
 
     plan: Mapped[PricingPlan] = relationship(back_populates="versions", lazy="raise")
 

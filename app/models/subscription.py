@@ -6,7 +6,8 @@ from datetime import datetime
 from sqlalchemy import BigInteger, ForeignKey, ForeignKeyConstraint, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db.base import Base, Timestamps, UUIDPk, utcnow
+from app import clock
+from app.db.base import Base, Timestamps, UUIDPk
 from app.models.types import enum_check
 
 SUBSCRIPTION_STATUSES = ("active", "cancelled", "past_due", "trial", "incomplete", "incomplete_expired")
@@ -44,7 +45,7 @@ class Subscription(UUIDPk, Timestamps, Base):
     checkout_url: Mapped[str | None] = mapped_column(String(2048))
     api_key_id: Mapped[str | None] = mapped_column(String(255))
     api_key_suspended: Mapped[bool] = mapped_column(default=False)
-    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime] = mapped_column(default=clock.now)
     cancelled_at: Mapped[datetime | None]
     expires_at: Mapped[datetime | None]
     current_period_start: Mapped[datetime | None]

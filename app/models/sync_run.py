@@ -7,7 +7,8 @@ from sqlalchemy import String
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db.base import Base, UUIDPk, utcnow
+from app import clock
+from app.db.base import Base, UUIDPk
 from app.models.types import enum_check
 
 SYNC_STATUSES = ("running", "interrupted", "completed", "failed")
@@ -25,5 +26,5 @@ class SyncRun(UUIDPk, Base):
     cursor: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     # Per list: counts of seen / changed / unknown objects, and the differences found (capped).
     report: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
-    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime] = mapped_column(default=clock.now)
     finished_at: Mapped[datetime | None]

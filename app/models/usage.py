@@ -6,7 +6,8 @@ from datetime import datetime
 from sqlalchemy import CheckConstraint, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db.base import Base, UUIDPk, utcnow
+from app import clock
+from app.db.base import Base, UUIDPk
 from app.models.types import non_negative
 
 
@@ -29,4 +30,4 @@ class UsageRecord(UUIDPk, Base):
     # Deterministic per subscription and window, so Stripe drops a repeated meter event.
     meter_event_identifier: Mapped[str | None] = mapped_column(String(255), unique=True)
     reported_at: Mapped[datetime | None]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=clock.now)

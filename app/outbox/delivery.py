@@ -34,8 +34,8 @@ from arq.connections import ArqRedis
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app import clock
 from app.config import Settings
-from app.db.base import utcnow
 from app.integrations.apikey import ApiKeyClient, ApiKeyServiceError
 from app.models import Consumer, OutboxMessage, Subscription
 from app.outbox.service import API_KEY_KINDS, DELIVER_JOB, delivery_job_id
@@ -107,7 +107,7 @@ class OutboxDelivery:
 
     async def sweep(self) -> int:
         """Re-enqueue pending messages whose job was lost (Redis restarted, enqueue failed)."""
-        now = utcnow()
+        now = clock.now()
         async with self._sessionmaker.begin() as session:
             statement = (
                 select(OutboxMessage)
@@ -141,7 +141,7 @@ class OutboxDelivery:
         handler = self._handlers.get(message.kind)
         if handler is None:
             return "not_ours"  # e.g. a `notify` record: no sibling call to make
-        now = utcnow()
+        now = clock.now()
         if message.next_attempt_at > now + EARLY_SLACK:
             return "not_due"
         if await self._wait_for_older(session, message, now, attempt):

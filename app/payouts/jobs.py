@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app import clock
 from app.config import Settings
 from app.errors import DomainError
 from app.payouts.service import PayoutRun, PayoutService
@@ -26,7 +27,7 @@ async def pay_out_earnings(
     now: datetime | None = None,
 ) -> PayoutRun:
     """One payout run for the period of `now` (its UTC day). Safe to repeat and to retry."""
-    now = now or datetime.now(UTC)
+    now = now or clock.now()
     period = now.date().isoformat()
     async with sessionmaker.begin() as session:
         released, created = await PayoutService(session, stripe, settings).prepare(period, now)

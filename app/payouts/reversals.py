@@ -26,7 +26,7 @@ from sqlalchemy import case, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.base import utcnow
+from app import clock
 from app.models import Earning, Invoice, InvoiceReversal
 from app.money import split_commission
 
@@ -124,7 +124,7 @@ async def record_reversal(
             "amount": statement.excluded.amount,
             "stripe_state_at": statement.excluded.stripe_state_at,
             "state_rank": statement.excluded.state_rank,
-            "updated_at": utcnow(),
+            "updated_at": clock.now(),
         },
         where=tuple_(InvoiceReversal.stripe_state_at, InvoiceReversal.state_rank)
         < tuple_(statement.excluded.stripe_state_at, statement.excluded.state_rank),
@@ -212,7 +212,7 @@ def _adjustments(
     booked: dict[uuid.UUID, tuple[int, int, int]],
     reference: str | None,
 ) -> Iterable[dict[str, Any]]:
-    now = utcnow()
+    now = clock.now()
     for charge, gross in zip(charges, shares, strict=True):
         target = _target(charge, gross)
         done = booked.get(charge.plan_id, (0, 0, 0))

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import clock
 from app.config import Settings
 from app.errors import DomainError
 from app.models import Earning, Payout
@@ -125,7 +126,7 @@ class PayoutService:
         )
         payout.status = "paid"
         payout.stripe_transfer_id = transfer.id
-        payout.paid_at = datetime.now(UTC)
+        payout.paid_at = clock.now()
         payout.attempts += 1
         payout.last_error = None
         await self._session.execute(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from app import clock
 from app.models import Subscription
 from app.outbox.service import Outbox
 
@@ -90,7 +91,7 @@ async def apply_status(outbox: Outbox, subscription: Subscription, new_status: s
     if new_status == "incomplete":
         return False
     subscription.status = new_status
-    now = datetime.now(UTC)
+    now = clock.now()
     if new_status in KEYED and old_status not in KEYED:
         await outbox.create_api_key(subscription)
     if old_status == "past_due" and new_status in KEYED:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import calendar
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP
@@ -9,6 +8,7 @@ from decimal import ROUND_HALF_UP
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import clock
 from app.auth import Principal
 from app.consumers.service import ConsumerService, consumer_id_for
 from app.errors import Conflict, InvalidField, NotFound
@@ -137,7 +137,7 @@ class SubscriptionService:
             pricing_plan_id=plan.id,
             plan_version=version.version,
             status="incomplete",
-            started_at=datetime.now(UTC),
+            started_at=clock.now(),
             cancel_at_period_end=False,
         )
         await self._insert(subscription)
@@ -221,7 +221,7 @@ class SubscriptionService:
                     subscription.stripe_checkout_session_id,
                     idempotency_key=f"checkout-expire:{subscription.id}",
                 )
-            subscription.expires_at = datetime.now(UTC)
+            subscription.expires_at = clock.now()
             subscription.cancel_at_period_end = False
             await apply_status(self._outbox, subscription, "cancelled")
         return await self._out(subscription)
@@ -290,7 +290,7 @@ class SubscriptionService:
             price_id=self._price(version),
             subscription_id=stripe_id,
             item_id=subscription.stripe_subscription_item_id if stripe_id else None,
-            proration_date=int(time.time()) if stripe_id else None,
+            proration_date=clock.timestamp() if stripe_id else None,
             automatic_tax=self._automatic_tax,
         )
 
@@ -318,7 +318,7 @@ class SubscriptionService:
         metering service's live count when it answers (`live` says whether it did)."""
         subscription = await self._owned(principal, subscription_id)
         plan, version = await self._held(subscription)
-        now = datetime.now(UTC)
+        now = clock.now()
         start, end = usage_period(
             subscription.current_period_start, subscription.current_period_end, subscription.started_at, now
         )
@@ -444,13 +444,13 @@ class SubscriptionService:
         a declined card to replace in Stripe.js) it stays `incomplete` and the client secret is
         returned; Stripe expires it after 23 hours if nothing happens."""
         state = StripeSubscriptionState.from_payload(created.payload)
-        observed = int(created.payload.get("created") or time.time())
+        observed = int(created.payload.get("created") or clock.timestamp())
         await apply_stripe_state(self._outbox, subscription, state, observed_at=observed)
         return created.client_secret
 
     async def _mirror(self, subscription: Subscription, result: StripeSubscription) -> None:
         state = StripeSubscriptionState.from_payload(result.payload)
-        observed = max(int(time.time()), subscription.stripe_state_at or 0)
+        observed = max(clock.timestamp(), subscription.stripe_state_at or 0)
         await apply_stripe_state(self._outbox, subscription, state, observed_at=observed)
 
     @staticmethod
@@ -465,7 +465,7 @@ class SubscriptionService:
 
     @staticmethod
     def _start_free_period(subscription: Subscription) -> None:
-        now = datetime.now(UTC)
+        now = clock.now()
         subscription.current_period_start = now
         subscription.current_period_end = add_months(now, 1)
 

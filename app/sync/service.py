@@ -9,7 +9,6 @@ interrupted run resumes where it stopped; a PostgreSQL advisory lock keeps runs 
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from arq.connections import ArqRedis
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.db.base import utcnow
+from app import clock
 from app.db.session import run_after_commit
 from app.earnings.booking import book_invoice_earnings
 from app.errors import Conflict
@@ -120,7 +119,7 @@ class SyncService:
             for resource, applier in self._appliers.items():
                 await self._sync_list(run, resource, applier)
             run.status = "completed"
-            run.finished_at = utcnow()
+            run.finished_at = clock.now()
         except BaseException:
             run.status = "interrupted"
             raise
@@ -261,7 +260,7 @@ class SyncService:
             return
         before = subscription.status
         changed = await apply_stripe_state(
-            Outbox(session, self._redis), subscription, state, observed_at=int(time.time())
+            Outbox(session, self._redis), subscription, state, observed_at=clock.timestamp()
         )
         if changed:
             report.changed += 1
@@ -279,7 +278,7 @@ class SyncService:
             )
         ).one_or_none()
         invoice = await sync_invoice(
-            session, await with_all_lines(self._stripe, obj), observed_at=int(time.time())
+            session, await with_all_lines(self._stripe, obj), observed_at=clock.timestamp()
         )
         if invoice is None:
             report.unknown += 1

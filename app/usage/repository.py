@@ -11,7 +11,7 @@ from typing import Any, TypeVarTuple
 from sqlalchemy import Select, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.base import utcnow
+from app import clock
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription, UsageRecord
 from app.models.subscription import LIVE_STATUSES
 
@@ -157,7 +157,7 @@ class UsageRepository:
         if not rows:
             return 0
         params: dict[str, Any] = {name: [row[name] for row in rows] for name in _RECORD_COLUMNS}
-        params["created_at"] = utcnow()
+        params["created_at"] = clock.now()
         result = await self._session.execute(_INSERT_RECORDS, params)
         return int(result.rowcount)  # type: ignore[attr-defined]
 

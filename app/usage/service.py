@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app import clock
 from app.config import Settings
-from app.db.base import utcnow
 from app.errors import BadRequest, DomainError
 from app.integrations.metering import MeteringClient, MeteringUnavailable
 from app.outbox.service import Outbox
@@ -98,7 +98,7 @@ class UsageService:
     ) -> UsageRun:
         """Record and report every ended day not yet recorded, for all metered subscriptions
         (or `only` these), batch by batch; safe to run concurrently and to rerun."""
-        today = today or utcnow().date()
+        today = today or clock.today()
         oldest = today - timedelta(days=MAX_BACKFILL_DAYS)
 
         def days(subscription: MeteredSubscription) -> tuple[date, date]:
@@ -123,7 +123,7 @@ class UsageService:
         record the windows missing (those present are kept: a window's count is final), then
         report pay-per-use usage as the worker does. `on_start` gets how many subscriptions
         there are, `on_batch` how many a finished batch held."""
-        today = today or utcnow().date()
+        today = today or clock.today()
         check_backfill_range(first, last, today)
         if on_start is not None:
             async with self._sessionmaker() as session:
@@ -152,7 +152,7 @@ class UsageService:
                 return run
             await self._record(batch, days, run)
             await self._report([s.id for s in batch if s.pay_per_use], run)
-            await self._flag_overruns([s for s in batch if s.call_limit is not None], utcnow(), run)
+            await self._flag_overruns([s for s in batch if s.call_limit is not None], clock.now(), run)
             run.subscriptions += len(batch)
             if on_batch is not None:
                 on_batch(len(batch))
@@ -217,7 +217,7 @@ class UsageService:
                         identifier=record.identifier,
                         timestamp=record.window_end - timedelta(seconds=1),
                     )
-                await repo.mark_reported([r.id for r in claimed], utcnow())
+                await repo.mark_reported([r.id for r in claimed], clock.now())
         except DomainError:
             # Nothing is marked reported; the events Stripe did take are dropped as repeats then.
             log.warning("stripe meter events failed", exc_info=True)

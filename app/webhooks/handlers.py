@@ -8,7 +8,6 @@ snapshots go through `apply_stripe_state` (older snapshots never win), invoices 
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import clock
 from app.config import Settings
 from app.dunning.service import DunningService
 from app.earnings.booking import book_invoice_earnings
@@ -229,7 +229,7 @@ async def checkout_completed(ctx: EventContext, obj: dict[str, Any]) -> str:
         raise NotYetKnown(f"no subscription of ours for checkout session {obj['id']}")
     subscription.stripe_subscription_id = subscription.stripe_subscription_id or stripe_subscription_id
     # The session does not carry the subscription's state: fetch it, as of now.
-    fetched_at = int(time.time())
+    fetched_at = clock.timestamp()
     state = StripeSubscriptionState.from_payload(
         await ctx.stripe.retrieve_subscription_json(stripe_subscription_id)
     )
@@ -247,7 +247,7 @@ async def payment_intent_settled(ctx: EventContext, obj: dict[str, Any]) -> str:
     invoice_id = _id(obj.get("invoice"))
     if invoice_id is None:
         return "ignored"
-    fetched_at = int(time.time())
+    fetched_at = clock.timestamp()
     invoice = await sync_invoice(
         ctx.session, await ctx.stripe.retrieve_invoice_json(invoice_id), observed_at=fetched_at
     )

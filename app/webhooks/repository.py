@@ -11,7 +11,7 @@ import asyncpg
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.base import utcnow
+from app import clock
 from app.models import StripeEvent
 
 # One autocommitted statement per batch of incoming events; bodies go in as text, parsed as JSONB.
@@ -125,4 +125,4 @@ def mark_done(event: StripeEvent, status: str) -> None:
     event.status = status
     event.attempts += 1
     event.last_error = None
-    event.processed_at = utcnow()
+    event.processed_at = clock.now()

@@ -13,11 +13,11 @@ Neither object names its invoice: the PaymentIntent does, through an InvoicePaym
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from app import clock
 from app.earnings.booking import book_invoice_earnings
 from app.invoices.stripe_sync import sync_invoice
 from app.models import Invoice
@@ -56,7 +56,7 @@ async def _paid_invoice(ctx: EventContext, stripe_invoice_id: str) -> Invoice | 
     ).scalar_one_or_none()
     if invoice is not None and invoice.status == "paid":
         return invoice
-    fetched_at = int(time.time())
+    fetched_at = clock.timestamp()
     invoice = await sync_invoice(
         ctx.session, await ctx.stripe.retrieve_invoice_json(stripe_invoice_id), observed_at=fetched_at
     )

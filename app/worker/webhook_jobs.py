@@ -10,7 +10,7 @@ from typing import Any
 from arq import Retry, cron
 from arq.connections import ArqRedis
 
-from app.db.base import utcnow
+from app import clock
 from app.db.session import run_after_commit
 from app.dunning.service import DunningService
 from app.outbox.service import Outbox
@@ -51,7 +51,7 @@ async def enqueue_pending_stripe_events(ctx: dict[str, Any], *, min_age_seconds:
     redis: ArqRedis = ctx["redis"]
     async with resources(ctx).sessionmaker() as session:
         ids = await StripeEventRepository(session).pending_ids(
-            received_before=utcnow() - timedelta(seconds=min_age_seconds), limit=SWEEP_BATCH
+            received_before=clock.now() - timedelta(seconds=min_age_seconds), limit=SWEEP_BATCH
         )
     enqueued = 0
     for event_id in ids:
@@ -88,7 +88,7 @@ async def suspend_overdue_api_keys(ctx: dict[str, Any]) -> int:
     async with res.sessionmaker() as session:
         async with session.begin():
             suspended = await DunningService(session, Outbox(session, ctx.get("redis"))).suspend_overdue(
-                now=utcnow(), grace=timedelta(days=res.settings.dunning_grace_days)
+                now=clock.now(), grace=timedelta(days=res.settings.dunning_grace_days)
             )
         await run_after_commit(session)
     return suspended
