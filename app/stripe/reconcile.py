@@ -19,16 +19,13 @@ class ReconcileCalls(StripeBase):
         resource: ReconcileListable,
         *,
         starting_after: str | None,
-        created_since: datetime | None = None,
         limit: int = 100,
     ) -> StripePage:
         """One page of Stripe's invoices or subscriptions (every status), newest first, as plain
-        JSON; `created_since` keeps only objects created at or after it."""
+        JSON (a caller that wants only recent ones stops at the first older one)."""
         params: dict[str, Any] = {"limit": limit}
         if starting_after:
             params["starting_after"] = starting_after
-        if created_since is not None:
-            params["created"] = {"gte": int(created_since.timestamp())}
         if resource == "subscriptions":
             params["status"] = "all"
         service = getattr(self._client.v1, resource)
