@@ -244,3 +244,38 @@ async def test_a_second_reconcile_while_one_runs_is_refused(
         finally:
             await holder.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": RECONCILE_LOCK_ID})
     assert await _count(engine, ReconcileRun) == 0
+
+
+async def test_an_invoice_of_ours_stripe_does_not_have_is_drift_of_its_total(
+    engine: AsyncEngine, wire_settings: Settings, stripe_api: respx.MockRouter
+) -> None:
+    consumer = rows.consumer(stripe_customer_id=CUSTOMER)
+    await rows.add(
+        engine, consumer, rows.invoice(consumer, stripe_invoice_id="in_listed"),
+        rows.invoice(consumer, stripe_invoice_id="in_phantom", total=1500, amount_paid=1500),
+    )  # fmt: skip
+    _pages(stripe_api, {None: _list("/v1/invoices", [_invoice("in_listed")])})
+    missing = stripe_api.get("/v1/invoices/in_phantom").respond(
+        404,
+        json={
+            "error": {
+                "type": "invalid_request_error", "code": "resource_missing", "param": "id",
+                "message": "No such invoice: 'in_phantom'",
+            }
+        },
+    )  # fmt: skip
+    listed = stripe_api.get("/v1/invoices/in_listed")
+
+    run = await _service(engine, wire_settings).run()
+
+    assert missing.called
+    assert not listed.called
+    assert run.checked["invoices"] == 2
+    async with engine.connect() as connection:
+        drifts = (
+            await connection.execute(select(ReconcileDrift).where(ReconcileDrift.check_name == "invoices"))
+        ).all()
+    assert [(d.subject, d.ours, d.stripe, d.drift_cents) for d in drifts] == [
+        ("in_phantom", 1500, None, 1500)
+    ]
+    assert "Stripe has no such invoice" in drifts[0].detail

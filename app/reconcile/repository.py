@@ -82,6 +82,36 @@ class ReconcileRepository:
         )  # fmt: skip
         return {row[0]: InvoiceRow(*row[1:]) for row in rows.all()}
 
+    async def invoices_not_seen(
+        self,
+        run_id: uuid.UUID,
+        *,
+        since: datetime | None,
+        created_before: datetime,
+        after: uuid.UUID | None,
+        limit: int,
+    ) -> tuple[dict[str, InvoiceRow], uuid.UUID | None]:
+        """A page (by id) of our invoices mirrored before the run (and since `since`); those the
+        run's Stripe listing did not show come back by Stripe id, with the page's last id."""
+        page = select(Invoice.id).where(Invoice.created_at < created_before).order_by(Invoice.id).limit(limit)
+        if since is not None:
+            page = page.where(Invoice.created_at >= since)
+        if after is not None:
+            page = page.where(Invoice.id > after)
+        ids = list((await self._session.execute(page)).scalars().all())
+        if not ids:
+            return {}, None
+        seen = select(ReconcileSeen.stripe_id).where(
+            ReconcileSeen.run_id == run_id, ReconcileSeen.kind == "invoice"
+        )
+        rows = await self._session.execute(
+            select(
+                Invoice.stripe_invoice_id, Invoice.id, Invoice.status, Invoice.currency,
+                Invoice.total, Invoice.amount_paid, Invoice.subscription_id,
+            ).where(Invoice.id.in_(ids), Invoice.stripe_invoice_id.not_in(seen))
+        )  # fmt: skip
+        return {row[0]: InvoiceRow(*row[1:]) for row in rows.all()}, ids[-1]
+
     async def our_customers(self, customer_ids: Sequence[str]) -> set[str]:
         rows = await self._session.execute(
             select(Consumer.stripe_customer_id).where(Consumer.stripe_customer_id.in_(customer_ids))

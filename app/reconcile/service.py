@@ -1,7 +1,8 @@
 """`billing reconcile`: compare our store with Stripe, read-only, and keep the report.
 
 Four checks, each against what Stripe holds now:
-- invoices: every Stripe invoice against our mirror (status, currency, total, amount paid);
+- invoices: every Stripe invoice against our mirror (status, currency, total, amount paid), and
+  every invoice of ours that Stripe does not have;
 - earnings: each subscription invoice's creator ledger against collected x (1 - commission),
   less what its refunds and disputes take back (`app/reconcile/rules.py`);
 - usage: per pay-per-use subscription and billing period, the calls we recorded against the
@@ -149,6 +150,7 @@ class ReconcileService:
     async def _carry(self, run: ReconcileRun) -> ReconcileRun:
         try:
             await self._invoices(run)
+            await self._our_invoices(run)
             await self._stripe_subscriptions(run)
             await self._our_subscriptions(run)
             await self._usage(run)
@@ -200,6 +202,39 @@ class ReconcileService:
             advance()
             starting_after = position
             self._progress("invoices", int(run.checked.get("invoices", 0)))
+
+    async def _our_invoices(self, run: ReconcileRun) -> None:
+        """Our invoices the listing did not show: fetched one by one (an older one is compared as
+        usual), and drift if Stripe has no such invoice."""
+        position = run.cursor.get("our_invoices")
+        while position != DONE:
+            after = uuid.UUID(position) if position else None
+            async with self._sessionmaker() as session:
+                unseen, last = await ReconcileRepository(session).invoices_not_seen(
+                    run.id, since=run.since, created_before=run.started_at, after=after, limit=OUR_ROWS_PAGE
+                )
+            fetched: list[StripeInvoice] = []
+            drifts: list[Drift] = []
+            for stripe_id, row in unseen.items():
+                await self._limiter.wait()
+                obj = await self._stripe.retrieve_invoice_or_none(stripe_id)
+                if obj is not None:
+                    fetched.append(StripeInvoice.from_payload(obj))
+                    continue
+                drifts.append(
+                    Drift(
+                        "invoices", stripe_id, f"{row.status} here, Stripe has no such invoice",
+                        row.currency, row.total, None, abs(row.total),
+                    )
+                )  # fmt: skip
+            async with self._sessionmaker.begin() as session:
+                compared, earnings_checked = await self._compare_invoices(session, fetched)
+                position = str(last) if last is not None else DONE
+                counted = {"invoices": len(unseen), "earnings": earnings_checked}
+                advance = await self._commit_page(
+                    session, run, "our_invoices", position, counted, drifts + compared
+                )
+            advance()
 
     async def _compare_invoices(
         self, session: AsyncSession, invoices: list[StripeInvoice]

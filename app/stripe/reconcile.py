@@ -7,6 +7,8 @@ from decimal import Decimal
 from functools import partial
 from typing import Any, Literal
 
+import stripe
+
 from app.stripe.base import StripeBase
 from app.stripe.listing import StripePage
 
@@ -31,6 +33,20 @@ class ReconcileCalls(StripeBase):
         service = getattr(self._client.v1, resource)
         page = await self._call(f"{resource}.list", lambda: service.list_async(params=params))
         return StripePage(objects=[obj.to_dict() for obj in page.data], has_more=bool(page.has_more))
+
+    async def retrieve_invoice_or_none(self, invoice_id: str) -> dict[str, Any] | None:
+        """Stripe's invoice as plain JSON, or None if Stripe has no such invoice (404)."""
+
+        async def retrieve() -> dict[str, Any] | None:
+            try:
+                invoice = await self._client.v1.invoices.retrieve_async(invoice_id)
+            except stripe.InvalidRequestError as exc:
+                if exc.http_status == 404:
+                    return None
+                raise
+            return invoice.to_dict()
+
+        return await self._call("invoices.retrieve", retrieve)
 
     async def meter_usage(self, meter_id: str, *, customer: str, start: datetime, end: datetime) -> Decimal:
         """The customer's aggregated meter value from `start` (inclusive) to `end` (exclusive), both
