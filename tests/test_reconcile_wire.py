@@ -3,6 +3,7 @@ the `--since` cut, resuming after a failure, the daily job's once-per-day claim 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -12,10 +13,12 @@ import pytest
 import respx
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from typer.testing import CliRunner
 
+from app import cli as cli_module
 from app.config import Settings
 from app.errors import Conflict, DomainError
-from app.models import JobRun, ReconcileDrift, ReconcileRun
+from app.models import InvoiceReversal, JobRun, ReconcileDrift, ReconcileRun
 from app.reconcile.jobs import reconcile_with_stripe
 from app.reconcile.service import RECONCILE_LOCK_ID, ReconcileService
 from app.stripe import StripeGateway
@@ -279,3 +282,81 @@ async def test_an_invoice_of_ours_stripe_does_not_have_is_drift_of_its_total(
         ("in_phantom", 1500, None, 1500)
     ]
     assert "Stripe has no such invoice" in drifts[0].detail
+
+
+@pytest.mark.parametrize(
+    ("stripe_fields", "ledger", "refunded", "expected_drift"),
+    [
+        # Booked on the gross without the commission: the commission drifts.
+        ({}, [("charge", 2900, 0)], 0, 580),
+        # Half the invoice was paid from the customer's balance: only 1000 was collected.
+        ({"amount_paid": 1000}, [("charge", 2900, 580)], 0, 2320 - 800),
+        # Refunded in full at Stripe, the reversal never booked.
+        ({}, [("charge", 2900, 580)], 2900, 2320),
+        # Refunded in full and reversed: nothing left, nothing drifts.
+        ({}, [("charge", 2900, 580), ("reversal", 2900, 580)], 2900, 0),
+        # Booked exactly by the rule.
+        ({}, [("charge", 2900, 580)], 0, 0),
+    ],
+    ids=["no-commission", "balance-paid", "refund-not-reversed", "refund-reversed", "agrees"],
+)
+async def test_earnings_drift_is_the_ledger_against_collected_times_one_minus_commission(
+    engine: AsyncEngine,
+    wire_settings: Settings,
+    stripe_api: respx.MockRouter,
+    stripe_fields: dict[str, Any],
+    ledger: list[tuple[str, int, int]],
+    refunded: int,
+    expected_drift: int,
+) -> None:
+    consumer = rows.consumer(stripe_customer_id=CUSTOMER)
+    api_row = rows.api("creator-wire")
+    plan_row, version = rows.plan(api_row)
+    invoice = rows.invoice(consumer, stripe_invoice_id="in_earned")
+    lines = [
+        rows.earning(plan_row, invoice, "creator-wire", gross, fee, kind=kind) for kind, gross, fee in ledger
+    ]
+    reversals = (
+        [
+            InvoiceReversal(
+                invoice_id=invoice.id, stripe_object_id="re_wire", source="refund", status="succeeded",
+                amount=refunded, stripe_state_at=NOW, state_rank=1,
+            )
+        ]
+        if refunded
+        else []
+    )  # fmt: skip
+    await rows.add(engine, consumer, api_row, plan_row, version, invoice, *lines, *reversals)
+    _pages(stripe_api, {None: _list("/v1/invoices", [{**_invoice("in_earned"), **stripe_fields}])})
+
+    run = await _service(engine, wire_settings).run()
+
+    assert run.checked["earnings"] == 1
+    async with engine.connect() as connection:
+        drifts = (
+            await connection.execute(select(ReconcileDrift).where(ReconcileDrift.check_name == "earnings"))
+        ).all()
+    assert [d.drift_cents for d in drifts] == ([expected_drift] if expected_drift else [])
+
+
+async def test_reconcile_command_exits_0_when_store_and_stripe_agree(
+    engine: AsyncEngine,
+    wire_settings: Settings,
+    stripe_api: respx.MockRouter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    consumer = rows.consumer(stripe_customer_id=CUSTOMER)
+    api_row = rows.api("creator-wire")
+    plan_row, version = rows.plan(api_row)
+    invoice = rows.invoice(consumer, stripe_invoice_id="in_fine")
+    await rows.add(engine, consumer, api_row, plan_row, version, invoice)
+    await rows.add(engine, rows.earning(plan_row, invoice, "creator-wire", 2900, 580))
+    _pages(stripe_api, {None: _list("/v1/invoices", [_invoice("in_fine")])})
+    monkeypatch.setattr(cli_module, "settings_or_exit", lambda: wire_settings)
+
+    # The command runs its own event loop: off this test's loop.
+    result = await asyncio.to_thread(CliRunner().invoke, cli_module.cli, ["reconcile"])
+
+    assert result.exit_code == 0, result.output
+    assert "reconcile completed" in result.output
+    assert "drift" in result.output
