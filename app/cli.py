@@ -208,7 +208,9 @@ def reconcile(
         datetime | None,
         typer.Option("--since", help="Only invoices and usage periods from then on (ISO day or time, UTC)"),
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the newest interrupted run")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the newest interrupted run (else start one)")
+    ] = False,
 ) -> None:
     """Compare our store with Stripe (read-only) and keep the report; exit 1 on any drift."""
     import asyncio

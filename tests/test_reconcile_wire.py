@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from app import cli as cli_module
 from app.config import Settings
 from app.errors import Conflict, DomainError
-from app.models import InvoiceReversal, JobRun, ReconcileDrift, ReconcileRun
+from app.models import InvoiceReversal, JobRun, ReconcileDrift, ReconcileRun, ReconcileSeen
 from app.reconcile.jobs import reconcile_with_stripe
 from app.reconcile.service import RECONCILE_LOCK_ID, ReconcileService
 from app.stripe import StripeGateway
@@ -187,6 +187,7 @@ async def test_an_interrupted_run_resumes_after_its_last_page_and_reports_each_d
         2,
     )
     assert await _count(engine, ReconcileDrift, ReconcileDrift.check_name == "invoices") == 2
+    assert await _count(engine, ReconcileSeen) == 2  # what the listing showed so far, kept to resume
 
     resumed = await service.run(resume=True)
 
@@ -197,6 +198,7 @@ async def test_an_interrupted_run_resumes_after_its_last_page_and_reports_each_d
     assert resumed.checked["earnings"] == 3
     assert await _count(engine, ReconcileDrift, ReconcileDrift.check_name == "invoices") == 3
     assert await _count(engine, ReconcileDrift, ReconcileDrift.check_name == "earnings") == 3
+    assert await _count(engine, ReconcileSeen) == 0
 
 
 async def test_the_daily_job_runs_once_per_day_and_a_retry_resumes_that_days_run(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -303,6 +303,9 @@ class ReconcileRepository:
             [{"run_id": run_id, "kind": kind, "stripe_id": stripe_id} for stripe_id in stripe_ids]
         )
         await self._session.execute(statement.on_conflict_do_nothing())
+
+    async def forget_seen(self, run_id: uuid.UUID) -> None:
+        await self._session.execute(delete(ReconcileSeen).where(ReconcileSeen.run_id == run_id))
 
     async def save_progress(
         self, run_id: uuid.UUID, cursor: dict[str, object], checked: dict[str, int]

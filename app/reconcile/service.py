@@ -92,7 +92,7 @@ class ReconcileService:
         async with self._locked():
             run = await self._resume() if resume else None
             if run is None:
-                run = await self._start(since=since, period=None)
+                run = await self._start(since=since)
             return await self._carry(run)
 
     async def run_for_day(self, day: str, *, since: datetime | None) -> ReconcileRun | None:
@@ -139,11 +139,9 @@ class ReconcileService:
                 run.status = "running"
             return run
 
-    async def _start(self, *, since: datetime | None, period: str | None) -> ReconcileRun:
+    async def _start(self, *, since: datetime | None) -> ReconcileRun:
         async with self._sessionmaker.begin() as session:
-            run = ReconcileRun(
-                id=uuid.uuid4(), status="running", since=since, period=period, cursor={}, checked={}
-            )
+            run = ReconcileRun(id=uuid.uuid4(), status="running", since=since, cursor={}, checked={})
             session.add(run)
         return run
 
@@ -162,6 +160,10 @@ class ReconcileService:
         finally:
             async with self._sessionmaker.begin() as session:
                 await session.merge(run)
+                if run.status == "completed":
+                    await ReconcileRepository(session).forget_seen(
+                        run.id
+                    )  # only a run in progress needs them
         return run
 
     @staticmethod
