@@ -4,6 +4,7 @@ the `--since` cut, resuming after a failure, the daily job's once-per-day claim 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -362,3 +363,24 @@ async def test_reconcile_command_exits_0_when_store_and_stripe_agree(
     assert result.exit_code == 0, result.output
     assert "reconcile completed" in result.output
     assert "drift" in result.output
+
+
+async def test_reconcile_keeps_to_the_configured_stripe_rate(
+    engine: AsyncEngine, wire_settings: Settings, stripe_api: respx.MockRouter
+) -> None:
+    consumer = rows.consumer(stripe_customer_id=CUSTOMER)
+    await rows.add(engine, consumer, rows.invoice(consumer, stripe_invoice_id="in_unlisted"))
+    _pages(stripe_api, {None: _list("/v1/invoices", [])})
+    stripe_api.get("/v1/invoices/in_unlisted").respond(200, json=_invoice("in_unlisted"))
+    service = ReconcileService(
+        engine, async_sessionmaker(engine, expire_on_commit=False), StripeGateway(wire_settings),
+        rate_per_second=5, commission=wire_settings.platform_commission,
+    )  # fmt: skip
+
+    started = time.monotonic()
+    run = await service.run()
+
+    # Three calls (invoices, the unlisted invoice, subscriptions) at 5/s: two intervals at least.
+    assert len(stripe_api.calls) == 3
+    assert time.monotonic() - started >= 0.39
+    assert run.status == "completed"

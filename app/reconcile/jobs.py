@@ -81,7 +81,7 @@ async def daily_reconcile(
     run = await service.run_for_day(day.isoformat(), since=since)
     if run is None:
         return None
-    report = await service.report(run, lines=0)
+    report = await service.report(run, lines_per_check=0)
     publish(report)
     return report
 

@@ -8,8 +8,6 @@ from rich.table import Table
 from app.models.reconcile import RECONCILE_CHECKS
 from app.reconcile.service import ReconcileReport
 
-LINES_PER_CHECK = 50
-
 
 def _cents(cents: dict[str, int]) -> str:
     return (
@@ -41,7 +39,7 @@ def render_report(report: ReconcileReport, console: Console) -> None:
         table = Table(title=f"{check}: {totals.items} of {report.checked.get(check, 0)} drift")
         for column in ("subject", "ours", "stripe", "drift (cents)", "detail"):
             table.add_column(column)
-        for line in lines[:LINES_PER_CHECK]:
+        for line in lines:
             table.add_row(
                 line.subject,
                 "-" if line.ours is None else str(line.ours),
@@ -49,6 +47,6 @@ def render_report(report: ReconcileReport, console: Console) -> None:
                 f"{line.drift_cents} {(line.currency or '').upper()}".strip(),
                 line.detail,
             )
-        if totals.items > len(lines[:LINES_PER_CHECK]):
-            table.caption = f"{totals.items - LINES_PER_CHECK} more stored in run {run.id}"
+        if totals.items > len(lines):
+            table.caption = f"{totals.items - len(lines)} more stored in run {run.id}"
         console.print(table)

@@ -330,11 +330,12 @@ class ReconcileRepository:
             cents[check][currency or ""] = int(total)
         return {check: CheckTotals(items[check], cents[check]) for check in items}
 
-    async def drifts(self, run_id: uuid.UUID, *, limit: int) -> list[ReconcileDrift]:
+    async def drifts(self, run_id: uuid.UUID, check: str, *, limit: int) -> list[ReconcileDrift]:
+        """A check's drift lines, largest first."""
         rows = await self._session.execute(
             select(ReconcileDrift)
-            .where(ReconcileDrift.run_id == run_id)
-            .order_by(ReconcileDrift.check_name, ReconcileDrift.drift_cents.desc(), ReconcileDrift.subject)
+            .where(ReconcileDrift.run_id == run_id, ReconcileDrift.check_name == check)
+            .order_by(ReconcileDrift.drift_cents.desc(), ReconcileDrift.subject)
             .limit(limit)
         )
         return list(rows.scalars().all())

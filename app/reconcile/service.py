@@ -113,11 +113,14 @@ class ReconcileService:
                 run.status = "running"
             return await self._carry(run)
 
-    async def report(self, run: ReconcileRun, *, lines: int = 200) -> ReconcileReport:
+    async def report(self, run: ReconcileRun, *, lines_per_check: int = 50) -> ReconcileReport:
+        """The run's counts and drift totals, with each check's largest drift lines."""
         async with self._sessionmaker() as session:
             repository = ReconcileRepository(session)
             totals = await repository.totals(run.id)
-            found = await repository.drifts(run.id, limit=lines)
+            found = []
+            for check in RECONCILE_CHECKS if lines_per_check else ():
+                found += await repository.drifts(run.id, check, limit=lines_per_check)
         return ReconcileReport(run, {c: int(run.checked.get(c, 0)) for c in RECONCILE_CHECKS}, totals, found)
 
     # --- the run -----------------------------------------------------------------------------
