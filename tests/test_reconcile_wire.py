@@ -384,3 +384,13 @@ async def test_reconcile_keeps_to_the_configured_stripe_rate(
     assert len(stripe_api.calls) == 3
     assert time.monotonic() - started >= 0.39
     assert run.status == "completed"
+
+
+def test_the_worker_runs_reconcile_once_a_day() -> None:
+    from app.worker.settings import WorkerSettings
+
+    daily = [job for job in WorkerSettings.cron_jobs if job.name == "cron:reconcile_with_stripe"]
+    assert len(daily) == 1
+    assert (len(daily[0].hour), len(daily[0].minute), daily[0].unique) == (1, 1, True)
+    assert daily[0].timeout_s is not None
+    assert daily[0].timeout_s > WorkerSettings.job_timeout
