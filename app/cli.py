@@ -202,6 +202,46 @@ def sync(
             typer.echo(f"  {resource}: {difference}")
 
 
+@cli.command()
+def reconcile(
+    since: Annotated[
+        datetime | None,
+        typer.Option("--since", help="Only invoices and usage periods from then on (ISO day or time, UTC)"),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the newest interrupted run (else start one)")
+    ] = False,
+) -> None:
+    """Compare our store with Stripe (read-only) and keep the report; exit 1 on any drift."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from app.errors import DomainError
+    from app.reconcile.jobs import run_reconcile
+    from app.reconcile.report import render_report
+
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    settings = settings_or_exit()
+    console = Console(stderr=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def progress(step: str, checked: int) -> None:
+            bar.update(task, description=f"{step}: {checked} checked")
+
+        try:
+            report = asyncio.run(run_reconcile(settings, since=since, resume=resume, progress=progress))
+        except DomainError as exc:
+            typer.echo(f"billing: {exc.message}", err=True)
+            raise typer.Exit(1) from None
+    render_report(report, Console())
+    if report.drift_items:
+        raise typer.Exit(1)
+
+
 webhooks = typer.Typer(no_args_is_help=True, help="Stored Stripe webhook events.")
 cli.add_typer(webhooks, name="webhooks")
 

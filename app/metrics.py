@@ -174,3 +174,85 @@ class OutboxBacklog:
 
 
 OUTBOX = OutboxBacklog()
+
+
+# --- reconcile drift, from the newest completed `billing reconcile` run ----------------------
+
+RECONCILE_DRIFT_CENTS = Gauge(
+    "billing_reconcile_drift_cents",
+    "Money our store and Stripe disagree on in the newest completed reconcile run, in minor units",
+    ["check", "currency"],
+    registry=REGISTRY,
+)
+RECONCILE_DRIFT_ITEMS = Gauge(
+    "billing_reconcile_drift_items",
+    "Objects our store and Stripe disagree on in the newest completed reconcile run",
+    ["check"],
+    registry=REGISTRY,
+)
+RECONCILE_COMPLETED_AT = Gauge(
+    "billing_reconcile_last_completed_timestamp_seconds",
+    "When the newest completed reconcile run finished (0: none yet), to alert on a stale report",
+    registry=REGISTRY,
+)
+
+
+def publish_reconcile_drift(
+    checks: tuple[str, ...], drift: dict[str, tuple[int, dict[str, int]]], finished_at: float
+) -> None:
+    """Set the gauges to one run's totals: per check its drift items and cents per currency."""
+    RECONCILE_DRIFT_CENTS.clear()
+    for check in checks:
+        items, cents = drift.get(check, (0, {}))
+        RECONCILE_DRIFT_ITEMS.labels(check).set(items)
+        for currency, amount in cents.items():
+            RECONCILE_DRIFT_CENTS.labels(check, currency).set(amount)
+    RECONCILE_COMPLETED_AT.set(finished_at)
+
+
+class ReconcileDrift:
+    """Refreshes the reconcile gauges from the database when /metrics is scraped and they are
+    stale, so every API replica exports the report the worker (or the CLI) stored."""
+
+    def __init__(self, interval_seconds: float = 60.0) -> None:
+        self.interval_seconds = interval_seconds
+        self._refreshed_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def refresh(self, engine: AsyncEngine) -> None:
+        if self._refreshed_at is not None and time.monotonic() - self._refreshed_at < self.interval_seconds:
+            return
+        async with self._lock:
+            if (
+                self._refreshed_at is not None
+                and time.monotonic() - self._refreshed_at < self.interval_seconds
+            ):
+                return
+            self._refreshed_at = time.monotonic()
+            try:
+                await self._query(engine)
+            except Exception as exc:
+                log.warning("reconcile drift query failed", extra={"error": type(exc).__name__})
+
+    async def _query(self, engine: AsyncEngine) -> None:
+        from app.models.reconcile import RECONCILE_CHECKS
+
+        newest = text(
+            "SELECT id, extract(epoch FROM finished_at) AS at FROM reconcile_runs "
+            "WHERE status = 'completed' ORDER BY finished_at DESC LIMIT 1"
+        )
+        totals = text(
+            "SELECT check_name, coalesce(currency, '') AS currency, count(*) AS n, sum(drift_cents) AS cents "
+            "FROM reconcile_drifts WHERE run_id = :run GROUP BY check_name, currency"
+        )
+        async with engine.connect() as connection:
+            run = (await connection.execute(newest)).one_or_none()
+            rows = (await connection.execute(totals, {"run": run.id})).all() if run is not None else []
+        drift: dict[str, tuple[int, dict[str, int]]] = {}
+        for row in rows:
+            items, cents = drift.get(row.check_name, (0, {}))
+            drift[row.check_name] = (items + int(row.n), {**cents, row.currency: int(row.cents)})
+        publish_reconcile_drift(RECONCILE_CHECKS, drift, float(run.at) if run is not None else 0.0)
+
+
+RECONCILE = ReconcileDrift()

@@ -3,7 +3,7 @@
 - Prices (`/v1/prices`): backed by a localstripe Plan with the same id, so its subscriptions,
   invoices and items work with `price` ids as with Stripe (which treats a Plan as a Price).
 - Billing Meters (`/v1/billing/meters`) and meter events (`/v1/billing/meter_events`), with
-  Stripe's identifier de-duplication.
+  Stripe's identifier de-duplication, and a meter's event summaries per customer and span.
 - Subscriptions and invoice previews sent as today's Stripe takes them (`items[][price]`,
   `default_payment_method`, `proration_behavior`, `trial_period_days`, the
   `latest_invoice.confirmation_secret` expansion), translated onto localstripe's plan-based ones.
@@ -176,6 +176,37 @@ async def create_meter_event(request: web.Request) -> web.Response:
     }
     resources.store[f"meter_event:{identifier}"] = event
     return _json(event)
+
+
+async def list_meter_event_summaries(request: web.Request) -> web.Response:
+    """The customer's events on the meter from `start_time` (inclusive) to `end_time` (exclusive),
+    summed into one summary (no `value_grouping_window`); both bounds on minute boundaries."""
+    meter = _stored("meter", request.match_info["id"])
+    query = request.query
+    try:
+        customer, start, end = query["customer"], int(query["start_time"]), int(query["end_time"])
+    except (KeyError, ValueError):
+        raise UserError(400, "Missing required param: customer, start_time or end_time") from None
+    if start % 60 or end % 60:
+        raise UserError(400, "start_time and end_time must be aligned with minute boundaries")
+    total = Decimal(0)
+    for key, event in list(resources.store.items()):
+        if not str(key).startswith("meter_event:") or event["event_name"] != meter["event_name"]:
+            continue
+        payload = event["payload"]
+        if payload.get("stripe_customer_id") == customer and start <= int(event["timestamp"]) < end:
+            total += Decimal(str(payload.get("value") or 0))
+    summary = {
+        "id": _new_id("mtrusg_"),
+        "object": "billing.meter_event_summary",
+        "aggregated_value": int(total) if total == total.to_integral_value() else float(total),
+        "end_time": end,
+        "livemode": False,
+        "meter": meter["id"],
+        "start_time": start,
+    }
+    url = f"/v1/billing/meters/{meter['id']}/event_summaries"
+    return _json({"object": "list", "url": url, "has_more": False, "data": [summary]})
 
 
 def _prices_as_plans(items: Any) -> list[dict[str, Any]]:
@@ -725,6 +756,7 @@ def install_extensions(app: web.Application) -> None:
     app.router.add_post("/v1/billing/meters", create_meter)
     app.router.add_get("/v1/billing/meters/{id}", retrieve_meter)
     app.router.add_post("/v1/billing/meter_events", create_meter_event)
+    app.router.add_get("/v1/billing/meters/{id}/event_summaries", list_meter_event_summaries)
     app.router.add_post("/v1/accounts", create_account)
     app.router.add_get("/v1/accounts/{id}", retrieve_account)
     app.router.add_post("/v1/account_links", create_account_link)

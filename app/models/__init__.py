@@ -9,6 +9,7 @@ from app.models.job_run import JobRun
 from app.models.outbox import OutboxMessage
 from app.models.payout import CreatorAccount, Payout
 from app.models.plan import Api, PricingPlan, PricingPlanVersion
+from app.models.reconcile import ReconcileDrift, ReconcileRun, ReconcileSeen
 from app.models.subscription import Subscription
 from app.models.sync_run import SyncRun
 from app.models.usage import UsageRecord
@@ -27,6 +28,9 @@ __all__ = [
     "Payout",
     "PricingPlan",
     "PricingPlanVersion",
+    "ReconcileDrift",
+    "ReconcileRun",
+    "ReconcileSeen",
     "StripeEvent",
     "Subscription",
     "SyncRun",

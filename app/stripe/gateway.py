@@ -18,6 +18,7 @@ from app.stripe.meters import MeterCalls
 from app.stripe.objects import ObjectCalls
 from app.stripe.payment_methods import PaymentMethodCalls
 from app.stripe.payments import PaymentCalls
+from app.stripe.reconcile import ReconcileCalls
 from app.stripe.subscriptions import SubscriptionCalls
 
 
@@ -34,5 +35,6 @@ class StripeGateway(
     MeterCalls,
     ObjectCalls,
     PaymentCalls,
+    ReconcileCalls,
 ):
     """Thin async wrapper over `stripe.StripeClient`; callers never see the SDK or its errors."""

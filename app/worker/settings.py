@@ -12,6 +12,7 @@ from app.logging import configure_logging
 from app.metrics import instrument_worker
 from app.outbox import jobs as outbox_jobs
 from app.payouts.jobs import run_payouts
+from app.reconcile.jobs import reconcile_with_stripe
 from app.worker import jobs, webhook_jobs
 from app.worker.context import WorkerResources
 
@@ -31,12 +32,15 @@ class WorkerSettings:
         jobs.purge_expired_idempotency_keys,
         outbox_jobs.deliver_outbox_message,
         run_payouts,
+        reconcile_with_stripe,
         *webhook_jobs.JOBS,
     ]
     cron_jobs: ClassVar[list[Any]] = [
         cron(jobs.purge_expired_idempotency_keys, minute={7}, unique=True),
         cron(outbox_jobs.sweep_outbox, second={30}, unique=True),
         cron(run_payouts, hour={3}, minute={17}, unique=True),
+        # Daily; a long run outlives job_timeout, and a retry resumes it where it stopped.
+        cron(reconcile_with_stripe, hour={4}, minute={41}, unique=True, timeout=6 * 3600),
         *webhook_jobs.CRON_JOBS,
     ]
     on_startup = startup

@@ -1,0 +1,71 @@
+"""Reading Stripe back for `billing reconcile`: invoice and subscription pages, meter summaries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from functools import partial
+from typing import Any, Literal
+
+import stripe
+
+from app.stripe.base import StripeBase
+from app.stripe.listing import StripePage
+
+ReconcileListable = Literal["invoices", "subscriptions"]
+
+
+class ReconcileCalls(StripeBase):
+    async def reconcile_page(
+        self,
+        resource: ReconcileListable,
+        *,
+        starting_after: str | None,
+        limit: int = 100,
+    ) -> StripePage:
+        """One page of Stripe's invoices or subscriptions (every status), newest first, as plain
+        JSON (a caller that wants only recent ones stops at the first older one)."""
+        params: dict[str, Any] = {"limit": limit}
+        if starting_after:
+            params["starting_after"] = starting_after
+        if resource == "subscriptions":
+            params["status"] = "all"
+        service = getattr(self._client.v1, resource)
+        page = await self._call(f"{resource}.list", lambda: service.list_async(params=params))
+        return StripePage(objects=[obj.to_dict() for obj in page.data], has_more=bool(page.has_more))
+
+    async def retrieve_invoice_or_none(self, invoice_id: str) -> dict[str, Any] | None:
+        """Stripe's invoice as plain JSON, or None if Stripe has no such invoice (404)."""
+
+        async def retrieve() -> dict[str, Any] | None:
+            try:
+                invoice = await self._client.v1.invoices.retrieve_async(invoice_id)
+            except stripe.InvalidRequestError as exc:
+                if exc.http_status == 404:
+                    return None
+                raise
+            return invoice.to_dict()
+
+        return await self._call("invoices.retrieve", retrieve)
+
+    async def meter_usage(self, meter_id: str, *, customer: str, start: datetime, end: datetime) -> Decimal:
+        """The customer's aggregated meter value from `start` (inclusive) to `end` (exclusive), both
+        on minute boundaries as Stripe requires, from the meter's event summaries."""
+        service = self._client.v1.billing.meters.event_summaries
+        params: dict[str, Any] = {
+            "customer": customer,
+            "start_time": int(start.timestamp()),
+            "end_time": int(end.timestamp()),
+            "limit": 100,
+        }
+        total = Decimal(0)
+        while True:
+            page = await self._call(
+                "billing.meters.event_summaries.list",
+                partial(service.list_async, meter_id, params=params),  # type: ignore[arg-type]
+            )
+            # `aggregated_value` is a JSON number; its text keeps the value exact.
+            total += sum((Decimal(str(summary.aggregated_value)) for summary in page.data), Decimal(0))
+            if not page.has_more or not page.data:
+                return total
+            params = {**params, "starting_after": page.data[-1].id}
