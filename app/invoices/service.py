@@ -236,6 +236,8 @@ class InvoiceService:
             "subtotal": sent.subtotal,
             "tax": sent.tax,
             "total": sent.total,
+            "starting_balance": sent.starting_balance,
+            "ending_balance": sent.ending_balance,
             "period_start": sent.period_start,
             "period_end": sent.period_end,
             "paid_at": sent.paid_at,
