@@ -40,6 +40,21 @@ from app.subscriptions.schemas import (
 
 # Statuses in which a subscription may change plan or be cancelled at its period's end.
 RUNNING = frozenset({"active", "trial", "past_due"})
+SUBSCRIPTION_IDS = uuid.UUID("5b1e3c0a-8f4d-4b7e-9a61-2f0c7d9e4a10")  # uuid5 namespace of new rows
+
+
+def subscription_id_for(
+    consumer_id: uuid.UUID, api_id: str, plan_id: uuid.UUID, version: int, earlier: int
+) -> uuid.UUID:
+    """The id of a new subscription, derived from the request rather than drawn at random.
+
+    `earlier` counts the consumer's earlier subscriptions to the API, so subscribing again after
+    a cancellation is a new row, while a subscribe retried after a failure between Stripe's answer
+    and our commit (nothing committed: the count is unchanged) gets the same id, hence the same
+    Stripe idempotency key (`sub-create:<id>`), the same metadata, and Stripe's first answer back
+    instead of a second subscription.
+    """
+    return uuid.uuid5(SUBSCRIPTION_IDS, f"{consumer_id}:{api_id}:{plan_id}:{version}:{earlier}")
 
 
 def subscription_out(
@@ -130,8 +145,9 @@ class SubscriptionService:
                     raise InvalidField(field, "required with checkout")
         if await self._repo.live_on_api(consumer.id, data.api_id) is not None:
             raise Conflict("You already have a live subscription to this API", code="already_subscribed")
+        earlier = await self._repo.count_on_api(consumer.id, plan.api_id)
         subscription = Subscription(
-            id=uuid.uuid4(),
+            id=subscription_id_for(consumer.id, plan.api_id, plan.id, version.version, earlier),
             consumer_id=consumer.id,
             api_id=plan.api_id,
             pricing_plan_id=plan.id,
