@@ -25,6 +25,7 @@ from tests.billing_data import World, invoice_obj, make_world, subscription_obj
 from tests.conftest import make_settings
 from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 from tests.stripe_payments import PERIOD, T0, refund
+from tests.test_stripe_wire import _consumer_with_card, stripe_api, wire, wire_app  # noqa: F401
 from tests.test_sync import _service as sync_service
 
 
@@ -292,3 +293,28 @@ def test_sync_repair_with_dry_run_is_refused(settings: Settings, monkeypatch: py
     result = _sync_cli(settings, monkeypatch, "--dry-run", "--repair")
     assert result.exit_code == 2
     assert "--dry-run" in result.output
+
+
+async def test_a_retry_whose_details_differ_from_what_stripe_answered_is_409_not_502(
+    wire: httpx.AsyncClient,  # noqa: F811
+    stripe_api: respx.MockRouter,  # noqa: F811
+    auth: Auth,
+    engine: AsyncEngine,
+) -> None:
+    stripe_api.post("/v1/subscriptions").respond(
+        400,
+        json={
+            "error": {
+                "type": "idempotency_error",
+                "message": "Keys for idempotent requests can only be used with the same parameters they were "
+                "first used with. Try using a key other than 'sub-create:x' if you meant to execute a "
+                "different request.",
+            }
+        },
+    )
+    plan = await create_plan(wire, auth("creator"), new_api_id())
+    headers = await _consumer_with_card(wire, auth)
+    response = await subscribe(wire, headers, plan)
+    assert response.status_code == 409, response.text
+    assert response.json()["code"] == "stripe_idempotency_conflict"
+    assert await _rows(engine) == 0
