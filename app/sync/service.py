@@ -42,6 +42,9 @@ from app.webhooks.handlers import find_subscription
 log = logging.getLogger(__name__)
 SYNC_LOCK_ID = 0x5_7121_0001  # pg advisory lock key of `billing sync`
 MAX_DIFFERENCES = 1000
+# A Stripe subscription younger than this may belong to a request still in flight (Stripe has
+# answered, our commit has not happened yet): it is never taken for an orphan.
+ORPHAN_GRACE_SECONDS = 3600
 DONE = "done"
 Progress = Callable[[str, int], None]
 
@@ -274,7 +277,7 @@ class SyncService:
             session, stripe_subscription_id=state.id, metadata=state.metadata
         )
         if subscription is None:
-            await self._orphan_or_unknown(session, state, report)
+            await self._orphan_or_unknown(session, state, int(obj.get("created") or 0), report)
             return
         before = (subscription.status, subscription.pricing_plan_id, subscription.plan_version)
         flagged_before = subscription.unmatched_stripe_price_id
@@ -303,7 +306,7 @@ class SyncService:
             )
 
     async def _orphan_or_unknown(
-        self, session: AsyncSession, state: StripeSubscriptionState, report: ListReport
+        self, session: AsyncSession, state: StripeSubscriptionState, created: int, report: ListReport
     ) -> None:
         """A Stripe subscription we have no row of: an orphan when it is live and its customer is
         ours (reported, and with `repair_orphans` refunded and cancelled), else not ours."""
@@ -319,6 +322,10 @@ class SyncService:
         if not ours or STRIPE_STATUS.get(state.status) in TERMINAL:
             report.unknown += 1
             report.note(f"subscription {state.id}: not in our store")
+            return
+        if self._fetched_at - created < ORPHAN_GRACE_SECONDS:
+            report.unknown += 1
+            report.note(f"subscription {state.id}: no row of ours yet (created within the hour); left alone")
             return
         report.orphans += 1
         metrics.ORPHAN_SUBSCRIPTIONS.inc()
