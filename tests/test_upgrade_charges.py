@@ -163,23 +163,38 @@ async def _plan_of(engine: AsyncEngine, subscription_id: str) -> str:
     return str(plan_id)
 
 
-async def test_a_declined_upgrade_payment_keeps_the_old_plan_and_answers_402_with_stripes_reason(
+DECLINED = {
+    "id": "pi_pending", "object": "payment_intent", "status": "requires_payment_method",
+    "last_payment_error": {
+        "type": "card_error", "code": "card_declined", "decline_code": "insufficient_funds",
+        "message": "Your card has insufficient funds.",
+    },
+}  # fmt: skip
+NEEDS_AUTHENTICATION = {"id": "pi_pending", "object": "payment_intent", "status": "requires_action",
+                        "last_payment_error": None}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("intent", "reason"),
+    [
+        (DECLINED, "Your card has insufficient funds."),
+        (NEEDS_AUTHENTICATION, "Your card needs authentication (3D Secure) for this payment."),
+    ],
+    ids=["declined", "needs_authentication"],
+)
+async def test_a_failed_upgrade_payment_keeps_the_old_plan_and_answers_402_with_stripes_reason(
     wire: httpx.AsyncClient,  # noqa: F811
     stripe_api: respx.MockRouter,  # noqa: F811
     auth: Auth,
     engine: AsyncEngine,
+    intent: dict[str, Any],
+    reason: str,
 ) -> None:
     # Stripe's answer to a pending update whose invoice was declined: still on the old price.
     pending = _subscription("active", pending_update=_pending_update("price_wire_2"))
     pending["latest_invoice"] = {"id": "in_pending", "object": "invoice", "status": "open",
                                  "confirmation_secret": None}  # fmt: skip
     change_route = stripe_api.post("/v1/subscriptions/sub_wire").respond(200, json=pending)
-    intent = {
-        "id": "pi_pending", "object": "payment_intent", "status": "requires_payment_method",
-        "last_payment_error": {"type": "card_error", "code": "card_declined",
-                               "decline_code": "insufficient_funds",
-                               "message": "Your card has insufficient funds."},
-    }  # fmt: skip
     payments_route = stripe_api.get("/v1/invoice_payments").respond(
         200,
         json={"object": "list", "url": "/v1/invoice_payments", "has_more": False, "data": [
@@ -193,7 +208,8 @@ async def test_a_declined_upgrade_payment_keeps_the_old_plan_and_answers_402_wit
     response = await wire.put(url, json={"new_pricing_plan_id": pro["id"]}, headers=headers)
     assert response.status_code == 402, response.text
     assert response.json()["code"] == "plan_change_payment_failed"
-    assert response.json()["error"].startswith("Your card has insufficient funds.")
+    assert response.json()["error"].startswith(reason)
+    assert "stays on its current plan" in response.json()["error"]
     sent = _form(change_route.calls.last.request)
     assert sent["payment_behavior"] == ["pending_if_incomplete"]
     assert payments_route.calls.last.request.url.params["invoice"] == "in_pending"

@@ -170,10 +170,13 @@ class SubscriptionCalls(StripeBase):
         )
         for item in page.data:
             intent = (item.to_dict().get("payment") or {}).get("payment_intent")
-            error = (intent or {}).get("last_payment_error") if isinstance(intent, dict) else None
-            message = (error or {}).get("message")
+            if not isinstance(intent, dict):
+                continue
+            message = (intent.get("last_payment_error") or {}).get("message")
             if isinstance(message, str) and message:
                 return message
+            if intent.get("status") == "requires_action":
+                return "Your card needs authentication (3D Secure) for this payment."
         return None
 
     async def cancel_subscription_at_period_end(

@@ -517,6 +517,7 @@ class SubscriptionService:
         subscription.trial_end = None
         subscription.cancel_at_period_end = False
         subscription.expires_at = None
+        subscription.unmatched_stripe_price_id = None
 
     @staticmethod
     def _start_free_period(subscription: Subscription) -> None:
