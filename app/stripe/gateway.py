@@ -16,6 +16,7 @@ from app.stripe.invoices import InvoiceCalls
 from app.stripe.listing import ListingCalls
 from app.stripe.meters import MeterCalls
 from app.stripe.objects import ObjectCalls
+from app.stripe.orphans import OrphanCalls
 from app.stripe.payment_methods import PaymentMethodCalls
 from app.stripe.payments import PaymentCalls
 from app.stripe.reconcile import ReconcileCalls
@@ -36,5 +37,6 @@ class StripeGateway(
     ObjectCalls,
     PaymentCalls,
     ReconcileCalls,
+    OrphanCalls,
 ):
     """Thin async wrapper over `stripe.StripeClient`; callers never see the SDK or its errors."""
