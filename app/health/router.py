@@ -63,4 +63,5 @@ async def metrics_endpoint(request: Request) -> Response:
     engine = getattr(request.app.state, "engine", None)
     if engine is not None:
         await metrics.OUTBOX.refresh(engine)
+        await metrics.QUARANTINE.refresh(engine)
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
