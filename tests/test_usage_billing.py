@@ -412,6 +412,34 @@ async def test_cancelling_now_sends_the_usage_so_far_then_has_stripe_invoice_it_
         assert meter_events == []
 
 
+async def test_downgrading_to_free_sends_the_usage_so_far_then_has_stripe_invoice_it_at_once(
+    client: httpx.AsyncClient, auth: Auth, services: Services
+) -> None:
+    creator = auth("creator")
+    api_id = new_api_id()
+    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
+    free = await create_plan(client, creator, api_id, type="free", call_limit=100)
+    headers = auth("consumer")
+    await register(client, headers)
+    await add_card(client, headers)
+    created = (await subscribe(client, headers, metered)).json()
+    services.counts.set(created["id"], datetime.now(UTC).date(), 25)
+
+    changed = await client.put(
+        f"/api/v1/subscriptions/{created['id']}/upgrade",
+        json={"new_pricing_plan_id": free["id"]},
+        headers=headers,
+    )
+    assert changed.status_code == 200, changed.text
+    to_stripe = [c.request for c in services.mock.calls if c.request.url.host == "127.0.0.1"]
+    kinds = [(r.method, r.url.path) for r in to_stripe]
+    cancel = kinds.index(("DELETE", f"/v1/subscriptions/{created['stripe_subscription_id']}"))
+    assert to_stripe[cancel].url.params.get("invoice_now") == "true"
+    assert to_stripe[cancel].url.params.get("prorate") == "true"
+    assert kinds[cancel - 1] == ("POST", "/v1/billing/meter_events")
+    assert [p["payload[value]"] for p in services.sent()] == ["25"]
+
+
 # --- item 5: plan changes split usage at the moment of change ------------------------------------
 
 

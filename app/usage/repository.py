@@ -111,6 +111,13 @@ _PERIOD_CALLS = text(
     """
 )
 
+# Windows to send: pending ones, and (for one rollout) those the previous release wrote with an
+# identifier, which the column's default marks `unbilled`.
+_SENDABLE = and_(
+    UsageRecord.meter_event_identifier.is_not(None),
+    UsageRecord.reported_at.is_(None),
+    UsageRecord.report_status.in_(("pending", "unbilled")),
+)
 _ENDED_AT = func.coalesce(Subscription.expires_at, Subscription.cancelled_at)
 _IS_METERED = or_(PricingPlan.type == "pay_per_use", PricingPlanVersion.call_limit.is_not(None))
 
@@ -292,8 +299,7 @@ class UsageRepository:
             .join(Consumer, Consumer.id == Subscription.consumer_id)
             .where(
                 UsageRecord.subscription_id.in_(subscription_ids),
-                UsageRecord.report_status == "pending",
-                UsageRecord.meter_event_identifier.is_not(None),
+                _SENDABLE,
                 Consumer.stripe_customer_id.is_not(None),
             )
             .order_by(UsageRecord.window_start)
@@ -326,6 +332,7 @@ class UsageRepository:
                 update(UsageRecord)
                 .where(UsageRecord.id.in_([w.id for w in to_send]))
                 .values(
+                    report_status="pending",
                     report_first_sent_at=func.coalesce(UsageRecord.report_first_sent_at, now),
                     report_last_sent_at=now,
                 )
@@ -338,7 +345,7 @@ class UsageRepository:
         if record_ids:
             await self._session.execute(
                 update(UsageRecord)
-                .where(UsageRecord.id.in_(record_ids), UsageRecord.report_status == "pending")
+                .where(UsageRecord.id.in_(record_ids), _SENDABLE)
                 .values(report_status="accepted", reported_at=at, report_last_sent_at=None)
             )
 
@@ -346,7 +353,7 @@ class UsageRepository:
         for record_id, error in errors.items():
             await self._session.execute(
                 update(UsageRecord)
-                .where(UsageRecord.id == record_id, UsageRecord.report_status == "pending")
+                .where(UsageRecord.id == record_id, _SENDABLE)
                 .values(report_status="quarantined", report_error=error[:2000], quarantined_at=at)
             )
 
@@ -355,8 +362,8 @@ class UsageRepository:
         if record_ids:
             await self._session.execute(
                 update(UsageRecord)
-                .where(UsageRecord.id.in_(record_ids), UsageRecord.report_status == "pending")
-                .values(report_last_sent_at=None)
+                .where(UsageRecord.id.in_(record_ids), _SENDABLE)
+                .values(report_status="pending", report_last_sent_at=None)
             )
 
     async def quarantined(self, subscription_id: uuid.UUID | None = None) -> list[Quarantined]:
@@ -414,16 +421,3 @@ class UsageRepository:
             .returning(UsageRecord.subscription_id)
         )
         return sorted(set(result.scalars().all()))
-
-    async def count_quarantined(self) -> int:
-        statement = select(func.count()).where(UsageRecord.report_status == "quarantined")
-        return int((await self._session.execute(statement)).scalar_one())
-
-    async def unsettled(self, subscription_id: uuid.UUID, before: datetime) -> int:
-        """Windows billed before `before` that Stripe has not answered yet (not quarantined)."""
-        statement = select(func.count()).where(
-            UsageRecord.subscription_id == subscription_id,
-            UsageRecord.report_status == "pending",
-            UsageRecord.window_end <= before,
-        )
-        return int((await self._session.execute(statement)).scalar_one())
