@@ -318,8 +318,10 @@ def usage_backfill(
             f"metering did not answer for {len(run.unavailable)} subscriptions: run again later", err=True
         )
     if run.stripe_failures:
-        typer.echo("Stripe refused some meter events: the worker reports them on its next run", err=True)
-    if run.unavailable or run.stripe_failures:
+        typer.echo("Stripe did not answer some meter events: the worker sends them on its next run", err=True)
+    if run.quarantined:
+        typer.echo(f"Stripe refused {run.quarantined} windows: see `billing usage quarantine`", err=True)
+    if run.unavailable or run.stripe_failures or run.quarantined:
         raise typer.Exit(1)
 
 

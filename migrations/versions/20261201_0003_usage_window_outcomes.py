@@ -36,9 +36,9 @@ def upgrade() -> None:
     )
     op.add_column("usage_records", sa.Column("report_error", sa.Text(), nullable=True))
     op.add_column("usage_records", sa.Column("quarantined_at", sa.DateTime(timezone=True), nullable=True))
-    # Windows not yet reported were possibly sent (a batch failed after Stripe took some), so
-    # they start their attempt as sent now: a resend within Stripe's memory is answered, not
-    # counted again.
+    # Windows not yet reported were possibly sent already (a batch failed after Stripe took
+    # some): they count as first sent when written, so those Stripe may have forgotten by now
+    # are quarantined for an operator rather than sent (and counted) again.
     op.execute(
         """
         UPDATE usage_records SET
@@ -47,7 +47,7 @@ def upgrade() -> None:
                 WHEN reported_at IS NOT NULL THEN 'accepted'
                 ELSE 'pending' END,
             report_first_sent_at = CASE
-                WHEN meter_event_identifier IS NOT NULL AND reported_at IS NULL THEN now() END
+                WHEN meter_event_identifier IS NOT NULL AND reported_at IS NULL THEN created_at END
         """
     )
     op.create_check_constraint(
