@@ -221,7 +221,8 @@ class SubscriptionService:
             plan, _version = await self._held(subscription)
             # The calls until now go on the final invoice made at once (invoice_now); if they
             # cannot be sent now, the final invoice's draft webhook sends them before it closes.
-            await self._usage_until_now(subscription)
+            if plan.type == "pay_per_use":
+                await self._usage_until_now(subscription)
             canceled = await self._stripe.cancel_subscription(
                 stripe_id,
                 prorate=plan.type == "subscription" and subscription.status == "active",
@@ -249,7 +250,7 @@ class SubscriptionService:
         consumer = await self._consumers.require_own(principal)
         old_plan, _old_version = await self._held(subscription)
         # Calls until now are billed by the plan they were made on: per call only on pay-per-use.
-        if not await self._usage_until_now(subscription) and "pay_per_use" in (old_plan.type, plan.type):
+        if "pay_per_use" in (old_plan.type, plan.type) and not await self._usage_until_now(subscription):
             raise ServiceUnavailable(
                 "Usage until now could not be counted, try the change again shortly", code="usage_not_counted"
             )

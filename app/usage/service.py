@@ -206,7 +206,8 @@ class UsageService:
             if not batch:
                 return run
             await self._record(batch, span, run)
-            await self._report([s.id for s in batch if s.pay_per_use], run)
+            # Every subscription's: windows billed on a plan it has since left are still sent.
+            await self._report([s.id for s in batch], run)
             await self._flag_overruns([s for s in batch if s.call_limit is not None], clock.now(), run)
             run.subscriptions += len(batch)
             if on_batch is not None:
