@@ -180,6 +180,14 @@ async def test_a_refused_window_is_quarantined_alone_and_sent_again_only_on_an_o
     assert retried.exit_code == 0, retried.output
     assert [w.report_status for w in await windows(engine)] == ["accepted", "accepted", "accepted"]
     assert services.meter_events.call_count == 4
+    # Each send carries its window's own idempotency key; the retry is a new attempt.
+    keys = [c.request.headers["Idempotency-Key"] for c in services.meter_events.calls]
+    assert keys == [f"meter-event:{w.meter_event_identifier}:0" for w in stored] + [
+        f"meter-event:{stored[1].meter_event_identifier}:1"
+    ]
+    nothing = await cli("retry", "--subscription", str(world.subscription_id))
+    assert nothing.exit_code == 1
+    assert "no quarantined window matches" in nothing.output
     assert sorted(e["payload"]["value"] for e in services.accepted.values()) == sorted(
         str(w.quantity) for w in stored
     )
