@@ -4,13 +4,16 @@ our store and Stripe agree, the report stored, the drift exported and the comman
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+import respx
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from typer.testing import CliRunner
@@ -25,7 +28,13 @@ from app.plans.service import meter_event_name
 from app.reconcile.jobs import publish
 from app.reconcile.service import ReconcileService
 from app.stripe import StripeGateway
+from tests.billing_data import World, event, make_world, subscription_obj
 from tests.journeys import add_card, create_plan, new_api_id, register, subscribe
+from tests.stripe_payments import PERIOD, T0, FakePayments, refund
+from tests.test_invoice_earnings import add_plan, booked, paid_invoice, pay
+from tests.test_webhook_events import Ctx, deliver, worker_ctx
+
+__all__ = ["worker_ctx"]  # the worker fixture of the webhook tests
 
 Auth = Callable[..., dict[str, str]]
 DAY = timedelta(days=1)
@@ -242,3 +251,177 @@ async def test_reconcile_command_prints_a_table_per_check_and_exits_1_on_drift(
     for check in ("invoices", "earnings", "usage", "orphans"):
         assert check in result.output
     assert gone["stripe_subscription_id"] in result.output
+
+
+# --- earnings of plan changes and balance-paid invoices, booked as the webhooks book them ----------
+
+
+@pytest.fixture
+def stripe_answers(settings: Settings) -> Iterator[tuple[FakePayments, respx.MockRouter]]:
+    """Stripe answered by respx in its documented shapes: the invoices (and their payments) a
+    FakePayments holds, listed too, for invoices the emulator cannot issue (proration credits,
+    customer balances)."""
+    fake = FakePayments()
+    with respx.mock(base_url=settings.stripe_api_base, assert_all_called=False) as mock:
+        fake.install(mock)
+        yield fake, mock
+
+
+async def _plan_changes_booked(
+    client: httpx.AsyncClient, ctx: Ctx, engine: AsyncEngine, fake: FakePayments, mock: respx.MockRouter
+) -> PlanChanges:
+    """A consumer's month of plan changes paid and refunded through signed webhooks: Pro (1000),
+    an always_invoice upgrade to Business, a downgrade to Basic whose credit exceeds its charge,
+    and a renewal paid partly from that credit, then partly refunded. Stripe lists the invoices."""
+    world = await make_world(engine, status="active", monthly_amount=1000)
+    fake.world = world
+    business, business_price = await add_plan(engine, world, "Business", 3000)
+    basic, basic_price = await add_plan(engine, world, "Basic", 600)
+    first = paid_invoice(world, "in_first", [(1000, world.price)])
+    # Half-way: -500 unused Pro, +1500 remaining Business: 1000 charged.
+    upgrade = paid_invoice(world, "in_up", [(-500, world.price), (1500, business_price)])
+    # Then -500 unused Business, +300 remaining Basic: total -200, a 200 credit in the balance.
+    downgrade = paid_invoice(world, "in_down", [(-500, business_price), (300, basic_price)])
+    # Next month's 600 + 60 tax: 200 from the credit, 460 by card.
+    renewal = paid_invoice(world, "in_next", [(600, basic_price)], tax=60, starting_balance=-200)
+    assert (upgrade["amount_paid"], downgrade["total"], downgrade["ending_balance"]) == (1000, -200, -200)
+    assert (renewal["amount_paid"], renewal["ending_balance"]) == (460, 0)
+    for at, invoice in enumerate((first, upgrade, upgrade, downgrade, renewal, downgrade)):
+        await pay(client, ctx, fake, invoice, T0 + 10 * at)
+    refunded = event("refund.created", refund("in_next", "re_next", 100, "succeeded"), created=T0 + 100)
+    assert await deliver(client, ctx, refunded) == "processed"
+
+    newest_first = [renewal, downgrade, upgrade, first]
+    mock.get("/v1/invoices").respond(200, json=_stripe_list("/v1/invoices", newest_first))
+    mock.get("/v1/subscriptions").respond(
+        200, json=_stripe_list("/v1/subscriptions", [subscription_obj(world, "active", period=PERIOD)])
+    )
+    return PlanChanges(world, business, basic)
+
+
+@dataclass(frozen=True)
+class PlanChanges:
+    world: World
+    business: uuid.UUID
+    basic: uuid.UUID
+
+
+def _stripe_list(url: str, data: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"object": "list", "url": url, "has_more": False, "data": data}
+
+
+async def test_reconcile_finds_no_earnings_drift_on_upgrade_credit_and_balance_paid_invoices(
+    client: httpx.AsyncClient,
+    worker_ctx: Ctx,
+    engine: AsyncEngine,
+    settings: Settings,
+    stripe_answers: tuple[FakePayments, respx.MockRouter],
+) -> None:
+    changes = await _plan_changes_booked(client, worker_ctx, engine, *stripe_answers)
+    ledger = await booked(engine)
+    assert ("credit", changes.business, 200, 40, 160) in ledger  # the downgrade's credit line
+    assert ("charge", changes.basic, 600, 120, 480) in ledger  # the renewal, card and credit
+    assert any(kind == "reversal" for kind, *_ in ledger)
+
+    service = _service(engine, settings)
+    run = await service.run()
+
+    assert run.status == "completed"
+    assert await _drifts(engine, run.id) == {}
+    report = await service.report(run)
+    assert (report.checked["invoices"], report.checked["earnings"]) == (4, 4)
+
+
+async def test_reconcile_reports_a_missing_or_wrong_ledger_line_on_those_invoices(
+    client: httpx.AsyncClient,
+    worker_ctx: Ctx,
+    engine: AsyncEngine,
+    settings: Settings,
+    stripe_answers: tuple[FakePayments, respx.MockRouter],
+) -> None:
+    changes = await _plan_changes_booked(client, worker_ctx, engine, *stripe_answers)
+
+    def of(stripe_invoice_id: str) -> Any:
+        return Earning.invoice_id == (
+            select(Invoice.id).where(Invoice.stripe_invoice_id == stripe_invoice_id).scalar_subquery()
+        )
+
+    async with engine.begin() as connection:
+        # The downgrade's credit line lost; the renewal's charge booked 50 too much; the upgrade's
+        # charge booked to the old plan (the same creator total, the wrong plan).
+        await connection.execute(delete(Earning).where(of("in_down"), Earning.kind == "credit"))
+        await connection.execute(
+            update(Earning)
+            .where(of("in_next"), Earning.kind == "charge")
+            .values(net_amount=Earning.net_amount + 50, gross_amount=Earning.gross_amount + 50)
+        )
+        await connection.execute(
+            update(Earning).where(of("in_up"), Earning.kind == "charge").values(plan_id=changes.world.plan_id)
+        )
+
+    run = await _service(engine, settings).run()
+
+    found = await _drifts(engine, run.id)
+    assert sorted(subject for check, subject in found if check == "earnings") == [
+        "in_down",
+        "in_next",
+        "in_up",
+    ]
+    assert not [key for key in found if key[0] != "earnings"]
+    missing, wrong, misplaced = (
+        found[("earnings", "in_down")],
+        found[("earnings", "in_next")],
+        found[("earnings", "in_up")],
+    )
+    assert (missing.ours, missing.stripe, missing.drift_cents) == (0, -160, 160)
+    assert wrong.drift_cents == 50
+    assert (misplaced.ours, misplaced.stripe, misplaced.drift_cents) == (800, 800, 1600)
+    assert f"plan {changes.business} 0 here, 800 expected" in misplaced.detail
+
+
+async def test_reconcile_finds_no_earnings_drift_over_a_random_year_of_plan_changes_and_refunds(
+    client: httpx.AsyncClient,
+    worker_ctx: Ctx,
+    engine: AsyncEngine,
+    settings: Settings,
+    stripe_answers: tuple[FakePayments, respx.MockRouter],
+) -> None:
+    """Renewals, upgrades, downgrades and mixed invoices with tax, paid by card and from the
+    balance, some refunded in part, all booked by the webhooks: Stripe's invoices reconcile."""
+    fake, mock = stripe_answers
+    world = await make_world(engine, status="active", monthly_amount=1000)
+    fake.world = world
+    prices = [world.price] + [(await add_plan(engine, world, f"P{i}", 0))[1] for i in range(3)]
+    rng = random.Random(20261202)  # noqa: S311  (a fixed seed: the same story each run)
+    balance, listed = 0, list[dict[str, Any]]()
+    for month in range(12):
+        old, new = rng.sample(prices, 2)
+        credit = rng.randrange(10, 3000)
+        lines = rng.choice(
+            [
+                [(rng.randrange(100, 5000, 10), new)],
+                [(-credit, old), (credit + rng.randrange(0, 3000), new)],
+                [(-credit, old), (rng.randrange(0, credit), new)],
+                [(rng.randrange(-2000, 2000), rng.choice(prices)) for _ in range(rng.randrange(1, 5))],
+            ]
+        )
+        tax = rng.randrange(0, 400) if sum(a for a, _ in lines) > 0 and rng.random() < 0.5 else 0
+        invoice = paid_invoice(world, f"in_y{month}", lines, tax=tax, starting_balance=balance)
+        balance = invoice["ending_balance"]
+        listed.insert(0, invoice)
+        await pay(client, worker_ctx, fake, invoice, T0 + month * 86400)
+        if invoice["amount_paid"] > 0 and rng.random() < 0.4:
+            amount = rng.randrange(1, invoice["amount_paid"] + 1)
+            refunded = refund(invoice["id"], f"re_y{month}", amount, "succeeded")
+            await deliver(
+                client, worker_ctx, event("refund.created", refunded, created=T0 + month * 86400 + 1)
+            )
+    mock.get("/v1/invoices").respond(200, json=_stripe_list("/v1/invoices", listed))
+    mock.get("/v1/subscriptions").respond(
+        200, json=_stripe_list("/v1/subscriptions", [subscription_obj(world, "active", period=PERIOD)])
+    )
+
+    run = await _service(engine, settings).run()
+
+    assert run.checked["earnings"] == 12
+    assert await _drifts(engine, run.id) == {}

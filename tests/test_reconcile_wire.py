@@ -19,7 +19,16 @@ from typer.testing import CliRunner
 from app import cli as cli_module
 from app.config import Settings
 from app.errors import Conflict, DomainError
-from app.models import InvoiceReversal, JobRun, ReconcileDrift, ReconcileRun, ReconcileSeen
+from app.models import (
+    Api,
+    InvoiceReversal,
+    JobRun,
+    PricingPlan,
+    PricingPlanVersion,
+    ReconcileDrift,
+    ReconcileRun,
+    ReconcileSeen,
+)
 from app.reconcile.jobs import reconcile_with_stripe
 from app.reconcile.service import RECONCILE_LOCK_ID, ReconcileService
 from app.stripe import StripeGateway
@@ -29,6 +38,28 @@ from tests.conftest import make_settings
 
 NOW = 1_780_000_000
 CUSTOMER = "cus_reconcile_wire"
+PRICE = "price_reconcile_wire"
+
+
+def _line(invoice_id: str, amount: int, *, index: int = 0) -> dict[str, Any]:
+    """An invoice line of our plan's price, as API versions since 2025-03-31 answer it."""
+    return {
+        "id": f"il_{invoice_id}_{index}", "object": "line_item", "amount": amount, "currency": "usd",
+        "description": "1 x Pro", "quantity": 1, "period": {"start": NOW, "end": NOW + 30 * 86400},
+        "pricing": {"type": "price_details", "price_details": {"price": PRICE, "product": "prod_wire"}},
+        "parent": {
+            "type": "subscription_item_details",
+            "subscription_item_details": {"subscription": "sub_wire_rec"},
+        },
+    }  # fmt: skip
+
+
+def _plan(creator_id: str = "creator-wire") -> tuple[Api, PricingPlan, PricingPlanVersion]:
+    """The API and plan whose Stripe price the invoices' lines bill."""
+    api_row = rows.api(creator_id)
+    plan_row, version = rows.plan(api_row)
+    version.stripe_price_id = PRICE
+    return api_row, plan_row, version
 
 
 def _invoice(invoice_id: str, *, created: int = NOW, total: int = 2900) -> dict[str, Any]:
@@ -39,7 +70,20 @@ def _invoice(invoice_id: str, *, created: int = NOW, total: int = 2900) -> dict[
         "total_taxes": [], "created": created, "period_start": created, "period_end": created,
         "parent": {"type": "subscription_details", "subscription_details": {"subscription": "sub_wire_rec"}},
         "status_transitions": {"paid_at": created},
-        "lines": {"object": "list", "data": [], "has_more": False, "url": f"/v1/invoices/{invoice_id}/lines"},
+        "lines": {
+            "object": "list", "data": [_line(invoice_id, total)], "has_more": False,
+            "url": f"/v1/invoices/{invoice_id}/lines",
+        },
+    }  # fmt: skip
+
+
+def _credit_invoice() -> dict[str, Any]:
+    """The fields of a paid credit invoice: -500 of unused time, nothing paid, the credit kept in
+    the customer's balance."""
+    return {
+        "total": -500, "subtotal": -500, "amount_due": 0, "amount_paid": 0, "starting_balance": 0,
+        "ending_balance": -500,
+        "lines": {"object": "list", "data": [_line("in_earned", -500)], "has_more": False},
     }  # fmt: skip
 
 
@@ -85,13 +129,13 @@ def _service(engine: AsyncEngine, settings: Settings) -> ReconcileService:
 
 
 async def _our_customer_with_stale_invoices(engine: AsyncEngine, *invoice_ids: str) -> None:
-    """Our mirror of each invoice still shows it open and unpaid."""
+    """Our mirror of each invoice still shows it open and unpaid (its creator not booked)."""
     consumer = rows.consumer(stripe_customer_id=CUSTOMER)
     invoices = [
         rows.invoice(consumer, stripe_invoice_id=invoice_id, status="open", amount_paid=0, amount_due=2900)
         for invoice_id in invoice_ids
     ]
-    await rows.add(engine, consumer, *invoices)
+    await rows.add(engine, consumer, *_plan(), *invoices)
 
 
 async def _count(engine: AsyncEngine, model: type[Any], *where: Any) -> int:
@@ -292,18 +336,30 @@ async def test_an_invoice_of_ours_stripe_does_not_have_is_drift_of_its_total(
     [
         # Booked on the gross without the commission: the commission drifts.
         ({}, [("charge", 2900, 0)], 0, 580),
-        # Half the invoice was paid from the customer's balance: only 1000 was collected.
+        # 1900 of it paid from the customer's credit balance, 1000 by card: all 2900 collected.
+        (
+            {"amount_paid": 1000, "starting_balance": -1900, "ending_balance": 0},
+            [("charge", 2900, 580)], 0, 0,
+        ),
+        # A credit note took 1900 off before the card paid 1000: only 1000 was collected.
         ({"amount_paid": 1000}, [("charge", 2900, 580)], 0, 2320 - 800),
         # Refunded in full at Stripe, the reversal never booked.
         ({}, [("charge", 2900, 580)], 2900, 2320),
         # Refunded in full and reversed: nothing left, nothing drifts.
         ({}, [("charge", 2900, 580), ("reversal", 2900, 580)], 2900, 0),
+        # A credit invoice (a downgrade's unused time): its credit line takes the creator's net back.
+        (_credit_invoice(), [("credit", 500, 100)], 0, 0),
+        # The same credit invoice with its credit line never booked.
+        (_credit_invoice(), [], 0, 400),
         # Booked exactly by the rule.
         ({}, [("charge", 2900, 580)], 0, 0),
     ],
-    ids=["no-commission", "balance-paid", "refund-not-reversed", "refund-reversed", "agrees"],
-)
-async def test_earnings_drift_is_the_ledger_against_collected_times_one_minus_commission(
+    ids=[
+        "no-commission", "balance-paid", "credit-note", "refund-not-reversed", "refund-reversed",
+        "credit-booked", "credit-missing", "agrees",
+    ],
+)  # fmt: skip
+async def test_earnings_drift_is_the_ledger_against_the_booking_rule_on_stripes_invoice(
     engine: AsyncEngine,
     wire_settings: Settings,
     stripe_api: respx.MockRouter,
@@ -313,8 +369,7 @@ async def test_earnings_drift_is_the_ledger_against_collected_times_one_minus_co
     expected_drift: int,
 ) -> None:
     consumer = rows.consumer(stripe_customer_id=CUSTOMER)
-    api_row = rows.api("creator-wire")
-    plan_row, version = rows.plan(api_row)
+    api_row, plan_row, version = _plan()
     invoice = rows.invoice(consumer, stripe_invoice_id="in_earned")
     lines = [
         rows.earning(plan_row, invoice, "creator-wire", gross, fee, kind=kind) for kind, gross, fee in ledger
@@ -342,6 +397,30 @@ async def test_earnings_drift_is_the_ledger_against_collected_times_one_minus_co
     assert [d.drift_cents for d in drifts] == ([expected_drift] if expected_drift else [])
 
 
+async def test_earnings_read_every_line_of_an_invoice_stripe_embeds_in_part(
+    engine: AsyncEngine, wire_settings: Settings, stripe_api: respx.MockRouter
+) -> None:
+    consumer = rows.consumer(stripe_customer_id=CUSTOMER)
+    api_row, plan_row, version = _plan()
+    invoice = rows.invoice(consumer, stripe_invoice_id="in_long", total=3900, amount_paid=3900)
+    await rows.add(engine, consumer, api_row, plan_row, version, invoice)
+    await rows.add(engine, rows.earning(plan_row, invoice, "creator-wire", 3900, 780))
+    listed = _invoice("in_long", total=3900)
+    listed["lines"] = {**listed["lines"], "data": [_line("in_long", 2900)], "has_more": True}
+    _pages(stripe_api, {None: _list("/v1/invoices", [listed])})
+    rest = stripe_api.get("/v1/invoices/in_long/lines").respond(
+        200,
+        json=_list("/v1/invoices/in_long/lines", [_line("in_long", 1000, index=1)]),
+    )
+
+    run = await _service(engine, wire_settings).run()
+
+    assert rest.called
+    assert rest.calls.last.request.url.params["starting_after"] == "il_in_long_0"
+    assert run.checked["earnings"] == 1
+    assert await _count(engine, ReconcileDrift) == 0
+
+
 async def test_reconcile_command_exits_0_when_store_and_stripe_agree(
     engine: AsyncEngine,
     wire_settings: Settings,
@@ -349,8 +428,7 @@ async def test_reconcile_command_exits_0_when_store_and_stripe_agree(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     consumer = rows.consumer(stripe_customer_id=CUSTOMER)
-    api_row = rows.api("creator-wire")
-    plan_row, version = rows.plan(api_row)
+    api_row, plan_row, version = _plan()
     invoice = rows.invoice(consumer, stripe_invoice_id="in_fine")
     await rows.add(engine, consumer, api_row, plan_row, version, invoice)
     await rows.add(engine, rows.earning(plan_row, invoice, "creator-wire", 2900, 580))

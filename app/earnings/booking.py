@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +30,65 @@ from app.money import split_commission
 from app.payouts.reversals import settle_invoice_reversals
 
 
+@dataclass(frozen=True, slots=True)
+class EarningLine:
+    """One ledger line a paid invoice books for a plan: a `charge` or a `credit`."""
+
+    api_id: str
+    creator_id: str
+    plan_id: uuid.UUID
+    kind: str
+    gross: int
+    commission: int
+    net: int
+
+
+def plan_sums(
+    lines: Iterable[tuple[str | None, int]],
+    plan_of_price: Mapping[str, uuid.UUID],
+    fallback_plan: uuid.UUID | None,
+) -> dict[uuid.UUID, int]:
+    """Per plan, the sum of an invoice's (price id, amount after line discounts) lines: each line
+    belongs to the plan of its price, else to the invoice's subscription's plan (credits negative)."""
+    sums: dict[uuid.UUID, int] = defaultdict(int)
+    for price_id, amount in lines:
+        plan_id = plan_of_price.get(str(price_id)) or fallback_plan
+        if plan_id is not None:
+            sums[plan_id] += amount
+    return dict(sums)
+
+
+def earning_lines(
+    by_plan: Mapping[uuid.UUID, int],
+    owners: Mapping[uuid.UUID, tuple[str, str]],
+    *,
+    total: int,
+    collected: int,
+    rate: Decimal,
+) -> list[EarningLine]:
+    """The lines a paid invoice books, from its plans' sums (`plan_sums`), each plan's
+    (api_id, creator_id), the invoice's `total` and what it collected (`amount_collected`)."""
+    plans_of_api: dict[tuple[str, str], list[uuid.UUID]] = defaultdict(list)
+    for plan_id in by_plan:
+        if plan_id in owners:
+            plans_of_api[owners[plan_id]].append(plan_id)
+    nets = {api: sum(by_plan[plan] for plan in plans) for api, plans in plans_of_api.items()}
+    amounts = creator_amounts(nets, total=total, collected=collected)
+    lines: list[EarningLine] = []
+    for api, plans in sorted(plans_of_api.items()):
+        for sign, amount in ((1, amounts.charges.get(api, 0)), (-1, amounts.credits.get(api, 0))):
+            if amount <= 0:
+                continue
+            kind = "charge" if sign > 0 else "credit"
+            weighted = sorted((plan for plan in plans if sign * by_plan[plan] > 0), key=str)
+            shares = proportional_shares(amount, [sign * by_plan[plan] for plan in weighted])
+            for plan, gross in zip(weighted, shares, strict=True):
+                if gross > 0:
+                    commission, net = split_commission(gross, rate)
+                    lines.append(EarningLine(api[0], api[1], plan, kind, gross, commission, net))
+    return lines
+
+
 async def book_invoice_earnings(session: AsyncSession, invoice: Invoice, rate: Decimal) -> int:
     """Book the creator lines of a paid invoice; returns how many this call added (0 on a repeat)."""
     if invoice.status != "paid":
@@ -40,28 +101,15 @@ async def book_invoice_earnings(session: AsyncSession, invoice: Invoice, rate: D
         .join(Api, Api.api_id == PricingPlan.api_id)
         .where(PricingPlan.id.in_(by_plan))
     )
-    plans_of_api: dict[tuple[str, str], list[uuid.UUID]] = defaultdict(list)
-    for plan_id, api_id, creator_id in owners.all():
-        plans_of_api[(api_id, creator_id)].append(plan_id)
-    nets = {api: sum(by_plan[plan] for plan in plans) for api, plans in plans_of_api.items()}
-    amounts = creator_amounts(nets, total=invoice.total, collected=invoice_collected(invoice))
-    charges: list[dict[str, Any]] = []
-    credits: list[dict[str, Any]] = []
-    for api, plans in sorted(plans_of_api.items()):
-        for sign, amount, rows in (
-            (1, amounts.charges.get(api, 0), charges),
-            (-1, amounts.credits.get(api, 0), credits),
-        ):
-            if amount <= 0:
-                continue
-            kind = "charge" if sign > 0 else "credit"
-            weighted = sorted((plan for plan in plans if sign * by_plan[plan] > 0), key=str)
-            shares = proportional_shares(amount, [sign * by_plan[plan] for plan in weighted])
-            rows.extend(
-                _line(invoice, api, plan, kind, gross, rate)
-                for plan, gross in zip(weighted, shares, strict=True)
-                if gross > 0
-            )
+    lines = earning_lines(
+        by_plan,
+        {plan_id: (api_id, creator_id) for plan_id, api_id, creator_id in owners.all()},
+        total=invoice.total,
+        collected=invoice_collected(invoice),
+        rate=rate,
+    )
+    charges = [_row(invoice, line) for line in lines if line.kind == "charge"]
+    credits = [_row(invoice, line) for line in lines if line.kind == "credit"]
     added = await _insert_once(session, charges, "charge") + await _insert_once(session, credits, "credit")
     if charges and added:
         # A refund or dispute may have been recorded before the charges were booked.
@@ -70,7 +118,7 @@ async def book_invoice_earnings(session: AsyncSession, invoice: Invoice, rate: D
 
 
 async def _plan_sums(session: AsyncSession, invoice: Invoice) -> dict[uuid.UUID, int]:
-    """Per plan, the sum of the invoice's lines for it after line discounts (credits negative)."""
+    """`plan_sums` of our mirror of the invoice, its prices' plans read from the catalog."""
     price_ids = {str(line["price_id"]) for line in invoice.lines if line.get("price_id")}
     plan_of_price: dict[str, uuid.UUID] = {}
     if price_ids:
@@ -87,34 +135,29 @@ async def _plan_sums(session: AsyncSession, invoice: Invoice) -> dict[uuid.UUID,
                 select(Subscription.pricing_plan_id).where(Subscription.id == invoice.subscription_id)
             )
         ).scalar_one_or_none()
-    sums: dict[uuid.UUID, int] = defaultdict(int)
-    for line in invoice.lines:
-        plan_id = plan_of_price.get(str(line.get("price_id"))) or fallback_plan
-        if plan_id is not None:
-            sums[plan_id] += int(line.get("amount") or 0) - int(line.get("discount") or 0)
-    return dict(sums)
+    lines = (
+        (line.get("price_id"), int(line.get("amount") or 0) - int(line.get("discount") or 0))
+        for line in invoice.lines
+    )
+    return plan_sums(lines, plan_of_price, fallback_plan)
 
 
-def _line(
-    invoice: Invoice, api: tuple[str, str], plan_id: uuid.UUID, kind: str, gross: int, rate: Decimal
-) -> dict[str, Any]:
-    commission, net = split_commission(gross, rate)
-    api_id, creator_id = api
+def _row(invoice: Invoice, line: EarningLine) -> dict[str, Any]:
     return {
         "id": uuid.uuid4(),
-        "creator_id": creator_id,
-        "api_id": api_id,
-        "plan_id": plan_id,
+        "creator_id": line.creator_id,
+        "api_id": line.api_id,
+        "plan_id": line.plan_id,
         "invoice_id": invoice.id,
         "subscription_id": invoice.subscription_id,
-        "kind": kind,
+        "kind": line.kind,
         # A charge matures before it is paid out; a credit is deducted from the next payout at once.
-        "status": "pending" if kind == "charge" else "available",
+        "status": "pending" if line.kind == "charge" else "available",
         "currency": invoice.currency,
-        "gross_amount": gross,
-        "commission_amount": commission,
-        "net_amount": net,
-        "reference": None if kind == "charge" else invoice.stripe_invoice_id,
+        "gross_amount": line.gross,
+        "commission_amount": line.commission,
+        "net_amount": line.net,
+        "reference": None if line.kind == "charge" else invoice.stripe_invoice_id,
         "earned_at": invoice.paid_at or clock.now(),
     }
 

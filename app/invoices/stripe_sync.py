@@ -41,13 +41,12 @@ def invoice_subscription_id(obj: dict[str, Any]) -> str | None:
 def _line(line: dict[str, Any], currency: str) -> dict[str, Any]:
     """A line in the one shape the invoice API, the PDF and the earnings booking all read
     (`stored_line`), plus what the booking needs: the price, discounts, the subscription."""
-    pricing = (line.get("pricing") or {}).get("price_details") or {}
     parent = (line.get("parent") or {}).get("subscription_item_details") or {}
-    discounts = sum(int(d.get("amount", 0)) for d in line.get("discount_amounts") or [])
-    return stored_line(StripeInvoiceLine.from_payload(line, currency)) | {
+    parsed = StripeInvoiceLine.from_payload(line, currency)
+    return stored_line(parsed) | {
         "id": line.get("id"),
-        "discount": discounts,
-        "price_id": _id(line.get("price")) or _id(pricing.get("price")) or _id(line.get("plan")),
+        "discount": parsed.discount,
+        "price_id": parsed.price_id,
         "subscription": _id(line.get("subscription")) or _id(parent.get("subscription")),
     }
 

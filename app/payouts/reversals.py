@@ -18,7 +18,7 @@ booked at (the whole commission on a full reversal), so gross = commission + net
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -152,10 +152,22 @@ async def _booked_adjustments(
     return {plan: (int(g), int(c), int(n)) for plan, g, c, n in result.all()}
 
 
-def _target(charge: Earning, gross: int) -> tuple[int, int, int]:
-    if gross >= charge.gross_amount:  # a full reversal gives back exactly what was booked
-        return charge.gross_amount, charge.commission_amount, charge.net_amount
-    commission, net = split_commission(gross, Decimal(charge.commission_amount) / charge.gross_amount)
+def reversal_targets(
+    charges: Sequence[tuple[int, int, int]], reversed_total: int, collected: int
+) -> list[tuple[int, int, int]]:
+    """Per charge line of an invoice, as (gross, commission, net) in plan order, the
+    (gross, commission, net) that `reversed_total` of its refunds and disputes takes back in all,
+    the invoice having collected `collected` (`amount_collected`)."""
+    to_reverse = reversed_gross(reversed_total, sum(gross for gross, _, _ in charges), collected)
+    shares = proportional_shares(to_reverse, [gross for gross, _, _ in charges])
+    return [_target(charge, gross) for charge, gross in zip(charges, shares, strict=True)]
+
+
+def _target(charge: tuple[int, int, int], gross: int) -> tuple[int, int, int]:
+    booked_gross, booked_commission, _ = charge
+    if gross >= booked_gross:  # a full reversal gives back exactly what was booked
+        return charge
+    commission, net = split_commission(gross, Decimal(booked_commission) / booked_gross)
     return gross, commission, net
 
 
@@ -187,11 +199,13 @@ async def reverse_invoice_earnings(
     )
     if not charges:
         return 0
-    gross_total = sum(c.gross_amount for c in charges)
-    to_reverse = reversed_gross(reversed_total, gross_total, invoice_collected(invoice))
-    shares = proportional_shares(to_reverse, [c.gross_amount for c in charges])
+    targets = reversal_targets(
+        [(c.gross_amount, c.commission_amount, c.net_amount) for c in charges],
+        reversed_total,
+        invoice_collected(invoice),
+    )
     booked = await _booked_adjustments(session, invoice_id)
-    rows = list(_adjustments(charges, shares, booked, reference))
+    rows = list(_adjustments(charges, targets, booked, reference))
     if rows:
         await session.execute(insert(Earning).values(rows))
     return len(rows)
@@ -199,13 +213,12 @@ async def reverse_invoice_earnings(
 
 def _adjustments(
     charges: Iterable[Earning],
-    shares: list[int],
+    targets: list[tuple[int, int, int]],
     booked: dict[uuid.UUID, tuple[int, int, int]],
     reference: str | None,
 ) -> Iterable[dict[str, Any]]:
     now = clock.now()
-    for charge, gross in zip(charges, shares, strict=True):
-        target = _target(charge, gross)
+    for charge, target in zip(charges, targets, strict=True):
         done = booked.get(charge.plan_id, (0, 0, 0))
         delta = [t - d for t, d in zip(target, done, strict=True)]
         if delta[0] == 0:

@@ -27,8 +27,9 @@ from app.models import (
     Subscription,
     UsageRecord,
 )
+from app.models.earning import NEGATIVE_KINDS
 from app.models.subscription import LIVE_STATUSES
-from app.reconcile.rules import METER_STAMP_OFFSET, Drift, InvoiceRow
+from app.reconcile.rules import METER_STAMP_OFFSET, Drift, InvoiceRow, PlanCatalog
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,15 +119,51 @@ class ReconcileRepository:
         )
         return {str(customer) for customer in rows.scalars().all()}
 
-    async def ledger_nets(self, invoice_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
-        """Per invoice, the creators' net in the ledger: charges, less reversals, plus reinstatements."""
-        sign = case((Earning.kind == "reversal", -1), else_=1)
+    async def ledger_nets(self, invoice_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, dict[uuid.UUID, int]]:
+        """Per invoice and plan, the creators' net in the ledger: charges and reinstatements, less
+        credits and reversals."""
+        sign = case((Earning.kind.in_(NEGATIVE_KINDS), -1), else_=1)
         rows = await self._session.execute(
-            select(Earning.invoice_id, func.sum(sign * Earning.net_amount))
+            select(Earning.invoice_id, Earning.plan_id, func.sum(sign * Earning.net_amount))
             .where(Earning.invoice_id.in_(invoice_ids))
-            .group_by(Earning.invoice_id)
+            .group_by(Earning.invoice_id, Earning.plan_id)
         )
-        return {invoice_id: int(net) for invoice_id, net in rows.all()}
+        nets: dict[uuid.UUID, dict[uuid.UUID, int]] = defaultdict(dict)
+        for invoice_id, plan_id, net in rows.all():
+            nets[invoice_id][plan_id] = int(net)
+        return dict(nets)
+
+    async def plan_catalog(
+        self, price_ids: Sequence[str], stripe_subscription_ids: Sequence[str]
+    ) -> PlanCatalog:
+        """The plans of these Stripe prices and of our rows of these Stripe subscriptions, with
+        each plan's API and creator."""
+        plan_of_price: dict[str, uuid.UUID] = {}
+        if price_ids:
+            prices = await self._session.execute(
+                select(PricingPlanVersion.stripe_price_id, PricingPlanVersion.plan_id).where(
+                    PricingPlanVersion.stripe_price_id.in_(price_ids)
+                )
+            )
+            plan_of_price = {str(price): plan for price, plan in prices.all()}
+        plan_of_subscription: dict[str, uuid.UUID] = {}
+        if stripe_subscription_ids:
+            subscriptions = await self._session.execute(
+                select(Subscription.stripe_subscription_id, Subscription.pricing_plan_id).where(
+                    Subscription.stripe_subscription_id.in_(stripe_subscription_ids)
+                )
+            )
+            plan_of_subscription = {str(sub): plan for sub, plan in subscriptions.all()}
+        plan_ids = set(plan_of_price.values()) | set(plan_of_subscription.values())
+        owners: dict[uuid.UUID, tuple[str, str]] = {}
+        if plan_ids:
+            found = await self._session.execute(
+                select(PricingPlan.id, Api.api_id, Api.creator_id)
+                .join(Api, Api.api_id == PricingPlan.api_id)
+                .where(PricingPlan.id.in_(plan_ids))
+            )
+            owners = {plan: (api_id, creator_id) for plan, api_id, creator_id in found.all()}
+        return PlanCatalog(plan_of_price, plan_of_subscription, owners)
 
     async def reversed_totals(self, invoice_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
         """Per invoice, what its refunds and disputes take back now (as Stripe last showed them)."""

@@ -1,19 +1,24 @@
 """What each comparison expects: pure rules, unit-tested on their own.
 
-Earnings follow the money: a paid invoice earns its creators what Stripe collected for it
-(`amount_paid`, the tax share taken out) less the platform commission, and a refund or dispute
-takes back its proportional share of that; an unpaid or negative-total invoice earns nothing.
+Earnings: what the ledger should hold for an invoice is the booking rule itself
+(`app.earnings.booking.earning_lines`, on `app.earnings.collected`) and the reversal rule
+(`app.payouts.reversals.reversal_targets`) applied to Stripe's invoice (its lines mapped to our
+plans by price, its total, payment and balances), never a second copy of that arithmetic.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
-from app.money import minor_decimal, split_commission
-from app.payouts.reversals import reversed_gross
+from app.earnings.booking import EarningLine, earning_lines, plan_sums
+from app.earnings.collected import amount_collected
+from app.money import minor_decimal
+from app.payouts.reversals import reversal_targets
 from app.stripe.invoices import StripeInvoice
 
 # The usage worker stamps a window's meter event with the window's last second.
@@ -79,46 +84,90 @@ def compare_invoice(
     )
 
 
-def creators_collected(stripe: StripeInvoice) -> int:
-    """What Stripe collected on a paid invoice for its creators: `amount_paid` less its tax
-    share (tax is never the creators'); 0 for an unpaid or non-positive invoice."""
-    if stripe.status != "paid" or stripe.amount_paid <= 0 or stripe.total <= 0:
-        return 0
-    pre_tax = stripe.total - stripe.tax
-    if pre_tax <= 0:
-        return 0
-    if stripe.tax <= 0:
-        return min(stripe.amount_paid, pre_tax)
-    share = (Decimal(stripe.amount_paid) * pre_tax / stripe.total).quantize(
-        Decimal(1), rounding=ROUND_HALF_UP
+@dataclass(frozen=True, slots=True)
+class PlanCatalog:
+    """Our side of the mapping from Stripe's invoice lines to creators: the plan of each Stripe
+    price, the plan of each Stripe subscription we have a row for, and each plan's
+    (api_id, creator_id)."""
+
+    plan_of_price: Mapping[str, uuid.UUID]
+    plan_of_subscription: Mapping[str, uuid.UUID]
+    owners: Mapping[uuid.UUID, tuple[str, str]]
+
+
+def stripe_collected(stripe: StripeInvoice) -> int:
+    """`amount_collected` of Stripe's invoice, from Stripe's own total, payment and balances."""
+    return amount_collected(
+        total=stripe.total,
+        amount_paid=stripe.amount_paid,
+        starting_balance=stripe.starting_balance,
+        ending_balance=stripe.ending_balance,
     )
-    return min(int(share), pre_tax)
 
 
-def expected_creator_net(stripe: StripeInvoice, reversed_total: int, commission: Decimal) -> int:
-    """Creators' net on an invoice: collected x (1 - commission), less what refunds and disputes
-    (`reversed_total`, in the invoice's minor units) take back in proportion."""
-    collected = creators_collected(stripe)
-    if collected <= 0:
-        return 0
-    taken_back = reversed_gross(reversed_total, collected, stripe.amount_paid)
-    return split_commission(collected, commission)[1] - split_commission(taken_back, commission)[1]
+def expected_earning_lines(
+    stripe: StripeInvoice, catalog: PlanCatalog, commission: Decimal
+) -> list[EarningLine]:
+    """The `charge` and `credit` lines booking would write for Stripe's invoice: the booking rule
+    (`app.earnings.booking`) applied to Stripe's lines, total and balances; none unless paid."""
+    if stripe.status != "paid":
+        return []
+    fallback = catalog.plan_of_subscription.get(stripe.subscription) if stripe.subscription else None
+    by_plan = plan_sums(
+        ((line.price_id, line.amount - line.discount) for line in stripe.lines),
+        catalog.plan_of_price,
+        fallback,
+    )
+    return earning_lines(
+        by_plan, catalog.owners, total=stripe.total, collected=stripe_collected(stripe), rate=commission
+    )
+
+
+def expected_plan_nets(
+    stripe: StripeInvoice, catalog: PlanCatalog, reversed_total: int, commission: Decimal
+) -> dict[uuid.UUID, int]:
+    """Per plan, the creator's net the ledger should hold for Stripe's invoice: its charge less its
+    credit, less what `reversed_total` of refunds and disputes takes back (`app.payouts.reversals`)."""
+    lines = expected_earning_lines(stripe, catalog, commission)
+    nets: dict[uuid.UUID, int] = defaultdict(int)
+    for line in lines:
+        nets[line.plan_id] += line.net if line.kind == "charge" else -line.net
+    charges = sorted((line for line in lines if line.kind == "charge"), key=lambda line: line.plan_id)
+    taken = reversal_targets(
+        [(c.gross, c.commission, c.net) for c in charges], reversed_total, stripe_collected(stripe)
+    )
+    for charge, (_, _, net) in zip(charges, taken, strict=True):
+        nets[charge.plan_id] -= net
+    return dict(nets)
 
 
 def compare_earnings(
-    stripe: StripeInvoice, ledger_net: int, reversed_total: int, commission: Decimal
+    stripe: StripeInvoice,
+    catalog: PlanCatalog,
+    ledger: Mapping[uuid.UUID, int],
+    reversed_total: int,
+    commission: Decimal,
 ) -> Drift | None:
-    expected = expected_creator_net(stripe, reversed_total, commission)
-    if expected == ledger_net:
+    """The creators' ledger of an invoice (net per plan: charges and reinstatements less credits
+    and reversals) against `expected_plan_nets`; the drift is worth the plans' differences."""
+    expected = expected_plan_nets(stripe, catalog, reversed_total, commission)
+    differences = [
+        (plan, ledger.get(plan, 0), expected.get(plan, 0))
+        for plan in sorted(set(expected) | set(ledger))
+        if ledger.get(plan, 0) != expected.get(plan, 0)
+    ]
+    if not differences:
         return None
+    ours, should = sum(ledger.values()), sum(expected.values())
     detail = (
-        f"creators' ledger nets {ledger_net}, collected {creators_collected(stripe)} should net {expected}"
+        f"creators' ledger nets {ours}, Stripe's invoice (collected {stripe_collected(stripe)}) "
+        f"should net {should}"
     )
     if reversed_total:
         detail += f" after {reversed_total} refunded or disputed"
-    return Drift(
-        "earnings", stripe.id, detail, stripe.currency, ledger_net, expected, abs(expected - ledger_net)
-    )
+    detail += ": " + "; ".join(f"plan {plan} {o} here, {e} expected" for plan, o, e in differences)
+    cents = sum(abs(o - e) for _, o, e in differences)
+    return Drift("earnings", stripe.id, detail, stripe.currency, ours, should, cents)
 
 
 def minute_floor(moment: datetime) -> datetime:

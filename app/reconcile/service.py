@@ -3,8 +3,9 @@
 Four checks, each against what Stripe holds now:
 - invoices: every Stripe invoice against our mirror (status, currency, total, amount paid), and
   every invoice of ours that Stripe does not have;
-- earnings: each subscription invoice's creator ledger against collected x (1 - commission),
-  less what its refunds and disputes take back (`app/reconcile/rules.py`);
+- earnings: each subscription invoice's creator ledger, per plan (charges, credits, reversals),
+  against what the booking and reversal rules give for Stripe's invoice: its lines mapped to our
+  plans by price, its total, payment and balances (`app/reconcile/rules.py`);
 - usage: per pay-per-use subscription and billing period, the calls we recorded against the
   Billing Meter's event summary for the same customer and span;
 - orphans: Stripe subscriptions still live with no row of ours, and our live Stripe-billed rows
@@ -42,7 +43,7 @@ from app.reconcile.rules import (
     usage_drift_cents,
 )
 from app.stripe import StripeGateway
-from app.stripe.invoices import StripeInvoice
+from app.stripe.invoices import StripeInvoice, with_all_lines
 from app.subscriptions.lifecycle import STRIPE_STATUS, TERMINAL, StripeSubscriptionState
 from app.sync.ratelimit import RateLimiter
 from app.webhooks.handlers import find_subscription
@@ -196,7 +197,11 @@ class ReconcileService:
             page = await self._stripe.reconcile_page("invoices", starting_after=starting_after)
             listed = [StripeInvoice.from_payload(obj) for obj in page.objects]
             # Stripe lists newest first: the first invoice older than `since` ends the listing.
-            invoices = [i for i in listed if run.since is None or (i.created and i.created >= run.since)]
+            invoices = [
+                await self._whole_invoice(obj, parsed)
+                for obj, parsed in zip(page.objects, listed, strict=True)
+                if run.since is None or (parsed.created and parsed.created >= run.since)
+            ]
             more = page.has_more and bool(listed) and len(invoices) == len(listed)
             async with self._sessionmaker.begin() as session:
                 drifts, earnings_checked = await self._compare_invoices(session, invoices)
@@ -224,7 +229,7 @@ class ReconcileService:
                 await self._limiter.wait()
                 obj = await self._stripe.retrieve_invoice_or_none(stripe_id)
                 if obj is not None:
-                    fetched.append(StripeInvoice.from_payload(obj))
+                    fetched.append(await self._whole_invoice(obj, StripeInvoice.from_payload(obj)))
                     continue
                 drifts.append(
                     Drift(
@@ -241,6 +246,13 @@ class ReconcileService:
                 )
             advance()
 
+    async def _whole_invoice(self, obj: dict[str, Any], parsed: StripeInvoice) -> StripeInvoice:
+        """Stripe's invoice with every line (Stripe embeds the first 10): earnings need them all."""
+        if not (obj.get("lines") or {}).get("has_more"):
+            return parsed
+        await self._limiter.wait()
+        return StripeInvoice.from_payload(await with_all_lines(self._stripe, obj))
+
     async def _compare_invoices(
         self, session: AsyncSession, invoices: list[StripeInvoice]
     ) -> tuple[list[Drift], int]:
@@ -250,6 +262,10 @@ class ReconcileService:
         our_ids = [row.id for row in ours.values()]
         ledger = await repository.ledger_nets(our_ids)
         reversed_totals = await repository.reversed_totals(our_ids)
+        catalog = await repository.plan_catalog(
+            sorted({line.price_id for i in invoices for line in i.lines if line.price_id}),
+            sorted({i.subscription for i in invoices if i.subscription}),
+        )
         drifts: list[Drift] = []
         earnings_checked = 0
         for invoice in invoices:
@@ -260,12 +276,16 @@ class ReconcileService:
             if invoice.customer not in customers:
                 continue
             booked = ledger.get(row.id) if row is not None else None
-            creators_invoice = invoice.subscription is not None or (row is not None and row.subscription_id)
+            creators_invoice = (
+                invoice.subscription is not None
+                or (row is not None and row.subscription_id is not None)
+                or any(line.price_id in catalog.plan_of_price for line in invoice.lines)
+            )
             if not creators_invoice and booked is None:
                 continue  # one-off invoices of the platform earn no creator anything
             earnings_checked += 1
             reversed_total = reversed_totals.get(row.id, 0) if row is not None else 0
-            drift = compare_earnings(invoice, booked or 0, reversed_total, self._commission)
+            drift = compare_earnings(invoice, catalog, booked or {}, reversed_total, self._commission)
             if drift is not None:
                 drifts.append(drift)
         return drifts, earnings_checked

@@ -54,10 +54,19 @@ class StripeInvoiceLine:
     period_start: datetime | None
     period_end: datetime | None
     metadata: dict[str, str]
+    # The Price it bills (None for an ad-hoc item) and what line discounts took off it.
+    price_id: str | None = None
+    discount: int = 0
 
     @classmethod
     def from_payload(cls, line: dict[str, Any], currency: str) -> StripeInvoiceLine:
         pricing = line.get("pricing") or {}
+        # API versions since 2025-03-31 name the price under `pricing.price_details`.
+        price_id = (
+            _id(line.get("price"))
+            or _id((pricing.get("price_details") or {}).get("price"))
+            or _id(line.get("plan"))
+        )
         unit = pricing.get("unit_amount_decimal") or line.get("unit_amount_decimal")
         if unit is None:
             price = line.get("price") or line.get("plan") or {}
@@ -75,6 +84,8 @@ class StripeInvoiceLine:
             period_start=_ts(period.get("start")),
             period_end=_ts(period.get("end")),
             metadata=dict(line.get("metadata") or {}),
+            price_id=price_id,
+            discount=sum(int(d.get("amount") or 0) for d in line.get("discount_amounts") or []),
         )
 
 
