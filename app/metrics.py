@@ -152,11 +152,14 @@ def instrument_worker(settings: type) -> None:
 # --- outbox backlog, computed at scrape time but at most once per interval ----------------------
 
 
-class OutboxBacklog:
-    """Refreshes the outbox gauges from the database when /metrics is scraped and they are stale.
+class ScrapedGauges:
+    """Gauges refreshed from the database when /metrics is scraped and they are stale, so every
+    API replica exports what the worker stored.
 
     Several scrapes within `interval_seconds` share one query; a failing query keeps the last values.
     """
+
+    what = "gauges"
 
     def __init__(self, interval_seconds: float = 15.0) -> None:
         self.interval_seconds = interval_seconds
@@ -173,10 +176,19 @@ class OutboxBacklog:
             try:
                 await self._query(engine)
             except Exception as exc:
-                log.warning("outbox backlog query failed", extra={"error": type(exc).__name__})
+                log.warning(f"{self.what} query failed", extra={"error": type(exc).__name__})
 
     def _stale(self) -> bool:
         return self._refreshed_at is None or time.monotonic() - self._refreshed_at >= self.interval_seconds
+
+    async def _query(self, engine: AsyncEngine) -> None:
+        raise NotImplementedError
+
+
+class OutboxBacklog(ScrapedGauges):
+    """The outbox gauges."""
+
+    what = "outbox backlog"
 
     async def _query(self, engine: AsyncEngine) -> None:
         # Only calls the worker delivers (API key intents); `notify` rows are records kept for a
@@ -231,29 +243,10 @@ def publish_reconcile_drift(
     RECONCILE_COMPLETED_AT.set(finished_at)
 
 
-class ReconcileDrift:
-    """Refreshes the reconcile gauges from the database when /metrics is scraped and they are
-    stale, so every API replica exports the report the worker (or the CLI) stored."""
+class ReconcileDrift(ScrapedGauges):
+    """The reconcile gauges, from the newest completed run the worker (or the CLI) stored."""
 
-    def __init__(self, interval_seconds: float = 60.0) -> None:
-        self.interval_seconds = interval_seconds
-        self._refreshed_at: float | None = None
-        self._lock = asyncio.Lock()
-
-    async def refresh(self, engine: AsyncEngine) -> None:
-        if self._refreshed_at is not None and time.monotonic() - self._refreshed_at < self.interval_seconds:
-            return
-        async with self._lock:
-            if (
-                self._refreshed_at is not None
-                and time.monotonic() - self._refreshed_at < self.interval_seconds
-            ):
-                return
-            self._refreshed_at = time.monotonic()
-            try:
-                await self._query(engine)
-            except Exception as exc:
-                log.warning("reconcile drift query failed", extra={"error": type(exc).__name__})
+    what = "reconcile drift"
 
     async def _query(self, engine: AsyncEngine) -> None:
         from app.models.reconcile import RECONCILE_CHECKS
@@ -276,11 +269,13 @@ class ReconcileDrift:
         publish_reconcile_drift(RECONCILE_CHECKS, drift, float(run.at) if run is not None else 0.0)
 
 
-RECONCILE = ReconcileDrift()
+RECONCILE = ReconcileDrift(interval_seconds=60.0)
 
 
-class UsageQuarantine(OutboxBacklog):
-    """Refreshes the quarantined-windows gauge from the database at scrape time, as above."""
+class UsageQuarantine(ScrapedGauges):
+    """The quarantined-windows gauge."""
+
+    what = "usage quarantine"
 
     async def _query(self, engine: AsyncEngine) -> None:
         statement = text("SELECT count(*) FROM usage_records WHERE report_status = 'quarantined'")

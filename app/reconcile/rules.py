@@ -12,7 +12,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from app.earnings.booking import EarningLine, earning_lines, plan_sums
@@ -20,9 +20,6 @@ from app.earnings.collected import amount_collected
 from app.money import minor_decimal
 from app.payouts.reversals import reversal_targets
 from app.stripe.invoices import StripeInvoice
-
-# The usage worker stamps a window's meter event with the window's last second.
-METER_STAMP_OFFSET = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,8 @@ from datetime import UTC, date, datetime, time, timedelta
 
 DAY = timedelta(days=1)
 _SECOND = timedelta(seconds=1)
+# A window's meter event carries its last second; SQL writes it `window_end - METER_STAMP_OFFSET`.
+METER_STAMP_OFFSET = _SECOND
 _TICK = timedelta(microseconds=1)
 
 
@@ -41,7 +43,7 @@ def window_boundary(at: datetime) -> datetime:
 
 def event_instant(window_end: datetime) -> datetime:
     """The instant a window's meter event carries: its last second."""
-    return window_end - _SECOND
+    return window_end - METER_STAMP_OFFSET
 
 
 def in_period(event_at: datetime, start: datetime, end: datetime) -> bool:
