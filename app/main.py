@@ -27,6 +27,7 @@ from app.payment_methods.router import router as payment_methods_router
 from app.plans.router import router as plans_router
 from app.stripe import StripeGateway
 from app.subscriptions.router import router as subscriptions_router
+from app.validation import InputGuardMiddleware
 from app.webhooks.router import router as webhooks_router
 
 API_PREFIX = "/api/v1"
@@ -74,6 +75,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(IdempotencyMiddleware)  # inside RequestContextMiddleware: needs the request id
+    # Bounded bodies and storable text before anything reads the body (the idempotency key included).
+    app.add_middleware(
+        InputGuardMiddleware,
+        api_max_body=settings.api_max_body_bytes,
+        webhook_max_body=settings.webhook_max_body_bytes,
+    )
     app.add_middleware(RequestContextMiddleware)
 
     api = APIRouter(prefix=API_PREFIX)
