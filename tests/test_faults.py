@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +157,7 @@ async def _abandoned_request(app: FastAPI, path: str, token: str) -> None:
     async def receive() -> dict[str, Any]:
         return next(messages, {"type": "http.disconnect"})
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         return None
 
     await app(scope, receive, send)
