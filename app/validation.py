@@ -149,6 +149,9 @@ class InputGuardMiddleware:
             except InvalidInput as exc:
                 await _invalid(scope, receive, send, exc)
                 return
+            except UnicodeDecodeError:
+                await _invalid(scope, receive, send, InvalidInput("body", "must be JSON in UTF-8"))
+                return
             except (ValueError, RecursionError):
                 pass  # not JSON: the route answers its own 422 for a body it cannot parse
         await self.app(scope, _replay(body, receive), send)
@@ -205,7 +208,7 @@ def _parse(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         # orjson refuses lone surrogates that Python's json (what the routes use) lets through.
-        return json.loads(body)
+        return json.loads(body.decode("utf-8"))
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
