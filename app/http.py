@@ -59,6 +59,7 @@ _DESCRIPTIONS = {
     403: "Wrong role or not the owner",
     404: "Not found",
     409: "Conflict with the current state",
+    413: "Request body too large",
     422: "Validation error",
     502: "Stripe or a sibling service failed",
     503: "Temporarily unavailable",

@@ -60,7 +60,7 @@ SIGNATURE_HEADER = {
     "/stripe",
     summary="Receive a Stripe event (signed; no JWT)",
     response_model=Received,
-    responses=error_responses(400, 503),
+    responses=error_responses(400, 413, 503),
     openapi_extra=SIGNATURE_HEADER,
 )
 async def receive_stripe_event(request: Request) -> Response:
