@@ -195,10 +195,15 @@ async def test_frozen_redis_webhook_answered_within_a_second_and_swept_after_rec
 ) -> None:
     assert (await _post_event(http, _event())).status_code == 200
     payloads = [_event() for _ in range(3)]
+    burst = [_event() for _ in range(40)]
 
     with frozen(redis_pids(settings.redis_url)):
         results = await asyncio.wait_for(
             asyncio.gather(*(_timed(_post_event(http, p)) for p in payloads)), GIVE_UP_AFTER
+        )
+        # A burst while Redis stays frozen: no batch waits on Redis behind another.
+        results += await asyncio.wait_for(
+            asyncio.gather(*(_timed(_post_event(http, p)) for p in burst)), GIVE_UP_AFTER
         )
         ready, ready_seconds = await asyncio.wait_for(_timed(http.get("/ready")), GIVE_UP_AFTER)
 
@@ -207,16 +212,17 @@ async def test_frozen_redis_webhook_answered_within_a_second_and_swept_after_rec
         assert seconds < WEBHOOK_WITHIN
     assert ready.status_code == 503
     assert ready_seconds < READY_WITHIN
-    for payload in payloads:
+    sent = [*payloads, *burst]
+    for payload in sent:
         stored = await _stored(engine, payload["id"])
         assert stored is not None
         assert stored.status == "pending"
 
     # Redis came back without those jobs (say it restarted): the worker's own sweeper, on its
     # deployed schedule, hands the stored events to the queue again.
-    job_keys = [f"arq:job:{event_job_id(p['id'])}" for p in payloads]
+    job_keys = [f"arq:job:{event_job_id(p['id'])}" for p in sent]
     await arq_redis.delete(*job_keys)
-    await arq_redis.zrem(default_queue_name, *(event_job_id(p["id"]) for p in payloads))
+    await arq_redis.zrem(default_queue_name, *(event_job_id(p["id"]) for p in sent))
     resumed_at = time.monotonic()
     sweeper = [job for job in CRON_JOBS if job.name == "cron:enqueue_pending_stripe_events"]
     resources = WorkerResources.open(settings)

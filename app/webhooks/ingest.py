@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from arq.connections import ArqRedis
 
@@ -23,6 +24,8 @@ PROCESS_JOB = "process_stripe_event"
 MAX_BATCH = 500
 # Batches in flight at once, so a batch waiting on PostgreSQL or Redis does not hold up the next.
 MAX_WRITERS = 4
+# After Redis fails or stalls, ingest skips it this long (events stay `pending` for the sweeper).
+REDIS_BACKOFF_SECONDS = 2.0
 
 
 class InvalidEvent(BadRequest):
@@ -38,6 +41,7 @@ class EventIngest:
         self._store = store
         self._redis = redis
         self._enqueue_timeout = enqueue_timeout
+        self._redis_retry_at = 0.0  # after a failed enqueue, Redis is left alone until then
         self._waiting: list[tuple[IncomingEvent, asyncio.Future[bool]]] = []
         self._writers: set[asyncio.Task[None]] = set()
 
@@ -97,11 +101,14 @@ class EventIngest:
     async def _enqueue(self, event_ids: list[str]) -> None:
         if not event_ids or self._redis is None:
             return
+        if time.monotonic() < self._redis_retry_at:  # wall clock: a back-off, not business time
+            return  # Redis just failed: the batches behind do not wait on it too; the sweeper enqueues
         jobs = [(event_job_id(i), (i,)) for i in event_ids]
         try:
             # Bounded: while Redis stalls the webhook is still answered; the sweeper enqueues later.
             await asyncio.wait_for(enqueue_unique_many(self._redis, PROCESS_JOB, jobs), self._enqueue_timeout)
         except Exception:
+            self._redis_retry_at = time.monotonic() + REDIS_BACKOFF_SECONDS  # wall clock
             # The events are stored and `pending`: the sweeper enqueues them later.
             log.warning(
                 "redis unavailable; pending events wait for the sweeper", extra={"count": len(event_ids)}
