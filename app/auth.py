@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.config import Settings
 from app.errors import Forbidden, Unauthorized
+from app.validation import InvalidInput, check_text
 
 Role = Literal["consumer", "creator", "admin"]
 ROLES: frozenset[str] = frozenset({"consumer", "creator", "admin"})
@@ -21,6 +22,8 @@ JWKS_CACHE_SECONDS = 300
 # calls skip the signature check; bounded so a flood of distinct tokens cannot grow memory.
 TOKEN_CACHE_SECONDS = 300
 TOKEN_CACHE_SIZE = 10_000
+MAX_USER_ID = 255  # consumers.user_id, apis.creator_id
+MAX_EMAIL = 320  # consumers.email
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +96,24 @@ class TokenVerifier:
         )
         if not user_id:
             raise Unauthorized("Token has no user id", code="invalid_token")
-        role: Role = claims.get(self._settings.jwt_role_claim) or "consumer"
-        if role not in ROLES:
-            raise Forbidden(f"Unknown user type {str(role)[:32]!r}", code="unknown_role")
+        raw_role = claims.get(self._settings.jwt_role_claim) or "consumer"
+        if not isinstance(raw_role, str):
+            raise Unauthorized("Token has an invalid user type", code="invalid_token")
+        if raw_role not in ROLES:
+            raise Forbidden(f"Unknown user type {raw_role[:32]!r}", code="unknown_role")
         email = claims.get(self._settings.jwt_email_claim)
-        return Principal(user_id=user_id, email=email if isinstance(email, str) else None, role=role)
+        email = email if isinstance(email, str) else None
+        # Claims are stored (user ids, emails): ones the database cannot hold are a bad token.
+        for name, value, longest in (("user id", user_id, MAX_USER_ID), ("email", email, MAX_EMAIL)):
+            if value is not None:
+                try:
+                    check_text(name, value, longest)
+                except InvalidInput as exc:
+                    raise Unauthorized(
+                        f"Token has an invalid {name}: it {exc.message}", code="invalid_token"
+                    ) from None
+        role: Role = raw_role  # type: ignore[assignment]
+        return Principal(user_id=user_id, email=email, role=role)
 
     async def _signing_key(self, kid: object) -> Any:
         if not isinstance(kid, str):

@@ -57,6 +57,17 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     db_pool_size: int = Field(10, ge=1)
+    # A stalled database fails fast: a request gets 503 within about connect + command timeout.
+    db_connect_timeout_seconds: float = Field(1.0, gt=0, le=60)
+    db_command_timeout_seconds: float = Field(1.0, gt=0, le=600)
+    db_checkout_timeout_seconds: float = Field(1.0, gt=0, le=60)
+    # Worker jobs and CLI commands run longer statements than a request does.
+    db_worker_command_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    # Request bodies above these sizes get 413 before they are read.
+    api_max_body_bytes: int = Field(256 * 1024, ge=1024)
+    webhook_max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # A webhook is answered within this bound even while Redis stalls; the sweeper enqueues later.
+    webhook_enqueue_timeout_seconds: float = Field(0.5, gt=0, le=10)
     sibling_timeout_seconds: float = Field(2.0, gt=0, le=30)
     # Outbox delivery: exponential backoff with jitter, then `failed` after this many attempts.
     outbox_max_attempts: int = Field(12, ge=1, le=100)

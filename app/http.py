@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
+from app.db.availability import MAYBE_UNAVAILABLE, unavailable
 from app.errors import DomainError
 from app.logging import request_id_var
 
@@ -58,6 +59,7 @@ _DESCRIPTIONS = {
     403: "Wrong role or not the owner",
     404: "Not found",
     409: "Conflict with the current state",
+    413: "Request body too large",
     422: "Validation error",
     502: "Stripe or a sibling service failed",
     503: "Temporarily unavailable",
@@ -111,6 +113,18 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(request, exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    async def unavailable_or_internal(request: Request, exc: Exception) -> JSONResponse:
+        if unavailable(exc):
+            log.warning("backing store unavailable", extra={"error": type(exc).__name__})
+            return error_response(
+                request, 503, "service_unavailable", "Temporarily unavailable, please retry shortly"
+            )
+        log.error("unhandled error", exc_info=exc)
+        return error_response(request, 500, "internal_error", "Internal server error")
+
+    for error_type in MAYBE_UNAVAILABLE:
+        app.add_exception_handler(error_type, unavailable_or_internal)  # type: ignore[arg-type]
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -18,7 +18,7 @@ from app.consumers.router import router as consumers_router
 from app.creators.router import router as creators_router
 from app.db import create_engine, create_read_sessionmaker, create_sessionmaker
 from app.health.router import router as health_router
-from app.http import RequestContextMiddleware, install_error_handlers
+from app.http import RequestContextMiddleware, error_responses, install_error_handlers
 from app.idempotency import IdempotencyMiddleware
 from app.invoices.router import admin_router as admin_invoices_router
 from app.invoices.router import router as invoices_router
@@ -27,6 +27,7 @@ from app.payment_methods.router import router as payment_methods_router
 from app.plans.router import router as plans_router
 from app.stripe import StripeGateway
 from app.subscriptions.router import router as subscriptions_router
+from app.validation import InputGuardMiddleware
 from app.webhooks.router import router as webhooks_router
 
 API_PREFIX = "/api/v1"
@@ -74,9 +75,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(IdempotencyMiddleware)  # inside RequestContextMiddleware: needs the request id
+    # Bounded bodies and storable text before anything reads the body (the idempotency key included).
+    app.add_middleware(
+        InputGuardMiddleware,
+        api_max_body=settings.api_max_body_bytes,
+        webhook_max_body=settings.webhook_max_body_bytes,
+    )
     app.add_middleware(RequestContextMiddleware)
 
-    api = APIRouter(prefix=API_PREFIX)
+    # Any route may meet a body over the limit or a stalled database (app/validation.py, app/db/).
+    api = APIRouter(prefix=API_PREFIX, responses=error_responses(413, 503))
     api.include_router(consumers_router)
     api.include_router(plans_router)
     api.include_router(payment_methods_router)

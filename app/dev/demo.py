@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from app.auth import Principal
 from app.config import Settings
-from app.db import create_engine, create_sessionmaker
+from app.db import create_job_engine, create_sessionmaker
 from app.models import PricingPlan
 from app.plans.schemas import PlanCreate
 from app.plans.service import PlanService
@@ -47,7 +47,7 @@ DEMO_PLANS: dict[str, list[PlanCreate]] = {
 
 async def seed(settings: Settings) -> list[str]:
     """Create what is missing of the demo data; running it again adds nothing."""
-    engine = create_engine(settings)
+    engine = create_job_engine(settings)
     sessionmaker = create_sessionmaker(engine)
     stripe = StripeGateway(settings)
     lines: list[str] = []

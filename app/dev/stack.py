@@ -16,6 +16,7 @@ import httpx
 import jwt
 
 from app.config import ConfigError, load_settings
+from app.dev.lock import StackRunning, lock_data_dir
 from app.dev.processes import (
     LOOPBACK,
     ChildProcess,
@@ -73,6 +74,11 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
     """Start everything, print where it is, and stop every child on Ctrl-C or SIGTERM."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = lock_data_dir(data_dir, port or int(os.environ.get("PORT", "8080")))
+    except StackRunning as exc:
+        say(f"billing: {exc}", err=True)
+        return 1
     started_at = time.monotonic()
     env = dict(os.environ)
     children: list[ChildProcess] = []
@@ -169,3 +175,4 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
                 child.stop()
         if postgres is not None:
             postgres.stop()
+        lock.release()

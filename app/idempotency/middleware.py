@@ -21,11 +21,11 @@ import logging
 from typing import Any
 
 import orjson
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.auth import TokenVerifier
+from app.db.availability import MAYBE_UNAVAILABLE
 from app.errors import DomainError
 from app.http import error_response
 from app.idempotency.store import Claimed, IdempotencyStore, request_fingerprint
@@ -83,7 +83,7 @@ class IdempotencyMiddleware:
         fingerprint = request_fingerprint("POST", scope["path"], scope.get("query_string", b""), body)
         try:
             claim = await store.claim(principal.user_id, key, "POST", scope["path"], fingerprint)
-        except SQLAlchemyError:
+        except MAYBE_UNAVAILABLE:
             log.exception("idempotency store unavailable")
             await error_response(
                 request, 503, "service_unavailable", "Temporarily unavailable, retry with the same key"
@@ -169,7 +169,7 @@ async def _store(store: IdempotencyStore, claim: Claimed, status: int, content: 
         return False
     try:
         await store.complete(claim.claim_id, status, parsed)
-    except SQLAlchemyError:
+    except MAYBE_UNAVAILABLE:
         # The route has committed; the claim stays unanswered until its lease runs out.
         log.exception("could not store the idempotent answer")
     return True
@@ -178,7 +178,7 @@ async def _store(store: IdempotencyStore, claim: Claimed, status: int, content: 
 async def _release(store: IdempotencyStore, claim: Claimed) -> None:
     try:
         await store.release(claim.claim_id)
-    except SQLAlchemyError:
+    except MAYBE_UNAVAILABLE:
         log.exception("could not release an idempotency key")
 
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from app.auth import AdminOnly, CurrentUser
 from app.db import DbSession, ReadSession
 from app.http import DayOrTime, error_responses
+from app.invoices.custom import CustomInvoiceService
 from app.invoices.schemas import (
     CustomInvoiceIn,
     InvoiceDetail,
@@ -29,7 +30,14 @@ def invoice_reader(request: Request, session: ReadSession) -> InvoiceService:
     return InvoiceService(session, request.app.state.stripe, request.app.state.settings)
 
 
+def custom_invoice_service(request: Request) -> CustomInvoiceService:
+    """Own sessions: the invoice is committed before Stripe is called (see app/invoices/custom.py)."""
+    state = request.app.state
+    return CustomInvoiceService(state.sessionmaker, state.stripe, state.settings)
+
+
 Service = Annotated[InvoiceService, Depends(invoice_service)]
+CustomService = Annotated[CustomInvoiceService, Depends(custom_invoice_service)]
 Reader = Annotated[InvoiceService, Depends(invoice_reader)]
 
 
@@ -102,7 +110,7 @@ async def invoice_pdf(invoice_id: uuid.UUID, principal: CurrentUser, service: Re
 async def create_custom_invoice(
     body: CustomInvoiceIn,
     principal: AdminOnly,
-    service: Service,
+    service: CustomService,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
 ) -> InvoiceDetail:
-    return await service.create_custom(principal, body, idempotency_key=idempotency_key)
+    return await service.create(principal, body, idempotency_key=idempotency_key)

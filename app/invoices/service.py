@@ -4,21 +4,18 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as wall_time
-from decimal import Decimal
 
 import anyio
 import anyio.to_thread
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import clock
 from app.auth import Principal
 from app.config import Settings
 from app.errors import InvalidField, NotFound
-from app.invoices.lines import InvoiceLine, parse_line, stored_line
+from app.invoices.lines import InvoiceLine, parse_line
 from app.invoices.pdf import InvoiceDocument, Party, render_invoice_pdf
 from app.invoices.repository import InvoiceRepository
 from app.invoices.schemas import (
-    CustomInvoiceIn,
     InvoiceDetail,
     InvoiceLineOut,
     InvoiceList,
@@ -26,13 +23,10 @@ from app.invoices.schemas import (
     InvoiceStatus,
 )
 from app.models import Consumer, Invoice
-from app.money import chargeable_problem
 from app.pagination import decode_cursor, encode_cursor
 from app.stripe import StripeGateway
-from app.stripe.invoices import StripeInvoice
 
 PDF_PATH = "/api/v1/invoices/{id}/pdf"
-CUSTOM_INVOICE_NAMESPACE = uuid.UUID("9b6c1f8e-61a4-4d8e-9a63-2f4c0c1f7d21")
 
 
 def invoice_out(invoice: Invoice) -> InvoiceOut:
@@ -171,87 +165,6 @@ class InvoiceService:
         # Rendering is CPU work: off the event loop.
         content = await anyio.to_thread.run_sync(render_invoice_pdf, document)
         return f"invoice-{number}.pdf", content
-
-    async def create_custom(
-        self, principal: Principal, data: CustomInvoiceIn, *, idempotency_key: str | None
-    ) -> InvoiceDetail:
-        """A one-off invoice with custom lines, created, finalised and sent through Stripe, mirrored here.
-
-        Our invoice id derives from the request's Idempotency-Key when there is one, and every
-        Stripe call's key from that id, so a retried request never makes a second invoice.
-        """
-        for index, line in enumerate(data.lines):
-            problem = chargeable_problem(line.unit_amount, data.currency)
-            if problem is not None:
-                raise InvalidField(f"lines.{index}.unit_amount", problem)
-        consumer = await self._repo.get_consumer(data.consumer_id)
-        if consumer is None or consumer.stripe_customer_id is None:
-            raise NotFound("Consumer not found (or not registered with Stripe yet)")
-        invoice_id = (
-            uuid.uuid5(CUSTOM_INVOICE_NAMESPACE, f"{principal.user_id}:{idempotency_key}")
-            if idempotency_key
-            else uuid.uuid4()
-        )
-        customer = consumer.stripe_customer_id
-        metadata = {"invoice_id": str(invoice_id), "consumer_id": str(consumer.id), "kind": "custom"}
-        draft = await self._stripe.create_invoice(
-            customer=customer,
-            currency=data.currency,
-            description=data.description,
-            days_until_due=(
-                data.days_until_due
-                if data.days_until_due is not None
-                else self._settings.invoice_days_until_due
-            ),
-            automatic_tax=self._settings.stripe_tax_enabled,
-            metadata=metadata,
-            idempotency_key=f"invoice-create:{invoice_id}",
-        )
-        for index, line in enumerate(data.lines):
-            await self._stripe.add_invoice_item(
-                customer=customer,
-                invoice=draft.id,
-                currency=data.currency,
-                description=line.description,
-                quantity=line.quantity,
-                unit_amount_decimal=Decimal(line.unit_amount),
-                metadata={"invoice_id": str(invoice_id), "line": str(index)},
-                idempotency_key=f"invoice-item:{invoice_id}:{index}",
-            )
-        await self._stripe.finalize_invoice(draft.id, idempotency_key=f"invoice-finalize:{invoice_id}")
-        sent = await self._stripe.send_invoice(draft.id, idempotency_key=f"invoice-send:{invoice_id}")
-        await self._repo.insert_if_absent(self._mirror_values(invoice_id, consumer, sent))
-        mirrored = await self._repo.get_by_stripe_id(sent.id)
-        if mirrored is None:  # pragma: no cover - inserted just above or by a concurrent mirror
-            raise NotFound("Invoice not found")
-        return await self.get(principal, mirrored.id)
-
-    @staticmethod
-    def _mirror_values(invoice_id: uuid.UUID, consumer: Consumer, sent: StripeInvoice) -> dict[str, object]:
-        return {
-            "id": invoice_id,
-            "stripe_invoice_id": sent.id,
-            "consumer_id": consumer.id,
-            "subscription_id": None,
-            "number": sent.number,
-            "status": sent.status,
-            "currency": sent.currency,
-            "amount_due": sent.amount_due,
-            "amount_paid": sent.amount_paid,
-            "subtotal": sent.subtotal,
-            "tax": sent.tax,
-            "total": sent.total,
-            "starting_balance": sent.starting_balance,
-            "ending_balance": sent.ending_balance,
-            "period_start": sent.period_start,
-            "period_end": sent.period_end,
-            "paid_at": sent.paid_at,
-            "invoice_pdf": sent.invoice_pdf,
-            "hosted_invoice_url": sent.hosted_invoice_url,
-            "lines": [stored_line(line) for line in sent.lines],
-            "stripe_state_at": clock.timestamp(),
-            "created_at": sent.created or clock.now(),
-        }
 
     async def _readable(self, principal: Principal, invoice_id: uuid.UUID) -> tuple[Invoice, Consumer]:
         found = await self._repo.get_with_consumer(invoice_id)

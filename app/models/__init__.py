@@ -1,6 +1,7 @@
 """SQLAlchemy tables, one module per aggregate. Importing this package registers them all."""
 
 from app.models.consumer import Consumer, PaymentMethod
+from app.models.custom_invoice import CustomInvoice
 from app.models.earning import Earning, InvoiceReversal
 from app.models.event import StripeEvent
 from app.models.idempotency import IdempotencyKey
@@ -18,6 +19,7 @@ __all__ = [
     "Api",
     "Consumer",
     "CreatorAccount",
+    "CustomInvoice",
     "Earning",
     "IdempotencyKey",
     "Invoice",

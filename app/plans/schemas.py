@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from app.money import CURRENCIES, JsonDecimal
+from app.validation import bounded_json
 
 PlanType = Literal["free", "subscription", "pay_per_use"]
 ApiId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -16,6 +17,8 @@ MAX_MONTHLY_PRICE = Decimal("1000000")
 MAX_PRICE_PER_CALL = Decimal("1000")
 PRICE_PER_CALL_DECIMALS = 8
 Limit = Annotated[int, Field(gt=0, le=2_000_000_000)]
+# A plan's free-form features (`{"priority_support": true}`): small, shallow, short strings.
+Features = Annotated[dict[str, Any], bounded_json(max_items=200, max_depth=4, max_chars=500)]
 
 
 def _check_currency(value: str) -> str:
@@ -37,7 +40,7 @@ class PlanTerms(BaseModel):
     rate_limit_per_day: Limit | None = None
     rate_limit_per_month: Limit | None = None
     trial_period_days: int | None = Field(None, ge=1, le=730)
-    features: dict[str, Any] | None = None
+    features: Features | None = None
 
     @field_validator("price_per_call")
     @classmethod

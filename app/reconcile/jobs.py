@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import clock, metrics
 from app.config import Settings
-from app.db import create_engine, create_sessionmaker
+from app.db import create_job_engine, create_sessionmaker
 from app.errors import Conflict
 from app.models.reconcile import RECONCILE_CHECKS
 from app.reconcile.service import Progress, ReconcileReport, ReconcileService
@@ -55,7 +55,7 @@ async def run_reconcile(
     settings: Settings, *, since: datetime | None, resume: bool, progress: Progress | None = None
 ) -> ReconcileReport:
     """One `billing reconcile` from the command line, on its own engine."""
-    engine = create_engine(settings)
+    engine = create_job_engine(settings)
     try:
         service = reconcile_service(
             engine, create_sessionmaker(engine), StripeGateway(settings), settings, progress

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.config import Settings
-from app.db import create_engine, create_sessionmaker
+from app.db import create_job_engine, create_sessionmaker
 from app.main import create_redis
 from app.models import SyncRun
 from app.stripe import StripeGateway
@@ -13,7 +13,7 @@ from app.sync.service import Progress, SyncService
 async def run_sync(
     settings: Settings, *, dry_run: bool, progress: Progress | None = None, repair_orphans: bool = False
 ) -> SyncRun:
-    engine = create_engine(settings)
+    engine = create_job_engine(settings)
     redis = create_redis(settings)
     try:
         service = SyncService(

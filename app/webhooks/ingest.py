@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from arq.connections import ArqRedis
 
-from app.errors import ServiceUnavailable
-from app.webhooks.repository import EventStore, IncomingEvent
+from app.errors import BadRequest, ServiceUnavailable
+from app.webhooks.repository import EventStore, IncomingEvent, UnstorableEvent
 from app.worker.enqueue import enqueue_unique_many
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,12 @@ PROCESS_JOB = "process_stripe_event"
 MAX_BATCH = 500
 # Batches in flight at once, so a batch waiting on PostgreSQL or Redis does not hold up the next.
 MAX_WRITERS = 4
+# After Redis fails or stalls, ingest skips it this long (events stay `pending` for the sweeper).
+REDIS_BACKOFF_SECONDS = 2.0
+
+
+class InvalidEvent(BadRequest):
+    code = "invalid_payload"
 
 
 def event_job_id(event_id: str) -> str:
@@ -30,9 +37,11 @@ def event_job_id(event_id: str) -> str:
 
 
 class EventIngest:
-    def __init__(self, store: EventStore, redis: ArqRedis | None) -> None:
+    def __init__(self, store: EventStore, redis: ArqRedis | None, *, enqueue_timeout: float = 0.5) -> None:
         self._store = store
         self._redis = redis
+        self._enqueue_timeout = enqueue_timeout
+        self._redis_retry_at = 0.0  # after a failed enqueue, Redis is left alone until then
         self._waiting: list[tuple[IncomingEvent, asyncio.Future[bool]]] = []
         self._writers: set[asyncio.Task[None]] = set()
 
@@ -55,7 +64,7 @@ class EventIngest:
         while self._waiting:
             batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
             try:
-                stored = await self._store.insert_new([event for event, _ in batch])
+                stored = await self._insert(batch)
             except Exception as exc:
                 log.exception("could not store stripe events", extra={"count": len(batch)})
                 failure = ServiceUnavailable("The event could not be stored; Stripe will send it again")
@@ -72,12 +81,34 @@ class EventIngest:
                 if not future.done():
                     future.set_result(first)
 
+    async def _insert(self, batch: list[tuple[IncomingEvent, asyncio.Future[bool]]]) -> set[str]:
+        """Store the batch; if PostgreSQL refuses a value, store its events one by one instead, so
+        only the events that cannot be stored are refused (400) and the others are kept."""
+        try:
+            return await self._store.insert_new([event for event, _ in batch])
+        except UnstorableEvent:
+            if len(batch) == 1:
+                event, future = batch[0]
+                log.warning("stripe event cannot be stored", extra={"event_id": event.id})
+                if not future.done():
+                    future.set_exception(InvalidEvent("The event cannot be stored as it is"))
+                return set()
+        stored: set[str] = set()
+        for entry in batch:
+            stored |= await self._insert([entry])
+        return stored
+
     async def _enqueue(self, event_ids: list[str]) -> None:
         if not event_ids or self._redis is None:
             return
+        if time.monotonic() < self._redis_retry_at:  # wall clock: a back-off, not business time
+            return  # Redis just failed: the batches behind do not wait on it too; the sweeper enqueues
+        jobs = [(event_job_id(i), (i,)) for i in event_ids]
         try:
-            await enqueue_unique_many(self._redis, PROCESS_JOB, [(event_job_id(i), (i,)) for i in event_ids])
+            # Bounded: while Redis stalls the webhook is still answered; the sweeper enqueues later.
+            await asyncio.wait_for(enqueue_unique_many(self._redis, PROCESS_JOB, jobs), self._enqueue_timeout)
         except Exception:
+            self._redis_retry_at = time.monotonic() + REDIS_BACKOFF_SECONDS  # wall clock
             # The events are stored and `pending`: the sweeper enqueues them later.
             log.warning(
                 "redis unavailable; pending events wait for the sweeper", extra={"count": len(event_ids)}

@@ -35,6 +35,15 @@ class IncomingEvent:
     payload: str
 
 
+@dataclass(frozen=True, slots=True)
+class DbTimeouts:
+    """Seconds: connecting, each statement, and waiting for a free pooled connection."""
+
+    connect: float
+    command: float
+    checkout: float
+
+
 def asyncpg_dsn(database_url: str) -> str:
     return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
@@ -46,30 +55,50 @@ class EventStore:
     transaction round trips and the pool's pre-ping: this is what Stripe waits on.
     """
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, *, checkout_timeout: float) -> None:
         self._pool = pool
+        self._checkout_timeout = checkout_timeout
 
     @classmethod
-    async def open(cls, database_url: str, *, max_size: int) -> EventStore:
+    async def open(cls, database_url: str, *, max_size: int, timeouts: DbTimeouts) -> EventStore:
+        """The pool, with connecting, checking out and each statement bounded in time."""
         # min_size=0: the API starts (and answers probes) even while the database is away.
-        pool = await asyncpg.create_pool(asyncpg_dsn(database_url), min_size=0, max_size=max_size)
-        return cls(pool)
+        pool = await asyncpg.create_pool(
+            asyncpg_dsn(database_url),
+            min_size=0,
+            max_size=max_size,
+            timeout=timeouts.connect,
+            command_timeout=timeouts.command,
+        )
+        return cls(pool, checkout_timeout=timeouts.checkout)
 
     async def close(self) -> None:
         await self._pool.close()
 
     async def insert_new(self, events: Sequence[IncomingEvent]) -> set[str]:
-        """Store the events not stored yet (duplicates are no-ops); returns the ids stored now."""
-        rows = await self._pool.fetch(
-            _INSERT_EVENTS,
-            [e.id for e in events],
-            [e.type for e in events],
-            [e.api_version for e in events],
-            [e.created for e in events],
-            [e.livemode for e in events],
-            [e.payload for e in events],
-        )
+        """Store the events not stored yet (duplicates are no-ops); returns the ids stored now.
+
+        Raises UnstorableEvent when PostgreSQL refuses the values (the whole statement stores nothing).
+        """
+        try:
+            async with self._pool.acquire(timeout=self._checkout_timeout) as connection:
+                rows = await connection.fetch(
+                    _INSERT_EVENTS,
+                    [e.id for e in events],
+                    [e.type for e in events],
+                    [e.api_version for e in events],
+                    [e.created for e in events],
+                    [e.livemode for e in events],
+                    [e.payload for e in events],
+                )
+        # Server-side data errors (class 22) and client-side encoding errors (ValueError subclasses).
+        except (asyncpg.exceptions.DataError, ValueError) as exc:
+            raise UnstorableEvent(str(exc)) from exc
         return {row["id"] for row in rows}
+
+
+class UnstorableEvent(Exception):
+    """PostgreSQL cannot store an event's values as they are (e.g. a NUL character, a huge number)."""
 
 
 class StripeEventRepository:

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from app.http import error_responses
 from app.webhooks.ingest import EventIngest
-from app.webhooks.repository import EventStore
+from app.webhooks.repository import DbTimeouts, EventStore
 from app.webhooks.service import WebhookService
 
 
@@ -16,8 +16,13 @@ from app.webhooks.service import WebhookService
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The ingest service with its own small connection pool, open while the app runs."""
     settings = app.state.settings
-    store = await EventStore.open(settings.database_url, max_size=settings.db_pool_size)
-    ingest = EventIngest(store, app.state.redis)
+    timeouts = DbTimeouts(
+        connect=settings.db_connect_timeout_seconds,
+        command=settings.db_command_timeout_seconds,
+        checkout=settings.db_checkout_timeout_seconds,
+    )
+    store = await EventStore.open(settings.database_url, max_size=settings.db_pool_size, timeouts=timeouts)
+    ingest = EventIngest(store, app.state.redis, enqueue_timeout=settings.webhook_enqueue_timeout_seconds)
     app.state.webhooks = WebhookService(ingest, settings.webhook_secrets)
     try:
         yield
@@ -55,7 +60,7 @@ SIGNATURE_HEADER = {
     "/stripe",
     summary="Receive a Stripe event (signed; no JWT)",
     response_model=Received,
-    responses=error_responses(400, 503),
+    responses=error_responses(400, 413, 503),
     openapi_extra=SIGNATURE_HEADER,
 )
 async def receive_stripe_event(request: Request) -> Response:

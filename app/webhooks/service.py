@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-from app.errors import BadRequest
-from app.webhooks.ingest import EventIngest
+from app.webhooks.ingest import EventIngest, InvalidEvent
 from app.webhooks.repository import IncomingEvent
 from app.webhooks.signature import verify_signature
 
-
-class InvalidEvent(BadRequest):
-    code = "invalid_payload"
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def parse_event(body: bytes) -> dict[str, Any]:
@@ -31,8 +29,11 @@ def parse_event(body: bytes) -> dict[str, Any]:
         raise InvalidEvent("The event has no valid id")
     if not isinstance(event_type, str) or not 0 < len(event_type) <= 128:
         raise InvalidEvent("The event has no valid type")
-    if not isinstance(created, int) or isinstance(created, bool):
+    if not isinstance(created, int) or isinstance(created, bool) or not 0 <= created < 2**63:
         raise InvalidEvent("The event has no valid created timestamp")
+    # PostgreSQL's jsonb cannot hold a NUL character (an escaped \u0000, not an escaped backslash).
+    if b"\\u0000" in body and _ESCAPED_NUL.search(body):
+        raise InvalidEvent("The event contains a NUL character")
     if not isinstance(event.get("data"), dict) or not isinstance(event["data"].get("object"), dict):
         raise InvalidEvent("The event has no data.object")
     return event

@@ -9,7 +9,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db import create_engine, create_sessionmaker
+from app.db import create_job_engine, create_sessionmaker
 from app.stripe import StripeGateway
 
 
@@ -23,7 +23,7 @@ class WorkerResources:
 
     @classmethod
     def open(cls, settings: Settings) -> WorkerResources:
-        engine = create_engine(settings)
+        engine = create_job_engine(settings)
         return cls(
             settings=settings,
             engine=engine,

@@ -22,6 +22,7 @@ from app.worker.context import resources
 
 log = logging.getLogger(__name__)
 SWEEP_BATCH = 500
+SWEEP_EVERY_SECONDS = 5
 
 
 def event_processor(ctx: dict[str, Any]) -> EventProcessor:
@@ -42,10 +43,11 @@ async def process_stripe_event(ctx: dict[str, Any], event_id: str) -> str | None
         raise Retry(defer=retry_delay(attempt)) from exc
 
 
-async def enqueue_pending_stripe_events(ctx: dict[str, Any], *, min_age_seconds: int = 60) -> int:
+async def enqueue_pending_stripe_events(ctx: dict[str, Any], *, min_age_seconds: int = 5) -> int:
     """Enqueue stored events still pending after `min_age_seconds` (e.g. Redis was down at ingest).
 
-    arq refuses a second job with the same id, so events whose job exists are left alone.
+    arq refuses a second job with the same id, so events whose job exists (queued, running or
+    retrying) are left alone: sweeping often costs one indexed query and enqueues nothing twice.
     Returns how many jobs this call enqueued.
     """
     redis: ArqRedis = ctx["redis"]
@@ -97,7 +99,8 @@ async def suspend_overdue_api_keys(ctx: dict[str, Any]) -> int:
 
 JOBS = [process_stripe_event, enqueue_pending_stripe_events, aggregate_usage, suspend_overdue_api_keys]
 CRON_JOBS = [
-    cron(enqueue_pending_stripe_events, second={30}, unique=True),
+    # Every 5 s: events stored while Redis was away are queued within seconds of its return.
+    cron(enqueue_pending_stripe_events, second=set(range(0, 60, SWEEP_EVERY_SECONDS)), unique=True),
     cron(aggregate_usage, minute=set(range(0, 60, 5)), second={10}, unique=True),
     cron(suspend_overdue_api_keys, minute={17, 47}, unique=True),
 ]
