@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager
 import httpx
 from arq.connections import ArqRedis
 from fastapi import APIRouter, FastAPI
+from fastapi_offline import FastAPIOffline
 from redis.asyncio import ConnectionPool
 
+from app import __version__
 from app.analytics.router import router as analytics_router
 from app.auth import TokenVerifier
 from app.config import Settings, get_settings
@@ -30,6 +32,56 @@ from app.subscriptions.router import router as subscriptions_router
 from app.webhooks.router import router as webhooks_router
 
 API_PREFIX = "/api/v1"
+API_DESCRIPTION = """\
+Every route under `/api/v1` takes `Authorization: Bearer <JWT>`.
+
+**Units.** `amount_*`, `subtotal`, `tax`, `total`, `gross`, `commission` and `net` fields are integers
+in the currency's minor unit (cents for `usd`), with a lowercase ISO `currency` beside them. Plan
+prices (`monthly_price`, `price_per_call`) are JSON numbers in major units (`29`, `0.0015`).
+Days are UTC days.
+
+**Errors.** Every status >= 400 answers `{"error", "code", "request_id"}` (plus `details` on 422);
+each route lists the `code` values it can return under its error responses.
+"""
+# The tags' descriptions on /docs and in the OpenAPI document.
+OPENAPI_TAGS = [
+    {
+        "name": "consumers",
+        "description": "Register the caller as a consumer (a Stripe customer) and open the billing portal.",
+    },
+    {
+        "name": "payment methods",
+        "description": "The consumer's cards, mirrored from Stripe; the default one pays new subscriptions.",
+    },
+    {
+        "name": "plans",
+        "description": "Creators' pricing plans per API; prices are JSON numbers in major units (29 = 29.00)",
+    },
+    {
+        "name": "subscriptions",
+        "description": "Subscribe, cancel, change plan (with a preview), read the usage; minor units.",
+    },
+    {
+        "name": "invoices",
+        "description": "Invoices mirrored from Stripe, with lines and a PDF. Amounts in integer minor units.",
+    },
+    {
+        "name": "analytics",
+        "description": "A creator's usage and earnings per API over UTC days; amounts in minor units.",
+    },
+    {
+        "name": "creators",
+        "description": "Stripe Connect onboarding and status for creator payouts.",
+    },
+    {
+        "name": "operations",
+        "description": "Liveness, readiness and Prometheus metrics; no token needed.",
+    },
+    {
+        "name": "webhooks",
+        "description": "Stripe's webhook deliveries, verified by their Stripe-Signature header; no token.",
+    },
+]
 
 
 def create_redis(settings: Settings) -> ArqRedis:
@@ -65,10 +117,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await http.aclose()
             await engine.dispose()
 
-    app = FastAPI(
+    # /docs and /redoc serve their scripts and styles from the fastapi-offline package, not a CDN.
+    app = FastAPIOffline(
         title="billing",
-        version="0.1.0",
+        version=__version__,
         summary="Payments and subscriptions of the API marketplace",
+        description=API_DESCRIPTION,
+        openapi_tags=OPENAPI_TAGS,
+        swagger_ui_parameters={"validatorUrl": None},
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -47,7 +47,7 @@ async def register_consumer(principal: CurrentUser, service: Service, response: 
 @router.post(
     "/portal-session",
     summary="A Stripe billing-portal URL for the caller",
-    responses=error_responses(401, 404, 502),
+    responses=error_responses(401, 404, 502, codes={404: ("not_registered",)}),
 )
 async def create_portal_session(
     body: PortalSessionCreate, principal: CurrentUser, service: Service
