@@ -15,6 +15,24 @@ from app.config import ConfigError, Settings, get_settings
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="billing: payments and subscriptions.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from app import __version__
+
+        typer.echo(f"billing {__version__}")
+        raise typer.Exit
+
+
+@cli.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit"),
+    ] = False,
+) -> None:
+    """billing: payments and subscriptions."""
+
+
 def settings_or_exit() -> Settings:
     """Load the settings, or print what is wrong in one line and exit 2 (no stack trace)."""
     try:
@@ -162,6 +180,15 @@ def dev(
     sys.exit(run_dev_stack(port=port, data_dir=data_dir))
 
 
+# The sync table's columns and what each counts (printed under the table).
+SYNC_COLUMNS = (
+    ("list", "the Stripe list walked (customers, subscriptions, invoices)"),
+    ("seen", "objects Stripe returned"),
+    ("changed", "local rows repaired to match Stripe (would be, with --dry-run)"),
+    ("unknown", "Stripe objects with no local row here (left alone: made elsewhere)"),
+)
+
+
 @cli.command()
 def sync(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report differences, change nothing")] = False,
@@ -192,11 +219,13 @@ def sync(
     table = Table(
         title=f"sync {run.status} ({'dry run' if dry_run else 'repaired'})", caption=f"run {run.id}"
     )
-    for column in ("list", "seen", "changed", "unknown"):
+    for column, _ in SYNC_COLUMNS:
         table.add_column(column)
     for resource, report in run.report.items():
         table.add_row(resource, str(report["seen"]), str(report["changed"]), str(report["unknown"]))
     Console().print(table)
+    for column, meaning in SYNC_COLUMNS:
+        typer.echo(f"{column:>8}: {meaning}")
     for resource, report in run.report.items():
         for difference in report["differences"][:50]:
             typer.echo(f"  {resource}: {difference}")
@@ -240,6 +269,12 @@ def webhooks_replay(
                 on_event=lambda _id, _outcome: progress.advance(task),
             )
         )
+    if event is not None and result.total == 0:
+        typer.echo(
+            f"billing: no stored event {event}: check the id, or `billing sync` if Stripe never delivered it",
+            err=True,
+        )
+        raise typer.Exit(1)
     summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(result.outcomes.items()))
     typer.echo(f"replayed {result.total} events" + (f": {summary}" if summary else ""))
     if result.outcomes.get("failed"):
