@@ -56,6 +56,15 @@ async def create_portal_session(
 
 
 @router.get(
+    "/me",
+    summary="The caller's own consumer",
+    responses=error_responses(401, 404, codes={404: ("not_registered",)}),
+)
+async def get_own_consumer(principal: CurrentUser, service: Service) -> ConsumerOut:
+    return _out(await service.require_own(principal))
+
+
+@router.get(
     "/{consumer_id}", summary="Get a consumer (own, or any for admins)", responses=error_responses(401, 404)
 )
 async def get_consumer(consumer_id: uuid.UUID, principal: CurrentUser, service: Service) -> ConsumerOut:

@@ -9,6 +9,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 from app.payment_methods.schemas import StripePaymentMethodId
 from app.plans.schemas import ApiId, PlanOut
 
+ApiKeyStatus = Literal["issuing", "issued", "suspended", "revoked", "none"]
 SubscriptionStatus = Literal["active", "cancelled", "past_due", "trial", "incomplete", "incomplete_expired"]
 
 
@@ -75,6 +76,14 @@ class SubscriptionOut(BaseModel):
     pricing_plan: PlanOut = Field(description="The plan, as of the version the subscriber holds")
     api_key_id: str | None = Field(
         None, description="The key issued by the API key service; null while it is still being issued"
+    )
+    api_key_status: ApiKeyStatus = Field(
+        "none",
+        description=(
+            "`issuing` while the API key service is still creating the key (ask again shortly), `issued`, "
+            "`suspended` (past due), `revoked` (ended) or `none` (ended before a key was issued). The key "
+            "itself is shown by the marketplace's API key service, never by billing"
+        ),
     )
     stripe_subscription_id: str | None = Field(
         None, description="The Stripe subscription (`sub_...`); null on free plans"

@@ -23,6 +23,7 @@ from app.plans.service import plan_out
 from app.stripe import StripeGateway
 from app.stripe.subscriptions import StripeSubscription
 from app.subscriptions.lifecycle import (
+    KEYED,
     TERMINAL,
     StripeSubscriptionState,
     apply_status,
@@ -30,6 +31,7 @@ from app.subscriptions.lifecycle import (
 )
 from app.subscriptions.repository import SubscriptionRepository
 from app.subscriptions.schemas import (
+    ApiKeyStatus,
     PreviewLine,
     SubscriptionCreate,
     SubscriptionList,
@@ -40,6 +42,17 @@ from app.subscriptions.schemas import (
 
 # Statuses in which a subscription may change plan or be cancelled at its period's end.
 RUNNING = frozenset({"active", "trial", "past_due"})
+
+
+def api_key_status(subscription: Subscription) -> ApiKeyStatus:
+    """Where the subscription's API key stands; a live one without a key is still being issued."""
+    if subscription.api_key_id is not None and subscription.status in TERMINAL:
+        return "revoked"
+    if subscription.api_key_suspended:
+        return "suspended"
+    if subscription.api_key_id is not None:
+        return "issued"
+    return "issuing" if subscription.status in KEYED else "none"
 
 
 def subscription_out(
@@ -57,6 +70,7 @@ def subscription_out(
         pricing_plan_id=subscription.pricing_plan_id,
         pricing_plan=plan_out(plan, version),
         api_key_id=subscription.api_key_id,
+        api_key_status=api_key_status(subscription),
         stripe_subscription_id=subscription.stripe_subscription_id,
         status=subscription.status,
         started_at=subscription.started_at,
