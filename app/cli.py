@@ -169,15 +169,44 @@ def seed_demo() -> None:
         typer.echo(line)
 
 
-@cli.command()
+dev_cli = typer.Typer(help="Run the whole stack on embedded defaults; `billing dev token` mints a dev JWT.")
+cli.add_typer(dev_cli, name="dev")
+
+
+@dev_cli.callback(invoke_without_command=True)
 def dev(
+    ctx: typer.Context,
     port: Annotated[int | None, typer.Option(help="API port (default PORT or 8080)")] = None,
     data_dir: Annotated[Path, typer.Option(help="Where embedded data lives")] = Path(".dev"),
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Also stream the API and worker logs here")
+    ] = False,
 ) -> None:
     """Run the whole stack on embedded PostgreSQL, Redis and the Stripe emulator."""
+    if ctx.invoked_subcommand is not None:
+        return
     from app.dev.stack import run_dev_stack
 
-    sys.exit(run_dev_stack(port=port, data_dir=data_dir))
+    sys.exit(run_dev_stack(port=port, data_dir=data_dir, verbose=verbose))
+
+
+@dev_cli.command("token")
+def dev_token(
+    role: Annotated[str, typer.Option(help="consumer, creator or admin")] = "consumer",
+    sub: Annotated[str | None, typer.Option(help="The user id (default demo-<role>)")] = None,
+    email: Annotated[str | None, typer.Option(help="The email claim (default <sub>@demo.example)")] = None,
+    days: Annotated[int, typer.Option(min=1, help="Days until it expires")] = 30,
+) -> None:
+    """Print a dev JWT, signed with JWT_SECRET (or `billing dev`'s default secret)."""
+    import os
+
+    from app.dev.stack import DEMO_USERS, DEV_JWT_SECRET, demo_token
+
+    if role not in DEMO_USERS:
+        typer.echo(f"billing: --role must be one of {', '.join(DEMO_USERS)}, not {role!r}", err=True)
+        raise typer.Exit(2)
+    secret = os.environ.get("JWT_SECRET") or DEV_JWT_SECRET
+    typer.echo(demo_token(secret, role, days, user_id=sub, email=email))
 
 
 # The sync table's columns and what each counts (printed under the table).

@@ -581,3 +581,15 @@ async def test_a_subscription_says_its_api_key_is_being_issued_until_the_key_is_
         f"/api/v1/subscriptions/{created['id']}/cancel", json={"immediately": True}, headers=headers
     )
     assert cancelled.json()["api_key_status"] == "revoked"
+
+
+async def test_the_dev_sca_test_card_leaves_the_subscription_incomplete_with_a_client_secret(
+    client: httpx.AsyncClient, auth: Auth
+) -> None:
+    plan = await create_plan(client, auth("creator"), new_api_id())
+    headers = auth("consumer")
+    await register(client, headers)
+    created = await subscribe(client, headers, plan, payment_method_id="pm_card_authenticationRequired")
+    assert created.status_code == 201, created.text
+    assert created.json()["status"] == "incomplete"
+    assert created.json()["client_secret"]

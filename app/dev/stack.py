@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +17,7 @@ from types import FrameType
 import httpx
 import jwt
 
-from app.config import ConfigError, load_settings
+from app.config import ConfigError, Settings, load_settings
 from app.dev.processes import (
     LOOPBACK,
     ChildProcess,
@@ -36,8 +38,33 @@ DEMO_USERS = {
 }
 
 
-def demo_token(secret: str, role: str, days: int = 30) -> str:
-    user_id, email = DEMO_USERS[role]
+# Stripe test PaymentMethod ids the emulator knows, for the subscribe calls in the README.
+DEV_CARDS = (
+    ("pays", "pm_card_visa"),
+    ("declined", "pm_card_visa_chargeDeclined"),
+    ("needs SCA", "pm_card_authenticationRequired"),
+)
+# What `billing doctor`, `sync`, `webhooks replay` ... need to reach the running stack.
+ENV_FILE_VARS = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "STRIPE_SECRET_KEY",
+    "STRIPE_API_BASE",
+    "STRIPE_WEBHOOK_SECRET",
+    "JWT_SECRET",
+    "API_KEY_SERVICE_URL",
+    "METERING_SERVICE_URL",
+)
+
+
+def demo_token(
+    secret: str, role: str, days: int = 30, *, user_id: str | None = None, email: str | None = None
+) -> str:
+    """A dev JWT for a demo role; `user_id` (and `email`) make it another demo user of that role."""
+    default_user, default_email = DEMO_USERS[role]
+    if user_id is not None and email is None:
+        email = f"{user_id}@demo.example"
+    user_id, email = user_id or default_user, email or default_email
     claims = {
         "sub": user_id,
         "email": email,
@@ -61,6 +88,42 @@ def register_emulator_webhook(stripe_base: str, url: str, secret: str) -> None:
     response.raise_for_status()
 
 
+def write_env_file(path: Path, env: dict[str, str]) -> None:
+    """`export` lines for the stack's settings, for `source .dev/env` (owner-readable only)."""
+    lines = ["# Written by `billing dev` on every start: `source` it to run billing commands on this stack."]
+    lines += [f"export {name}={shlex.quote(env[name])}" for name in ENV_FILE_VARS if env.get(name)]
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+
+
+def stream_logs(paths: list[Path], stop: threading.Event) -> threading.Thread:
+    """Copy what is appended to each log file to stdout, each line prefixed with the file's stem."""
+
+    def follow() -> None:
+        handles = {}
+        for path in paths:
+            path.touch()
+            handle = path.open("r", encoding="utf-8", errors="replace")
+            handle.seek(0, os.SEEK_END)
+            handles[path.stem] = handle
+        try:
+            while not stop.is_set():
+                quiet = True
+                for name, handle in handles.items():
+                    for line in iter(handle.readline, ""):
+                        quiet = False
+                        say(f"[{name}] {line.rstrip()}")
+                if quiet:
+                    stop.wait(0.2)
+        finally:
+            for handle in handles.values():
+                handle.close()
+
+    thread = threading.Thread(target=follow, name="dev-logs", daemon=True)
+    thread.start()
+    return thread
+
+
 class _Stop(Exception):
     pass
 
@@ -69,7 +132,7 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop
 
 
-def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
+def run_dev_stack(*, port: int | None, data_dir: Path, verbose: bool = False) -> int:
     """Start everything, print where it is, and stop every child on Ctrl-C or SIGTERM."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -79,6 +142,7 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
     postgres: EmbeddedPostgres | None = None
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
+    stop_streaming = threading.Event()
     try:
         if not env.get("DATABASE_URL"):
             postgres = EmbeddedPostgres(data_dir / "pg")
@@ -121,7 +185,12 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
         seeded = asyncio.run(seed(settings))
 
         api = ChildProcess(
-            "app api", [sys.executable, "-m", "app", "api"], api_port, pidfile=data_dir / "api.pid", env=env
+            "app api",
+            [sys.executable, "-m", "app", "api"],
+            api_port,
+            pidfile=data_dir / "api.pid",
+            env=env,
+            log_path=data_dir / "api.log",
         )
         api.start(timeout=30)
         children.append(api)
@@ -137,6 +206,7 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
             None,
             pidfile=data_dir / "worker.pid",
             env=env,
+            log_path=data_dir / "worker.log",
         )
         worker.start()
         children.append(worker)
@@ -151,6 +221,18 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
             say(f"  {line}")
         for role in ("consumer", "creator", "admin"):
             say(f"  {role} token: {demo_token(secret, role)}")
+        say("  another user: billing dev token --role consumer --sub NAME")
+        say("  test cards " + ", ".join(f"{card} ({meaning})" for meaning, card in DEV_CARDS))
+        write_env_file(data_dir / "env", env)
+        say(f"  env      {data_dir / 'env'} (`source` it, then billing doctor / sync / webhooks replay)")
+        say(
+            f"  logs     {data_dir / 'api.log'}, {data_dir / 'worker.log'}"
+            + ("" if verbose else " (--verbose streams them)")
+        )
+        if settings.invoice_issuer_name == Settings.model_fields["invoice_issuer_name"].default:
+            say("  invoices issuer is the placeholder: set INVOICE_ISSUER_NAME, _ADDRESS and _EMAIL")
+        if verbose:
+            stream_logs([data_dir / "api.log", data_dir / "worker.log"], stop_streaming)
         say("Ctrl-C stops everything.")
         while True:
             for child in children:
@@ -162,6 +244,7 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
         say("stopping...")
         return 0
     finally:
+        stop_streaming.set()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for child in reversed(children):

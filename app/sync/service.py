@@ -85,6 +85,7 @@ class SyncService:
         commission: Decimal,
         dry_run: bool,
         progress: Progress | None = None,
+        invoice_issuer: str | None = None,
     ) -> None:
         self._engine = engine
         self._sessionmaker = sessionmaker
@@ -93,6 +94,7 @@ class SyncService:
         self._limiter = RateLimiter(rate_per_second)
         self._dry_run = dry_run
         self._commission = commission
+        self._invoice_issuer = invoice_issuer
         self._progress = progress or (lambda _resource, _count: None)
         self._appliers: dict[Listable, Applier] = {
             "customers": self._apply_customer,
@@ -278,7 +280,10 @@ class SyncService:
             )
         ).one_or_none()
         invoice = await sync_invoice(
-            session, await with_all_lines(self._stripe, obj), observed_at=clock.timestamp()
+            session,
+            await with_all_lines(self._stripe, obj),
+            observed_at=clock.timestamp(),
+            issuer=self._invoice_issuer,
         )
         if invoice is None:
             report.unknown += 1
