@@ -159,7 +159,7 @@ def doctor() -> None:
 
 @cli.command("seed-demo")
 def seed_demo() -> None:
-    """Create the demo creator, its two APIs and their plans (idempotent)."""
+    """The demo creator, its APIs and plans, and demo consumers with 60 days of history (idempotent)."""
     import asyncio
 
     from app.dev.demo import seed
