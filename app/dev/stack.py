@@ -169,6 +169,7 @@ def run_dev_stack(*, port: int | None, data_dir: Path, verbose: bool = False) ->
         env.setdefault("JWT_SECRET", DEV_JWT_SECRET)
         env.setdefault("STRIPE_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
         env["HOST"] = LOOPBACK
+        env.setdefault("WORKER_METRICS_PORT", str(free_port()))  # several stacks side by side
         api_port = port or int(env.get("PORT", "8080"))
         env["PORT"] = str(api_port)
         os.environ.update(env)
@@ -215,6 +216,9 @@ def run_dev_stack(*, port: int | None, data_dir: Path, verbose: bool = False) ->
         url = f"http://{LOOPBACK}:{api_port}"
         say(f"billing dev is up in {time.monotonic() - started_at:.1f}s")
         say(f"  API      {url}/api/v1\n  docs     {url}/docs\n  health   {url}/health")
+        say(
+            f"  metrics  {url}/metrics (API), http://{LOOPBACK}:{env['WORKER_METRICS_PORT']}/metrics (worker)"
+        )
         if "STRIPE_API_BASE" in env:
             say(f"  stripe   {env['STRIPE_API_BASE']} (emulator, key {env['STRIPE_SECRET_KEY']})")
         for line in seeded:
