@@ -65,14 +65,16 @@ _DESCRIPTIONS = {
 
 
 # The `code` values any route with that status can return (auth, validation, Stripe, the stores).
+# A POST sent with an Idempotency-Key can also answer 409 `idempotency_key_in_use` and 422
+# `idempotency_key_reused` (the API description says so once).
 DEFAULT_CODES: dict[int, tuple[str, ...]] = {
     400: ("bad_request",),
     401: ("missing_token", "invalid_token", "token_expired"),
     402: ("card_declined", "payment_required"),
     403: ("wrong_role", "unknown_role"),
     404: ("not_found",),
-    409: ("conflict", "idempotency_key_in_use"),
-    422: ("validation_error", "idempotency_key_reused"),
+    409: ("conflict",),
+    422: ("validation_error",),
     502: ("stripe_unreachable", "stripe_error", "upstream_error"),
     503: ("stripe_rate_limited", "service_unavailable"),
 }

@@ -41,7 +41,9 @@ prices (`monthly_price`, `price_per_call`) are JSON numbers in major units (`29`
 Days are UTC days.
 
 **Errors.** Every status >= 400 answers `{"error", "code", "request_id"}` (plus `details` on 422);
-each route lists the `code` values it can return under its error responses.
+each route lists the `code` values it can return under its error responses. A POST sent with an
+`Idempotency-Key` header may also answer 409 `idempotency_key_in_use` (the first request is still
+running) or 422 `idempotency_key_reused` (the key came with another body).
 """
 # The tags' descriptions on /docs and in the OpenAPI document.
 OPENAPI_TAGS = [
