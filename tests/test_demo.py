@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from datetime import timedelta
 
 import httpx
+from pypdf import PdfReader
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -77,6 +79,15 @@ async def test_demo_consumers_have_paid_invoices_with_numbers_plans_and_bill_to(
         assert detail["lines"][0]["unit_amount"] is not None
         pdf = await client.get(f"/api/v1/invoices/{history[0]['id']}/pdf", headers=headers)
         assert pdf.status_code == 200
+        text = "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf.content)).pages)
+        for expected in (
+            history[0]["number"],
+            demo.name,
+            demo.address["line1"],
+            f"Plan: {demo.plan}",
+            "Due date",
+        ):
+            assert expected in text, expected
     # One sequence for the issuer, without gaps or repeats.
     ours = sorted(int(n.removeprefix("INV-")) for n in numbers if n.startswith("INV-"))
     assert ours == list(range(1, len(ours) + 1))

@@ -68,7 +68,9 @@ async def seed(settings: Settings) -> list[str]:
                         await service.create(DEMO_CREATOR, api_id, plan)
                 names = ", ".join(p.name for p in plans)
                 lines.append(f"demo API {api_id} (creator {DEMO_CREATOR.user_id}): {names}")
-        history = await seed_history(settings, sessionmaker, stripe)
+        # Only against an emulator (STRIPE_API_BASE): the history is written here, not in Stripe,
+        # and a real test-mode account should not collect demo customers.
+        history = await seed_history(settings, sessionmaker, stripe) if settings.stripe_api_base else []
     finally:
         await engine.dispose()
     if history:

@@ -57,7 +57,7 @@ class InvoiceDocument:
     amount_paid: int
     amount_due: int
     description: str | None = None
-    due_at: datetime | None = None
+    due_at: datetime | None = None  # a charged-automatically invoice is due when issued
 
 
 # Typographic characters outside Latin-1 that have a plain equivalent.

@@ -166,7 +166,7 @@ class InvoiceService:
             amount_paid=invoice.amount_paid,
             amount_due=invoice.amount_due,
             description=invoice.description,
-            due_at=(invoice.due_date or invoice.created_at) if invoice.status in UNPAID_STATUSES else None,
+            due_at=None if invoice.status == "void" else invoice.due_date or invoice.created_at,
         )
         # Rendering is CPU work: off the event loop.
         content = await anyio.to_thread.run_sync(render_invoice_pdf, document)
@@ -281,10 +281,6 @@ class InvoiceService:
         ]
 
 
-# Statuses whose PDF says by when to pay; a charged-automatically invoice is due when issued.
-UNPAID_STATUSES = ("draft", "open", "uncollectible")
-
-
 def document_number(invoice: Invoice) -> str:
     """The number printed on the PDF: Stripe's or ours; only a draft has none yet."""
     if invoice.number:
@@ -294,18 +290,15 @@ def document_number(invoice: Invoice) -> str:
 
 def bill_to_party(invoice: Invoice, consumer: Consumer) -> Party:
     """The bill-to block from the name and address Stripe put on the invoice, else the account's email."""
-    address = invoice.customer_address or {}
-    city = " ".join(str(address[k]) for k in ("postal_code", "city") if address.get(k))
+    address = {key: str(value) for key, value in (invoice.customer_address or {}).items() if value}
+    postal, city, state = address.get("postal_code"), address.get("city"), address.get("state")
+    if address.get("country") == "US":  # Seattle, WA 98101
+        locality = ", ".join(filter(None, (city, " ".join(filter(None, (state, postal))))))
+        region = None
+    else:  # 75002 Paris
+        locality, region = " ".join(filter(None, (postal, city))), state
     lines = [
-        str(value)
-        for value in (
-            address.get("line1"),
-            address.get("line2"),
-            city,
-            address.get("state"),
-            address.get("country"),
-        )
-        if value
+        v for v in (address.get("line1"), address.get("line2"), locality, region, address.get("country")) if v
     ]
     if invoice.customer_name and consumer.email:
         lines.append(consumer.email)
