@@ -290,7 +290,8 @@ def _closing(pdf: FPDF, doc: InvoiceDocument) -> None:
     elif doc.status == "void":
         note = "This invoice has been voided; nothing is owed."
     else:
-        note = f"Please pay {format_amount(doc.amount_due, doc.currency)} by the due date. Thank you."
+        by = _date(doc.due_at) if doc.due_at else "the due date"
+        note = f"Please pay {format_amount(doc.amount_due, doc.currency)} by {by}. Thank you."
     pdf.multi_cell(0, 5, _text(note), align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     contact = doc.issuer.lines[-1] if doc.issuer.lines else doc.issuer.name
     pdf.multi_cell(0, 5, _text(f"Questions about this invoice: {contact}"), align="L")
