@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from arq.connections import ArqRedis
@@ -86,6 +87,42 @@ OPENAPI_TAGS = [
 ]
 
 
+# Descriptions of the path, query and header parameters that routes leave undescribed, by
+# (location, name): one place instead of a copy per route.
+PARAMETER_DESCRIPTIONS = {
+    ("path", "consumer_id"): "A consumer id (UUID)",
+    ("path", "plan_id"): "A plan id (UUID) of this API",
+    ("path", "subscription_id"): "A subscription id (UUID) of the caller",
+    ("path", "invoice_id"): "An invoice id (UUID) of the caller",
+    ("query", "subscription_id"): "Only those of this subscription (UUID)",
+    ("query", "status"): "Only those in this status",
+    ("query", "cursor"): "The `next_cursor` of the previous page",
+    ("query", "limit"): "Page size, 1-100 (default 20)",
+    ("query", "new_pricing_plan_id"): "The plan to change to: another plan of the same API (UUID)",
+    ("header", "Idempotency-Key"): (
+        "Any unique string (at most 255 printable characters): a retry with the same key and body "
+        "replays the first answer instead of acting twice"
+    ),
+}
+
+
+def describe_parameters(app: FastAPI) -> None:
+    """Fill in PARAMETER_DESCRIPTIONS where a route's parameter has no description of its own."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        for item in schema.get("paths", {}).values():
+            for operation in item.values():
+                for parameter in operation.get("parameters", []):
+                    key = (parameter["in"], parameter["name"])
+                    if not parameter.get("description") and key in PARAMETER_DESCRIPTIONS:
+                        parameter["description"] = PARAMETER_DESCRIPTIONS[key]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_redis(settings: Settings) -> ArqRedis:
     """A lazily connecting client: the API starts (and stores webhooks) even while Redis is down."""
     pool = ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=2.0)
@@ -146,6 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(health_router)
     app.include_router(webhooks_router)
+    describe_parameters(app)
     return app
 
 

@@ -76,6 +76,16 @@ def test_every_schema_field_has_a_description(openapi: dict[str, Any]) -> None:
     assert missing == []
 
 
+def test_every_parameter_has_a_description(openapi: dict[str, Any]) -> None:
+    missing = [
+        f"{name} {parameter['in']} {parameter['name']}"
+        for name, operation in _operations(openapi)
+        for parameter in operation.get("parameters", [])
+        if not parameter.get("description")
+    ]
+    assert missing == []
+
+
 def test_every_money_field_states_its_unit(openapi: dict[str, Any]) -> None:
     unclear = [
         f"{name}.{field}"
