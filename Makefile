@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# make run PORT=8090 serves the API on another port (default PORT from the environment, else 8080).
 run: install
-	$(BIN)/billing dev
+	$(BIN)/billing dev $(if $(PORT),--port $(PORT))
 
 lint: install
 	$(BIN)/ruff check .

@@ -16,6 +16,24 @@ from app.config import ConfigError, Settings, get_settings
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="billing: payments and subscriptions.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from app import __version__
+
+        typer.echo(f"billing {__version__}")
+        raise typer.Exit
+
+
+@cli.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit"),
+    ] = False,
+) -> None:
+    """billing: payments and subscriptions."""
+
+
 def settings_or_exit() -> Settings:
     """Load the settings, or print what is wrong in one line and exit 2 (no stack trace)."""
     try:
@@ -142,7 +160,7 @@ def doctor() -> None:
 
 @cli.command("seed-demo")
 def seed_demo() -> None:
-    """Create the demo creator, its two APIs and their plans (idempotent)."""
+    """The demo creator, its APIs and plans, and demo consumers with 60 days of history (idempotent)."""
     import asyncio
 
     from app.dev.demo import seed
@@ -152,15 +170,55 @@ def seed_demo() -> None:
         typer.echo(line)
 
 
-@cli.command()
+dev_cli = typer.Typer(help="Run the whole stack on embedded defaults; `billing dev token` mints a dev JWT.")
+cli.add_typer(dev_cli, name="dev")
+
+
+@dev_cli.callback(invoke_without_command=True)
 def dev(
+    ctx: typer.Context,
     port: Annotated[int | None, typer.Option(help="API port (default PORT or 8080)")] = None,
     data_dir: Annotated[Path, typer.Option(help="Where embedded data lives")] = Path(".dev"),
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Also stream the API and worker logs here")
+    ] = False,
 ) -> None:
     """Run the whole stack on embedded PostgreSQL, Redis and the Stripe emulator."""
+    if ctx.invoked_subcommand is not None:
+        return
     from app.dev.stack import run_dev_stack
 
-    sys.exit(run_dev_stack(port=port, data_dir=data_dir))
+    sys.exit(run_dev_stack(port=port, data_dir=data_dir, verbose=verbose))
+
+
+@dev_cli.command("token")
+def dev_token(
+    role: Annotated[str, typer.Option(help="consumer, creator or admin")] = "consumer",
+    sub: Annotated[str | None, typer.Option(help="The user id (default demo-<role>)")] = None,
+    email: Annotated[str | None, typer.Option(help="The email claim (default <sub>@demo.example)")] = None,
+    days: Annotated[int, typer.Option(min=1, help="Days until it expires")] = 30,
+) -> None:
+    """Print a dev JWT, signed with JWT_SECRET (or `billing dev`'s default secret)."""
+    import os
+
+    from app.dev.stack import DEMO_USERS, DEV_JWT_SECRET, demo_token
+
+    if role not in DEMO_USERS:
+        typer.echo(f"billing: --role must be one of {', '.join(DEMO_USERS)}, not {role!r}", err=True)
+        raise typer.Exit(2)
+    secret = os.environ.get("JWT_SECRET") or DEV_JWT_SECRET
+    typer.echo(demo_token(secret, role, days, user_id=sub, email=email))
+
+
+# The sync table's columns and what each counts (printed under the table).
+SYNC_COLUMNS = (
+    ("list", "the Stripe list walked (customers, subscriptions, invoices)"),
+    ("seen", "objects Stripe returned"),
+    ("changed", "local rows repaired to match Stripe (would be, with --dry-run)"),
+    ("unknown", "Stripe objects with no local row here (left alone: made elsewhere)"),
+    ("orphans", "live Stripe subscriptions of our customers with no row here (--repair refunds and cancels)"),
+    ("flagged", "subscriptions Stripe bills at a price no plan of their API has"),
+)
 
 
 @cli.command()
@@ -203,12 +261,13 @@ def sync(
     table = Table(
         title=f"sync {run.status} ({'dry run' if dry_run else 'repaired'})", caption=f"run {run.id}"
     )
-    columns = ("seen", "changed", "unknown", "orphans", "flagged")
-    for column in ("list", *columns):
+    for column, _ in SYNC_COLUMNS:
         table.add_column(column)
     for resource, report in run.report.items():
-        table.add_row(resource, *(str(report.get(column, 0)) for column in columns))
+        table.add_row(resource, *(str(report.get(column, 0)) for column, _ in SYNC_COLUMNS[1:]))
     Console().print(table)
+    for column, meaning in SYNC_COLUMNS:
+        typer.echo(f"{column:>8}: {meaning}")
     for resource, report in run.report.items():
         for difference in report["differences"][:50]:
             typer.echo(f"  {resource}: {difference}")
@@ -292,6 +351,12 @@ def webhooks_replay(
                 on_event=lambda _id, _outcome: progress.advance(task),
             )
         )
+    if event is not None and result.total == 0:
+        typer.echo(
+            f"billing: no stored event {event}: check the id, or `billing sync` if Stripe never delivered it",
+            err=True,
+        )
+        raise typer.Exit(1)
     summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(result.outcomes.items()))
     typer.echo(f"replayed {result.total} events" + (f": {summary}" if summary else ""))
     if result.outcomes.get("failed"):

@@ -21,6 +21,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
+    # `billing worker` serves its own /metrics here (on HOST); 0 turns it off.
+    worker_metrics_port: int = Field(9091, ge=0, le=65535)
     database_url: str
     redis_url: str
     stripe_secret_key: SecretStr

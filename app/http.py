@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel
+from pydantic import AfterValidator, BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -41,15 +41,15 @@ DayOrTime = Annotated[date | datetime, AfterValidator(_within_range)]
 
 
 class ErrorDetail(BaseModel):
-    field: str
-    message: str
+    field: str = Field(description="The invalid field, dotted (`lines.0.quantity`), or a header name")
+    message: str = Field(description="What is wrong with it")
 
 
 class ErrorBody(BaseModel):
-    error: str
-    code: str
-    request_id: str
-    details: list[ErrorDetail] | None = None
+    error: str = Field(description="A human-readable message, fit to show to the user")
+    code: str = Field(description="A stable machine-readable code, listed per route (e.g. `not_found`)")
+    request_id: str = Field(description="The request's id (also the `x-request-id` header), for support")
+    details: list[ErrorDetail] | None = Field(None, description="Per-field problems, on 422 only")
 
 
 _DESCRIPTIONS = {
@@ -66,9 +66,40 @@ _DESCRIPTIONS = {
 }
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for a route's failures, all in the one error format."""
-    return {s: {"model": ErrorBody, "description": _DESCRIPTIONS.get(s, "Error")} for s in (*statuses, 422)}
+# The `code` values any route with that status can return (auth, validation, Stripe, the stores).
+# A POST sent with an Idempotency-Key can also answer 409 `idempotency_key_in_use` and 422
+# `idempotency_key_reused` (the API description says so once).
+DEFAULT_CODES: dict[int, tuple[str, ...]] = {
+    400: ("bad_request",),
+    401: ("missing_token", "invalid_token", "token_expired"),
+    402: ("card_declined", "payment_required"),
+    403: ("wrong_role", "unknown_role"),
+    404: ("not_found",),
+    409: ("conflict",),
+    422: ("validation_error",),
+    502: ("stripe_unreachable", "stripe_error", "upstream_error"),
+    503: ("stripe_rate_limited", "service_unavailable"),
+}
+
+
+def error_responses(
+    *statuses: int, codes: Mapping[int, tuple[str, ...]] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for a route's failures, all in the one error format, each naming its `code`s.
+
+    `codes` adds a route's own codes to the defaults of their status. A route that calls Stripe
+    (502) can also be answered 503 while Stripe rate-limits us.
+    """
+    extra = dict(codes or {})
+    listed = [*statuses, *(s for s in extra if s not in statuses), 422]
+    if 502 in listed and 503 not in listed:
+        listed.append(503)
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in listed:
+        names = dict.fromkeys((*extra.get(status, ()), *DEFAULT_CODES.get(status, ("http_error",))))
+        description = _DESCRIPTIONS.get(status, "Error") + "; `code`: " + ", ".join(f"`{n}`" for n in names)
+        responses[status] = {"model": ErrorBody, "description": description}
+    return responses
 
 
 def request_id_of(request: Request) -> str:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from arq.connections import ArqRedis
 from fastapi import APIRouter, FastAPI
+from fastapi_offline import FastAPIOffline
 from redis.asyncio import ConnectionPool
 
+from app import __version__
 from app.analytics.router import router as analytics_router
 from app.auth import TokenVerifier
 from app.config import Settings, get_settings
@@ -31,6 +34,94 @@ from app.validation import InputGuardMiddleware
 from app.webhooks.router import router as webhooks_router
 
 API_PREFIX = "/api/v1"
+API_DESCRIPTION = """\
+Every route under `/api/v1` takes `Authorization: Bearer <JWT>`.
+
+**Units.** `amount_*`, `subtotal`, `tax`, `total`, `gross`, `commission` and `net` fields are integers
+in the currency's minor unit (cents for `usd`), with a lowercase ISO `currency` beside them. Plan
+prices (`monthly_price`, `price_per_call`) are JSON numbers in major units (`29`, `0.0015`).
+Days are UTC days.
+
+**Errors.** Every status >= 400 answers `{"error", "code", "request_id"}` (plus `details` on 422);
+each route lists the `code` values it can return under its error responses. A POST sent with an
+`Idempotency-Key` header may also answer 409 `idempotency_key_in_use` (the first request is still
+running) or 422 `idempotency_key_reused` (the key came with another body).
+"""
+# The tags' descriptions on /docs and in the OpenAPI document.
+OPENAPI_TAGS = [
+    {
+        "name": "consumers",
+        "description": "Register the caller as a consumer (a Stripe customer) and open the billing portal.",
+    },
+    {
+        "name": "payment methods",
+        "description": "The consumer's cards, mirrored from Stripe; the default one pays new subscriptions.",
+    },
+    {
+        "name": "plans",
+        "description": "Creators' pricing plans per API; prices are JSON numbers in major units (29 = 29.00)",
+    },
+    {
+        "name": "subscriptions",
+        "description": "Subscribe, cancel, change plan (with a preview), read the usage; minor units.",
+    },
+    {
+        "name": "invoices",
+        "description": "Invoices mirrored from Stripe, with lines and a PDF. Amounts in integer minor units.",
+    },
+    {
+        "name": "analytics",
+        "description": "A creator's usage and earnings per API over UTC days; amounts in minor units.",
+    },
+    {
+        "name": "creators",
+        "description": "Stripe Connect onboarding and status for creator payouts.",
+    },
+    {
+        "name": "operations",
+        "description": "Liveness, readiness and Prometheus metrics; no token needed.",
+    },
+    {
+        "name": "webhooks",
+        "description": "Stripe's webhook deliveries, verified by their Stripe-Signature header; no token.",
+    },
+]
+
+
+# Descriptions of the path, query and header parameters that routes leave undescribed, by
+# (location, name): one place instead of a copy per route.
+PARAMETER_DESCRIPTIONS = {
+    ("path", "consumer_id"): "A consumer id (UUID)",
+    ("path", "plan_id"): "A plan id (UUID) of this API",
+    ("path", "subscription_id"): "A subscription id (UUID) of the caller",
+    ("path", "invoice_id"): "An invoice id (UUID) of the caller",
+    ("query", "subscription_id"): "Only those of this subscription (UUID)",
+    ("query", "status"): "Only those in this status",
+    ("query", "cursor"): "The `next_cursor` of the previous page",
+    ("query", "limit"): "Page size, 1-100 (default 20)",
+    ("query", "new_pricing_plan_id"): "The plan to change to: another plan of the same API (UUID)",
+    ("header", "Idempotency-Key"): (
+        "Any unique string (at most 255 printable characters): a retry with the same key and body "
+        "replays the first answer instead of acting twice"
+    ),
+}
+
+
+def describe_parameters(app: FastAPI) -> None:
+    """Fill in PARAMETER_DESCRIPTIONS where a route's parameter has no description of its own."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        for item in schema.get("paths", {}).values():
+            for operation in item.values():
+                for parameter in operation.get("parameters", []):
+                    key = (parameter["in"], parameter["name"])
+                    if not parameter.get("description") and key in PARAMETER_DESCRIPTIONS:
+                        parameter["description"] = PARAMETER_DESCRIPTIONS[key]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_redis(settings: Settings) -> ArqRedis:
@@ -66,10 +157,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await http.aclose()
             await engine.dispose()
 
-    app = FastAPI(
+    # /docs and /redoc serve their scripts and styles from the fastapi-offline package, not a CDN.
+    app = FastAPIOffline(
         title="billing",
-        version="0.1.0",
+        version=__version__,
         summary="Payments and subscriptions of the API marketplace",
+        description=API_DESCRIPTION,
+        openapi_tags=OPENAPI_TAGS,
+        swagger_ui_parameters={"validatorUrl": None},
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -96,6 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(health_router)
     app.include_router(webhooks_router)
+    describe_parameters(app)
     return app
 
 

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from arq.worker import Function
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -284,3 +284,24 @@ class UsageQuarantine(ScrapedGauges):
 
 
 QUARANTINE = UsageQuarantine()
+# --- the worker's own endpoint ------------------------------------------------------------------
+
+
+def serve_worker_metrics(host: str, port: int) -> Callable[[], None] | None:
+    """Serve REGISTRY on http://host:port/metrics from a thread, so Prometheus scrapes what the
+    worker counts (webhook events, jobs). Returns the function that stops it; None when off (port
+    0) or when the port is taken: metrics never keep the worker from working."""
+    if port == 0:
+        return None
+    try:
+        server, thread = start_http_server(port, addr=host, registry=REGISTRY)
+    except OSError as exc:
+        log.warning("worker metrics not served", extra={"port": port, "error": str(exc)})
+        return None
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    return stop

@@ -118,3 +118,16 @@ async def test_stripe_down_on_register_is_502_and_writes_nothing(
     assert response.json()["code"] == "stripe_unreachable"
     async with engine.connect() as connection:
         assert (await connection.execute(select(func.count()).select_from(Consumer))).scalar_one() == 0
+
+
+async def test_me_returns_the_callers_consumer_and_404_before_registering(
+    client: httpx.AsyncClient, auth: Auth
+) -> None:
+    headers = auth("consumer", user_id="me-user")
+    before = await client.get("/api/v1/consumers/me", headers=headers)
+    assert before.status_code == 404
+    assert before.json()["code"] == "not_registered"
+    registered = await client.post("/api/v1/consumers/register", headers=headers)
+    me = await client.get("/api/v1/consumers/me", headers=headers)
+    assert me.status_code == 200
+    assert me.json() == registered.json()

@@ -40,6 +40,9 @@ def dev_stack(data_dir: Path, port: int) -> Iterator[tuple[subprocess.Popen[str]
             if "token:" in line:
                 role, token = line.strip().split(" token: ")
                 banner[role] = token
+            for label in ("test cards", "env", "logs", "metrics"):
+                if line.strip().startswith(label + " "):
+                    banner[label] = line
             if line.startswith("billing dev is up"):
                 banner["up"] = line
             if "Ctrl-C" in line or time.monotonic() > deadline:
@@ -120,6 +123,32 @@ def test_billing_dev_serves_registers_and_restarts(data_dir: Path) -> None:
         assert again.status_code == 200
         assert again.json() == first.json()
         process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+
+
+def test_billing_dev_prints_cards_writes_an_env_file_and_logs_and_shows_demo_history(data_dir: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with dev_stack(data_dir, port) as (process, banner):
+        for card in ("pm_card_visa", "pm_card_visa_chargeDeclined", "pm_card_authenticationRequired"):
+            assert card in banner["test cards"]
+        assert str(data_dir / "api.log") in banner["logs"]
+        # The env file drives the other commands against the running stack.
+        script = f"set -e; source {data_dir / 'env'}; {sys.executable} -m app doctor"
+        doctor = subprocess.run(  # noqa: S603
+            ["bash", "-c", script],  # noqa: S607
+            env={k: v for k, v in os.environ.items() if k not in STACK_VARS},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        creator = {"Authorization": f"Bearer {banner['creator']}"}
+        usage = httpx.get(f"{base}/api/v1/apis/demo-geocoder/usage", headers=creator, timeout=10).json()
+        assert sum(day["calls"] > 0 for day in usage["daily"]) >= 29
+        assert "request" in (data_dir / "api.log").read_text()  # the API's access log went there
+        process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 from alembic.script import ScriptDirectory
 
@@ -94,8 +95,17 @@ def test_doctor_names_each_broken_dependency_and_exits_1(settings: Settings, pos
     assert rows["database"][0] == "ok"
     assert rows["migrations"] == ("FAIL", f"database at none, code expects {HEAD}: run `billing migrate`")
     assert rows["redis"][0] == "FAIL"
-    assert rows["stripe"] == ("FAIL", "stripe_unreachable: Stripe could not be reached")
+    assert rows["redis"][1].startswith(f"{dead}: ")  # names the address it tried
+    assert rows["stripe"] == ("FAIL", f"{dead}: stripe_unreachable: Stripe could not be reached")
     assert "3 problem(s): migrations, redis, stripe" in result.stdout
+
+
+def test_doctor_names_the_unix_socket_of_an_unreachable_database(settings: Settings, tmp_path: Path) -> None:
+    result = _doctor(**_env(settings, DATABASE_URL=f"postgresql://billing@/billing?host={tmp_path}"))
+    assert result.returncode == 1
+    status, detail = _rows(result.stdout)["database"]
+    assert status == "FAIL"
+    assert detail.startswith(f"socket {tmp_path}/.s.PGSQL.5432: ")
 
 
 def test_doctor_reports_invalid_configuration_without_a_traceback_or_secret(settings: Settings) -> None:

@@ -1,15 +1,18 @@
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import httpx
 from pypdf import PdfReader
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.invoices.pdf import format_unit_price
+from app.invoices.stripe_sync import sync_invoice
 from app.money import format_amount
 from tests import rows
 
@@ -317,3 +320,101 @@ def test_long_invoice_pdf_spans_pages_and_ends_with_the_totals() -> None:
     assert len(pages) > 1
     assert "60.00 USD" in pages[-1].extract_text()
     assert "Calls - batch" in pages[0].extract_text()
+
+
+async def _mirror(
+    engine: AsyncEngine, obj: dict[str, Any], issuer: str, *, commit: bool = True
+) -> str | None:
+    async with AsyncSession(engine, expire_on_commit=False) as session:
+        invoice = await sync_invoice(session, obj, observed_at=int(rows.T0.timestamp()), issuer=issuer)
+        number = invoice.number if invoice is not None else None
+        await (session.commit() if commit else session.rollback())
+    return number
+
+
+def _stripe_invoice(customer: str, status: str, number: str | None = None) -> dict[str, Any]:
+    return {
+        "id": f"in_{uuid.uuid4().hex[:14]}",
+        "customer": customer,
+        "status": status,
+        "number": number,
+        "currency": "usd",
+        "lines": {"data": []},
+    }
+
+
+async def test_invoices_stripe_left_unnumbered_take_a_gap_free_sequence_per_issuer(
+    engine: AsyncEngine,
+) -> None:
+    alice = rows.consumer("alice")
+    await rows.add(engine, alice)
+    customer = str(alice.stripe_customer_id)
+    assert await _mirror(engine, _stripe_invoice(customer, "draft"), "Acme") is None
+    first = _stripe_invoice(customer, "open")
+    assert await _mirror(engine, first, "Acme") == "INV-000001"
+    assert await _mirror(engine, first | {"status": "paid"}, "Acme") == "INV-000001"  # once per invoice
+    # A rolled-back mirror gives its number back: the sequence has no gap.
+    assert await _mirror(engine, _stripe_invoice(customer, "paid"), "Acme", commit=False) == "INV-000002"
+    assert await _mirror(engine, _stripe_invoice(customer, "paid"), "Acme") == "INV-000002"
+    assert await _mirror(engine, _stripe_invoice(customer, "paid", "ABCD-0007"), "Acme") == "ABCD-0007"
+    assert await _mirror(engine, _stripe_invoice(customer, "paid"), "Other issuer") == "INV-000001"
+    assert await _mirror(engine, _stripe_invoice(customer, "open"), "Acme") == "INV-000003"
+
+
+async def test_pdf_of_an_open_invoice_shows_bill_to_plan_unit_price_due_date_and_description(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+) -> None:
+    alice = rows.consumer("alice")
+    api_row = rows.api("creator-1")
+    plan_row, version = rows.plan(api_row, name="Pro")
+    version.stripe_price_id = "price_pro_monthly"
+    invoice = rows.invoice(
+        alice,
+        number="INV-000007",
+        status="open",
+        amount_paid=0,
+        customer_name="Alice Example Ltd",
+        customer_address={
+            "line1": "5 Harbour Road",
+            "postal_code": "D02 X285",
+            "city": "Dublin",
+            "country": "IE",
+        },
+        description="Thank you for building with the Weather API",
+        due_date=rows.T0 + timedelta(days=30),
+        lines=[
+            SUBSCRIPTION_LINE
+            | {"description": "1 x Pro", "unit_amount": None, "price_id": "price_pro_monthly"}
+        ],
+    )
+    await rows.add(engine, alice, api_row, plan_row, version, invoice)
+
+    response = await client.get(f"/api/v1/invoices/{invoice.id}/pdf", headers=auth(user_id="alice"))
+
+    assert response.status_code == 200
+    text = _pdf_text(response.content)
+    due = (rows.T0 + timedelta(days=30)).strftime("%d %b %Y")
+    for expected in (
+        "INV-000007",
+        "UNPAID",
+        f"Due date{due}",
+        "Alice Example Ltd",
+        "5 Harbour Road",
+        "D02 X285 Dublin",
+        "Plan: Pro",
+        "29.00 USD",
+        "Thank you for building with the Weather API",
+    ):
+        assert expected in text.replace(" \n", "\n").replace("Due date ", "Due date"), expected
+    assert "DRAFT-" not in text
+
+
+async def test_pdf_of_a_paid_invoice_never_shows_a_draft_number(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+) -> None:
+    alice = rows.consumer("alice")
+    invoice = rows.invoice(alice, number=None, status="paid", paid_at=rows.T0)
+    await rows.add(engine, alice, invoice)
+    response = await client.get(f"/api/v1/invoices/{invoice.id}/pdf", headers=auth(user_id="alice"))
+    assert response.status_code == 200
+    assert "DRAFT" not in _pdf_text(response.content)

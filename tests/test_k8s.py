@@ -289,11 +289,26 @@ def _peer(peer: Manifest) -> tuple[str, str]:
     return namespace, ",".join(sorted(names.values()))
 
 
-def test_only_the_gateway_the_ingress_controller_and_prometheus_reach_the_api() -> None:
+def _ingress_policy_of(component: str) -> Manifest:
     policies = _policies()
-    ingress_policies = [p for p in policies.values() if "Ingress" in p["policyTypes"] and p.get("ingress")]
-    assert len(ingress_policies) == 1
+    ingress_policies = [
+        p
+        for p in policies.values()
+        if "Ingress" in p["policyTypes"]
+        and p.get("ingress")
+        and p["podSelector"]["matchLabels"].get("component") == component
+    ]
     (policy,) = ingress_policies
+    return policy
+
+
+def test_ingress_is_opened_only_to_the_api_and_to_the_workers_metrics() -> None:
+    opened = [p for p in _policies().values() if p.get("ingress")]
+    assert sorted(p["podSelector"]["matchLabels"]["component"] for p in opened) == ["api", "worker"]
+
+
+def test_only_the_gateway_the_ingress_controller_and_prometheus_reach_the_api() -> None:
+    policy = _ingress_policy_of("api")
     assert policy["podSelector"]["matchLabels"] == {"app": "billing", "component": "api"}
     (rule,) = policy["ingress"]
     assert {_peer(p) for p in rule["from"]} == {
@@ -331,3 +346,19 @@ def test_egress_reaches_only_dns_the_databases_the_siblings_and_stripe() -> None
         (("marketplace", "apikeys,metering"), (("TCP", 8080),)),
         ("internet", (("TCP", 443),)),
     }
+
+
+def test_prometheus_alone_scrapes_the_workers_metrics_port() -> None:
+    config = one("ConfigMap", "billing-config")["data"]
+    port = int(config["WORKER_METRICS_PORT"])
+    pod = one("Deployment", "billing-worker")["spec"]["template"]
+    (worker,) = pod["spec"]["containers"]
+    assert {p["name"]: p["containerPort"] for p in worker["ports"]} == {"metrics": port}
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    service = one("Service", "billing-worker-metrics")
+    assert _labels_match(service["spec"]["selector"], pod_labels("billing-worker"))
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    policy = _ingress_policy_of("worker")
+    (rule,) = policy["ingress"]
+    assert {_peer(p) for p in rule["from"]} == {("monitoring", "prometheus")}
+    assert rule["ports"] == [{"protocol": "TCP", "port": port}]

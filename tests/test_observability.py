@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
+from app.config import Settings
 from app.errors import UpstreamError
 from app.logging import JsonFormatter, RedactSecretsFilter, request_id_var
 from app.stripe import StripeGateway
@@ -255,3 +257,68 @@ async def test_failed_stripe_calls_are_counted_by_error() -> None:
         )
         or 0
     ) >= 1
+
+
+async def test_the_worker_serves_the_series_its_jobs_count_on_its_own_port(
+    client: httpx.AsyncClient, settings: Settings, redis_url: str
+) -> None:
+    from arq.connections import RedisSettings, create_pool
+
+    from app.dev.processes import free_port
+    from app.worker.context import WorkerResources
+    from app.worker.settings import WorkerSettings
+    from tests.billing_data import event
+    from tests.factories import sign_webhook
+
+    payload = event("customer.created", {"id": "cus_metrics_probe", "object": "customer"}, created=1)
+    body, header = sign_webhook(payload)
+    assert (
+        await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
+    ).is_success
+    (job,) = [f for f in WorkerSettings.functions if getattr(f, "__name__", "") == "process_stripe_event"]
+    resources = WorkerResources.open(settings)
+    redis = await create_pool(RedisSettings.from_dsn(redis_url))
+    try:
+        await job({"resources": resources, "redis": redis, "job_try": 1, "job_id": "probe"}, payload["id"])
+    finally:
+        await redis.aclose()
+        await resources.close()
+
+    port = free_port()
+    stop = metrics.serve_worker_metrics("127.0.0.1", port)
+    assert stop is not None
+    try:
+        async with httpx.AsyncClient() as http:
+            scraped = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    finally:
+        stop()
+    assert 'billing_webhook_events_total{outcome="ignored",type="customer.created"}' in scraped
+    assert 'billing_job_duration_seconds_count{job="process_stripe_event",outcome="ok"}' in scraped
+
+
+def test_a_taken_or_disabled_worker_metrics_port_never_stops_the_worker() -> None:
+    from app.dev.processes import free_port
+
+    assert metrics.serve_worker_metrics("127.0.0.1", 0) is None
+    port = free_port()
+    first = metrics.serve_worker_metrics("127.0.0.1", port)
+    assert first is not None
+    try:
+        assert metrics.serve_worker_metrics("127.0.0.1", port) is None
+    finally:
+        first()
+
+
+def test_every_series_the_runbook_names_is_registered() -> None:
+    from pathlib import Path
+
+    runbook = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = runbook[runbook.index("## Runbook") :]
+    named = set(re.findall(r"`(billing_[a-z_]+)", section))
+    registered = {
+        name
+        for family in metrics.REGISTRY.collect()
+        for name in (family.name, f"{family.name}_total", f"{family.name}_seconds")
+    }
+    assert named, "the runbook names the series to watch"
+    assert named <= registered

@@ -479,7 +479,7 @@ async def test_card_subscriptions_and_upgrades_ask_for_automatic_tax_only_with_s
     assert not any(key.startswith("automatic_tax") for key in _form(update.calls.last.request))
 
 
-async def test_checkout_asks_for_automatic_tax_and_the_address_only_with_stripe_tax(
+async def test_checkout_always_collects_the_billing_address_and_asks_for_tax_only_with_stripe_tax(
     tax_wire: tuple[bool, httpx.AsyncClient], stripe_api: respx.MockRouter, auth: Auth
 ) -> None:
     tax, client = tax_wire
@@ -498,12 +498,15 @@ async def test_checkout_asks_for_automatic_tax_and_the_address_only_with_stripe_
 
     assert response.status_code == 201, response.text
     sent = _form(route.calls.last.request)
+    # Checkout collects the billing name and address (the invoices' bill-to, and what Stripe Tax
+    # needs) and saves them on the existing customer.
+    assert sent["billing_address_collection"] == ["required"]
+    assert sent["customer_update[address]"] == ["auto"]
+    assert sent["customer_update[name]"] == ["auto"]
     if tax:
         assert sent["automatic_tax[enabled]"] == ["true"]
-        # Checkout collects the address Stripe Tax needs and saves it on the existing customer.
-        assert sent["customer_update[address]"] == ["auto"]
     else:
-        assert not any(key.startswith(("automatic_tax", "customer_update")) for key in sent)
+        assert not any(key.startswith("automatic_tax") for key in sent)
 
 
 @pytest.mark.parametrize(

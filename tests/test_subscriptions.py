@@ -562,3 +562,35 @@ async def test_with_stripe_tax_the_emulator_still_subscribes_upgrades_and_checks
     )
     assert checkout.status_code == 201, checkout.text
     assert checkout.json()["checkout_url"]
+
+
+async def test_a_subscription_says_its_api_key_is_being_issued_until_the_key_is_stored(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+) -> None:
+    plan = await create_plan(client, auth("creator"), new_api_id(), type="free", call_limit=100)
+    headers = auth("consumer")
+    await register(client, headers)
+    created = (await subscribe(client, headers, plan)).json()
+    assert (created["api_key_id"], created["api_key_status"]) == (None, "issuing")
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE subscriptions SET api_key_id = 'key_1' WHERE id = :id"), {"id": created["id"]}
+        )
+    issued = (await client.get(f"/api/v1/subscriptions/{created['id']}", headers=headers)).json()
+    assert (issued["api_key_id"], issued["api_key_status"]) == ("key_1", "issued")
+    cancelled = await client.put(
+        f"/api/v1/subscriptions/{created['id']}/cancel", json={"immediately": True}, headers=headers
+    )
+    assert cancelled.json()["api_key_status"] == "revoked"
+
+
+async def test_the_dev_sca_test_card_leaves_the_subscription_incomplete_with_a_client_secret(
+    client: httpx.AsyncClient, auth: Auth
+) -> None:
+    plan = await create_plan(client, auth("creator"), new_api_id())
+    headers = auth("consumer")
+    await register(client, headers)
+    created = await subscribe(client, headers, plan, payment_method_id="pm_card_authenticationRequired")
+    assert created.status_code == 201, created.text
+    assert created.json()["status"] == "incomplete"
+    assert created.json()["client_secret"]

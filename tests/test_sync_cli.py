@@ -25,6 +25,16 @@ def test_sync_prints_a_table_of_what_it_checked(
         assert resource in result.output
 
 
+def test_sync_explains_each_column_of_its_table(
+    settings: Settings, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_module, "settings_or_exit", lambda: settings)
+    result = CliRunner().invoke(cli_module.cli, ["sync", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    legend = {line.split(":")[0].strip() for line in result.output.splitlines() if ": " in line}
+    assert {column for column, _ in cli_module.SYNC_COLUMNS} <= legend
+
+
 async def test_rate_limiter_spaces_calls_to_the_configured_pace() -> None:
     limiter = RateLimiter(per_second=50)
     started = time.monotonic()

@@ -27,7 +27,7 @@ Service = Annotated[AnalyticsService, Depends(analytics_service)]
 @router.get(
     "/usage",
     summary="Usage of an API: totals, daily series, per plan, top consumers (creator or admin)",
-    responses=error_responses(401, 403, 404),
+    responses=error_responses(401, 403, 404, codes={403: ("not_api_owner",)}),
     response_model_by_alias=True,
 )
 async def api_usage(
@@ -39,7 +39,7 @@ async def api_usage(
 @router.get(
     "/earnings",
     summary="Earnings of an API per currency: gross, commission, net, by month and plan (creator or admin)",
-    responses=error_responses(401, 403, 404),
+    responses=error_responses(401, 403, 404, codes={403: ("not_api_owner",)}),
     response_model_by_alias=True,
 )
 async def api_earnings(

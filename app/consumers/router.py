@@ -47,12 +47,21 @@ async def register_consumer(principal: CurrentUser, service: Service, response: 
 @router.post(
     "/portal-session",
     summary="A Stripe billing-portal URL for the caller",
-    responses=error_responses(401, 404, 502),
+    responses=error_responses(401, 404, 502, codes={404: ("not_registered",)}),
 )
 async def create_portal_session(
     body: PortalSessionCreate, principal: CurrentUser, service: Service
 ) -> PortalSessionOut:
     return PortalSessionOut(url=await service.create_portal_session(principal, str(body.return_url)))
+
+
+@router.get(
+    "/me",
+    summary="The caller's own consumer",
+    responses=error_responses(401, 404, codes={404: ("not_registered",)}),
+)
+async def get_own_consumer(principal: CurrentUser, service: Service) -> ConsumerOut:
+    return _out(await service.require_own(principal))
 
 
 @router.get(

@@ -1,4 +1,5 @@
-"""`billing seed-demo`: a demo creator with two APIs and free / subscription / pay-per-use plans."""
+"""`billing seed-demo`: a demo creator with two APIs and free / subscription / pay-per-use plans,
+and demo consumers subscribed to them with 60 days of history (`app/dev/demo_history.py`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from sqlalchemy import select
 from app.auth import Principal
 from app.config import Settings
 from app.db import create_job_engine, create_sessionmaker
+from app.dev.demo_history import seed_history
 from app.models import PricingPlan
 from app.plans.schemas import PlanCreate
 from app.plans.service import PlanService
 from app.stripe import StripeGateway
+from app.sync.runner import run_sync
 
 DEMO_CREATOR = Principal(user_id="demo-creator", email="creator@demo.example", role="creator")
 DEMO_PLANS: dict[str, list[PlanCreate]] = {
@@ -65,6 +68,13 @@ async def seed(settings: Settings) -> list[str]:
                         await service.create(DEMO_CREATOR, api_id, plan)
                 names = ", ".join(p.name for p in plans)
                 lines.append(f"demo API {api_id} (creator {DEMO_CREATOR.user_id}): {names}")
+        # Only against an emulator (STRIPE_API_BASE): the history is written here, not in Stripe,
+        # and a real test-mode account should not collect demo customers.
+        history = await seed_history(settings, sessionmaker, stripe) if settings.stripe_api_base else []
     finally:
         await engine.dispose()
-    return lines
+    if history:
+        # What Stripe holds for the new subscriptions (their first invoices), mirrored the way
+        # `billing sync` reconciles: the webhook endpoint is not listening yet on a first start.
+        await run_sync(settings, dry_run=False)
+    return lines + history

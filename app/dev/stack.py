@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +17,7 @@ from types import FrameType
 import httpx
 import jwt
 
-from app.config import ConfigError, load_settings
+from app.config import ConfigError, Settings, load_settings
 from app.dev.lock import StackRunning, lock_data_dir
 from app.dev.processes import (
     LOOPBACK,
@@ -37,8 +39,33 @@ DEMO_USERS = {
 }
 
 
-def demo_token(secret: str, role: str, days: int = 30) -> str:
-    user_id, email = DEMO_USERS[role]
+# Stripe test PaymentMethod ids the emulator knows, for the subscribe calls in the README.
+DEV_CARDS = (
+    ("pays", "pm_card_visa"),
+    ("declined", "pm_card_visa_chargeDeclined"),
+    ("needs SCA", "pm_card_authenticationRequired"),
+)
+# What `billing doctor`, `sync`, `webhooks replay` ... need to reach the running stack.
+ENV_FILE_VARS = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "STRIPE_SECRET_KEY",
+    "STRIPE_API_BASE",
+    "STRIPE_WEBHOOK_SECRET",
+    "JWT_SECRET",
+    "API_KEY_SERVICE_URL",
+    "METERING_SERVICE_URL",
+)
+
+
+def demo_token(
+    secret: str, role: str, days: int = 30, *, user_id: str | None = None, email: str | None = None
+) -> str:
+    """A dev JWT for a demo role; `user_id` (and `email`) make it another demo user of that role."""
+    default_user, default_email = DEMO_USERS[role]
+    if user_id is not None and email is None:
+        email = f"{user_id}@demo.example"
+    user_id, email = user_id or default_user, email or default_email
     claims = {
         "sub": user_id,
         "email": email,
@@ -62,6 +89,42 @@ def register_emulator_webhook(stripe_base: str, url: str, secret: str) -> None:
     response.raise_for_status()
 
 
+def write_env_file(path: Path, env: dict[str, str]) -> None:
+    """`export` lines for the stack's settings, for `source .dev/env` (owner-readable only)."""
+    lines = ["# Written by `billing dev` on every start: `source` it to run billing commands on this stack."]
+    lines += [f"export {name}={shlex.quote(env[name])}" for name in ENV_FILE_VARS if env.get(name)]
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+
+
+def stream_logs(paths: list[Path], stop: threading.Event) -> threading.Thread:
+    """Copy what is appended to each log file to stdout, each line prefixed with the file's stem."""
+
+    def follow() -> None:
+        handles = {}
+        for path in paths:
+            path.touch()
+            handle = path.open("r", encoding="utf-8", errors="replace")
+            handle.seek(0, os.SEEK_END)
+            handles[path.stem] = handle
+        try:
+            while not stop.is_set():
+                quiet = True
+                for name, handle in handles.items():
+                    for line in iter(handle.readline, ""):
+                        quiet = False
+                        say(f"[{name}] {line.rstrip()}")
+                if quiet:
+                    stop.wait(0.2)
+        finally:
+            for handle in handles.values():
+                handle.close()
+
+    thread = threading.Thread(target=follow, name="dev-logs", daemon=True)
+    thread.start()
+    return thread
+
+
 class _Stop(Exception):
     pass
 
@@ -70,7 +133,7 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop
 
 
-def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
+def run_dev_stack(*, port: int | None, data_dir: Path, verbose: bool = False) -> int:
     """Start everything, print where it is, and stop every child on Ctrl-C or SIGTERM."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +148,7 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
     postgres: EmbeddedPostgres | None = None
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
+    stop_streaming = threading.Event()
     try:
         if not env.get("DATABASE_URL"):
             postgres = EmbeddedPostgres(data_dir / "pg")
@@ -111,6 +175,7 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
         env.setdefault("JWT_SECRET", DEV_JWT_SECRET)
         env.setdefault("STRIPE_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
         env["HOST"] = LOOPBACK
+        env.setdefault("WORKER_METRICS_PORT", str(free_port()))  # several stacks side by side
         api_port = port or int(env.get("PORT", "8080"))
         env["PORT"] = str(api_port)
         os.environ.update(env)
@@ -127,7 +192,12 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
         seeded = asyncio.run(seed(settings))
 
         api = ChildProcess(
-            "app api", [sys.executable, "-m", "app", "api"], api_port, pidfile=data_dir / "api.pid", env=env
+            "app api",
+            [sys.executable, "-m", "app", "api"],
+            api_port,
+            pidfile=data_dir / "api.pid",
+            env=env,
+            log_path=data_dir / "api.log",
         )
         api.start(timeout=30)
         children.append(api)
@@ -143,6 +213,7 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
             None,
             pidfile=data_dir / "worker.pid",
             env=env,
+            log_path=data_dir / "worker.log",
         )
         worker.start()
         children.append(worker)
@@ -151,12 +222,27 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
         url = f"http://{LOOPBACK}:{api_port}"
         say(f"billing dev is up in {time.monotonic() - started_at:.1f}s")
         say(f"  API      {url}/api/v1\n  docs     {url}/docs\n  health   {url}/health")
+        say(
+            f"  metrics  {url}/metrics (API), http://{LOOPBACK}:{env['WORKER_METRICS_PORT']}/metrics (worker)"
+        )
         if "STRIPE_API_BASE" in env:
             say(f"  stripe   {env['STRIPE_API_BASE']} (emulator, key {env['STRIPE_SECRET_KEY']})")
         for line in seeded:
             say(f"  {line}")
         for role in ("consumer", "creator", "admin"):
             say(f"  {role} token: {demo_token(secret, role)}")
+        say("  another user: billing dev token --role consumer --sub NAME")
+        say("  test cards " + ", ".join(f"{card} ({meaning})" for meaning, card in DEV_CARDS))
+        write_env_file(data_dir / "env", env)
+        say(f"  env      {data_dir / 'env'} (`source` it, then billing doctor / sync / webhooks replay)")
+        say(
+            f"  logs     {data_dir / 'api.log'}, {data_dir / 'worker.log'}"
+            + ("" if verbose else " (--verbose streams them)")
+        )
+        if settings.invoice_issuer_name == Settings.model_fields["invoice_issuer_name"].default:
+            say("  invoices issuer is the placeholder: set INVOICE_ISSUER_NAME, _ADDRESS and _EMAIL")
+        if verbose:
+            stream_logs([data_dir / "api.log", data_dir / "worker.log"], stop_streaming)
         say("Ctrl-C stops everything.")
         while True:
             for child in children:
@@ -168,6 +254,7 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
         say("stopping...")
         return 0
     finally:
+        stop_streaming.set()
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for child in reversed(children):

@@ -752,8 +752,44 @@ async def retrieve_transfer(request: web.Request) -> web.Response:
     return _json(_stored("transfer", request.match_info["id"]))
 
 
+# Stripe's documented test PaymentMethod ids that localstripe lacks, by their test card number:
+# this one needs 3D Secure on every payment (a subscription comes back `incomplete`).
+EXTRA_TEST_CARDS = {"pm_card_authenticationRequired": "4000002500003155"}
+
+
+def _add_test_cards() -> None:
+    canonical = resources.PaymentMethod._try_get_canonical_test_article.__func__
+
+    def with_extra_cards(cls: Any, id: str) -> Any:
+        number = EXTRA_TEST_CARDS.get(id)
+        if number is None:
+            return canonical(cls, id)
+        return cls(type="card", card={"number": number, "exp_month": "12", "exp_year": "2030", "cvc": "123"})
+
+    resources.PaymentMethod._try_get_canonical_test_article = classmethod(with_extra_cards)
+
+
+def _snapshot_customer_on_invoices() -> None:
+    """Stripe copies the customer's name and address onto each invoice it creates
+    (`customer_name`, `customer_address`); localstripe copies only the email."""
+    create = resources.Invoice.__init__
+    if getattr(create, "snapshots_customer", False):
+        return
+
+    def create_with_customer(self: Any, *args: Any, **kwargs: Any) -> None:
+        create(self, *args, **kwargs)
+        customer = resources.Customer._api_retrieve(self.customer)
+        self.customer_name = getattr(customer, "name", None)
+        self.customer_address = getattr(customer, "address", None)
+
+    create_with_customer.snapshots_customer = True  # type: ignore[attr-defined]
+    resources.Invoice.__init__ = create_with_customer
+
+
 def install_extensions(app: web.Application) -> None:
     """Register the extra routes on localstripe's aiohttp app (before it starts)."""
+    _add_test_cards()
+    _snapshot_customer_on_invoices()
     app.middlewares.insert(1, hosted_pages)  # after the error middleware, before auth
     app.middlewares.append(idempotent_replay)
     app.middlewares.append(stripe_today)

@@ -6,9 +6,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -49,12 +50,37 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}"[:160]
 
 
-async def _run(name: str, probe: Callable[[], Awaitable[str]]) -> Check:
+async def _run(name: str, probe: Callable[[], Awaitable[str]], target: str | None = None) -> Check:
+    """Run one probe; a failure names the `target` it tried (host:port or socket) first."""
     try:
         detail = await asyncio.wait_for(probe(), TIMEOUT_SECONDS)
     except Exception as exc:
-        return Check(name, False, _describe(exc))
+        return Check(name, False, f"{target}: {_describe(exc)}" if target else _describe(exc))
     return Check(name, True, detail)
+
+
+def database_target(database_url: str) -> str:
+    """Where a PostgreSQL URL points: `host:port/db`, or `socket DIR/.s.PGSQL.PORT` for a unix socket."""
+    url = make_url(database_url)
+    port = url.port or 5432
+    socket_dir = url.query.get("host")
+    if isinstance(socket_dir, tuple):
+        socket_dir = socket_dir[0] if socket_dir else None
+    if socket_dir and str(socket_dir).startswith("/"):
+        return f"socket {socket_dir}/.s.PGSQL.{port}"
+    return f"{url.host or 'localhost'}:{port}/{url.database or ''}"
+
+
+def redis_target(redis_url: str) -> str:
+    parts = urlsplit(redis_url)
+    if parts.scheme == "unix":
+        return f"socket {parts.path}"
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+
+def stripe_target(settings: Settings) -> str:
+    parts = urlsplit(settings.stripe_api_base or "https://api.stripe.com")
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
 async def migration_state(engine: AsyncEngine, database_url: str) -> str:
@@ -97,7 +123,7 @@ async def _database_and_migrations(settings: Settings) -> list[Check]:
                 version = (await connection.execute(text("SHOW server_version"))).scalar_one()
             return f"PostgreSQL {version}"
 
-        database_check = await _run("database", database)
+        database_check = await _run("database", database, database_target(settings.database_url))
         if not database_check.ok:
             return [database_check, Check("migrations", False, "database unreachable", skipped=True)]
 
@@ -117,7 +143,7 @@ async def _redis(settings: Settings) -> Check:
         return "PONG"
 
     try:
-        return await _run("redis", ping)
+        return await _run("redis", ping, redis_target(settings.redis_url))
     finally:
         await redis.aclose()
 
@@ -127,7 +153,7 @@ async def _stripe(settings: Settings) -> Check:
         await StripeGateway(settings).check_reachable()
         return settings.stripe_api_base or "api.stripe.com"
 
-    return await _run("stripe", reachable)
+    return await _run("stripe", reachable, stripe_target(settings))
 
 
 async def diagnose(environ_overrides: dict[str, object] | None = None) -> list[Check]:

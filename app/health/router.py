@@ -42,7 +42,7 @@ async def _check(probe: asyncio.Future[bool] | asyncio.Task[bool]) -> str:
 @router.get(
     "/ready",
     summary="The database and Redis are reachable",
-    responses={503: {"model": ErrorBody, "description": "Not ready"}},
+    responses={503: {"model": ErrorBody, "description": "Not ready; `code`: `not_ready`, `draining`"}},
 )
 async def ready(request: Request) -> JSONResponse:
     if getattr(request.app.state, "draining", False):

@@ -56,6 +56,8 @@ class InvoiceDocument:
     total: int
     amount_paid: int
     amount_due: int
+    description: str | None = None
+    due_at: datetime | None = None  # a charged-automatically invoice is due when issued
 
 
 # Typographic characters outside Latin-1 that have a plain equivalent.
@@ -156,6 +158,8 @@ def _header(pdf: FPDF, doc: InvoiceDocument, width: float) -> None:
     ]
     if _is_span(doc.period_start, doc.period_end):
         meta.append(("Service period", f"{_date(doc.period_start)} - {_date(doc.period_end)}"))
+    if doc.due_at:
+        meta.append(("Due date", _date(doc.due_at)))
     if doc.paid_at:
         meta.append(("Paid on", _date(doc.paid_at)))
     for key, value in meta:
@@ -187,6 +191,11 @@ def _parties(pdf: FPDF, doc: InvoiceDocument, width: float) -> None:
         for line in party.lines:
             pdf.cell(width / 2, 4.8, _text(line), new_x=XPos.LEFT, new_y=YPos.NEXT)
     pdf.set_y(top + 5 + 5.5 + 4.8 * max(len(doc.bill_to.lines), len(doc.issuer.lines)) + 8)
+    if doc.description:
+        pdf.set_font("helvetica", "", 9.5)
+        pdf.set_text_color(*INK)
+        pdf.multi_cell(width, 5, _text(doc.description), align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        pdf.ln(4)
 
 
 COLUMNS = (("Description", 0.40, "L"), ("Qty", 0.09, "R"), ("Unit price", 0.18, "R"), ("Tax", 0.14, "R"))
@@ -288,7 +297,8 @@ def _closing(pdf: FPDF, doc: InvoiceDocument) -> None:
     elif doc.status == "void":
         note = "This invoice has been voided; nothing is owed."
     else:
-        note = f"Please pay {format_amount(doc.amount_due, doc.currency)} by the due date. Thank you."
+        by = _date(doc.due_at) if doc.due_at else "the due date"
+        note = f"Please pay {format_amount(doc.amount_due, doc.currency)} by {by}. Thank you."
     pdf.multi_cell(0, 5, _text(note), align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     contact = doc.issuer.lines[-1] if doc.issuer.lines else doc.issuer.name
     pdf.multi_cell(0, 5, _text(f"Questions about this invoice: {contact}"), align="L")

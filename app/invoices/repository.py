@@ -9,7 +9,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Consumer, Invoice, PricingPlan
+from app.models import Consumer, Invoice, PricingPlan, PricingPlanVersion
 
 
 class InvoiceRepository:
@@ -67,6 +67,17 @@ class InvoiceRepository:
             select(PricingPlan.id, PricingPlan.name).where(PricingPlan.id.in_(plan_ids))
         )
         return {str(plan_id): name for plan_id, name in rows}
+
+    async def plans_of_prices(self, price_ids: set[str]) -> dict[str, tuple[str, str]]:
+        """Stripe price id -> (plan id, plan name), for lines that name only their price."""
+        if not price_ids:
+            return {}
+        rows = await self._session.execute(
+            select(PricingPlanVersion.stripe_price_id, PricingPlan.id, PricingPlan.name)
+            .join(PricingPlan, PricingPlan.id == PricingPlanVersion.plan_id)
+            .where(PricingPlanVersion.stripe_price_id.in_(price_ids))
+        )
+        return {str(price): (str(plan_id), name) for price, plan_id, name in rows}
 
     async def get_consumer(self, consumer_id: uuid.UUID) -> Consumer | None:
         return await self._session.get(Consumer, consumer_id)

@@ -4,6 +4,7 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as wall_time
+from decimal import Decimal
 
 import anyio
 import anyio.to_thread
@@ -137,8 +138,7 @@ class InvoiceService:
         invoice, consumer = await self._readable(principal, invoice_id)
         lines = await self._lines(invoice)
         settings = self._settings
-        number = invoice.number or f"DRAFT-{str(invoice.id)[:8].upper()}"
-        bill_to = [f"Customer {consumer.stripe_customer_id}"] if consumer.stripe_customer_id else []
+        number = document_number(invoice)
         document = InvoiceDocument(
             issuer=Party(
                 settings.invoice_issuer_name,
@@ -147,7 +147,7 @@ class InvoiceService:
                     settings.invoice_issuer_email,
                 ),
             ),
-            bill_to=Party(consumer.email or consumer.user_id, (f"Account {consumer.id}", *bill_to)),
+            bill_to=bill_to_party(invoice, consumer),
             number=number,
             status=invoice.status,
             currency=invoice.currency,
@@ -161,6 +161,8 @@ class InvoiceService:
             total=invoice.total,
             amount_paid=invoice.amount_paid,
             amount_due=invoice.amount_due,
+            description=invoice.description,
+            due_at=None if invoice.status == "void" else invoice.due_date or invoice.created_at,
         )
         # Rendering is CPU work: off the event loop.
         content = await anyio.to_thread.run_sync(render_invoice_pdf, document)
@@ -173,7 +175,19 @@ class InvoiceService:
         return found
 
     async def _lines(self, invoice: Invoice) -> list[InvoiceLine]:
-        lines = [parse_line(raw, invoice.currency) for raw in invoice.lines or [] if isinstance(raw, dict)]
+        raw_lines = [raw for raw in invoice.lines or [] if isinstance(raw, dict)]
+        lines = [with_unit_price(parse_line(raw, invoice.currency)) for raw in raw_lines]
+        # A subscription line may name only its Stripe price: its plan is the price's plan.
+        prices = {str(raw["price_id"]) for raw in raw_lines if raw.get("price_id")}
+        plans = await self._repo.plans_of_prices(prices)
+        lines = [
+            replace(
+                line, plan_id=line.plan_id or plans[price][0], plan_name=line.plan_name or plans[price][1]
+            )
+            if (price := str(raw.get("price_id"))) in plans and not line.plan_name
+            else line
+            for line, raw in zip(lines, raw_lines, strict=True)
+        ]
         missing: set[uuid.UUID] = set()
         for line in lines:
             if line.plan_id and not line.plan_name:
@@ -186,6 +200,37 @@ class InvoiceService:
             line if line.plan_name or not line.plan_id else _with_plan_name(line, names.get(line.plan_id))
             for line in lines
         ]
+
+
+def document_number(invoice: Invoice) -> str:
+    """The number printed on the PDF: Stripe's or ours; only a draft has none yet."""
+    if invoice.number:
+        return invoice.number
+    return f"DRAFT-{str(invoice.id)[:8].upper()}" if invoice.status == "draft" else "(not numbered yet)"
+
+
+def bill_to_party(invoice: Invoice, consumer: Consumer) -> Party:
+    """The bill-to block from the name and address Stripe put on the invoice, else the account's email."""
+    address = {key: str(value) for key, value in (invoice.customer_address or {}).items() if value}
+    postal, city, state = address.get("postal_code"), address.get("city"), address.get("state")
+    if address.get("country") == "US":  # Seattle, WA 98101
+        locality = ", ".join(filter(None, (city, " ".join(filter(None, (state, postal))))))
+        region = None
+    else:  # 75002 Paris
+        locality, region = " ".join(filter(None, (postal, city))), state
+    lines = [
+        v for v in (address.get("line1"), address.get("line2"), locality, region, address.get("country")) if v
+    ]
+    if invoice.customer_name and consumer.email:
+        lines.append(consumer.email)
+    return Party(invoice.customer_name or consumer.email or consumer.user_id, tuple(lines))
+
+
+def with_unit_price(line: InvoiceLine) -> InvoiceLine:
+    """A line without a unit price shows its amount per unit (what Stripe charges per unit)."""
+    if line.unit_amount is not None or line.quantity <= 0:
+        return line
+    return replace(line, unit_amount=Decimal(line.amount) / line.quantity)
 
 
 def _with_plan_name(line: InvoiceLine, name: str | None) -> InvoiceLine:

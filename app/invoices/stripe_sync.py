@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.invoices.lines import stored_line
+from app.invoices.numbering import number_if_final
 from app.models import Consumer, Invoice, Subscription
 from app.stripe.invoices import StripeInvoiceLine, balance_field
 
@@ -64,10 +65,13 @@ def _tax(obj: dict[str, Any]) -> int:
     return sum(int(t.get("amount", 0)) for t in obj.get("total_taxes") or [])
 
 
-async def sync_invoice(session: AsyncSession, obj: dict[str, Any], *, observed_at: int) -> Invoice | None:
+async def sync_invoice(
+    session: AsyncSession, obj: dict[str, Any], *, observed_at: int, issuer: str | None = None
+) -> Invoice | None:
     """Upsert our mirror of the Stripe invoice `obj` (its JSON) seen at `observed_at` (unix s).
 
-    Returns the locked row, or None when the invoice's customer is not one of our consumers.
+    With `issuer`, a finalised invoice Stripe gave no number gets the next of that issuer's own
+    sequence. Returns the locked row, or None when the invoice's customer is not one of ours.
     """
     customer_id = _id(obj.get("customer"))
     consumer_id = (
@@ -138,4 +142,10 @@ async def sync_invoice(session: AsyncSession, obj: dict[str, Any], *, observed_a
     invoice.lines = [_line(line, invoice.currency) for line in (obj.get("lines") or {}).get("data") or []]
     if invoice.status == "paid" and invoice.paid_at is None:
         invoice.paid_at = datetime.fromtimestamp(observed_at, tz=UTC)
+    invoice.customer_name = obj.get("customer_name") or invoice.customer_name
+    invoice.customer_address = obj.get("customer_address") or invoice.customer_address
+    invoice.description = obj.get("description") or invoice.description
+    invoice.due_date = _ts(obj.get("due_date")) or invoice.due_date
+    if issuer is not None:
+        await number_if_final(session, invoice, issuer)
     return invoice

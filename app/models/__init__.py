@@ -5,7 +5,7 @@ from app.models.custom_invoice import CustomInvoice
 from app.models.earning import Earning, InvoiceReversal
 from app.models.event import StripeEvent
 from app.models.idempotency import IdempotencyKey
-from app.models.invoice import Invoice
+from app.models.invoice import Invoice, InvoiceNumberSequence
 from app.models.job_run import JobRun
 from app.models.outbox import OutboxMessage
 from app.models.payout import CreatorAccount, Payout
@@ -23,6 +23,7 @@ __all__ = [
     "Earning",
     "IdempotencyKey",
     "Invoice",
+    "InvoiceNumberSequence",
     "InvoiceReversal",
     "JobRun",
     "OutboxMessage",

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String
+from sqlalchemy import BigInteger, ForeignKey, Index, String, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -48,3 +48,17 @@ class Invoice(UUIDPk, Timestamps, Base):
     hosted_invoice_url: Mapped[str | None] = mapped_column(String(2048))
     lines: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
     stripe_state_at: Mapped[int | None] = mapped_column(BigInteger)
+    # As Stripe snapshots them on the invoice: the bill-to party, the memo and the due date.
+    customer_name: Mapped[str | None] = mapped_column(String(255))
+    customer_address: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    description: Mapped[str | None] = mapped_column(Text)
+    due_date: Mapped[datetime | None]
+
+
+class InvoiceNumberSequence(Base):
+    """The last invoice number we gave per issuer, for invoices Stripe numbered not (gap-free)."""
+
+    __tablename__ = "invoice_number_sequences"
+
+    issuer: Mapped[str] = mapped_column(String(255), primary_key=True)
+    last_number: Mapped[int] = mapped_column(BigInteger)

@@ -31,7 +31,7 @@ Service = Annotated[PaymentMethodService, Depends(payment_method_service)]
     "",
     summary="Add a card from Stripe.js (the first one becomes the default)",
     status_code=status.HTTP_201_CREATED,
-    responses=error_responses(401, 402, 404, 409, 502),
+    responses=error_responses(401, 402, 404, 409, 502, codes={404: ("not_registered",)}),
 )
 async def add_payment_method(
     body: PaymentMethodCreate, principal: CurrentUser, service: Service
@@ -58,7 +58,7 @@ async def create_setup_intent(principal: CurrentUser, service: Service) -> Setup
     "/{payment_method_id}",
     summary="Detach a card",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=error_responses(401, 404, 409, 502),
+    responses=error_responses(401, 404, 409, 502, codes={409: ("payment_method_in_use",)}),
 )
 async def delete_payment_method(
     payment_method_id: PaymentMethodPath, principal: CurrentUser, service: Service

@@ -26,7 +26,7 @@ Service = Annotated[PlanService, Depends(plan_service)]
     "",
     summary="Add a pricing plan (claims the API for its first creator)",
     status_code=status.HTTP_201_CREATED,
-    responses=error_responses(401, 403, 502),
+    responses=error_responses(401, 403, 502, codes={403: ("not_api_owner",), 409: ("api_unclaimed",)}),
 )
 async def create_plan(
     api_id: ApiIdPath, body: PlanCreate, principal: CreatorOrAdmin, service: Service
@@ -54,7 +54,7 @@ async def get_plan(
 @router.put(
     "/{plan_id}",
     summary="Change a plan (a new price makes a new version)",
-    responses=error_responses(401, 403, 404, 502),
+    responses=error_responses(401, 403, 404, 502, codes={403: ("not_api_owner",)}),
 )
 async def update_plan(
     api_id: ApiIdPath, plan_id: uuid.UUID, body: PlanUpdate, principal: CreatorOrAdmin, service: Service
@@ -66,7 +66,7 @@ async def update_plan(
     "/{plan_id}",
     summary="Deactivate a plan (existing subscriptions run on)",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=error_responses(401, 403, 404),
+    responses=error_responses(401, 403, 404, codes={403: ("not_api_owner",)}),
 )
 async def deactivate_plan(
     api_id: ApiIdPath, plan_id: uuid.UUID, principal: CreatorOrAdmin, service: Service

@@ -33,14 +33,38 @@ class PlanTerms(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    monthly_price: Decimal | None = Field(None, ge=0, le=MAX_MONTHLY_PRICE, allow_inf_nan=False)
-    price_per_call: Decimal | None = Field(None, gt=0, le=MAX_PRICE_PER_CALL, allow_inf_nan=False)
-    call_limit: Limit | None = None
-    rate_limit_per_minute: Limit | None = None
-    rate_limit_per_day: Limit | None = None
-    rate_limit_per_month: Limit | None = None
-    trial_period_days: int | None = Field(None, ge=1, le=730)
-    features: Features | None = None
+    monthly_price: Decimal | None = Field(
+        None,
+        ge=0,
+        le=MAX_MONTHLY_PRICE,
+        allow_inf_nan=False,
+        description="Monthly price in major units (JSON number, `29` = 29.00); subscription plans only",
+    )
+    price_per_call: Decimal | None = Field(
+        None,
+        gt=0,
+        le=MAX_PRICE_PER_CALL,
+        allow_inf_nan=False,
+        description="Price per call in major units (JSON number, `0.0015`), 8 decimals at most; pay_per_use",
+    )
+    call_limit: Limit | None = Field(
+        None, description="Calls included per billing period (count); null means unlimited"
+    )
+    rate_limit_per_minute: Limit | None = Field(
+        None, description="Most calls per minute (count); null means no limit"
+    )
+    rate_limit_per_day: Limit | None = Field(
+        None, description="Most calls per UTC day (count); null means no limit"
+    )
+    rate_limit_per_month: Limit | None = Field(
+        None, description="Most calls per billing month (count); null means no limit"
+    )
+    trial_period_days: int | None = Field(
+        None, ge=1, le=730, description="Free trial length in days for new subscribers (paid plans only)"
+    )
+    features: Features | None = Field(
+        None, description='Free-form feature flags shown on the plan, e.g. `{"priority_support": true}`'
+    )
 
     @field_validator("price_per_call")
     @classmethod
@@ -51,9 +75,30 @@ class PlanTerms(BaseModel):
 
 
 class PlanCreate(PlanTerms):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=120)]
-    type: PlanType
-    currency: Annotated[str, StringConstraints(min_length=3, max_length=3)] = "usd"
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Pro",
+                    "type": "subscription",
+                    "monthly_price": 29,
+                    "call_limit": 100000,
+                    "rate_limit_per_minute": 600,
+                    "features": {"priority_support": True},
+                },
+                {"name": "Pay as you go", "type": "pay_per_use", "price_per_call": 0.0015},
+            ]
+        }
+    )
+    name: Annotated[str, StringConstraints(min_length=1, max_length=120)] = Field(
+        description="The plan's display name (1-120 characters)"
+    )
+    type: PlanType = Field(
+        description="`free`, `subscription` (monthly price) or `pay_per_use` (price per call)"
+    )
+    currency: Annotated[str, StringConstraints(min_length=3, max_length=3)] = Field(
+        "usd", description="Lowercase ISO 4217 currency of the prices (default `usd`)"
+    )
 
     @field_validator("currency")
     @classmethod
@@ -64,28 +109,53 @@ class PlanCreate(PlanTerms):
 class PlanUpdate(PlanTerms):
     """PUT: the fields sent replace the plan's; a changed price makes a new version."""
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=120)] | None = None
-    is_active: bool | None = None
+    model_config = ConfigDict(json_schema_extra={"examples": [{"monthly_price": 39, "call_limit": 150000}]})
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=120)] | None = Field(
+        None, description="A new display name"
+    )
+    is_active: bool | None = Field(
+        None, description="False hides the plan from new subscribers; existing ones keep it"
+    )
 
 
 class PlanOut(BaseModel):
-    id: uuid.UUID
-    api_id: str
-    name: str
-    type: PlanType
-    monthly_price: JsonDecimal | None = None
-    price_per_call: JsonDecimal | None = None
-    call_limit: int | None = None
-    rate_limit_per_minute: int | None = None
-    rate_limit_per_day: int | None = None
-    rate_limit_per_month: int | None = None
-    trial_period_days: int | None = None
-    features: dict[str, Any]
-    currency: str
-    is_active: bool
-    version: int
-    created_at: datetime
+    id: uuid.UUID = Field(description="The plan id (UUID)")
+    api_id: str = Field(description="The marketplace API the plan belongs to")
+    name: str = Field(description="The plan's display name")
+    type: PlanType = Field(description="`free`, `subscription` or `pay_per_use`")
+    monthly_price: JsonDecimal | None = Field(
+        None, description="Monthly price in major units (JSON number, `29` = 29.00); subscription plans only"
+    )
+    price_per_call: JsonDecimal | None = Field(
+        None,
+        description="Price per call in major units (JSON number, `0.0015`), 8 decimals at most; pay_per_use",
+    )
+    call_limit: int | None = Field(
+        None, description="Calls included per billing period (count); null means unlimited"
+    )
+    rate_limit_per_minute: int | None = Field(
+        None, description="Most calls per minute (count); null means no limit"
+    )
+    rate_limit_per_day: int | None = Field(
+        None, description="Most calls per UTC day (count); null means no limit"
+    )
+    rate_limit_per_month: int | None = Field(
+        None, description="Most calls per billing month (count); null means no limit"
+    )
+    trial_period_days: int | None = Field(
+        None, description="Free trial length in days for new subscribers (paid plans only)"
+    )
+    features: dict[str, Any] = Field(
+        description='Free-form feature flags shown on the plan, e.g. `{"priority_support": true}`'
+    )
+    currency: str = Field(description="Lowercase ISO 4217 currency of the prices")
+    is_active: bool = Field(description="False once the creator deactivated it")
+    version: int = Field(
+        description="Increases when a price or the call limit changes (subscribers keep their version)"
+    )
+    created_at: datetime = Field(description="When the plan was created (ISO 8601, UTC)")
 
 
 class PlanList(BaseModel):
-    plans: list[PlanOut]
+    plans: list[PlanOut] = Field(description="The API's plans")

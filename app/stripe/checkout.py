@@ -28,9 +28,9 @@ class CheckoutCalls(StripeBase):
         idempotency_key: str,
         automatic_tax: bool = False,
     ) -> StripeCheckoutSession:
-        """A hosted page where the consumer pays for a subscription to `price_id`. With
-        `automatic_tax`, the page collects the billing address Stripe Tax needs and saves it on
-        the (existing) customer, and the subscription it starts is taxed."""
+        """A hosted page where the consumer pays for a subscription to `price_id`. The page collects
+        the billing name and address and saves them on the (existing) customer; with
+        `automatic_tax`, the subscription it starts is taxed on that address."""
         subscription_data: dict[str, Any] = {"metadata": metadata}
         if trial_period_days:
             subscription_data["trial_period_days"] = trial_period_days
@@ -44,9 +44,12 @@ class CheckoutCalls(StripeBase):
             "metadata": metadata,
             "subscription_data": subscription_data,
         }
+        # The billing name and address go onto the customer, and from there onto every invoice
+        # (`customer_name`, `customer_address`): the bill-to of our PDFs.
+        params["billing_address_collection"] = "required"
+        params["customer_update"] = {"address": "auto", "name": "auto"}
         if automatic_tax:
             params["automatic_tax"] = {"enabled": True}
-            params["customer_update"] = {"address": "auto"}
         session = await self._call(
             "checkout.sessions.create",
             lambda: self._client.v1.checkout.sessions.create_async(

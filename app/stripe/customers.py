@@ -35,3 +35,17 @@ class CustomerCalls(StripeBase):
             "customers.retrieve", lambda: self._client.v1.customers.retrieve_async(customer_id)
         )
         return StripeCustomer(id=customer.id, email=customer.email)
+
+    async def update_customer_details(
+        self, customer_id: str, *, name: str, address: dict[str, str], idempotency_key: str
+    ) -> None:
+        """Set the name and billing address Stripe prints on the customer's invoices (as Checkout
+        and the billing portal collect them)."""
+        await self._call(
+            "customers.update",
+            lambda: self._client.v1.customers.update_async(
+                customer_id,
+                params={"name": name, "address": address},  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
+            ),
+        )

@@ -25,6 +25,14 @@ from app.subscriptions.service import SubscriptionService
 from app.usage.service import UsageService
 
 router = APIRouter(prefix="/subscriptions", tags=["subscriptions"])
+# The 409 codes of a plan change (and of its preview).
+CHANGE_CONFLICTS = (
+    "same_plan",
+    "subscription_not_running",
+    "plan_inactive",
+    "already_subscribed",
+    "not_synced",
+)
 
 
 def _service(request: Request, session: AsyncSession) -> SubscriptionService:
@@ -55,7 +63,14 @@ Reader = Annotated[SubscriptionService, Depends(subscription_reader)]
     "",
     summary="Subscribe to a plan (a card, or a Stripe Checkout page with checkout=true)",
     status_code=status.HTTP_201_CREATED,
-    responses=error_responses(401, 402, 404, 409, 502),
+    responses=error_responses(
+        401,
+        402,
+        404,
+        409,
+        502,
+        codes={404: ("not_registered",), 409: ("already_subscribed", "plan_inactive", "plan_not_published")},
+    ),
 )
 async def create_subscription(
     body: SubscriptionCreate, principal: CurrentUser, service: Service
@@ -99,7 +114,7 @@ async def cancel_subscription(
 @router.put(
     "/{subscription_id}/upgrade",
     summary="Change to another plan of the same API (prorated)",
-    responses=error_responses(401, 402, 404, 409, 502),
+    responses=error_responses(401, 402, 404, 409, 502, codes={409: CHANGE_CONFLICTS}),
 )
 async def upgrade_subscription(
     subscription_id: uuid.UUID, body: SubscriptionUpgrade, principal: CurrentUser, service: Service
@@ -112,7 +127,7 @@ async def upgrade_subscription(
 @router.get(
     "/{subscription_id}/upgrade/preview",
     summary="The prorated invoice a plan change would make, before making it",
-    responses=error_responses(401, 404, 409, 502),
+    responses=error_responses(401, 404, 409, 502, codes={409: CHANGE_CONFLICTS}),
 )
 async def preview_upgrade(
     subscription_id: uuid.UUID,

@@ -24,6 +24,7 @@ from app.plans.service import plan_out
 from app.stripe import StripeGateway
 from app.stripe.subscriptions import StripeSubscription
 from app.subscriptions.lifecycle import (
+    KEYED,
     TERMINAL,
     StripeSubscriptionState,
     apply_status,
@@ -31,6 +32,7 @@ from app.subscriptions.lifecycle import (
 )
 from app.subscriptions.repository import SubscriptionRepository
 from app.subscriptions.schemas import (
+    ApiKeyStatus,
     PreviewLine,
     SubscriptionCreate,
     SubscriptionList,
@@ -68,6 +70,17 @@ def subscription_id_for(
 UsageFlush = Callable[[uuid.UUID, datetime], Awaitable[bool]]
 
 
+def api_key_status(subscription: Subscription) -> ApiKeyStatus:
+    """Where the subscription's API key stands; a live one without a key is still being issued."""
+    if subscription.api_key_id is not None and subscription.status in TERMINAL:
+        return "revoked"
+    if subscription.api_key_suspended:
+        return "suspended"
+    if subscription.api_key_id is not None:
+        return "issued"
+    return "issuing" if subscription.status in KEYED else "none"
+
+
 def subscription_out(
     subscription: Subscription,
     plan: PricingPlan,
@@ -83,6 +96,7 @@ def subscription_out(
         pricing_plan_id=subscription.pricing_plan_id,
         pricing_plan=plan_out(plan, version),
         api_key_id=subscription.api_key_id,
+        api_key_status=api_key_status(subscription),
         stripe_subscription_id=subscription.stripe_subscription_id,
         status=subscription.status,
         started_at=subscription.started_at,

@@ -23,6 +23,7 @@ async def run_sync(
             redis,
             rate_per_second=settings.stripe_rate_limit_per_second,
             commission=settings.platform_commission,
+            invoice_issuer=settings.invoice_issuer_name,
             dry_run=dry_run,
             progress=progress,
             repair_orphans=repair_orphans,

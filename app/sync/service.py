@@ -103,6 +103,7 @@ class SyncService:
         dry_run: bool,
         progress: Progress | None = None,
         repair_orphans: bool = False,
+        invoice_issuer: str | None = None,
     ) -> None:
         self._engine = engine
         self._sessionmaker = sessionmaker
@@ -114,6 +115,7 @@ class SyncService:
         # When the page being applied was asked of Stripe: what its snapshots are as of.
         self._fetched_at = 0
         self._commission = commission
+        self._invoice_issuer = invoice_issuer
         self._progress = progress or (lambda _resource, _count: None)
         self._appliers: dict[Listable, Applier] = {
             "customers": self._apply_customer,
@@ -374,7 +376,10 @@ class SyncService:
             )
         ).one_or_none()
         invoice = await sync_invoice(
-            session, await with_all_lines(self._stripe, obj), observed_at=clock.timestamp()
+            session,
+            await with_all_lines(self._stripe, obj),
+            observed_at=clock.timestamp(),
+            issuer=self._invoice_issuer,
         )
         if invoice is None:
             report.unknown += 1

@@ -165,7 +165,12 @@ async def trial_will_end(ctx: EventContext, obj: dict[str, Any]) -> str:
 
 
 async def _mirror_invoice(ctx: EventContext, obj: dict[str, Any], observed_at: int) -> Invoice:
-    invoice = await sync_invoice(ctx.session, await with_all_lines(ctx.stripe, obj), observed_at=observed_at)
+    invoice = await sync_invoice(
+        ctx.session,
+        await with_all_lines(ctx.stripe, obj),
+        observed_at=observed_at,
+        issuer=ctx.settings.invoice_issuer_name,
+    )
     if invoice is None:
         raise NotYetKnown(f"no consumer of ours for the customer of invoice {obj.get('id')}")
     return invoice
@@ -249,7 +254,10 @@ async def payment_intent_settled(ctx: EventContext, obj: dict[str, Any]) -> str:
         return "ignored"
     fetched_at = clock.timestamp()
     invoice = await sync_invoice(
-        ctx.session, await ctx.stripe.retrieve_invoice_json(invoice_id), observed_at=fetched_at
+        ctx.session,
+        await ctx.stripe.retrieve_invoice_json(invoice_id),
+        observed_at=fetched_at,
+        issuer=ctx.settings.invoice_issuer_name,
     )
     if invoice is None:
         return "ignored"

@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.http import error_responses
 from app.webhooks.ingest import EventIngest
@@ -35,7 +35,7 @@ router = APIRouter(prefix="/webhooks", tags=["webhooks"], lifespan=lifespan)
 
 
 class Received(BaseModel):
-    received: bool = True
+    received: bool = Field(True, description="Always true: the event is stored")
 
 
 RECEIVED = b'{"received":true}'
@@ -51,7 +51,21 @@ SIGNATURE_HEADER = {
             "description": "t=<unix time>,v1=<HMAC-SHA256 hex>",
         }
     ],
-    "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"type": "object"},
+                "example": {
+                    "id": "evt_1QdemoPaid",
+                    "object": "event",
+                    "type": "invoice.paid",
+                    "created": 1764547200,
+                    "data": {"object": {"id": "in_1QdemoPaid", "object": "invoice", "status": "paid"}},
+                },
+            }
+        },
+    },
 }
 
 
@@ -60,7 +74,7 @@ SIGNATURE_HEADER = {
     "/stripe",
     summary="Receive a Stripe event (signed; no JWT)",
     response_model=Received,
-    responses=error_responses(400, 413, 503),
+    responses=error_responses(400, 413, 503, codes={400: ("invalid_signature", "invalid_payload")}),
     openapi_extra=SIGNATURE_HEADER,
 )
 async def receive_stripe_event(request: Request) -> Response:

@@ -9,7 +9,7 @@ from arq import cron
 
 from app.config import get_settings
 from app.logging import configure_logging
-from app.metrics import instrument_worker
+from app.metrics import instrument_worker, serve_worker_metrics
 from app.outbox import jobs as outbox_jobs
 from app.payouts.jobs import run_payouts
 from app.reconcile.jobs import reconcile_with_stripe
@@ -21,10 +21,13 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
     ctx["resources"] = WorkerResources.open(settings)
+    ctx["stop_metrics"] = serve_worker_metrics(settings.host, settings.worker_metrics_port)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     await ctx["resources"].close()
+    if ctx.get("stop_metrics") is not None:
+        ctx["stop_metrics"]()
 
 
 class WorkerSettings:
