@@ -19,6 +19,7 @@ from app.stripe.objects import ObjectCalls
 from app.stripe.payment_methods import PaymentMethodCalls
 from app.stripe.payments import PaymentCalls
 from app.stripe.subscriptions import SubscriptionCalls
+from app.stripe.test_clocks import TestClockCalls
 
 
 class StripeGateway(
@@ -34,5 +35,6 @@ class StripeGateway(
     MeterCalls,
     ObjectCalls,
     PaymentCalls,
+    TestClockCalls,
 ):
     """Thin async wrapper over `stripe.StripeClient`; callers never see the SDK or its errors."""
