@@ -4,14 +4,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from app import cli as cli_module
+from app import clock
 from app.config import Settings
+from app.dev.processes import free_port
+from app.dev.stack import dev_test_clock
 
 DAY = 86400
 HOUR = 3600
@@ -379,3 +388,64 @@ async def test_cancel_at_period_end_ends_the_subscription_at_the_period_end(
     after = await _ok(await stripe.get(f"/v1/subscriptions/{subscription['id']}"))
     assert (after["status"], after["ended_at"]) == ("canceled", end)
     assert len(await _invoices(stripe, customer)) == 1  # no renewal
+
+
+def _process_env(settings: Settings, billing_clock: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "BILLING_CLOCK"}
+    env.update(
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=settings.redis_url,
+        STRIPE_SECRET_KEY=settings.stripe_secret_key.get_secret_value(),
+        STRIPE_API_BASE=str(settings.stripe_api_base),
+        STRIPE_WEBHOOK_SECRET=settings.stripe_webhook_secret.get_secret_value(),
+        JWT_SECRET=settings.jwt_secret.get_secret_value(),
+        API_KEY_SERVICE_URL="http://127.0.0.1:9",
+        METERING_SERVICE_URL="http://127.0.0.1:9",
+        BILLING_CLOCK=billing_clock,
+        PORT=str(free_port()),
+    )
+    return env
+
+
+@pytest.mark.parametrize("command", ["api", "worker"])
+def test_api_and_worker_refuse_to_start_on_a_test_clock_they_cannot_read(
+    settings: Settings, command: str
+) -> None:
+    env = _process_env(settings, "stripe-test-clock:clock_nosuchclock")
+    done = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "app", command], env=env, capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.decode().strip().splitlines() == [
+        "billing: BILLING_CLOCK: cannot read Stripe test clock clock_nosuchclock: "
+        "No such test_clock: 'clock_nosuchclock'"
+    ]
+
+
+async def test_a_process_started_with_billing_clock_runs_on_the_test_clocks_time(
+    stripe: httpx.AsyncClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    future = int(time.time()) + 400 * DAY
+    test_clock = await _clock(stripe, future)
+    on_clock = settings.model_copy(update={"billing_clock": f"stripe-test-clock:{test_clock['id']}"})
+    monkeypatch.setattr(cli_module, "get_settings", lambda: on_clock)
+    try:
+        await asyncio.to_thread(cli_module.settings_or_exit)  # what `billing api` / `worker` run first
+        assert clock.timestamp() == future
+        assert clock.today() == datetime.fromtimestamp(future, UTC).date()
+    finally:
+        clock.install(clock.SystemClock())
+
+
+async def test_the_dev_stack_keeps_its_test_clock_across_restarts(
+    stripe: httpx.AsyncClient, settings: Settings, tmp_path: Path
+) -> None:
+    key = settings.stripe_secret_key.get_secret_value()
+    saved = tmp_path / "test_clock.id"
+    first = await asyncio.to_thread(dev_test_clock, str(settings.stripe_api_base), key, saved)
+    again = await asyncio.to_thread(dev_test_clock, str(settings.stripe_api_base), key, saved)
+    assert again == first == saved.read_text()
+    assert (await _ok(await stripe.get(f"/v1/test_helpers/test_clocks/{first}")))["name"] == "billing dev"
+    await _ok(await stripe.delete(f"/v1/test_helpers/test_clocks/{first}"))
+    replaced = await asyncio.to_thread(dev_test_clock, str(settings.stripe_api_base), key, saved)
+    assert replaced != first

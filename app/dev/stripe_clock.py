@@ -133,12 +133,28 @@ def _clock_event(kind: str, clock: dict[str, Any]) -> None:
         _event(kind, _ClockSnapshot(clock))
 
 
+def _members(clock_id: str) -> dict[str, list[str]]:
+    """What lives on a clock (customers, their subscriptions, open invoices), so that advancing a
+    clock reads only its own objects, however big the store."""
+    key = f"test_clock_members:{clock_id}"
+    found = resources.store.get(key)
+    if found is None:
+        found = {"customers": [], "subscriptions": [], "invoices": []}
+        resources.store[key] = found
+    return cast("dict[str, list[str]]", found)
+
+
+def _objects(kind: str, ids: list[str]) -> list[Any]:
+    return [obj for obj in (resources.store.get(f"{kind}:{i}") for i in ids) if obj is not None]
+
+
 def _customers_on(clock_id: str) -> list[Any]:
-    return [
-        obj
-        for key, obj in list(resources.store.items())
-        if key.startswith("customer:") and getattr(obj, "test_clock", None) == clock_id
-    ]
+    return _objects("customer", _members(clock_id)["customers"])
+
+
+def _attach(customer: Any, clock_id: str) -> None:
+    customer.test_clock = clock_id
+    _members(clock_id)["customers"].append(customer.id)
 
 
 def _clock_of_customer(customer_id: Any) -> dict[str, Any] | None:
@@ -171,7 +187,7 @@ async def create_clock(request: web.Request) -> web.Response:
     }
     resources.store[f"test_clock:{clock['id']}"] = clock
     if customer is not None:  # an existing customer attached to the new clock
-        customer.test_clock = clock["id"]
+        _attach(customer, clock["id"])
     _clock_event("test_helpers.test_clock.created", clock)
     return _json(clock)
 
@@ -190,12 +206,13 @@ async def delete_clock(request: web.Request) -> web.Response:
     """Stripe deletes the clock's customers, and so their subscriptions, with it."""
     clock = _clock(request.match_info["id"])
     with _at(clock["frozen_time"]):
+        for subscription in _objects("subscription", _members(clock["id"])["subscriptions"]):
+            if subscription.status not in ("canceled", "incomplete_expired"):
+                _end_subscription(subscription, clock["frozen_time"])
         for customer in _customers_on(clock["id"]):
-            for subscription in _subscriptions_of(customer.id):
-                if subscription.status not in ("canceled", "incomplete_expired"):
-                    _end_subscription(subscription, clock["frozen_time"])
             resources.Customer._api_delete(customer.id)
     del resources.store[f"test_clock:{clock['id']}"]
+    del resources.store[f"test_clock_members:{clock['id']}"]
     return _json({"id": clock["id"], "object": "test_helpers.test_clock", "deleted": True})
 
 
@@ -245,11 +262,13 @@ def run_clock_until(clock_id: str, target: int) -> None:
 
 def _next_due(clock_id: str, target: int) -> tuple[int, Callable[[], None]] | None:
     candidates: list[tuple[int, int, Callable[[], None]]] = []
-    for customer in _customers_on(clock_id):
-        for subscription in _subscriptions_of(customer.id):
-            candidates.extend(_subscription_steps(subscription))
-        for invoice in _invoices_of(customer.id):
-            candidates.extend(_invoice_steps(invoice))
+    members = _members(clock_id)
+    for subscription in _objects("subscription", members["subscriptions"]):
+        candidates.extend(_subscription_steps(subscription))
+    unsettled = [i for i in _objects("invoice", members["invoices"]) if i.status in ("draft", "open")]
+    members["invoices"] = [i.id for i in unsettled]  # settled invoices have nothing left to do
+    for invoice in unsettled:
+        candidates.extend(_invoice_steps(invoice))
     due = [c for c in candidates if c[0] <= target]
     if not due:
         return None
@@ -258,22 +277,6 @@ def _next_due(clock_id: str, target: int) -> tuple[int, Callable[[], None]] | No
 
 
 # ---- periods --------------------------------------------------------------------------------
-
-
-def _subscriptions_of(customer_id: str) -> list[Any]:
-    return [
-        obj
-        for key, obj in list(resources.store.items())
-        if key.startswith("subscription:") and obj.customer == customer_id
-    ]
-
-
-def _invoices_of(customer_id: str) -> list[Any]:
-    return [
-        obj
-        for key, obj in list(resources.store.items())
-        if key.startswith("invoice:") and isinstance(obj, CycleInvoice) and obj.customer == customer_id
-    ]
 
 
 def _on_clock(subscription: Any) -> bool:
@@ -407,10 +410,19 @@ def _metered_items(subscription: Any) -> list[tuple[Any, dict[str, Any]]]:
     return metered
 
 
-def _meter_events() -> Iterator[dict[str, Any]]:
-    for key, obj in list(resources.store.items()):
-        if key.startswith(("meter_event:", "meter_event_forgotten:")):
-            yield obj
+def _meter_events(customer_id: str) -> list[dict[str, Any]]:
+    """The meter events a clock customer sent (forgotten identifiers included: they counted)."""
+    return cast("list[dict[str, Any]]", resources.store.get(f"test_clock_meter_events:{customer_id}", []))
+
+
+def _remember_meter_event(customer_id: str, response: web.StreamResponse) -> None:
+    body = getattr(response, "text", None)
+    if response.status != 200 or not body:
+        return
+    stored = resources.store.get(f"meter_event:{json.loads(body)['identifier']}")
+    if stored is not None:
+        key = f"test_clock_meter_events:{customer_id}"
+        resources.store[key] = [*resources.store.get(key, []), stored]
 
 
 def _usage(customer_id: str, price: dict[str, Any], start: int, end: int) -> int:
@@ -422,7 +434,7 @@ def _usage(customer_id: str, price: dict[str, Any], start: int, end: int) -> int
     value_key = (meter.get("value_settings") or {}).get("event_payload_key", "value")
     customer_key = (meter.get("customer_mapping") or {}).get("event_payload_key", "stripe_customer_id")
     total = Decimal(0)
-    for event in _meter_events():
+    for event in _meter_events(customer_id):
         payload = event.get("payload") or {}
         if (
             event.get("event_name") == meter["event_name"]
@@ -499,6 +511,9 @@ class CycleInvoice(resources.Invoice):  # type: ignore[misc]
         self._retry_at: int | None = None
         self._finalize_at: int | None = moment + FINALIZE_AFTER
         subscription.latest_invoice = self.id
+        clock = _clock_of_customer(subscription.customer)
+        if clock is not None:
+            _members(clock["id"])["invoices"].append(self.id)
 
     @property
     def total(self) -> int:
@@ -927,7 +942,7 @@ async def create_customer_on_clock(request: web.Request, data: dict[str, Any]) -
     data.pop("expand", None)
     with _at(clock["frozen_time"]):
         customer = resources.Customer._api_create(**data)
-    customer.test_clock = clock["id"]
+    _attach(customer, clock["id"])
     return _json(customer._export())
 
 
@@ -972,24 +987,26 @@ async def clock_time(request: web.Request, handler: Handler) -> web.StreamRespon
         if request.method == "POST" and request.path == "/v1/billing/meter_events" and data.get("identifier"):
             _forget_old_identifier(str(data["identifier"]))
         response = await handler(request)
-        if request.method == "POST" and request.path == "/v1/subscriptions" and response.status == 200:
-            _start_clock_subscription(response)
+        if request.method == "POST" and request.path == "/v1/billing/meter_events":
+            _remember_meter_event(str(customer), response)
         return response
 
 
-def _start_clock_subscription(response: web.StreamResponse) -> None:
-    """A new clock subscription's periods run from its start; its first invoice is paid like Stripe's."""
-    body = getattr(response, "text", None)
-    if not body:
-        return
-    subscription = resources.store.get(f"subscription:{json.loads(body)['id']}")
-    if subscription is None:
+_stock_subscription_init = resources.Subscription.__init__
+
+
+def _subscription_init(subscription: Any, *args: Any, **kwargs: Any) -> None:
+    """A clock customer's subscription (by the API or Checkout): its periods run from its start,
+    it joins the clock, and its first invoice, if paid, sends `invoice.paid` as Stripe's does."""
+    _stock_subscription_init(subscription, *args, **kwargs)
+    clock = _clock_of_customer(subscription.customer)
+    if clock is None:
         return
     subscription._clock_anchor = subscription.start_date
     subscription._clock_cycle = 0
-    first = (
-        resources.store.get(f"invoice:{subscription.latest_invoice}") if subscription.latest_invoice else None
-    )
+    _members(clock["id"])["subscriptions"].append(subscription.id)
+    latest = subscription.latest_invoice
+    first = resources.store.get(f"invoice:{latest}") if latest else None
     if first is not None and first.status == "paid":
         _event("invoice.paid", first)
 
@@ -1027,6 +1044,7 @@ def install_test_clocks(app: web.Application) -> None:
     resources.time = _ClockTime()
     stripe_extensions.time = _ClockTime()  # type: ignore[assignment,attr-defined]
     resources.SubscriptionItem._current_period = _current_period
+    resources.Subscription.__init__ = _subscription_init
     # Stripe's `customer.balance`: negative is credit the next invoices take (localstripe keeps
     # the opposite sign in `account_balance`).
     resources.Customer.balance = property(lambda customer: -int(customer.account_balance or 0))
