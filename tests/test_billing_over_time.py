@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -25,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import clock
 from app.config import Settings
 from app.dev.siblings import build_app
-from app.models import Invoice, Subscription, UsageRecord
+from app.models import Earning, Invoice, Subscription, UsageRecord
 from app.stripe.test_clocks import TestClockTime
 from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import process_stripe_event
@@ -315,3 +316,115 @@ async def test_a_failing_card_goes_past_due_is_retried_on_schedule_then_cancelle
     assert (final_invoice["attempt_count"], final_invoice["next_payment_attempt"]) == (4, None)
     stripe_subscription = await timeline.subscription(stripe_id)
     assert stripe_subscription["status"] == "canceled"
+
+
+async def _earnings(engine: AsyncEngine, subscription_id: str) -> dict[str, int]:
+    """Net earnings per kind of ledger line for the subscription."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            select(Earning.kind, Earning.net_amount).filter_by(subscription_id=subscription_id)
+        )
+        sums: dict[str, int] = {}
+        for kind, net in result:
+            sums[kind] = sums.get(kind, 0) + net
+        return sums
+
+
+async def test_an_upgrade_mid_period_is_invoiced_prorated_at_once_and_the_next_renewal_at_the_new_price(
+    client: httpx.AsyncClient,
+    stripe: httpx.AsyncClient,
+    worker_ctx: Ctx,
+    auth: Auth,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    creator, api_id = auth("creator"), new_api_id()
+    basic = await create_plan(client, creator, api_id, name="Basic", monthly_price="30")
+    pro = await create_plan(client, creator, api_id, name="Pro", monthly_price="60")
+    timeline, subscribed, headers = await _paying_subscriber(client, stripe, worker_ctx, auth, basic)
+    with clock.use(TestClockTime(settings, timeline.clock_id, refresh_seconds=0)):
+        stripe_id = subscribed["stripe_subscription_id"]
+        first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
+        period = await timeline.subscription(stripe_id)
+        start, end = int(period["current_period_start"]), int(period["current_period_end"])
+        half = start + (end - start) // 2
+        await timeline.advance_to(half)
+
+        upgraded = await client.put(
+            f"/api/v1/subscriptions/{subscribed['id']}/upgrade",
+            json={"new_pricing_plan_id": pro["id"]},
+            headers=headers,
+        )
+        assert upgraded.status_code == 200, upgraded.text
+        await timeline.relay()
+        (proration,) = await _renewals(engine, subscribed["id"], first_invoice)
+        await timeline.advance_to(end + 2 * HOUR)
+        invoices = await _renewals(engine, subscribed["id"], first_invoice)
+        ours = await _subscription(engine, subscribed["id"])
+
+    remaining = Decimal(end - half) / Decimal(end - start)
+    credit = int((3000 * remaining).to_integral_value(ROUND_HALF_UP))
+    debit = int((6000 * remaining).to_integral_value(ROUND_HALF_UP))
+    assert (proration.status, proration.amount_paid) == ("paid", debit - credit)
+    assert sorted(line["amount"] for line in proration.lines) == [-credit, debit]
+    (renewal,) = [i for i in invoices if i.id != proration.id]
+    assert (renewal.status, renewal.amount_paid) == ("paid", 6000)
+    assert ours.pricing_plan_id == uuid.UUID(pro["id"])
+    assert int(ours.current_period_start.timestamp()) == end
+
+
+async def test_a_trial_ends_three_days_after_its_warning_with_the_first_invoice_paid(
+    client: httpx.AsyncClient,
+    stripe: httpx.AsyncClient,
+    worker_ctx: Ctx,
+    auth: Auth,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="15", trial_period_days=10)
+    timeline, subscribed, _ = await _paying_subscriber(client, stripe, worker_ctx, auth, plan)
+    with clock.use(TestClockTime(settings, timeline.clock_id, refresh_seconds=0)):
+        assert (await _subscription(engine, subscribed["id"])).status == "trial"
+        trial_end = int((await timeline.subscription(subscribed["stripe_subscription_id"]))["trial_end"])
+        await timeline.advance_to(trial_end - 3 * DAY)
+        warned = [e for e in await _all_events(stripe, None) if e["type"].endswith("trial_will_end")]
+        assert warned[-1]["data"]["object"]["id"] == subscribed["stripe_subscription_id"]
+        assert timeline.outcomes[warned[-1]["id"]] == "processed"
+        await timeline.advance_to(trial_end + 2 * HOUR)
+        invoices = await _invoices(engine, subscribed["id"])
+        ours = await _subscription(engine, subscribed["id"])
+
+    assert ours.status == "active"
+    assert [(i.status, i.amount_paid) for i in invoices if i.amount_paid] == [("paid", 1500)]
+    assert int(ours.current_period_start.timestamp()) == trial_end
+
+
+async def test_a_lost_dispute_on_a_renewal_takes_back_the_creators_share_of_it(
+    client: httpx.AsyncClient,
+    stripe: httpx.AsyncClient,
+    worker_ctx: Ctx,
+    auth: Auth,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="50")
+    timeline, subscribed, _ = await _paying_subscriber(client, stripe, worker_ctx, auth, plan)
+    with clock.use(TestClockTime(settings, timeline.clock_id, refresh_seconds=0)):
+        stripe_id = subscribed["stripe_subscription_id"]
+        first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
+        await timeline.advance_to(
+            int((await timeline.subscription(stripe_id))["current_period_end"]) + 2 * HOUR
+        )
+        (renewal,) = await _renewals(engine, subscribed["id"], first_invoice)
+        earned = await _earnings(engine, subscribed["id"])
+        intent = (await stripe.get(f"/v1/invoices/{renewal.stripe_invoice_id}")).json()["payment_intent"]
+        charge = (await stripe.get(f"/v1/payment_intents/{intent}")).json()["latest_charge"]
+        charge_id = charge["id"] if isinstance(charge, dict) else charge
+        opened = (await stripe.post(f"/v1/test_helpers/charges/{charge_id}/dispute")).json()
+        await stripe.post(f"/v1/test_helpers/disputes/{opened['id']}/close", data={"status": "lost"})
+        await timeline.relay()
+        after = await _earnings(engine, subscribed["id"])
+
+    assert earned["charge"] == 2 * 4000  # the first invoice and the renewal, 20% commission off
+    assert after["charge"] == earned["charge"]
+    assert after["reversal"] == 4000  # the renewal's share, taken back once
