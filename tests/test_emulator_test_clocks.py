@@ -271,6 +271,8 @@ async def test_a_meter_event_identifier_is_forgotten_after_24_hours_of_clock_tim
     )
     price = await _price(stripe, 2, usage_type="metered", meter=meter["id"])
     subscription = await _subscribe(stripe, customer, price)
+    (first,) = await _invoices(stripe, customer)
+    assert (first["total"], first["status"]) == (0, "paid")  # usage is billed in arrears, none up front
     start = clock["frozen_time"]
     event = {
         "event_name": "api_calls",

@@ -335,6 +335,20 @@ def _current_period(item: Any) -> dict[str, int]:
     return cast("dict[str, int]", _stock_current_period(item))
 
 
+_stock_calculate_amount = resources.SubscriptionItem._calculate_amount
+
+
+def _calculate_amount(item: Any) -> int:
+    """A metered item bills its usage in arrears, never an amount up front (a clock's first invoice)."""
+    subscription_id = getattr(item, "_subscription", None)
+    subscription = resources.store.get(f"subscription:{subscription_id}") if subscription_id else None
+    price = _price(item.plan.id)
+    metered = price is not None and (price.get("recurring") or {}).get("usage_type") == "metered"
+    if metered and subscription is not None and _on_clock(subscription):
+        return 0
+    return cast("int", _stock_calculate_amount(item))
+
+
 def _subscription_steps(subscription: Any) -> list[tuple[int, int, Callable[[], None]]]:
     if subscription.status not in LIVE:
         return []
@@ -1044,6 +1058,7 @@ def install_test_clocks(app: web.Application) -> None:
     resources.time = _ClockTime()
     stripe_extensions.time = _ClockTime()  # type: ignore[assignment,attr-defined]
     resources.SubscriptionItem._current_period = _current_period
+    resources.SubscriptionItem._calculate_amount = _calculate_amount
     resources.Subscription.__init__ = _subscription_init
     # Stripe's `customer.balance`: negative is credit the next invoices take (localstripe keeps
     # the opposite sign in `account_balance`).
