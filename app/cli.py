@@ -190,6 +190,9 @@ def simulate(
     months: Annotated[int, typer.Option(min=1, max=24, help="How many monthly periods")] = 3,
     seed: Annotated[int, typer.Option(help="Same seed, same scenario")] = 7,
     data_dir: Annotated[Path, typer.Option(help="Where the run's embedded stack lives")] = Path(".sim"),
+    faults: Annotated[
+        bool, typer.Option("--faults/--no-faults", help="Deliver each webhook 2-3 times, shuffled")
+    ] = True,
 ) -> None:
     """Run a seeded marketplace scenario over Stripe test-clock time on a throwaway embedded stack,
     then compare our invoices, usage and subscriptions with Stripe's; exit 1 on any drift."""
@@ -201,7 +204,7 @@ def simulate(
 
     from app.dev.simulate import Scenario, SimulationReport, embedded_stack, run_scenario
 
-    scenario = Scenario(consumers=consumers, months=months, seed=seed)
+    scenario = Scenario(consumers=consumers, months=months, seed=seed, faults=faults)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
     async def run(progress: Progress) -> SimulationReport:
@@ -237,7 +240,10 @@ def simulate(
             statuses,
         )
     Console().print(table)
-    typer.echo(f"{report.events} events, {report.failed_events} failed, {report.seconds:.1f}s")
+    typer.echo(
+        f"{report.events} events in {report.deliveries} deliveries, {report.failed_events} failed, "
+        f"{report.seconds:.1f}s"
+    )
     if report.drift:
         typer.echo("drift: ours and Stripe's disagree", err=True)
         raise typer.Exit(1)

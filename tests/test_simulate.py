@@ -32,10 +32,11 @@ def test_the_same_seed_plans_the_same_scenario() -> None:
     assert all(c.card_fails_from_month is None for c in planned if c.pay_per_use)
 
 
+@pytest.mark.parametrize("faults", [False, True], ids=["in_order", "duplicated_and_shuffled"])
 async def test_a_small_scenario_reconciles_invoices_and_usage_with_stripe(
-    stand_ins: Settings, engine: AsyncEngine
+    stand_ins: Settings, engine: AsyncEngine, faults: bool
 ) -> None:
-    scenario = Scenario(consumers=6, months=3, seed=3)
+    scenario = Scenario(consumers=6, months=3, seed=3, faults=faults)
     failing = sum(1 for c in plan_scenario(scenario) if c.card_fails_from_month is not None)
     assert failing > 0
     report = await run_scenario(stand_ins, scenario)
@@ -46,6 +47,7 @@ async def test_a_small_scenario_reconciles_invoices_and_usage_with_stripe(
         assert totals.calls_metered == totals.calls_billed, currency
         assert totals.statuses_ours == totals.statuses_stripe, currency
     assert sum(t.invoices_stripe for t in report.totals.values()) >= 6 * 3
+    assert report.deliveries >= (2 if faults else 1) * report.events
     assert sum(t.calls_metered for t in report.totals.values()) > 0
     assert set(report.totals) == {"usd", "eur", "jpy"}
     # Each failing card: past due at the second renewal, retried, cancelled before the third.

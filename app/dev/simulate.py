@@ -49,6 +49,7 @@ CATALOG = (
     ("sim-creator-jpy", "jpy", Decimal("3000"), Decimal("3")),
 )
 FAILING_CARD = "pm_card_chargeCustomerFail"
+DELIVERY_WINDOW = 8  # with faults, deliveries are shuffled within windows of this many
 OUR_STATUS = {"trialing": "trial", "canceled": "cancelled"}  # Stripe's word -> ours, where they differ
 
 
@@ -57,6 +58,8 @@ class Scenario:
     consumers: int
     months: int
     seed: int
+    # Webhooks delivered two or three times and shuffled (the one fault injected so far).
+    faults: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,7 @@ class SimulationReport:
     scenario: Scenario
     totals: dict[str, CurrencyTotals] = field(default_factory=dict)
     events: int = 0
+    deliveries: int = 0
     failed_events: int = 0
     seconds: float = 0.0
 
@@ -129,33 +133,69 @@ class Relay:
     job, oldest first (Stripe lists them newest first)."""
 
     def __init__(
-        self, api: httpx.AsyncClient, stripe: httpx.AsyncClient, secret: str, ctx: dict[str, Any]
+        self,
+        api: httpx.AsyncClient,
+        stripe: httpx.AsyncClient,
+        secret: str,
+        ctx: dict[str, Any],
+        faults: random.Random | None = None,
     ) -> None:
         self._api, self._stripe, self._secret, self._ctx = api, stripe, secret, ctx
+        self._faults = faults
         self._last: str | None = None
         self.outcomes: dict[str, str | None] = {}
+        self.deliveries = 0
 
     async def mark(self) -> None:
         newest = (await self._stripe.get("/v1/events", params={"limit": 1})).json()["data"]
         self._last = newest[0]["id"] if newest else None
 
     async def deliver(self) -> int:
+        """Deliver what is new; with faults, each event two or three times, shuffled within a window
+        of DELIVERY_WINDOW deliveries. A job that asks to be retried runs again after the others, as
+        the worker's backoff would have it, until its last attempt."""
+        from arq import Retry
+
+        from app.webhooks.processor import MAX_ATTEMPTS
         from app.worker.webhook_jobs import process_stripe_event
 
         events = await self._new_events()
-        for event in events:
-            body = orjson.dumps(event)
-            stamp = int(time.time())  # wall clock: Stripe signs with the real time of delivery
-            signature = hmac.new(
-                self._secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256
-            ).hexdigest()
-            response = await self._api.post(
-                "/webhooks/stripe", content=body, headers={"Stripe-Signature": f"t={stamp},v1={signature}"}
-            )
-            response.raise_for_status()
-            self.outcomes[event["id"]] = await process_stripe_event(self._ctx, event["id"])
-            self._last = event["id"]
+        if events:
+            self._last = events[-1]["id"]
+        deliveries = list(events)
+        if self._faults is not None:
+            deliveries = [e for e in events for _ in range(self._faults.randint(2, 3))]
+            for start in range(0, len(deliveries), DELIVERY_WINDOW):
+                window = deliveries[start : start + DELIVERY_WINDOW]
+                self._faults.shuffle(window)
+                deliveries[start : start + DELIVERY_WINDOW] = window
+        pending = [(event, 1) for event in deliveries]
+        while pending:
+            retries = []
+            for event, attempt in pending:
+                if attempt == 1:
+                    await self._post(event)
+                try:
+                    outcome = await process_stripe_event({**self._ctx, "job_try": attempt}, event["id"])
+                except Retry:
+                    if attempt >= MAX_ATTEMPTS:
+                        raise
+                    retries.append((event, attempt + 1))
+                    continue
+                if self.outcomes.get(event["id"]) != "failed":
+                    self.outcomes[event["id"]] = outcome
+            pending = retries
         return len(events)
+
+    async def _post(self, event: dict[str, Any]) -> None:
+        body = orjson.dumps(event)
+        stamp = int(time.time())  # wall clock: Stripe signs with the real time of delivery
+        signature = hmac.new(self._secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+        response = await self._api.post(
+            "/webhooks/stripe", content=body, headers={"Stripe-Signature": f"t={stamp},v1={signature}"}
+        )
+        response.raise_for_status()
+        self.deliveries += 1
 
     async def _new_events(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
@@ -245,7 +285,8 @@ async def run_scenario(
         httpx.AsyncClient(base_url=settings.metering_service_url, timeout=30) as metering,
         _harness(settings) as (api, ctx),
     ):
-        relay = Relay(api, stripe, settings.webhook_secrets[0], ctx)
+        faults = random.Random(scenario.seed + 1) if scenario.faults else None  # noqa: S311
+        relay = Relay(api, stripe, settings.webhook_secrets[0], ctx, faults)
         await relay.mark()
         start = int(time.time())  # the simulation starts now, on a clock of its own
         sim_clock = (
@@ -312,6 +353,7 @@ async def run_scenario(
             say("months", scenario.months, scenario.months)
             await _compare(report, api, stripe, settings, consumers, customers, day)
     report.failed_events = sum(1 for outcome in relay.outcomes.values() if outcome == "failed")
+    report.deliveries = relay.deliveries
     report.seconds = time.monotonic() - started
     return report
 
