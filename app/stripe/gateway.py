@@ -21,6 +21,7 @@ from app.stripe.payment_methods import PaymentMethodCalls
 from app.stripe.payments import PaymentCalls
 from app.stripe.reconcile import ReconcileCalls
 from app.stripe.subscriptions import SubscriptionCalls
+from app.stripe.test_clocks import TestClockCalls
 
 
 class StripeGateway(
@@ -38,5 +39,6 @@ class StripeGateway(
     PaymentCalls,
     ReconcileCalls,
     OrphanCalls,
+    TestClockCalls,
 ):
     """Thin async wrapper over `stripe.StripeClient`; callers never see the SDK or its errors."""
