@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.session import after_commit
+from app.entitlements.cache import schedule_refresh
 from app.models import OutboxMessage, Subscription
 
 DELIVER_JOB = "deliver_outbox_message"
@@ -64,6 +65,7 @@ class Outbox:
         latest, count = await self._latest_toggle(subscription.id)
         if latest != "suspend_api_key":
             await self._add("suspend_api_key", f"suspend_api_key:{subscription.id}:{count}", subscription, {})
+            self.refresh_entitlement(subscription)
 
     async def restore_api_key(self, subscription: Subscription) -> None:
         """Ask for a working key again after a suspension; a no-op unless the last intent suspended."""
@@ -75,6 +77,7 @@ class Outbox:
                 subscription,
                 {"name": f"{subscription.api_id} subscription"},
             )
+            self.refresh_entitlement(subscription)
 
     async def _latest_toggle(self, subscription_id: uuid.UUID) -> tuple[str | None, int]:
         """The latest suspend/restore intent of a subscription and how many there are.
@@ -93,6 +96,10 @@ class Outbox:
         )
         row = (await self._session.execute(statement)).one_or_none()
         return (None, 0) if row is None else (row[0], int(row[1]))
+
+    def refresh_entitlement(self, subscription: Subscription) -> None:
+        """Refresh the gateway's cached entitlement of the subscription once this transaction commits."""
+        schedule_refresh(self._session, self._redis, subscription.id)
 
     async def notify(
         self, subscription: Subscription, topic: str, dedupe: str, payload: dict[str, Any]

@@ -104,6 +104,7 @@ async def apply_status(outbox: Outbox, subscription: Subscription, new_status: s
     if new_status in TERMINAL:
         subscription.cancelled_at = subscription.cancelled_at or now
         await outbox.revoke_api_key(subscription)
+    outbox.refresh_entitlement(subscription)
     return True
 
 
@@ -139,6 +140,7 @@ async def apply_stripe_state(
         subscription.cancelled_at = state.canceled_at or state.ended_at or subscription.cancelled_at
         subscription.expires_at = state.ended_at or subscription.expires_at
     await apply_status(outbox, subscription, status)
+    outbox.refresh_entitlement(subscription)
     after = (
         subscription.status,
         subscription.current_period_start,

@@ -271,6 +271,7 @@ class SubscriptionService:
             await self._mirror(subscription, updated)
         subscription.pricing_plan_id = plan.id
         subscription.plan_version = version.version
+        self._outbox.refresh_entitlement(subscription)
         await self._repo.flush()
         return subscription_out(subscription, plan, version, client_secret=client_secret)
 
