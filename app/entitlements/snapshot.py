@@ -15,6 +15,16 @@ CALLABLE = frozenset({"active", "trial", "past_due"})
 SNAPSHOT_VERSION = 1
 
 
+def overage_amount(
+    currency: str, overage_price_per_call: Decimal | None, call_limit: int | None, calls: int
+) -> int:
+    """The overage of `calls` in a period past the included `call_limit`, in minor units (half up)."""
+    if overage_price_per_call is None or call_limit is None or calls <= call_limit:
+        return 0
+    amount = (overage_price_per_call * (calls - call_limit)).scaleb(exponent(currency))
+    return int(amount.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
 @dataclass(frozen=True, slots=True)
 class Entitlement:
     subscription_id: str
@@ -69,11 +79,13 @@ class Entitlement:
 
     def usage_spend(self, calls: int) -> int:
         """Estimated usage-priced spend of `calls` in the period, minor units (as the usage estimate)."""
+        if self.overage:
+            price = Decimal(self.overage_price_per_call or 0)
+            return overage_amount(self.currency, price, self.call_limit, calls)
         unit = self.usage_unit_price()
         if unit is None:
             return 0
-        billable = max(calls - (self.call_limit or 0), 0) if self.overage else calls
-        return int((unit * billable).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        return int((unit * calls).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
     def cap_calls(self) -> int | None:
         """The most calls in a period whose usage spend stays within the monthly spend cap."""

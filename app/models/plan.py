@@ -90,4 +90,5 @@ class PricingPlanVersion(UUIDPk, Base):
             "monthly_amount": self.monthly_amount,
             "price_per_call": self.price_per_call,
             "call_limit": self.call_limit,
+            "overage_price_per_call": self.overage_price_per_call,
         }

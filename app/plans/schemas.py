@@ -33,13 +33,15 @@ class PlanTerms(BaseModel):
     monthly_price: Decimal | None = Field(None, ge=0, le=MAX_MONTHLY_PRICE, allow_inf_nan=False)
     price_per_call: Decimal | None = Field(None, gt=0, le=MAX_PRICE_PER_CALL, allow_inf_nan=False)
     call_limit: Limit | None = None
+    # Set on a subscription plan: calls past `call_limit` are allowed and billed at this price each.
+    overage_price_per_call: Decimal | None = Field(None, gt=0, le=MAX_PRICE_PER_CALL, allow_inf_nan=False)
     rate_limit_per_minute: Limit | None = None
     rate_limit_per_day: Limit | None = None
     rate_limit_per_month: Limit | None = None
     trial_period_days: int | None = Field(None, ge=1, le=730)
     features: dict[str, Any] | None = None
 
-    @field_validator("price_per_call")
+    @field_validator("price_per_call", "overage_price_per_call")
     @classmethod
     def _per_call_precision(cls, value: Decimal | None) -> Decimal | None:
         if value is not None and -value.as_tuple().exponent > PRICE_PER_CALL_DECIMALS:  # type: ignore[operator]
@@ -73,6 +75,7 @@ class PlanOut(BaseModel):
     monthly_price: JsonDecimal | None = None
     price_per_call: JsonDecimal | None = None
     call_limit: int | None = None
+    overage_price_per_call: JsonDecimal | None = None
     rate_limit_per_minute: int | None = None
     rate_limit_per_day: int | None = None
     rate_limit_per_month: int | None = None

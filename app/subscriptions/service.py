@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import clock
 from app.auth import Principal
 from app.consumers.service import ConsumerService, consumer_id_for
+from app.entitlements.snapshot import overage_amount
 from app.errors import Conflict, InvalidField, NotFound
 from app.integrations.metering import MeteringClient, MeteringUnavailable
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription
@@ -361,7 +362,10 @@ class SubscriptionService:
     def _estimate(plan: PricingPlan, version: PricingPlanVersion, calls: int) -> int:
         """The period's amount so far in minor units."""
         if plan.type == "subscription":
-            return version.monthly_amount or 0
+            overage = overage_amount(
+                version.currency, version.overage_price_per_call, version.call_limit, calls
+            )
+            return (version.monthly_amount or 0) + overage
         if plan.type == "pay_per_use" and version.price_per_call is not None:
             amount = (version.price_per_call * calls).scaleb(exponent(version.currency))
             return int(amount.quantize(1, rounding=ROUND_HALF_UP))
