@@ -20,6 +20,7 @@ from app import clock
 from app.config import Settings
 from app.dunning.service import DunningService
 from app.earnings.booking import book_invoice_earnings
+from app.entitlements.overage import bill_overage
 from app.errors import DomainError
 from app.invoices.stripe_sync import sync_invoice
 from app.models import Consumer, Invoice, Subscription
@@ -184,6 +185,7 @@ async def invoice_created(ctx: EventContext, obj: dict[str, Any]) -> str:
         run = await ctx.usage.aggregate(only=[invoice.subscription_id])
         if run.unavailable or run.stripe_failures:
             raise UsageNotReported("usage not yet reported for this invoice (metering or Stripe failed)")
+        await bill_overage(ctx.session, ctx.stripe, invoice, await _invoice_subscription(ctx, invoice))
     return "processed"
 
 
