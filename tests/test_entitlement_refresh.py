@@ -10,10 +10,12 @@ import pytest
 from arq.connections import RedisSettings, create_pool
 from fastapi import FastAPI
 from redis.asyncio import Redis
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.entitlements import keys
+from app.models import MarketplaceEvent
 from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import process_stripe_event, suspend_overdue_api_keys
 from tests.billing_data import event, invoice_obj, make_world
@@ -136,3 +138,14 @@ async def test_a_dunning_suspension_and_its_restoration_are_seen_by_the_next_che
     await deliver(event("invoice.paid", paid, created=200))
     restored = await check(http, subscription_id, api_id)
     assert (restored["allowed"], restored["reason"]) == (True, "ok")
+    async with engine.connect() as connection:
+        statement = select(MarketplaceEvent.type).order_by(MarketplaceEvent.seq)
+        announced = (await connection.execute(statement)).scalars().all()
+    assert announced == [
+        "subscription.changed",
+        "invoice.payment_failed",
+        "api_key.suspended",
+        "api_key.restored",
+        "subscription.changed",
+        "invoice.paid",
+    ]

@@ -45,6 +45,7 @@ from app.entitlements.schemas import (
 from app.entitlements.snapshot import CALLABLE, Entitlement
 from app.errors import InvalidField, NotFound, ServiceUnavailable
 from app.events.publisher import publish
+from app.events.types import QUOTA_EXHAUSTED, USAGE_THRESHOLD_REACHED
 from app.subscriptions.service import usage_period
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def crossed_alerts(
             if before < mark <= after:
                 alerts.append(
                     Alert(
-                        type="usage.threshold_reached",
+                        type=USAGE_THRESHOLD_REACHED,
                         subscription_id=entitlement.subscription_id,
                         dedupe_key=(
                             f"usage.threshold_reached:{entitlement.subscription_id}:"
@@ -147,7 +148,7 @@ def crossed_alerts(
 def exhausted_alert(entitlement: Entitlement, period: tuple[datetime, datetime], used: int) -> Alert:
     start, end = period
     return Alert(
-        type="quota.exhausted",
+        type=QUOTA_EXHAUSTED,
         subscription_id=entitlement.subscription_id,
         dedupe_key=f"quota.exhausted:{entitlement.subscription_id}:{int(start.timestamp())}",
         payload={

@@ -35,6 +35,8 @@ class MarketplaceEvent(UUIDPk, Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(default=0)
+    # A replay starts a new round: every endpoint gets the event again.
+    round: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=clock.now)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
@@ -49,6 +51,7 @@ class MarketplaceEventDelivery(UUIDPk, Base):
     event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("marketplace_events.id"), index=True)
     endpoint: Mapped[str] = mapped_column(String(2048))
     attempt: Mapped[int]
+    round: Mapped[int] = mapped_column(default=0)
     status_code: Mapped[int | None]
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int]

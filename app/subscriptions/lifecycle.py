@@ -8,11 +8,13 @@ Key issuance follows status: entering a live status issues the API key (once), e
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from app import clock
+from app.events.types import SUBSCRIPTION_CANCELLED, SUBSCRIPTION_CHANGED, SUBSCRIPTION_CREATED
 from app.models import Subscription
 from app.outbox.service import Outbox
 
@@ -94,6 +96,7 @@ async def apply_status(outbox: Outbox, subscription: Subscription, new_status: s
     now = clock.now()
     if new_status in KEYED and old_status not in KEYED:
         await outbox.create_api_key(subscription)
+        await outbox.publish_event(subscription, SUBSCRIPTION_CREATED, str(subscription.id))
     if old_status == "past_due" and new_status in KEYED:
         # Leaving dunning brings back a key it suspended (a no-op if no suspension was asked).
         await outbox.restore_api_key(subscription)
@@ -104,6 +107,9 @@ async def apply_status(outbox: Outbox, subscription: Subscription, new_status: s
     if new_status in TERMINAL:
         subscription.cancelled_at = subscription.cancelled_at or now
         await outbox.revoke_api_key(subscription)
+        await outbox.publish_event(subscription, SUBSCRIPTION_CANCELLED, str(subscription.id))
+    elif old_status in KEYED:
+        await outbox.publish_event(subscription, SUBSCRIPTION_CHANGED, f"{subscription.id}:{uuid.uuid4()}")
     outbox.refresh_entitlement(subscription)
     return True
 

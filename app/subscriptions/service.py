@@ -13,6 +13,7 @@ from app.auth import Principal
 from app.consumers.service import ConsumerService, consumer_id_for
 from app.entitlements.snapshot import overage_amount
 from app.errors import Conflict, InvalidField, NotFound
+from app.events.types import SUBSCRIPTION_CHANGED
 from app.integrations.metering import MeteringClient, MeteringUnavailable
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription
 from app.money import exponent
@@ -273,6 +274,7 @@ class SubscriptionService:
         subscription.pricing_plan_id = plan.id
         subscription.plan_version = version.version
         self._outbox.refresh_entitlement(subscription)
+        await self._outbox.publish_event(subscription, SUBSCRIPTION_CHANGED, f"{subscription.id}:{tag}")
         await self._repo.flush()
         return subscription_out(subscription, plan, version, client_secret=client_secret)
 

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from arq import cron
 
 from app.config import get_settings
+from app.events import jobs as event_jobs
 from app.logging import configure_logging
 from app.metrics import instrument_worker
 from app.outbox import jobs as outbox_jobs
@@ -32,12 +33,14 @@ class WorkerSettings:
         outbox_jobs.deliver_outbox_message,
         run_payouts,
         *webhook_jobs.JOBS,
+        *event_jobs.JOBS,
     ]
     cron_jobs: ClassVar[list[Any]] = [
         cron(jobs.purge_expired_idempotency_keys, minute={7}, unique=True),
         cron(outbox_jobs.sweep_outbox, second={30}, unique=True),
         cron(run_payouts, hour={3}, minute={17}, unique=True),
         *webhook_jobs.CRON_JOBS,
+        *event_jobs.CRON_JOBS,
     ]
     on_startup = startup
     on_shutdown = shutdown
