@@ -291,3 +291,13 @@ async def test_the_check_reads_the_cached_snapshot_not_the_database(
             update(Subscription).where(Subscription.id == subscription.id).values(status="cancelled")
         )
     assert (await check(http, subscription))["allowed"] is True
+
+
+async def test_openapi_documents_the_service_token_and_the_refusals(http: httpx.AsyncClient) -> None:
+    spec = (await http.get("/openapi.json")).json()
+    check_route = spec["paths"]["/api/v1/entitlements/check"]["post"]
+    assert check_route["security"] == [{"GatewayServiceToken": []}]
+    assert "401" in check_route["responses"]
+    reasons = spec["components"]["schemas"]["CheckResult"]["properties"]["reason"]["enum"]
+    assert {"no_subscription", "not_active", "suspended", "quota_exhausted"} <= set(reasons)
+    assert {"spend_cap_reached", "rate_limited"} <= set(reasons)

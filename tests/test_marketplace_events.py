@@ -16,7 +16,9 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from typer.testing import CliRunner
 
+from app import cli as cli_module
 from app import clock
 from app.config import Settings
 from app.events.jobs import deliver_marketplace_events
@@ -267,3 +269,27 @@ def test_every_event_type_is_documented_with_its_schema() -> None:
     docs = (Path(__file__).resolve().parents[1] / "docs" / "events.md").read_text()
     assert docs == render_docs(), "regenerate: python -m app.events.schemas > docs/events.md"
     assert set(EVENT_SCHEMAS) == set(EVENT_TYPES)
+
+
+def test_events_replay_without_a_selection_explains_the_options() -> None:
+    result = CliRunner().invoke(cli_module.cli, ["events", "replay"])
+    assert result.exit_code == 2
+    assert "--event ID, --failed or --since T" in result.output
+
+
+def test_events_replay_names_a_malformed_event_id(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_module, "settings_or_exit", lambda: events_settings(settings))
+    result = CliRunner().invoke(cli_module.cli, ["events", "replay", "--event", "not-a-uuid"])
+    assert result.exit_code == 2
+    assert "must be an event id" in result.output
+
+
+def test_events_replay_of_an_unknown_event_replays_nothing(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_module, "settings_or_exit", lambda: events_settings(settings))
+    result = CliRunner().invoke(cli_module.cli, ["events", "replay", "--event", str(uuid.uuid4())])
+    assert result.exit_code == 0, result.output
+    assert "replayed 0 events: 0 delivered" in result.output
