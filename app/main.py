@@ -42,9 +42,10 @@ def create_redis(settings: Settings) -> ArqRedis:
 
 
 def create_entitlements_redis(settings: Settings) -> Redis:
-    """The check path's own client: its socket timeouts are the entitlement timeout, not 2 s."""
+    """The check path's own client: it connects within the entitlement timeout, and each call is
+    bounded by it as a whole (a per-read socket timeout would cost a timer per pipelined reply)."""
     timeout = settings.entitlements_redis_timeout_seconds
-    pool = ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    pool = ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=timeout)
     return Redis(connection_pool=pool)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from app.entitlements import keys
 
@@ -65,6 +66,19 @@ if ARGV[2] == '1' and n > 0 then
   end
 end
 return {1, 0, used, 0, 0, 0}
+"""
+
+TRACK_SCRIPT = """\
+-- Count n calls on each key (the period counter, then the limited rate windows), whatever the
+-- limits. KEYS: the counters. ARGV: 1 n, then one ttl (s) per key. Returns the period count.
+local n = tonumber(ARGV[1])
+local used = redis.call('INCRBY', KEYS[1], n)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+for i = 2, #KEYS do
+  redis.call('INCRBY', KEYS[i], n)
+  redis.call('EXPIRE', KEYS[i], ARGV[i + 1])
+end
+return used
 """
 
 RAISE_SCRIPT = """\
@@ -125,6 +139,7 @@ class Counters:
         self._redis = redis
         self._count: AsyncScript = redis.register_script(COUNT_SCRIPT)
         self._raise: AsyncScript = redis.register_script(RAISE_SCRIPT)
+        self._track: AsyncScript = redis.register_script(TRACK_SCRIPT)
 
     def _arguments(
         self,
@@ -199,18 +214,36 @@ class Counters:
 
     async def track_many(
         self, items: list[tuple[str, tuple[int, int], Limits, int]], *, now: int
-    ) -> list[Outcome]:
-        """Count calls the gateway already let through, whatever the limits (one pipeline)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            all_ends = []
-            for subscription_id, period, limits, n in items:
-                key_list, args, ends = self._arguments(
-                    subscription_id, period, limits, n, now=now, count=True, enforce=False
-                )
-                all_ends.append(ends)
-                await self._count(keys=key_list, args=args, client=pipe)
-            results = await pipe.execute()
-        return [self._outcome(r, e) for r, e in zip(results, all_ends, strict=True)]
+    ) -> list[int]:
+        """Count calls the gateway already let through, whatever the limits; the period counts after.
+
+        One pipeline of one small script call per item (its keys share the subscription's slot).
+        EVALSHA is sent directly: redis-py's script objects would add a SCRIPT EXISTS round trip
+        to every batch; a Redis that lost the script gets it again and the batch is resent (no
+        command of it ran).
+        """
+        windows = {window: window_bounds(window, now) for window in WINDOWS}
+        commands: list[list[Any]] = []
+        for subscription_id, (start, end), limits, n in items:
+            counter_keys = [keys.period_counter(subscription_id, start)]
+            ttls = [_ttl(end + PERIOD_GRACE_SECONDS, now)]
+            for window, (bucket, window_end) in windows.items():
+                if limits.window_limit(window) is not None:
+                    counter_keys.append(keys.window_counter(subscription_id, window, bucket))
+                    ttls.append(_ttl(window_end, now))
+            commands.append([len(counter_keys), *counter_keys, n, *ttls])
+        for attempt in range(2):
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for command in commands:
+                        pipe.evalsha(self._track.sha, *command)
+                    results = await pipe.execute()
+                return [int(r) for r in results]
+            except NoScriptError:
+                if attempt:
+                    raise
+                await self._redis.script_load(TRACK_SCRIPT)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def used(self, items: list[tuple[str, int]]) -> list[int]:
         """The period counts of (subscription, period start) pairs."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -54,6 +55,9 @@ T = TypeVar("T")
 # Usage alerts: the share of the included calls (or of the spend cap) that raises one, once a period.
 THRESHOLDS = (80, 100)
 SNAPSHOT_PAGE_MAX = 500
+# Track may count against a snapshot this old (a check always reads Redis); at most this many kept.
+TRACK_SNAPSHOT_SECONDS = 1.0
+TRACK_SNAPSHOT_COPIES = 100_000
 
 
 class RedisUnavailable(ServiceUnavailable):
@@ -173,6 +177,8 @@ class EntitlementService:
         self._policy = settings.entitlements_redis_policy
         self._counters = Counters(redis)
         self._cache = EntitlementCache(redis)
+        # Track only: recent snapshots of this process, so a batch costs one Redis round trip.
+        self._recent: dict[str, tuple[float, Entitlement]] = {}
 
     async def _redis_call(self, call: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -297,17 +303,7 @@ class EntitlementService:
     async def track(self, request: TrackRequest) -> tuple[TrackResponse, list[Alert]]:
         """Count calls the gateway already let through (from its own cache), in one batch."""
         try:
-            raws = await self._redis_call(lambda: self._snapshots_of(request))
-            entitlements: list[Entitlement | None] = []
-            for item, raw in zip(request.calls, raws, strict=True):
-                cached = Entitlement.loads(raw) if raw not in (None, MISSING) else None
-                if cached is None and raw != MISSING:
-                    cached = await self._load(
-                        subscription_id=item.subscription_id, api_key_id=item.api_key_id
-                    )
-                if cached is not None and cached.api_id != item.api_id:
-                    cached = None
-                entitlements.append(cached)
+            entitlements = await self._track_snapshots(request)
             now = clock.now()
             batch: list[tuple[str, tuple[int, int], Limits, int]] = []
             periods: list[tuple[datetime, datetime]] = []
@@ -340,30 +336,65 @@ class EntitlementService:
                     TrackResult(subscription_id=item.subscription_id, api_id=item.api_id, counted=0)
                 )
                 continue
-            outcome, period = next(counted)
+            used, period = next(counted)
             tracked += item.count
             limit = entitlement.call_limit
             results.append(
-                TrackResult(
-                    subscription_id=uuid.UUID(entitlement.subscription_id),
+                TrackResult.model_construct(  # every field computed here: no validation needed
+                    subscription_id=item.subscription_id or uuid.UUID(entitlement.subscription_id),
                     api_id=item.api_id,
                     counted=item.count,
-                    used=outcome.used,
-                    remaining=max(limit - outcome.used, 0) if limit is not None else None,
-                    overage=entitlement.overage and limit is not None and outcome.used > limit,
+                    used=used,
+                    remaining=max(limit - used, 0) if limit is not None else None,
+                    overage=entitlement.overage and limit is not None and used > limit,
                 )
             )
-            alerts.extend(crossed_alerts(entitlement, period, outcome.used - item.count, outcome.used))
+            if limit is not None or entitlement.monthly_spend_cap is not None:
+                alerts.extend(crossed_alerts(entitlement, period, used - item.count, used))
         return TrackResponse(tracked=tracked, results=results), alerts
 
-    async def _snapshots_of(self, request: TrackRequest) -> list[bytes | None]:
+    async def _track_snapshots(self, request: TrackRequest) -> list[Entitlement | None]:
+        """The batch's snapshots: from this process's copies (at most TRACK_SNAPSHOT_SECONDS old),
+        else one pipelined read from Redis, else the ledger."""
+        moment = time.monotonic()
+        found: dict[str, Entitlement | None] = {}
+        wanted: list[tuple[str, uuid.UUID | None, str | None]] = []
+        for item in request.calls:
+            key = self._cache_key(item.subscription_id, item.api_key_id)
+            recent = self._recent.get(key)
+            if recent is not None and moment - recent[0] < TRACK_SNAPSHOT_SECONDS:
+                found[key] = recent[1]
+            elif key not in found:
+                found[key] = None
+                wanted.append((key, item.subscription_id, item.api_key_id))
+        if wanted:
+            raws = await self._redis_call(lambda: self._read_many([w[0] for w in wanted]))
+            if len(self._recent) + len(wanted) > TRACK_SNAPSHOT_COPIES:
+                self._recent.clear()
+            for (key, subscription_id, api_key_id), raw in zip(wanted, raws, strict=True):
+                entitlement = Entitlement.loads(raw) if raw not in (None, MISSING) else None
+                if entitlement is None and raw != MISSING:
+                    entitlement = await self._load(subscription_id=subscription_id, api_key_id=api_key_id)
+                found[key] = entitlement
+                if entitlement is not None:
+                    self._recent[key] = (moment, entitlement)
+        entitlements: list[Entitlement | None] = []
+        for item in request.calls:
+            entitlement = found[self._cache_key(item.subscription_id, item.api_key_id)]
+            entitlements.append(entitlement if entitlement and entitlement.api_id == item.api_id else None)
+        return entitlements
+
+    @staticmethod
+    def _cache_key(subscription_id: uuid.UUID | None, api_key_id: str | None) -> str:
+        if subscription_id is not None:
+            return keys.snapshot_key(subscription_id)
+        assert api_key_id is not None  # noqa: S101  (the schema sends exactly one)
+        return keys.api_key_index(api_key_id)
+
+    async def _read_many(self, cache_keys: list[str]) -> list[bytes | None]:
         async with self._redis.pipeline(transaction=False) as pipe:
-            for item in request.calls:
-                if item.subscription_id is not None:
-                    pipe.get(keys.snapshot_key(item.subscription_id))
-                else:
-                    assert item.api_key_id is not None  # noqa: S101
-                    pipe.get(keys.api_key_index(item.api_key_id))
+            for key in cache_keys:
+                pipe.get(key)
             values: list[bytes | None] = await pipe.execute()
         return values
 
