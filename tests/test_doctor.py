@@ -8,10 +8,15 @@ import sys
 import time
 import uuid
 
+from alembic.script import ScriptDirectory
+
 from app.config import Settings
-from app.db.migrate import upgrade
+from app.db.migrate import alembic_config, upgrade
 from app.dev.processes import free_port
 from tests.factories import JWT_SECRET, WEBHOOK_SECRET
+
+# The code's head revision (it moves as revisions are added).
+HEAD = ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_current_head()
 
 
 def _doctor(**env: str) -> subprocess.CompletedProcess[str]:
@@ -68,7 +73,7 @@ def test_doctor_passes_against_a_healthy_stack(settings: Settings) -> None:
     rows = _rows(result.stdout)
     assert list(rows) == ["config", "database", "migrations", "redis", "stripe"]
     assert all(status == "ok" for status, _ in rows.values())
-    assert rows["migrations"][1].startswith("at head 0001")
+    assert rows["migrations"][1].startswith(f"at head {HEAD}")
     assert rows["database"][1].startswith("PostgreSQL")
     assert result.stdout.rstrip().endswith("all checks passed")
 
@@ -87,7 +92,7 @@ def test_doctor_names_each_broken_dependency_and_exits_1(settings: Settings, pos
     rows = _rows(result.stdout)
     assert rows["config"][0] == "ok"
     assert rows["database"][0] == "ok"
-    assert rows["migrations"] == ("FAIL", "database at none, code expects 0001: run `billing migrate`")
+    assert rows["migrations"] == ("FAIL", f"database at none, code expects {HEAD}: run `billing migrate`")
     assert rows["redis"][0] == "FAIL"
     assert rows["stripe"] == ("FAIL", "stripe_unreachable: Stripe could not be reached")
     assert "3 problem(s): migrations, redis, stripe" in result.stdout
@@ -143,12 +148,12 @@ def test_migrate_check_passes_at_head_and_fails_on_an_unmigrated_database(
     at_head = _migrate_check(database_url)
     out, _ = at_head.communicate(timeout=60)
     assert at_head.returncode == 0
-    assert out.strip() == "at head 0001"
+    assert out.strip() == f"at head {HEAD}"
 
     behind = _migrate_check(_fresh_database(postgres_uri))
     _, err = behind.communicate(timeout=60)
     assert behind.returncode == 1
-    assert "database at none, code expects 0001: run `billing migrate`" in err
+    assert f"database at none, code expects {HEAD}: run `billing migrate`" in err
 
 
 def test_migrate_check_with_wait_returns_once_the_migration_job_has_run(postgres_uri: str) -> None:
@@ -159,4 +164,4 @@ def test_migrate_check_with_wait_returns_once_the_migration_job_has_run(postgres
     upgrade(url)
     out, _ = gate.communicate(timeout=30)
     assert gate.returncode == 0
-    assert out.strip() == "at head 0001"
+    assert out.strip() == f"at head {HEAD}"

@@ -25,10 +25,12 @@ from app.dev.processes import (
     siblings_emulator,
     stripe_emulator,
 )
+from app.dev.siblings import DEV_MARKETPLACE_SECRET, MARKETPLACE_EVENTS_PATH
 
 DEV_JWT_SECRET = "dev-only-jwt-secret-never-use-in-production"  # noqa: S105  (never used outside `billing dev`)
 DEV_WEBHOOK_SECRET = "whsec_dev_only"  # noqa: S105
 DEV_STRIPE_KEY = "sk_test_dev_emulator"
+DEV_GATEWAY_TOKEN = "dev-gateway-token"  # noqa: S105  (the gateway stand-in's token in `billing dev`)
 DEMO_USERS = {
     "consumer": ("demo-consumer", "consumer@demo.example"),
     "creator": ("demo-creator", "creator@demo.example"),
@@ -102,7 +104,11 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
             children[-1].start()
             env.setdefault("API_KEY_SERVICE_URL", f"http://{LOOPBACK}:{siblings_port}")
             env.setdefault("METERING_SERVICE_URL", f"http://{LOOPBACK}:{siblings_port}")
+            events_url = f"http://{LOOPBACK}:{siblings_port}{MARKETPLACE_EVENTS_PATH}"
+            env.setdefault("MARKETPLACE_WEBHOOK_URLS", events_url)
+            env.setdefault("MARKETPLACE_WEBHOOK_SECRETS", DEV_MARKETPLACE_SECRET)
         env.setdefault("JWT_SECRET", DEV_JWT_SECRET)
+        env.setdefault("GATEWAY_SERVICE_TOKENS", DEV_GATEWAY_TOKEN)
         env.setdefault("STRIPE_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
         env["HOST"] = LOOPBACK
         api_port = port or int(env.get("PORT", "8080"))
@@ -151,6 +157,9 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
             say(f"  {line}")
         for role in ("consumer", "creator", "admin"):
             say(f"  {role} token: {demo_token(secret, role)}")
+        say(f"  gateway service token: {settings.gateway_tokens[0] if settings.gateway_tokens else '(none)'}")
+        if settings.marketplace_endpoints:
+            say(f"  marketplace events to {', '.join(settings.marketplace_endpoints)}")
         say("Ctrl-C stops everything.")
         while True:
             for child in children:
