@@ -16,7 +16,7 @@ from app import clock
 from app.config import Settings
 from tests import rows
 from tests.entitlement_data import GATEWAY, PERIOD_START, check_body, entitled, gateway_settings, running
-from tests.journeys import Auth, create_plan, new_api_id
+from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 
 IN_PERIOD = PERIOD_START + timedelta(days=3)
 
@@ -200,3 +200,29 @@ async def test_the_usage_estimate_adds_overage_past_the_included_calls(
     body = response.json()
     # 29 USD a month, plus 50 calls past the 100 included at one cent.
     assert (body["successful_calls"], body["estimated_amount"], body["over_limit"]) == (150, 2950, True)
+
+
+async def test_the_upgrade_preview_to_an_overage_plan_shows_its_overage_terms(
+    http: httpx.AsyncClient, auth: Auth
+) -> None:
+    creator = auth("creator")
+    api_id = new_api_id()
+    basic = await create_plan(http, creator, api_id, monthly_price="10")
+    metered = await create_plan(
+        http, creator, api_id, monthly_price="30", call_limit=1000, overage_price_per_call="0.002"
+    )
+    consumer = auth()
+    await register(http, consumer)
+    await add_card(http, consumer)
+    created = (await subscribe(http, consumer, basic)).json()
+    with clock.use(clock.SystemClock()):
+        response = await http.get(
+            f"/api/v1/subscriptions/{created['id']}/upgrade/preview",
+            params={"new_pricing_plan_id": metered["id"]},
+            headers=consumer,
+        )
+    assert response.status_code == 200, response.text
+    overage = [line for line in response.json()["lines"] if "included calls" in (line["description"] or "")]
+    assert [(line["amount"], line["proration"]) for line in overage] == [(0, False)]
+    assert "1,000 included calls" in overage[0]["description"]
+    assert "0.002 USD per call" in overage[0]["description"]

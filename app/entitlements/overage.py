@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.models import Consumer, Invoice, PricingPlanVersion, Subscription
 from app.money import minor_decimal
 from app.stripe import StripeGateway
+from app.subscriptions.schemas import PreviewLine
 from app.usage.repository import UsageRepository
 from app.worker.periods import claim_period
 
@@ -64,3 +65,23 @@ async def bill_overage(
         idempotency_key=f"overage:{subscription.id}:{int(start.timestamp())}",
     )
     return over
+
+
+def overage_terms(version: PricingPlanVersion) -> list[PreviewLine]:
+    """The line an upgrade preview adds for a plan with overage: its terms, billed later (0 now)."""
+    if version.overage_price_per_call is None or version.call_limit is None:
+        return []
+    price = format(version.overage_price_per_call.normalize(), "f")
+    return [
+        PreviewLine(
+            description=(
+                f"Past {version.call_limit:,} included calls a period: {price} {version.currency.upper()} "
+                "per call, billed on the period's invoice"
+            ),
+            amount=0,
+            currency=version.currency,
+            proration=False,
+            period_start=None,
+            period_end=None,
+        )
+    ]

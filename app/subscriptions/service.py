@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import clock
 from app.auth import Principal
 from app.consumers.service import ConsumerService, consumer_id_for
+from app.entitlements.overage import overage_terms
 from app.entitlements.snapshot import overage_amount
 from app.errors import Conflict, InvalidField, NotFound
 from app.events.types import SUBSCRIPTION_CHANGED
@@ -314,7 +315,8 @@ class SubscriptionService:
                     period_end=moment(line.period_end),
                 )
                 for line in preview.lines
-            ],
+            ]
+            + overage_terms(version),
         )
 
     async def usage(self, principal: Principal, subscription_id: uuid.UUID) -> UsageOut:
