@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import clock
 from app.config import Settings
-from app.models import Subscription
+from app.models import OutboxMessage, Subscription
 from tests.entitlement_data import (
     GATEWAY,
     OLD_GATEWAY_TOKEN,
@@ -301,3 +302,22 @@ async def test_openapi_documents_the_service_token_and_the_refusals(http: httpx.
     reasons = spec["components"]["schemas"]["CheckResult"]["properties"]["reason"]["enum"]
     assert {"no_subscription", "not_active", "suspended", "quota_exhausted"} <= set(reasons)
     assert {"spend_cap_reached", "rate_limited"} <= set(reasons)
+
+
+async def test_a_cancelled_subscription_is_not_active_even_after_a_suspension(
+    http: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    subscription = await entitled(engine, status="past_due")
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert(OutboxMessage).values(
+                id=uuid.uuid4(),
+                kind="suspend_api_key",
+                dedupe_key=f"suspend_api_key:{subscription.id}:0",
+                subscription_id=subscription.id,
+                payload={},
+            )
+        )
+    assert (await check(http, subscription))["reason"] == "suspended"
+    cancelled = await entitled(engine, status="cancelled")
+    assert (await check(http, cancelled))["reason"] == "not_active"

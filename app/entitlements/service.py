@@ -106,10 +106,10 @@ def refusal(entitlement: Entitlement | None) -> str | None:
     """The reason calls are refused whatever the counters say, if any."""
     if entitlement is None:
         return "no_subscription"
-    if entitlement.suspended:
-        return "suspended"
     if entitlement.status not in CALLABLE:
         return "not_active"
+    if entitlement.suspended:
+        return "suspended"
     return None
 
 
