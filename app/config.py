@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     # When Redis is unreachable a check answers allowed (fail_open) or refused (fail_closed).
     entitlements_redis_policy: Literal["fail_open", "fail_closed"] = "fail_open"
     entitlements_redis_timeout_seconds: float = Field(0.5, gt=0, le=10)
+    # A process reuses a subscription's snapshot this long (a change is seen within a second).
+    entitlements_local_snapshot_seconds: float = Field(0.5, ge=0, le=1)
     # Marketplace events: endpoints (comma separated) and signing secrets (the first signs; all
     # are sent as v1 signatures while rotating).
     marketplace_webhook_urls: str = ""

@@ -27,7 +27,11 @@ PERIOD_END = datetime.fromisoformat("2026-04-10T12:00:00+00:00")
 
 
 def gateway_settings(settings: Settings, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"gateway_service_tokens": SecretStr(f"{GATEWAY_TOKEN},{OLD_GATEWAY_TOKEN}")}
+    values: dict[str, Any] = {
+        "gateway_service_tokens": SecretStr(f"{GATEWAY_TOKEN},{OLD_GATEWAY_TOKEN}"),
+        # Tests look at the next check right after a change: no per-process copy in between.
+        "entitlements_local_snapshot_seconds": 0,
+    }
     values.update(overrides)
     return settings.model_copy(update=values)
 

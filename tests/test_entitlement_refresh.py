@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -149,3 +150,17 @@ async def test_a_dunning_suspension_and_its_restoration_are_seen_by_the_next_che
         "subscription.changed",
         "invoice.paid",
     ]
+
+
+async def test_with_per_process_copies_a_cancellation_is_seen_within_a_second(
+    settings: Settings, http: httpx.AsyncClient, auth: Auth
+) -> None:
+    created, consumer = await free_subscription(http, auth)
+    copies = gateway_settings(settings, entitlements_local_snapshot_seconds=0.5)
+    async with running(copies) as (_app, gateway):
+        assert (await check(gateway, created["id"], created["api_id"]))["allowed"] is True
+        response = await http.put(f"/api/v1/subscriptions/{created['id']}/cancel", json={}, headers=consumer)
+        assert response.status_code == 200, response.text
+        await asyncio.sleep(0.6)
+        body = await check(gateway, created["id"], created["api_id"])
+    assert (body["allowed"], body["reason"]) == (False, "not_active")

@@ -55,9 +55,8 @@ T = TypeVar("T")
 # Usage alerts: the share of the included calls (or of the spend cap) that raises one, once a period.
 THRESHOLDS = (80, 100)
 SNAPSHOT_PAGE_MAX = 500
-# Track may count against a snapshot this old (a check always reads Redis); at most this many kept.
-TRACK_SNAPSHOT_SECONDS = 1.0
-TRACK_SNAPSHOT_COPIES = 100_000
+# At most this many snapshots are kept in a process (ENTITLEMENTS_LOCAL_SNAPSHOT_SECONDS each).
+LOCAL_SNAPSHOT_COPIES = 100_000
 
 
 class RedisUnavailable(ServiceUnavailable):
@@ -177,8 +176,23 @@ class EntitlementService:
         self._policy = settings.entitlements_redis_policy
         self._counters = Counters(redis)
         self._cache = EntitlementCache(redis)
-        # Track only: recent snapshots of this process, so a batch costs one Redis round trip.
+        # Recent snapshots read by this process: a check or a track batch then costs one Redis
+        # round trip (the counters); changes reach Redis at once and this copy within its age.
+        self._local_seconds = settings.entitlements_local_snapshot_seconds
         self._recent: dict[str, tuple[float, Entitlement]] = {}
+
+    def _local(self, key: str, moment: float) -> Entitlement | None:
+        recent = self._recent.get(key)
+        if recent is not None and moment - recent[0] < self._local_seconds:
+            return recent[1]
+        return None
+
+    def _keep(self, key: str, moment: float, entitlement: Entitlement) -> None:
+        if self._local_seconds <= 0:
+            return
+        if len(self._recent) >= LOCAL_SNAPSHOT_COPIES:
+            self._recent.clear()
+        self._recent[key] = (moment, entitlement)
 
     async def _redis_call(self, call: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -195,18 +209,19 @@ class EntitlementService:
         )
 
     async def _load(self, *, subscription_id: uuid.UUID | None, api_key_id: str | None) -> Entitlement | None:
-        """The cached snapshot, or the ledger's (then cached) when there is none."""
-        if subscription_id is not None:
-            cache_key = keys.snapshot_key(subscription_id)
-        else:
-            assert api_key_id is not None  # noqa: S101  (the schema sends exactly one)
-            cache_key = keys.api_key_index(api_key_id)
+        """This process's recent copy, else the cached snapshot, else the ledger's (then cached)."""
+        cache_key = self._cache_key(subscription_id, api_key_id)
+        moment = time.monotonic()
+        local = self._local(cache_key, moment)
+        if local is not None:
+            return local
         raw = await self._redis_call(lambda: self._redis.get(cache_key))
         if raw == MISSING:
             return None
         if raw is not None:
             cached = Entitlement.loads(raw)
             if cached is not None:
+                self._keep(cache_key, moment, cached)
                 return cached
         async with self._sessionmaker() as session:
             repo = EntitlementRepository(session)
@@ -217,6 +232,7 @@ class EntitlementService:
                 found = await repo.by_api_key(api_key_id)
         if found is not None:
             await self._redis_call(lambda: self._cache.put(found))
+            self._keep(cache_key, moment, found)
         elif api_key_id is not None:
             await self._redis_call(lambda: self._cache.remember_missing_key(api_key_id))
         return found
@@ -354,30 +370,28 @@ class EntitlementService:
         return TrackResponse(tracked=tracked, results=results), alerts
 
     async def _track_snapshots(self, request: TrackRequest) -> list[Entitlement | None]:
-        """The batch's snapshots: from this process's copies (at most TRACK_SNAPSHOT_SECONDS old),
-        else one pipelined read from Redis, else the ledger."""
+        """The batch's snapshots: this process's recent copies, else one pipelined read from Redis,
+        else the ledger."""
         moment = time.monotonic()
         found: dict[str, Entitlement | None] = {}
         wanted: list[tuple[str, uuid.UUID | None, str | None]] = []
         for item in request.calls:
             key = self._cache_key(item.subscription_id, item.api_key_id)
-            recent = self._recent.get(key)
-            if recent is not None and moment - recent[0] < TRACK_SNAPSHOT_SECONDS:
-                found[key] = recent[1]
+            recent = self._local(key, moment)
+            if recent is not None:
+                found[key] = recent
             elif key not in found:
                 found[key] = None
                 wanted.append((key, item.subscription_id, item.api_key_id))
         if wanted:
             raws = await self._redis_call(lambda: self._read_many([w[0] for w in wanted]))
-            if len(self._recent) + len(wanted) > TRACK_SNAPSHOT_COPIES:
-                self._recent.clear()
             for (key, subscription_id, api_key_id), raw in zip(wanted, raws, strict=True):
                 entitlement = Entitlement.loads(raw) if raw not in (None, MISSING) else None
                 if entitlement is None and raw != MISSING:
                     entitlement = await self._load(subscription_id=subscription_id, api_key_id=api_key_id)
                 found[key] = entitlement
                 if entitlement is not None:
-                    self._recent[key] = (moment, entitlement)
+                    self._keep(key, moment, entitlement)
         entitlements: list[Entitlement | None] = []
         for item in request.calls:
             entitlement = found[self._cache_key(item.subscription_id, item.api_key_id)]
