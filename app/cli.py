@@ -450,6 +450,42 @@ def webhooks_replay(
         raise typer.Exit(1)
 
 
+events = typer.Typer(no_args_is_help=True, help="Marketplace events (signed outbound webhooks).")
+cli.add_typer(events, name="events")
+
+
+@events.command("replay")
+def events_replay(
+    event: Annotated[str | None, typer.Option("--event", help="Only this event id (a UUID)")] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Only events that failed for good")] = False,
+    since: Annotated[
+        datetime | None, typer.Option("--since", help="Only events written at or after (ISO time, UTC)")
+    ] = None,
+) -> None:
+    """Send events again to every endpoint, in order per subscription, and report the outcome."""
+    import asyncio
+
+    from app.events.replay import replay_events
+
+    if event is None and not failed and since is None:
+        typer.echo("billing: choose --event ID, --failed or --since T", err=True)
+        raise typer.Exit(2)
+    try:
+        event_id = uuid.UUID(event) if event is not None else None
+    except ValueError:
+        typer.echo(f"billing: --event must be an event id (a UUID), not {event!r}", err=True)
+        raise typer.Exit(2) from None
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    result = asyncio.run(replay_events(settings_or_exit(), event_id=event_id, failed=failed, since=since))
+    typer.echo(
+        f"replayed {result.chosen} events: {result.delivered} delivered, "
+        f"{result.retrying} to retry, {result.failed} failed"
+    )
+    if result.retrying or result.failed:
+        raise typer.Exit(1)
+
+
 usage = typer.Typer(no_args_is_help=True, help="Recorded API usage.")
 cli.add_typer(usage, name="usage")
 

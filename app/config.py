@@ -79,6 +79,19 @@ class Settings(BaseSettings):
     outbox_max_attempts: int = Field(12, ge=1, le=100)
     outbox_retry_base_seconds: float = Field(5.0, gt=0)
     outbox_retry_max_seconds: float = Field(3600.0, gt=0)
+    # Entitlements (the gateway's check/track): service tokens, comma separated, so they can rotate.
+    gateway_service_tokens: SecretStr = SecretStr("")
+    # When Redis is unreachable a check answers allowed (fail_open) or refused (fail_closed).
+    entitlements_redis_policy: Literal["fail_open", "fail_closed"] = "fail_open"
+    entitlements_redis_timeout_seconds: float = Field(0.5, gt=0, le=10)
+    # A process reuses a subscription's snapshot this long (a change is seen within a second).
+    entitlements_local_snapshot_seconds: float = Field(0.5, ge=0, le=1)
+    # Marketplace events: endpoints (comma separated) and signing secrets (the first signs; all
+    # are sent as v1 signatures while rotating).
+    marketplace_webhook_urls: str = ""
+    marketplace_webhook_secrets: SecretStr = SecretStr("")
+    marketplace_webhook_max_attempts: int = Field(10, ge=1, le=100)
+    marketplace_webhook_timeout_seconds: float = Field(5.0, gt=0, le=60)
 
     @field_validator("database_url")
     @classmethod
@@ -142,6 +155,19 @@ class Settings(BaseSettings):
     @property
     def webhook_secrets(self) -> list[str]:
         return [s.strip() for s in self.stripe_webhook_secret.get_secret_value().split(",") if s.strip()]
+
+    @property
+    def gateway_tokens(self) -> list[str]:
+        return [t.strip() for t in self.gateway_service_tokens.get_secret_value().split(",") if t.strip()]
+
+    @property
+    def marketplace_endpoints(self) -> list[str]:
+        return [u.strip() for u in self.marketplace_webhook_urls.split(",") if u.strip()]
+
+    @property
+    def marketplace_secrets(self) -> list[str]:
+        raw = self.marketplace_webhook_secrets.get_secret_value()
+        return [s.strip() for s in raw.split(",") if s.strip()]
 
     @property
     def user_id_claims(self) -> list[str]:

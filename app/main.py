@@ -11,7 +11,7 @@ import httpx
 from arq.connections import ArqRedis
 from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
-from redis.asyncio import ConnectionPool
+from redis.asyncio import ConnectionPool, Redis
 
 from app import __version__
 from app.analytics.router import router as analytics_router
@@ -20,6 +20,9 @@ from app.config import Settings, get_settings
 from app.consumers.router import router as consumers_router
 from app.creators.router import router as creators_router
 from app.db import create_engine, create_read_sessionmaker, create_sessionmaker
+from app.entitlements.router import router as entitlements_router
+from app.entitlements.router import spend_cap_router
+from app.entitlements.service import EntitlementService
 from app.health.router import router as health_router
 from app.http import RequestContextMiddleware, error_responses, install_error_handlers
 from app.idempotency import IdempotencyMiddleware
@@ -130,6 +133,14 @@ def create_redis(settings: Settings) -> ArqRedis:
     return ArqRedis(connection_pool=pool)
 
 
+def create_entitlements_redis(settings: Settings) -> Redis:
+    """The check path's own client: it connects within the entitlement timeout, and each call is
+    bounded by it as a whole (a per-read socket timeout would cost a timer per pipelined reply)."""
+    timeout = settings.entitlements_redis_timeout_seconds
+    pool = ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=timeout)
+    return Redis(connection_pool=pool)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -145,6 +156,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.verifier = TokenVerifier(settings, http)
         app.state.stripe = StripeGateway(settings)
         app.state.draining = False
+        app.state.entitlements_redis = create_entitlements_redis(settings)
+        app.state.entitlements = EntitlementService(
+            app.state.entitlements_redis, app.state.read_sessionmaker, settings
+        )
         # Everything loaded so far lives as long as the process: keep the collector off it,
         # so full collections stay short and do not show up as latency spikes.
         gc.collect()
@@ -154,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.draining = True
             await app.state.redis.aclose()
+            await app.state.entitlements_redis.aclose()
             await http.aclose()
             await engine.dispose()
 
@@ -188,6 +204,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(admin_invoices_router)
     api.include_router(analytics_router)
     api.include_router(creators_router)
+    api.include_router(entitlements_router)
+    api.include_router(spend_cap_router)
     app.include_router(api)
     app.include_router(health_router)
     app.include_router(webhooks_router)

@@ -16,12 +16,18 @@ class RecordingOutbox(Outbox):
     def __init__(self) -> None:
         super().__init__(session=None, redis=None)  # type: ignore[arg-type]
         self.intents: list[str] = []
+        self.events: list[str] = []
 
     async def create_api_key(self, subscription: Subscription) -> None:
         self.intents.append("create")
 
     async def revoke_api_key(self, subscription: Subscription) -> None:
         self.intents.append("revoke")
+
+    async def publish_event(
+        self, subscription: Subscription, type: str, dedupe: str, payload: dict[str, Any] | None = None
+    ) -> None:
+        self.events.append(type)
 
 
 def _subscription(status: str = "incomplete") -> Subscription:

@@ -2,7 +2,9 @@
 
 `billing dev` runs this when API_KEY_SERVICE_URL / METERING_SERVICE_URL are unset. State is in
 memory; `POST /api/v1/usage/subscription/{id}/calls` lets a demo record traffic, counted on the
-business clock's day (BILLING_CLOCK, as for the API and the worker) when it names none.
+business clock's day (BILLING_CLOCK, as for the API and the worker) when it names none. It is also
+a demo marketplace endpoint for our events: `POST /marketplace/events` checks the signature
+(secret `DEV_MARKETPLACE_SECRET`), `GET /marketplace/events` lists what arrived.
 """
 
 from __future__ import annotations
@@ -10,14 +12,20 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import time
 from collections import defaultdict
 from datetime import date
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Response
+import orjson
+from fastapi import FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
 from app import clock
+from app.events.signature import SIGNATURE_HEADER, verify
+
+DEV_MARKETPLACE_SECRET = "whsec_dev_marketplace"  # noqa: S105  (the demo endpoint of `billing dev` only)
+MARKETPLACE_EVENTS_PATH = "/marketplace/events"
 
 
 class KeyRequest(BaseModel):
@@ -79,6 +87,22 @@ def build_app() -> FastAPI:
             },
             "recent_calls": [],
         }
+
+    received: list[dict[str, Any]] = []
+
+    @app.post(MARKETPLACE_EVENTS_PATH)
+    async def marketplace_event(request: Request) -> dict[str, bool]:
+        body = await request.body()
+        header = request.headers.get(SIGNATURE_HEADER, "")
+        if not verify(body, header, DEV_MARKETPLACE_SECRET, now=int(time.time())):
+            raise HTTPException(400, "bad signature")
+        received.append({"signature_verified": True, **orjson.loads(body)})
+        del received[:-200]
+        return {"received": True}
+
+    @app.get(MARKETPLACE_EVENTS_PATH)
+    async def marketplace_events() -> dict[str, list[dict[str, Any]]]:
+        return {"events": received}
 
     return app
 

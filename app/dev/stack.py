@@ -28,10 +28,12 @@ from app.dev.processes import (
     siblings_emulator,
     stripe_emulator,
 )
+from app.dev.siblings import DEV_MARKETPLACE_SECRET, MARKETPLACE_EVENTS_PATH
 
 DEV_JWT_SECRET = "dev-only-jwt-secret-never-use-in-production"  # noqa: S105  (never used outside `billing dev`)
 DEV_WEBHOOK_SECRET = "whsec_dev_only"  # noqa: S105
 DEV_STRIPE_KEY = "sk_test_dev_emulator"
+DEV_GATEWAY_TOKEN = "dev-gateway-token"  # noqa: S105  (the gateway stand-in's token in `billing dev`)
 DEMO_USERS = {
     "consumer": ("demo-consumer", "consumer@demo.example"),
     "creator": ("demo-creator", "creator@demo.example"),
@@ -195,11 +197,15 @@ def run_dev_stack(
             clock_id = dev_test_clock(stripe_base, env["STRIPE_SECRET_KEY"], data_dir / "test_clock.id")
             env["BILLING_CLOCK"] = f"stripe-test-clock:{clock_id}"
         env.setdefault("JWT_SECRET", DEV_JWT_SECRET)
+        env.setdefault("GATEWAY_SERVICE_TOKENS", DEV_GATEWAY_TOKEN)
         env.setdefault("STRIPE_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
         if not env.get("API_KEY_SERVICE_URL") or not env.get("METERING_SERVICE_URL"):
             siblings_port = free_port()
             env.setdefault("API_KEY_SERVICE_URL", f"http://{LOOPBACK}:{siblings_port}")
             env.setdefault("METERING_SERVICE_URL", f"http://{LOOPBACK}:{siblings_port}")
+            events_url = f"http://{LOOPBACK}:{siblings_port}{MARKETPLACE_EVENTS_PATH}"
+            env.setdefault("MARKETPLACE_WEBHOOK_URLS", events_url)
+            env.setdefault("MARKETPLACE_WEBHOOK_SECRETS", DEV_MARKETPLACE_SECRET)
             siblings = siblings_emulator(
                 siblings_port, data_dir / "siblings.pid", data_dir / "siblings.log", env=dict(env)
             )
@@ -280,6 +286,9 @@ def run_dev_stack(
             say("  invoices issuer is the placeholder: set INVOICE_ISSUER_NAME, _ADDRESS and _EMAIL")
         if verbose:
             stream_logs([data_dir / "api.log", data_dir / "worker.log"], stop_streaming)
+        say(f"  gateway service token: {settings.gateway_tokens[0] if settings.gateway_tokens else '(none)'}")
+        if settings.marketplace_endpoints:
+            say(f"  marketplace events to {', '.join(settings.marketplace_endpoints)}")
         say("Ctrl-C stops everything.")
         while True:
             for child in children:

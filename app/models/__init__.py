@@ -7,6 +7,7 @@ from app.models.event import StripeEvent
 from app.models.idempotency import IdempotencyKey
 from app.models.invoice import Invoice, InvoiceNumberSequence
 from app.models.job_run import JobRun
+from app.models.marketplace_event import MarketplaceEvent, MarketplaceEventDelivery
 from app.models.outbox import OutboxMessage
 from app.models.payout import CreatorAccount, Payout
 from app.models.plan import Api, PricingPlan, PricingPlanVersion
@@ -26,6 +27,8 @@ __all__ = [
     "InvoiceNumberSequence",
     "InvoiceReversal",
     "JobRun",
+    "MarketplaceEvent",
+    "MarketplaceEventDelivery",
     "OutboxMessage",
     "PaymentMethod",
     "Payout",

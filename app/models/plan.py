@@ -67,6 +67,7 @@ class PricingPlanVersion(UUIDPk, Base):
         CheckConstraint("call_limit > 0", name="call_limit_positive"),
         CheckConstraint("currency ~ '^[a-z]{3}$'", name="currency_iso"),
         *non_negative("monthly_amount", "price_per_call"),
+        CheckConstraint("overage_price_per_call > 0", name="overage_price_per_call_positive"),
     )
 
     plan_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_pricing_plans.id", ondelete="CASCADE"))
@@ -76,6 +77,8 @@ class PricingPlanVersion(UUIDPk, Base):
     monthly_amount: Mapped[MinorUnits | None]
     price_per_call: Mapped[Decimal | None] = mapped_column(PER_CALL_PRICE)
     call_limit: Mapped[int | None]
+    # Set: calls past `call_limit` are allowed and billed at this per-call price (major units).
+    overage_price_per_call: Mapped[Decimal | None] = mapped_column(PER_CALL_PRICE)
     stripe_price_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
 
@@ -87,4 +90,5 @@ class PricingPlanVersion(UUIDPk, Base):
             "monthly_amount": self.monthly_amount,
             "price_per_call": self.price_per_call,
             "call_limit": self.call_limit,
+            "overage_price_per_call": self.overage_price_per_call,
         }

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, ForeignKeyConstraint, Index, String, text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, ForeignKeyConstraint, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app import clock
@@ -32,6 +32,7 @@ class Subscription(UUIDPk, Timestamps, Base):
             postgresql_where=text("status IN ('active', 'past_due', 'trial', 'incomplete')"),
         ),
         Index("ix_subscriptions_consumer_created", "consumer_id", "created_at", "id"),
+        CheckConstraint("monthly_spend_cap >= 0", name="monthly_spend_cap_non_negative"),
     )
 
     consumer_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("consumers.id"))
@@ -43,7 +44,7 @@ class Subscription(UUIDPk, Timestamps, Base):
     stripe_subscription_item_id: Mapped[str | None] = mapped_column(String(255))
     stripe_checkout_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     checkout_url: Mapped[str | None] = mapped_column(String(2048))
-    api_key_id: Mapped[str | None] = mapped_column(String(255))
+    api_key_id: Mapped[str | None] = mapped_column(String(255), index=True)
     api_key_suspended: Mapped[bool] = mapped_column(default=False)
     started_at: Mapped[datetime] = mapped_column(default=clock.now)
     cancelled_at: Mapped[datetime | None]
@@ -57,3 +58,5 @@ class Subscription(UUIDPk, Timestamps, Base):
     stripe_state_at: Mapped[int | None] = mapped_column(BigInteger)
     # The Stripe price billed when no plan version of this API has it (the row keeps its plan).
     unmatched_stripe_price_id: Mapped[str | None] = mapped_column(String(255))
+    # The consumer's monthly spend cap on pay-per-use and overage, in the plan's minor units.
+    monthly_spend_cap: Mapped[int | None] = mapped_column(BigInteger)

@@ -16,6 +16,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.session import after_commit
+from app.entitlements.cache import schedule_refresh
+from app.events import types as events
+from app.events.publisher import publish
 from app.models import OutboxMessage, Subscription
 
 DELIVER_JOB = "deliver_outbox_message"
@@ -64,6 +67,8 @@ class Outbox:
         latest, count = await self._latest_toggle(subscription.id)
         if latest != "suspend_api_key":
             await self._add("suspend_api_key", f"suspend_api_key:{subscription.id}:{count}", subscription, {})
+            self.refresh_entitlement(subscription)
+            await self.publish_event(subscription, events.API_KEY_SUSPENDED, f"{subscription.id}:{count}")
 
     async def restore_api_key(self, subscription: Subscription) -> None:
         """Ask for a working key again after a suspension; a no-op unless the last intent suspended."""
@@ -75,6 +80,8 @@ class Outbox:
                 subscription,
                 {"name": f"{subscription.api_id} subscription"},
             )
+            self.refresh_entitlement(subscription)
+            await self.publish_event(subscription, events.API_KEY_RESTORED, f"{subscription.id}:{count}")
 
     async def _latest_toggle(self, subscription_id: uuid.UUID) -> tuple[str | None, int]:
         """The latest suspend/restore intent of a subscription and how many there are.
@@ -94,11 +101,31 @@ class Outbox:
         row = (await self._session.execute(statement)).one_or_none()
         return (None, 0) if row is None else (row[0], int(row[1]))
 
+    def refresh_entitlement(self, subscription: Subscription) -> None:
+        """Refresh the gateway's cached entitlement of the subscription once this transaction commits."""
+        schedule_refresh(self._session, self._redis, subscription.id)
+
     async def notify(
         self, subscription: Subscription, topic: str, dedupe: str, payload: dict[str, Any]
     ) -> None:
-        """An outbound notification about the subscription (e.g. its trial ends), once per `dedupe`."""
+        """An outbound notification about the subscription (e.g. its trial ends), once per `dedupe`;
+        delivered to the marketplace as an event."""
         await self._add("notify", f"notify:{topic}:{dedupe}", subscription, {"topic": topic, **payload})
+        event_type = events.NOTIFY_EVENT_TYPES.get(topic, f"notification.{topic}")
+        await self.publish_event(subscription, event_type, dedupe, payload)
+
+    async def publish_event(
+        self, subscription: Subscription, type: str, dedupe: str, payload: dict[str, Any] | None = None
+    ) -> None:
+        """A marketplace event about the subscription, once per (type, dedupe), sent after the commit."""
+        await publish(
+            self._session,
+            self._redis,
+            type=type,
+            dedupe_key=f"{type}:{dedupe}",
+            subscription_id=subscription.id,
+            payload={**events.subscription_payload(subscription), **(payload or {})},
+        )
 
     async def _add(
         self, kind: str, dedupe_key: str, subscription: Subscription, payload: dict[str, Any]

@@ -50,6 +50,16 @@ class PlanTerms(BaseModel):
     call_limit: Limit | None = Field(
         None, description="Calls included per billing period (count); null means unlimited"
     )
+    overage_price_per_call: Decimal | None = Field(
+        None,
+        gt=0,
+        le=MAX_PRICE_PER_CALL,
+        allow_inf_nan=False,
+        description=(
+            "Subscription plans with a `call_limit` only: calls past the limit are allowed and billed at"
+            " this price each, in major units (JSON number); null means the limit is hard"
+        ),
+    )
     rate_limit_per_minute: Limit | None = Field(
         None, description="Most calls per minute (count); null means no limit"
     )
@@ -66,7 +76,7 @@ class PlanTerms(BaseModel):
         None, description='Free-form feature flags shown on the plan, e.g. `{"priority_support": true}`'
     )
 
-    @field_validator("price_per_call")
+    @field_validator("price_per_call", "overage_price_per_call")
     @classmethod
     def _per_call_precision(cls, value: Decimal | None) -> Decimal | None:
         if value is not None and -value.as_tuple().exponent > PRICE_PER_CALL_DECIMALS:  # type: ignore[operator]
@@ -133,6 +143,9 @@ class PlanOut(BaseModel):
     )
     call_limit: int | None = Field(
         None, description="Calls included per billing period (count); null means unlimited"
+    )
+    overage_price_per_call: JsonDecimal | None = Field(
+        None, description="Price of each call past `call_limit` in major units; null means the limit is hard"
     )
     rate_limit_per_minute: int | None = Field(
         None, description="Most calls per minute (count); null means no limit"

@@ -13,7 +13,7 @@ from app.plans.repository import PlanRepository
 from app.plans.schemas import PlanCreate, PlanOut, PlanUpdate
 from app.stripe import StripeGateway
 
-MONEY_FIELDS = ("monthly_price", "price_per_call", "call_limit")
+MONEY_FIELDS = ("monthly_price", "price_per_call", "call_limit", "overage_price_per_call")
 
 
 def plan_out(plan: PricingPlan, version: PricingPlanVersion) -> PlanOut:
@@ -30,6 +30,9 @@ def plan_out(plan: PricingPlan, version: PricingPlanVersion) -> PlanOut:
         ),
         price_per_call=version.price_per_call.normalize() if version.price_per_call is not None else None,
         call_limit=version.call_limit,
+        overage_price_per_call=(
+            version.overage_price_per_call.normalize() if version.overage_price_per_call is not None else None
+        ),
         rate_limit_per_minute=plan.rate_limit_per_minute,
         rate_limit_per_day=plan.rate_limit_per_day,
         rate_limit_per_month=plan.rate_limit_per_month,
@@ -79,6 +82,16 @@ def check_prices(
             raise InvalidField("trial_period_days", "a free plan has no trial")
 
 
+def check_overage(plan_type: str, call_limit: int | None, overage_price_per_call: Decimal | None) -> None:
+    """Overage is a subscription plan's option: included calls (`call_limit`), then a price per call."""
+    if overage_price_per_call is None:
+        return
+    if plan_type != "subscription":
+        raise InvalidField("overage_price_per_call", "only subscription plans bill overage")
+    if call_limit is None:
+        raise InvalidField("overage_price_per_call", "overage needs a call_limit (the included calls)")
+
+
 class PlanService:
     def __init__(self, session: AsyncSession, stripe: StripeGateway) -> None:
         self._repo = PlanRepository(session)
@@ -89,6 +102,7 @@ class PlanService:
         check_prices(
             data.type, data.currency, data.monthly_price, data.price_per_call, data.trial_period_days
         )
+        check_overage(data.type, data.call_limit, data.overage_price_per_call)
         if principal.is_admin:
             # An admin acts on a creator's API, but never becomes the owner of an unclaimed one
             # (its earnings and payouts would go to the admin).
@@ -122,6 +136,7 @@ class PlanService:
             monthly_amount=to_minor(data.monthly_price, data.currency) if data.monthly_price else None,
             price_per_call=data.price_per_call,
             call_limit=data.call_limit,
+            overage_price_per_call=data.overage_price_per_call,
         )
         await self._publish_price(api, plan, version)
         self._repo.add(plan, version)
@@ -174,12 +189,17 @@ class PlanService:
         monthly = data.monthly_price if "monthly_price" in sent else self._monthly_price(current)
         per_call = data.price_per_call if "price_per_call" in sent else current.price_per_call
         call_limit = data.call_limit if "call_limit" in sent else current.call_limit
+        overage = current.overage_price_per_call
+        if "overage_price_per_call" in sent:
+            overage = data.overage_price_per_call
         check_prices(plan.type, currency, monthly, per_call, plan.trial_period_days)
+        check_overage(plan.type, call_limit, overage)
         monthly_amount = to_minor(monthly, currency) if plan.type == "subscription" and monthly else None
-        if (monthly_amount, per_call, call_limit) == (
+        if (monthly_amount, per_call, call_limit, overage) == (
             current.monthly_amount,
             current.price_per_call,
             current.call_limit,
+            current.overage_price_per_call,
         ):
             return plan_out(plan, current)
         version = PricingPlanVersion(
@@ -189,6 +209,7 @@ class PlanService:
             monthly_amount=monthly_amount,
             price_per_call=per_call,
             call_limit=call_limit,
+            overage_price_per_call=overage,
         )
         await self._publish_price(api, plan, version)
         plan.current_version = version.version

@@ -20,6 +20,7 @@ Three rules that timestamps alone cannot settle:
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_object_session
 
 from app import clock, metrics
+from app.events.types import SUBSCRIPTION_CANCELLED, SUBSCRIPTION_CHANGED, SUBSCRIPTION_CREATED
 from app.models import PricingPlan, PricingPlanVersion, Subscription
 from app.outbox.service import Outbox
 
@@ -111,6 +113,7 @@ async def apply_status(outbox: Outbox, subscription: Subscription, new_status: s
     now = clock.now()
     if new_status in KEYED and old_status not in KEYED:
         await outbox.create_api_key(subscription)
+        await outbox.publish_event(subscription, SUBSCRIPTION_CREATED, str(subscription.id))
     if old_status == "past_due" and new_status in KEYED:
         # Leaving dunning brings back a key it suspended (a no-op if no suspension was asked).
         await outbox.restore_api_key(subscription)
@@ -121,6 +124,10 @@ async def apply_status(outbox: Outbox, subscription: Subscription, new_status: s
     if new_status in TERMINAL:
         subscription.cancelled_at = subscription.cancelled_at or now
         await outbox.revoke_api_key(subscription)
+        await outbox.publish_event(subscription, SUBSCRIPTION_CANCELLED, str(subscription.id))
+    elif old_status in KEYED:
+        await outbox.publish_event(subscription, SUBSCRIPTION_CHANGED, f"{subscription.id}:{uuid.uuid4()}")
+    outbox.refresh_entitlement(subscription)
     return True
 
 
@@ -208,6 +215,7 @@ async def apply_stripe_state(
     # A same-second snapshot may predate a plan change we just made: only a newer one moves the plan.
     plan_changed = newer and status not in TERMINAL and await follow_price(subscription, state.price_id)
     await apply_status(outbox, subscription, status)
+    outbox.refresh_entitlement(subscription)
     after = (
         subscription.status,
         subscription.current_period_start,

@@ -12,7 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import clock
 from app.auth import Principal
 from app.consumers.service import ConsumerService, consumer_id_for
+from app.entitlements.overage import overage_terms
+from app.entitlements.snapshot import overage_amount
 from app.errors import Conflict, InvalidField, NotFound, PaymentRequired, ServiceUnavailable
+from app.events.types import SUBSCRIPTION_CHANGED
 from app.integrations.metering import MeteringClient, MeteringUnavailable
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription
 from app.money import exponent
@@ -347,6 +350,8 @@ class SubscriptionService:
             await self._mirror(subscription, updated)
         subscription.pricing_plan_id = plan.id
         subscription.plan_version = version.version
+        self._outbox.refresh_entitlement(subscription)
+        await self._outbox.publish_event(subscription, SUBSCRIPTION_CHANGED, f"{subscription.id}:{tag}")
         await self._repo.flush()
         return subscription_out(subscription, plan, version, client_secret=client_secret)
 
@@ -389,7 +394,8 @@ class SubscriptionService:
                     period_end=moment(line.period_end),
                 )
                 for line in preview.lines
-            ],
+            ]
+            + overage_terms(version),
         )
 
     async def usage(self, principal: Principal, subscription_id: uuid.UUID) -> UsageOut:
@@ -456,7 +462,10 @@ class SubscriptionService:
     def _estimate(plan: PricingPlan, version: PricingPlanVersion, calls: int) -> int:
         """The period's amount so far in minor units."""
         if plan.type == "subscription":
-            return version.monthly_amount or 0
+            overage = overage_amount(
+                version.currency, version.overage_price_per_call, version.call_limit, calls
+            )
+            return (version.monthly_amount or 0) + overage
         if plan.type == "pay_per_use" and version.price_per_call is not None:
             amount = (version.price_per_call * calls).scaleb(exponent(version.currency))
             return int(amount.quantize(1, rounding=ROUND_HALF_UP))

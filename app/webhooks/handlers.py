@@ -20,7 +20,9 @@ from app import clock
 from app.config import Settings
 from app.dunning.service import DunningService
 from app.earnings.booking import book_invoice_earnings
+from app.entitlements.overage import bill_overage
 from app.errors import DomainError
+from app.events.types import INVOICE_PAID, INVOICE_PAYMENT_FAILED, invoice_payload
 from app.invoices.stripe_sync import sync_invoice
 from app.models import Consumer, Invoice, Subscription
 from app.outbox.service import Outbox
@@ -189,6 +191,7 @@ async def invoice_created(ctx: EventContext, obj: dict[str, Any]) -> str:
         run = await ctx.usage.aggregate(only=[invoice.subscription_id])
         if run.unavailable or run.stripe_failures:
             raise UsageNotReported("usage not yet reported for this invoice (metering or Stripe failed)")
+        await bill_overage(ctx.session, ctx.stripe, invoice, await _invoice_subscription(ctx, invoice))
     return "processed"
 
 
@@ -204,6 +207,9 @@ async def invoice_paid(ctx: EventContext, obj: dict[str, Any]) -> str:
     subscription = await _invoice_subscription(ctx, invoice)
     if subscription is not None:
         await ctx.dunning.payment_succeeded(subscription, observed_at=ctx.created)
+        await ctx.outbox.publish_event(
+            subscription, INVOICE_PAID, invoice.stripe_invoice_id, invoice_payload(invoice)
+        )
     return "processed"
 
 
@@ -213,6 +219,9 @@ async def invoice_payment_failed(ctx: EventContext, obj: dict[str, Any]) -> str:
     subscription = await _invoice_subscription(ctx, invoice)
     if subscription is not None and invoice.status != "paid":
         await ctx.dunning.payment_failed(subscription, observed_at=ctx.created)
+        await ctx.outbox.publish_event(
+            subscription, INVOICE_PAYMENT_FAILED, ctx.event_id, invoice_payload(invoice)
+        )
     return "processed"
 
 

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from arq import cron
 
 from app.config import get_settings
+from app.events import jobs as event_jobs
 from app.logging import configure_logging
 from app.metrics import instrument_worker, serve_worker_metrics
 from app.outbox import jobs as outbox_jobs
@@ -37,6 +38,7 @@ class WorkerSettings:
         run_payouts,
         reconcile_with_stripe,
         *webhook_jobs.JOBS,
+        *event_jobs.JOBS,
     ]
     cron_jobs: ClassVar[list[Any]] = [
         cron(jobs.purge_expired_idempotency_keys, minute={7}, unique=True),
@@ -45,6 +47,7 @@ class WorkerSettings:
         # Daily; a long run outlives job_timeout, and a retry resumes it where it stopped.
         cron(reconcile_with_stripe, hour={4}, minute={41}, unique=True, timeout=6 * 3600),
         *webhook_jobs.CRON_JOBS,
+        *event_jobs.CRON_JOBS,
     ]
     on_startup = startup
     on_shutdown = shutdown

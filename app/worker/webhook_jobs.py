@@ -13,6 +13,7 @@ from arq.connections import ArqRedis
 from app import clock
 from app.db.session import run_after_commit
 from app.dunning.service import DunningService
+from app.entitlements.reconcile import reconcile_counters
 from app.outbox.service import Outbox
 from app.usage.service import UsageService
 from app.webhooks.ingest import PROCESS_JOB, event_job_id
@@ -73,6 +74,7 @@ async def aggregate_usage(ctx: dict[str, Any], subscription_id: str | None = Non
     res = resources(ctx)
     only = [uuid.UUID(subscription_id)] if subscription_id else None
     run = await UsageService(res.sessionmaker, res.stripe, res.settings, res.http).aggregate(only=only)
+    await reconcile_counters(res.sessionmaker, ctx.get("redis"))
     if run.unavailable:
         log.warning("metering unavailable", extra={"subscriptions": len(run.unavailable)})
     if run.over_limit:

@@ -1,0 +1,1 @@
+"""Real-time entitlements for the marketplace's gateway: check/track, Redis counters, snapshots."""

@@ -1,0 +1,105 @@
+"""The gateway's API (service token): check, track, snapshot; and the consumer's spend cap."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
+
+from app.auth import CurrentUser
+from app.db import DbSession, ReadSession
+from app.entitlements.auth import GatewayCaller
+from app.entitlements.schemas import (
+    CheckRequest,
+    CheckResult,
+    EntitlementList,
+    SpendCapOut,
+    SpendCapUpdate,
+    TrackRequest,
+    TrackResponse,
+)
+from app.entitlements.service import Alert, EntitlementService, SpendCapService, publish_alerts
+from app.errors import InvalidField
+from app.http import error_responses
+from app.plans.schemas import ApiId
+
+router = APIRouter(prefix="/entitlements", tags=["entitlements"], dependencies=[GatewayCaller])
+spend_cap_router = APIRouter(prefix="/subscriptions", tags=["subscriptions"])
+
+
+def entitlement_service(request: Request) -> EntitlementService:
+    service: EntitlementService = request.app.state.entitlements
+    return service
+
+
+Service = Annotated[EntitlementService, Depends(entitlement_service)]
+
+
+def _send_alerts(request: Request, background: BackgroundTasks, alerts: list[Alert]) -> None:
+    if alerts:
+        state = request.app.state
+        background.add_task(publish_alerts, state.sessionmaker, state.redis, alerts)
+
+
+@router.post(
+    "/check",
+    summary="May this key (or subscription) call this API now? Optionally count the calls",
+    responses=error_responses(401),
+)
+async def check(
+    body: CheckRequest, service: Service, request: Request, background: BackgroundTasks
+) -> CheckResult:
+    result, alerts = await service.check(body)
+    _send_alerts(request, background, alerts)
+    return result
+
+
+@router.post(
+    "/track",
+    summary="Count calls the gateway let through, in a batch (counted whatever the limits)",
+    responses=error_responses(401, 503),
+)
+async def track(
+    body: TrackRequest, service: Service, request: Request, background: BackgroundTasks
+) -> TrackResponse:
+    result, alerts = await service.track(body)
+    _send_alerts(request, background, alerts)
+    return result
+
+
+@router.get(
+    "/snapshot",
+    summary="Live subscriptions' entitlements, periods, limits and counts (to warm a gateway cache)",
+    responses=error_responses(401, 503),
+)
+async def snapshot(
+    service: Service,
+    session: ReadSession,
+    api_id: Annotated[ApiId | None, Query(description="Only this API's subscriptions")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> EntitlementList:
+    after: uuid.UUID | None = None
+    if cursor is not None:
+        try:
+            after = uuid.UUID(cursor)
+        except ValueError:
+            raise InvalidField("cursor", "not a cursor from a previous page") from None
+    return await service.snapshot_page(session, api_id=api_id, after=after, limit=limit)
+
+
+@spend_cap_router.put(
+    "/{subscription_id}/spend-cap",
+    summary="Set or clear the monthly cap on pay-per-use and overage spend",
+    responses=error_responses(401, 404),
+)
+async def set_spend_cap(
+    subscription_id: uuid.UUID,
+    body: SpendCapUpdate,
+    principal: CurrentUser,
+    session: DbSession,
+    request: Request,
+) -> SpendCapOut:
+    service = SpendCapService(session, request.app.state.entitlements_redis)
+    return await service.set_cap(principal, subscription_id, body.monthly_spend_cap)

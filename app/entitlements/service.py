@@ -1,0 +1,516 @@
+"""Check and track: may this key make this call now, and count the calls made.
+
+The hot path is one Redis read (the snapshot) and one script call (the counters); the database
+is read only when a snapshot is missing. When Redis cannot answer within its timeout the
+configured policy answers instead (fail open by default, fail closed when set), with a metric
+and a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from arq.connections import ArqRedis
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app import clock
+from app.auth import Principal
+from app.config import Settings
+from app.consumers.service import consumer_id_for
+from app.db.session import run_after_commit
+from app.entitlements import keys
+from app.entitlements.cache import MISSING, EntitlementCache, schedule_refresh
+from app.entitlements.counters import Counters, Limits, Outcome
+from app.entitlements.metrics import CHECKS, REDIS_DEGRADED
+from app.entitlements.repository import EntitlementRepository
+from app.entitlements.schemas import (
+    CheckRequest,
+    CheckResult,
+    EntitlementList,
+    EntitlementOut,
+    SpendCapOut,
+    TrackRequest,
+    TrackResponse,
+    TrackResult,
+)
+from app.entitlements.snapshot import CALLABLE, Entitlement
+from app.errors import InvalidField, NotFound, ServiceUnavailable
+from app.events.publisher import publish
+from app.events.types import QUOTA_EXHAUSTED, USAGE_THRESHOLD_REACHED
+from app.subscriptions.service import usage_period
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Usage alerts: the share of the included calls (or of the spend cap) that raises one, once a period.
+THRESHOLDS = (80, 100)
+SNAPSHOT_PAGE_MAX = 500
+# At most this many snapshots are kept in a process (ENTITLEMENTS_LOCAL_SNAPSHOT_SECONDS each).
+LOCAL_SNAPSHOT_COPIES = 100_000
+
+
+class RedisUnavailable(ServiceUnavailable):
+    """Redis did not answer within the entitlement timeout."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("Entitlement counters are unavailable, try again", code="counters_unavailable")
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A usage fact for the marketplace, raised by the one check that crossed it."""
+
+    type: str
+    subscription_id: str
+    dedupe_key: str
+    payload: dict[str, object]
+
+
+def _moment(epoch: int | None) -> datetime | None:
+    return datetime.fromtimestamp(epoch, tz=UTC) if epoch is not None else None
+
+
+def current_period(entitlement: Entitlement, now: datetime) -> tuple[datetime, datetime]:
+    """The period whose calls count now: the subscription's own, rolled on monthly if it has passed."""
+    return usage_period(
+        _moment(entitlement.current_period_start),
+        _moment(entitlement.current_period_end),
+        datetime.fromtimestamp(entitlement.started_at, tz=UTC),
+        now,
+    )
+
+
+def limits_of(entitlement: Entitlement) -> Limits:
+    return Limits(
+        hard=entitlement.hard_limit,
+        cap_calls=entitlement.cap_calls(),
+        per_minute=entitlement.rate_limit_per_minute,
+        per_day=entitlement.rate_limit_per_day,
+        per_month=entitlement.rate_limit_per_month,
+    )
+
+
+def refusal(entitlement: Entitlement | None) -> str | None:
+    """The reason calls are refused whatever the counters say, if any."""
+    if entitlement is None:
+        return "no_subscription"
+    if entitlement.status not in CALLABLE:
+        return "not_active"
+    if entitlement.suspended:
+        return "suspended"
+    return None
+
+
+def crossed_alerts(
+    entitlement: Entitlement, period: tuple[datetime, datetime], before: int, after: int
+) -> list[Alert]:
+    """The usage thresholds that the calls from `before` to `after` crossed (each once a period)."""
+    alerts: list[Alert] = []
+    bases = [("included_calls", entitlement.call_limit), ("spend_cap", entitlement.cap_calls())]
+    start, end = period
+    for basis, limit in bases:
+        if not limit:
+            continue
+        for percent in THRESHOLDS:
+            mark = math.ceil(limit * percent / 100)
+            if before < mark <= after:
+                alerts.append(
+                    Alert(
+                        type=USAGE_THRESHOLD_REACHED,
+                        subscription_id=entitlement.subscription_id,
+                        dedupe_key=(
+                            f"usage.threshold_reached:{entitlement.subscription_id}:"
+                            f"{int(start.timestamp())}:{basis}:{percent}"
+                        ),
+                        payload={
+                            "api_id": entitlement.api_id,
+                            "consumer_id": entitlement.consumer_id,
+                            "basis": basis,
+                            "threshold_percent": percent,
+                            "limit": limit,
+                            "used": after,
+                            "period_start": start.isoformat(),
+                            "period_end": end.isoformat(),
+                        },
+                    )
+                )
+    return alerts
+
+
+def exhausted_alert(entitlement: Entitlement, period: tuple[datetime, datetime], used: int) -> Alert:
+    start, end = period
+    return Alert(
+        type=QUOTA_EXHAUSTED,
+        subscription_id=entitlement.subscription_id,
+        dedupe_key=f"quota.exhausted:{entitlement.subscription_id}:{int(start.timestamp())}",
+        payload={
+            "api_id": entitlement.api_id,
+            "consumer_id": entitlement.consumer_id,
+            "call_limit": entitlement.call_limit,
+            "used": used,
+            "period_start": start.isoformat(),
+            "period_end": end.isoformat(),
+        },
+    )
+
+
+class EntitlementService:
+    def __init__(
+        self, redis: Redis, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+    ) -> None:
+        self._redis = redis
+        self._sessionmaker = sessionmaker
+        self._timeout = settings.entitlements_redis_timeout_seconds
+        self._fail_open = settings.entitlements_redis_policy == "fail_open"
+        self._policy = settings.entitlements_redis_policy
+        self._counters = Counters(redis)
+        self._cache = EntitlementCache(redis)
+        # Recent snapshots read by this process: a check or a track batch then costs one Redis
+        # round trip (the counters); changes reach Redis at once and this copy within its age.
+        self._local_seconds = settings.entitlements_local_snapshot_seconds
+        self._recent: dict[str, tuple[float, Entitlement]] = {}
+
+    def _local(self, key: str, moment: float) -> Entitlement | None:
+        recent = self._recent.get(key)
+        if recent is not None and moment - recent[0] < self._local_seconds:
+            return recent[1]
+        return None
+
+    def _keep(self, key: str, moment: float, entitlement: Entitlement) -> None:
+        if self._local_seconds <= 0:
+            return
+        if len(self._recent) >= LOCAL_SNAPSHOT_COPIES:
+            self._recent.clear()
+        self._recent[key] = (moment, entitlement)
+
+    async def _redis_call(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await call()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise RedisUnavailable(str(exc) or type(exc).__name__) from exc
+
+    def _degraded(self, what: str, error: RedisUnavailable) -> None:
+        REDIS_DEGRADED.labels(policy=self._policy).inc()
+        log.warning(
+            "entitlements: redis unavailable, answering by policy",
+            extra={"policy": self._policy, "operation": what, "error": error.reason},
+        )
+
+    async def _load(self, *, subscription_id: uuid.UUID | None, api_key_id: str | None) -> Entitlement | None:
+        """This process's recent copy, else the cached snapshot, else the ledger's (then cached)."""
+        cache_key = self._cache_key(subscription_id, api_key_id)
+        moment = time.monotonic()
+        local = self._local(cache_key, moment)
+        if local is not None:
+            return local
+        raw = await self._redis_call(lambda: self._redis.get(cache_key))
+        if raw == MISSING:
+            return None
+        if raw is not None:
+            cached = Entitlement.loads(raw)
+            if cached is not None:
+                self._keep(cache_key, moment, cached)
+                return cached
+        async with self._sessionmaker() as session:
+            repo = EntitlementRepository(session)
+            if subscription_id is not None:
+                found = await repo.by_subscription(subscription_id)
+            else:
+                assert api_key_id is not None  # noqa: S101
+                found = await repo.by_api_key(api_key_id)
+        if found is not None:
+            await self._redis_call(lambda: self._cache.put(found))
+            self._keep(cache_key, moment, found)
+        elif api_key_id is not None:
+            await self._redis_call(lambda: self._cache.remember_missing_key(api_key_id))
+        return found
+
+    async def check(self, request: CheckRequest) -> tuple[CheckResult, list[Alert]]:
+        """May these calls be made now? With `track`, count them when they may (all or none)."""
+        try:
+            entitlement = await self._load(
+                subscription_id=request.subscription_id, api_key_id=request.api_key_id
+            )
+            if entitlement is not None and entitlement.api_id != request.api_id:
+                entitlement = None
+            refused = refusal(entitlement)
+            if entitlement is None or refused is not None:
+                CHECKS.labels(reason=refused or "no_subscription").inc()
+                return CheckResult(
+                    allowed=False,
+                    reason=refused or "no_subscription",
+                    subscription_id=uuid.UUID(entitlement.subscription_id) if entitlement else None,
+                ), []
+            now = clock.now()
+            period = current_period(entitlement, now)
+            epochs = (int(period[0].timestamp()), int(period[1].timestamp()))
+            n = request.track or 1
+            outcome = await self._redis_call(
+                lambda: self._counters.check(
+                    entitlement.subscription_id,
+                    epochs,
+                    limits_of(entitlement),
+                    n,
+                    now=int(now.timestamp()),
+                    count=request.track is not None,
+                )
+            )
+        except RedisUnavailable as error:
+            self._degraded("check", error)
+            reason = "ok" if self._fail_open else "unavailable"
+            CHECKS.labels(reason=reason).inc()
+            return CheckResult(allowed=self._fail_open, reason=reason, degraded=True), []
+        CHECKS.labels(reason=outcome.reason).inc()
+        alerts: list[Alert] = []
+        if outcome.allowed and request.track is not None:
+            alerts = crossed_alerts(entitlement, period, outcome.used - n, outcome.used)
+        if outcome.first_refusal:
+            alerts.append(exhausted_alert(entitlement, period, outcome.used))
+        return self._result(entitlement, period, outcome, counted=request.track or 0), alerts
+
+    @staticmethod
+    def _result(
+        entitlement: Entitlement, period: tuple[datetime, datetime], outcome: Outcome, *, counted: int
+    ) -> CheckResult:
+        start, end = period
+        limit = entitlement.call_limit
+        remaining = max(limit - outcome.used, 0) if limit is not None else None
+        reset_at: datetime | None = end
+        cap_calls = entitlement.cap_calls()
+        if outcome.reason == "spend_cap_reached" or (limit is None and cap_calls is not None):
+            limit = cap_calls
+            remaining = max((cap_calls or 0) - outcome.used, 0)
+        if outcome.reason == "rate_limited" and outcome.window is not None:
+            window_limit = limits_of(entitlement).window_limit(outcome.window) or 0
+            limit = window_limit
+            remaining = max(window_limit - outcome.window_count, 0)
+            reset_at = _moment(outcome.window_end)
+        overage = (
+            outcome.allowed
+            and entitlement.overage
+            and entitlement.call_limit is not None
+            and outcome.used + (0 if counted else 1) > entitlement.call_limit
+        )
+        return CheckResult(
+            allowed=outcome.allowed,
+            reason=outcome.reason,
+            subscription_id=uuid.UUID(entitlement.subscription_id),
+            remaining=remaining,
+            limit=limit,
+            used=outcome.used,
+            reset_at=reset_at,
+            overage=overage,
+            period_start=start,
+            period_end=end,
+        )
+
+    async def track(self, request: TrackRequest) -> tuple[TrackResponse, list[Alert]]:
+        """Count calls the gateway already let through (from its own cache), in one batch."""
+        try:
+            entitlements = await self._track_snapshots(request)
+            now = clock.now()
+            batch: list[tuple[str, tuple[int, int], Limits, int]] = []
+            periods: list[tuple[datetime, datetime]] = []
+            for item, entitlement in zip(request.calls, entitlements, strict=True):
+                if entitlement is None:
+                    continue
+                period = current_period(entitlement, now)
+                periods.append(period)
+                batch.append(
+                    (
+                        entitlement.subscription_id,
+                        (int(period[0].timestamp()), int(period[1].timestamp())),
+                        limits_of(entitlement),
+                        item.count,
+                    )
+                )
+            outcomes = await self._redis_call(
+                lambda: self._counters.track_many(batch, now=int(now.timestamp()))
+            )
+        except RedisUnavailable as error:
+            self._degraded("track", error)
+            raise
+        results: list[TrackResult] = []
+        alerts: list[Alert] = []
+        counted = iter(zip(outcomes, periods, strict=True))
+        tracked = 0
+        for item, entitlement in zip(request.calls, entitlements, strict=True):
+            if entitlement is None:
+                results.append(
+                    TrackResult(subscription_id=item.subscription_id, api_id=item.api_id, counted=0)
+                )
+                continue
+            used, period = next(counted)
+            tracked += item.count
+            limit = entitlement.call_limit
+            results.append(
+                TrackResult.model_construct(  # every field computed here: no validation needed
+                    subscription_id=item.subscription_id or uuid.UUID(entitlement.subscription_id),
+                    api_id=item.api_id,
+                    counted=item.count,
+                    used=used,
+                    remaining=max(limit - used, 0) if limit is not None else None,
+                    overage=entitlement.overage and limit is not None and used > limit,
+                )
+            )
+            if limit is not None or entitlement.monthly_spend_cap is not None:
+                alerts.extend(crossed_alerts(entitlement, period, used - item.count, used))
+        return TrackResponse(tracked=tracked, results=results), alerts
+
+    async def _track_snapshots(self, request: TrackRequest) -> list[Entitlement | None]:
+        """The batch's snapshots: this process's recent copies, else one pipelined read from Redis,
+        else the ledger."""
+        moment = time.monotonic()
+        found: dict[str, Entitlement | None] = {}
+        wanted: list[tuple[str, uuid.UUID | None, str | None]] = []
+        for item in request.calls:
+            key = self._cache_key(item.subscription_id, item.api_key_id)
+            recent = self._local(key, moment)
+            if recent is not None:
+                found[key] = recent
+            elif key not in found:
+                found[key] = None
+                wanted.append((key, item.subscription_id, item.api_key_id))
+        if wanted:
+            raws = await self._redis_call(lambda: self._read_many([w[0] for w in wanted]))
+            for (key, subscription_id, api_key_id), raw in zip(wanted, raws, strict=True):
+                entitlement = Entitlement.loads(raw) if raw not in (None, MISSING) else None
+                if entitlement is None and raw != MISSING:
+                    entitlement = await self._load(subscription_id=subscription_id, api_key_id=api_key_id)
+                found[key] = entitlement
+                if entitlement is not None:
+                    self._keep(key, moment, entitlement)
+        entitlements: list[Entitlement | None] = []
+        for item in request.calls:
+            entitlement = found[self._cache_key(item.subscription_id, item.api_key_id)]
+            entitlements.append(entitlement if entitlement and entitlement.api_id == item.api_id else None)
+        return entitlements
+
+    @staticmethod
+    def _cache_key(subscription_id: uuid.UUID | None, api_key_id: str | None) -> str:
+        if subscription_id is not None:
+            return keys.snapshot_key(subscription_id)
+        assert api_key_id is not None  # noqa: S101  (the schema sends exactly one)
+        return keys.api_key_index(api_key_id)
+
+    async def _read_many(self, cache_keys: list[str]) -> list[bytes | None]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in cache_keys:
+                pipe.get(key)
+            values: list[bytes | None] = await pipe.execute()
+        return values
+
+    async def snapshot_page(
+        self, session: AsyncSession, *, api_id: str | None, after: uuid.UUID | None, limit: int
+    ) -> EntitlementList:
+        """Live subscriptions' entitlements with their period, limits and count so far (cache warm-up)."""
+        limit = min(limit, SNAPSHOT_PAGE_MAX)
+        rows = await EntitlementRepository(session).live_page(api_id=api_id, after=after, limit=limit + 1)
+        page = rows[:limit]
+        now = clock.now()
+        periods = [current_period(e, now) for e in page]
+        try:
+            used = await self._redis_call(
+                lambda: self._counters.used(
+                    [(e.subscription_id, int(p[0].timestamp())) for e, p in zip(page, periods, strict=True)]
+                )
+            )
+        except RedisUnavailable as error:
+            self._degraded("snapshot", error)
+            raise
+        out = [
+            EntitlementOut(
+                subscription_id=uuid.UUID(e.subscription_id),
+                consumer_id=uuid.UUID(e.consumer_id),
+                api_id=e.api_id,
+                api_key_id=e.api_key_id,
+                status=e.status,
+                suspended=e.suspended,
+                allowed=refusal(e) is None,
+                plan_id=uuid.UUID(e.plan_id),
+                plan_version=e.plan_version,
+                plan_type=e.plan_type,
+                currency=e.currency,
+                call_limit=e.call_limit,
+                hard_limit=e.hard_limit is not None,
+                overage_price_per_call=e.overage_price_per_call,
+                monthly_spend_cap=e.monthly_spend_cap,
+                spend_cap_calls=e.cap_calls(),
+                rate_limit_per_minute=e.rate_limit_per_minute,
+                rate_limit_per_day=e.rate_limit_per_day,
+                rate_limit_per_month=e.rate_limit_per_month,
+                period_start=p[0],
+                period_end=p[1],
+                used=u,
+            )
+            for e, p, u in zip(page, periods, used, strict=True)
+        ]
+        next_cursor = page[-1].subscription_id if len(rows) > limit else None
+        return EntitlementList(entitlements=out, next_cursor=next_cursor)
+
+
+async def publish_alerts(
+    sessionmaker: async_sessionmaker[AsyncSession], redis: ArqRedis | None, alerts: list[Alert]
+) -> None:
+    """Store the usage alerts a check raised as marketplace events (each once: dedupe key)."""
+    async with sessionmaker() as session:
+        async with session.begin():
+            for alert in alerts:
+                await publish(
+                    session,
+                    redis,
+                    type=alert.type,
+                    dedupe_key=alert.dedupe_key,
+                    subscription_id=uuid.UUID(alert.subscription_id),
+                    payload=alert.payload,
+                )
+        await run_after_commit(session)
+
+
+class SpendCapService:
+    def __init__(self, session: AsyncSession, redis: Redis) -> None:
+        self._session = session
+        self._redis = redis
+        self._repo = EntitlementRepository(session)
+
+    async def set_cap(self, principal: Principal, subscription_id: uuid.UUID, cap: int | None) -> SpendCapOut:
+        """Set (or clear, with None) the consumer's monthly cap on usage-priced spend; the next
+        check follows it."""
+        subscription = await self._repo.get_subscription(subscription_id, for_update=True)
+        if subscription is None or subscription.consumer_id != consumer_id_for(principal.user_id):
+            raise NotFound("Subscription not found")
+        entitlement = await self._repo.by_subscription(subscription_id)
+        assert entitlement is not None  # noqa: S101  (the row exists)
+        if cap is not None and entitlement.usage_unit_price() is None:
+            raise InvalidField("monthly_spend_cap", "this plan has no pay-per-use or overage price to cap")
+        subscription.monthly_spend_cap = cap
+        await self._session.flush()
+        schedule_refresh(self._session, self._redis, subscription.id)
+        period = current_period(entitlement, clock.now())
+        estimated: int | None
+        try:
+            async with asyncio.timeout(1.0):
+                used = await Counters(self._redis).used(
+                    [(entitlement.subscription_id, int(period[0].timestamp()))]
+                )
+            estimated = entitlement.usage_spend(used[0])
+        except (RedisError, OSError, TimeoutError):
+            estimated = None
+        return SpendCapOut(
+            subscription_id=subscription.id,
+            monthly_spend_cap=cap,
+            currency=entitlement.currency,
+            estimated_usage_amount=estimated,
+        )

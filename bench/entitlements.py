@@ -1,0 +1,246 @@
+"""The gateway's entitlement path, against baselines measured in the same run.
+
+    python -m bench entitlements
+
+On embedded PostgreSQL and Redis, 100 active subscriptions with API keys and a limit no run
+reaches:
+  1. over real HTTP: a uvicorn server in a subprocess, one httpx client with 32 connections
+     (32 workers); `POST /api/v1/entitlements/check` with `track: 1` against `GET /health` of
+     the same server. Goals: throughput >= 0.6x /health, p99 <= 3x its own median. The client
+     shares the 2 cores with the server, so both figures include its cost.
+  2. in-process: `EntitlementService.check` called one at a time: p50/p99 in microseconds.
+  3. track batches of 100 calls (100 subscriptions, count 1 each) through
+     `EntitlementService.track` against a bare Redis pipeline of 100 `INCRBY`: calls counted per
+     second, median of alternating rounds. Goal >= 0.5x.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.config import Settings
+from app.dev.processes import free_port
+from app.entitlements.schemas import CheckRequest, TrackItem, TrackRequest
+from app.entitlements.service import EntitlementService
+from app.main import create_app
+from app.models import Api, Consumer, PricingPlan, PricingPlanVersion, Subscription
+from bench.harness import LoadResult, embedded_stack, load
+
+TOKEN = "bench-gateway-token-0123456789"
+SUBSCRIPTIONS = 100
+CONNECTIONS = 32
+HTTP_REQUESTS = 6000
+IN_PROCESS_CHECKS = 5000
+TRACK_BATCH = 100
+TRACK_ROUNDS = 5
+TRACK_BATCHES_PER_ROUND = 200
+
+
+async def seed(database_url: str) -> list[tuple[uuid.UUID, str, str]]:
+    """(subscription id, api id, api key id) of the seeded subscriptions."""
+    engine = create_async_engine(database_url)
+    now = datetime.now(UTC)
+    seeded: list[tuple[uuid.UUID, str, str]] = []
+    async with engine.begin() as connection:
+        for n in range(SUBSCRIPTIONS):
+            user_id, api_id, plan_id, subscription_id = (
+                f"bench-{n}",
+                f"bench-api-{n}",
+                uuid.uuid4(),
+                uuid.uuid4(),
+            )
+            consumer_id = uuid.uuid4()
+            await connection.execute(
+                insert(Consumer).values(id=consumer_id, user_id=user_id, stripe_customer_id=f"cus_b{n}")
+            )
+            await connection.execute(insert(Api).values(api_id=api_id, creator_id="bench-creator"))
+            await connection.execute(
+                insert(PricingPlan).values(
+                    id=plan_id,
+                    api_id=api_id,
+                    name="Pro",
+                    type="subscription",
+                    features={},
+                    current_version=1,
+                    rate_limit_per_minute=1_000_000_000,
+                )
+            )
+            await connection.execute(
+                insert(PricingPlanVersion).values(
+                    id=uuid.uuid4(),
+                    plan_id=plan_id,
+                    version=1,
+                    currency="usd",
+                    monthly_amount=2900,
+                    call_limit=2_000_000_000,
+                )
+            )
+            await connection.execute(
+                insert(Subscription).values(
+                    id=subscription_id,
+                    consumer_id=consumer_id,
+                    api_id=api_id,
+                    pricing_plan_id=plan_id,
+                    plan_version=1,
+                    status="active",
+                    api_key_id=f"key_bench_{n}",
+                    cancel_at_period_end=False,
+                    api_key_suspended=False,
+                    started_at=now - timedelta(days=3),
+                    current_period_start=now - timedelta(days=3),
+                    current_period_end=now + timedelta(days=27),
+                )
+            )
+            seeded.append((subscription_id, api_id, f"key_bench_{n}"))
+    await engine.dispose()
+    return seeded
+
+
+def server_env(settings: Settings, port: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "STRIPE_SECRET_KEY": settings.stripe_secret_key.get_secret_value(),
+        "STRIPE_WEBHOOK_SECRET": settings.stripe_webhook_secret.get_secret_value(),
+        "STRIPE_API_BASE": settings.stripe_api_base or "http://127.0.0.1:1",
+        "JWT_SECRET": settings.jwt_secret.get_secret_value(),
+        "API_KEY_SERVICE_URL": settings.api_key_service_url,
+        "METERING_SERVICE_URL": settings.metering_service_url,
+        "GATEWAY_SERVICE_TOKENS": TOKEN,
+        "LOG_LEVEL": "WARNING",
+        "PORT": str(port),
+    }
+
+
+async def over_http(settings: Settings, key: tuple[uuid.UUID, str, str]) -> tuple[LoadResult, LoadResult]:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", "app.main:create_app_from_env", "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    server = subprocess.Popen(command, env=server_env(settings, port))  # noqa: S603, ASYNC220
+    base = f"http://127.0.0.1:{port}"
+    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+    try:
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as http:
+            for _ in range(100):
+                try:
+                    if (await http.get("/health")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+            body = {"api_key_id": key[2], "api_id": key[1], "track": 1}
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            baseline = await load(
+                lambda: http.get("/health"), concurrency=CONNECTIONS, requests=HTTP_REQUESTS
+            )
+            measured = await load(
+                lambda: http.post("/api/v1/entitlements/check", json=body, headers=headers),
+                concurrency=CONNECTIONS,
+                requests=HTTP_REQUESTS,
+            )
+            answer = (await http.post("/api/v1/entitlements/check", json=body, headers=headers)).json()
+            assert answer["allowed"], answer
+            assert answer["used"] > HTTP_REQUESTS, answer
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    return baseline, measured
+
+
+async def in_process(service: EntitlementService, key: tuple[uuid.UUID, str, str]) -> tuple[float, float]:
+    request = CheckRequest(api_key_id=key[2], api_id=key[1], track=1)
+    for _ in range(200):
+        await service.check(request)
+    latencies: list[float] = []
+    for _ in range(IN_PROCESS_CHECKS):
+        started = time.perf_counter()
+        result, _alerts = await service.check(request)
+        latencies.append(time.perf_counter() - started)
+        assert result.allowed
+    cuts = statistics.quantiles(latencies, n=100)
+    return cuts[49] * 1e6, cuts[98] * 1e6
+
+
+async def track_batches(
+    service: EntitlementService, redis: Redis, seeded: list[tuple[uuid.UUID, str, str]]
+) -> tuple[float, float]:
+    request = TrackRequest(
+        calls=[TrackItem(subscription_id=s, api_id=a, count=1) for s, a, _ in seeded[:TRACK_BATCH]]
+    )
+    bare_keys = [f"bench:{{sub:{s}}}:bare" for s, _, _ in seeded[:TRACK_BATCH]]
+
+    async def ours() -> float:
+        started = time.perf_counter()
+        for _ in range(TRACK_BATCHES_PER_ROUND):
+            response, _alerts = await service.track(request)
+            assert response.tracked == TRACK_BATCH
+        return TRACK_BATCH * TRACK_BATCHES_PER_ROUND / (time.perf_counter() - started)
+
+    async def bare() -> float:
+        started = time.perf_counter()
+        for _ in range(TRACK_BATCHES_PER_ROUND):
+            async with redis.pipeline(transaction=False) as pipe:
+                for key in bare_keys:
+                    pipe.incrby(key, 1)
+                await pipe.execute()
+        return TRACK_BATCH * TRACK_BATCHES_PER_ROUND / (time.perf_counter() - started)
+
+    await ours()
+    await bare()
+    ours_rates, bare_rates = [], []
+    for _ in range(TRACK_ROUNDS):
+        ours_rates.append(await ours())
+        bare_rates.append(await bare())
+    return statistics.median(ours_rates), statistics.median(bare_rates)
+
+
+async def main() -> None:
+    async with embedded_stack() as base_settings:
+        settings = base_settings.model_copy(
+            update={"gateway_service_tokens": SecretStr(TOKEN), "entitlements_redis_timeout_seconds": 5.0}
+        )
+        seeded = await seed(settings.database_url)
+        baseline, measured = await over_http(settings, seeded[0])
+        print(baseline.line("GET /health (baseline)"))
+        print(measured.line("POST check track:1"))
+        ratio = measured.throughput / baseline.throughput
+        tail = measured.p99_ms / measured.p50_ms
+        print(
+            f"HTTP, {CONNECTIONS} connections: ratio {ratio:.2f}x /health (goal >= 0.6x); "
+            f"p99/p50 {tail:.2f} (goal <= 3)"
+        )
+
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            service: EntitlementService = app.state.entitlements
+            p50, p99 = await in_process(service, seeded[1])
+            print(f"in-process check track:1: p50 {p50:.0f} us, p99 {p99:.0f} us")
+            redis = Redis.from_url(settings.redis_url)
+            try:
+                ours, bare = await track_batches(service, redis, seeded)
+            finally:
+                await redis.aclose()
+        print(
+            f"track, batches of {TRACK_BATCH}: {ours:,.0f} calls/s; bare INCRBY pipeline {bare:,.0f} calls/s"
+        )
+        print(f"track ratio {ours / bare:.2f}x (goal >= 0.5x)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
