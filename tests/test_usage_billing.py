@@ -17,13 +17,16 @@ import respx
 from arq import Retry
 from arq.connections import RedisSettings, create_pool
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from typer.testing import CliRunner, Result
 
 from app import cli as cli_module
 from app import clock, metrics
 from app.config import Settings
 from app.models import PricingPlanVersion, Subscription, UsageRecord
+from app.stripe import StripeGateway
+from app.sync.service import SyncService
+from app.usage.service import UsageService
 from app.usage.windows import day_start
 from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import aggregate_usage, process_stripe_event
@@ -605,6 +608,45 @@ async def test_a_change_at_stripe_from_pay_per_use_to_a_flat_plan_bills_the_call
         await aggregate_usage(worker_ctx)
         await deliver(client, worker_ctx, changed)  # redelivered: nothing more is sent
     assert [p["payload[value]"] for p in services.sent()] == ["40"]
+
+
+async def test_billing_sync_finding_a_plan_change_made_at_stripe_bills_the_calls_before_it_by_the_old_plan(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    services: Services,
+    worker_ctx: Ctx,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    creator = auth("creator")
+    api_id = new_api_id()
+    flat = await create_plan(client, creator, api_id, monthly_price="29")
+    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
+    headers = auth("consumer")
+    await register(client, headers)
+    await add_card(client, headers)
+    created = (await subscribe(client, headers, flat)).json()
+    today = datetime.now(UTC).date()
+    services.counts.set(created["id"], today, 30)
+    await _change_price_at_stripe(settings, engine, created["id"], metered["id"])  # no webhook reaches us
+
+    sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+    async with httpx.AsyncClient() as http:
+        gateway = StripeGateway(settings)
+        sync = SyncService(
+            engine, sessionmaker, gateway, None, rate_per_second=1000,
+            commission=settings.platform_commission, dry_run=False,
+            usage=UsageService(sessionmaker, gateway, settings, http),
+        )  # fmt: skip
+        with clock.use(clock.ManualClock(datetime.now(UTC) + timedelta(minutes=1))):
+            await sync.run()
+    current = (await client.get(f"/api/v1/subscriptions/{created['id']}", headers=headers)).json()
+    assert current["pricing_plan"]["id"] == metered["id"]
+
+    services.counts.set(created["id"], today, 100)  # 70 more calls today, on pay-per-use
+    with clock.use(clock.ManualClock(day_start(today + timedelta(days=1)) + timedelta(minutes=5))):
+        await aggregate_usage(worker_ctx)
+    assert [p["payload[value]"] for p in services.sent()] == ["70"]
 
 
 async def test_a_plan_change_waits_while_the_usage_until_then_cannot_be_counted(
