@@ -14,15 +14,19 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from arq import Retry
 from arq.connections import RedisSettings, create_pool
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from typer.testing import CliRunner, Result
 
 from app import cli as cli_module
 from app import clock, metrics
 from app.config import Settings
-from app.models import Subscription, UsageRecord
+from app.models import PricingPlanVersion, Subscription, UsageRecord
+from app.stripe import StripeGateway
+from app.sync.service import SyncService
+from app.usage.service import UsageService
 from app.usage.windows import day_start
 from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import aggregate_usage, process_stripe_event
@@ -355,6 +359,9 @@ async def test_final_invoice_of_a_cancelled_pay_per_use_subscription_carries_eve
         deletion = event("customer.subscription.deleted", deleted, created=period[1] + 1)
         for payload in (deletion, final_created) if deletion_first else (final_created, deletion):
             assert await deliver(client, worker_ctx, payload) == "processed"
+        # Every day, the last one's part until the end included, reached Stripe before the final
+        # invoice is closed (by its draft's webhook), not by some later run.
+        assert len(services.accepted) == 5
         # Redelivered, and the cron after it: nothing more goes to Stripe.
         await deliver(client, worker_ctx, final_created)
         await aggregate_usage(worker_ctx)
@@ -510,6 +517,136 @@ async def test_calls_on_a_flat_plan_before_a_change_to_pay_per_use_are_not_bille
     assert [p["payload[value]"] for p in services.sent()] == ["70"]
     stored = await windows(engine, uuid.UUID(created["id"]))
     assert [(w.quantity, w.report_status) for w in stored] == [(30, "unbilled"), (70, "accepted")]
+
+
+async def _change_price_at_stripe(
+    settings: Settings, engine: AsyncEngine, subscription_id: str, plan_id: str
+) -> dict[str, Any]:
+    """The consumer changes plan in the Stripe portal or dashboard: Stripe's new snapshot."""
+    async with engine.connect() as connection:
+        row = (await connection.execute(select(Subscription).filter_by(id=uuid.UUID(subscription_id)))).one()
+        price = await connection.scalar(
+            select(PricingPlanVersion.stripe_price_id).where(PricingPlanVersion.plan_id == uuid.UUID(plan_id))
+        )
+    key = settings.stripe_secret_key.get_secret_value()
+    async with httpx.AsyncClient(base_url=str(settings.stripe_api_base), auth=(key, "")) as http:
+        answer = await http.post(
+            f"/v1/subscriptions/{row.stripe_subscription_id}",
+            data={"items[0][id]": row.stripe_subscription_item_id, "items[0][price]": price},
+        )
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+async def test_a_plan_change_made_at_stripe_bills_the_calls_before_it_by_the_plan_they_were_made_on(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    services: Services,
+    worker_ctx: Ctx,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    creator = auth("creator")
+    api_id = new_api_id()
+    flat = await create_plan(client, creator, api_id, monthly_price="29")
+    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
+    headers = auth("consumer")
+    await register(client, headers)
+    await add_card(client, headers)
+    created = (await subscribe(client, headers, flat)).json()
+    today = datetime.now(UTC).date()
+    services.counts.set(created["id"], today, 30)
+
+    snapshot = await _change_price_at_stripe(settings, engine, created["id"], metered["id"])
+    changed = event("customer.subscription.updated", snapshot, created=int(datetime.now(UTC).timestamp()) + 5)
+    # Until the calls before the change are counted, the plan does not move (the event is retried).
+    services.counts.down = True
+    with pytest.raises(Retry):
+        await deliver(client, worker_ctx, changed)
+    current = (await client.get(f"/api/v1/subscriptions/{created['id']}", headers=headers)).json()
+    assert current["pricing_plan"]["id"] == flat["id"]
+    services.counts.down = False
+    assert await process_stripe_event(worker_ctx, changed["id"]) == "processed"
+    current = (await client.get(f"/api/v1/subscriptions/{created['id']}", headers=headers)).json()
+    assert current["pricing_plan"]["id"] == metered["id"]
+    assert services.meter_events.call_count == 0
+
+    services.counts.set(created["id"], today, 100)  # 70 more calls today, on pay-per-use
+    with clock.use(clock.ManualClock(day_start(today + timedelta(days=1)) + timedelta(minutes=5))):
+        await aggregate_usage(worker_ctx)
+    assert [p["payload[value]"] for p in services.sent()] == ["70"]
+    stored = await windows(engine, uuid.UUID(created["id"]))
+    assert [(w.quantity, w.report_status) for w in stored] == [(30, "unbilled"), (70, "accepted")]
+
+
+async def test_a_change_at_stripe_from_pay_per_use_to_a_flat_plan_bills_the_calls_made_before_it(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    services: Services,
+    worker_ctx: Ctx,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    creator = auth("creator")
+    api_id = new_api_id()
+    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
+    flat = await create_plan(client, creator, api_id, monthly_price="29")
+    headers = auth("consumer")
+    await register(client, headers)
+    await add_card(client, headers)
+    created = (await subscribe(client, headers, metered)).json()
+    today = datetime.now(UTC).date()
+    services.counts.set(created["id"], today, 40)
+
+    snapshot = await _change_price_at_stripe(settings, engine, created["id"], flat["id"])
+    changed = event("customer.subscription.updated", snapshot, created=int(datetime.now(UTC).timestamp()) + 5)
+    assert await deliver(client, worker_ctx, changed) == "processed"
+    assert [p["payload[value]"] for p in services.sent()] == ["40"]
+
+    services.counts.set(created["id"], today, 100)  # 60 more calls today, on the flat plan
+    with clock.use(clock.ManualClock(day_start(today + timedelta(days=1)) + timedelta(minutes=5))):
+        await aggregate_usage(worker_ctx)
+        await deliver(client, worker_ctx, changed)  # redelivered: nothing more is sent
+    assert [p["payload[value]"] for p in services.sent()] == ["40"]
+
+
+async def test_billing_sync_finding_a_plan_change_made_at_stripe_bills_the_calls_before_it_by_the_old_plan(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    services: Services,
+    worker_ctx: Ctx,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    creator = auth("creator")
+    api_id = new_api_id()
+    flat = await create_plan(client, creator, api_id, monthly_price="29")
+    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
+    headers = auth("consumer")
+    await register(client, headers)
+    await add_card(client, headers)
+    created = (await subscribe(client, headers, flat)).json()
+    today = datetime.now(UTC).date()
+    services.counts.set(created["id"], today, 30)
+    await _change_price_at_stripe(settings, engine, created["id"], metered["id"])  # no webhook reaches us
+
+    sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+    async with httpx.AsyncClient() as http:
+        gateway = StripeGateway(settings)
+        sync = SyncService(
+            engine, sessionmaker, gateway, None, rate_per_second=1000,
+            commission=settings.platform_commission, dry_run=False,
+            usage=UsageService(sessionmaker, gateway, settings, http),
+        )  # fmt: skip
+        with clock.use(clock.ManualClock(datetime.now(UTC) + timedelta(minutes=1))):
+            await sync.run()
+    current = (await client.get(f"/api/v1/subscriptions/{created['id']}", headers=headers)).json()
+    assert current["pricing_plan"]["id"] == metered["id"]
+
+    services.counts.set(created["id"], today, 100)  # 70 more calls today, on pay-per-use
+    with clock.use(clock.ManualClock(day_start(today + timedelta(days=1)) + timedelta(minutes=5))):
+        await aggregate_usage(worker_ctx)
+    assert [p["payload[value]"] for p in services.sent()] == ["70"]
 
 
 async def test_a_plan_change_waits_while_the_usage_until_then_cannot_be_counted(

@@ -176,6 +176,38 @@ async def follow_price(subscription: Subscription, price_id: str | None) -> bool
     return changed
 
 
+def follows_price_of(subscription: Subscription, state: StripeSubscriptionState, *, observed_at: int) -> bool:
+    """True when `apply_stripe_state` would put the row on the plan of this snapshot's price: a
+    strictly newer, non-terminal snapshot of the row's own Stripe subscription, the row still live."""
+    if subscription.stripe_subscription_id not in (None, state.id) or subscription.status in TERMINAL:
+        return False
+    if STRIPE_STATUS.get(state.status, subscription.status) in TERMINAL:
+        return False
+    last = subscription.stripe_state_at
+    return last is None or observed_at > last
+
+
+async def bills_calls_differently(subscription: Subscription, price_id: str | None) -> bool:
+    """True when `price_id` is the price of another plan of the row's API and exactly one of that
+    plan and the row's own bills per call: the calls until the change must be counted first."""
+    session = async_object_session(subscription)
+    if session is None or price_id is None:
+        return False
+    target = (
+        await session.execute(
+            select(PricingPlan.id, PricingPlan.type)
+            .join(PricingPlanVersion, PricingPlanVersion.plan_id == PricingPlan.id)
+            .where(PricingPlanVersion.stripe_price_id == price_id, PricingPlan.api_id == subscription.api_id)
+        )
+    ).one_or_none()
+    if target is None or target[0] == subscription.pricing_plan_id:
+        return False
+    current = await session.scalar(
+        select(PricingPlan.type).where(PricingPlan.id == subscription.pricing_plan_id)
+    )
+    return (current == "pay_per_use") != (target[1] == "pay_per_use")
+
+
 async def apply_stripe_state(
     outbox: Outbox, subscription: Subscription, state: StripeSubscriptionState, *, observed_at: int
 ) -> bool:
@@ -192,7 +224,7 @@ async def apply_stripe_state(
     last = subscription.stripe_state_at
     if last is not None and observed_at < last and status not in TERMINAL:
         return False
-    newer = last is None or observed_at > last
+    follows_price = follows_price_of(subscription, state, observed_at=observed_at)
     before = (
         subscription.status,
         subscription.current_period_start,
@@ -213,7 +245,7 @@ async def apply_stripe_state(
         subscription.cancelled_at = state.canceled_at or state.ended_at or subscription.cancelled_at
         subscription.expires_at = state.ended_at or subscription.expires_at
     # A same-second snapshot may predate a plan change we just made: only a newer one moves the plan.
-    plan_changed = newer and status not in TERMINAL and await follow_price(subscription, state.price_id)
+    plan_changed = follows_price and await follow_price(subscription, state.price_id)
     await apply_status(outbox, subscription, status)
     outbox.refresh_entitlement(subscription)
     after = (

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import httpx
+
 from app.config import Settings
 from app.db import create_job_engine, create_sessionmaker
 from app.main import create_redis
 from app.models import SyncRun
 from app.stripe import StripeGateway
 from app.sync.service import Progress, SyncService
+from app.usage.service import UsageService
 
 
 async def run_sync(
@@ -15,11 +18,14 @@ async def run_sync(
 ) -> SyncRun:
     engine = create_job_engine(settings)
     redis = create_redis(settings)
+    http = httpx.AsyncClient(timeout=settings.sibling_timeout_seconds)
     try:
+        sessionmaker = create_sessionmaker(engine)
+        stripe = StripeGateway(settings)
         service = SyncService(
             engine,
-            create_sessionmaker(engine),
-            StripeGateway(settings),
+            sessionmaker,
+            stripe,
             redis,
             rate_per_second=settings.stripe_rate_limit_per_second,
             commission=settings.platform_commission,
@@ -27,8 +33,11 @@ async def run_sync(
             dry_run=dry_run,
             progress=progress,
             repair_orphans=repair_orphans,
+            # A plan change found here first splits the usage at it, as the webhook does.
+            usage=UsageService(sessionmaker, stripe, settings, http),
         )
         return await service.run()
     finally:
+        await http.aclose()
         await redis.aclose()
         await engine.dispose()

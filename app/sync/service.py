@@ -17,6 +17,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -29,14 +30,22 @@ from app.db.session import run_after_commit
 from app.earnings.booking import book_invoice_earnings
 from app.errors import Conflict
 from app.invoices.stripe_sync import sync_invoice
-from app.models import Consumer, Invoice, PaymentMethod, SyncRun
+from app.models import Consumer, Invoice, PaymentMethod, Subscription, SyncRun
 from app.outbox.service import Outbox
 from app.payment_methods.repository import PaymentMethodRepository
 from app.stripe import StripeGateway
 from app.stripe.invoices import with_all_lines
 from app.stripe.listing import Listable
-from app.subscriptions.lifecycle import STRIPE_STATUS, TERMINAL, StripeSubscriptionState, apply_stripe_state
+from app.subscriptions.lifecycle import (
+    STRIPE_STATUS,
+    TERMINAL,
+    StripeSubscriptionState,
+    apply_stripe_state,
+    bills_calls_differently,
+    follows_price_of,
+)
 from app.sync.ratelimit import RateLimiter
+from app.usage.service import UsageService
 from app.webhooks.handlers import find_subscription
 
 log = logging.getLogger(__name__)
@@ -104,8 +113,10 @@ class SyncService:
         progress: Progress | None = None,
         repair_orphans: bool = False,
         invoice_issuer: str | None = None,
+        usage: UsageService | None = None,
     ) -> None:
         self._engine = engine
+        self._usage = usage
         self._sessionmaker = sessionmaker
         self._stripe = stripe
         self._redis = redis
@@ -281,6 +292,12 @@ class SyncService:
         if subscription is None:
             await self._orphan_or_unknown(session, state, int(obj.get("created") or 0), report)
             return
+        if not await self._usage_counted_before_plan_change(subscription, state):
+            report.note(
+                f"subscription {state.id}: its plan changed at Stripe; left as it is until the usage "
+                "before the change can be counted"
+            )
+            return
         before = (subscription.status, subscription.pricing_plan_id, subscription.plan_version)
         flagged_before = subscription.unmatched_stripe_price_id
         # As of when Stripe was asked: a webhook applied since then is newer than this snapshot.
@@ -306,6 +323,20 @@ class SyncService:
                 f"subscription {state.id}: {before[0]} -> {subscription.status}{plan} "
                 "(periods and flags mirrored)"
             )
+
+    async def _usage_counted_before_plan_change(
+        self, subscription: Subscription, state: StripeSubscriptionState
+    ) -> bool:
+        """As the webhook does: before the row follows a price that bills calls otherwise (pay per
+        use or not), the calls until then are recorded under the plan they were made on. False
+        while they cannot be counted yet (metering or Stripe down)."""
+        if self._usage is None or self._dry_run:
+            return True
+        if not follows_price_of(subscription, state, observed_at=self._fetched_at):
+            return True
+        if not await bills_calls_differently(subscription, state.price_id):
+            return True
+        return await self._usage.flush(subscription.id, datetime.fromtimestamp(self._fetched_at, tz=UTC))
 
     async def _orphan_or_unknown(
         self, session: AsyncSession, state: StripeSubscriptionState, created: int, report: ListReport

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, select
@@ -28,7 +29,12 @@ from app.models import Consumer, Invoice, Subscription
 from app.outbox.service import Outbox
 from app.stripe import StripeGateway
 from app.stripe.invoices import with_all_lines
-from app.subscriptions.lifecycle import StripeSubscriptionState, apply_stripe_state
+from app.subscriptions.lifecycle import (
+    StripeSubscriptionState,
+    apply_stripe_state,
+    bills_calls_differently,
+    follows_price_of,
+)
 from app.usage.service import UsageService
 from app.webhooks.reversal_handlers import dispute_changed, refund_changed
 
@@ -144,6 +150,16 @@ async def subscription_changed(ctx: EventContext, obj: dict[str, Any]) -> str:
     if state.status == "unpaid":
         await ctx.dunning.retries_ended(subscription, ctx.stripe, observed_at=ctx.created)
     else:
+        if follows_price_of(subscription, state, observed_at=ctx.created) and await bills_calls_differently(
+            subscription, state.price_id
+        ):
+            # A plan change made at Stripe (portal, dashboard): the calls until then are billed by
+            # the plan they were made on, as when the change is made through our API.
+            changed_at = datetime.fromtimestamp(ctx.created, tz=UTC)
+            if not await ctx.usage.flush(subscription.id, changed_at):
+                raise UsageNotReported(
+                    "usage until the plan change not yet recorded (metering or Stripe failed)"
+                )
         await apply_stripe_state(ctx.outbox, subscription, state, observed_at=ctx.created)
     return "processed"
 
