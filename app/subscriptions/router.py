@@ -37,11 +37,12 @@ def _service(request: Request, session: AsyncSession) -> SubscriptionService:
     )
 
 
-def subscription_service(request: Request, session: DbSession) -> SubscriptionService:
+# async: a plain function would be run on a worker thread, a hop per request.
+async def subscription_service(request: Request, session: DbSession) -> SubscriptionService:
     return _service(request, session)
 
 
-def subscription_reader(request: Request, session: ReadSession) -> SubscriptionService:
+async def subscription_reader(request: Request, session: ReadSession) -> SubscriptionService:
     return _service(request, session)
 
 
