@@ -35,11 +35,13 @@ from app.config import load_settings
 from app.db.migrate import upgrade
 from app.dev.processes import EmbeddedPostgres
 from app.main import create_app
+from bench.harness import Figure
 
 API_ID = "bench-api"
 CREATOR = "bench-creator"
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef"
 START = datetime(2026, 1, 1, tzinfo=UTC)
+GOAL = 1.25
 
 SEED_SQL = [
     # One API, a USD and a EUR plan (half of the consumers each), another API as noise.
@@ -227,21 +229,33 @@ async def _bench(url: str, repeat: int, hours: int) -> dict[str, float]:
     return results
 
 
-def _report(results: dict[str, float]) -> None:
+def _report(results: dict[str, float]) -> list[Figure]:
     for name, seconds in results.items():
         print(f"{name:<40} {seconds * 1000:9.1f} ms")
+    figures: list[Figure] = []
     for kind, minimal in (
         ("usage", "usage minimal GROUP BY day"),
         ("earnings", "earnings minimal GROUP BY currency"),
     ):
         endpoint = results[f"{kind} endpoint"]
+        detail = f"{results[f'{kind} same SQL, bare'] * 1000:.1f} ms bare"
+        figures.append(
+            Figure(
+                f"{kind} endpoint / same SQL bare",
+                endpoint / results[f"{kind} same SQL, bare"],
+                GOAL,
+                False,
+                detail,
+            )
+        )
         print(
             f"{kind}: endpoint / same SQL bare = {endpoint / results[f'{kind} same SQL, bare']:.2f}x"
             f" (goal <= 1.25x); endpoint / minimal aggregate = {endpoint / results[minimal]:.2f}x"
         )
+    return figures
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def _main(args: argparse.Namespace) -> list[Figure]:
     hours = max(1, args.rows // args.consumers)
     url = os.environ.get("BENCH_DATABASE_URL")
     workdir: Path | None = None
@@ -259,7 +273,7 @@ async def _main(args: argparse.Namespace) -> None:
         await asyncio.to_thread(upgrade, url)
         await _seed(url.replace("postgresql+asyncpg://", "postgresql://"), args.consumers, hours)
         print(f"{args.consumers:,} consumers x {hours:,} hourly windows; median of {args.repeat} warm runs")
-        _report(await _bench(url, args.repeat, hours))
+        return _report(await _bench(url, args.repeat, hours))
     finally:
         if server is not None:
             server.stop()
@@ -267,14 +281,14 @@ async def _main(args: argparse.Namespace) -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def main() -> None:
+def main() -> list[Figure]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=1_000_000, help="usage rows for the API")
     parser.add_argument("--consumers", type=int, default=1_000)
     parser.add_argument("--repeat", type=int, default=15)
-    asyncio.run(_main(parser.parse_args()))
+    return asyncio.run(_main(parser.parse_args()))
 
 
 if __name__ == "__main__":
