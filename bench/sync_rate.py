@@ -194,7 +194,8 @@ async def _run(settings: Settings, fake: FakeStripe) -> Outcome:
     try:
         service = SyncService(
             engine, async_sessionmaker(engine, expire_on_commit=False), StripeGateway(wired), None,
-            rate_per_second=RATE, commission=settings.platform_commission, dry_run=False,
+            rate_per_second=settings.stripe_rate_limit_per_second, commission=settings.platform_commission,
+            dry_run=False,
         )  # fmt: skip
         run = await service.run()
         assert run.status == "completed", run.status
@@ -219,6 +220,8 @@ async def _run(settings: Settings, fake: FakeStripe) -> Outcome:
 
 async def main() -> list[Figure]:
     async with embedded_stack() as settings:
+        # The fake enforces the very limit the sync is configured with.
+        assert settings.stripe_rate_limit_per_second == RATE, settings.stripe_rate_limit_per_second
         steady = await _run(settings, FakeStripe(RATE))
         squeezed = await _run(
             settings, FakeStripe(RATE, squeeze=(SQUEEZE_AFTER, SQUEEZE_AFTER + SQUEEZE_SECONDS))
