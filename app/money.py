@@ -150,6 +150,8 @@ def _json_number(value: Decimal) -> int | float:
     return number
 
 
+# The same number for code that writes JSON without pydantic (the lean read paths).
+json_number = _json_number
 JsonDecimal = Annotated[Decimal, PlainSerializer(_json_number, return_type=int | float, when_used="json")]
 
 

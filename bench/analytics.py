@@ -35,11 +35,13 @@ from app.config import load_settings
 from app.db.migrate import upgrade
 from app.dev.processes import EmbeddedPostgres
 from app.main import create_app
+from bench.harness import Figure
 
 API_ID = "bench-api"
 CREATOR = "bench-creator"
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef"
 START = datetime(2026, 1, 1, tzinfo=UTC)
+GOAL = 1.25
 
 SEED_SQL = [
     # One API, a USD and a EUR plan (half of the consumers each), another API as noise.
@@ -103,6 +105,24 @@ SEED_SQL = [
     """,
 ]
 
+# 10x the earnings rows in the table: nine other APIs with copies of this API's lines (as
+# reinstatements, which no unique index limits).
+GROW_EARNINGS_SQL = [
+    "INSERT INTO apis (api_id, creator_id, created_at) SELECT 'bench-grow-' || k, 'grow', now() "
+    "FROM generate_series(1, $1::int - 1) k",
+    """
+    INSERT INTO earnings (id, creator_id, api_id, plan_id, invoice_id, subscription_id, kind, status,
+                          currency, gross_amount, commission_amount, net_amount, earned_at, created_at)
+    SELECT gen_random_uuid(), 'grow', 'bench-grow-' || k, e.plan_id, e.invoice_id, e.subscription_id,
+           'reinstatement', e.status, e.currency, e.gross_amount, e.commission_amount, e.net_amount,
+           e.earned_at, now()
+    FROM earnings e CROSS JOIN generate_series(1, $1::int - 1) k
+    WHERE e.api_id = $2
+    """,
+]
+GROWTH, GROWTH_GOAL = 10, 1.2
+EARNINGS_INDEX = "ix_earnings_api_earned"
+
 MIN_USAGE_SQL = """
     SELECT (u.window_start AT TIME ZONE 'UTC')::date AS day, SUM(u.quantity)
     FROM usage_records u JOIN subscriptions s ON s.id = u.subscription_id
@@ -157,7 +177,7 @@ async def _seed(url: str, consumers: int, hours: int) -> None:
         await connection.close()
 
 
-async def _bench(url: str, repeat: int, hours: int) -> dict[str, float]:
+async def _bench(url: str, repeat: int, hours: int, *, usage: bool = True) -> dict[str, float]:
     settings = load_settings(
         database_url=url,
         redis_url="redis://127.0.0.1:1/0",
@@ -195,10 +215,13 @@ async def _bench(url: str, repeat: int, hours: int) -> dict[str, float]:
                     await raw.fetch(_asyncpg_sql(USAGE_SQL), API_ID, lower, upper, 10)
 
                 async def same_sql_earnings() -> None:
-                    await raw.fetch(_asyncpg_sql(EARNINGS_SQL), API_ID, lower, upper)
+                    # The endpoint's one statement: the owner check and the aggregate together.
+                    await raw.fetch(EARNINGS_SQL, API_ID, lower, upper, CREATOR, False)
 
                 results.update(
-                    await _medians(
+                    {}
+                    if not usage
+                    else await _medians(
                         {
                             "usage endpoint": lambda: endpoint("usage"),
                             "usage same SQL, bare": same_sql_usage,
@@ -226,21 +249,33 @@ async def _bench(url: str, repeat: int, hours: int) -> dict[str, float]:
     return results
 
 
-def _report(results: dict[str, float]) -> None:
+def _report(results: dict[str, float]) -> list[Figure]:
     for name, seconds in results.items():
         print(f"{name:<40} {seconds * 1000:9.1f} ms")
+    figures: list[Figure] = []
     for kind, minimal in (
         ("usage", "usage minimal GROUP BY day"),
         ("earnings", "earnings minimal GROUP BY currency"),
     ):
         endpoint = results[f"{kind} endpoint"]
+        detail = f"{results[f'{kind} same SQL, bare'] * 1000:.1f} ms bare"
+        figures.append(
+            Figure(
+                f"{kind} endpoint / same SQL bare",
+                endpoint / results[f"{kind} same SQL, bare"],
+                GOAL,
+                False,
+                detail,
+            )
+        )
         print(
             f"{kind}: endpoint / same SQL bare = {endpoint / results[f'{kind} same SQL, bare']:.2f}x"
             f" (goal <= 1.25x); endpoint / minimal aggregate = {endpoint / results[minimal]:.2f}x"
         )
+    return figures
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def _main(args: argparse.Namespace) -> list[Figure]:
     hours = max(1, args.rows // args.consumers)
     url = os.environ.get("BENCH_DATABASE_URL")
     workdir: Path | None = None
@@ -258,7 +293,38 @@ async def _main(args: argparse.Namespace) -> None:
         await asyncio.to_thread(upgrade, url)
         await _seed(url.replace("postgresql+asyncpg://", "postgresql://"), args.consumers, hours)
         print(f"{args.consumers:,} consumers x {hours:,} hourly windows; median of {args.repeat} warm runs")
-        _report(await _bench(url, args.repeat, hours))
+        figures = _report(await _bench(url, args.repeat, hours))
+        before = await _bench(url, args.repeat, hours, usage=False)
+        bare_url = url.replace("postgresql+asyncpg://", "postgresql://")
+        connection = await asyncpg.connect(bare_url)
+        try:
+            await connection.execute(GROW_EARNINGS_SQL[0], GROWTH)
+            await connection.execute(GROW_EARNINGS_SQL[1], GROWTH, API_ID)
+            await connection.execute("VACUUM ANALYZE earnings")
+            rows = await connection.fetchval("SELECT count(*) FROM earnings")
+            lower = START
+            upper = START + timedelta(hours=hours, days=1)
+            plan = "\n".join(
+                r[0]
+                for r in await connection.fetch(
+                    "EXPLAIN " + EARNINGS_SQL, API_ID, lower, upper, CREATOR, False
+                )
+            )
+        finally:
+            await connection.close()
+        after = await _bench(url, args.repeat, hours, usage=False)
+        growth = after["earnings endpoint"] / before["earnings endpoint"]
+        print(
+            f"earnings at {rows:,} rows ({GROWTH}x): endpoint {after['earnings endpoint'] * 1000:.1f} ms, "
+            f"{growth:.2f}x its cost at 1x (goal <= {GROWTH_GOAL}); EXPLAIN:\n{plan}"
+        )
+        figures.append(
+            Figure("earnings endpoint at 10x rows / at 1x", growth, GROWTH_GOAL, False, f"{rows:,} rows")
+        )
+        figures.append(
+            Figure("earnings: EXPLAIN at 10x uses the API index", float(EARNINGS_INDEX in plan), 1, True)
+        )
+        return figures
     finally:
         if server is not None:
             server.stop()
@@ -266,14 +332,14 @@ async def _main(args: argparse.Namespace) -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def main() -> None:
+def main() -> list[Figure]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=1_000_000, help="usage rows for the API")
     parser.add_argument("--consumers", type=int, default=1_000)
     parser.add_argument("--repeat", type=int, default=15)
-    asyncio.run(_main(parser.parse_args()))
+    return asyncio.run(_main(parser.parse_args()))
 
 
 if __name__ == "__main__":

@@ -110,3 +110,22 @@ async def load(
     elapsed = time.perf_counter() - started
     cuts = statistics.quantiles(latencies, n=100)
     return LoadResult(len(latencies), elapsed, cuts[49] * 1e3, cuts[98] * 1e3)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One row of `make bench`'s table: a ratio measured in this run and the goal it must meet."""
+
+    name: str
+    value: float
+    goal: float
+    at_least: bool  # True: the value must be >= the goal; False: <= it
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.goal if self.at_least else self.value <= self.goal
+
+    @property
+    def goal_text(self) -> str:
+        return f"{'>=' if self.at_least else '<='} {self.goal:g}"

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from app.subscriptions.repository import SubscriptionRepository
 from app.usage.repository import UsageRepository
 from app.usage.service import BATCH_SIZE
-from bench.harness import embedded_stack
+from bench.harness import Figure, embedded_stack
 from bench.usage_ingest import seed_subscriptions
 
 GOAL = 1.25
@@ -73,7 +73,7 @@ def verdict(name: str, ratio: float, detail: str) -> str:
     return f"ratio {name}/bare: {ratio:.2f}x time ({met} the goal <= {GOAL:.2f}x; {detail})"
 
 
-async def main() -> None:
+async def main() -> list[Figure]:
     async with embedded_stack() as settings:
         bare_url = settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
         connection = await asyncpg.connect(bare_url)
@@ -144,6 +144,7 @@ async def main() -> None:
                 batch_results.append((bare_time, ours_time))
         await engine.dispose()
         await connection.close()
+    figures: list[Figure] = []
     for name, timed, periods in (
         ("recorded_usage", results, LOOKUPS),
         ("period_calls", batch_results, SUBSCRIPTIONS),
@@ -155,3 +156,7 @@ async def main() -> None:
         print(f"{name:<28} {ours_rate:9.0f} periods/s")
         detail = f"median of {ROUNDS} rounds, {periods} periods of 30 days over {count} rows"
         print(verdict(name, ratio, detail))
+        figures.append(
+            Figure(f"period sum {name} / bare GROUP BY", ratio, GOAL, at_least=False, detail=detail)
+        )
+    return figures

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -52,14 +54,17 @@ USAGE_SQL = text(
     """
 )
 
-# Reversal and credit lines count negative. One pass: per currency, per (currency, month), per
-# (currency, plan).
-EARNINGS_SQL = text(
-    f"""
-    SELECT totals.grouping_id, totals.currency, totals.month, totals.plan_id, plan.name AS plan_name,
-           totals.gross_amount, totals.commission_amount, totals.net_amount, totals.pending_amount,
-           totals.available_amount, totals.paid_out_amount
-    FROM (
+# Reversal and credit lines count negative. One round trip: the API's owner (no row: no such API)
+# and, only when the caller may see them ($4 the caller's user id, $5 whether they are an admin),
+# its earnings in one pass: per currency, per (currency, month), per (currency, plan). The owner
+# check inside is a constant filter, so nobody else's request scans a single earnings row; the
+# service decides 403 from the owner returned.
+EARNINGS_SQL = f"""
+    SELECT owner.creator_id, totals.grouping_id, totals.currency, totals.month, totals.plan_id::text,
+           plan.name AS plan_name, totals.gross_amount, totals.commission_amount, totals.net_amount,
+           totals.pending_amount, totals.available_amount, totals.paid_out_amount
+    FROM apis owner
+    LEFT JOIN LATERAL (
         SELECT GROUPING(month, e.plan_id) AS grouping_id,
                e.currency,
                month,
@@ -78,12 +83,13 @@ EARNINGS_SQL = text(
             SELECT CASE WHEN e.kind IN {NEGATIVE_KINDS_SQL} THEN -1 ELSE 1 END AS sign,
                    to_char(e.earned_at AT TIME ZONE 'UTC', 'YYYY-MM') AS month
         ) d
-        WHERE e.api_id = :api_id AND e.earned_at >= :start AND e.earned_at < :end
+        WHERE e.api_id = $1 AND e.earned_at >= $2 AND e.earned_at < $3
+          AND (owner.creator_id = $4 OR $5::boolean)
         GROUP BY GROUPING SETS ((e.currency), (e.currency, month), (e.currency, e.plan_id))
-    ) totals
+    ) totals ON true
     LEFT JOIN api_pricing_plans plan ON plan.id = totals.plan_id
-    """  # noqa: S608  (constant SQL)
-)
+    WHERE owner.api_id = $1
+"""  # noqa: S608  (constant SQL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,18 +107,11 @@ class UsageRow:
 
 
 @dataclass(frozen=True, slots=True)
-class EarningsRow:
-    grouping_id: int  # GROUPING(month, plan): 3 a currency's total, 1 a month, 2 a plan
-    currency: str
-    month: str | None
-    plan_id: uuid.UUID | None
-    plan_name: str | None
-    gross_amount: int
-    commission_amount: int
-    net_amount: int
-    pending_amount: int
-    available_amount: int
-    paid_out_amount: int
+class ApiEarnings:
+    """The API's owner and its earnings rows (none when the caller may not see them)."""
+
+    creator_id: str
+    rows: list[Mapping[str, Any]]
 
 
 class AnalyticsRepository:
@@ -128,6 +127,16 @@ class AnalyticsRepository:
         )
         return [UsageRow(*row) for row in result]
 
-    async def earnings(self, api_id: str, start: datetime, end: datetime) -> list[EarningsRow]:
-        result = await self._session.execute(EARNINGS_SQL, {"api_id": api_id, "start": start, "end": end})
-        return [EarningsRow(*row) for row in result]
+    async def earnings(
+        self, api_id: str, start: datetime, end: datetime, *, caller: str, admin: bool
+    ) -> ApiEarnings | None:
+        """The API's owner and, if `caller` owns the API or is an admin, its earnings rows
+        (`grouping_id`, `currency`, `month`, `plan_id`, `plan_name` and the amounts); None when
+        there is no such API. On the session's own driver connection: one round trip."""
+        raw = await (await self._session.connection()).get_raw_connection()
+        driver: Any = raw.driver_connection
+        found: list[Mapping[str, Any]] = await driver.fetch(EARNINGS_SQL, api_id, start, end, caller, admin)
+        if not found:
+            return None
+        rows = [row for row in found if row["grouping_id"] is not None]
+        return ApiEarnings(creator_id=found[0]["creator_id"], rows=rows)

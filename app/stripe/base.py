@@ -30,6 +30,23 @@ def decimal_param(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
+class StripeRateLimited(ServiceUnavailable):
+    """Stripe answered 429: too many requests. `retry_after` is its Retry-After, when it sent one."""
+
+    def __init__(self, retry_after: float | None) -> None:
+        super().__init__("Stripe is busy, try again shortly", code="stripe_rate_limited")
+        self.retry_after = retry_after
+
+
+def _retry_after(exc: stripe.StripeError) -> float | None:
+    headers = {str(name).lower(): value for name, value in (exc.headers or {}).items()}
+    try:
+        value = float(headers.get("retry-after", ""))
+    except (TypeError, ValueError):
+        return None
+    return value if value >= 0 else None
+
+
 def translate_error(exc: stripe.StripeError) -> DomainError:
     """Map a Stripe error onto ours; Stripe's user-facing message is kept, nothing internal."""
     message = exc.user_message or getattr(exc, "_message", None) or "Stripe refused the request"
@@ -42,7 +59,7 @@ def translate_error(exc: stripe.StripeError) -> DomainError:
             code="stripe_idempotency_conflict",
         )
     if isinstance(exc, stripe.RateLimitError):
-        return ServiceUnavailable("Stripe is busy, try again shortly", code="stripe_rate_limited")
+        return StripeRateLimited(_retry_after(exc))
     if isinstance(exc, stripe.InvalidRequestError):
         return Unprocessable(message, code=exc.code or "stripe_invalid_request")
     if isinstance(exc, stripe.APIConnectionError):

@@ -1,38 +1,45 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import BindParameter, DateTime, Select, and_, bindparam, func, literal_column, or_, select
+from sqlalchemy import BindParameter, DateTime, and_, bindparam, func, literal_column, or_, select
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Bundle
 
 from app.models import PricingPlan, PricingPlanVersion, Subscription, UsageRecord
 from app.models.subscription import LIVE_STATUSES
+from app.subscriptions.documents import PLAN_FIELDS, SUBSCRIPTION_FIELDS, VERSION_FIELDS
 
 _HELD_VERSION = and_(
     PricingPlanVersion.plan_id == Subscription.pricing_plan_id,
     PricingPlanVersion.version == Subscription.plan_version,
 )
-SubscriptionRow = tuple[Subscription, PricingPlan, PricingPlanVersion]
-# Column bundles read like the ORM objects (same attribute names) without their bookkeeping.
-_SUBSCRIPTION: Bundle[Any] = Bundle("subscription", *Subscription.__table__.c)
-_PLAN: Bundle[Any] = Bundle("plan", *PricingPlan.__table__.c)
-_VERSION: Bundle[Any] = Bundle("version", *PricingPlanVersion.__table__.c)
 
 
-def _page_statement(*, by_status: bool, after: bool) -> Select[Any]:
+def _document_sql(*, by_status: bool, after: bool, one: bool) -> tuple[str, tuple[str, ...]]:
+    """The lean read's SQL, rendered once from the model into the driver's own SQL ($1, $2, ...),
+    and its parameters' names in order. The columns are those `subscription_document` reads; a page
+    is newest first by (created_at, id), so pages never skip or repeat a row."""
+    columns = [
+        *(Subscription.__table__.c[name] for name in SUBSCRIPTION_FIELDS),
+        *(PricingPlan.__table__.c[name].label(f"plan_{name}") for name in PLAN_FIELDS),
+        *(PricingPlanVersion.__table__.c[name].label(f"version_{name}") for name in VERSION_FIELDS),
+    ]
     statement = (
-        select(_SUBSCRIPTION, _PLAN, _VERSION)
+        select(*columns)
         .join(PricingPlan, PricingPlan.id == Subscription.pricing_plan_id)
         .join(PricingPlanVersion, _HELD_VERSION)
         .where(Subscription.consumer_id == bindparam("consumer_id"))
-        .order_by(Subscription.created_at.desc(), Subscription.id.desc())
-        .limit(bindparam("limit"))
     )
+    if one:
+        statement = statement.where(Subscription.id == bindparam("subscription_id"))
+    else:
+        statement = statement.order_by(Subscription.created_at.desc(), Subscription.id.desc()).limit(
+            bindparam("limit")
+        )
     if by_status:
         statement = statement.where(Subscription.status == bindparam("status"))
     if after:
@@ -44,14 +51,23 @@ def _page_statement(*, by_status: bool, after: bool) -> Select[Any]:
                 and_(Subscription.created_at == created_at, Subscription.id < last_id),
             )
         )
-    return statement
+    compiled = statement.compile(dialect=postgresql_asyncpg.dialect())  # type: ignore[no-untyped-call]
+    return str(compiled), tuple(compiled.positiontup or ())
 
 
-_PAGE_STATEMENTS = {
-    (by_status, after): _page_statement(by_status=by_status, after=after)
+_PAGE_SQL = {
+    (by_status, after): _document_sql(by_status=by_status, after=after, one=False)
     for by_status in (False, True)
     for after in (False, True)
 }
+_ONE_SQL = _document_sql(by_status=False, after=False, one=True)
+
+
+async def _driver(session: AsyncSession) -> Any:
+    """The session's own asyncpg connection (same transaction, asyncpg's prepared statements)."""
+    raw = await (await session.connection()).get_raw_connection()
+    return raw.driver_connection
+
 
 # The period sum, rendered once from the model into the driver's own SQL ($1, $2, $3).
 _RECORDED_USAGE_SQL = str(
@@ -110,26 +126,34 @@ class SubscriptionRepository:
         )
         return int((await self._session.execute(statement)).scalar_one())
 
-    async def page(
+    async def page_rows(
         self,
         consumer_id: uuid.UUID,
         *,
         status: str | None,
         after: tuple[datetime, uuid.UUID] | None,
         limit: int,
-    ) -> Sequence[SubscriptionRow]:
-        """Newest first, by (created_at, id) so pages never skip or repeat a row; with the plan
-        version each subscription holds, in one query.
-
-        Rows come back as plain column bundles rather than ORM instances, and the statement is
-        built once per shape: a list is read-only, and this is the hottest read path.
-        """
-        statement = _PAGE_STATEMENTS[(status is not None, after is not None)]
+    ) -> list[Mapping[str, Any]]:
+        """A page of the consumer's subscriptions with the plan version each holds, in one query,
+        as plain driver rows (the columns `subscription_document` reads): a list is read-only, and
+        this is the hottest read path."""
+        sql, names = _PAGE_SQL[(status is not None, after is not None)]
         params: dict[str, object] = {"consumer_id": consumer_id, "limit": limit, "status": status}
         if after is not None:
             params["after_created_at"], params["after_id"] = after
-        rows = await self._session.execute(statement, params)
-        return [cast("SubscriptionRow", (s, plan, version)) for s, plan, version in rows]
+        rows: list[Mapping[str, Any]] = await (await _driver(self._session)).fetch(
+            sql, *(params[name] for name in names)
+        )
+        return rows
+
+    async def owned_row(self, subscription_id: uuid.UUID, consumer_id: uuid.UUID) -> Mapping[str, Any] | None:
+        """The consumer's subscription with its held plan version, as `page_rows` gives them."""
+        sql, names = _ONE_SQL
+        params = {"consumer_id": consumer_id, "subscription_id": subscription_id}
+        row: Mapping[str, Any] | None = await (await _driver(self._session)).fetchrow(
+            sql, *(params[name] for name in names)
+        )
+        return row
 
     async def recorded_usage(
         self, subscription_id: uuid.UUID, start: datetime, end: datetime

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query, Request, status
+from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import CurrentUser
@@ -47,11 +47,12 @@ def _service(request: Request, session: AsyncSession) -> SubscriptionService:
     )
 
 
-def subscription_service(request: Request, session: DbSession) -> SubscriptionService:
+# async: a plain function would be run on a worker thread, a hop per request.
+async def subscription_service(request: Request, session: DbSession) -> SubscriptionService:
     return _service(request, session)
 
 
-def subscription_reader(request: Request, session: ReadSession) -> SubscriptionService:
+async def subscription_reader(request: Request, session: ReadSession) -> SubscriptionService:
     return _service(request, session)
 
 
@@ -78,22 +79,33 @@ async def create_subscription(
     return await service.create(principal, body)
 
 
-@router.get("", summary="List the caller's subscriptions, newest first", responses=error_responses(401))
+# The two reads answer JSON the service has already written (the schema's bytes, see
+# app/subscriptions/documents.py); `response_model` keeps the schema in the OpenAPI document.
+@router.get(
+    "",
+    summary="List the caller's subscriptions, newest first",
+    response_model=SubscriptionList,
+    responses=error_responses(401),
+)
 async def list_subscriptions(
     principal: CurrentUser,
     service: Reader,
     status: SubscriptionStatus | None = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> SubscriptionList:
-    return await service.list(principal, status=status, cursor=cursor, limit=limit)
+) -> Response:
+    body = await service.list(principal, status=status, cursor=cursor, limit=limit)
+    return Response(body, media_type="application/json")
 
 
-@router.get("/{subscription_id}", summary="Get a subscription", responses=error_responses(401, 404))
-async def get_subscription(
-    subscription_id: uuid.UUID, principal: CurrentUser, service: Reader
-) -> SubscriptionOut:
-    return await service.get(principal, subscription_id)
+@router.get(
+    "/{subscription_id}",
+    summary="Get a subscription",
+    response_model=SubscriptionOut,
+    responses=error_responses(401, 404),
+)
+async def get_subscription(subscription_id: uuid.UUID, principal: CurrentUser, service: Reader) -> Response:
+    return Response(await service.get(principal, subscription_id), media_type="application/json")
 
 
 @router.put(

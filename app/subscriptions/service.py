@@ -5,6 +5,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP
+from typing import NamedTuple
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,6 +27,7 @@ from app.plans.repository import PlanRepository
 from app.plans.service import plan_out
 from app.stripe import StripeGateway
 from app.stripe.subscriptions import StripeSubscription
+from app.subscriptions.documents import dumps, subscription_document
 from app.subscriptions.lifecycle import (
     KEYED,
     TERMINAL,
@@ -52,6 +54,13 @@ RUNNING = frozenset({"active", "trial", "past_due"})
 PRORATION_DATE_MAX_AGE = timedelta(minutes=10)
 PRORATION_DATE_MAX_SKEW = timedelta(seconds=5)
 SUBSCRIPTION_IDS = uuid.UUID("5b1e3c0a-8f4d-4b7e-9a61-2f0c7d9e4a10")  # uuid5 namespace of new rows
+
+
+class PageKey(NamedTuple):
+    """The (created_at, id) of a page's last row, which the next page's cursor carries."""
+
+    created_at: datetime
+    id: uuid.UUID
 
 
 def subscription_id_for(
@@ -222,23 +231,27 @@ class SubscriptionService:
 
     async def list(
         self, principal: Principal, *, status: str | None, cursor: str | None, limit: int
-    ) -> SubscriptionList:
-        """The caller's subscriptions, newest first, a page at a time."""
+    ) -> bytes:
+        """The caller's subscriptions, newest first, a page at a time: the contract's
+        SubscriptionList as JSON (the lean path of `app.subscriptions.documents`)."""
         after = decode_cursor(cursor) if cursor else None
         # The consumer id derives from the user id: no lookup; an unregistered user has no rows.
-        rows = await self._repo.page(
+        rows = await self._repo.page_rows(
             consumer_id_for(principal.user_id), status=status, after=after, limit=limit + 1
         )
         page = rows[:limit]
-        next_cursor = encode_cursor(page[-1][0]) if len(rows) > limit else None
-        return SubscriptionList(
-            subscriptions=[subscription_out(s, plan, version) for s, plan, version in page],
-            next_cursor=next_cursor,
+        next_cursor = (
+            encode_cursor(PageKey(page[-1]["created_at"], page[-1]["id"])) if len(rows) > limit else None
         )
+        document = {"subscriptions": [subscription_document(row) for row in page], "next_cursor": next_cursor}
+        return dumps(document, SubscriptionList)
 
-    async def get(self, principal: Principal, subscription_id: uuid.UUID) -> SubscriptionOut:
-        subscription = await self._owned(principal, subscription_id)
-        return await self._out(subscription)
+    async def get(self, principal: Principal, subscription_id: uuid.UUID) -> bytes:
+        """The caller's subscription as the contract's Subscription JSON; anybody else's is a 404."""
+        row = await self._repo.owned_row(subscription_id, consumer_id_for(principal.user_id))
+        if row is None:
+            raise NotFound("Subscription not found")
+        return dumps(subscription_document(row), SubscriptionOut)
 
     async def cancel(
         self, principal: Principal, subscription_id: uuid.UUID, *, immediately: bool

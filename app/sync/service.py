@@ -13,12 +13,15 @@ and with `repair_orphans` what it charged is refunded and it is cancelled.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -35,7 +38,8 @@ from app.outbox.service import Outbox
 from app.payment_methods.repository import PaymentMethodRepository
 from app.stripe import StripeGateway
 from app.stripe.invoices import with_all_lines
-from app.stripe.listing import Listable
+from app.stripe.listing import Listable, StripePage
+from app.stripe.payment_methods import StripeCard
 from app.subscriptions.lifecycle import (
     STRIPE_STATUS,
     TERMINAL,
@@ -55,6 +59,8 @@ MAX_DIFFERENCES = 1000
 # answered, our commit has not happened yet): it is never taken for an orphan.
 ORPHAN_GRACE_SECONDS = 3600
 DONE = "done"
+# Card lists asked of Stripe at once for a page of customers (each still waits for its slot).
+CARD_CALLS_IN_FLIGHT = 8
 Progress = Callable[[str, int], None]
 
 
@@ -96,6 +102,8 @@ class ListReport:
         )
 
 
+# A page, when it was asked for, and (customers) the cards of those that are ours.
+_Fetched = tuple[StripePage, int, dict[str, dict[str, StripeCard]]]
 Applier = Callable[[AsyncSession, dict[str, Any], ListReport], Awaitable[None]]
 
 
@@ -128,6 +136,8 @@ class SyncService:
         self._commission = commission
         self._invoice_issuer = invoice_issuer
         self._progress = progress or (lambda _resource, _count: None)
+        # The cards of the customers page being applied, asked for with the page.
+        self._cards: dict[str, dict[str, StripeCard]] = {}
         self._appliers: dict[Listable, Applier] = {
             "customers": self._apply_customer,
             "subscriptions": self._apply_subscription,
@@ -183,31 +193,72 @@ class SyncService:
             await session.commit()
 
     async def _sync_list(self, run: SyncRun, resource: Listable, applier: Applier) -> None:
+        """Page through one list. While a page is applied the next one is already asked for (its
+        cursor is the page's last id), with its customers' cards, several at once, each call in
+        its slot: the time spent in our database overlaps Stripe's, so a run keeps to the
+        configured pace instead of falling behind it."""
         starting_after = run.cursor.get(resource)
         if starting_after == DONE:
             return
         report = ListReport.from_dict(run.report.get(resource))
-        while True:
-            await self._limiter.wait()
-            self._fetched_at = clock.timestamp()
-            page = await self._stripe.list_page(resource, starting_after=starting_after)
-            async with self._sessionmaker() as session:
-                for obj in page.objects:
-                    report.seen += 1
-                    await applier(session, obj, report)
-                if self._dry_run:
-                    await session.rollback()
-                else:
-                    await session.commit()
-                    await run_after_commit(session)
-            if page.objects:
-                starting_after = page.objects[-1]["id"]
-            run.cursor = {**run.cursor, resource: starting_after if page.has_more else DONE}
-            run.report = {**run.report, resource: report.as_dict()}
-            await self._save(run)
-            self._progress(resource, report.seen)
-            if not page.has_more or not page.objects:
-                return
+        ahead: asyncio.Task[_Fetched] | None = asyncio.create_task(self._fetch_page(resource, starting_after))
+        try:
+            while ahead is not None:
+                page, self._fetched_at, self._cards = await ahead
+                more = page.has_more and bool(page.objects)
+                ahead = (
+                    asyncio.create_task(self._fetch_page(resource, page.objects[-1]["id"])) if more else None
+                )
+                async with self._sessionmaker() as session:
+                    for obj in page.objects:
+                        report.seen += 1
+                        await applier(session, obj, report)
+                    if self._dry_run:
+                        await session.rollback()
+                    else:
+                        await session.commit()
+                        await run_after_commit(session)
+                if page.objects:
+                    starting_after = page.objects[-1]["id"]
+                run.cursor = {**run.cursor, resource: starting_after if more else DONE}
+                run.report = {**run.report, resource: report.as_dict()}
+                await self._save(run)
+                self._progress(resource, report.seen)
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
+
+    async def _fetch_page(self, resource: Listable, starting_after: str | None) -> _Fetched:
+        """A page of the list, when Stripe was asked for it (what its snapshots are as of), and for
+        customers their cards too: all of it asked for while the previous page is applied."""
+        fetched_at = clock.timestamp()
+        page = await self._limiter.call(
+            lambda: self._stripe.list_page(resource, starting_after=starting_after)
+        )
+        cards = await self._customer_cards(page.objects) if resource == "customers" else {}
+        return page, fetched_at, cards
+
+    async def _customer_cards(self, customers: list[dict[str, Any]]) -> dict[str, dict[str, StripeCard]]:
+        """The cards of the page's customers that are ours, asked for concurrently (each call in its
+        slot of the pace, at most CARD_CALLS_IN_FLIGHT at once). Customers not ours are not asked."""
+        async with self._sessionmaker() as session:
+            ids = [str(obj["id"]) for obj in customers]
+            ours = (
+                await session.execute(
+                    select(Consumer.stripe_customer_id).where(Consumer.stripe_customer_id.in_(ids))
+                )
+            ).scalars()
+            known = [customer for customer in ours if customer is not None]
+        slots = asyncio.Semaphore(CARD_CALLS_IN_FLIGHT)
+
+        async def cards_of(customer: str) -> tuple[str, dict[str, StripeCard]]:
+            async with slots:
+                cards = await self._limiter.call(lambda: self._stripe.list_customer_cards(customer))
+            return customer, {card.id: card for card in cards}
+
+        return dict(await asyncio.gather(*(cards_of(customer) for customer in known)))
 
     async def _apply_customer(self, session: AsyncSession, obj: dict[str, Any], report: ListReport) -> None:
         consumer = (
@@ -230,10 +281,12 @@ class SyncService:
     ) -> None:
         """Mirror the customer's cards: add what Stripe has, drop what was detached there, and
         follow Stripe's invoice default (left alone when Stripe has none)."""
-        await self._limiter.wait()
-        cards = {
-            card.id: card for card in await self._stripe.list_customer_cards(str(consumer.stripe_customer_id))
-        }
+        cards = self._cards.get(str(consumer.stripe_customer_id))
+        if cards is None:  # not asked with its page (a consumer added meanwhile)
+            listed = await self._limiter.call(
+                lambda: self._stripe.list_customer_cards(str(consumer.stripe_customer_id))
+            )
+            cards = {card.id: card for card in listed}
         repository = PaymentMethodRepository(session)
         mirrored = {
             pm.stripe_payment_method_id: pm for pm in await repository.list_for(consumer.id, for_update=True)
@@ -373,26 +426,36 @@ class SyncService:
             )
             return
         refunded = await self._refund_orphan(state.id)
-        await self._limiter.wait()
-        await self._stripe.cancel_orphan_subscription(state.id, idempotency_key=f"orphan-cancel:{state.id}")
+        await self._limiter.call(
+            lambda: self._stripe.cancel_orphan_subscription(
+                state.id, idempotency_key=f"orphan-cancel:{state.id}"
+            )
+        )
         report.changed += 1
         amounts = ", ".join(f"{amount} {currency}" for currency, amount in sorted(refunded.items()))
         report.note(f"subscription {state.id}: orphan cancelled, refunded {amounts or 'nothing'}")
 
     async def _refund_orphan(self, stripe_subscription_id: str) -> dict[str, int]:
         """Refund what is left unrefunded of every payment the orphan collected; per currency."""
-        await self._limiter.wait()
         refunded: dict[str, int] = {}
-        for charged in await self._stripe.subscription_payments(stripe_subscription_id):
-            await self._limiter.wait()
-            remaining = charged.amount - await self._stripe.refunded_amount(charged.payment_intent_id)
+        payments = await self._limiter.call(
+            lambda: self._stripe.subscription_payments(stripe_subscription_id)
+        )
+        for charged in payments:
+            already = await self._limiter.call(
+                partial(self._stripe.refunded_amount, charged.payment_intent_id)
+            )
+            remaining = charged.amount - already
             if remaining <= 0:
                 continue  # refunded by an earlier, interrupted repair
-            await self._stripe.refund_payment(
-                charged.payment_intent_id,
-                amount=remaining,
-                metadata={"orphan_subscription": stripe_subscription_id, "invoice": charged.invoice_id},
-                idempotency_key=f"orphan-refund:{charged.payment_intent_id}:{remaining}",
+            await self._limiter.call(
+                partial(
+                    self._stripe.refund_payment,
+                    charged.payment_intent_id,
+                    amount=remaining,
+                    metadata={"orphan_subscription": stripe_subscription_id, "invoice": charged.invoice_id},
+                    idempotency_key=f"orphan-refund:{charged.payment_intent_id}:{remaining}",
+                )
             )
             refunded[charged.currency] = refunded.get(charged.currency, 0) + remaining
         return refunded
@@ -406,11 +469,9 @@ class SyncService:
                 )
             )
         ).one_or_none()
+        complete = await self._limiter.call(lambda: with_all_lines(self._stripe, obj))
         invoice = await sync_invoice(
-            session,
-            await with_all_lines(self._stripe, obj),
-            observed_at=clock.timestamp(),
-            issuer=self._invoice_issuer,
+            session, complete, observed_at=clock.timestamp(), issuer=self._invoice_issuer
         )
         if invoice is None:
             report.unknown += 1
