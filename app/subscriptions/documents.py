@@ -16,6 +16,7 @@ import orjson
 from pydantic import BaseModel
 
 from app.money import from_minor, json_number
+from app.subscriptions.lifecycle import api_key_status_of
 
 # The row's column names: the subscription's own, and the plan's and held version's with a prefix.
 SUBSCRIPTION_FIELDS = (
@@ -24,6 +25,7 @@ SUBSCRIPTION_FIELDS = (
     "api_id",
     "pricing_plan_id",
     "api_key_id",
+    "api_key_suspended",
     "stripe_subscription_id",
     "status",
     "started_at",
@@ -49,7 +51,14 @@ PLAN_FIELDS = (
     "is_active",
     "created_at",
 )
-VERSION_FIELDS = ("version", "currency", "monthly_amount", "price_per_call", "call_limit")
+VERSION_FIELDS = (
+    "version",
+    "currency",
+    "monthly_amount",
+    "price_per_call",
+    "call_limit",
+    "overage_price_per_call",
+)
 _OPTIONS = orjson.OPT_UTC_Z  # UTC as "Z", as pydantic writes it
 
 
@@ -60,6 +69,7 @@ def subscription_document(row: Mapping[str, Any]) -> dict[str, Any]:
     currency = row["version_currency"]
     monthly_amount = row["version_monthly_amount"]
     price_per_call = row["version_price_per_call"]
+    overage = row["version_overage_price_per_call"]
     status = row["status"]
     return {
         "id": str(row["id"]),
@@ -76,6 +86,7 @@ def subscription_document(row: Mapping[str, Any]) -> dict[str, Any]:
             ),
             "price_per_call": json_number(price_per_call.normalize()) if price_per_call is not None else None,
             "call_limit": row["version_call_limit"],
+            "overage_price_per_call": json_number(overage.normalize()) if overage is not None else None,
             "rate_limit_per_minute": row["plan_rate_limit_per_minute"],
             "rate_limit_per_day": row["plan_rate_limit_per_day"],
             "rate_limit_per_month": row["plan_rate_limit_per_month"],
@@ -87,6 +98,7 @@ def subscription_document(row: Mapping[str, Any]) -> dict[str, Any]:
             "created_at": row["plan_created_at"],
         },
         "api_key_id": row["api_key_id"],
+        "api_key_status": api_key_status_of(row["api_key_id"], status, suspended=row["api_key_suspended"]),
         "stripe_subscription_id": row["stripe_subscription_id"],
         "status": status,
         "started_at": row["started_at"],

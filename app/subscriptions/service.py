@@ -29,9 +29,9 @@ from app.stripe import StripeGateway
 from app.stripe.subscriptions import StripeSubscription
 from app.subscriptions.documents import dumps, subscription_document
 from app.subscriptions.lifecycle import (
-    KEYED,
     TERMINAL,
     StripeSubscriptionState,
+    api_key_status_of,
     apply_status,
     apply_stripe_state,
 )
@@ -83,14 +83,10 @@ UsageFlush = Callable[[uuid.UUID, datetime], Awaitable[bool]]
 
 
 def api_key_status(subscription: Subscription) -> ApiKeyStatus:
-    """Where the subscription's API key stands; a live one without a key is still being issued."""
-    if subscription.api_key_id is not None and subscription.status in TERMINAL:
-        return "revoked"
-    if subscription.api_key_suspended:
-        return "suspended"
-    if subscription.api_key_id is not None:
-        return "issued"
-    return "issuing" if subscription.status in KEYED else "none"
+    """Where the subscription's API key stands (the one rule: `api_key_status_of`)."""
+    return api_key_status_of(
+        subscription.api_key_id, subscription.status, suspended=subscription.api_key_suspended
+    )
 
 
 def subscription_out(
