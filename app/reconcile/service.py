@@ -30,6 +30,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import clock
+from app.db.claims import claim_period
 from app.errors import Conflict
 from app.models import ReconcileDrift, ReconcileRun
 from app.models.reconcile import RECONCILE_CHECKS
@@ -47,7 +48,6 @@ from app.stripe.invoices import StripeInvoice, with_all_lines
 from app.subscriptions.lifecycle import STRIPE_STATUS, TERMINAL, StripeSubscriptionState
 from app.sync.ratelimit import RateLimiter
 from app.webhooks.handlers import find_subscription
-from app.worker.periods import claim_period
 
 RECONCILE_LOCK_ID = 0x5_7121_0009  # pg advisory lock key of `billing reconcile`
 DONE = "done"
