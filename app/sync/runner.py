@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.config import Settings
 from app.db import create_job_engine, create_sessionmaker
-from app.main import create_redis
+from app.db.redis import create_redis
 from app.models import SyncRun
 from app.stripe import StripeGateway
 from app.sync.service import Progress, SyncService
