@@ -36,8 +36,8 @@ from app.models import ReconcileDrift, ReconcileRun
 from app.models.reconcile import RECONCILE_CHECKS
 from app.models.subscription import LIVE_STATUSES
 from app.reconcile.repository import CheckTotals, MeteredRow, ReconcileRepository
+from app.reconcile.rows import Drift
 from app.reconcile.rules import (
-    Drift,
     compare_earnings,
     compare_invoice,
     minute_floor,
