@@ -12,12 +12,17 @@ from typing import Any
 import grimp
 import pytest
 from importlinter import api
+from importlinter.contracts.acyclic_siblings import AcyclicSiblingsContract
 from importlinter.contracts.layers import LayersContract
 from importlinter.contracts.protected import ProtectedContract
 from importlinter.domain.contract import Contract
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
-CONTRACT_TYPES: dict[str, type[Contract]] = {"layers": LayersContract, "protected": ProtectedContract}
+CONTRACT_TYPES: dict[str, type[Contract]] = {
+    "layers": LayersContract,
+    "protected": ProtectedContract,
+    "acyclic_siblings": AcyclicSiblingsContract,
+}
 
 
 def _configuration() -> dict[str, Any]:
@@ -65,7 +70,7 @@ def test_every_app_module_belongs_to_exactly_one_layer() -> None:
     assert unplaced == []
 
 
-@pytest.mark.parametrize("contract_id", ["layers", "stripe", "entry-points"])
+@pytest.mark.parametrize("contract_id", ["layers", "no-circles", "stripe", "entry-points"])
 def test_the_code_keeps_each_import_contract(contract_id: str) -> None:
     check = _contract(contract_id).check(_graph(), verbose=False)
     assert check.kept, check.metadata
@@ -78,6 +83,7 @@ def test_the_code_keeps_each_import_contract(contract_id: str) -> None:
         ("layers", "app.plans.repository", "app.plans.router"),  # a query reaches for HTTP
         ("layers", "app.money", "app.db"),  # the kernel depends on nothing of ours
         ("layers", "app.subscriptions.service", "app.worker.webhook_jobs"),  # a rule calls a job
+        ("no-circles", "app.webhooks.context", "app.webhooks.handlers"),  # the circle this broke
         ("stripe", "app.subscriptions.service", "stripe"),  # Stripe outside the gateway
         ("entry-points", "app.usage.service", "app.main"),  # the app outside its entry points
     ],

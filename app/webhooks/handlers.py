@@ -9,28 +9,21 @@ snapshots go through `apply_stripe_state` (older snapshots never win), invoices 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
-from app.config import Settings
-from app.dunning.service import DunningService
 from app.earnings.booking import book_invoice_earnings
 from app.entitlements.overage import bill_overage
 from app.errors import DomainError
 from app.events.types import INVOICE_PAID, INVOICE_PAYMENT_FAILED, invoice_payload
 from app.invoices.stripe_sync import sync_invoice
 from app.models import Consumer, Invoice, Subscription
-from app.outbox.service import Outbox
-from app.stripe import StripeGateway
 from app.stripe.invoices import with_all_lines
 from app.subscriptions.lifecycle import StripeSubscriptionState, apply_stripe_state
-from app.usage.service import UsageService
-from app.webhooks.reversal_handlers import dispute_changed, refund_changed
+from app.webhooks.context import EventContext
 
 
 class NotYetKnown(DomainError):
@@ -44,24 +37,6 @@ class NotYetKnown(DomainError):
 class UsageNotReported(DomainError):
     status = 503
     code = "usage_not_reported"
-
-
-@dataclass(frozen=True)
-class EventContext:
-    session: AsyncSession
-    outbox: Outbox
-    stripe: StripeGateway
-    usage: UsageService
-    settings: Settings
-    event_id: str
-    created: int
-
-    @property
-    def dunning(self) -> DunningService:
-        return DunningService(self.session, self.outbox)
-
-
-Handler = Callable[[EventContext, dict[str, Any]], Awaitable[str]]
 
 
 def _uuid(value: Any) -> uuid.UUID | None:
@@ -272,25 +247,3 @@ async def payment_intent_settled(ctx: EventContext, obj: dict[str, Any]) -> str:
         return "ignored"
     await book_invoice_earnings(ctx.session, invoice, ctx.settings.platform_commission)
     return "processed"
-
-
-HANDLERS: dict[str, Handler] = {
-    "customer.created": customer_created,
-    "customer.subscription.created": subscription_changed,
-    "customer.subscription.updated": subscription_changed,
-    "customer.subscription.deleted": subscription_changed,
-    "customer.subscription.trial_will_end": trial_will_end,
-    "invoice.created": invoice_created,
-    "invoice.finalized": invoice_finalized,
-    "invoice.paid": invoice_paid,
-    "invoice.payment_failed": invoice_payment_failed,
-    "checkout.session.completed": checkout_completed,
-    "payment_intent.succeeded": payment_intent_settled,
-    "payment_intent.payment_failed": payment_intent_settled,
-    "refund.created": refund_changed,
-    "refund.updated": refund_changed,
-    "refund.failed": refund_changed,
-    "charge.dispute.created": dispute_changed,
-    "charge.dispute.updated": dispute_changed,
-    "charge.dispute.closed": dispute_changed,
-}
