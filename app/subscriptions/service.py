@@ -24,7 +24,7 @@ from app.payment_methods.service import PaymentMethodService
 from app.periods import add_months as add_months  # app/dev/simulate.py imports it from here
 from app.periods import usage_period
 from app.plans.repository import PlanRepository
-from app.plans.service import plan_out
+from app.plans.schemas import plan_out
 from app.stripe import StripeGateway
 from app.stripe.subscriptions import StripeSubscription
 from app.subscriptions.lifecycle import (
