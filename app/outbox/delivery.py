@@ -39,8 +39,8 @@ from app.config import Settings
 from app.integrations.apikey import ApiKeyClient, ApiKeyServiceError
 from app.models import Consumer, OutboxMessage, Subscription
 from app.models.outbox import API_KEY_KINDS
+from app.models.subscription import TERMINAL
 from app.outbox.service import DELIVER_JOB, delivery_job_id
-from app.subscriptions.lifecycle import TERMINAL
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from app.db.claims import claim_period
 from app.errors import Conflict
 from app.models import ReconcileDrift, ReconcileRun
 from app.models.reconcile import RECONCILE_CHECKS
-from app.models.subscription import LIVE_STATUSES
+from app.models.subscription import LIVE_STATUSES, STRIPE_STATUS, TERMINAL
 from app.reconcile.repository import CheckTotals, MeteredRow, ReconcileRepository
 from app.reconcile.rows import Drift
 from app.reconcile.rules import (
@@ -45,7 +45,7 @@ from app.reconcile.rules import (
 )
 from app.stripe import StripeGateway
 from app.stripe.invoices import StripeInvoice, with_all_lines
-from app.subscriptions.lifecycle import STRIPE_STATUS, TERMINAL, StripeSubscriptionState
+from app.subscriptions.lifecycle import StripeSubscriptionState
 from app.sync.ratelimit import RateLimiter
 from app.webhooks.handlers import find_subscription
 

@@ -17,6 +17,7 @@ from app.errors import Conflict, InvalidField, NotFound, PaymentRequired, Servic
 from app.events.types import SUBSCRIPTION_CHANGED
 from app.integrations.metering import MeteringClient, MeteringUnavailable
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription
+from app.models.subscription import KEYED, TERMINAL
 from app.money import exponent
 from app.outbox.service import Outbox
 from app.pagination import decode_cursor, encode_cursor
@@ -28,8 +29,6 @@ from app.plans.schemas import plan_out
 from app.stripe import StripeGateway
 from app.stripe.subscriptions import StripeSubscription
 from app.subscriptions.lifecycle import (
-    KEYED,
-    TERMINAL,
     StripeSubscriptionState,
     apply_status,
     apply_stripe_state,

@@ -30,12 +30,13 @@ from app.earnings.booking import book_invoice_earnings
 from app.errors import Conflict
 from app.invoices.stripe_sync import sync_invoice
 from app.models import Consumer, Invoice, PaymentMethod, SyncRun
+from app.models.subscription import STRIPE_STATUS, TERMINAL
 from app.outbox.service import Outbox
 from app.payment_methods.repository import PaymentMethodRepository
 from app.stripe import StripeGateway
 from app.stripe.invoices import with_all_lines
 from app.stripe.listing import Listable
-from app.subscriptions.lifecycle import STRIPE_STATUS, TERMINAL, StripeSubscriptionState, apply_stripe_state
+from app.subscriptions.lifecycle import StripeSubscriptionState, apply_stripe_state
 from app.sync.ratelimit import RateLimiter
 from app.webhooks.handlers import find_subscription
 
