@@ -46,8 +46,8 @@ from app.reconcile.rules import (
 from app.stripe import StripeGateway
 from app.stripe.invoices import StripeInvoice, with_all_lines
 from app.subscriptions.lifecycle import StripeSubscriptionState
+from app.subscriptions.repository import find_subscription
 from app.sync.ratelimit import RateLimiter
-from app.webhooks.handlers import find_subscription
 
 RECONCILE_LOCK_ID = 0x5_7121_0009  # pg advisory lock key of `billing reconcile`
 DONE = "done"

@@ -37,8 +37,8 @@ from app.stripe import StripeGateway
 from app.stripe.invoices import with_all_lines
 from app.stripe.listing import Listable
 from app.subscriptions.lifecycle import StripeSubscriptionState, apply_stripe_state
+from app.subscriptions.repository import find_subscription
 from app.sync.ratelimit import RateLimiter
-from app.webhooks.handlers import find_subscription
 
 log = logging.getLogger(__name__)
 SYNC_LOCK_ID = 0x5_7121_0001  # pg advisory lock key of `billing sync`
