@@ -8,10 +8,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from arq.connections import ArqRedis
 from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
-from redis.asyncio import ConnectionPool, Redis
 
 from app import __version__
 from app.analytics.router import router as analytics_router
@@ -20,6 +18,7 @@ from app.config import Settings, get_settings
 from app.consumers.router import router as consumers_router
 from app.creators.router import router as creators_router
 from app.db import create_engine, create_read_sessionmaker, create_sessionmaker
+from app.db.redis import create_entitlements_redis, create_redis
 from app.entitlements.router import router as entitlements_router
 from app.entitlements.router import spend_cap_router
 from app.entitlements.service import EntitlementService
@@ -125,20 +124,6 @@ def describe_parameters(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def create_redis(settings: Settings) -> ArqRedis:
-    """A lazily connecting client: the API starts (and stores webhooks) even while Redis is down."""
-    pool = ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=2.0)
-    return ArqRedis(connection_pool=pool)
-
-
-def create_entitlements_redis(settings: Settings) -> Redis:
-    """The check path's own client: it connects within the entitlement timeout, and each call is
-    bounded by it as a whole (a per-read socket timeout would cost a timer per pipelined reply)."""
-    timeout = settings.entitlements_redis_timeout_seconds
-    pool = ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=timeout)
-    return Redis(connection_pool=pool)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

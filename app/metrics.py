@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.logging import request_id_var
-from app.outbox.service import API_KEY_KINDS
+from app.models.outbox import API_KEY_KINDS
 
 log = logging.getLogger("app.metrics")
 REGISTRY = CollectorRegistry(auto_describe=True)

@@ -5,8 +5,8 @@ import asyncio
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from app.db.claims import claim_period
 from app.models import JobRun
-from app.worker.periods import claim_period
 
 
 async def test_two_workers_racing_for_one_period_claim_it_once(engine: AsyncEngine) -> None:

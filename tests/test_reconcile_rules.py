@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
+from app.reconcile.rows import InvoiceRow, PlanCatalog
 from app.reconcile.rules import (
-    InvoiceRow,
-    PlanCatalog,
     compare_earnings,
     compare_invoice,
     expected_plan_nets,

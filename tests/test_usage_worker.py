@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import JobRun, OutboxMessage, Subscription, UsageRecord
-from app.subscriptions.service import add_months
+from app.periods import add_months
 from app.usage.windows import day_start, meter_event_identifier
 from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import aggregate_usage, process_stripe_event

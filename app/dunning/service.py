@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import OutboxMessage, Subscription
+from app.models.subscription import TERMINAL
 from app.outbox.service import Outbox
 from app.stripe import StripeGateway
 from app.subscriptions.lifecycle import apply_status
@@ -47,7 +48,7 @@ class DunningService:
         self, subscription: Subscription, stripe: StripeGateway, *, observed_at: int
     ) -> bool:
         """Stripe gave up collecting (`unpaid`): cancel there and here, and revoke the key."""
-        if _is_older(subscription, observed_at) or subscription.status in ("cancelled", "incomplete_expired"):
+        if _is_older(subscription, observed_at) or subscription.status in TERMINAL:
             return False
         if subscription.stripe_subscription_id is not None:
             await stripe.cancel_unpaid_subscription(

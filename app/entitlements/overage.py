@@ -11,12 +11,12 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.claims import claim_period
 from app.models import Consumer, Invoice, PricingPlanVersion, Subscription
 from app.money import minor_decimal
 from app.stripe import StripeGateway
 from app.subscriptions.schemas import PreviewLine
 from app.usage.repository import UsageRepository
-from app.worker.periods import claim_period
 
 OVERAGE_JOB = "overage_invoice_line"
 

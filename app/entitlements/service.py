@@ -47,7 +47,7 @@ from app.entitlements.snapshot import CALLABLE, Entitlement
 from app.errors import InvalidField, NotFound, ServiceUnavailable
 from app.events.publisher import publish
 from app.events.types import QUOTA_EXHAUSTED, USAGE_THRESHOLD_REACHED
-from app.subscriptions.service import usage_period
+from app.periods import usage_period
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from app.config import ConfigError, Settings, load_settings
 from app.db import create_engine
 from app.db.migrate import alembic_config
+from app.db.redis import create_redis
 from app.errors import DomainError
-from app.main import create_redis
 from app.stripe import StripeGateway
 
 TIMEOUT_SECONDS = 5.0

@@ -12,7 +12,9 @@ from app import clock
 from app.db.base import Base, UUIDPk
 from app.models.types import enum_check
 
-OUTBOX_KINDS = ("create_api_key", "revoke_api_key", "suspend_api_key", "restore_api_key", "notify")
+# The calls to the API key service: the delivery job knows these, its sweeper re-enqueues only these.
+API_KEY_KINDS = ("create_api_key", "revoke_api_key", "suspend_api_key", "restore_api_key")
+OUTBOX_KINDS = (*API_KEY_KINDS, "notify")
 OUTBOX_STATUSES = ("pending", "done", "failed")
 
 

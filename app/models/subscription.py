@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
+from typing import Literal
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, ForeignKeyConstraint, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
@@ -10,9 +12,52 @@ from app import clock
 from app.db.base import Base, Timestamps, UUIDPk
 from app.models.types import enum_check
 
-SUBSCRIPTION_STATUSES = ("active", "cancelled", "past_due", "trial", "incomplete", "incomplete_expired")
+
+class SubscriptionStatus(StrEnum):
+    """Our subscription statuses (the HTTP contract's enum); the sets below are the rules' words."""
+
+    ACTIVE = "active"
+    CANCELLED = "cancelled"
+    PAST_DUE = "past_due"
+    TRIAL = "trial"
+    INCOMPLETE = "incomplete"
+    INCOMPLETE_EXPIRED = "incomplete_expired"
+
+
+_S = SubscriptionStatus
+SUBSCRIPTION_STATUSES = tuple(status.value for status in SubscriptionStatus)
 # Statuses that hold the consumer's one place on an API.
-LIVE_STATUSES = ("active", "past_due", "trial", "incomplete")
+LIVE_STATUSES = tuple(s.value for s in (_S.ACTIVE, _S.PAST_DUE, _S.TRIAL, _S.INCOMPLETE))
+# Final: Stripe never revives a subscription that ended, so neither do we.
+TERMINAL = frozenset(s.value for s in (_S.CANCELLED, _S.INCOMPLETE_EXPIRED))
+# Statuses whose consumer holds an API key.
+KEYED = frozenset(s.value for s in (_S.ACTIVE, _S.TRIAL, _S.PAST_DUE))
+# Where a subscription's API key stands (the HTTP contract's `api_key_status`).
+ApiKeyStatus = Literal["issuing", "issued", "suspended", "revoked", "none"]
+
+
+def api_key_status_of(api_key_id: str | None, status: str, *, suspended: bool) -> ApiKeyStatus:
+    """Where a subscription's API key stands; a live one without a key is still being issued."""
+    if api_key_id is not None and status in TERMINAL:
+        return "revoked"
+    if suspended:
+        return "suspended"
+    if api_key_id is not None:
+        return "issued"
+    return "issuing" if status in KEYED else "none"
+
+
+# Stripe subscription status -> ours.
+STRIPE_STATUS = {
+    "active": _S.ACTIVE.value,
+    "trialing": _S.TRIAL.value,
+    "past_due": _S.PAST_DUE.value,
+    "unpaid": _S.PAST_DUE.value,
+    "paused": _S.PAST_DUE.value,
+    "incomplete": _S.INCOMPLETE.value,
+    "incomplete_expired": _S.INCOMPLETE_EXPIRED.value,
+    "canceled": _S.CANCELLED.value,
+}
 
 
 class Subscription(UUIDPk, Timestamps, Base):

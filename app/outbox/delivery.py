@@ -38,8 +38,9 @@ from app import clock
 from app.config import Settings
 from app.integrations.apikey import ApiKeyClient, ApiKeyServiceError
 from app.models import Consumer, OutboxMessage, Subscription
-from app.outbox.service import API_KEY_KINDS, DELIVER_JOB, delivery_job_id
-from app.subscriptions.lifecycle import TERMINAL
+from app.models.outbox import API_KEY_KINDS
+from app.models.subscription import TERMINAL
+from app.outbox.service import DELIVER_JOB, delivery_job_id
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,6 @@ from app.events.publisher import publish
 from app.models import OutboxMessage, Subscription
 
 DELIVER_JOB = "deliver_outbox_message"
-# The kinds the delivery job knows; the sweeper re-enqueues only these.
-API_KEY_KINDS = ("create_api_key", "revoke_api_key", "suspend_api_key", "restore_api_key")
 
 
 def delivery_job_id(message_id: uuid.UUID, due: datetime | None = None) -> str:

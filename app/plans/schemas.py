@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from app.money import CURRENCIES, JsonDecimal
+from app.models import PricingPlan, PricingPlanVersion
+from app.money import CURRENCIES, JsonDecimal, from_minor
 from app.validation import bounded_json
 
 PlanType = Literal["free", "subscription", "pay_per_use"]
@@ -172,3 +173,32 @@ class PlanOut(BaseModel):
 
 class PlanList(BaseModel):
     plans: list[PlanOut] = Field(description="The API's plans")
+
+
+def plan_out(plan: PricingPlan, version: PricingPlanVersion) -> PlanOut:
+    """The contract's Plan: the plan's terms with the money terms of the given version."""
+    return PlanOut(
+        id=plan.id,
+        api_id=plan.api_id,
+        name=plan.name,
+        type=plan.type,
+        monthly_price=(
+            from_minor(version.monthly_amount, version.currency)
+            if version.monthly_amount is not None
+            else None
+        ),
+        price_per_call=version.price_per_call.normalize() if version.price_per_call is not None else None,
+        call_limit=version.call_limit,
+        overage_price_per_call=(
+            version.overage_price_per_call.normalize() if version.overage_price_per_call is not None else None
+        ),
+        rate_limit_per_minute=plan.rate_limit_per_minute,
+        rate_limit_per_day=plan.rate_limit_per_day,
+        rate_limit_per_month=plan.rate_limit_per_month,
+        trial_period_days=plan.trial_period_days,
+        features=plan.features,
+        currency=version.currency,
+        is_active=plan.is_active,
+        version=version.version,
+        created_at=plan.created_at,
+    )

@@ -10,39 +10,10 @@ from app.errors import Conflict, Forbidden, InvalidField, NotFound
 from app.models import Api, PricingPlan, PricingPlanVersion
 from app.money import chargeable_problem, exponent, from_minor, minor_decimal, to_minor
 from app.plans.repository import PlanRepository
-from app.plans.schemas import PlanCreate, PlanOut, PlanUpdate
+from app.plans.schemas import PlanCreate, PlanOut, PlanUpdate, plan_out
 from app.stripe import StripeGateway
 
 MONEY_FIELDS = ("monthly_price", "price_per_call", "call_limit", "overage_price_per_call")
-
-
-def plan_out(plan: PricingPlan, version: PricingPlanVersion) -> PlanOut:
-    """The contract's Plan: the plan's terms with the money terms of the given version."""
-    return PlanOut(
-        id=plan.id,
-        api_id=plan.api_id,
-        name=plan.name,
-        type=plan.type,
-        monthly_price=(
-            from_minor(version.monthly_amount, version.currency)
-            if version.monthly_amount is not None
-            else None
-        ),
-        price_per_call=version.price_per_call.normalize() if version.price_per_call is not None else None,
-        call_limit=version.call_limit,
-        overage_price_per_call=(
-            version.overage_price_per_call.normalize() if version.overage_price_per_call is not None else None
-        ),
-        rate_limit_per_minute=plan.rate_limit_per_minute,
-        rate_limit_per_day=plan.rate_limit_per_day,
-        rate_limit_per_month=plan.rate_limit_per_month,
-        trial_period_days=plan.trial_period_days,
-        features=plan.features,
-        currency=version.currency,
-        is_active=plan.is_active,
-        version=version.version,
-        created_at=plan.created_at,
-    )
 
 
 def meter_event_name(api_id: str) -> str:

@@ -29,7 +29,7 @@ from app.models import (
 )
 from app.models.earning import NEGATIVE_KINDS
 from app.models.subscription import LIVE_STATUSES
-from app.reconcile.rules import Drift, InvoiceRow, PlanCatalog
+from app.reconcile.rows import Drift, InvoiceRow, PlanCatalog
 from app.usage.windows import METER_STAMP_OFFSET
 
 

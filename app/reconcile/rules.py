@@ -11,7 +11,6 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -19,32 +18,8 @@ from app.earnings.booking import EarningLine, earning_lines, plan_sums
 from app.earnings.collected import amount_collected
 from app.money import minor_decimal
 from app.payouts.reversals import reversal_targets
+from app.reconcile.rows import Drift, InvoiceRow, PlanCatalog
 from app.stripe.invoices import StripeInvoice
-
-
-@dataclass(frozen=True, slots=True)
-class Drift:
-    """One difference between our store and Stripe."""
-
-    check: str
-    subject: str
-    detail: str
-    currency: str | None = None
-    ours: int | None = None
-    stripe: int | None = None
-    cents: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class InvoiceRow:
-    """What the invoice check reads of our mirror of one Stripe invoice."""
-
-    id: uuid.UUID
-    status: str
-    currency: str
-    total: int
-    amount_paid: int
-    subscription_id: uuid.UUID | None
 
 
 def compare_invoice(
@@ -79,17 +54,6 @@ def compare_invoice(
     return Drift(
         "invoices", stripe.id, "; ".join(differences), stripe.currency, ours.total, stripe.total, cents
     )
-
-
-@dataclass(frozen=True, slots=True)
-class PlanCatalog:
-    """Our side of the mapping from Stripe's invoice lines to creators: the plan of each Stripe
-    price, the plan of each Stripe subscription we have a row for, and each plan's
-    (api_id, creator_id)."""
-
-    plan_of_price: Mapping[str, uuid.UUID]
-    plan_of_subscription: Mapping[str, uuid.UUID]
-    owners: Mapping[uuid.UUID, tuple[str, str]]
 
 
 def stripe_collected(stripe: StripeInvoice) -> int:

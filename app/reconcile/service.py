@@ -30,13 +30,14 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import clock
+from app.db.claims import claim_period
 from app.errors import Conflict
 from app.models import ReconcileDrift, ReconcileRun
 from app.models.reconcile import RECONCILE_CHECKS
-from app.models.subscription import LIVE_STATUSES
+from app.models.subscription import LIVE_STATUSES, STRIPE_STATUS, TERMINAL
 from app.reconcile.repository import CheckTotals, MeteredRow, ReconcileRepository
+from app.reconcile.rows import Drift
 from app.reconcile.rules import (
-    Drift,
     compare_earnings,
     compare_invoice,
     minute_floor,
@@ -44,10 +45,9 @@ from app.reconcile.rules import (
 )
 from app.stripe import StripeGateway
 from app.stripe.invoices import StripeInvoice, with_all_lines
-from app.subscriptions.lifecycle import STRIPE_STATUS, TERMINAL, StripeSubscriptionState
+from app.subscriptions.lifecycle import StripeSubscriptionState
+from app.subscriptions.repository import find_subscription
 from app.sync.ratelimit import RateLimiter
-from app.webhooks.handlers import find_subscription
-from app.worker.periods import claim_period
 
 RECONCILE_LOCK_ID = 0x5_7121_0009  # pg advisory lock key of `billing reconcile`
 DONE = "done"

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
+from app.models.subscription import api_key_status_of
 from app.money import from_minor, json_number
-from app.subscriptions.lifecycle import api_key_status_of
 
 # The row's column names: the subscription's own, and the plan's and held version's with a prefix.
 SUBSCRIPTION_FIELDS = (

@@ -31,35 +31,10 @@ from sqlalchemy.ext.asyncio import async_object_session
 from app import clock, metrics
 from app.events.types import SUBSCRIPTION_CANCELLED, SUBSCRIPTION_CHANGED, SUBSCRIPTION_CREATED
 from app.models import PricingPlan, PricingPlanVersion, Subscription
+from app.models.subscription import KEYED, STRIPE_STATUS, TERMINAL
 from app.outbox.service import Outbox
-from app.subscriptions.schemas import ApiKeyStatus
 
 log = logging.getLogger(__name__)
-
-# Stripe subscription status -> ours (CONTRACT.md's enum).
-STRIPE_STATUS = {
-    "active": "active",
-    "trialing": "trial",
-    "past_due": "past_due",
-    "unpaid": "past_due",
-    "paused": "past_due",
-    "incomplete": "incomplete",
-    "incomplete_expired": "incomplete_expired",
-    "canceled": "cancelled",
-}
-TERMINAL = frozenset({"cancelled", "incomplete_expired"})
-KEYED = frozenset({"active", "trial", "past_due"})
-
-
-def api_key_status_of(api_key_id: str | None, status: str, *, suspended: bool) -> ApiKeyStatus:
-    """Where a subscription's API key stands; a live one without a key is still being issued."""
-    if api_key_id is not None and status in TERMINAL:
-        return "revoked"
-    if suspended:
-        return "suspended"
-    if api_key_id is not None:
-        return "issued"
-    return "issuing" if status in KEYED else "none"
 
 
 def _ts(value: Any) -> datetime | None:

@@ -178,3 +178,54 @@ class SubscriptionRepository:
 
     async def flush(self) -> None:
         await self._session.flush()
+
+
+def as_uuid(value: Any) -> uuid.UUID | None:
+    """A UUID from Stripe metadata, or None when it is missing or not one."""
+    try:
+        return uuid.UUID(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+async def find_subscription(
+    session: AsyncSession,
+    *,
+    stripe_subscription_id: str | None = None,
+    checkout_session_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Subscription | None:
+    """Our subscription for a Stripe object, locked: by Stripe id, checkout session or metadata.
+
+    FOR NO KEY UPDATE: it serialises event handlers without blocking usage rows that refer to it.
+    """
+    conditions = []
+    if stripe_subscription_id:
+        conditions.append(Subscription.stripe_subscription_id == stripe_subscription_id)
+    if checkout_session_id:
+        conditions.append(Subscription.stripe_checkout_session_id == checkout_session_id)
+    our_id = as_uuid((metadata or {}).get("subscription_id"))
+    if our_id is not None:
+        # Only a row still waiting for its first Stripe subscription (our write of the Stripe id
+        # may lag the event). A row that moved on (e.g. downgraded to free, detaching its old
+        # Stripe subscription) must not be reached by that old subscription's late events.
+        conditions.append(
+            and_(
+                Subscription.id == our_id,
+                Subscription.stripe_subscription_id.is_(None),
+                Subscription.status == "incomplete",
+            )
+        )
+    for condition in conditions:
+        found = (
+            await session.execute(select(Subscription).where(condition).with_for_update(key_share=True))
+        ).scalar_one_or_none()
+        if found is not None:
+            return found
+    return None
+
+
+async def was_detached(session: AsyncSession, metadata: dict[str, Any]) -> bool:
+    """True when the metadata names a subscription of ours that no longer follows this Stripe one."""
+    our_id = as_uuid(metadata.get("subscription_id"))
+    return our_id is not None and await session.get(Subscription, our_id) is not None

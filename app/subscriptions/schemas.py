@@ -6,10 +6,10 @@ from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, AwareDatetime, BaseModel, ConfigDict, Field
 
+from app.models.subscription import ApiKeyStatus
 from app.payment_methods.schemas import StripePaymentMethodId
 from app.plans.schemas import ApiId, PlanOut
 
-ApiKeyStatus = Literal["issuing", "issued", "suspended", "revoked", "none"]
 SubscriptionStatus = Literal["active", "cancelled", "past_due", "trial", "incomplete", "incomplete_expired"]
 
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import calendar
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -19,25 +18,25 @@ from app.errors import Conflict, InvalidField, NotFound, PaymentRequired, Servic
 from app.events.types import SUBSCRIPTION_CHANGED
 from app.integrations.metering import MeteringClient, MeteringUnavailable
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription
+from app.models.subscription import TERMINAL, ApiKeyStatus, api_key_status_of
 from app.money import exponent
 from app.outbox.service import Outbox
 from app.pagination import decode_cursor, encode_cursor
 from app.payment_methods.service import PaymentMethodService
+from app.periods import add_months as add_months  # app/dev/simulate.py imports it from here
+from app.periods import usage_period
 from app.plans.repository import PlanRepository
-from app.plans.service import plan_out
+from app.plans.schemas import plan_out
 from app.stripe import StripeGateway
 from app.stripe.subscriptions import StripeSubscription
 from app.subscriptions.documents import dumps, subscription_document
 from app.subscriptions.lifecycle import (
-    TERMINAL,
     StripeSubscriptionState,
-    api_key_status_of,
     apply_status,
     apply_stripe_state,
 )
 from app.subscriptions.repository import SubscriptionRepository
 from app.subscriptions.schemas import (
-    ApiKeyStatus,
     PreviewLine,
     SubscriptionCreate,
     SubscriptionList,
@@ -117,32 +116,6 @@ def subscription_out(
         client_secret=client_secret,
         checkout_url=subscription.checkout_url if subscription.status == "incomplete" else None,
     )
-
-
-def add_months(moment: datetime, months: int) -> datetime:
-    year, month = divmod(moment.month - 1 + months, 12)
-    year += moment.year
-    day = min(moment.day, calendar.monthrange(year, month + 1)[1])
-    return moment.replace(year=year, month=month + 1, day=day)
-
-
-def monthly_window(anchor: datetime, now: datetime) -> tuple[datetime, datetime]:
-    """The monthly period, counted from `anchor`, that contains `now`."""
-    months = max((now.year - anchor.year) * 12 + now.month - anchor.month, 0)
-    start = add_months(anchor, months)
-    if start > now and months > 0:
-        months -= 1
-        start = add_months(anchor, months)
-    return start, add_months(anchor, months + 1)
-
-
-def usage_period(
-    current_start: datetime | None, current_end: datetime | None, started_at: datetime, now: datetime
-) -> tuple[datetime, datetime]:
-    """The period whose usage counts now: Stripe's current period, or else a monthly one."""
-    if current_start is None or current_end is None or not current_start <= now < current_end:
-        return monthly_window(current_start or started_at, now)
-    return current_start, current_end
 
 
 class SubscriptionService:

@@ -6,7 +6,7 @@ import httpx
 
 from app.config import Settings
 from app.db import create_job_engine, create_sessionmaker
-from app.main import create_redis
+from app.db.redis import create_redis
 from app.models import SyncRun
 from app.stripe import StripeGateway
 from app.sync.service import Progress, SyncService

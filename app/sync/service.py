@@ -34,6 +34,7 @@ from app.earnings.booking import book_invoice_earnings
 from app.errors import Conflict
 from app.invoices.stripe_sync import sync_invoice
 from app.models import Consumer, Invoice, PaymentMethod, Subscription, SyncRun
+from app.models.subscription import STRIPE_STATUS, TERMINAL
 from app.outbox.service import Outbox
 from app.payment_methods.repository import PaymentMethodRepository
 from app.stripe import StripeGateway
@@ -41,16 +42,14 @@ from app.stripe.invoices import with_all_lines
 from app.stripe.listing import Listable, StripePage
 from app.stripe.payment_methods import StripeCard
 from app.subscriptions.lifecycle import (
-    STRIPE_STATUS,
-    TERMINAL,
     StripeSubscriptionState,
     apply_stripe_state,
     bills_calls_differently,
     follows_price_of,
 )
+from app.subscriptions.repository import find_subscription
 from app.sync.ratelimit import RateLimiter
 from app.usage.service import UsageService
-from app.webhooks.handlers import find_subscription
 
 log = logging.getLogger(__name__)
 SYNC_LOCK_ID = 0x5_7121_0001  # pg advisory lock key of `billing sync`

@@ -32,16 +32,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import clock, metrics
 from app.config import Settings
+from app.db.claims import claim_period
 from app.errors import BadRequest, DomainError
 from app.integrations.metering import MeteringClient, MeteringUnavailable
 from app.outbox.service import Outbox
+from app.periods import usage_period
 from app.plans.service import meter_event_name
 from app.stripe import StripeGateway
 from app.stripe.meters import MeterEventRefused
-from app.subscriptions.service import usage_period
 from app.usage.repository import MeteredSubscription, Quarantined, UsageRepository
 from app.usage.windows import DAY, day_start, meter_event_identifier, window_boundary
-from app.worker.periods import claim_period
 
 log = logging.getLogger(__name__)
 

@@ -8,26 +8,16 @@ snapshots go through `apply_stripe_state` (older snapshots never win), invoices 
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from app import clock
-from app.config import Settings
-from app.dunning.service import DunningService
 from app.earnings.booking import book_invoice_earnings
 from app.entitlements.overage import bill_overage
 from app.errors import DomainError
 from app.events.types import INVOICE_PAID, INVOICE_PAYMENT_FAILED, invoice_payload
 from app.invoices.stripe_sync import sync_invoice
 from app.models import Consumer, Invoice, Subscription
-from app.outbox.service import Outbox
-from app.stripe import StripeGateway
 from app.stripe.invoices import with_all_lines
 from app.subscriptions.lifecycle import (
     StripeSubscriptionState,
@@ -35,8 +25,8 @@ from app.subscriptions.lifecycle import (
     bills_calls_differently,
     follows_price_of,
 )
-from app.usage.service import UsageService
-from app.webhooks.reversal_handlers import dispute_changed, refund_changed
+from app.subscriptions.repository import as_uuid, find_subscription, was_detached
+from app.webhooks.context import EventContext
 
 
 class NotYetKnown(DomainError):
@@ -52,83 +42,15 @@ class UsageNotReported(DomainError):
     code = "usage_not_reported"
 
 
-@dataclass(frozen=True)
-class EventContext:
-    session: AsyncSession
-    outbox: Outbox
-    stripe: StripeGateway
-    usage: UsageService
-    settings: Settings
-    event_id: str
-    created: int
-
-    @property
-    def dunning(self) -> DunningService:
-        return DunningService(self.session, self.outbox)
-
-
-Handler = Callable[[EventContext, dict[str, Any]], Awaitable[str]]
-
-
-def _uuid(value: Any) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value)) if value else None
-    except ValueError:
-        return None
-
-
 def _id(value: Any) -> str | None:
     if isinstance(value, dict):
         return str(value["id"]) if value.get("id") else None
     return str(value) if value else None
 
 
-async def find_subscription(
-    session: AsyncSession,
-    *,
-    stripe_subscription_id: str | None = None,
-    checkout_session_id: str | None = None,
-    metadata: dict[str, Any] | None = None,
-) -> Subscription | None:
-    """Our subscription for a Stripe object, locked: by Stripe id, checkout session or metadata.
-
-    FOR NO KEY UPDATE: it serialises event handlers without blocking usage rows that refer to it.
-    """
-    conditions = []
-    if stripe_subscription_id:
-        conditions.append(Subscription.stripe_subscription_id == stripe_subscription_id)
-    if checkout_session_id:
-        conditions.append(Subscription.stripe_checkout_session_id == checkout_session_id)
-    our_id = _uuid((metadata or {}).get("subscription_id"))
-    if our_id is not None:
-        # Only a row still waiting for its first Stripe subscription (our write of the Stripe id
-        # may lag the event). A row that moved on (e.g. downgraded to free, detaching its old
-        # Stripe subscription) must not be reached by that old subscription's late events.
-        conditions.append(
-            and_(
-                Subscription.id == our_id,
-                Subscription.stripe_subscription_id.is_(None),
-                Subscription.status == "incomplete",
-            )
-        )
-    for condition in conditions:
-        found = (
-            await session.execute(select(Subscription).where(condition).with_for_update(key_share=True))
-        ).scalar_one_or_none()
-        if found is not None:
-            return found
-    return None
-
-
-async def was_detached(session: AsyncSession, metadata: dict[str, Any]) -> bool:
-    """True when the metadata names a subscription of ours that no longer follows this Stripe one."""
-    our_id = _uuid(metadata.get("subscription_id"))
-    return our_id is not None and await session.get(Subscription, our_id) is not None
-
-
 async def customer_created(ctx: EventContext, obj: dict[str, Any]) -> str:
     """Link the customer to its consumer if our own write has not (the consumer id is in metadata)."""
-    consumer_id = _uuid((obj.get("metadata") or {}).get("consumer_id"))
+    consumer_id = as_uuid((obj.get("metadata") or {}).get("consumer_id"))
     consumer = await ctx.session.get(Consumer, consumer_id, with_for_update=True) if consumer_id else None
     if consumer is None:
         return "ignored"
@@ -288,25 +210,3 @@ async def payment_intent_settled(ctx: EventContext, obj: dict[str, Any]) -> str:
         return "ignored"
     await book_invoice_earnings(ctx.session, invoice, ctx.settings.platform_commission)
     return "processed"
-
-
-HANDLERS: dict[str, Handler] = {
-    "customer.created": customer_created,
-    "customer.subscription.created": subscription_changed,
-    "customer.subscription.updated": subscription_changed,
-    "customer.subscription.deleted": subscription_changed,
-    "customer.subscription.trial_will_end": trial_will_end,
-    "invoice.created": invoice_created,
-    "invoice.finalized": invoice_finalized,
-    "invoice.paid": invoice_paid,
-    "invoice.payment_failed": invoice_payment_failed,
-    "checkout.session.completed": checkout_completed,
-    "payment_intent.succeeded": payment_intent_settled,
-    "payment_intent.payment_failed": payment_intent_settled,
-    "refund.created": refund_changed,
-    "refund.updated": refund_changed,
-    "refund.failed": refund_changed,
-    "charge.dispute.created": dispute_changed,
-    "charge.dispute.updated": dispute_changed,
-    "charge.dispute.closed": dispute_changed,
-}

@@ -14,9 +14,9 @@ import time
 
 from arq.connections import ArqRedis
 
+from app.db.redis import enqueue_unique_many
 from app.errors import BadRequest, ServiceUnavailable
 from app.webhooks.repository import EventStore, IncomingEvent, UnstorableEvent
-from app.worker.enqueue import enqueue_unique_many
 
 log = logging.getLogger(__name__)
 

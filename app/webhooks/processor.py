@@ -19,8 +19,9 @@ from app.db.session import run_after_commit
 from app.outbox.service import Outbox
 from app.stripe import StripeGateway
 from app.usage.service import UsageService
-from app.webhooks.handlers import HANDLERS, EventContext
+from app.webhooks.context import EventContext
 from app.webhooks.repository import StripeEventRepository, mark_done
+from app.webhooks.table import HANDLERS
 
 log = logging.getLogger(__name__)
 

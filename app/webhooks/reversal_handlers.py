@@ -13,7 +13,7 @@ Neither object names its invoice: the PaymentIntent does, through an InvoicePaym
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 
@@ -22,9 +22,7 @@ from app.earnings.booking import book_invoice_earnings
 from app.invoices.stripe_sync import sync_invoice
 from app.models import Invoice
 from app.payouts.reversals import ReversalState, record_reversal, settle_invoice_reversals
-
-if TYPE_CHECKING:
-    from app.webhooks.handlers import EventContext
+from app.webhooks.context import EventContext
 
 
 def _id(value: Any) -> str | None:

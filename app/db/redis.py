@@ -1,4 +1,5 @@
-"""arq's enqueue for many jobs in one Redis round trip, for hot paths.
+"""Redis: the clients of the API, the worker's commands and the entitlement checks, and arq's
+enqueue for many jobs in one Redis round trip, for hot paths.
 
 `ArqRedis.enqueue_job` uses WATCH / EXISTS / MULTI (three round trips on a dedicated
 connection per job). This Lua script does the same atomically per job: nothing if a job or a
@@ -16,7 +17,25 @@ from arq.connections import ArqRedis
 from arq.constants import default_queue_name, expires_extra_ms, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
+from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import NoScriptError
+
+from app.config import Settings
+
+
+def create_redis(settings: Settings) -> ArqRedis:
+    """A lazily connecting client: the API starts (and stores webhooks) even while Redis is down."""
+    pool = ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=2.0)
+    return ArqRedis(connection_pool=pool)
+
+
+def create_entitlements_redis(settings: Settings) -> Redis:
+    """The check path's own client: it connects within the entitlement timeout, and each call is
+    bounded by it as a whole (a per-read socket timeout would cost a timer per pipelined reply)."""
+    timeout = settings.entitlements_redis_timeout_seconds
+    pool = ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=timeout)
+    return Redis(connection_pool=pool)
+
 
 _ENQUEUE_UNIQUE = """
 if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end

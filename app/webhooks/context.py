@@ -1,0 +1,36 @@
+"""What every webhook handler receives: the event's session, services, settings and Stripe time.
+
+Handlers live in `handlers.py` and `reversal_handlers.py`; `table.py` maps event types to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.dunning.service import DunningService
+from app.outbox.service import Outbox
+from app.stripe import StripeGateway
+from app.usage.service import UsageService
+
+
+@dataclass(frozen=True)
+class EventContext:
+    session: AsyncSession
+    outbox: Outbox
+    stripe: StripeGateway
+    usage: UsageService
+    settings: Settings
+    event_id: str
+    created: int
+
+    @property
+    def dunning(self) -> DunningService:
+        return DunningService(self.session, self.outbox)
+
+
+Handler = Callable[[EventContext, dict[str, Any]], Awaitable[str]]
