@@ -80,6 +80,14 @@ OPENAPI_TAGS = [
         "description": "Stripe Connect onboarding and status for creator payouts.",
     },
     {
+        "name": "entitlements",
+        "description": (
+            "The gateway's questions, with a service token (not a consumer JWT): may this key call now"
+            " (check, optionally counting), count calls in batches (track), and a snapshot to warm its"
+            " cache. Counts are calls; spend caps are integer minor units."
+        ),
+    },
+    {
         "name": "operations",
         "description": "Liveness, readiness and Prometheus metrics; no token needed.",
     },

@@ -18,12 +18,15 @@ from app.config import Settings
 from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import aggregate_usage
 from tests.entitlement_data import GATEWAY, PERIOD_START, check_body, entitled, gateway_settings, running
+from tests.journeys import Auth
 from tests.test_usage_worker import Metering
 
 Ctx = dict[str, Any]
-# Two whole metering days lie in the period so far (11 and 12 March): 111 + 112 calls.
+# The period began on 10 March at 12:00. A window belongs to the period holding its meter event's
+# instant (app.usage.windows): 10 March's whole-day window is stamped 23:59:59 that day, so it is
+# billed in this period, as are 11 and 12 March: 110 + 111 + 112 calls so far.
 TODAY = PERIOD_START + timedelta(days=3)
-METERED_IN_PERIOD = 111 + 112
+METERED_IN_PERIOD = 110 + 111 + 112
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +63,22 @@ async def used(http: httpx.AsyncClient, body: dict[str, Any]) -> int:
 
 
 async def test_a_counter_behind_metering_is_raised_to_its_count(
-    http: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine
+    http: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, auth: Auth
 ) -> None:
-    subscription = await entitled(engine, call_limit=1000)
+    subscription = await entitled(engine, call_limit=1000, user_id="user-reconciled")
     assert await used(http, check_body(subscription, track=10)) == 10
     with respx.mock(assert_all_called=False) as mock:
         Metering(mock)
         await aggregate_usage(worker_ctx)
     assert await used(http, check_body(subscription)) == METERED_IN_PERIOD
+    # The same period count as the consumer's usage (from the recorded windows: metering is down).
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(url__startswith="http://metering.test/").respond(503)
+        response = await http.get(
+            f"/api/v1/subscriptions/{subscription.id}/usage", headers=auth(user_id="user-reconciled")
+        )
+    assert response.status_code == 200, response.text
+    assert (response.json()["successful_calls"], response.json()["live"]) == (METERED_IN_PERIOD, False)
 
 
 async def test_a_counter_ahead_of_metering_is_never_lowered(

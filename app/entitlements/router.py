@@ -26,6 +26,10 @@ from app.plans.schemas import ApiId
 
 router = APIRouter(prefix="/entitlements", tags=["entitlements"], dependencies=[GatewayCaller])
 spend_cap_router = APIRouter(prefix="/subscriptions", tags=["subscriptions"])
+# The gateway routes' own codes beyond the defaults: a wrong service token; counters Redis cannot
+# serve (a check answers by the Redis-down policy instead).
+TOKEN_CODES = {401: ("invalid_service_token",)}
+GATEWAY_CODES = {**TOKEN_CODES, 503: ("counters_unavailable",)}
 
 
 def entitlement_service(request: Request) -> EntitlementService:
@@ -45,7 +49,7 @@ def _send_alerts(request: Request, background: BackgroundTasks, alerts: list[Ale
 @router.post(
     "/check",
     summary="May this key (or subscription) call this API now? Optionally count the calls",
-    responses=error_responses(401),
+    responses=error_responses(401, codes=TOKEN_CODES),
 )
 async def check(
     body: CheckRequest, service: Service, request: Request, background: BackgroundTasks
@@ -58,7 +62,7 @@ async def check(
 @router.post(
     "/track",
     summary="Count calls the gateway let through, in a batch (counted whatever the limits)",
-    responses=error_responses(401, 503),
+    responses=error_responses(401, 503, codes=GATEWAY_CODES),
 )
 async def track(
     body: TrackRequest, service: Service, request: Request, background: BackgroundTasks
@@ -71,14 +75,14 @@ async def track(
 @router.get(
     "/snapshot",
     summary="Live subscriptions' entitlements, periods, limits and counts (to warm a gateway cache)",
-    responses=error_responses(401, 503),
+    responses=error_responses(401, 503, codes=GATEWAY_CODES),
 )
 async def snapshot(
     service: Service,
     session: ReadSession,
     api_id: Annotated[ApiId | None, Query(description="Only this API's subscriptions")] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    limit: Annotated[int, Query(ge=1, le=500, description="Page size, 1-500 (default 100)")] = 100,
 ) -> EntitlementList:
     after: uuid.UUID | None = None
     if cursor is not None:

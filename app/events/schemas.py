@@ -20,14 +20,16 @@ class _Data(BaseModel):
 
 class SubscriptionData(_Data):
     subscription_id: str = Field(description="Our subscription id (UUID)")
-    consumer_id: str
-    api_id: str
-    status: Literal["active", "cancelled", "past_due", "trial", "incomplete", "incomplete_expired"]
-    pricing_plan_id: str
-    plan_version: int
-    current_period_start: str | None = Field(description="ISO 8601 UTC")
-    current_period_end: str | None = Field(description="ISO 8601 UTC")
-    cancel_at_period_end: bool
+    consumer_id: str = Field(description="The subscribing consumer (UUID)")
+    api_id: str = Field(description="The subscribed marketplace API")
+    status: Literal["active", "cancelled", "past_due", "trial", "incomplete", "incomplete_expired"] = Field(
+        description="The subscription's status when the event was written"
+    )
+    pricing_plan_id: str = Field(description="The plan subscribed to (UUID)")
+    plan_version: int = Field(description="The plan version the subscriber holds")
+    current_period_start: str | None = Field(description="Start of the billing period, ISO 8601 UTC")
+    current_period_end: str | None = Field(description="End of the billing period, ISO 8601 UTC")
+    cancel_at_period_end: bool = Field(description="True when it ends at `current_period_end`")
 
 
 class TrialEndingData(SubscriptionData):
@@ -35,42 +37,46 @@ class TrialEndingData(SubscriptionData):
 
 
 class InvoiceData(SubscriptionData):
-    invoice_id: str
-    stripe_invoice_id: str
-    number: str | None
-    invoice_status: Literal["draft", "open", "paid", "uncollectible", "void"]
-    amount_due: int = Field(description="Minor units of `currency`")
-    amount_paid: int = Field(description="Minor units of `currency`")
-    currency: str
+    invoice_id: str = Field(description="Our invoice id (UUID)")
+    stripe_invoice_id: str = Field(description="The Stripe invoice (`in_...`)")
+    number: str | None = Field(
+        description="Stripe's invoice number, else ours once finalised; null on a draft"
+    )
+    invoice_status: Literal["draft", "open", "paid", "uncollectible", "void"] = Field(
+        description="The invoice's status when the event was written"
+    )
+    amount_due: int = Field(description="Integer minor units of `currency` (cents for usd)")
+    amount_paid: int = Field(description="Integer minor units of `currency` (cents for usd)")
+    currency: str = Field(description="Lowercase ISO 4217 currency")
 
 
 class QuotaOverrunData(SubscriptionData):
-    period_start: str
-    period_end: str
-    recorded_calls: int = Field(description="Calls metering recorded in the period so far")
-    call_limit: int
+    period_start: str = Field(description="Start of the period overrun, ISO 8601 UTC")
+    period_end: str = Field(description="End of the period overrun, ISO 8601 UTC")
+    recorded_calls: int = Field(description="Calls metering recorded in the period so far (count)")
+    call_limit: int = Field(description="Calls included per period (count)")
 
 
 class UsageThresholdData(_Data):
-    api_id: str
-    consumer_id: str
+    api_id: str = Field(description="The subscribed marketplace API")
+    consumer_id: str = Field(description="The subscribing consumer (UUID)")
     basis: Literal["included_calls", "spend_cap"] = Field(
         description="Share of the plan's included calls, or of the calls the spend cap allows"
     )
-    threshold_percent: Literal[80, 100]
-    limit: int
-    used: int = Field(description="Calls counted in the period when the threshold was crossed")
-    period_start: str
-    period_end: str
+    threshold_percent: Literal[80, 100] = Field(description="The share of `limit` reached, in percent")
+    limit: int = Field(description="The included calls, or the calls the spend cap allows (count)")
+    used: int = Field(description="Calls counted in the period when the threshold was crossed (count)")
+    period_start: str = Field(description="Start of the billing period, ISO 8601 UTC")
+    period_end: str = Field(description="End of the billing period, ISO 8601 UTC")
 
 
 class QuotaExhaustedData(_Data):
-    api_id: str
-    consumer_id: str
-    call_limit: int
-    used: int
-    period_start: str
-    period_end: str
+    api_id: str = Field(description="The subscribed marketplace API")
+    consumer_id: str = Field(description="The subscribing consumer (UUID)")
+    call_limit: int = Field(description="Calls included per period, a hard limit (count)")
+    used: int = Field(description="Calls counted in the period when the first call was refused (count)")
+    period_start: str = Field(description="Start of the billing period, ISO 8601 UTC")
+    period_end: str = Field(description="End of the billing period, ISO 8601 UTC")
 
 
 EVENT_SCHEMAS: dict[str, tuple[type[BaseModel], str]] = {
