@@ -16,12 +16,28 @@ cli = typer.Typer(no_args_is_help=True, add_completion=False, help="billing: pay
 
 
 def settings_or_exit() -> Settings:
-    """Load the settings, or print what is wrong in one line and exit 2 (no stack trace)."""
+    """Load the settings and install the business clock they name (BILLING_CLOCK), or print what
+    is wrong in one line and exit 2 (no stack trace)."""
     try:
-        return get_settings()
+        settings = get_settings()
     except ConfigError as exc:
         typer.echo(f"billing: {exc}", err=True)
         raise typer.Exit(2) from None
+    install_business_clock(settings)
+    return settings
+
+
+def install_business_clock(settings: Settings) -> None:
+    """Run this process on BILLING_CLOCK's time; a test clock that cannot be read stops start-up."""
+    from app.stripe.test_clocks import business_clock
+
+    chosen = business_clock(settings)
+    try:
+        chosen.now()
+    except RuntimeError as exc:
+        typer.echo(f"billing: BILLING_CLOCK: {exc}", err=True)
+        raise typer.Exit(2) from None
+    clock.install(chosen)
 
 
 @cli.command()
@@ -155,11 +171,17 @@ def seed_demo() -> None:
 def dev(
     port: Annotated[int | None, typer.Option(help="API port (default PORT or 8080)")] = None,
     data_dir: Annotated[Path, typer.Option(help="Where embedded data lives")] = Path(".dev"),
+    test_clock: Annotated[
+        bool,
+        typer.Option(
+            "--test-clock", help="Run on a Stripe test clock's time (made once, kept in the data folder)"
+        ),
+    ] = False,
 ) -> None:
     """Run the whole stack on embedded PostgreSQL, Redis and the Stripe emulator."""
     from app.dev.stack import run_dev_stack
 
-    sys.exit(run_dev_stack(port=port, data_dir=data_dir))
+    sys.exit(run_dev_stack(port=port, data_dir=data_dir, test_clock=test_clock))
 
 
 @cli.command()

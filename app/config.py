@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from functools import lru_cache
 from typing import Literal
@@ -46,6 +47,9 @@ class Settings(BaseSettings):
     # Earnings become available for payout once refunds and disputes are unlikely.
     payout_refund_window_days: int = Field(14, ge=0, le=180)
     dunning_grace_days: int = Field(7, ge=0)
+    # Business time: `system` (production), or `stripe-test-clock:<clock id>` to follow a Stripe
+    # test clock's frozen time (simulations against the emulator or Stripe test mode only).
+    billing_clock: str = "system"
 
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
     jwt_jwks_url: str | None = None
@@ -99,6 +103,22 @@ class Settings(BaseSettings):
         if len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters")
         return value
+
+    @field_validator("billing_clock")
+    @classmethod
+    def _clock_setting(cls, value: str) -> str:
+        if not re.fullmatch(r"system|stripe-test-clock:clock_\w+", value):
+            raise ValueError("must be system or stripe-test-clock:<test clock id>")
+        return value
+
+    @model_validator(mode="after")
+    def _test_clock_in_test_mode(self) -> Settings:
+        live = self.stripe_secret_key.get_secret_value().startswith(("sk_live_", "rk_live_"))
+        if live and self.billing_clock != "system":
+            raise ValueError(
+                "BILLING_CLOCK must be system with a live Stripe key (test clocks are test mode only)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _jwks_for_rs256(self) -> Settings:

@@ -162,6 +162,8 @@ def stripe_emulator(port: int, data_file: Path | None, log_path: Path | None = N
     return ChildProcess("app.dev.stripe_emulator", argv, port, pidfile=pidfile, log_path=log_path)
 
 
-def siblings_emulator(port: int, pidfile: Path | None = None, log_path: Path | None = None) -> ChildProcess:
+def siblings_emulator(
+    port: int, pidfile: Path | None = None, log_path: Path | None = None, env: dict[str, str] | None = None
+) -> ChildProcess:
     argv = [sys.executable, "-m", "app.dev.siblings", "--port", str(port)]
-    return ChildProcess("app.dev.siblings", argv, port, pidfile=pidfile, log_path=log_path)
+    return ChildProcess("app.dev.siblings", argv, port, pidfile=pidfile, env=env, log_path=log_path)

@@ -1,19 +1,23 @@
 """Dev-only stand-ins for the API key and metering services, in the shapes of CONTRACT.md.
 
 `billing dev` runs this when API_KEY_SERVICE_URL / METERING_SERVICE_URL are unset. State is in
-memory; `POST /api/v1/usage/subscription/{id}/calls` lets a demo record traffic.
+memory; `POST /api/v1/usage/subscription/{id}/calls` lets a demo record traffic, counted on the
+business clock's day (BILLING_CLOCK, as for the API and the worker) when it names none.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 from collections import defaultdict
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Response
 from pydantic import BaseModel, Field
+
+from app import clock
 
 
 class KeyRequest(BaseModel):
@@ -41,7 +45,7 @@ def build_app() -> FastAPI:
             "key_prefix": api_key[:8],
             "name": body.name,
             "subscription_id": body.subscription_id,
-            "created_at": datetime.now(UTC).isoformat(),
+            "created_at": clock.now().isoformat(),
         }
         keys[key_id] = info
         return {"api_key": api_key, "key_info": info}
@@ -54,7 +58,7 @@ def build_app() -> FastAPI:
 
     @app.post("/api/v1/usage/subscription/{subscription_id}/calls", status_code=204)
     async def record_calls(subscription_id: str, body: CallsRequest) -> Response:
-        counts = calls[subscription_id][body.day or datetime.now(UTC).date()]
+        counts = calls[subscription_id][body.day or clock.today()]
         counts[0] += body.successful
         counts[1] += body.failed
         return Response(status_code=204)
@@ -85,6 +89,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Dev stand-ins for the API key and metering services")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
+    if os.environ.get("BILLING_CLOCK", "system") != "system":
+        from app.config import load_settings
+        from app.stripe.test_clocks import business_clock
+
+        clock.install(business_clock(load_settings()))
     uvicorn.run(build_app(), host="127.0.0.1", port=args.port, log_level="warning")
 
 

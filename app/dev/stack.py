@@ -61,6 +61,24 @@ def register_emulator_webhook(stripe_base: str, url: str, secret: str) -> None:
     response.raise_for_status()
 
 
+def dev_test_clock(stripe_base: str, key: str, saved: Path) -> str:
+    """The emulator's test clock the dev stack runs on: the one saved in the data folder if the
+    emulator still has it, else a new one at the current time."""
+    with httpx.Client(base_url=stripe_base, auth=(key, ""), timeout=5) as stripe:
+        if saved.exists():
+            clock_id = saved.read_text().strip()
+            if stripe.get(f"/v1/test_helpers/test_clocks/{clock_id}").status_code == 200:
+                return clock_id
+        response = stripe.post(
+            "/v1/test_helpers/test_clocks",
+            data={"frozen_time": int(time.time()), "name": "billing dev"},  # starts at real time
+        )
+        response.raise_for_status()
+        clock_id = str(response.json()["id"])
+    saved.write_text(clock_id)
+    return clock_id
+
+
 class _Stop(Exception):
     pass
 
@@ -69,8 +87,11 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop
 
 
-def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
-    """Start everything, print where it is, and stop every child on Ctrl-C or SIGTERM."""
+def run_dev_stack(*, port: int | None, data_dir: Path, test_clock: bool = False) -> int:
+    """Start everything, print where it is, and stop every child on Ctrl-C or SIGTERM.
+
+    With `test_clock`, the API, the worker and the metering stand-in run on an emulator test
+    clock's time (BILLING_CLOCK), which moves only when the clock is advanced."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     started_at = time.monotonic()
@@ -94,16 +115,24 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
             children[-1].start()
             env["STRIPE_SECRET_KEY"] = DEV_STRIPE_KEY
             env["STRIPE_API_BASE"] = f"http://{LOOPBACK}:{stripe_port}"
-        if not env.get("API_KEY_SERVICE_URL") or not env.get("METERING_SERVICE_URL"):
-            siblings_port = free_port()
-            children.append(
-                siblings_emulator(siblings_port, data_dir / "siblings.pid", data_dir / "siblings.log")
-            )
-            children[-1].start()
-            env.setdefault("API_KEY_SERVICE_URL", f"http://{LOOPBACK}:{siblings_port}")
-            env.setdefault("METERING_SERVICE_URL", f"http://{LOOPBACK}:{siblings_port}")
+        if test_clock:
+            if not env["STRIPE_SECRET_KEY"].startswith(("sk_test_", "rk_test_")):
+                say("billing: --test-clock needs a test-mode Stripe key", err=True)
+                return 2
+            stripe_base = env.get("STRIPE_API_BASE") or "https://api.stripe.com"
+            clock_id = dev_test_clock(stripe_base, env["STRIPE_SECRET_KEY"], data_dir / "test_clock.id")
+            env["BILLING_CLOCK"] = f"stripe-test-clock:{clock_id}"
         env.setdefault("JWT_SECRET", DEV_JWT_SECRET)
         env.setdefault("STRIPE_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
+        if not env.get("API_KEY_SERVICE_URL") or not env.get("METERING_SERVICE_URL"):
+            siblings_port = free_port()
+            env.setdefault("API_KEY_SERVICE_URL", f"http://{LOOPBACK}:{siblings_port}")
+            env.setdefault("METERING_SERVICE_URL", f"http://{LOOPBACK}:{siblings_port}")
+            siblings = siblings_emulator(
+                siblings_port, data_dir / "siblings.pid", data_dir / "siblings.log", env=dict(env)
+            )
+            children.append(siblings)
+            siblings.start()
         env["HOST"] = LOOPBACK
         api_port = port or int(env.get("PORT", "8080"))
         env["PORT"] = str(api_port)
@@ -114,8 +143,12 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
             say(f"billing: {exc}", err=True)
             return 2
 
+        from app import clock
         from app.db.migrate import upgrade
         from app.dev.demo import seed
+        from app.stripe.test_clocks import business_clock
+
+        clock.install(business_clock(settings))  # the demo data is stamped on the business clock
 
         upgrade(env["DATABASE_URL"])
         seeded = asyncio.run(seed(settings))
@@ -147,6 +180,8 @@ def run_dev_stack(*, port: int | None, data_dir: Path) -> int:
         say(f"  API      {url}/api/v1\n  docs     {url}/docs\n  health   {url}/health")
         if "STRIPE_API_BASE" in env:
             say(f"  stripe   {env['STRIPE_API_BASE']} (emulator, key {env['STRIPE_SECRET_KEY']})")
+        if test_clock:
+            say(f"  clock    {env['BILLING_CLOCK']} (advance it to move business time)")
         for line in seeded:
             say(f"  {line}")
         for role in ("consumer", "creator", "admin"):

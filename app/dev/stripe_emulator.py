@@ -17,6 +17,7 @@ def main() -> None:
     from aiohttp import web
     from localstripe import resources, server
 
+    from app.dev.stripe_clock import install_test_clocks
     from app.dev.stripe_extensions import install_extensions
 
     data_file: Path | None = args.data_file
@@ -38,6 +39,7 @@ def main() -> None:
     resources.Store.dump_to_disk = dump
     resources.store.try_load_from_disk()
     install_extensions(server.app)
+    install_test_clocks(server.app)
     logging.basicConfig(level=logging.WARNING)
     web.run_app(server.app, host="127.0.0.1", port=args.port, print=None, access_log=None)
 

@@ -20,6 +20,7 @@ from app.stripe.payment_methods import PaymentMethodCalls
 from app.stripe.payments import PaymentCalls
 from app.stripe.reconcile import ReconcileCalls
 from app.stripe.subscriptions import SubscriptionCalls
+from app.stripe.test_clocks import TestClockCalls
 
 
 class StripeGateway(
@@ -36,5 +37,6 @@ class StripeGateway(
     ObjectCalls,
     PaymentCalls,
     ReconcileCalls,
+    TestClockCalls,
 ):
     """Thin async wrapper over `stripe.StripeClient`; callers never see the SDK or its errors."""
