@@ -628,10 +628,12 @@ def _refresh_usage(invoice: CycleInvoice) -> None:
 
 def _finalize_and_pay(invoice: CycleInvoice) -> None:
     _refresh_usage(invoice)
+    customer = resources.Customer._api_retrieve(invoice.customer)
+    # The customer's balance as it stands now applies, as Stripe applies it at finalization.
+    invoice.starting_balance = -int(customer.account_balance or 0)
     invoice._finalize()
     invoice._finalize_at = None
     invoice.number = _next_number(invoice.customer)
-    customer = resources.Customer._api_retrieve(invoice.customer)
     customer.account_balance = -int(invoice.ending_balance or 0)  # credit left, or used up
     _event("invoice.finalized", invoice)
     _attempt_payment(invoice)
