@@ -92,6 +92,34 @@ def to_minor(amount: Decimal, currency: str) -> int:
     return int(scaled)
 
 
+# Stripe charges three-decimal currencies in whole multiples of 10 minor units (the last digit 0),
+# for compatibility with its payment partners; every other currency in single minor units. Amounts
+# someone enters (a plan's price, a custom invoice line) must already be such amounts, else 422:
+# we never change a price silently. We compute no amount that Stripe charges (Stripe computes
+# prorations, tax and invoice totals; commission splits stay in our ledger).
+THREE_DECIMAL_STEP = 10
+
+
+def charge_step(currency: str) -> int:
+    """The smallest amount, in minor units, Stripe charges in this currency."""
+    return THREE_DECIMAL_STEP if currency in THREE_DECIMAL else 1
+
+
+def is_chargeable(amount: int, currency: str) -> bool:
+    """Whether Stripe accepts `amount` (minor units) as a charge, price or invoice amount."""
+    return amount % charge_step(currency) == 0
+
+
+def chargeable_problem(amount: int, currency: str) -> str | None:
+    """Why Stripe would refuse `amount` in `currency` (None when it accepts it), for a 422."""
+    if is_chargeable(amount, currency):
+        return None
+    step = from_minor(charge_step(currency), currency)
+    return (
+        f"{currency.upper()} amounts must be whole multiples of {step} (Stripe charges the last digit as 0)"
+    )
+
+
 def from_minor(amount: int, currency: str) -> Decimal:
     return Decimal(amount).scaleb(-exponent(currency))
 

@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Api
+from app.models.earning import NEGATIVE_KINDS_SQL
 
 # One statement, one (parallel) scan of the API's usage rows: first reduced to (day, subscription),
 # then the total, each day, each plan and each consumer (GROUPING SETS), of which only the top
@@ -51,9 +52,10 @@ USAGE_SQL = text(
     """
 )
 
-# Reversal lines count negative. One pass: per currency, per (currency, month), per (currency, plan).
+# Reversal and credit lines count negative. One pass: per currency, per (currency, month), per
+# (currency, plan).
 EARNINGS_SQL = text(
-    """
+    f"""
     SELECT totals.grouping_id, totals.currency, totals.month, totals.plan_id, plan.name AS plan_name,
            totals.gross_amount, totals.commission_amount, totals.net_amount, totals.pending_amount,
            totals.available_amount, totals.paid_out_amount
@@ -73,14 +75,14 @@ EARNINGS_SQL = text(
                    AS paid_out_amount
         FROM earnings e
         CROSS JOIN LATERAL (
-            SELECT CASE WHEN e.kind = 'reversal' THEN -1 ELSE 1 END AS sign,
+            SELECT CASE WHEN e.kind IN {NEGATIVE_KINDS_SQL} THEN -1 ELSE 1 END AS sign,
                    to_char(e.earned_at AT TIME ZONE 'UTC', 'YYYY-MM') AS month
         ) d
         WHERE e.api_id = :api_id AND e.earned_at >= :start AND e.earned_at < :end
         GROUP BY GROUPING SETS ((e.currency), (e.currency, month), (e.currency, e.plan_id))
     ) totals
     LEFT JOIN api_pricing_plans plan ON plan.id = totals.plan_id
-    """
+    """  # noqa: S608  (constant SQL)
 )
 
 

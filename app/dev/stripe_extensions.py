@@ -63,6 +63,14 @@ def _save(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def _tax_behavior(value: Any) -> str:
+    """Stripe's `tax_behavior` of a price: inclusive, exclusive or (the default) unspecified."""
+    behavior = str(value or "unspecified")
+    if behavior not in ("inclusive", "exclusive", "unspecified"):
+        raise UserError(400, "Invalid tax_behavior: must be one of inclusive, exclusive, unspecified")
+    return behavior
+
+
 async def create_price(request: web.Request) -> web.Response:
     data = await server.get_post_data(request) or {}
     recurring = data.get("recurring") or {}
@@ -103,7 +111,7 @@ async def create_price(request: web.Request) -> web.Response:
             "trial_period_days": None,
             "usage_type": usage_type,
         },
-        "tax_behavior": "unspecified",
+        "tax_behavior": _tax_behavior(data.get("tax_behavior")),
         "tiers_mode": None,
         "transform_quantity": None,
         "type": "recurring" if recurring else "one_time",

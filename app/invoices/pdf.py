@@ -258,6 +258,8 @@ def _totals(pdf: FPDF, doc: InvoiceDocument, width: float) -> None:
     if doc.amount_paid:
         rows.append(("Amount paid", doc.amount_paid, False))
     rows.append(("Amount due", doc.amount_due if doc.status != "paid" else 0, True))
+    if doc.total < 0:  # a credit invoice: Stripe adds its credit to the customer's balance
+        rows.append(("Credited to balance", -doc.total, False))
     for label, amount, strong in rows:
         pdf.set_x(label_x)
         if strong:
@@ -276,7 +278,12 @@ def _closing(pdf: FPDF, doc: InvoiceDocument) -> None:
     pdf.ln(10)
     pdf.set_font("helvetica", "", 9)
     pdf.set_text_color(*MUTED)
-    if doc.status == "paid":
+    if doc.total < 0 and doc.status != "void":
+        note = (
+            f"{format_amount(-doc.total, doc.currency)} is credited to your account balance and applies"
+            " to your next invoices."
+        )
+    elif doc.status == "paid":
         note = f"Paid in full on {_date(doc.paid_at)}. Thank you for your business."
     elif doc.status == "void":
         note = "This invoice has been voided; nothing is owed."

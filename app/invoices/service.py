@@ -26,6 +26,7 @@ from app.invoices.schemas import (
     InvoiceStatus,
 )
 from app.models import Consumer, Invoice
+from app.money import chargeable_problem
 from app.pagination import decode_cursor, encode_cursor
 from app.stripe import StripeGateway
 from app.stripe.invoices import StripeInvoice
@@ -179,6 +180,10 @@ class InvoiceService:
         Our invoice id derives from the request's Idempotency-Key when there is one, and every
         Stripe call's key from that id, so a retried request never makes a second invoice.
         """
+        for index, line in enumerate(data.lines):
+            problem = chargeable_problem(line.unit_amount, data.currency)
+            if problem is not None:
+                raise InvalidField(f"lines.{index}.unit_amount", problem)
         consumer = await self._repo.get_consumer(data.consumer_id)
         if consumer is None or consumer.stripe_customer_id is None:
             raise NotFound("Consumer not found (or not registered with Stripe yet)")
@@ -236,6 +241,8 @@ class InvoiceService:
             "subtotal": sent.subtotal,
             "tax": sent.tax,
             "total": sent.total,
+            "starting_balance": sent.starting_balance,
+            "ending_balance": sent.ending_balance,
             "period_start": sent.period_start,
             "period_end": sent.period_end,
             "paid_at": sent.paid_at,

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.invoices.lines import stored_line
 from app.models import Consumer, Invoice, Subscription
-from app.stripe.invoices import StripeInvoiceLine
+from app.stripe.invoices import StripeInvoiceLine, balance_field
 
 # How far along its life an invoice is; a snapshot never moves it to a lower rank.
 STATUS_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
@@ -125,9 +125,12 @@ async def sync_invoice(session: AsyncSession, obj: dict[str, Any], *, observed_a
     invoice.currency = obj.get("currency") or invoice.currency
     invoice.amount_due = int(obj.get("amount_due") or 0)
     invoice.amount_paid = int(obj.get("amount_paid") or 0)
-    invoice.subtotal = max(0, int(obj.get("subtotal") or 0))
-    invoice.total = max(0, int(obj.get("total") or 0))
+    # Stripe's amounts as Stripe reports them: a credit invoice's subtotal, tax and total are negative.
+    invoice.subtotal = int(obj.get("subtotal") or 0)
+    invoice.total = int(obj.get("total") or 0)
     invoice.tax = _tax(obj)
+    invoice.starting_balance = balance_field(obj, "starting_balance")
+    invoice.ending_balance = balance_field(obj, "ending_balance")
     invoice.period_start = _ts(obj.get("period_start")) or invoice.period_start
     invoice.period_end = _ts(obj.get("period_end")) or invoice.period_end
     invoice.paid_at = _ts(transitions.get("paid_at")) or invoice.paid_at

@@ -11,8 +11,12 @@ from app.db.base import Base, Timestamps, UUIDPk
 from app.models.types import MinorUnits, enum_check, non_negative
 
 # A charge earns; a reversal (refund, dispute) takes back; a reinstatement gives back what a
-# reversal took (a won dispute, a failed refund). Reversals count negative everywhere.
-EARNING_KINDS = ("charge", "reversal", "reinstatement")
+# reversal took (a won dispute, a failed refund); a credit takes back what an invoice's net credit
+# lines (proration of unused time) return to the consumer. Reversals and credits count negative
+# everywhere.
+EARNING_KINDS = ("charge", "reversal", "reinstatement", "credit")
+NEGATIVE_KINDS = ("reversal", "credit")
+NEGATIVE_KINDS_SQL = "(" + ", ".join(f"'{kind}'" for kind in NEGATIVE_KINDS) + ")"
 EARNING_STATUSES = ("pending", "available", "paid_out", "reversed")
 REVERSAL_SOURCES = ("refund", "dispute")
 
@@ -29,6 +33,14 @@ class Earning(UUIDPk, Base):
             "plan_id",
             unique=True,
             postgresql_where=text("kind = 'charge'"),
+        ),
+        # One credit line per (invoice, plan), so a repeated booking adds none.
+        Index(
+            "uq_earnings_credit_invoice_plan",
+            "invoice_id",
+            "plan_id",
+            unique=True,
+            postgresql_where=text("kind = 'credit'"),
         ),
         Index("ix_earnings_invoice_id", "invoice_id"),
         enum_check("kind", EARNING_KINDS),

@@ -20,7 +20,9 @@ class Invoice(UUIDPk, Timestamps, Base):
     __tablename__ = "invoices"
     __table_args__ = (
         enum_check("status", INVOICE_STATUSES),
-        *non_negative("amount_paid", "amount_due", "subtotal", "tax", "total"),
+        # Stripe never asks or takes a negative amount, but a credit (proration) invoice has a
+        # negative subtotal, tax and total: those are stored as Stripe reports them.
+        *non_negative("amount_paid", "amount_due"),
         Index("ix_invoices_consumer_created", "consumer_id", "created_at", "id"),
     )
 
@@ -35,6 +37,10 @@ class Invoice(UUIDPk, Timestamps, Base):
     subtotal: Mapped[MinorUnits] = mapped_column(default=0)
     tax: Mapped[MinorUnits] = mapped_column(default=0)
     total: Mapped[MinorUnits] = mapped_column(default=0)
+    # The customer's invoice balance before and after this invoice (negative: a credit), as Stripe
+    # reports them; null until Stripe finalises the invoice.
+    starting_balance: Mapped[int | None] = mapped_column(BigInteger)
+    ending_balance: Mapped[int | None] = mapped_column(BigInteger)
     period_start: Mapped[datetime | None]
     period_end: Mapped[datetime | None]
     paid_at: Mapped[datetime | None]

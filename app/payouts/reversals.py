@@ -7,11 +7,12 @@ when money comes back: a refund failed, a dispute was won), so a line a payout h
 is never touched and a later, larger refund is simply another line. Analytics count reversals
 negative; the next payout nets them off.
 
-Amounts: a refund or dispute of `x` out of an invoice total `T` (tax included) takes back
-`x * G / T` of the creators' pre-tax gross `G` (all of it once `x >= T`), rounded half-up to the
-minor unit, then split over the invoice's plans in proportion to their gross (largest
-remainders). Each plan's commission comes back at the rate its charge was booked at (the whole
-commission on a full reversal), so gross = commission + net on every line.
+Amounts: a refund or dispute of `x` out of what the invoice collected `C` (tax included, the part
+paid from the customer's credit balance too: `app.earnings.collected`, the base the charges were
+booked on) takes back `x * G / C` of the creators' booked gross `G` (all of it once `x >= C`, never
+more), rounded half-up to the minor unit, then split over the invoice's plans in proportion to
+their gross (largest remainders). Each plan's commission comes back at the rate its charge was
+booked at (the whole commission on a full reversal), so gross = commission + net on every line.
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
+from app.earnings.collected import invoice_collected, proportional_shares
 from app.models import Earning, Invoice, InvoiceReversal
 from app.money import split_commission
+
+__all__ = ["proportional_shares"]  # re-exported: the one split of an amount over weights
 
 # Refund statuses: Stripe returns the money unless the refund failed or was canceled.
 REFUND_RANK = {"pending": 0, "requires_action": 0, "succeeded": 1, "failed": 2, "canceled": 2}
@@ -75,30 +79,17 @@ class ReversalState:
         return cls(str(obj["id"]), "dispute", status, takes, DISPUTE_RANK.get(status, 0))
 
 
-def proportional_shares(amount: int, weights: list[int]) -> list[int]:
-    """`amount` split in proportion to `weights`, in whole minor units summing exactly to `amount`
-    (largest remainders get the leftover units, earlier lines first on ties)."""
-    total = sum(weights)
-    if total <= 0:
-        return [0] * len(weights)
-    exact = [Decimal(amount) * w / total for w in weights]
-    shares = [int(x) for x in exact]
-    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - shares[i]), i))
-    for i in order[: amount - sum(shares)]:
-        shares[i] += 1
-    return shares
-
-
-def reversed_gross(reversed_total: int, gross_total: int, invoice_total: int) -> int:
-    """The creators' gross taken back when `reversed_total` of an invoice of `invoice_total`
-    (tax included) is refunded or disputed: proportional, rounded half-up, never above the gross."""
+def reversed_gross(reversed_total: int, gross_total: int, collected: int) -> int:
+    """The creators' gross taken back when `reversed_total` of an invoice that collected
+    `collected` (tax included) is refunded or disputed: proportional, rounded half-up, never above
+    the gross."""
     if reversed_total <= 0 or gross_total <= 0:
         return 0
-    if invoice_total <= 0:
+    if collected <= 0:
         return min(reversed_total, gross_total)
-    if reversed_total >= invoice_total:
+    if reversed_total >= collected:
         return gross_total
-    exact = Decimal(reversed_total) * gross_total / invoice_total
+    exact = Decimal(reversed_total) * gross_total / collected
     return min(gross_total, int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP)))
 
 
@@ -155,7 +146,7 @@ async def _booked_adjustments(
             func.sum(sign * Earning.commission_amount),
             func.sum(sign * Earning.net_amount),
         )
-        .where(Earning.invoice_id == invoice_id, Earning.kind != "charge")
+        .where(Earning.invoice_id == invoice_id, Earning.kind.in_(("reversal", "reinstatement")))
         .group_by(Earning.plan_id)
     )
     return {plan: (int(g), int(c), int(n)) for plan, g, c, n in result.all()}
@@ -197,7 +188,7 @@ async def reverse_invoice_earnings(
     if not charges:
         return 0
     gross_total = sum(c.gross_amount for c in charges)
-    to_reverse = reversed_gross(reversed_total, gross_total, invoice.total)
+    to_reverse = reversed_gross(reversed_total, gross_total, invoice_collected(invoice))
     shares = proportional_shares(to_reverse, [c.gross_amount for c in charges])
     booked = await _booked_adjustments(session, invoice_id)
     rows = list(_adjustments(charges, shares, booked, reference))

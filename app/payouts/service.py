@@ -19,9 +19,10 @@ from app import clock
 from app.config import Settings
 from app.errors import DomainError
 from app.models import Earning, Payout
+from app.models.earning import NEGATIVE_KINDS_SQL
 from app.stripe import StripeGateway
 
-SIGNED_NET = "CASE WHEN e.kind = 'reversal' THEN -e.net_amount ELSE e.net_amount END"
+SIGNED_NET = f"CASE WHEN e.kind IN {NEGATIVE_KINDS_SQL} THEN -e.net_amount ELSE e.net_amount END"
 
 RELEASE_SQL = text(
     "UPDATE earnings SET status = 'available' WHERE status = 'pending' AND earned_at < :matured_before"

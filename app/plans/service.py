@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth import Principal
 from app.errors import Conflict, Forbidden, InvalidField, NotFound
 from app.models import Api, PricingPlan, PricingPlanVersion
-from app.money import exponent, from_minor, minor_decimal, to_minor
+from app.money import chargeable_problem, exponent, from_minor, minor_decimal, to_minor
 from app.plans.repository import PlanRepository
 from app.plans.schemas import PlanCreate, PlanOut, PlanUpdate
 from app.stripe import StripeGateway
@@ -62,6 +62,9 @@ def check_prices(
             raise InvalidField(
                 "monthly_price", f"{currency.upper()} prices have at most {places} decimal places"
             )
+        problem = chargeable_problem(to_minor(monthly_price, currency), currency)
+        if problem is not None:
+            raise InvalidField("monthly_price", problem)
         if price_per_call is not None:
             raise InvalidField("price_per_call", "only pay_per_use plans have a price per call")
     elif plan_type == "pay_per_use":

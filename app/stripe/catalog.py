@@ -57,7 +57,11 @@ class CatalogCalls(StripeBase):
         idempotency_key: str,
         meter: str | None = None,
     ) -> StripePrice:
-        """A monthly recurring price; with `meter`, a metered per-unit price billed from that meter."""
+        """A monthly recurring price; with `meter`, a metered per-unit price billed from that meter.
+
+        Tax-exclusive: any tax Stripe computes is added on top of the price, so the price (what the
+        creator earns on) never contains tax, whatever the account's default tax behavior.
+        """
         recurring: dict[str, Any] = {"interval": "month"}
         if meter is not None:
             recurring.update(usage_type="metered", meter=meter)
@@ -71,6 +75,7 @@ class CatalogCalls(StripeBase):
                     "recurring": recurring,  # type: ignore[typeddict-item]
                     "nickname": nickname,
                     "metadata": metadata,
+                    "tax_behavior": "exclusive",
                 },
                 options={"idempotency_key": idempotency_key},
             ),

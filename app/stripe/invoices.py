@@ -101,6 +101,9 @@ class StripeInvoice:
     hosted_invoice_url: str | None
     metadata: dict[str, str]
     lines: tuple[StripeInvoiceLine, ...]
+    # The customer's invoice balance before and after it (negative: a credit); null until finalised.
+    starting_balance: int | None = None
+    ending_balance: int | None = None
 
     @classmethod
     def from_payload(cls, obj: dict[str, Any]) -> StripeInvoice:
@@ -140,7 +143,15 @@ class StripeInvoice:
             hosted_invoice_url=obj.get("hosted_invoice_url"),
             metadata=dict(obj.get("metadata") or {}),
             lines=tuple(StripeInvoiceLine.from_payload(line, currency) for line in lines),
+            starting_balance=balance_field(obj, "starting_balance"),
+            ending_balance=balance_field(obj, "ending_balance"),
         )
+
+
+def balance_field(obj: dict[str, Any], name: str) -> int | None:
+    """An invoice's `starting_balance` / `ending_balance`: integer minor units, or None when absent."""
+    value = obj.get(name)
+    return None if value is None else int(value)
 
 
 class InvoiceCalls(StripeBase):
