@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
@@ -444,8 +445,83 @@ def usage_backfill(
             f"metering did not answer for {len(run.unavailable)} subscriptions: run again later", err=True
         )
     if run.stripe_failures:
-        typer.echo("Stripe refused some meter events: the worker reports them on its next run", err=True)
-    if run.unavailable or run.stripe_failures:
+        typer.echo("Stripe did not answer some meter events: the worker sends them on its next run", err=True)
+    if run.quarantined:
+        typer.echo(f"Stripe refused {run.quarantined} windows: see `billing usage quarantine`", err=True)
+    if run.unavailable or run.stripe_failures or run.quarantined:
+        raise typer.Exit(1)
+
+
+def _uuid_option(option: str, value: str | None) -> uuid.UUID | None:
+    if value is None:
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        typer.echo(f"billing: {option} must be an id, not {value!r}", err=True)
+        raise typer.Exit(2) from None
+
+
+@usage.command("quarantine")
+def usage_quarantine(
+    subscription: Annotated[
+        str | None, typer.Option("--subscription", help="Only this subscription id")
+    ] = None,
+) -> None:
+    """List the usage windows whose meter event Stripe refused (or never answered), with the error."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from app.usage.quarantine import list_quarantined
+
+    subscription_id = _uuid_option("--subscription", subscription)
+    windows = asyncio.run(list_quarantined(settings_or_exit(), subscription_id))
+    table = Table(title=f"billing usage quarantine: {len(windows)} windows")
+    for column in ("window", "subscription", "from", "to", "calls", "quarantined", "error"):
+        table.add_column(column, overflow="fold")
+    for w in windows:
+        table.add_row(
+            str(w.id),
+            str(w.subscription_id),
+            w.window_start.isoformat(),
+            w.window_end.isoformat(),
+            str(w.quantity),
+            w.quarantined_at.isoformat() if w.quarantined_at else "",
+            w.error or "",
+        )
+    Console(width=250).print(table)
+
+
+@usage.command("retry")
+def usage_retry(
+    window: Annotated[str | None, typer.Option("--window", help="A quarantined window's id")] = None,
+    subscription: Annotated[
+        str | None, typer.Option("--subscription", help="All quarantined windows of this subscription")
+    ] = None,
+) -> None:
+    """Send quarantined windows to Stripe again (a new attempt); they leave quarantine if it takes them."""
+    import asyncio
+
+    from app.usage.quarantine import retry_quarantined
+
+    if (window is None) == (subscription is None):
+        typer.echo("billing: give exactly one of --window or --subscription", err=True)
+        raise typer.Exit(2)
+    window_id = _uuid_option("--window", window)
+    subscription_id = _uuid_option("--subscription", subscription)
+    run = asyncio.run(
+        retry_quarantined(settings_or_exit(), window_id=window_id, subscription_id=subscription_id)
+    )
+    if run.subscriptions == 0:
+        typer.echo("billing: no quarantined window matches", err=True)
+        raise typer.Exit(1)
+    typer.echo(
+        f"accepted {run.reported}, quarantined again {run.quarantined}, "
+        f"not answered yet {run.stripe_failures}"
+    )
+    if run.quarantined or run.stripe_failures:
         raise typer.Exit(1)
 
 

@@ -65,6 +65,17 @@ OUTBOX_BACKLOG = Gauge(
     ["status"],
     registry=REGISTRY,
 )
+USAGE_QUARANTINED = Counter(
+    "billing_usage_windows_quarantined_total",
+    "Usage windows whose meter event was quarantined (refused by Stripe, or unanswered for too long)",
+    ["reason"],
+    registry=REGISTRY,
+)
+USAGE_QUARANTINE = Gauge(
+    "billing_usage_windows_in_quarantine",
+    "Usage windows in quarantine, waiting for an operator's retry; refreshed at most every 15 s",
+    registry=REGISTRY,
+)
 OUTBOX_OLDEST_AGE = Gauge(
     "billing_outbox_oldest_pending_age_seconds",
     "Age of the oldest pending outbox message (0 when none)",
@@ -256,3 +267,15 @@ class ReconcileDrift:
 
 
 RECONCILE = ReconcileDrift()
+
+
+class UsageQuarantine(OutboxBacklog):
+    """Refreshes the quarantined-windows gauge from the database at scrape time, as above."""
+
+    async def _query(self, engine: AsyncEngine) -> None:
+        statement = text("SELECT count(*) FROM usage_records WHERE report_status = 'quarantined'")
+        async with engine.connect() as connection:
+            USAGE_QUARANTINE.set(int((await connection.execute(statement)).scalar_one()))
+
+
+QUARANTINE = UsageQuarantine()

@@ -44,10 +44,12 @@ PERIOD_END = PERIOD_START + timedelta(days=30)
 
 RECORDS_SQL = """
 INSERT INTO usage_records (id, subscription_id, window_start, window_end, quantity,
-                           successful_calls, failed_calls, meter_event_identifier, created_at)
+                           successful_calls, failed_calls, meter_event_identifier, report_status,
+                           report_attempt, created_at)
 SELECT gen_random_uuid(), s.id, $1::timestamptz + d * interval '1 day',
-       $1::timestamptz + (d + 1) * interval '1 day', (hashtext(s.id::text) + d * 7) & 1023,
-       (hashtext(s.id::text) + d * 7) & 1023, d % 5, NULL, now()
+       $1::timestamptz + (d + 1) * interval '1 day',
+       (hashtext(s.id::text) + d * 7) & 1023,
+       (hashtext(s.id::text) + d * 7) & 1023, d % 5, NULL, 'unbilled', 0, now()
 FROM subscriptions s, generate_series(0, $2::int - 1) d
 """
 

@@ -25,7 +25,8 @@ import asyncpg
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from app.usage.repository import UsageRepository
-from app.usage.service import BATCH_SIZE, meter_event_identifier
+from app.usage.service import BATCH_SIZE
+from app.usage.windows import meter_event_identifier
 from bench.harness import embedded_stack
 
 GOAL = 0.75
@@ -64,10 +65,11 @@ SEED_SQL = [
 
 BARE_INSERT = """
 INSERT INTO usage_records (id, subscription_id, window_start, window_end, quantity,
-                           successful_calls, failed_calls, meter_event_identifier, created_at)
-SELECT *, now()
-FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::int[], $6::int[],
-            $7::int[], $8::text[])
+                           successful_calls, failed_calls, meter_event_identifier, report_status,
+                           report_attempt, created_at)
+SELECT *, 0, now()
+FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
+            $6::bigint[], $7::bigint[], $8::text[], $9::text[])
 """
 
 
@@ -89,7 +91,8 @@ def windows(subscription_ids: list[uuid.UUID]) -> list[list[dict[str, Any]]]:
                         "quantity": successful,
                         "successful_calls": successful,
                         "failed_calls": day % 4,
-                        "meter_event_identifier": meter_event_identifier(subscription_id, start.date()),
+                        "meter_event_identifier": meter_event_identifier(subscription_id, start),
+                        "report_status": "pending",
                     }
                 )
         batches.append(rows)
@@ -106,6 +109,7 @@ def columns(rows: list[dict[str, Any]]) -> list[list[Any]]:
         "successful_calls",
         "failed_calls",
         "meter_event_identifier",
+        "report_status",
     )
     return [[row[name] for row in rows] for name in names]
 

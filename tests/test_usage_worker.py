@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.models import JobRun, OutboxMessage, Subscription, UsageRecord
 from app.subscriptions.service import add_months
-from app.usage.service import meter_event_identifier
+from app.usage.windows import day_start, meter_event_identifier
 from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import aggregate_usage, process_stripe_event
 from tests.billing_data import World, event, invoice_obj, make_world
@@ -64,36 +64,62 @@ class Metering:
         )
 
 
-def meter_event_api(accepted: dict[str, dict[str, Any]], fail_calls: set[int] | None = None) -> Any:
-    """Stripe's POST /v1/billing/meter_events, with its identifier de-duplication.
+def meter_event_api(
+    accepted: dict[str, dict[str, Any]],
+    fail_calls: set[int] | None = None,
+    refuse: Callable[[httpx.QueryParams], bool] | None = None,
+) -> Any:
+    """Stripe's POST /v1/billing/meter_events, with its identifier de-duplication and its replay
+    of the first answer to a request repeated under the same Idempotency-Key.
 
-    Calls whose (1-based) number is in `fail_calls` get a 500, as when Stripe has a bad moment.
+    Calls whose (1-based) number is in `fail_calls` get a 500, as when Stripe has a bad moment;
+    events `refuse` picks get the 400 Stripe gives an event it will not take.
     """
     calls = 0
+    answered: dict[str, httpx.Response] = {}
 
     def answer(request: httpx.Request) -> httpx.Response:
         nonlocal calls
         calls += 1
         if calls in (fail_calls or set()):
             return httpx.Response(500, json={"error": {"type": "api_error", "message": "try again"}})
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and key in answered:
+            first = answered[key]
+            return httpx.Response(
+                first.status_code, json=first.json(), headers={"Idempotent-Replayed": "true"}
+            )
         form = httpx.QueryParams(request.content.decode())
         identifier = form["identifier"]
-        if identifier in accepted:
-            message = f"An event with identifier {identifier} already exists"
-            return httpx.Response(400, json={"error": {"type": "invalid_request_error", "message": message}})
-        accepted[identifier] = {
-            "object": "billing.meter_event",
-            "event_name": form["event_name"],
-            "identifier": identifier,
-            "payload": {
-                "stripe_customer_id": form["payload[stripe_customer_id]"],
-                "value": form["payload[value]"],
-            },
-            "timestamp": int(form["timestamp"]),
-            "created": int(form["timestamp"]),
-            "livemode": False,
-        }
-        return httpx.Response(200, json=accepted[identifier])
+        if refuse is not None and refuse(form):
+            error = {
+                "type": "invalid_request_error",
+                "code": "parameter_invalid_integer",
+                "param": "payload[value]",
+            }
+            response = httpx.Response(400, json={"error": {**error, "message": "Invalid value"}})
+        elif identifier in accepted:
+            message = f"An event already exists with identifier {identifier}"
+            response = httpx.Response(
+                400, json={"error": {"type": "invalid_request_error", "message": message}}
+            )
+        else:
+            accepted[identifier] = {
+                "object": "billing.meter_event",
+                "event_name": form["event_name"],
+                "identifier": identifier,
+                "payload": {
+                    "stripe_customer_id": form["payload[stripe_customer_id]"],
+                    "value": form["payload[value]"],
+                },
+                "timestamp": int(form["timestamp"]),
+                "created": int(form["timestamp"]),
+                "livemode": False,
+            }
+            response = httpx.Response(200, json=accepted[identifier])
+        if key is not None:
+            answered[key] = response
+        return response
 
     return answer
 
@@ -150,7 +176,7 @@ async def test_each_ended_day_is_recorded_and_reported_once(
     assert [r.window_start.date() for r in stored] == days
     assert [r.quantity for r in stored] == [100 + d.day for d in days]
     assert [r.meter_event_identifier for r in stored] == [
-        meter_event_identifier(world.subscription_id, d) for d in days
+        meter_event_identifier(world.subscription_id, day_start(d)) for d in days
     ]
     assert all(r.reported_at is not None for r in stored)
     sent = [httpx.QueryParams(call.request.content.decode()) for call in meter_events.calls]
@@ -244,7 +270,7 @@ async def test_draft_invoice_waits_for_usage_until_metering_answers(
     assert all(r.reported_at is not None for r in await records(engine))
 
 
-async def test_stripe_failing_mid_batch_then_recovering_reports_each_window_once(
+async def test_stripe_failing_on_one_window_reports_its_neighbours_and_sends_it_next_run(
     worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
 ) -> None:
     accepted: dict[str, dict[str, Any]] = {}
@@ -254,10 +280,12 @@ async def test_stripe_failing_mid_batch_then_recovering_reports_each_window_once
         meter_events.side_effect = meter_event_api(accepted, fail_calls={2})
         await pay_per_use(engine)
         first = await aggregate_usage(worker_ctx)
-        assert first == {"recorded": 3, "reported": 0, "unavailable": 0, "stripe_failures": 1}
-        assert all(r.reported_at is None for r in await records(engine))
+        assert first == {"recorded": 3, "reported": 2, "unavailable": 0, "stripe_failures": 1}
+        assert [r.report_status for r in await records(engine)] == ["accepted", "pending", "accepted"]
         second = await aggregate_usage(worker_ctx)
-        assert second == {"recorded": 0, "reported": 3, "unavailable": 0, "stripe_failures": 0}
+        assert second == {"recorded": 0, "reported": 1, "unavailable": 0, "stripe_failures": 0}
+        assert await aggregate_usage(worker_ctx) == outcome(recorded=0, reported=0)
+    assert meter_events.call_count == 4
     assert sorted(accepted) == sorted(r.meter_event_identifier for r in await records(engine))
     assert [e["payload"]["value"] for e in sorted(accepted.values(), key=lambda e: e["timestamp"])] == [
         str(r.quantity) for r in await records(engine)
@@ -279,8 +307,8 @@ async def test_going_over_the_call_limit_is_flagged_once_per_period(
     await asyncio.gather(aggregate_usage(worker_ctx), aggregate_usage(worker_ctx))
     await aggregate_usage(worker_ctx)
     flagged = await notifications(engine, "quota_overrun")
-    # The first (partial) day starts before the period does, so two whole days count.
-    counted = [r.quantity for r in await records(engine) if r.subscription_id == world.subscription_id][1:]
+    # The first day's meter event (its last second) falls inside the period, as Stripe bills it.
+    counted = [r.quantity for r in await records(engine) if r.subscription_id == world.subscription_id]
     assert flagged == [
         {
             "topic": "quota_overrun",

@@ -610,7 +610,7 @@ async def send_invoice(request: web.Request) -> web.Response:
 
 
 # Stripe replays the first answer to a request repeated with the same Idempotency-Key.
-_REPLAYED = re.compile(r"^/v1/(invoices|invoiceitems|invoices/in_\w+/(finalize|send))$")
+_REPLAYED = re.compile(r"^/v1/(invoices|invoiceitems|billing/meter_events|invoices/in_\w+/(finalize|send))$")
 
 
 @web.middleware

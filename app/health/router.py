@@ -64,4 +64,5 @@ async def metrics_endpoint(request: Request) -> Response:
     if engine is not None:
         await metrics.OUTBOX.refresh(engine)
         await metrics.RECONCILE.refresh(engine)
+        await metrics.QUARANTINE.refresh(engine)
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -7,6 +7,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import httpx
 
@@ -17,10 +18,19 @@ log = logging.getLogger("app.integrations.metering")
 # A user request waits at most about ATTEMPTS * timeout + the backoff for the live count.
 ATTEMPTS = 2
 BACKOFF_SECONDS = 0.1
+# Counts are stored as 64-bit integers; a count outside them is a broken answer, not usage.
+MAX_COUNT = 2**63 - 1
 
 
 class MeteringUnavailable(Exception):
     """The metering service did not answer in time or answered an error."""
+
+
+def _count(value: Any) -> int:
+    count = int(value)
+    if not 0 <= count <= MAX_COUNT:
+        raise ValueError(f"call count out of range: {count}")
+    return count
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +62,9 @@ class MeteringClient:
                 response.raise_for_status()
                 summary = response.json()["summary"]
                 return LiveUsage(
-                    total_calls=int(summary["total_calls"]),
-                    successful_calls=int(summary.get("successful_calls", 0)),
-                    failed_calls=int(summary.get("failed_calls", 0)),
+                    total_calls=_count(summary["total_calls"]),
+                    successful_calls=_count(summary.get("successful_calls", 0)),
+                    failed_calls=_count(summary.get("failed_calls", 0)),
                 )
             except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
                 last_error = exc

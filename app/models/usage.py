@@ -3,12 +3,18 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, String, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app import clock
 from app.db.base import Base, UUIDPk
-from app.models.types import non_negative
+from app.models.types import enum_check, non_negative
+
+# How a window stands with Stripe: `unbilled` (not sent: a flat plan, or no calls), `pending`
+# (to send, or sent with no answer yet), `accepted` (Stripe took its meter event: never sent
+# again), `quarantined` (refused, or its outcome unknown for too long: sent again only on an
+# operator's retry).
+REPORT_STATUSES = ("unbilled", "pending", "accepted", "quarantined")
 
 
 class UsageRecord(UUIDPk, Base):
@@ -19,15 +25,25 @@ class UsageRecord(UUIDPk, Base):
         UniqueConstraint("subscription_id", "window_start", name="uq_usage_records_subscription_window"),
         CheckConstraint("window_end > window_start", name="window_ordered"),
         *non_negative("quantity", "successful_calls", "failed_calls"),
+        enum_check("report_status", REPORT_STATUSES),
     )
 
     subscription_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"))
     window_start: Mapped[datetime]
     window_end: Mapped[datetime]
-    quantity: Mapped[int] = mapped_column(default=0)
-    successful_calls: Mapped[int] = mapped_column(default=0)
-    failed_calls: Mapped[int] = mapped_column(default=0)
+    quantity: Mapped[int] = mapped_column(BigInteger, default=0)
+    successful_calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed_calls: Mapped[int] = mapped_column(BigInteger, default=0)
     # Deterministic per subscription and window, so Stripe drops a repeated meter event.
     meter_event_identifier: Mapped[str | None] = mapped_column(String(255), unique=True)
+    report_status: Mapped[str] = mapped_column(String(16), default="unbilled", server_default="unbilled")
+    # Part of the Stripe idempotency key; an operator's retry of a quarantined window bumps it.
+    report_attempt: Mapped[int] = mapped_column(default=0, server_default="0")
+    # First send of the current attempt (Stripe replays its answer to a resend for 24 h), and
+    # the latest one (a run leaves a window another run is sending alone for a while).
+    report_first_sent_at: Mapped[datetime | None]
+    report_last_sent_at: Mapped[datetime | None]
+    report_error: Mapped[str | None] = mapped_column(Text)
+    quarantined_at: Mapped[datetime | None]
     reported_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=clock.now)

@@ -6,19 +6,41 @@ from datetime import datetime
 
 import stripe
 
+from app import metrics
 from app.stripe.base import StripeBase
+
+
+class MeterEventRefused(Exception):
+    """Stripe answered that it will not take this meter event (4xx): sending it again as it is
+    gets the same answer. Other failures (5xx, 429, timeouts) leave the outcome open and raise
+    the usual `DomainError`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
 
 
 class MeterCalls(StripeBase):
     async def report_meter_event(
-        self, *, event_name: str, customer: str, value: int, identifier: str, timestamp: datetime
-    ) -> bool:
-        """Send one meter event; False if Stripe already has one with this identifier.
+        self,
+        *,
+        event_name: str,
+        customer: str,
+        value: int,
+        identifier: str,
+        timestamp: datetime,
+        idempotency_key: str,
+    ) -> None:
+        """Send one meter event (POST /v1/billing/meter_events answers each event on its own).
 
-        The identifier is deterministic per subscription and window, so a repeat never counts twice.
+        A resend under the same idempotency key is answered with the first answer (for 24 h),
+        so a send whose answer was lost is settled by sending it again, never counted twice;
+        nothing here reads error messages.
         """
+        operation = "billing.meter_events.create"
 
-        async def send() -> bool:
+        async def send() -> None:
             try:
                 await self._client.v1.billing.meter_events.create_async(
                     params={
@@ -26,12 +48,12 @@ class MeterCalls(StripeBase):
                         "identifier": identifier,
                         "timestamp": int(timestamp.timestamp()),
                         "payload": {"stripe_customer_id": customer, "value": str(value)},
-                    }
+                    },
+                    options={"idempotency_key": idempotency_key},
                 )
-            except stripe.InvalidRequestError as exc:
-                if "already exists" in str(exc.user_message or exc):
-                    return False
-                raise
-            return True
+            except (stripe.InvalidRequestError, stripe.IdempotencyError) as exc:
+                metrics.STRIPE_ERRORS.labels(operation, type(exc).__name__).inc()
+                message = exc.user_message or getattr(exc, "_message", None) or "refused"
+                raise MeterEventRefused(exc.code or type(exc).__name__, str(message)) from None
 
-        return await self._call("billing.meter_events.create", send)
+        await self._call(operation, send)

@@ -155,10 +155,13 @@ class SubscriptionCalls(StripeBase):
         return _subscription(updated)
 
     async def cancel_subscription(
-        self, subscription_id: str, *, prorate: bool, idempotency_key: str
+        self, subscription_id: str, *, prorate: bool, idempotency_key: str, invoice_now: bool = False
     ) -> StripeSubscription:
-        """End the subscription now; with `prorate`, unused time is credited to the customer."""
+        """End the subscription now; with `prorate`, unused time is credited to the customer; with
+        `invoice_now`, a final invoice of the metered usage and prorations is made at once."""
         params: dict[str, Any] = {"prorate": True} if prorate else {}
+        if invoice_now:
+            params["invoice_now"] = True
         canceled = await self._call(
             "subscriptions.cancel",
             lambda: self._client.v1.subscriptions.cancel_async(

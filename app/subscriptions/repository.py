@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import BindParameter, Select, and_, bindparam, func, literal_column, or_, select
+from sqlalchemy import BindParameter, DateTime, Select, and_, bindparam, func, literal_column, or_, select
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Bundle
@@ -61,9 +61,16 @@ _RECORDED_USAGE_SQL = str(
         func.coalesce(func.sum(UsageRecord.failed_calls), literal_column("0")),
     )
     .where(
+        # Billed in the period holding its meter event's instant (app.usage.windows); windows
+        # lie within one day, so the window_start bounds only narrow the index scan.
         UsageRecord.subscription_id == bindparam("subscription_id"),
-        UsageRecord.window_start >= bindparam("start"),
+        UsageRecord.window_start
+        > bindparam("start", type_=DateTime(timezone=True)) - literal_column("interval '1 day'"),
         UsageRecord.window_start < bindparam("end"),
+        UsageRecord.window_end - literal_column("interval '1 second'")
+        >= bindparam("start", type_=DateTime(timezone=True)),
+        UsageRecord.window_end - literal_column("interval '1 second'")
+        < bindparam("end", type_=DateTime(timezone=True)),
     )
     .compile(dialect=postgresql_asyncpg.dialect())  # type: ignore[no-untyped-call]
 )
@@ -83,7 +90,9 @@ class SubscriptionRepository:
             Subscription.id == subscription_id, Subscription.consumer_id == consumer_id
         )
         if for_update:
-            statement = statement.with_for_update()
+            # FOR NO KEY UPDATE: serialises changes of the row without blocking the usage windows
+            # recorded for it meanwhile (their foreign key only takes a key-share lock).
+            statement = statement.with_for_update(key_share=True)
         return (await self._session.execute(statement)).scalar_one_or_none()
 
     async def live_on_api(self, consumer_id: uuid.UUID, api_id: str) -> Subscription | None:
@@ -118,7 +127,7 @@ class SubscriptionRepository:
     async def recorded_usage(
         self, subscription_id: uuid.UUID, start: datetime, end: datetime
     ) -> tuple[int, int, int]:
-        """Sums of the usage records whose window starts inside [start, end).
+        """Sums of the usage records billed in [start, end) (their meter event falls inside).
 
         The sum reads a few rows of the (subscription_id, window_start) index in well under
         0.1 ms, less than SQLAlchemy's own cost per statement; so the statement, rendered once

@@ -22,6 +22,7 @@ from app.subscriptions.schemas import (
     UsageOut,
 )
 from app.subscriptions.service import SubscriptionService
+from app.usage.service import UsageService
 
 router = APIRouter(prefix="/subscriptions", tags=["subscriptions"])
 
@@ -34,6 +35,7 @@ def _service(request: Request, session: AsyncSession) -> SubscriptionService:
         Outbox(session, state.redis),
         MeteringClient(state.http, state.settings),
         automatic_tax=state.settings.stripe_tax_enabled,
+        flush_usage=UsageService(state.sessionmaker, state.stripe, state.settings, state.http).flush,
     )
 
 

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import calendar
 import uuid
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP
 
 from sqlalchemy.exc import IntegrityError
@@ -11,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import clock
 from app.auth import Principal
 from app.consumers.service import ConsumerService, consumer_id_for
-from app.errors import Conflict, InvalidField, NotFound
+from app.errors import Conflict, InvalidField, NotFound, ServiceUnavailable
 from app.integrations.metering import MeteringClient, MeteringUnavailable
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription
 from app.money import exponent
@@ -37,9 +38,13 @@ from app.subscriptions.schemas import (
     UpgradePreview,
     UsageOut,
 )
+from app.usage.windows import period_days
 
 # Statuses in which a subscription may change plan or be cancelled at its period's end.
 RUNNING = frozenset({"active", "trial", "past_due"})
+# Records a subscription's usage windows up to an instant and sends them to Stripe; True when
+# all of it is in (UsageService.flush: it commits on its own, before our change is made).
+UsageFlush = Callable[[uuid.UUID, datetime], Awaitable[bool]]
 
 
 def subscription_out(
@@ -106,8 +111,10 @@ class SubscriptionService:
         metering: MeteringClient,
         *,
         automatic_tax: bool = False,
+        flush_usage: UsageFlush | None = None,
     ) -> None:
         self._session = session
+        self._flush_usage = flush_usage
         self._automatic_tax = automatic_tax  # STRIPE_TAX_ENABLED: Stripe Tax on new subscriptions
         self._repo = SubscriptionRepository(session)
         self._plans = PlanRepository(session)
@@ -211,8 +218,16 @@ class SubscriptionService:
                 )
                 await self._mirror(subscription, updated)
         elif stripe_id:
+            plan, _version = await self._held(subscription)
+            # The calls until now go on the final invoice made at once (invoice_now); if they
+            # cannot be sent now, the final invoice's draft webhook sends them before it closes.
+            if plan.type == "pay_per_use":
+                await self._usage_until_now(subscription)
             canceled = await self._stripe.cancel_subscription(
-                stripe_id, prorate=False, idempotency_key=f"sub-cancel:{subscription.id}"
+                stripe_id,
+                prorate=plan.type == "subscription" and subscription.status == "active",
+                invoice_now=True,
+                idempotency_key=f"sub-cancel:{subscription.id}",
             )
             await self._mirror(subscription, canceled)
         else:
@@ -233,6 +248,12 @@ class SubscriptionService:
         subscription = await self._owned(principal, subscription_id, for_update=True)
         plan, version = await self._change_target(subscription, new_plan_id)
         consumer = await self._consumers.require_own(principal)
+        old_plan, _old_version = await self._held(subscription)
+        # Calls until now are billed by the plan they were made on: per call only on pay-per-use.
+        if "pay_per_use" in (old_plan.type, plan.type) and not await self._usage_until_now(subscription):
+            raise ServiceUnavailable(
+                "Usage until now could not be counted, try the change again shortly", code="usage_not_counted"
+            )
         # Unique per change: the row's last update, so a retry of this change reuses the key.
         tag = f"{subscription.id}:{int(subscription.updated_at.timestamp() * 1_000_000)}"
         client_secret: str | None = None
@@ -240,7 +261,7 @@ class SubscriptionService:
         if plan.type == "free":
             if stripe_id:
                 await self._stripe.cancel_subscription(
-                    stripe_id, prorate=True, idempotency_key=f"sub-downgrade:{tag}"
+                    stripe_id, prorate=True, invoice_now=True, idempotency_key=f"sub-downgrade:{tag}"
                 )
                 self._detach_stripe(subscription)
             self._start_free_period(subscription)
@@ -326,10 +347,9 @@ class SubscriptionService:
         _billed, successful, failed = await self._repo.recorded_usage(subscription.id, start, end)
         total = successful + failed
         live = True
+        first_day, last_day = period_days(start, end)
         try:
-            measured = await self._metering.subscription_usage(
-                subscription.id, start.date(), (end - timedelta(microseconds=1)).date()
-            )
+            measured = await self._metering.subscription_usage(subscription.id, first_day, last_day)
         except MeteringUnavailable:
             live = False
         else:
@@ -355,6 +375,11 @@ class SubscriptionService:
         )
 
     # -- helpers ------------------------------------------------------------------------------
+
+    async def _usage_until_now(self, subscription: Subscription) -> bool:
+        if self._flush_usage is None:
+            return True
+        return await self._flush_usage(subscription.id, clock.now())
 
     @staticmethod
     def _estimate(plan: PricingPlan, version: PricingPlanVersion, calls: int) -> int:

@@ -5,17 +5,26 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVarTuple
 
-from sqlalchemy import Select, func, or_, select, text, update
+from sqlalchemy import Select, and_, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription, UsageRecord
 from app.models.subscription import LIVE_STATUSES
+from app.usage.windows import event_instant
 
 _Ts = TypeVarTuple("_Ts")
+# A cancelled subscription is still read until its last window is in (at most this long after).
+ENDED_LOOKBACK = timedelta(days=36)
+
+
+UNANSWERED = (
+    "no answer from Stripe since the first send, for longer than it remembers identifiers: "
+    "check the meter's events in Stripe before retrying"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,10 +34,13 @@ class MeteredSubscription:
     pay_per_use: bool
     stripe_customer_id: str | None
     started_at: datetime
-    last_window_start: datetime | None
+    last_window_end: datetime | None
     call_limit: int | None
     current_period_start: datetime | None
     current_period_end: datetime | None
+    # The instant it ended (cancelled, or its last period over): no window reaches past it.
+    ended_at: datetime | None = None
+    metered: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +51,20 @@ class Unreported:
     stripe_customer_id: str
     quantity: int
     identifier: str
+    event_at: datetime
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    id: uuid.UUID
+    subscription_id: uuid.UUID
+    window_start: datetime
     window_end: datetime
+    quantity: int
+    identifier: str
+    error: str | None
+    quarantined_at: datetime | None
 
 
 _RECORD_COLUMNS = (
@@ -51,35 +76,57 @@ _RECORD_COLUMNS = (
     "successful_calls",
     "failed_calls",
     "meter_event_identifier",
+    "report_status",
 )
 # No conflict target: a concurrent run may collide on the window or on its identifier (the same thing).
 _INSERT_RECORDS = text(
     """
     INSERT INTO usage_records (id, subscription_id, window_start, window_end, quantity,
-                               successful_calls, failed_calls, meter_event_identifier, created_at)
-    SELECT *, :created_at
+                               successful_calls, failed_calls, meter_event_identifier, report_status,
+                               report_attempt, created_at)
+    SELECT *, 0, :created_at
     FROM unnest(CAST(:id AS uuid[]), CAST(:subscription_id AS uuid[]),
                 CAST(:window_start AS timestamptz[]), CAST(:window_end AS timestamptz[]),
-                CAST(:quantity AS int[]), CAST(:successful_calls AS int[]), CAST(:failed_calls AS int[]),
-                CAST(:meter_event_identifier AS text[]))
+                CAST(:quantity AS bigint[]), CAST(:successful_calls AS bigint[]),
+                CAST(:failed_calls AS bigint[]), CAST(:meter_event_identifier AS text[]),
+                CAST(:report_status AS text[]))
     ON CONFLICT DO NOTHING
     """
 )
 
+# A window belongs to the period holding its meter event's instant (app.usage.windows: its
+# last second); windows lie within one day,
+# so the window_start bounds (implied by the others) only let the index narrow the scan.
 _PERIOD_CALLS = text(
     """
     SELECT p.subscription_id, coalesce(sum(r.quantity), 0)
     FROM unnest(CAST(:subscription_id AS uuid[]), CAST(:start AS timestamptz[]),
                 CAST(:end AS timestamptz[])) AS p(subscription_id, period_start, period_end)
     JOIN usage_records r ON r.subscription_id = p.subscription_id
-                        AND r.window_start >= p.period_start AND r.window_start < p.period_end
+                        AND r.window_start > p.period_start - interval '1 day'
+                        AND r.window_start < p.period_end
+                        AND r.window_end - interval '1 second' >= p.period_start
+                        AND r.window_end - interval '1 second' < p.period_end
     GROUP BY p.subscription_id
     """
 )
 
+# Windows to send: pending ones, and (for one rollout) those the previous release wrote with an
+# identifier, which the column's default marks `unbilled`.
+_SENDABLE = and_(
+    UsageRecord.meter_event_identifier.is_not(None),
+    UsageRecord.reported_at.is_(None),
+    UsageRecord.report_status.in_(("pending", "unbilled")),
+)
+_ENDED_AT = func.coalesce(Subscription.expires_at, Subscription.cancelled_at)
+_IS_METERED = or_(PricingPlan.type == "pay_per_use", PricingPlanVersion.call_limit.is_not(None))
 
-def _metered(statement: Select[*_Ts], only: Sequence[uuid.UUID] | None) -> Select[*_Ts]:
-    """Only live subscriptions on a pay-per-use plan or a plan version with a call limit."""
+
+def _readable(
+    statement: Select[*_Ts], only: Sequence[uuid.UUID] | None, *, metered_only: bool = True
+) -> Select[*_Ts]:
+    """Live subscriptions, and cancelled ones lately ended (their last windows may be missing);
+    with `metered_only`, only those on a pay-per-use plan or a plan version with a call limit."""
     statement = (
         statement.join(PricingPlan, PricingPlan.id == Subscription.pricing_plan_id)
         .join(
@@ -89,10 +136,14 @@ def _metered(statement: Select[*_Ts], only: Sequence[uuid.UUID] | None) -> Selec
         )
         .join(Consumer, Consumer.id == Subscription.consumer_id)
         .where(
-            Subscription.status.in_(LIVE_STATUSES),
-            or_(PricingPlan.type == "pay_per_use", PricingPlanVersion.call_limit.is_not(None)),
+            or_(
+                Subscription.status.in_(LIVE_STATUSES),
+                and_(Subscription.status == "cancelled", clock.now() - ENDED_LOOKBACK <= _ENDED_AT),
+            )
         )
     )
+    if metered_only:
+        statement = statement.where(_IS_METERED)
     if only is not None:
         statement = statement.where(Subscription.id.in_(only))
     return statement
@@ -103,15 +154,20 @@ class UsageRepository:
         self._session = session
 
     async def metered_subscriptions(
-        self, *, after: uuid.UUID | None, limit: int, only: Sequence[uuid.UUID] | None = None
+        self,
+        *,
+        after: uuid.UUID | None,
+        limit: int,
+        only: Sequence[uuid.UUID] | None = None,
+        metered_only: bool = True,
     ) -> list[MeteredSubscription]:
-        """Live pay-per-use or call-limited subscriptions, by id after `after`, with their last window."""
+        """Subscriptions to record windows for, by id after `after`, with where their windows stop."""
         last_window = (
-            select(func.max(UsageRecord.window_start))
+            select(func.max(UsageRecord.window_end))
             .where(UsageRecord.subscription_id == Subscription.id)
             .scalar_subquery()
         )
-        statement = _metered(
+        statement = _readable(
             select(
                 Subscription.id,
                 Subscription.api_id,
@@ -122,13 +178,26 @@ class UsageRepository:
                 PricingPlanVersion.call_limit,
                 Subscription.current_period_start,
                 Subscription.current_period_end,
+                Subscription.status,
+                Subscription.cancel_at_period_end,
+                _ENDED_AT,
+                _IS_METERED,
             ),
             only,
+            metered_only=metered_only,
         )
         statement = statement.order_by(Subscription.id).limit(limit)
         if after is not None:
             statement = statement.where(Subscription.id > after)
         rows = (await self._session.execute(statement)).all()
+        now = clock.now()
+
+        def ended_at(status: str, at_period_end: bool, end: datetime | None) -> datetime | None:
+            if status == "cancelled":
+                return end
+            # Still live here, but Stripe ends it at its period's end: past that, nothing counts.
+            return end if at_period_end and end is not None and end <= now else None
+
         return [
             MeteredSubscription(
                 id=row[0],
@@ -136,17 +205,34 @@ class UsageRepository:
                 pay_per_use=row[2] == "pay_per_use",
                 stripe_customer_id=row[3],
                 started_at=row[4],
-                last_window_start=row[5],
+                last_window_end=row[5],
                 call_limit=row[6],
                 current_period_start=row[7],
                 current_period_end=row[8],
+                ended_at=ended_at(row[9], row[10], row[11]),
+                metered=bool(row[12]),
             )
             for row in rows
         ]
 
     async def count_metered(self, *, only: Sequence[uuid.UUID] | None = None) -> int:
-        statement = _metered(select(func.count()).select_from(Subscription), only)
+        statement = _readable(select(func.count()).select_from(Subscription), only)
         return int((await self._session.execute(statement)).scalar_one())
+
+    async def day_so_far(
+        self, subscription_id: uuid.UUID, day_start: datetime, before: datetime
+    ) -> tuple[int, int]:
+        """Successful and failed calls of the windows of one day that end by `before`."""
+        statement = select(
+            func.coalesce(func.sum(UsageRecord.successful_calls), 0),
+            func.coalesce(func.sum(UsageRecord.failed_calls), 0),
+        ).where(
+            UsageRecord.subscription_id == subscription_id,
+            UsageRecord.window_start >= day_start,
+            UsageRecord.window_end <= before,
+        )
+        row = (await self._session.execute(statement)).one()
+        return int(row[0]), int(row[1])
 
     async def insert_records(self, rows: list[dict[str, Any]]) -> int:
         """Insert the windows not yet recorded (a rerun adds nothing); returns how many were new.
@@ -164,7 +250,7 @@ class UsageRepository:
     async def period_calls(
         self, periods: Sequence[tuple[uuid.UUID, datetime, datetime]]
     ) -> dict[uuid.UUID, int]:
-        """Recorded calls (quantity) per subscription in its own [start, end), one query for all."""
+        """Recorded calls (quantity) per subscription billed in its own [start, end), one query for all."""
         if not periods:
             return {}
         params = {
@@ -181,8 +267,21 @@ class UsageRepository:
         statement = select(Subscription).where(Subscription.id.in_(ids)).order_by(Subscription.id)
         return list((await self._session.execute(statement)).scalars().all())
 
-    async def claim_unreported(self, subscription_ids: Sequence[uuid.UUID]) -> list[Unreported]:
-        """Pay-per-use windows not yet sent to Stripe, locked (SKIP LOCKED) for this transaction."""
+    async def claim_pending(
+        self,
+        subscription_ids: Sequence[uuid.UUID],
+        *,
+        now: datetime,
+        lease: timedelta,
+        horizon: timedelta,
+    ) -> tuple[list[Unreported], list[uuid.UUID], int]:
+        """Claim the pending windows of these subscriptions for sending, marked as sent now.
+
+        Returns those to send; those whose first send is older than `horizon` with no answer
+        yet (quarantined here: Stripe may have counted them and forgotten the identifier, so
+        only an operator may send them again); and how many another run is sending (sent less
+        than `lease` ago), left alone.
+        """
         statement = (
             select(
                 UsageRecord.id,
@@ -192,33 +291,133 @@ class UsageRepository:
                 UsageRecord.quantity,
                 UsageRecord.meter_event_identifier,
                 UsageRecord.window_end,
+                UsageRecord.report_attempt,
+                UsageRecord.report_first_sent_at,
+                UsageRecord.report_last_sent_at,
             )
             .join(Subscription, Subscription.id == UsageRecord.subscription_id)
             .join(Consumer, Consumer.id == Subscription.consumer_id)
             .where(
                 UsageRecord.subscription_id.in_(subscription_ids),
-                UsageRecord.reported_at.is_(None),
-                UsageRecord.meter_event_identifier.is_not(None),
+                _SENDABLE,
                 Consumer.stripe_customer_id.is_not(None),
             )
             .order_by(UsageRecord.window_start)
             .with_for_update(of=UsageRecord, skip_locked=True)
         )
+        to_send: list[Unreported] = []
+        expired: list[uuid.UUID] = []
+        in_flight = 0
+        for row in (await self._session.execute(statement)).all():
+            first_sent, last_sent = row[8], row[9]
+            if last_sent is not None and last_sent > now - lease:
+                in_flight += 1
+            elif first_sent is not None and first_sent <= now - horizon:
+                expired.append(row[0])
+            else:
+                to_send.append(
+                    Unreported(
+                        id=row[0],
+                        subscription_id=row[1],
+                        api_id=row[2],
+                        stripe_customer_id=str(row[3]),
+                        quantity=row[4],
+                        identifier=str(row[5]),
+                        event_at=event_instant(row[6]),
+                        attempt=row[7],
+                    )
+                )
+        if to_send:
+            await self._session.execute(
+                update(UsageRecord)
+                .where(UsageRecord.id.in_([w.id for w in to_send]))
+                .values(
+                    report_status="pending",
+                    report_first_sent_at=func.coalesce(UsageRecord.report_first_sent_at, now),
+                    report_last_sent_at=now,
+                )
+            )
+        if expired:
+            await self.quarantine(dict.fromkeys(expired, UNANSWERED), now)
+        return to_send, expired, in_flight
+
+    async def mark_accepted(self, record_ids: Sequence[uuid.UUID], at: datetime) -> None:
+        if record_ids:
+            await self._session.execute(
+                update(UsageRecord)
+                .where(UsageRecord.id.in_(record_ids), _SENDABLE)
+                .values(report_status="accepted", reported_at=at, report_last_sent_at=None)
+            )
+
+    async def quarantine(self, errors: dict[uuid.UUID, str], at: datetime) -> None:
+        for record_id, error in errors.items():
+            await self._session.execute(
+                update(UsageRecord)
+                .where(UsageRecord.id == record_id, _SENDABLE)
+                .values(report_status="quarantined", report_error=error[:2000], quarantined_at=at)
+            )
+
+    async def release(self, record_ids: Sequence[uuid.UUID]) -> None:
+        """Sent and answered with a passing failure: the next run sends them again (same key)."""
+        if record_ids:
+            await self._session.execute(
+                update(UsageRecord)
+                .where(UsageRecord.id.in_(record_ids), _SENDABLE)
+                .values(report_status="pending", report_last_sent_at=None)
+            )
+
+    async def quarantined(self, subscription_id: uuid.UUID | None = None) -> list[Quarantined]:
+        statement = (
+            select(
+                UsageRecord.id,
+                UsageRecord.subscription_id,
+                UsageRecord.window_start,
+                UsageRecord.window_end,
+                UsageRecord.quantity,
+                UsageRecord.meter_event_identifier,
+                UsageRecord.report_error,
+                UsageRecord.quarantined_at,
+            )
+            .where(UsageRecord.report_status == "quarantined")
+            .order_by(UsageRecord.quarantined_at, UsageRecord.window_start)
+        )
+        if subscription_id is not None:
+            statement = statement.where(UsageRecord.subscription_id == subscription_id)
         return [
-            Unreported(
+            Quarantined(
                 id=row[0],
                 subscription_id=row[1],
-                api_id=row[2],
-                stripe_customer_id=str(row[3]),
+                window_start=row[2],
+                window_end=row[3],
                 quantity=row[4],
                 identifier=str(row[5]),
-                window_end=row[6],
+                error=row[6],
+                quarantined_at=row[7],
             )
             for row in (await self._session.execute(statement)).all()
         ]
 
-    async def mark_reported(self, record_ids: Sequence[uuid.UUID], at: datetime) -> None:
-        if record_ids:
-            await self._session.execute(
-                update(UsageRecord).where(UsageRecord.id.in_(record_ids)).values(reported_at=at)
+    async def requeue(
+        self, *, window_id: uuid.UUID | None = None, subscription_id: uuid.UUID | None = None
+    ) -> list[uuid.UUID]:
+        """Quarantined windows back to pending under a new attempt (a new Stripe idempotency key);
+        returns the subscriptions they belong to."""
+        condition = (
+            UsageRecord.id == window_id
+            if window_id is not None
+            else UsageRecord.subscription_id == subscription_id
+        )
+        result = await self._session.execute(
+            update(UsageRecord)
+            .where(condition, UsageRecord.report_status == "quarantined")
+            .values(
+                report_status="pending",
+                report_attempt=UsageRecord.report_attempt + 1,
+                report_first_sent_at=None,
+                report_last_sent_at=None,
+                report_error=None,
+                quarantined_at=None,
             )
+            .returning(UsageRecord.subscription_id)
+        )
+        return sorted(set(result.scalars().all()))

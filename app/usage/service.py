@@ -1,12 +1,20 @@
 """Usage aggregation: metering counts -> `usage_records` per window -> Stripe meter events.
 
-A window is one UTC day, and only days that have ended are recorded, so a window's count is
-final when it is written (the metering service answers per day). Each window is inserted once
-(unique per subscription and window) and, for pay-per-use, sent to Stripe once under an
-identifier derived from the subscription and the day. The meter event is stamped with the
-last second of its day: a day in which a billing period ends is billed in the next period,
-so no call is billed twice or dropped. Metering down -> that subscription stops at the first
-missing day and the next run resumes there.
+Windows (see `app.usage.windows`) are recorded once each with a final count: whole days once
+they have ended, and a partial day up to the instant billing changes (a plan change, a
+cancellation, the end of the last period), so the last day is billed and the calls of each
+plan are billed by that plan. Metering down -> that subscription stops at the first missing
+window and the next run resumes there.
+
+Each pay-per-use window is one meter event, and its outcome is recorded on its own row:
+`accepted` windows are never sent again; a window Stripe refuses is `quarantined` with Stripe's
+error (counted in a metric, listed by `billing usage quarantine`) and sent again only by
+`billing usage retry`; its neighbours go on. A window is marked sent before it is sent, under an
+idempotency key of its own: resent after a lost answer, Stripe answers with its first answer
+instead of counting it again. Stripe remembers that answer (and the identifier) for 24 hours,
+so a window still unanswered 23 hours after its first send is quarantined rather than resent:
+whether Stripe counted it is then for an operator to check. Counting never depends on Stripe's
+memory: our rows say what was taken.
 """
 
 from __future__ import annotations
@@ -16,21 +24,23 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import clock
+from app import clock, metrics
 from app.config import Settings
 from app.errors import BadRequest, DomainError
 from app.integrations.metering import MeteringClient, MeteringUnavailable
 from app.outbox.service import Outbox
 from app.plans.service import meter_event_name
 from app.stripe import StripeGateway
+from app.stripe.meters import MeterEventRefused
 from app.subscriptions.service import usage_period
-from app.usage.repository import MeteredSubscription, UsageRepository
+from app.usage.repository import MeteredSubscription, Quarantined, UsageRepository
+from app.usage.windows import DAY, day_start, meter_event_identifier, window_boundary
 from app.worker.periods import claim_period
 
 log = logging.getLogger(__name__)
@@ -42,12 +52,10 @@ METERING_CONCURRENCY = 8
 QUOTA_JOB = "quota_overrun"
 
 
-def meter_event_identifier(subscription_id: uuid.UUID, day: date) -> str:
-    return f"usage:{subscription_id}:{day:%Y%m%d}"
-
-
-def day_start(day: date) -> datetime:
-    return datetime.combine(day, time.min, tzinfo=UTC)
+# A window being sent is left alone by other runs this long; Stripe answers within its timeout.
+REPORT_LEASE = timedelta(minutes=2)
+# Stripe replays an idempotent answer and drops a repeated identifier for at least 24 hours.
+REPLAY_HORIZON = timedelta(hours=23)
 
 
 class BadBackfillRange(BadRequest):
@@ -75,10 +83,25 @@ class UsageRun:
     subscriptions: int = 0
     reported: int = 0
     unavailable: list[uuid.UUID] = field(default_factory=list)
-    # Batches whose meter events Stripe refused or could not take; they go again next run.
+    # Windows not settled by this run: Stripe failed for the moment (sent again next run, under
+    # the same key), or another run is sending them.
     stripe_failures: int = 0
+    # Windows quarantined by this run: refused by Stripe, or unanswered past REPLAY_HORIZON.
+    quarantined: int = 0
     # Subscriptions newly flagged over their plan's call limit in their current period.
     over_limit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Which windows of a subscription a run records: from its last window (or `oldest_day`)
+    through whole days up to `last_day`, and a partial day up to `stop` if it falls earlier."""
+
+    oldest_day: date
+    last_day: date
+    stop: datetime | None = None
+    # Backfill: every day of the span again (present windows are kept), not from the last window.
+    from_oldest: bool = False
 
 
 class UsageService:
@@ -96,18 +119,34 @@ class UsageService:
     async def aggregate(
         self, *, only: Sequence[uuid.UUID] | None = None, today: date | None = None
     ) -> UsageRun:
-        """Record and report every ended day not yet recorded, for all metered subscriptions
-        (or `only` these), batch by batch; safe to run concurrently and to rerun."""
+        """Record and report every ended window not yet recorded, for all metered subscriptions
+        (or `only` these), batch by batch; safe to run concurrently and to rerun. A subscription
+        that has ended gets its last, partial day too, up to the instant it ended."""
         today = today or clock.today()
-        oldest = today - timedelta(days=MAX_BACKFILL_DAYS)
+        span = Span(oldest_day=today - timedelta(days=MAX_BACKFILL_DAYS), last_day=today - timedelta(days=1))
+        return await self._run(lambda _subscription: span, only=only)
 
-        def days(subscription: MeteredSubscription) -> tuple[date, date]:
-            first = subscription.started_at.astimezone(UTC).date()
-            if subscription.last_window_start is not None:
-                first = subscription.last_window_start.astimezone(UTC).date() + timedelta(days=1)
-            return max(first, oldest), today - timedelta(days=1)
+    async def close(self, subscription_id: uuid.UUID, at: datetime) -> UsageRun:
+        """Record the subscription's windows up to `at` under its current plan and report them:
+        called before its plan changes or it is cancelled, so the calls made until then are
+        billed (or not) by the plan they were made on, on this period's invoice."""
+        today = at.astimezone(UTC).date()
 
-        return await self._run(days, only=only)
+        def span(subscription: MeteredSubscription) -> Span:
+            # Unmetered plans bill no calls: only today's part before the change is set apart.
+            oldest = today - timedelta(days=MAX_BACKFILL_DAYS) if subscription.metered else today
+            return Span(oldest_day=oldest, last_day=today - timedelta(days=1), stop=at)
+
+        return await self._run(span, only=[subscription_id], metered_only=False)
+
+    async def flush(self, subscription_id: uuid.UUID, at: datetime) -> bool:
+        """`close`, True when every window up to `at` is recorded and none is left unsent."""
+        try:
+            run = await self.close(subscription_id, at)
+        except DomainError:
+            log.warning("usage flush failed", exc_info=True)
+            return False
+        return not run.unavailable and not run.stripe_failures
 
     async def backfill(
         self,
@@ -128,30 +167,47 @@ class UsageService:
         if on_start is not None:
             async with self._sessionmaker() as session:
                 on_start(await UsageRepository(session).count_metered(only=only))
+        span = Span(oldest_day=first, last_day=last, from_oldest=True)
+        return await self._run(lambda _subscription: span, only=only, on_batch=on_batch)
 
-        def days(subscription: MeteredSubscription) -> tuple[date, date]:
-            return max(first, subscription.started_at.astimezone(UTC).date()), last
+    async def quarantined(self, subscription_id: uuid.UUID | None = None) -> list[Quarantined]:
+        """Windows in quarantine (oldest first), with Stripe's error."""
+        async with self._sessionmaker() as session:
+            return await UsageRepository(session).quarantined(subscription_id)
 
-        return await self._run(days, only=only, on_batch=on_batch)
+    async def retry(
+        self, *, window_id: uuid.UUID | None = None, subscription_id: uuid.UUID | None = None
+    ) -> UsageRun:
+        """An operator's retry: the quarantined window (or all of a subscription's) goes back
+        to pending under a new idempotency key and is sent now."""
+        async with self._sessionmaker.begin() as session:
+            owners = await UsageRepository(session).requeue(
+                window_id=window_id, subscription_id=subscription_id
+            )
+        run = UsageRun(subscriptions=len(owners))
+        await self._report(owners, run)
+        return run
 
     async def _run(
         self,
-        days: Callable[[MeteredSubscription], tuple[date, date]],
+        span: Callable[[MeteredSubscription], Span],
         *,
         only: Sequence[uuid.UUID] | None,
         on_batch: Callable[[int], None] | None = None,
+        metered_only: bool = True,
     ) -> UsageRun:
         run = UsageRun()
         after: uuid.UUID | None = None
         while True:
             async with self._sessionmaker() as session:
                 batch = await UsageRepository(session).metered_subscriptions(
-                    after=after, limit=BATCH_SIZE, only=only
+                    after=after, limit=BATCH_SIZE, only=only, metered_only=metered_only
                 )
             if not batch:
                 return run
-            await self._record(batch, days, run)
-            await self._report([s.id for s in batch if s.pay_per_use], run)
+            await self._record(batch, span, run)
+            # Every subscription's: windows billed on a plan it has since left are still sent.
+            await self._report([s.id for s in batch], run)
             await self._flag_overruns([s for s in batch if s.call_limit is not None], clock.now(), run)
             run.subscriptions += len(batch)
             if on_batch is not None:
@@ -161,39 +217,62 @@ class UsageService:
     async def _record(
         self,
         batch: list[MeteredSubscription],
-        days: Callable[[MeteredSubscription], tuple[date, date]],
+        span: Callable[[MeteredSubscription], Span],
         run: UsageRun,
     ) -> None:
         gate = asyncio.Semaphore(METERING_CONCURRENCY)
 
+        async def earlier_in_day(subscription: MeteredSubscription, start: datetime) -> tuple[int, int]:
+            midnight = day_start(start.date())
+            if start == midnight:
+                return 0, 0
+            async with self._sessionmaker() as session:
+                return await UsageRepository(session).day_so_far(subscription.id, midnight, start)
+
         async def windows_of(subscription: MeteredSubscription) -> list[dict[str, Any]]:
-            day, last = days(subscription)
+            chosen = span(subscription)
+            cursor = day_start(max(subscription.started_at.astimezone(UTC).date(), chosen.oldest_day))
+            if subscription.last_window_end is not None and not chosen.from_oldest:
+                cursor = max(cursor, subscription.last_window_end)
+            stops = [window_boundary(t) for t in (chosen.stop, subscription.ended_at) if t is not None]
+            stop = min(stops) if stops else None
             rows: list[dict[str, Any]] = []
-            while day <= last:
+            while stop is None or cursor < stop:
+                day = cursor.astimezone(UTC).date()
+                midnight = day_start(day + DAY)
+                if stop is not None and stop < midnight:
+                    end = stop
+                elif day <= chosen.last_day:
+                    end = midnight
+                else:
+                    break
                 try:
                     async with gate:
                         usage = await self._metering.subscription_usage(subscription.id, day, day)
                 except MeteringUnavailable:
                     run.unavailable.append(subscription.id)
                     break
-                quantity = usage.successful_calls
+                # The day's count so far, less what its earlier windows already hold.
+                before_successful, before_failed = await earlier_in_day(subscription, cursor)
+                successful = max(usage.successful_calls - before_successful, 0)
+                failed = max(usage.failed_calls - before_failed, 0)
+                billed = subscription.pay_per_use and successful > 0
                 rows.append(
                     {
                         "id": uuid.uuid4(),
                         "subscription_id": subscription.id,
-                        "window_start": day_start(day),
-                        "window_end": day_start(day + timedelta(days=1)),
-                        "quantity": quantity,
-                        "successful_calls": usage.successful_calls,
-                        "failed_calls": usage.failed_calls,
+                        "window_start": cursor,
+                        "window_end": end,
+                        "quantity": successful,
+                        "successful_calls": successful,
+                        "failed_calls": failed,
                         "meter_event_identifier": (
-                            meter_event_identifier(subscription.id, day)
-                            if subscription.pay_per_use and quantity > 0
-                            else None
+                            meter_event_identifier(subscription.id, cursor) if billed else None
                         ),
+                        "report_status": "pending" if billed else "unbilled",
                     }
                 )
-                day += timedelta(days=1)
+                cursor = end
             return rows
 
         per_subscription = await asyncio.gather(*(windows_of(s) for s in batch))
@@ -203,27 +282,51 @@ class UsageService:
             run.recorded += await UsageRepository(session).insert_records(rows)
 
     async def _report(self, subscription_ids: list[uuid.UUID], run: UsageRun) -> None:
+        """Send the pending windows of these subscriptions, each on its own, and record each
+        outcome: one window's refusal or failure never holds back another."""
         if not subscription_ids:
             return
-        try:
+        now = clock.now()
+        async with self._sessionmaker.begin() as session:
+            claimed, expired, in_flight = await UsageRepository(session).claim_pending(
+                subscription_ids, now=now, lease=REPORT_LEASE, horizon=REPLAY_HORIZON
+            )
+        accepted: list[uuid.UUID] = []
+        refused: dict[uuid.UUID, str] = {}
+        failed: list[uuid.UUID] = []
+        for window in claimed:
+            try:
+                await self._stripe.report_meter_event(
+                    event_name=meter_event_name(window.api_id),
+                    customer=window.stripe_customer_id,
+                    value=window.quantity,
+                    identifier=window.identifier,
+                    timestamp=window.event_at,
+                    idempotency_key=f"meter-event:{window.identifier}:{window.attempt}",
+                )
+            except MeterEventRefused as exc:
+                refused[window.id] = str(exc)
+            except DomainError:
+                failed.append(window.id)
+            else:
+                accepted.append(window.id)
+        if claimed:
             async with self._sessionmaker.begin() as session:
                 repo = UsageRepository(session)
-                claimed = await repo.claim_unreported(subscription_ids)
-                for record in claimed:
-                    await self._stripe.report_meter_event(
-                        event_name=meter_event_name(record.api_id),
-                        customer=record.stripe_customer_id,
-                        value=record.quantity,
-                        identifier=record.identifier,
-                        timestamp=record.window_end - timedelta(seconds=1),
-                    )
-                await repo.mark_reported([r.id for r in claimed], clock.now())
-        except DomainError:
-            # Nothing is marked reported; the events Stripe did take are dropped as repeats then.
-            log.warning("stripe meter events failed", exc_info=True)
-            run.stripe_failures += 1
-            return
-        run.reported += len(claimed)
+                await repo.mark_accepted(accepted, clock.now())
+                await repo.quarantine(refused, clock.now())
+                await repo.release(failed)
+        if refused or expired:
+            log.warning(
+                "usage windows quarantined", extra={"refused": len(refused), "unanswered": len(expired)}
+            )
+        if failed:
+            log.warning("stripe meter events failed, sent again next run", extra={"windows": len(failed)})
+        metrics.USAGE_QUARANTINED.labels("refused").inc(len(refused))
+        metrics.USAGE_QUARANTINED.labels("unanswered").inc(len(expired))
+        run.reported += len(accepted)
+        run.quarantined += len(refused) + len(expired)
+        run.stripe_failures += len(failed) + in_flight
 
     async def _flag_overruns(self, batch: list[MeteredSubscription], now: datetime, run: UsageRun) -> None:
         """Flag, once per (subscription, period), the recorded calls going over the call limit:

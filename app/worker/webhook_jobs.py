@@ -65,7 +65,8 @@ async def enqueue_pending_stripe_events(ctx: dict[str, Any], *, min_age_seconds:
 async def aggregate_usage(ctx: dict[str, Any], subscription_id: str | None = None) -> dict[str, int]:
     """Record and report ended usage windows: all metered subscriptions (cron) or one (on demand).
 
-    Subscriptions whose metering (or Stripe) failed are simply left for the next run.
+    Subscriptions whose metering (or Stripe) failed for the moment are simply left for the next
+    run; windows Stripe refuses are quarantined (`billing usage quarantine`).
     """
     res = resources(ctx)
     only = [uuid.UUID(subscription_id)] if subscription_id else None

@@ -1,0 +1,57 @@
+"""The rules of usage windows, in one place: where a window starts and ends, what its meter
+event is called and stamped with, and which billing period it belongs to.
+
+A window is a stretch of one UTC day (the metering service counts per day). It is a whole day,
+or ends early at an instant where billing changes: a plan change, a cancellation, the end of
+the last period. The next window of that day starts there, and its count is the day's count
+minus what the day's earlier windows hold, so the windows of a day add up to the day's count,
+each call in exactly one window, each window recorded once. Windows end on whole seconds, and
+a window's meter event is stamped one second before its end (its last second); Stripe bills it
+in the period that contains that second, and so do the usage, estimate and quota we show
+(the period queries say `window_end - interval '1 second'`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, time, timedelta
+
+DAY = timedelta(days=1)
+_SECOND = timedelta(seconds=1)
+_TICK = timedelta(microseconds=1)
+
+
+def day_start(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def meter_event_identifier(subscription_id: uuid.UUID, window_start: datetime) -> str:
+    """Deterministic per subscription and window: the day for a window starting at midnight,
+    the day and time for one starting where an earlier window of its day ended."""
+    start = window_start.astimezone(UTC)
+    if start == day_start(start.date()):
+        return f"usage:{subscription_id}:{start:%Y%m%d}"
+    return f"usage:{subscription_id}:{start:%Y%m%dT%H%M%S%f}"
+
+
+def window_boundary(at: datetime) -> datetime:
+    """Where a window ending at `at` ends: the whole second (Stripe stamps in seconds)."""
+    return at.astimezone(UTC).replace(microsecond=0)
+
+
+def event_instant(window_end: datetime) -> datetime:
+    """The instant a window's meter event carries: its last second."""
+    return window_end - _SECOND
+
+
+def in_period(event_at: datetime, start: datetime, end: datetime) -> bool:
+    return start <= event_at < end
+
+
+def period_days(start: datetime, end: datetime) -> tuple[date, date]:
+    """The first and last UTC day whose whole-day window is billed in [start, end)."""
+    first = start.astimezone(UTC).date()
+    if not in_period(event_instant(day_start(first + DAY)), start, end):
+        first += DAY
+    last = (end + _SECOND - _TICK).astimezone(UTC).date() - DAY
+    return first, last
