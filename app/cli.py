@@ -253,6 +253,13 @@ def simulate(
 @cli.command()
 def sync(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report differences, change nothing")] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Also refund and cancel orphans: Stripe subscriptions of our customers with no row here",
+        ),
+    ] = False,
 ) -> None:
     """Reconcile customers and subscriptions with Stripe; resumes an interrupted run."""
     import asyncio
@@ -264,6 +271,9 @@ def sync(
     from app.errors import DomainError
     from app.sync.runner import run_sync
 
+    if dry_run and repair:
+        typer.echo("billing: --repair changes Stripe; it cannot be combined with --dry-run", err=True)
+        raise typer.Exit(2)
     settings = settings_or_exit()
     console = Console(stderr=True)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
@@ -273,17 +283,18 @@ def sync(
             bar.update(task, description=f"{resource}: {seen} checked")
 
         try:
-            run = asyncio.run(run_sync(settings, dry_run=dry_run, progress=progress))
+            run = asyncio.run(run_sync(settings, dry_run=dry_run, progress=progress, repair_orphans=repair))
         except DomainError as exc:
             typer.echo(f"billing: {exc.message}", err=True)
             raise typer.Exit(1) from None
     table = Table(
         title=f"sync {run.status} ({'dry run' if dry_run else 'repaired'})", caption=f"run {run.id}"
     )
-    for column in ("list", "seen", "changed", "unknown"):
+    columns = ("seen", "changed", "unknown", "orphans", "flagged")
+    for column in ("list", *columns):
         table.add_column(column)
     for resource, report in run.report.items():
-        table.add_row(resource, str(report["seen"]), str(report["changed"]), str(report["unknown"]))
+        table.add_row(resource, *(str(report.get(column, 0)) for column in columns))
     Console().print(table)
     for resource, report in run.report.items():
         for difference in report["differences"][:50]:

@@ -40,6 +40,16 @@ STRIPE_ERRORS = Counter(
     ["operation", "error"],
     registry=REGISTRY,
 )
+SUBSCRIPTION_PRICE_UNMATCHED = Counter(
+    "billing_subscription_price_unmatched_total",
+    "Subscriptions found billed at a Stripe price that no plan of their API has (flagged, plan kept)",
+    registry=REGISTRY,
+)
+ORPHAN_SUBSCRIPTIONS = Counter(
+    "billing_orphan_stripe_subscriptions_total",
+    "Stripe subscriptions of our customers with no subscription row of ours, found by sync",
+    registry=REGISTRY,
+)
 WEBHOOK_EVENTS = Counter(
     "billing_webhook_events_total",
     "Stripe webhook events by type and outcome",

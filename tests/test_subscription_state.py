@@ -91,3 +91,24 @@ async def test_a_same_second_incomplete_snapshot_never_undoes_a_started_trial() 
     await apply_stripe_state(outbox, subscription, _state("incomplete"), observed_at=100)
     assert subscription.status == "trial"
     assert outbox.intents == []
+
+
+async def test_a_terminal_snapshot_older_than_our_own_stamp_still_ends_the_subscription() -> None:
+    outbox, subscription = RecordingOutbox(), _subscription("active")
+    subscription.stripe_subscription_id = "sub_1"
+    subscription.stripe_state_at = 1_000  # stamped by our clock, ahead of Stripe's
+    canceled = _state("canceled", canceled_at=990, ended_at=990)
+    assert await apply_stripe_state(outbox, subscription, canceled, observed_at=990)
+    assert subscription.status == "cancelled"
+    assert subscription.stripe_state_at == 1_000
+    assert outbox.intents == ["revoke"]
+
+
+async def test_a_snapshot_without_trial_end_keeps_the_known_one() -> None:
+    outbox, subscription = RecordingOutbox(), _subscription()
+    trialing = _state("trialing", trial_end=1_701_000_000)
+    await apply_stripe_state(outbox, subscription, trialing, observed_at=10)
+    known = subscription.trial_end
+    await apply_stripe_state(outbox, subscription, _state("trialing"), observed_at=12)
+    assert known is not None
+    assert subscription.trial_end == known

@@ -267,8 +267,9 @@ async def test_upgrade_preview_against_the_emulator_gives_amount_and_lines(
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"amount_due", "currency", "lines"}
+    assert set(body) == {"amount_due", "currency", "lines", "proration_date"}
     assert isinstance(body["amount_due"], int)
+    assert body["proration_date"].endswith("Z")
     assert body["currency"] == "usd"
     assert body["lines"]
 

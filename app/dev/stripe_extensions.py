@@ -6,7 +6,8 @@
   Stripe's identifier de-duplication, and a meter's event summaries per customer and span.
 - Subscriptions and invoice previews sent as today's Stripe takes them (`items[][price]`,
   `default_payment_method`, `proration_behavior`, `trial_period_days`, the
-  `latest_invoice.confirmation_secret` expansion), translated onto localstripe's plan-based ones.
+  `latest_invoice.confirmation_secret` expansion), translated onto localstripe's plan-based ones;
+  a repeated Idempotency-Key on a subscription create replays the first answer as Stripe does.
 - Checkout Sessions (`/v1/checkout/sessions`) whose `url` is a dev page that pays the session
   (subscription created, `checkout.session.completed` sent), and billing-portal sessions.
 - Connect: Express accounts (`/v1/accounts`), onboarding links (`/v1/account_links`; opening the
@@ -610,7 +611,9 @@ async def send_invoice(request: web.Request) -> web.Response:
 
 
 # Stripe replays the first answer to a request repeated with the same Idempotency-Key.
-_REPLAYED = re.compile(r"^/v1/(invoices|invoiceitems|billing/meter_events|invoices/in_\w+/(finalize|send))$")
+_REPLAYED = re.compile(
+    r"^/v1/(invoices|invoiceitems|subscriptions|billing/meter_events|invoices/in_\w+/(finalize|send))$"
+)
 
 
 @web.middleware

@@ -55,3 +55,5 @@ class Subscription(UUIDPk, Timestamps, Base):
     past_due_since: Mapped[datetime | None]
     # Creation time of the newest Stripe event applied, so an older one never moves state back.
     stripe_state_at: Mapped[int | None] = mapped_column(BigInteger)
+    # The Stripe price billed when no plan version of this API has it (the row keeps its plan).
+    unmatched_stripe_price_id: Mapped[str | None] = mapped_column(String(255))

@@ -12,7 +12,14 @@ import stripe
 
 from app import metrics
 from app.config import Settings
-from app.errors import DomainError, PaymentRequired, ServiceUnavailable, Unprocessable, UpstreamError
+from app.errors import (
+    Conflict,
+    DomainError,
+    PaymentRequired,
+    ServiceUnavailable,
+    Unprocessable,
+    UpstreamError,
+)
 
 log = logging.getLogger("app.stripe")
 T = TypeVar("T")
@@ -28,6 +35,12 @@ def translate_error(exc: stripe.StripeError) -> DomainError:
     message = exc.user_message or getattr(exc, "_message", None) or "Stripe refused the request"
     if isinstance(exc, stripe.CardError):
         return PaymentRequired(message, code=exc.code or "card_declined")
+    if isinstance(exc, stripe.IdempotencyError):
+        # A retry whose details differ from the attempt Stripe already answered (e.g. another card).
+        return Conflict(
+            "An earlier attempt of this request reached Stripe with other details; retry it unchanged",
+            code="stripe_idempotency_conflict",
+        )
     if isinstance(exc, stripe.RateLimitError):
         return ServiceUnavailable("Stripe is busy, try again shortly", code="stripe_rate_limited")
     if isinstance(exc, stripe.InvalidRequestError):

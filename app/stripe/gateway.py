@@ -16,6 +16,7 @@ from app.stripe.invoices import InvoiceCalls
 from app.stripe.listing import ListingCalls
 from app.stripe.meters import MeterCalls
 from app.stripe.objects import ObjectCalls
+from app.stripe.orphans import OrphanCalls
 from app.stripe.payment_methods import PaymentMethodCalls
 from app.stripe.payments import PaymentCalls
 from app.stripe.reconcile import ReconcileCalls
@@ -36,6 +37,7 @@ class StripeGateway(
     MeterCalls,
     ObjectCalls,
     PaymentCalls,
+    OrphanCalls,
     ReconcileCalls,
     TestClockCalls,
 ):

@@ -14,6 +14,13 @@ class StripeSubscription:
 
     payload: dict[str, Any]
     client_secret: str | None
+    # A plan change whose payment failed (a pending update): Stripe's reason, when it gave one.
+    payment_error: str | None = None
+
+    @property
+    def change_pending(self) -> bool:
+        """True when Stripe kept a price change pending because its invoice was not paid."""
+        return bool(self.payload.get("pending_update"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,19 +125,25 @@ class SubscriptionCalls(StripeBase):
         *,
         item_id: str,
         price_id: str,
+        proration_date: int,
         idempotency_key: str,
-        automatic_tax: bool = False,
     ) -> StripeSubscription:
         """Move the subscription's one item to another price; the prorated difference for the rest
-        of the period is invoiced at once (what `preview_invoice` shows). With `automatic_tax`
-        it is (still) taxed by Stripe Tax."""
+        of the period, as of `proration_date` (what `preview_invoice` showed for that date), is
+        invoiced at once.
+
+        As a pending update (`pending_if_incomplete`): when that invoice's payment fails, Stripe
+        leaves the subscription on its old price and answers with `pending_update` set
+        (`payment_error` then holds Stripe's reason when it gave one). Pending updates take no
+        `automatic_tax`: a subscription keeps the Stripe Tax setting it was created with.
+        """
         params: dict[str, Any] = {
             "items": [{"id": item_id, "price": price_id}],
             "proration_behavior": "always_invoice",
+            "proration_date": proration_date,
+            "payment_behavior": "pending_if_incomplete",
             "expand": EXPAND_FIRST_PAYMENT,
         }
-        if automatic_tax:
-            params["automatic_tax"] = AUTOMATIC_TAX
         updated = await self._call(
             "subscriptions.update",
             lambda: self._client.v1.subscriptions.update_async(
@@ -139,7 +152,32 @@ class SubscriptionCalls(StripeBase):
                 options={"idempotency_key": idempotency_key},
             ),
         )
-        return _subscription(updated)
+        result = _subscription(updated)
+        if not result.change_pending:
+            return result
+        invoice = result.payload.get("latest_invoice")
+        invoice_id = invoice.get("id") if isinstance(invoice, dict) else invoice
+        error = await self._payment_error(str(invoice_id)) if invoice_id else None
+        return StripeSubscription(payload=result.payload, client_secret=None, payment_error=error)
+
+    async def _payment_error(self, invoice_id: str) -> str | None:
+        """Stripe's message for why the invoice's payment failed, if it gave one."""
+        page = await self._call(
+            "invoice_payments.list",
+            lambda: self._client.v1.invoice_payments.list_async(
+                params={"invoice": invoice_id, "expand": ["data.payment.payment_intent"], "limit": 10}
+            ),
+        )
+        for item in page.data:
+            intent = (item.to_dict().get("payment") or {}).get("payment_intent")
+            if not isinstance(intent, dict):
+                continue
+            message = (intent.get("last_payment_error") or {}).get("message")
+            if isinstance(message, str) and message:
+                return message
+            if intent.get("status") == "requires_action":
+                return "Your card needs authentication (3D Secure) for this payment."
+        return None
 
     async def cancel_subscription_at_period_end(
         self, subscription_id: str, *, idempotency_key: str

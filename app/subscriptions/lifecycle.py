@@ -4,17 +4,34 @@ One function applies a Stripe subscription snapshot to our row (dj-stripe style)
 the webhook handlers and `billing sync` can never disagree. It is idempotent and safe out of
 order: an older snapshot never overwrites a newer one, and a terminal status is never left.
 Key issuance follows status: entering a live status issues the API key (once), ending revokes it.
+
+Three rules that timestamps alone cannot settle:
+- A terminal Stripe state (canceled, incomplete_expired) of the row's own Stripe subscription is
+  applied whatever its time: Stripe never revives it, and the stamps of snapshots we mirrored
+  from Stripe's answers come from our clock, which may run ahead of Stripe's.
+- A snapshot without `trial_end` never erases a known one: Stripe keeps a trial's end on the
+  subscription once set, so only a stale or partial snapshot lacks it.
+- The plan follows the price Stripe bills: a strictly newer snapshot whose price belongs to
+  another plan version of the same API moves the row to it (a portal or dashboard change, or a
+  plan change whose commit was lost); a price no plan of the API has is flagged in
+  `unmatched_stripe_price_id`, logged and counted, and the row keeps its plan.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from app import clock
-from app.models import Subscription
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_object_session
+
+from app import clock, metrics
+from app.models import PricingPlan, PricingPlanVersion, Subscription
 from app.outbox.service import Outbox
+
+log = logging.getLogger(__name__)
 
 # Stripe subscription status -> ours (CONTRACT.md's enum).
 STRIPE_STATUS = {
@@ -107,17 +124,68 @@ async def apply_status(outbox: Outbox, subscription: Subscription, new_status: s
     return True
 
 
+async def follow_price(subscription: Subscription, price_id: str | None) -> bool:
+    """Put the row on the plan version whose Stripe price is `price_id`, or flag the price when no
+    plan of the subscription's API has it; True if anything changed.
+
+    Needs the row's session to look the price up: a row outside any session is left as it is.
+    """
+    session = async_object_session(subscription)
+    if session is None or price_id is None:
+        return False
+    found = (
+        await session.execute(
+            select(PricingPlanVersion.plan_id, PricingPlanVersion.version)
+            .join(PricingPlan, PricingPlan.id == PricingPlanVersion.plan_id)
+            .where(PricingPlanVersion.stripe_price_id == price_id, PricingPlan.api_id == subscription.api_id)
+        )
+    ).one_or_none()
+    if found is None:
+        if subscription.unmatched_stripe_price_id == price_id:
+            return False
+        subscription.unmatched_stripe_price_id = price_id
+        metrics.SUBSCRIPTION_PRICE_UNMATCHED.inc()
+        log.warning(
+            "Stripe bills a price no plan of this API has; the subscription keeps its plan",
+            extra={"subscription_id": str(subscription.id), "stripe_price_id": price_id},
+        )
+        return True
+    changed = subscription.unmatched_stripe_price_id is not None
+    subscription.unmatched_stripe_price_id = None
+    plan_id, version = found
+    if (plan_id, version) != (subscription.pricing_plan_id, subscription.plan_version):
+        log.info(
+            "plan follows the price Stripe bills",
+            extra={
+                "subscription_id": str(subscription.id),
+                "stripe_price_id": price_id,
+                "from_plan": f"{subscription.pricing_plan_id} v{subscription.plan_version}",
+                "to_plan": f"{plan_id} v{version}",
+            },
+        )
+        subscription.pricing_plan_id = plan_id
+        subscription.plan_version = version
+        changed = True
+    return changed
+
+
 async def apply_stripe_state(
     outbox: Outbox, subscription: Subscription, state: StripeSubscriptionState, *, observed_at: int
 ) -> bool:
     """Mirror a Stripe snapshot observed at `observed_at` (unix seconds); True if anything changed.
 
-    A snapshot older than the last one applied is ignored, so events can arrive in any order.
+    A snapshot older than the last one applied is ignored, so events can arrive in any order;
+    a terminal one is applied whatever its time (see the module's rules).
     """
-    if subscription.stripe_state_at is not None and observed_at < subscription.stripe_state_at:
-        return False
+    if subscription.stripe_subscription_id not in (None, state.id):
+        return False  # another Stripe subscription than the row's own (e.g. one a downgrade ended)
     if subscription.status in TERMINAL:
         return False
+    status = STRIPE_STATUS.get(state.status, subscription.status)
+    last = subscription.stripe_state_at
+    if last is not None and observed_at < last and status not in TERMINAL:
+        return False
+    newer = last is None or observed_at > last
     before = (
         subscription.status,
         subscription.current_period_start,
@@ -125,19 +193,20 @@ async def apply_stripe_state(
         subscription.cancel_at_period_end,
         subscription.trial_end,
     )
-    subscription.stripe_state_at = observed_at
+    subscription.stripe_state_at = max(observed_at, last or observed_at)
     subscription.stripe_subscription_id = subscription.stripe_subscription_id or state.id
     subscription.stripe_subscription_item_id = state.item_id or subscription.stripe_subscription_item_id
     subscription.current_period_start = state.current_period_start or subscription.current_period_start
     subscription.current_period_end = state.current_period_end or subscription.current_period_end
     subscription.cancel_at_period_end = state.cancel_at_period_end
-    subscription.trial_end = state.trial_end
+    subscription.trial_end = state.trial_end or subscription.trial_end
     if state.cancel_at_period_end and state.current_period_end:
         subscription.expires_at = state.current_period_end
-    status = STRIPE_STATUS.get(state.status, subscription.status)
     if status in TERMINAL:
         subscription.cancelled_at = state.canceled_at or state.ended_at or subscription.cancelled_at
         subscription.expires_at = state.ended_at or subscription.expires_at
+    # A same-second snapshot may predate a plan change we just made: only a newer one moves the plan.
+    plan_changed = newer and status not in TERMINAL and await follow_price(subscription, state.price_id)
     await apply_status(outbox, subscription, status)
     after = (
         subscription.status,
@@ -146,4 +215,4 @@ async def apply_stripe_state(
         subscription.cancel_at_period_end,
         subscription.trial_end,
     )
-    return before != after
+    return before != after or plan_changed

@@ -103,6 +103,13 @@ class SubscriptionRepository:
         )
         return (await self._session.execute(statement)).scalars().first()
 
+    async def count_on_api(self, consumer_id: uuid.UUID, api_id: str) -> int:
+        """How many subscriptions (of any status) the consumer has had to the API."""
+        statement = select(func.count()).where(
+            Subscription.consumer_id == consumer_id, Subscription.api_id == api_id
+        )
+        return int((await self._session.execute(statement)).scalar_one())
+
     async def page(
         self,
         consumer_id: uuid.UUID,

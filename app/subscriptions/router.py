@@ -104,7 +104,9 @@ async def cancel_subscription(
 async def upgrade_subscription(
     subscription_id: uuid.UUID, body: SubscriptionUpgrade, principal: CurrentUser, service: Service
 ) -> SubscriptionOut:
-    return await service.upgrade(principal, subscription_id, body.new_pricing_plan_id)
+    return await service.upgrade(
+        principal, subscription_id, body.new_pricing_plan_id, proration_date=body.proration_date
+    )
 
 
 @router.get(

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, AwareDatetime, BaseModel, ConfigDict, Field
 
 from app.payment_methods.schemas import StripePaymentMethodId
 from app.plans.schemas import ApiId, PlanOut
@@ -33,6 +33,9 @@ class SubscriptionUpgrade(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     new_pricing_plan_id: uuid.UUID
+    # The preview's `proration_date`, sent back so the charge is the amount the preview showed
+    # (at most 10 minutes old); without it the change is prorated as of now.
+    proration_date: AwareDatetime | None = None
 
 
 class SubscriptionOut(BaseModel):
@@ -73,6 +76,9 @@ class UpgradePreview(BaseModel):
     amount_due: int
     currency: str
     lines: list[PreviewLine]
+    # The moment Stripe prorated this preview at (null when nothing is prorated): send it back
+    # with the upgrade to be charged exactly `amount_due`.
+    proration_date: datetime | None = None
 
 
 class UsageOut(BaseModel):

@@ -3,7 +3,7 @@ from __future__ import annotations
 import calendar
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP
 
 from sqlalchemy.exc import IntegrityError
@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import clock
 from app.auth import Principal
 from app.consumers.service import ConsumerService, consumer_id_for
-from app.errors import Conflict, InvalidField, NotFound, ServiceUnavailable
+from app.errors import Conflict, InvalidField, NotFound, PaymentRequired, ServiceUnavailable
 from app.integrations.metering import MeteringClient, MeteringUnavailable
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription
 from app.money import exponent
@@ -42,6 +42,27 @@ from app.usage.windows import period_days
 
 # Statuses in which a subscription may change plan or be cancelled at its period's end.
 RUNNING = frozenset({"active", "trial", "past_due"})
+# How old an upgrade preview's `proration_date` may be when the upgrade sends it back, and how far
+# ahead of our clock it may be (another replica's clock may run a little ahead).
+PRORATION_DATE_MAX_AGE = timedelta(minutes=10)
+PRORATION_DATE_MAX_SKEW = timedelta(seconds=5)
+SUBSCRIPTION_IDS = uuid.UUID("5b1e3c0a-8f4d-4b7e-9a61-2f0c7d9e4a10")  # uuid5 namespace of new rows
+
+
+def subscription_id_for(
+    consumer_id: uuid.UUID, api_id: str, plan_id: uuid.UUID, version: int, earlier: int
+) -> uuid.UUID:
+    """The id of a new subscription, derived from the request rather than drawn at random.
+
+    `earlier` counts the consumer's earlier subscriptions to the API, so subscribing again after
+    a cancellation is a new row, while a subscribe retried after a failure between Stripe's answer
+    and our commit (nothing committed: the count is unchanged) gets the same id, hence the same
+    Stripe idempotency key (`sub-create:<id>`), the same metadata, and Stripe's first answer back
+    instead of a second subscription.
+    """
+    return uuid.uuid5(SUBSCRIPTION_IDS, f"{consumer_id}:{api_id}:{plan_id}:{version}:{earlier}")
+
+
 # Records a subscription's usage windows up to an instant and sends them to Stripe; True when
 # all of it is in (UsageService.flush: it commits on its own, before our change is made).
 UsageFlush = Callable[[uuid.UUID, datetime], Awaitable[bool]]
@@ -137,8 +158,9 @@ class SubscriptionService:
                     raise InvalidField(field, "required with checkout")
         if await self._repo.live_on_api(consumer.id, data.api_id) is not None:
             raise Conflict("You already have a live subscription to this API", code="already_subscribed")
+        earlier = await self._repo.count_on_api(consumer.id, plan.api_id)
         subscription = Subscription(
-            id=uuid.uuid4(),
+            id=subscription_id_for(consumer.id, plan.api_id, plan.id, version.version, earlier),
             consumer_id=consumer.id,
             api_id=plan.api_id,
             pricing_plan_id=plan.id,
@@ -242,9 +264,19 @@ class SubscriptionService:
         return await self._out(subscription)
 
     async def upgrade(
-        self, principal: Principal, subscription_id: uuid.UUID, new_plan_id: uuid.UUID
+        self,
+        principal: Principal,
+        subscription_id: uuid.UUID,
+        new_plan_id: uuid.UUID,
+        proration_date: datetime | None = None,
     ) -> SubscriptionOut:
-        """Move to another plan of the same API with Stripe proration; free <-> paid included."""
+        """Move to another plan of the same API with Stripe proration; free <-> paid included.
+
+        `proration_date`, the one the preview returned, makes Stripe prorate as of that moment, so
+        the amount charged is the amount the preview showed; without it, as of now. When the
+        change's payment fails, Stripe keeps the old plan and so do we: 402 with Stripe's reason.
+        """
+        prorate_at = self._proration_timestamp(proration_date)
         subscription = await self._owned(principal, subscription_id, for_update=True)
         plan, version = await self._change_target(subscription, new_plan_id)
         consumer = await self._consumers.require_own(principal)
@@ -282,13 +314,22 @@ class SubscriptionService:
         else:
             if subscription.stripe_subscription_item_id is None:
                 raise Conflict("The Stripe subscription is not mirrored yet, try again", code="not_synced")
+            price_id = self._price(version)
             updated = await self._stripe.change_subscription_price(
                 stripe_id,
                 item_id=subscription.stripe_subscription_item_id,
-                price_id=self._price(version),
-                idempotency_key=f"sub-change:{tag}",
-                automatic_tax=self._automatic_tax,
+                price_id=price_id,
+                proration_date=prorate_at,
+                # One change to one price as of one moment: a retry of it gets Stripe's first answer.
+                idempotency_key=f"sub-change:{subscription.id}:{price_id}:{prorate_at}",
             )
+            if updated.change_pending:
+                # Nothing is written: the rollback keeps the row on the plan Stripe still bills.
+                reason = updated.payment_error or "The payment for the new plan did not go through."
+                raise PaymentRequired(
+                    f"{reason} The plan was not changed; the subscription stays on its current plan.",
+                    code="plan_change_payment_failed",
+                )
             await self._mirror(subscription, updated)
         subscription.pricing_plan_id = plan.id
         subscription.plan_version = version.version
@@ -306,12 +347,14 @@ class SubscriptionService:
             return UpgradePreview(amount_due=0, currency=version.currency, lines=[])
         consumer = await self._consumers.require_own(principal)
         stripe_id = subscription.stripe_subscription_id
+        # The upgrade sends this moment back, so Stripe prorates the change exactly as shown here.
+        proration_date = clock.timestamp() if stripe_id else None
         preview = await self._stripe.preview_invoice(
             customer=self._customer(consumer),
             price_id=self._price(version),
             subscription_id=stripe_id,
             item_id=subscription.stripe_subscription_item_id if stripe_id else None,
-            proration_date=clock.timestamp() if stripe_id else None,
+            proration_date=proration_date,
             automatic_tax=self._automatic_tax,
         )
 
@@ -321,6 +364,7 @@ class SubscriptionService:
         return UpgradePreview(
             amount_due=preview.amount_due,
             currency=preview.currency or version.currency,
+            proration_date=moment(proration_date),
             lines=[
                 PreviewLine(
                     description=line.description,
@@ -380,6 +424,19 @@ class SubscriptionService:
         if self._flush_usage is None:
             return True
         return await self._flush_usage(subscription.id, clock.now())
+
+    @staticmethod
+    def _proration_timestamp(proration_date: datetime | None) -> int:
+        """The moment to prorate a plan change at: a preview's, if recent enough, else now."""
+        if proration_date is None:
+            return clock.timestamp()
+        now = clock.now()
+        if proration_date > now + PRORATION_DATE_MAX_SKEW:
+            raise InvalidField("proration_date", "is in the future; send back the one the preview returned")
+        if proration_date < now - PRORATION_DATE_MAX_AGE:
+            minutes = int(PRORATION_DATE_MAX_AGE.total_seconds() // 60)
+            raise InvalidField("proration_date", f"is older than {minutes} minutes; preview the change again")
+        return int(proration_date.timestamp())
 
     @staticmethod
     def _estimate(plan: PricingPlan, version: PricingPlanVersion, calls: int) -> int:
@@ -487,6 +544,7 @@ class SubscriptionService:
         subscription.trial_end = None
         subscription.cancel_at_period_end = False
         subscription.expires_at = None
+        subscription.unmatched_stripe_price_id = None
 
     @staticmethod
     def _start_free_period(subscription: Subscription) -> None:

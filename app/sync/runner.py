@@ -10,7 +10,9 @@ from app.stripe import StripeGateway
 from app.sync.service import Progress, SyncService
 
 
-async def run_sync(settings: Settings, *, dry_run: bool, progress: Progress | None = None) -> SyncRun:
+async def run_sync(
+    settings: Settings, *, dry_run: bool, progress: Progress | None = None, repair_orphans: bool = False
+) -> SyncRun:
     engine = create_engine(settings)
     redis = create_redis(settings)
     try:
@@ -23,6 +25,7 @@ async def run_sync(settings: Settings, *, dry_run: bool, progress: Progress | No
             commission=settings.platform_commission,
             dry_run=dry_run,
             progress=progress,
+            repair_orphans=repair_orphans,
         )
         return await service.run()
     finally:

@@ -5,10 +5,15 @@ Page through Stripe's objects, repair our mirror, report drift.
 Each object type is applied by the same function the webhook handlers use (dj-stripe style),
 so a resync and a webhook can never disagree. Progress is saved after every page, so an
 interrupted run resumes where it stopped; a PostgreSQL advisory lock keeps runs single.
+
+A live Stripe subscription of one of our customers with no row of ours is an orphan (e.g. a
+subscribe whose commit failed after Stripe answered and that was never retried): it is reported,
+and with `repair_orphans` what it charged is refunded and it is cancelled.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,7 +24,7 @@ from arq.connections import ArqRedis
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app import clock
+from app import clock, metrics
 from app.db.session import run_after_commit
 from app.earnings.booking import book_invoice_earnings
 from app.errors import Conflict
@@ -30,12 +35,16 @@ from app.payment_methods.repository import PaymentMethodRepository
 from app.stripe import StripeGateway
 from app.stripe.invoices import with_all_lines
 from app.stripe.listing import Listable
-from app.subscriptions.lifecycle import StripeSubscriptionState, apply_stripe_state
+from app.subscriptions.lifecycle import STRIPE_STATUS, TERMINAL, StripeSubscriptionState, apply_stripe_state
 from app.sync.ratelimit import RateLimiter
 from app.webhooks.handlers import find_subscription
 
+log = logging.getLogger(__name__)
 SYNC_LOCK_ID = 0x5_7121_0001  # pg advisory lock key of `billing sync`
 MAX_DIFFERENCES = 1000
+# A Stripe subscription younger than this may belong to a request still in flight (Stripe has
+# answered, our commit has not happened yet): it is never taken for an orphan.
+ORPHAN_GRACE_SECONDS = 3600
 DONE = "done"
 Progress = Callable[[str, int], None]
 
@@ -46,6 +55,10 @@ class ListReport:
     changed: int = 0
     unknown: int = 0
     differences: list[str] = field(default_factory=list)
+    # Subscriptions only: Stripe subscriptions with no row of ours, and rows billed at a price no
+    # plan of their API has.
+    orphans: int = 0
+    flagged: int = 0
 
     def note(self, difference: str) -> None:
         if len(self.differences) < MAX_DIFFERENCES:
@@ -57,6 +70,8 @@ class ListReport:
             "changed": self.changed,
             "unknown": self.unknown,
             "differences": self.differences,
+            "orphans": self.orphans,
+            "flagged": self.flagged,
         }
 
     @classmethod
@@ -67,6 +82,8 @@ class ListReport:
             data.get("changed", 0),
             data.get("unknown", 0),
             list(data.get("differences", [])),
+            data.get("orphans", 0),
+            data.get("flagged", 0),
         )
 
 
@@ -85,6 +102,7 @@ class SyncService:
         commission: Decimal,
         dry_run: bool,
         progress: Progress | None = None,
+        repair_orphans: bool = False,
     ) -> None:
         self._engine = engine
         self._sessionmaker = sessionmaker
@@ -92,6 +110,9 @@ class SyncService:
         self._redis = redis
         self._limiter = RateLimiter(rate_per_second)
         self._dry_run = dry_run
+        self._repair_orphans = repair_orphans and not dry_run
+        # When the page being applied was asked of Stripe: what its snapshots are as of.
+        self._fetched_at = 0
         self._commission = commission
         self._progress = progress or (lambda _resource, _count: None)
         self._appliers: dict[Listable, Applier] = {
@@ -155,6 +176,7 @@ class SyncService:
         report = ListReport.from_dict(run.report.get(resource))
         while True:
             await self._limiter.wait()
+            self._fetched_at = clock.timestamp()
             page = await self._stripe.list_page(resource, starting_after=starting_after)
             async with self._sessionmaker() as session:
                 for obj in page.objects:
@@ -255,18 +277,92 @@ class SyncService:
             session, stripe_subscription_id=state.id, metadata=state.metadata
         )
         if subscription is None:
+            await self._orphan_or_unknown(session, state, int(obj.get("created") or 0), report)
+            return
+        before = (subscription.status, subscription.pricing_plan_id, subscription.plan_version)
+        flagged_before = subscription.unmatched_stripe_price_id
+        # As of when Stripe was asked: a webhook applied since then is newer than this snapshot.
+        changed = await apply_stripe_state(
+            Outbox(session, self._redis), subscription, state, observed_at=self._fetched_at
+        )
+        if subscription.unmatched_stripe_price_id is not None:
+            report.flagged += 1
+            if subscription.unmatched_stripe_price_id != flagged_before:
+                report.note(
+                    f"subscription {state.id}: Stripe bills price {state.price_id}, which no plan of "
+                    f"API {subscription.api_id} has (flagged; plan kept)"
+                )
+        if changed:
+            report.changed += 1
+            plan = ""
+            if before[1:] != (subscription.pricing_plan_id, subscription.plan_version):
+                plan = (
+                    f", plan {before[1]} v{before[2]} -> {subscription.pricing_plan_id} "
+                    f"v{subscription.plan_version} (the price Stripe bills)"
+                )
+            report.note(
+                f"subscription {state.id}: {before[0]} -> {subscription.status}{plan} "
+                "(periods and flags mirrored)"
+            )
+
+    async def _orphan_or_unknown(
+        self, session: AsyncSession, state: StripeSubscriptionState, created: int, report: ListReport
+    ) -> None:
+        """A Stripe subscription we have no row of: an orphan when it is live and its customer is
+        ours (reported, and with `repair_orphans` refunded and cancelled), else not ours."""
+        ours = (
+            state.customer is not None
+            and (
+                await session.execute(
+                    select(Consumer.id).where(Consumer.stripe_customer_id == state.customer)
+                )
+            ).first()
+            is not None
+        )
+        if not ours or STRIPE_STATUS.get(state.status) in TERMINAL:
             report.unknown += 1
             report.note(f"subscription {state.id}: not in our store")
             return
-        before = subscription.status
-        changed = await apply_stripe_state(
-            Outbox(session, self._redis), subscription, state, observed_at=clock.timestamp()
+        if self._fetched_at - created < ORPHAN_GRACE_SECONDS:
+            report.unknown += 1
+            report.note(f"subscription {state.id}: no row of ours yet (created within the hour); left alone")
+            return
+        report.orphans += 1
+        metrics.ORPHAN_SUBSCRIPTIONS.inc()
+        log.warning(
+            "Stripe subscription with no row of ours",
+            extra={"stripe_subscription_id": state.id, "stripe_customer_id": state.customer},
         )
-        if changed:
-            report.changed += 1
+        if not self._repair_orphans:
             report.note(
-                f"subscription {state.id}: {before} -> {subscription.status} (periods and flags mirrored)"
+                f"subscription {state.id}: orphan ({state.status}, customer {state.customer}, no row of "
+                "ours); run with --repair to refund and cancel it"
             )
+            return
+        refunded = await self._refund_orphan(state.id)
+        await self._limiter.wait()
+        await self._stripe.cancel_orphan_subscription(state.id, idempotency_key=f"orphan-cancel:{state.id}")
+        report.changed += 1
+        amounts = ", ".join(f"{amount} {currency}" for currency, amount in sorted(refunded.items()))
+        report.note(f"subscription {state.id}: orphan cancelled, refunded {amounts or 'nothing'}")
+
+    async def _refund_orphan(self, stripe_subscription_id: str) -> dict[str, int]:
+        """Refund what is left unrefunded of every payment the orphan collected; per currency."""
+        await self._limiter.wait()
+        refunded: dict[str, int] = {}
+        for charged in await self._stripe.subscription_payments(stripe_subscription_id):
+            await self._limiter.wait()
+            remaining = charged.amount - await self._stripe.refunded_amount(charged.payment_intent_id)
+            if remaining <= 0:
+                continue  # refunded by an earlier, interrupted repair
+            await self._stripe.refund_payment(
+                charged.payment_intent_id,
+                amount=remaining,
+                metadata={"orphan_subscription": stripe_subscription_id, "invoice": charged.invoice_id},
+                idempotency_key=f"orphan-refund:{charged.payment_intent_id}:{remaining}",
+            )
+            refunded[charged.currency] = refunded.get(charged.currency, 0) + remaining
+        return refunded
 
     async def _apply_invoice(self, session: AsyncSession, obj: dict[str, Any], report: ListReport) -> None:
         """The invoice webhooks' own mirror and booking, applied to what Stripe holds now."""

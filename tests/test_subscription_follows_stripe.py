@@ -1,0 +1,227 @@
+"""Our subscription row follows what Stripe holds: its cancellation, its trial end and its price,
+through the webhook endpoint and `billing sync`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from arq.connections import RedisSettings, create_pool
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import clock, metrics
+from app.config import Settings
+from app.models import OutboxMessage, PricingPlanVersion, Subscription
+from app.worker.context import WorkerResources
+from tests.billing_data import World, event, make_world, subscription_obj
+from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.test_sync import _service as sync_service
+from tests.test_webhook_events import Ctx, deliver, one, rows
+
+DAY = 86400
+
+
+@pytest.fixture
+async def worker_ctx(settings: Settings, redis_url: str) -> AsyncIterator[Ctx]:
+    resources = WorkerResources.open(settings)
+    redis = await create_pool(RedisSettings.from_dsn(redis_url))
+    yield {"resources": resources, "redis": redis, "job_try": 1}
+    await redis.aclose()
+    await resources.close()
+
+
+@pytest.fixture
+async def stripe_http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """Direct access to the Stripe emulator, to change what Stripe holds behind our back."""
+    key = settings.stripe_secret_key.get_secret_value()
+    async with httpx.AsyncClient(base_url=str(settings.stripe_api_base), auth=(key, "")) as http:
+        yield http
+
+
+async def _stamp(engine: AsyncEngine, world: World, at: int) -> None:
+    """As if we had mirrored a Stripe answer at `at` by our own clock."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(Subscription).where(Subscription.id == world.subscription_id).values(stripe_state_at=at)
+        )
+
+
+async def _add_version(engine: AsyncEngine, world: World, version: int, price: str) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert(PricingPlanVersion).values(
+                id=uuid.uuid4(), plan_id=world.plan_id, version=version, currency="usd",
+                monthly_amount=4900, stripe_price_id=price, created_at=datetime.now(UTC),
+            )
+        )  # fmt: skip
+
+
+async def test_a_stripe_cancellation_dated_before_our_own_stamp_still_cancels_and_revokes_the_key(
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine, worker_ctx: Ctx
+) -> None:
+    plan = await create_plan(client, auth("creator"), new_api_id())
+    headers = auth("consumer")
+    customer = (await register(client, headers))["stripe_customer_id"]
+    await add_card(client, headers)
+    created = (await subscribe(client, headers, plan)).json()
+    assert created["status"] == "active"
+    # Our clock runs 30 s ahead of Stripe's: cancelling at the period's end stamps that time.
+    ahead = datetime.now(UTC) + timedelta(seconds=30)
+    with clock.use(clock.ManualClock(ahead)):
+        marked = await client.put(f"/api/v1/subscriptions/{created['id']}/cancel", headers=headers)
+    assert marked.json()["cancel_at_period_end"] is True
+    stripe_now = int(time.time()) + 5
+    row = await one(engine, Subscription, id=uuid.UUID(created["id"]))
+    assert row.stripe_state_at > stripe_now
+    deleted = {
+        "id": created["stripe_subscription_id"],
+        "object": "subscription",
+        "customer": customer,
+        "status": "canceled",
+        "cancel_at_period_end": False,
+        "canceled_at": stripe_now,
+        "ended_at": stripe_now,
+        "trial_end": None,
+        "metadata": {"subscription_id": created["id"]},
+        "items": {"object": "list", "data": [{"id": row.stripe_subscription_item_id}]},
+    }
+    outcome = await deliver(
+        client, worker_ctx, event("customer.subscription.deleted", deleted, created=stripe_now)
+    )
+    assert outcome == "processed"
+    fetched = (await client.get(f"/api/v1/subscriptions/{created['id']}", headers=headers)).json()
+    assert fetched["status"] == "cancelled"
+    assert fetched["cancelled_at"] == datetime.fromtimestamp(stripe_now, tz=UTC).isoformat().replace(
+        "+00:00", "Z"
+    )
+    kinds = [m.kind for m in await rows(engine, OutboxMessage, subscription_id=uuid.UUID(created["id"]))]
+    assert sorted(kinds) == ["create_api_key", "revoke_api_key"]
+
+
+async def test_a_terminal_snapshot_of_another_stripe_subscription_never_cancels_the_row(
+    client: httpx.AsyncClient, engine: AsyncEngine, worker_ctx: Ctx
+) -> None:
+    world = await make_world(engine, status="active")
+    other = {**subscription_obj(world, "canceled", period=(1, 2), canceled_at=2), "id": "sub_someone_else"}
+    await deliver(client, worker_ctx, event("customer.subscription.deleted", other, created=3))
+    assert (await one(engine, Subscription, id=world.subscription_id)).status == "active"
+
+
+async def test_a_snapshot_without_trial_end_never_erases_the_known_trial_end(
+    client: httpx.AsyncClient, engine: AsyncEngine, worker_ctx: Ctx
+) -> None:
+    world = await make_world(engine, status="incomplete")
+    t0 = int(time.time())
+    trial_end = t0 + 14 * DAY
+    trialing = subscription_obj(world, "trialing", period=(t0, trial_end), trial_end=trial_end)
+    await deliver(client, worker_ctx, event("customer.subscription.updated", trialing, created=t0))
+    # The first `created` event, two seconds later, carries the subscription before its trial.
+    first = subscription_obj(world, "trialing", period=(t0, trial_end))
+    await deliver(client, worker_ctx, event("customer.subscription.created", first, created=t0 + 2))
+    row = await one(engine, Subscription, id=world.subscription_id)
+    assert (row.status, row.trial_end) == ("trial", datetime.fromtimestamp(trial_end, tz=UTC))
+
+
+async def test_a_price_changed_at_stripe_moves_the_row_to_that_plan_version(
+    client: httpx.AsyncClient, engine: AsyncEngine, worker_ctx: Ctx
+) -> None:
+    world = await make_world(engine, status="active")
+    await _add_version(engine, world, 2, f"{world.price}_v2")
+    changed = subscription_obj(world, "active", period=(1000, 2000))
+    changed["items"]["data"][0]["price"] = {"id": f"{world.price}_v2", "object": "price"}
+    await _stamp(engine, world, 900)
+    await deliver(client, worker_ctx, event("customer.subscription.updated", changed, created=1000))
+    row = await one(engine, Subscription, id=world.subscription_id)
+    assert (row.pricing_plan_id, row.plan_version, row.unmatched_stripe_price_id) == (world.plan_id, 2, None)
+    # A late, older snapshot with the old price never moves it back.
+    older = subscription_obj(world, "active", period=(1000, 2000))
+    await deliver(client, worker_ctx, event("customer.subscription.updated", older, created=950))
+    assert (await one(engine, Subscription, id=world.subscription_id)).plan_version == 2
+
+
+async def test_a_price_no_plan_of_the_api_has_is_flagged_and_counted_and_the_plan_kept(
+    client: httpx.AsyncClient, engine: AsyncEngine, worker_ctx: Ctx
+) -> None:
+    world = await make_world(engine, status="active")
+    # A price of another API's plan is no plan of this API either.
+    stranger = await make_world(engine, status="active")
+    changed = subscription_obj(world, "active", period=(1000, 2000))
+    changed["items"]["data"][0]["price"] = {"id": stranger.price, "object": "price"}
+    before = metrics.SUBSCRIPTION_PRICE_UNMATCHED._value.get()
+    for created in (1000, 1001):
+        await deliver(client, worker_ctx, event("customer.subscription.updated", changed, created=created))
+    row = await one(engine, Subscription, id=world.subscription_id)
+    assert (row.pricing_plan_id, row.plan_version) == (world.plan_id, 1)
+    assert row.unmatched_stripe_price_id == stranger.price
+    assert metrics.SUBSCRIPTION_PRICE_UNMATCHED._value.get() == before + 1
+    # Once Stripe bills the plan's own price again, the flag clears.
+    back = subscription_obj(world, "active", period=(1000, 2000))
+    await deliver(client, worker_ctx, event("customer.subscription.updated", back, created=1002))
+    assert (await one(engine, Subscription, id=world.subscription_id)).unmatched_stripe_price_id is None
+
+
+async def test_sync_moves_the_plan_to_the_price_stripe_bills_or_flags_it(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    stripe_http: httpx.AsyncClient,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    creator = auth("creator")
+    api_id = new_api_id()
+    basic = await create_plan(client, creator, api_id, name="Basic", monthly_price="10")
+    pro = await create_plan(client, creator, api_id, name="Pro", monthly_price="30")
+    headers = auth("consumer")
+    await register(client, headers)
+    await add_card(client, headers)
+    created = (await subscribe(client, headers, basic)).json()
+    row = await one(engine, Subscription, id=uuid.UUID(created["id"]))
+    async with engine.connect() as connection:
+        pro_price = await connection.scalar(
+            select(PricingPlanVersion.stripe_price_id).where(
+                PricingPlanVersion.plan_id == uuid.UUID(pro["id"])
+            )
+        )
+    # The consumer changes plan in the Stripe dashboard; no webhook reaches us.
+    await stripe_http.post(
+        f"/v1/subscriptions/{row.stripe_subscription_id}",
+        data={"items[0][id]": row.stripe_subscription_item_id, "items[0][price]": pro_price},
+    )
+    with clock.use(clock.ManualClock(datetime.now(UTC) + timedelta(minutes=1))):
+        run = await sync_service(engine, settings).run()
+    fetched = (await client.get(f"/api/v1/subscriptions/{created['id']}", headers=headers)).json()
+    assert (fetched["pricing_plan_id"], fetched["pricing_plan"]["name"]) == (pro["id"], "Pro")
+    assert any(
+        row.stripe_subscription_id in d and "plan" in d for d in run.report["subscriptions"]["differences"]
+    )
+    # A price that no plan of the API has is flagged in the report, and the plan kept.
+    product = (await stripe_http.post("/v1/products", data={"name": "Made in the dashboard"})).json()
+    stray = await stripe_http.post(
+        "/v1/prices",
+        data={
+            "currency": "usd",
+            "unit_amount": "777",
+            "recurring[interval]": "month",
+            "product": product["id"],
+        },
+    )
+    assert stray.status_code == 200, stray.text
+    await stripe_http.post(
+        f"/v1/subscriptions/{row.stripe_subscription_id}",
+        data={"items[0][id]": row.stripe_subscription_item_id, "items[0][price]": stray.json()["id"]},
+    )
+    with clock.use(clock.ManualClock(datetime.now(UTC) + timedelta(minutes=2))):
+        run = await sync_service(engine, settings).run()
+    report = run.report["subscriptions"]
+    assert report["flagged"] == 1
+    assert any(stray.json()["id"] in d for d in report["differences"])
+    flagged = await one(engine, Subscription, id=row.id)
+    assert (flagged.pricing_plan_id, flagged.unmatched_stripe_price_id) == (
+        uuid.UUID(pro["id"]),
+        stray.json()["id"],
+    )
