@@ -1,7 +1,7 @@
 """reconcile reports: runs, their drift lines, the Stripe objects a run has listed
 
 Revision ID: 0009
-Revises: 0001
+Revises: 0004
 Create Date: 2026-12-01 07:30:00
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0009"
-down_revision: str | None = "0001"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
