@@ -434,9 +434,11 @@ def _remember_meter_event(customer_id: str, response: web.StreamResponse) -> Non
     if response.status != 200 or not body:
         return
     stored = resources.store.get(f"meter_event:{json.loads(body)['identifier']}")
-    if stored is not None:
-        key = f"test_clock_meter_events:{customer_id}"
-        resources.store[key] = [*resources.store.get(key, []), stored]
+    key = f"test_clock_meter_events:{customer_id}"
+    known = resources.store.get(key, [])
+    # A request replayed under its Idempotency-Key answers the first event again: it counts once.
+    if stored is not None and not any(event is stored for event in known):
+        resources.store[key] = [*known, stored]
 
 
 def _usage(customer_id: str, price: dict[str, Any], start: int, end: int) -> int:
