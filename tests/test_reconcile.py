@@ -177,6 +177,7 @@ async def test_reconcile_reports_each_drift_once_and_nothing_where_store_and_str
                 await gateway.report_meter_event(
                     event_name=meter_event_name(pay_per_use["api_id"]), customer=customer, value=calls,
                     identifier=identifier, timestamp=start + DAY - timedelta(seconds=1),
+                    idempotency_key=identifier,
                 )  # fmt: skip
 
     service = _service(engine, settings)
