@@ -47,3 +47,42 @@ async def test_a_meter_event_replayed_under_its_idempotency_key_is_billed_once(
     assert replayed.json() == first
     assert replayed.headers.get("Idempotent-Replayed") == "true"
     assert (usage["quantity"], usage["amount"]) == (70, 140)
+
+
+async def test_a_scheduled_cancellations_final_invoice_waits_an_hour_for_the_last_days_usage(
+    stripe: httpx.AsyncClient,
+) -> None:
+    clock = await _clock(stripe)
+    customer = await _customer(stripe, clock["id"])
+    meter = await _ok(
+        await stripe.post("/v1/billing/meters", data={"event_name": "api_calls", "display_name": "Calls"})
+    )
+    subscription = await _subscribe(
+        stripe, customer, await _price(stripe, 2, usage_type="metered", meter=meter["id"])
+    )
+    await _ok(
+        await stripe.post(f"/v1/subscriptions/{subscription['id']}", data={"cancel_at_period_end": "true"})
+    )
+    end = subscription["current_period_end"]
+    await _advance(stripe, clock["id"], end + 60)
+    draft = await _latest(stripe, subscription["id"])
+    # The last day's calls, reported once the day has ended, before the draft is finalized.
+    await _ok(
+        await stripe.post(
+            "/v1/billing/meter_events",
+            data={
+                "event_name": "api_calls",
+                "identifier": f"usage-{customer}-last-day",
+                "timestamp": str(end - 1),
+                "payload[stripe_customer_id]": customer,
+                "payload[value]": "30",
+            },
+        )
+    )
+    await _advance(stripe, clock["id"], end + 2 * HOUR)
+    final = await _ok(await stripe.get(f"/v1/invoices/{draft['id']}"))
+    ended = await _ok(await stripe.get(f"/v1/subscriptions/{subscription['id']}"))
+
+    assert (draft["status"], draft["created"]) == ("draft", end)
+    assert (final["status"], final["amount_paid"]) == ("paid", 60)
+    assert (ended["status"], ended["ended_at"]) == ("canceled", end)

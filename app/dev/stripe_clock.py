@@ -403,7 +403,9 @@ def _cancel(subscription: Any, *, final_usage: bool) -> None:
     period = _period(subscription)
     if final_usage and period is not None and _metered_items(subscription):
         ended = {"start": period["start"], "end": min(moment, period["end"])}
-        _cycle_invoice(subscription, ended=ended, reason="subscription_cycle", licensed=False, pay_now=True)
+        # A scheduled cancellation's final invoice is a subscription invoice like a renewal: a
+        # draft for about an hour (usage reported meanwhile counts), then finalized and charged.
+        _cycle_invoice(subscription, ended=ended, reason="subscription_cycle", licensed=False)
     _end_subscription(subscription, moment)
 
 
