@@ -188,6 +188,6 @@ class StripeFaults:
         if mutating and rng.random() < rates.stripe_answer_lost:
             counts.stripe_answer_lost += 1
             if request.transport is not None:
-                request.transport.close()
-            raise ConnectionResetError("simulated lost answer")
+                request.transport.close()  # the client sees the connection drop, no answer
+            return web.Response(status=502)
         return web.Response(body=content, status=status, headers={"Content-Type": content_type})
