@@ -2,7 +2,7 @@
 
 Every consumer's Stripe customer lives on its own emulator test clock; all clocks and our
 business clock move together, step by step, through the moments something happens (joins,
-actions, each period's end and the hour after it, traffic every few days). At each step the
+actions, each period's end and the hour after it). At each step the
 driver relays the events the emulator sent to `POST /webhooks/stripe` and runs the worker's
 jobs (event processing, usage aggregation, API key delivery, dunning) as the worker would.
 """
@@ -32,7 +32,7 @@ from app.config import Settings
 from app.models import OutboxMessage, StripeEvent
 from app.outbox.jobs import deliver_outbox_message
 from app.simulate.faults import Faults
-from app.simulate.scenario import DAY, ConsumerSpec, Scenario, action_moments, add_months
+from app.simulate.scenario import DAY, ConsumerSpec, Scenario, add_months
 from app.worker.webhook_jobs import aggregate_usage, process_stripe_event, suspend_overdue_api_keys
 
 Progress = Callable[[int, int], None]
@@ -119,7 +119,7 @@ class Driver:
         """Every moment the run stops at, in order; the last is the horizon."""
         scenario = self._scenario
         horizon = scenario.end + 2 * 3600 + 60
-        found = set(action_moments(scenario.start, scenario.end))
+        found: set[int] = set()
         for consumer in scenario.consumers:
             due = {consumer.joins_at, horizon, *(action.at for action in consumer.actions)}
             period_end = add_months(consumer.joins_at, 1)
