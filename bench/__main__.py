@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.harness import Figure
 
-SKIP = {"harness", "__main__"}
+SKIP = {"harness", "__main__", "simulate"}  # simulate: run by name, it takes minutes
 
 
 def run(name: str) -> list[Figure]:
@@ -46,6 +46,13 @@ def table(figures: list[Figure]) -> str:
 
 
 def main() -> None:
+    if len(sys.argv) > 2 and any(arg.startswith("-") for arg in sys.argv[2:]):
+        # One module with options of its own (`python -m bench simulate --consumers 1000`).
+        name = sys.argv.pop(1)
+        outcome = importlib.import_module(f"bench.{name}").main()
+        if inspect.iscoroutine(outcome):
+            asyncio.run(outcome)
+        return
     names = sys.argv[1:] or sorted(
         m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name not in SKIP
     )

@@ -58,6 +58,13 @@ def build_app() -> FastAPI:
         keys[key_id] = info
         return {"api_key": api_key, "key_info": info}
 
+    @app.get("/api/v1/keys/{key_id}")
+    async def get_key(key_id: str) -> dict[str, Any]:
+        """Dev only: whether a key exists (a simulation checks keys exist exactly while live)."""
+        if key_id not in keys:
+            raise HTTPException(404, "key not found")
+        return keys[key_id]
+
     @app.delete("/api/v1/keys/{key_id}", status_code=204)
     async def delete_key(key_id: str) -> Response:
         if keys.pop(key_id, None) is None:

@@ -403,7 +403,9 @@ def _cancel(subscription: Any, *, final_usage: bool) -> None:
     period = _period(subscription)
     if final_usage and period is not None and _metered_items(subscription):
         ended = {"start": period["start"], "end": min(moment, period["end"])}
-        _cycle_invoice(subscription, ended=ended, reason="subscription_cycle", licensed=False, pay_now=True)
+        # A scheduled cancellation's final invoice is a subscription invoice like a renewal: a
+        # draft for about an hour (usage reported meanwhile counts), then finalized and charged.
+        _cycle_invoice(subscription, ended=ended, reason="subscription_cycle", licensed=False)
     _end_subscription(subscription, moment)
 
 
@@ -434,9 +436,11 @@ def _remember_meter_event(customer_id: str, response: web.StreamResponse) -> Non
     if response.status != 200 or not body:
         return
     stored = resources.store.get(f"meter_event:{json.loads(body)['identifier']}")
-    if stored is not None:
-        key = f"test_clock_meter_events:{customer_id}"
-        resources.store[key] = [*resources.store.get(key, []), stored]
+    key = f"test_clock_meter_events:{customer_id}"
+    known = resources.store.get(key, [])
+    # A request replayed under its Idempotency-Key answers the first event again: it counts once.
+    if stored is not None and not any(event is stored for event in known):
+        resources.store[key] = [*known, stored]
 
 
 def _usage(customer_id: str, price: dict[str, Any], start: int, end: int) -> int:

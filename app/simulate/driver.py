@@ -1,0 +1,462 @@
+"""Plays a scenario through our HTTP API, our webhook endpoint and our worker's jobs.
+
+Every consumer's Stripe customer lives on its own emulator test clock; all clocks and our
+business clock move together, step by step, through the moments something happens (joins,
+actions, each period's end and the hour after it). At each step the
+driver relays the events the emulator sent to `POST /webhooks/stripe` and runs the worker's
+jobs (event processing, usage aggregation, API key delivery, dunning) as the worker would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from functools import partial
+from typing import Any
+
+import httpx
+import jwt
+import orjson
+from sqlalchemy import select
+
+from app import clock
+from app.config import Settings
+from app.models import OutboxMessage, StripeEvent
+from app.outbox.jobs import deliver_outbox_message
+from app.simulate.faults import Faults
+from app.simulate.scenario import DAY, ConsumerSpec, Scenario, add_months
+from app.worker.webhook_jobs import aggregate_usage, process_stripe_event, suspend_overdue_api_keys
+
+Progress = Callable[[int, int], None]
+RETRYABLE = frozenset({409, 500, 502, 503, 504})
+
+
+class SimulationError(RuntimeError):
+    """The API refused a step of the scenario for good (a defect, not a fault)."""
+
+
+@dataclass
+class Stack:
+    """What the driver talks to: our API, the emulator (directly, for what a Stripe user does
+    in the dashboard: clocks, refunds, disputes), the sibling stand-ins and the worker's ctx."""
+
+    api: httpx.AsyncClient
+    stripe: httpx.AsyncClient
+    siblings: httpx.AsyncClient
+    worker: dict[str, Any]
+    settings: Settings
+    business: clock.ManualClock
+
+
+@dataclass
+class ConsumerRun:
+    spec: ConsumerSpec
+    headers: dict[str, str]
+    customer: str = ""
+    clock_id: str = ""
+    subscription_id: str = ""
+    stripe_subscription_id: str | None = None
+    traffic_until: date | None = None  # the last day whose calls were sent to metering
+
+
+@dataclass
+class CreatorRun:
+    key: str
+    headers: dict[str, str]
+    api_id: str
+    plan_ids: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunRecord:
+    """What the run made: our ids and Stripe's, per scenario key (read by the report)."""
+
+    creators: dict[str, CreatorRun] = field(default_factory=dict)
+    consumers: dict[str, ConsumerRun] = field(default_factory=dict)
+    horizon: int = 0
+    steps: int = 0
+    webhooks: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per part of the run
+
+    @contextmanager
+    def timed(self, part: str) -> Iterator[None]:
+        started = time.perf_counter()  # wall clock: how long the run's parts take
+        try:
+            yield
+        finally:
+            self.seconds[part] = self.seconds.get(part, 0.0) + time.perf_counter() - started
+
+
+def _exponent(currency: str) -> int:
+    return 0 if currency == "jpy" else 2
+
+
+def major(minor: Decimal | int, currency: str) -> str:
+    """A minor-unit amount as the API's major-unit decimal string."""
+    return format((Decimal(minor) / Decimal(10) ** _exponent(currency)).normalize(), "f")
+
+
+class Driver:
+    def __init__(self, stack: Stack, scenario: Scenario, faults: Faults) -> None:
+        self._stack = stack
+        self._scenario = scenario
+        self._faults = faults
+        self.record = RunRecord()
+        self._last_event: str | None = None
+        # The moments each consumer's clock must reach (others may lag: nothing is due on them).
+        self._due: dict[str, set[int]] = {}
+        self._aggregated_at: datetime | None = None
+
+    def moments(self) -> list[int]:
+        """Every moment the run stops at, in order; the last is the horizon."""
+        scenario = self._scenario
+        horizon = scenario.end + 2 * 3600 + 60
+        found: set[int] = set()
+        for consumer in scenario.consumers:
+            due = {consumer.joins_at, horizon, *(action.at for action in consumer.actions)}
+            period_end = add_months(consumer.joins_at, 1)
+            while period_end <= scenario.end:
+                due.update((period_end + 60, period_end + 2 * 3600))
+                period_end = add_months(period_end, 1)
+            self._due[consumer.key] = due
+            found |= due
+        found.update(change.at for creator in scenario.creators.values() for change in creator.price_changes)
+        self.record.horizon = horizon
+        return sorted(m for m in found if m <= horizon)
+
+    def _needs_clock(self, run: ConsumerRun, moment: int) -> bool:
+        """Its own moments, or every step while Stripe may be retrying its payments."""
+        if any(action.kind == "card_fails" for action in run.spec.actions):
+            return True
+        return moment in self._due.get(run.spec.key, set())
+
+    async def run(self, progress: Progress | None = None) -> RunRecord:
+        await self._newest_event()
+        moments = self.moments()
+        self._stack.business.set(datetime.fromtimestamp(moments[0], UTC))
+        await self._create_creators()
+        for done, moment in enumerate(moments, start=1):
+            await self._step(moment)
+            self.record.steps = done
+            if progress is not None:
+                progress(done, len(moments))
+        return self.record
+
+    # ---- one step ---------------------------------------------------------------------------
+
+    async def _step(self, moment: int) -> None:
+        self._stack.business.set(datetime.fromtimestamp(moment, UTC))
+        # Metering has counted every call up to now before the worker sees a day end.
+        await self._send_traffic(moment)
+        with self.record.timed("advancing test clocks"):
+            await self._advance_clocks(moment)
+        await self._worker_pass()
+        for creator in self._scenario.creators.values():
+            for change in creator.price_changes:
+                if change.at == moment:
+                    await self._change_price(creator.key, change.kind, change.monthly)
+        for spec in self._scenario.consumers:
+            if spec.joins_at == moment:
+                await self._join(spec)
+        for run in self.record.consumers.values():
+            for action in run.spec.actions:
+                if action.at == moment:
+                    await self._act(run, action.kind)
+        await self._send_traffic(moment)
+        await self._worker_pass()
+
+    async def _advance_clocks(self, moment: int) -> None:
+        clocks = [
+            run.clock_id
+            for run in self.record.consumers.values()
+            if run.clock_id and self._needs_clock(run, moment)
+        ]
+        stripe = self._stack.stripe
+
+        async def advance(clock_id: str) -> None:
+            path = f"/v1/test_helpers/test_clocks/{clock_id}"
+            answer = await stripe.post(f"{path}/advance", data={"frozen_time": moment})
+            if answer.status_code != 200:
+                raise SimulationError(f"advancing {clock_id}: {answer.text}")
+            for _ in range(2000):
+                found = (await stripe.get(path)).json()
+                if found["status"] == "ready":
+                    return
+                if found["status"] != "advancing":
+                    raise SimulationError(f"test clock {clock_id} is {found['status']}")
+                await asyncio.sleep(0.01)
+            raise SimulationError(f"test clock {clock_id} never became ready")
+
+        for first in range(0, len(clocks), 50):
+            await asyncio.gather(*(advance(c) for c in clocks[first : first + 50]))
+
+    # ---- the worker -------------------------------------------------------------------------
+
+    async def _worker_pass(self) -> None:
+        """What the worker does meanwhile: events first, then its crons (usage, keys, dunning)."""
+        ctx = self._stack.worker
+        timed = self.record.timed
+        with timed("webhooks"):
+            await self._relay_events()
+            await self._retry_pending_events()
+        now = self._stack.business.now()
+        if self._aggregated_at != now:  # the cron runs every few minutes: once per moment here
+            with timed("usage job"):
+                await self._faults.run_job(partial(aggregate_usage, ctx))
+            self._aggregated_at = now
+        with timed("key delivery and dunning jobs"):
+            await self._deliver_outbox()
+            await self._faults.run_job(partial(suspend_overdue_api_keys, ctx))
+        with timed("webhooks"):
+            relayed = await self._relay_events()  # what the jobs made Stripe send
+            if relayed:
+                await self._retry_pending_events()
+        if relayed:
+            with timed("key delivery and dunning jobs"):
+                await self._deliver_outbox()
+
+    async def _relay_events(self) -> int:
+        """Deliver the emulator's new events to our webhook, faulted, and process each delivery."""
+        # Our webhook endpoint is not subscribed to test clock events (nothing of ours follows them).
+        with self.record.timed("listing Stripe events"):
+            listed = await self._new_events()
+        events = [e for e in listed if not str(e["type"]).startswith("test_helpers.")]
+        if not events:
+            return 0
+        ctx = self._stack.worker
+        started: set[str] = set()
+        for item in self._faults.deliveries(events):
+            body = orjson.dumps(item)
+            answer = await self._stack.api.post(
+                "/webhooks/stripe", content=body, headers={"Stripe-Signature": self._sign(body)}
+            )
+            if answer.status_code != 200:
+                raise SimulationError(f"webhook {item['id']} answered {answer.status_code}: {answer.text}")
+            self.record.webhooks += 1
+            event_id = str(item["id"])
+            if event_id not in started:  # arq runs one job per event id (`stripe:<id>`)
+                started.add(event_id)
+                await self._faults.run_job(partial(process_stripe_event, ctx, event_id))
+        return len(events)
+
+    async def _retry_pending_events(self) -> None:
+        """arq retries a failed event job with backoff; here, at the next pass."""
+        ctx = self._stack.worker
+        async with ctx["resources"].sessionmaker() as session:
+            pending = (
+                await session.execute(
+                    select(StripeEvent.id)
+                    .where(StripeEvent.status.in_(("pending", "processing", "failed")))
+                    .order_by(StripeEvent.stripe_created)
+                )
+            ).scalars()
+            ids = list(pending)
+        for event_id in ids:
+            await self._faults.run_job(partial(process_stripe_event, ctx, event_id))
+
+    async def _deliver_outbox(self) -> None:
+        ctx = self._stack.worker
+        for _ in range(5):
+            async with ctx["resources"].sessionmaker() as session:
+                ids = list(
+                    (
+                        await session.execute(
+                            select(OutboxMessage.id)
+                            .where(OutboxMessage.status == "pending")
+                            .order_by(OutboxMessage.created_at)
+                        )
+                    ).scalars()
+                )
+            if not ids:
+                return
+            for message_id in ids:
+                await self._faults.run_job(partial(deliver_outbox_message, ctx, str(message_id)))
+
+    def _sign(self, body: bytes) -> str:
+        secret = self._stack.settings.stripe_webhook_secret.get_secret_value().split(",")[0].strip()
+        at = int(time.time())  # wall clock: Stripe signs with the real time of delivery
+        signature = hmac.new(secret.encode(), f"{at}.".encode() + body, hashlib.sha256).hexdigest()
+        return f"t={at},v1={signature}"
+
+    async def _newest_event(self) -> None:
+        newest = (await self._stack.stripe.get("/v1/events", params={"limit": 1})).json()["data"]
+        self._last_event = newest[0]["id"] if newest else None
+
+    async def _new_events(self) -> list[dict[str, Any]]:
+        """The emulator's events after the last relayed one, oldest first (Stripe lists newest first)."""
+        found: list[dict[str, Any]] = []
+        older_than: str | None = None
+        done = False
+        while not done:
+            params: dict[str, Any] = {"limit": 100, **({"starting_after": older_than} if older_than else {})}
+            page = (await self._stack.stripe.get("/v1/events", params=params)).json()
+            for item in page["data"]:
+                if item["id"] == self._last_event:
+                    done = True
+                    break
+                found.append(item)
+            if not page["has_more"] or not page["data"]:
+                break
+            older_than = page["data"][-1]["id"]
+        found.reverse()
+        if found:
+            self._last_event = found[-1]["id"]
+        return found
+
+    # ---- the API, as the frontend calls it ----------------------------------------------------
+
+    def _token(self, user_id: str, role: str) -> dict[str, str]:
+        expires = datetime.now(UTC) + timedelta(hours=12)  # wall clock: JWT expiry
+        claims = {"sub": user_id, "email": f"{user_id}@example.com", "custom:user_type": role, "exp": expires}
+        secret = self._stack.settings.jwt_secret.get_secret_value()
+        return {"Authorization": f"Bearer {jwt.encode(claims, secret, algorithm='HS256')}"}
+
+    async def _call(
+        self, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """One API call, retried like a careful client: same Idempotency-Key, on 409 and 5xx."""
+        key = {"Idempotency-Key": uuid.uuid4().hex} if method == "POST" else {}
+        answer: httpx.Response | None = None
+        for attempt in range(12):
+            guard = self._faults.maybe_crash() if method != "GET" else nullcontext()
+            with guard, self.record.timed("API requests"):
+                answer = await self._stack.api.request(method, path, json=body, headers={**headers, **key})
+            if answer.status_code < 300:
+                return dict(answer.json()) if answer.content else {}
+            if attempt and answer.status_code == 409 and answer.json().get("code") == "same_plan":
+                # The failed attempt's change reached Stripe, and its webhook moved our row.
+                return {}
+            if answer.status_code not in RETRYABLE:
+                break
+            await self._worker_pass()  # e.g. 409 not_synced: a webhook is still to be processed
+        status, text = (answer.status_code, answer.text) if answer is not None else (0, "")
+        raise SimulationError(f"{method} {path} answered {status}: {text}")
+
+    async def _create_creators(self) -> None:
+        for spec in self._scenario.creators.values():
+            run = CreatorRun(
+                spec.key, self._token(spec.key, "creator"), f"api-{spec.key}-{self._scenario.seed}"
+            )
+            for kind, plan in spec.plans.items():
+                body: dict[str, Any] = {"name": kind.title(), "currency": plan.currency}
+                if kind == "free":
+                    body["type"] = "free"
+                elif kind == "metered":
+                    body.update(type="pay_per_use", price_per_call=major(plan.per_call, plan.currency))
+                else:
+                    body.update(type="subscription", monthly_price=major(plan.monthly, plan.currency))
+                created = await self._call("POST", f"/api/v1/apis/{run.api_id}/plans", run.headers, body)
+                run.plan_ids[kind] = str(created["id"])
+            self.record.creators[spec.key] = run
+
+    async def _change_price(self, creator: str, kind: str, monthly: int) -> None:
+        run = self.record.creators[creator]
+        currency = self._scenario.creators[creator].currency
+        await self._call(
+            "PUT",
+            f"/api/v1/apis/{run.api_id}/plans/{run.plan_ids[kind]}",
+            run.headers,
+            {"monthly_price": major(monthly, currency)},
+        )
+
+    async def _join(self, spec: ConsumerSpec) -> None:
+        user_id = f"{spec.key}-{self._scenario.seed}"
+        run = ConsumerRun(spec, self._token(user_id, "consumer"))
+        registered = await self._call("POST", "/api/v1/consumers/register", run.headers)
+        run.customer = str(registered["stripe_customer_id"])
+        made = await self._stack.stripe.post(
+            "/v1/test_helpers/test_clocks",
+            data={"frozen_time": spec.joins_at, "customer": run.customer, "name": spec.key},
+        )
+        if made.status_code != 200:
+            raise SimulationError(f"test clock for {spec.key}: {made.text}")
+        run.clock_id = str(made.json()["id"])
+        self.record.consumers[spec.key] = run
+        await self._call(
+            "POST", "/api/v1/payment-methods", run.headers, {"payment_method_id": "pm_card_visa"}
+        )
+        creator = self.record.creators[spec.creator]
+        subscribed = await self._call(
+            "POST",
+            "/api/v1/subscriptions",
+            run.headers,
+            {"api_id": creator.api_id, "pricing_plan_id": creator.plan_ids[spec.plan]},
+        )
+        run.subscription_id = str(subscribed["id"])
+        run.stripe_subscription_id = subscribed.get("stripe_subscription_id")
+
+    async def _act(self, run: ConsumerRun, kind: str) -> None:
+        path = f"/api/v1/subscriptions/{run.subscription_id}"
+        creator = self.record.creators[run.spec.creator]
+        if kind in ("upgrade", "downgrade"):
+            target = creator.plan_ids["pro" if kind == "upgrade" else "basic"]
+            await self._call("PUT", f"{path}/upgrade", run.headers, {"new_pricing_plan_id": target})
+        elif kind in ("cancel_at_period_end", "cancel_now"):
+            await self._call("PUT", f"{path}/cancel", run.headers, {"immediately": kind == "cancel_now"})
+        elif kind in ("card_fails", "card_recovers"):
+            card = "pm_card_chargeCustomerFail" if kind == "card_fails" else "pm_card_visa"
+            added = await self._call(
+                "POST", "/api/v1/payment-methods", run.headers, {"payment_method_id": card}
+            )
+            await self._call("PUT", f"/api/v1/payment-methods/{added['id']}/default", run.headers)
+        elif kind in ("refund", "dispute"):
+            await self._take_back(run, kind)
+
+    async def _take_back(self, run: ConsumerRun, kind: str) -> None:
+        """Refund in full, or lose a dispute on, the consumer's latest paid invoice (Stripe-side)."""
+        stripe = self._stack.stripe
+        listed = (await stripe.get("/v1/invoices", params={"customer": run.customer, "limit": 100})).json()[
+            "data"
+        ]
+        paid = [i for i in listed if i["status"] == "paid" and int(i["amount_paid"]) > 0]
+        if not paid:
+            raise SimulationError(f"{run.spec.key} has no paid invoice to {kind}")
+        latest = max(paid, key=lambda i: (int(i["created"]), i["id"]))
+        intent = (await stripe.get(f"/v1/payment_intents/{latest['payment_intent']}")).json()
+        charge = intent["latest_charge"]
+        charge_id = charge["id"] if isinstance(charge, dict) else charge
+        if kind == "refund":
+            answer = await stripe.post(
+                "/v1/refunds",
+                data={"charge": charge_id},
+                headers={"Idempotency-Key": f"sim-refund-{charge_id}"},
+            )
+        else:
+            opened = await stripe.post(f"/v1/test_helpers/charges/{charge_id}/dispute")
+            if opened.status_code != 200:
+                raise SimulationError(f"dispute on {charge_id}: {opened.text}")
+            answer = await stripe.post(
+                f"/v1/test_helpers/disputes/{opened.json()['id']}/close", data={"status": "lost"}
+            )
+        if answer.status_code != 200:
+            raise SimulationError(f"{kind} of {charge_id}: {answer.text}")
+
+    async def _send_traffic(self, moment: int) -> None:
+        """Each consumer's calls of every day up to today, served by the metering stand-in."""
+        today = datetime.fromtimestamp(moment, UTC).date()
+        last_day = datetime.fromtimestamp(self._scenario.end - DAY, UTC).date()
+        for run in self.record.consumers.values():
+            day = run.traffic_until + timedelta(days=1) if run.traffic_until else self._first_day(run)
+            while day <= min(today, last_day):
+                successful, failed = run.spec.calls_on(day)
+                if successful or failed:
+                    answer = await self._stack.siblings.post(
+                        f"/api/v1/usage/subscription/{run.subscription_id}/calls",
+                        json={"day": day.isoformat(), "successful": successful, "failed": failed},
+                    )
+                    if answer.status_code != 204:
+                        raise SimulationError(f"metering stand-in answered {answer.status_code}")
+                run.traffic_until = day
+                day += timedelta(days=1)
+
+    @staticmethod
+    def _first_day(run: ConsumerRun) -> date:
+        return datetime.fromtimestamp(run.spec.joins_at, UTC).date()
