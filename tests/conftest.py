@@ -23,6 +23,9 @@ from app.dev.processes import EmbeddedPostgres, free_port, redis_server, stripe_
 from app.main import create_app
 from tests.factories import JWT_SECRET, WEBHOOK_SECRET, TokenFactory
 
+# Fixtures several test modules share live in tests/support/, registered here for every test.
+pytest_plugins = ["tests.support.fixtures"]
+
 
 @pytest.fixture(scope="session")
 def workdir() -> Iterator[Path]:

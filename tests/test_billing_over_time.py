@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from arq.connections import RedisSettings, create_pool
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,23 +27,13 @@ from app.config import Settings
 from app.dev.siblings import build_app
 from app.models import Earning, Invoice, Subscription, UsageRecord
 from app.stripe.test_clocks import TestClockTime
-from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import process_stripe_event
 from tests.factories import sign_webhook
 from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.worker import Ctx
 
-Ctx = dict[str, Any]
 DAY = 86400
 HOUR = 3600
-
-
-@pytest.fixture
-async def worker_ctx(settings: Settings, redis_url: str) -> AsyncIterator[Ctx]:
-    resources = WorkerResources.open(settings)
-    redis = await create_pool(RedisSettings.from_dsn(redis_url))
-    yield {"resources": resources, "redis": redis, "job_try": 1}
-    await redis.aclose()
-    await resources.close()
 
 
 @pytest.fixture

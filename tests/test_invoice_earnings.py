@@ -17,9 +17,7 @@ from app.config import Settings
 from app.models import Earning, Invoice, PricingPlan, PricingPlanVersion
 from tests.billing_data import World, event, make_world
 from tests.stripe_payments import T0, FakePayments, Payments, mocked_payments, refund
-from tests.test_webhook_events import Ctx, deliver, worker_ctx
-
-__all__ = ["worker_ctx"]  # the worker fixture of the other webhook tests
+from tests.support.worker import Ctx, deliver
 
 PERIOD = (T0, T0 + 30 * 86400)
 SIGN = {"charge": 1, "reinstatement": 1, "reversal": -1, "credit": -1}

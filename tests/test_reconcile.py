@@ -31,10 +31,8 @@ from app.stripe import StripeGateway
 from tests.billing_data import World, event, make_world, subscription_obj
 from tests.journeys import add_card, create_plan, new_api_id, register, subscribe
 from tests.stripe_payments import PERIOD, T0, FakePayments, refund
+from tests.support.worker import Ctx, deliver
 from tests.test_invoice_earnings import add_plan, booked, paid_invoice, pay
-from tests.test_webhook_events import Ctx, deliver, worker_ctx
-
-__all__ = ["worker_ctx"]  # the worker fixture of the webhook tests
 
 Auth = Callable[..., dict[str, str]]
 DAY = timedelta(days=1)

@@ -18,9 +18,8 @@ from app.worker.webhook_jobs import process_stripe_event
 from tests.billing_data import World, event, make_world
 from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 from tests.stripe_payments import T0, FakePayments, Payments, dispute, mocked_payments, refund
-from tests.test_webhook_events import Ctx, deliver, post, truncate, worker_ctx
-
-__all__ = ["worker_ctx"]  # the worker fixture of the other webhook tests
+from tests.support.worker import Ctx, deliver, post
+from tests.test_webhook_events import truncate
 
 
 def _id(value: Any) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -15,7 +15,6 @@ import httpx
 import pytest
 import respx
 from arq import Retry
-from arq.connections import RedisSettings, create_pool
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from typer.testing import CliRunner, Result
@@ -28,24 +27,13 @@ from app.stripe import StripeGateway
 from app.sync.service import SyncService
 from app.usage.service import UsageService
 from app.usage.windows import day_start
-from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import aggregate_usage, process_stripe_event
 from tests.billing_data import World, event, invoice_obj, make_world, subscription_obj
-from tests.factories import sign_webhook
 from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.worker import Ctx, deliver
 from tests.test_usage_worker import meter_event_api
 
-Ctx = dict[str, Any]
 METERING = "http://metering.test"
-
-
-@pytest.fixture
-async def worker_ctx(settings: Settings, redis_url: str) -> AsyncIterator[Ctx]:
-    resources = WorkerResources.open(settings)
-    redis = await create_pool(RedisSettings.from_dsn(redis_url))
-    yield {"resources": resources, "redis": redis, "job_try": 1}
-    await redis.aclose()
-    await resources.close()
 
 
 @dataclass
@@ -325,13 +313,6 @@ async def test_usage_of_a_period_counts_exactly_the_windows_whose_meter_events_s
 
 
 # --- item 3: the last day is billed ------------------------------------------------------------
-
-
-async def deliver(client: httpx.AsyncClient, ctx: Ctx, payload: dict[str, Any]) -> str | None:
-    body, header = sign_webhook(payload)
-    response = await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
-    assert response.status_code == 200, response.text
-    return await process_stripe_event(ctx, payload["id"])
 
 
 @pytest.mark.parametrize("deletion_first", [True, False], ids=["deleted-first", "invoice-first"])

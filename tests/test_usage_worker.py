@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -13,7 +13,6 @@ import httpx
 import pytest
 import respx
 from arq import Retry
-from arq.connections import RedisSettings, create_pool
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,22 +20,12 @@ from app.config import Settings
 from app.models import JobRun, OutboxMessage, Subscription, UsageRecord
 from app.subscriptions.service import add_months
 from app.usage.windows import day_start, meter_event_identifier
-from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import aggregate_usage, process_stripe_event
 from tests.billing_data import World, event, invoice_obj, make_world
 from tests.factories import sign_webhook
+from tests.support.worker import Ctx
 
-Ctx = dict[str, Any]
 METERING = "http://metering.test"
-
-
-@pytest.fixture
-async def worker_ctx(settings: Settings, redis_url: str) -> AsyncIterator[Ctx]:
-    resources = WorkerResources.open(settings)
-    redis = await create_pool(RedisSettings.from_dsn(redis_url))
-    yield {"resources": resources, "redis": redis, "job_try": 1}
-    await redis.aclose()
-    await resources.close()
 
 
 class Metering:
