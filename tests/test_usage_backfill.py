@@ -18,7 +18,7 @@ from app import cli as cli_module
 from app.config import Settings
 from app.models import UsageRecord
 from tests.billing_data import World, make_world
-from tests.test_usage_worker import Metering, meter_event_api
+from tests.support.usage import Metering, meter_event_api
 
 TODAY = datetime.now(UTC).date()
 

@@ -30,10 +30,8 @@ from app.usage.windows import day_start
 from app.worker.webhook_jobs import aggregate_usage, process_stripe_event
 from tests.billing_data import World, event, invoice_obj, make_world, subscription_obj
 from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.usage import METERING, meter_event_api
 from tests.support.worker import Ctx, deliver
-from tests.test_usage_worker import meter_event_api
-
-METERING = "http://metering.test"
 
 
 @dataclass
