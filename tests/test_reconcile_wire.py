@@ -34,7 +34,7 @@ from app.reconcile.service import RECONCILE_LOCK_ID, ReconcileService
 from app.stripe import StripeGateway
 from app.worker.context import WorkerResources
 from tests import rows
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 NOW = 1_780_000_000
 CUSTOMER = "cus_reconcile_wire"

@@ -23,7 +23,7 @@ from app.stripe.test_clocks import (
     business_clock,
     group_per_clock,
 )
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 STRIPE = "https://api.stripe.com"
 FROZEN = 1_790_000_000

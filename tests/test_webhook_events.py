@@ -6,7 +6,6 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,23 +19,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
 from app.config import Settings
-from app.db.base import Base
 from app.models import Consumer, Earning, Invoice, OutboxMessage, StripeEvent, Subscription
 from app.money import split_commission
 from app.webhooks.processor import MAX_ATTEMPTS
 from app.webhooks.replay import replay_events
 from app.worker.webhook_jobs import process_stripe_event
 from tests.billing_data import World, event, invoice_obj, make_world, subscription_obj
-from tests.stripe_payments import FakePayments, Payments, dispute, mocked_payments, refund
-from tests.support.worker import Ctx, deliver, one, post, rows
+from tests.stripe_payments import FakePayments, Payments, dispute, refund
+from tests.support.worker import Ctx, deliver, one, post, rows, truncate
 
 DAY = 86400
-
-
-@pytest.fixture
-def stripe_payments(settings: Settings) -> Iterator[Payments]:
-    with mocked_payments(settings) as payments:
-        yield payments
 
 
 async def snapshot(engine: AsyncEngine, world: World) -> dict[str, Any]:
@@ -140,12 +132,6 @@ def lifecycle(world: World, *, t0: int, ending: str) -> list[dict[str, Any]]:
             )
         )
     return events
-
-
-async def truncate(engine: AsyncEngine) -> None:
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    async with engine.begin() as connection:
-        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
 
 async def run_lifecycle(

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.base import Base
 from app.worker.webhook_jobs import process_stripe_event
 from tests.factories import sign_webhook
 
@@ -37,3 +38,10 @@ async def one(engine: AsyncEngine, model: Any, **where: Any) -> Any:
 async def rows(engine: AsyncEngine, model: Any, **where: Any) -> list[Any]:
     async with engine.connect() as connection:
         return list((await connection.execute(select(model).filter_by(**where))).all())
+
+
+async def truncate(engine: AsyncEngine) -> None:
+    """Empty every table (a test that starts over within itself)."""
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    async with engine.begin() as connection:
+        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
