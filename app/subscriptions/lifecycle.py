@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_object_session
 
 from app import clock, metrics
@@ -188,27 +188,29 @@ async def bills_calls_differently(subscription: Subscription, price_id: str | No
     if session is None or price_id is None:
         return False
     target = await _plan_of_price(session, subscription, price_id)
-    if target is None or target[0] == subscription.pricing_plan_id:
+    if target is None:
+        return False
+    plan_id, _version, plan_type = target
+    if plan_id == subscription.pricing_plan_id:
         return False
     current = await session.scalar(
         select(PricingPlan.type).where(PricingPlan.id == subscription.pricing_plan_id)
     )
-    return (current == "pay_per_use") != (target[2] == "pay_per_use")
+    return (current == "pay_per_use") != (plan_type == "pay_per_use")
 
 
 async def _plan_of_price(
     session: AsyncSession, subscription: Subscription, price_id: str
-) -> tuple[uuid.UUID, int, str] | None:
+) -> Row[uuid.UUID, int, str] | None:
     """The plan version (plan id, version, plan type) of the row's API whose Stripe price is
     `price_id`, or None when no plan of that API has it."""
-    found = (
+    return (
         await session.execute(
             select(PricingPlanVersion.plan_id, PricingPlanVersion.version, PricingPlan.type)
             .join(PricingPlan, PricingPlan.id == PricingPlanVersion.plan_id)
             .where(PricingPlanVersion.stripe_price_id == price_id, PricingPlan.api_id == subscription.api_id)
         )
     ).one_or_none()
-    return None if found is None else found.tuple()
 
 
 async def apply_stripe_state(
