@@ -360,6 +360,22 @@ async def test_final_invoice_of_a_cancelled_pay_per_use_subscription_carries_eve
 # --- item 4: cancelling now invoices what was used ----------------------------------------------
 
 
+async def _subscribed_to_one_of_two(
+    client: httpx.AsyncClient, auth: Auth, subscribed: dict[str, Any], other: dict[str, Any]
+) -> tuple[dict[str, str], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A consumer with a card subscribed to one of two plans of the same API (created first, the
+    other second): (consumer headers, the subscription, its plan, the other plan)."""
+    creator = auth("creator")
+    api_id = new_api_id()
+    plan = await create_plan(client, creator, api_id, **subscribed)
+    other_plan = await create_plan(client, creator, api_id, **other)
+    headers = auth("consumer")
+    await register(client, headers)
+    await add_card(client, headers)
+    created = (await subscribe(client, headers, plan)).json()
+    return headers, created, plan, other_plan
+
+
 async def _subscribed(
     client: httpx.AsyncClient, auth: Auth, **terms: Any
 ) -> tuple[dict[str, str], dict[str, Any]]:
@@ -409,14 +425,9 @@ async def test_cancelling_now_sends_the_usage_so_far_then_has_stripe_invoice_it_
 async def test_downgrading_to_free_sends_the_usage_so_far_then_has_stripe_invoice_it_at_once(
     client: httpx.AsyncClient, auth: Auth, services: Services
 ) -> None:
-    creator = auth("creator")
-    api_id = new_api_id()
-    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
-    free = await create_plan(client, creator, api_id, type="free", call_limit=100)
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = (await subscribe(client, headers, metered)).json()
+    headers, created, _metered, free = await _subscribed_to_one_of_two(
+        client, auth, {"type": "pay_per_use", "price_per_call": "0.01"}, {"type": "free", "call_limit": 100}
+    )
     services.counts.set(created["id"], datetime.now(UTC).date(), 25)
 
     changed = await client.put(
@@ -440,14 +451,12 @@ async def test_downgrading_to_free_sends_the_usage_so_far_then_has_stripe_invoic
 async def test_calls_on_pay_per_use_before_a_change_to_a_flat_plan_are_billed_and_none_after(
     client: httpx.AsyncClient, auth: Auth, services: Services, worker_ctx: Ctx, engine: AsyncEngine
 ) -> None:
-    creator = auth("creator")
-    api_id = new_api_id()
-    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
-    flat = await create_plan(client, creator, api_id, monthly_price="29", call_limit=100_000)
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = (await subscribe(client, headers, metered)).json()
+    headers, created, _metered, flat = await _subscribed_to_one_of_two(
+        client,
+        auth,
+        {"type": "pay_per_use", "price_per_call": "0.01"},
+        {"monthly_price": "29", "call_limit": 100_000},
+    )
     today = datetime.now(UTC).date()
     services.counts.set(created["id"], today, 40)
 
@@ -471,14 +480,9 @@ async def test_calls_on_pay_per_use_before_a_change_to_a_flat_plan_are_billed_an
 async def test_calls_on_a_flat_plan_before_a_change_to_pay_per_use_are_not_billed_per_call(
     client: httpx.AsyncClient, auth: Auth, services: Services, worker_ctx: Ctx, engine: AsyncEngine
 ) -> None:
-    creator = auth("creator")
-    api_id = new_api_id()
-    flat = await create_plan(client, creator, api_id, monthly_price="29")
-    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = (await subscribe(client, headers, flat)).json()
+    headers, created, _flat, metered = await _subscribed_to_one_of_two(
+        client, auth, {"monthly_price": "29"}, {"type": "pay_per_use", "price_per_call": "0.01"}
+    )
     today = datetime.now(UTC).date()
     services.counts.set(created["id"], today, 30)
 
@@ -525,14 +529,9 @@ async def test_a_plan_change_made_at_stripe_bills_the_calls_before_it_by_the_pla
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
-    creator = auth("creator")
-    api_id = new_api_id()
-    flat = await create_plan(client, creator, api_id, monthly_price="29")
-    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = (await subscribe(client, headers, flat)).json()
+    headers, created, flat, metered = await _subscribed_to_one_of_two(
+        client, auth, {"monthly_price": "29"}, {"type": "pay_per_use", "price_per_call": "0.01"}
+    )
     today = datetime.now(UTC).date()
     services.counts.set(created["id"], today, 30)
 
@@ -566,14 +565,9 @@ async def test_a_change_at_stripe_from_pay_per_use_to_a_flat_plan_bills_the_call
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
-    creator = auth("creator")
-    api_id = new_api_id()
-    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
-    flat = await create_plan(client, creator, api_id, monthly_price="29")
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = (await subscribe(client, headers, metered)).json()
+    _headers, created, _metered, flat = await _subscribed_to_one_of_two(
+        client, auth, {"type": "pay_per_use", "price_per_call": "0.01"}, {"monthly_price": "29"}
+    )
     today = datetime.now(UTC).date()
     services.counts.set(created["id"], today, 40)
 
@@ -597,14 +591,9 @@ async def test_billing_sync_finding_a_plan_change_made_at_stripe_bills_the_calls
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
-    creator = auth("creator")
-    api_id = new_api_id()
-    flat = await create_plan(client, creator, api_id, monthly_price="29")
-    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = (await subscribe(client, headers, flat)).json()
+    headers, created, _flat, metered = await _subscribed_to_one_of_two(
+        client, auth, {"monthly_price": "29"}, {"type": "pay_per_use", "price_per_call": "0.01"}
+    )
     today = datetime.now(UTC).date()
     services.counts.set(created["id"], today, 30)
     await _change_price_at_stripe(settings, engine, created["id"], metered["id"])  # no webhook reaches us
@@ -631,14 +620,9 @@ async def test_billing_sync_finding_a_plan_change_made_at_stripe_bills_the_calls
 async def test_a_plan_change_waits_while_the_usage_until_then_cannot_be_counted(
     client: httpx.AsyncClient, auth: Auth, services: Services, engine: AsyncEngine
 ) -> None:
-    creator = auth("creator")
-    api_id = new_api_id()
-    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
-    flat = await create_plan(client, creator, api_id, monthly_price="29")
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = (await subscribe(client, headers, metered)).json()
+    headers, created, metered, flat = await _subscribed_to_one_of_two(
+        client, auth, {"type": "pay_per_use", "price_per_call": "0.01"}, {"monthly_price": "29"}
+    )
     services.counts.down = True
     changed = await client.put(
         f"/api/v1/subscriptions/{created['id']}/upgrade",
