@@ -28,9 +28,9 @@ from app.sync.service import SyncService
 from app.usage.service import UsageService
 from app.usage.windows import day_start
 from app.worker.webhook_jobs import aggregate_usage, process_stripe_event
-from tests.billing_data import World, event, invoice_obj, make_world, subscription_obj
+from tests.billing_data import event, invoice_obj, make_world, subscription_obj
 from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
-from tests.support.usage import METERING, meter_event_api
+from tests.support.usage import METERING, meter_event_api, pay_per_use, usage_windows
 from tests.support.worker import Ctx, deliver
 
 
@@ -97,26 +97,6 @@ def services(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Se
         yield Services(counts, meter_events, accepted, refused, mock)
 
 
-async def windows(engine: AsyncEngine, subscription_id: uuid.UUID | None = None) -> list[Any]:
-    async with engine.connect() as connection:
-        statement = select(UsageRecord).order_by(UsageRecord.window_start)
-        if subscription_id is not None:
-            statement = statement.where(UsageRecord.subscription_id == subscription_id)
-        return list((await connection.execute(statement)).all())
-
-
-async def pay_per_use(engine: AsyncEngine, *, started_at: datetime, **extra: Any) -> World:
-    return await make_world(
-        engine,
-        plan_type="pay_per_use",
-        monthly_amount=None,
-        price_per_call=Decimal("0.01"),
-        status="active",
-        started_at=started_at,
-        **extra,
-    )
-
-
 async def cli(*args: str) -> Result:
     runner = CliRunner()
     return await asyncio.to_thread(
@@ -144,7 +124,7 @@ async def test_a_refused_window_is_quarantined_alone_and_sent_again_only_on_an_o
 
     first = await aggregate_usage(worker_ctx)
     assert first == {"recorded": 3, "reported": 2, "unavailable": 0, "stripe_failures": 0}
-    stored = await windows(engine)
+    stored = await usage_windows(engine)
     assert [w.report_status for w in stored] == ["accepted", "quarantined", "accepted"]
     assert "parameter_invalid_integer" in stored[1].report_error
     assert quarantined_total() == before + 1
@@ -168,7 +148,7 @@ async def test_a_refused_window_is_quarantined_alone_and_sent_again_only_on_an_o
     services.refused.clear()
     retried = await cli("retry", "--window", str(stored[1].id))
     assert retried.exit_code == 0, retried.output
-    assert [w.report_status for w in await windows(engine)] == ["accepted", "accepted", "accepted"]
+    assert [w.report_status for w in await usage_windows(engine)] == ["accepted", "accepted", "accepted"]
     assert services.meter_events.call_count == 4
     # Each send carries its window's own idempotency key; the retry is a new attempt.
     keys = [c.request.headers["Idempotency-Key"] for c in services.meter_events.calls]
@@ -205,7 +185,7 @@ async def test_a_lost_answer_is_settled_by_stripes_replay_and_past_its_memory_ne
     assert second["reported"] == 1
     # Sent twice under the same key: Stripe replayed its first answer and counted it once.
     assert len(services.accepted) == 2
-    assert [w.report_status for w in await windows(engine)] == ["accepted", "accepted"]
+    assert [w.report_status for w in await usage_windows(engine)] == ["accepted", "accepted"]
 
     # A window sent more than a day ago and never answered: Stripe may have counted it and
     # forgotten the identifier since, so it is quarantined, not sent again.
@@ -222,7 +202,7 @@ async def test_a_lost_answer_is_settled_by_stripes_replay_and_past_its_memory_ne
     third = await aggregate_usage(worker_ctx)
     assert third["reported"] == 0
     assert services.meter_events.call_count == calls
-    stored = await windows(engine)
+    stored = await usage_windows(engine)
     assert [w.report_status for w in stored] == ["quarantined", "quarantined"]
     assert "check the meter's events in Stripe" in stored[0].report_error
 
@@ -246,7 +226,7 @@ async def test_a_day_of_three_billion_calls_is_recorded_and_reported_and_a_broke
 
     result = await aggregate_usage(worker_ctx)
     assert result == {"recorded": 3, "reported": 2, "unavailable": 1, "stripe_failures": 0}
-    by_subscription = {w.subscription_id: w for w in await windows(engine)}
+    by_subscription = {w.subscription_id: w for w in await usage_windows(engine)}
     assert by_subscription[huge.subscription_id].quantity == 3_000_000_000
     assert by_subscription[huge.subscription_id].report_status == "accepted"
     assert by_subscription[refused.subscription_id].quantity == 9_000_000_000_000_000_000
@@ -353,7 +333,7 @@ async def test_final_invoice_of_a_cancelled_pay_per_use_subscription_carries_eve
     assert all(e["timestamp"] < period[1] for e in events)
     assert events[-1]["timestamp"] == period[1] - 1
     assert services.meter_events.call_count == 5
-    stored = await windows(engine)
+    stored = await usage_windows(engine)
     assert (stored[-1].window_start, stored[-1].window_end) == (day_start(days[-1]), ended)
 
 
@@ -472,7 +452,7 @@ async def test_calls_on_pay_per_use_before_a_change_to_a_flat_plan_are_billed_an
     with clock.use(clock.ManualClock(day_start(today + timedelta(days=1)) + timedelta(minutes=5))):
         await aggregate_usage(worker_ctx)
     assert [p["payload[value]"] for p in services.sent()] == ["40"]
-    stored = await windows(engine, uuid.UUID(created["id"]))
+    stored = await usage_windows(engine, uuid.UUID(created["id"]))
     assert [(w.quantity, w.report_status) for w in stored] == [(40, "accepted"), (60, "unbilled")]
     assert stored[0].window_end == stored[1].window_start
 
@@ -498,7 +478,7 @@ async def test_calls_on_a_flat_plan_before_a_change_to_pay_per_use_are_not_bille
     with clock.use(clock.ManualClock(day_start(today + timedelta(days=1)) + timedelta(minutes=5))):
         await aggregate_usage(worker_ctx)
     assert [p["payload[value]"] for p in services.sent()] == ["70"]
-    stored = await windows(engine, uuid.UUID(created["id"]))
+    stored = await usage_windows(engine, uuid.UUID(created["id"]))
     assert [(w.quantity, w.report_status) for w in stored] == [(30, "unbilled"), (70, "accepted")]
 
 
@@ -553,7 +533,7 @@ async def test_a_plan_change_made_at_stripe_bills_the_calls_before_it_by_the_pla
     with clock.use(clock.ManualClock(day_start(today + timedelta(days=1)) + timedelta(minutes=5))):
         await aggregate_usage(worker_ctx)
     assert [p["payload[value]"] for p in services.sent()] == ["70"]
-    stored = await windows(engine, uuid.UUID(created["id"]))
+    stored = await usage_windows(engine, uuid.UUID(created["id"]))
     assert [(w.quantity, w.report_status) for w in stored] == [(30, "unbilled"), (70, "accepted")]
 
 

@@ -3,12 +3,19 @@ events endpoint (mounted on a respx router)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import respx
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.models import UsageRecord
+from tests.billing_data import World, make_world
 
 METERING = "http://metering.test"
 
@@ -96,3 +103,28 @@ def meter_event_api(
         return response
 
     return answer
+
+
+async def pay_per_use(
+    engine: AsyncEngine, days_ago: int = 3, *, started_at: datetime | None = None, **extra: Any
+) -> World:
+    """An active pay-per-use subscription (0.01 a call) started `days_ago` days ago, or at
+    `started_at`."""
+    return await make_world(
+        engine,
+        plan_type="pay_per_use",
+        monthly_amount=None,
+        price_per_call=Decimal("0.01"),
+        status="active",
+        started_at=started_at if started_at is not None else datetime.now(UTC) - timedelta(days=days_ago),
+        **extra,
+    )
+
+
+async def usage_windows(engine: AsyncEngine, subscription_id: uuid.UUID | None = None) -> list[Any]:
+    """The recorded usage windows (`usage_records`), oldest first, of one subscription or all."""
+    async with engine.connect() as connection:
+        statement = select(UsageRecord).order_by(UsageRecord.window_start)
+        if subscription_id is not None:
+            statement = statement.where(UsageRecord.subscription_id == subscription_id)
+        return list((await connection.execute(statement)).all())
