@@ -46,6 +46,22 @@ def settings_or_exit() -> Settings:
     return settings
 
 
+def as_utc(moment: datetime | None) -> datetime | None:
+    """An option's time as UTC: a time given without a zone is read as UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+def replay_since_or_exit(event: str | None, failed: bool, since: datetime | None) -> datetime | None:
+    """The `replay` commands' shared choice: one of --event, --failed or --since (exit 2 without
+    any), and --since as UTC."""
+    if event is None and not failed and since is None:
+        typer.echo("billing: choose --event ID, --failed or --since T", err=True)
+        raise typer.Exit(2)
+    return as_utc(since)
+
+
 def install_business_clock(settings: Settings) -> None:
     """Run this process on BILLING_CLOCK's time; a test clock that cannot be read stops start-up."""
     from app.stripe.test_clocks import business_clock
@@ -337,8 +353,7 @@ def reconcile(
     from app.reconcile.jobs import run_reconcile
     from app.reconcile.report import render_report
 
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
+    since = as_utc(since)
     settings = settings_or_exit()
     console = Console(stderr=True)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as bar:
@@ -376,12 +391,8 @@ def webhooks_replay(
 
     from app.webhooks.replay import replay_events
 
-    if event is None and not failed and since is None:
-        typer.echo("billing: choose --event ID, --failed or --since T", err=True)
-        raise typer.Exit(2)
+    since = replay_since_or_exit(event, failed, since)
     settings = settings_or_exit()
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
     columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns) as progress:
         task = progress.add_task("replay", total=None)
@@ -424,16 +435,12 @@ def events_replay(
 
     from app.events.replay import replay_events
 
-    if event is None and not failed and since is None:
-        typer.echo("billing: choose --event ID, --failed or --since T", err=True)
-        raise typer.Exit(2)
+    since = replay_since_or_exit(event, failed, since)
     try:
         event_id = uuid.UUID(event) if event is not None else None
     except ValueError:
         typer.echo(f"billing: --event must be an event id (a UUID), not {event!r}", err=True)
         raise typer.Exit(2) from None
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
     result = asyncio.run(replay_events(settings_or_exit(), event_id=event_id, failed=failed, since=since))
     typer.echo(
         f"replayed {result.chosen} events: {result.delivered} delivered, "

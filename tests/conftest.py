@@ -16,12 +16,16 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app.config import Settings, load_settings
+from app.config import Settings
 from app.db.base import Base
 from app.db.migrate import upgrade
 from app.dev.processes import EmbeddedPostgres, free_port, redis_server, stripe_emulator
 from app.main import create_app
-from tests.factories import JWT_SECRET, WEBHOOK_SECRET, TokenFactory
+from tests.factories import TokenFactory
+from tests.support.settings import make_settings
+
+# Fixtures several test modules share live in tests/support/, registered here for every test.
+pytest_plugins = ["tests.support.fixtures", "tests.support.stripe_wire"]
 
 
 @pytest.fixture(scope="session")
@@ -82,23 +86,6 @@ def stripe_api_base() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def settings(database_url: str, redis_url: str, stripe_api_base: str) -> Settings:
     return make_settings(database_url=database_url, redis_url=redis_url, stripe_api_base=stripe_api_base)
-
-
-def make_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "database_url": "postgresql://unused",
-        "redis_url": "redis://127.0.0.1:1/0",
-        "stripe_secret_key": "sk_test_billing_tests",
-        "stripe_webhook_secret": WEBHOOK_SECRET,
-        "jwt_secret": JWT_SECRET,
-        "api_key_service_url": "http://apikeys.test",
-        "metering_service_url": "http://metering.test",
-        "stripe_max_network_retries": 0,
-        "log_level": "WARNING",
-        "db_pool_size": 5,
-    }
-    values.update(overrides)
-    return load_settings(**values)
 
 
 @pytest.fixture(scope="session")

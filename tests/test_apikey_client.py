@@ -5,7 +5,7 @@ import pytest
 import respx
 
 from app.integrations.apikey import ApiKeyClient, ApiKeyServiceError
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 KEYS_URL = "http://apikeys.test/api/v1/keys"
 

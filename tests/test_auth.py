@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.auth import TokenVerifier
 from app.errors import DomainError, Forbidden, Unauthorized
-from tests.conftest import make_settings
 from tests.factories import TokenFactory
+from tests.support.settings import make_settings
 
 Auth = Callable[..., dict[str, str]]
 

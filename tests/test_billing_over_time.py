@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from arq.connections import RedisSettings, create_pool
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,30 +27,13 @@ from app.config import Settings
 from app.dev.siblings import build_app
 from app.models import Earning, Invoice, Subscription, UsageRecord
 from app.stripe.test_clocks import TestClockTime
-from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import process_stripe_event
 from tests.factories import sign_webhook
 from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.worker import Ctx
 
-Ctx = dict[str, Any]
 DAY = 86400
 HOUR = 3600
-
-
-@pytest.fixture
-async def worker_ctx(settings: Settings, redis_url: str) -> AsyncIterator[Ctx]:
-    resources = WorkerResources.open(settings)
-    redis = await create_pool(RedisSettings.from_dsn(redis_url))
-    yield {"resources": resources, "redis": redis, "job_try": 1}
-    await redis.aclose()
-    await resources.close()
-
-
-@pytest.fixture
-async def stripe(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    key = (settings.stripe_secret_key.get_secret_value(), "")
-    async with httpx.AsyncClient(base_url=str(settings.stripe_api_base), auth=key, timeout=30) as http:
-        yield http
 
 
 @pytest.fixture
@@ -78,7 +60,7 @@ class Timeline:
     """One emulator test clock, our business time on it, and its events relayed to our webhook."""
 
     client: httpx.AsyncClient
-    stripe: httpx.AsyncClient
+    stripe_http: httpx.AsyncClient
     ctx: Ctx
     clock_id: str
     last_event: str | None
@@ -86,30 +68,32 @@ class Timeline:
 
     @classmethod
     async def start(
-        cls, client: httpx.AsyncClient, stripe: httpx.AsyncClient, ctx: Ctx, customer: str
+        cls, client: httpx.AsyncClient, stripe_http: httpx.AsyncClient, ctx: Ctx, customer: str
     ) -> Timeline:
         """A clock at the present second with `customer` on it; earlier events are not relayed."""
-        newest = (await stripe.get("/v1/events", params={"limit": 1})).json()["data"]
-        created = await stripe.post(
+        newest = (await stripe_http.get("/v1/events", params={"limit": 1})).json()["data"]
+        created = await stripe_http.post(
             "/v1/test_helpers/test_clocks",
             data={"frozen_time": int(time.time()), "customer": customer, "name": "billing over time"},
         )
         assert created.status_code == 200, created.text
-        return cls(client, stripe, ctx, created.json()["id"], newest[0]["id"] if newest else None)
+        return cls(client, stripe_http, ctx, created.json()["id"], newest[0]["id"] if newest else None)
 
     async def now(self) -> int:
         return int(
-            (await self.stripe.get(f"/v1/test_helpers/test_clocks/{self.clock_id}")).json()["frozen_time"]
+            (await self.stripe_http.get(f"/v1/test_helpers/test_clocks/{self.clock_id}")).json()[
+                "frozen_time"
+            ]
         )
 
     async def advance_to(self, moment: int) -> None:
-        advanced = await self.stripe.post(
+        advanced = await self.stripe_http.post(
             f"/v1/test_helpers/test_clocks/{self.clock_id}/advance", data={"frozen_time": moment}
         )
         assert advanced.status_code == 200, advanced.text
         assert advanced.json()["status"] == "advancing"
         for _ in range(300):
-            found = (await self.stripe.get(f"/v1/test_helpers/test_clocks/{self.clock_id}")).json()
+            found = (await self.stripe_http.get(f"/v1/test_helpers/test_clocks/{self.clock_id}")).json()
             if found["status"] == "ready":
                 assert found["frozen_time"] == moment
                 break
@@ -120,7 +104,7 @@ class Timeline:
 
     async def relay(self) -> list[dict[str, Any]]:
         """Post every new event to our endpoint, signed, and run the worker's job for it."""
-        events = await _all_events(self.stripe, self.last_event)
+        events = await _all_events(self.stripe_http, self.last_event)
         for event in events:
             body, header = sign_webhook(event)
             response = await self.client.post(
@@ -132,10 +116,10 @@ class Timeline:
         return events
 
     async def subscription(self, subscription_id: str) -> dict[str, Any]:
-        return dict((await self.stripe.get(f"/v1/subscriptions/{subscription_id}")).json())
+        return dict((await self.stripe_http.get(f"/v1/subscriptions/{subscription_id}")).json())
 
 
-async def _all_events(stripe: httpx.AsyncClient, after: str | None) -> list[dict[str, Any]]:
+async def _all_events(stripe_http: httpx.AsyncClient, after: str | None) -> list[dict[str, Any]]:
     """The emulator's events sent after event `after` (all, if None), oldest first.
 
     Stripe lists events newest first: page back until `after`."""
@@ -143,7 +127,7 @@ async def _all_events(stripe: httpx.AsyncClient, after: str | None) -> list[dict
     older_than: str | None = None
     while True:
         params: dict[str, Any] = {"limit": 100, **({"starting_after": older_than} if older_than else {})}
-        page = (await stripe.get("/v1/events", params=params)).json()
+        page = (await stripe_http.get("/v1/events", params=params)).json()
         for event in page["data"]:
             if event["id"] == after:
                 return found[::-1]
@@ -170,11 +154,11 @@ async def _subscription(engine: AsyncEngine, subscription_id: str) -> Any:
 
 
 async def _paying_subscriber(
-    client: httpx.AsyncClient, stripe: httpx.AsyncClient, ctx: Ctx, auth: Auth, plan: dict[str, Any]
+    client: httpx.AsyncClient, stripe_http: httpx.AsyncClient, ctx: Ctx, auth: Auth, plan: dict[str, Any]
 ) -> tuple[Timeline, dict[str, Any], dict[str, str]]:
     headers = auth("consumer")
     registered = await register(client, headers)
-    timeline = await Timeline.start(client, stripe, ctx, registered["stripe_customer_id"])
+    timeline = await Timeline.start(client, stripe_http, ctx, registered["stripe_customer_id"])
     await add_card(client, headers)
     subscribed = await subscribe(client, headers, plan)
     assert subscribed.status_code == 201, subscribed.text
@@ -184,7 +168,7 @@ async def _paying_subscriber(
 
 async def test_monthly_renewals_are_invoiced_mirrored_and_paid_once_per_period(
     client: httpx.AsyncClient,
-    stripe: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
     worker_ctx: Ctx,
     auth: Auth,
     engine: AsyncEngine,
@@ -193,7 +177,7 @@ async def test_monthly_renewals_are_invoiced_mirrored_and_paid_once_per_period(
     plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="29")
     headers = auth("consumer")
     registered = await register(client, headers)
-    timeline = await Timeline.start(client, stripe, worker_ctx, registered["stripe_customer_id"])
+    timeline = await Timeline.start(client, stripe_http, worker_ctx, registered["stripe_customer_id"])
     with clock.use(TestClockTime(settings, timeline.clock_id, refresh_seconds=0)):
         await add_card(client, headers)
         subscribed = (await subscribe(client, headers, plan)).json()
@@ -228,7 +212,7 @@ async def test_monthly_renewals_are_invoiced_mirrored_and_paid_once_per_period(
 
 async def test_usage_metered_in_a_period_is_billed_once_on_that_periods_renewal(
     client: httpx.AsyncClient,
-    stripe: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
     worker_ctx: Ctx,
     auth: Auth,
     engine: AsyncEngine,
@@ -238,7 +222,7 @@ async def test_usage_metered_in_a_period_is_billed_once_on_that_periods_renewal(
     plan = await create_plan(client, auth("creator"), new_api_id(), type="pay_per_use", price_per_call="0.25")
     headers = auth("consumer")
     registered = await register(client, headers)
-    timeline = await Timeline.start(client, stripe, worker_ctx, registered["stripe_customer_id"])
+    timeline = await Timeline.start(client, stripe_http, worker_ctx, registered["stripe_customer_id"])
     followed = TestClockTime(settings, timeline.clock_id, refresh_seconds=0)
     with clock.use(followed):
         await add_card(client, headers)
@@ -281,14 +265,14 @@ async def test_usage_metered_in_a_period_is_billed_once_on_that_periods_renewal(
 
 async def test_a_failing_card_goes_past_due_is_retried_on_schedule_then_cancelled(
     client: httpx.AsyncClient,
-    stripe: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
     worker_ctx: Ctx,
     auth: Auth,
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="19")
-    timeline, subscribed, headers = await _paying_subscriber(client, stripe, worker_ctx, auth, plan)
+    timeline, subscribed, headers = await _paying_subscriber(client, stripe_http, worker_ctx, auth, plan)
     with clock.use(TestClockTime(settings, timeline.clock_id, refresh_seconds=0)):
         failing = await add_card(client, headers, "pm_card_chargeCustomerFail")
         made_default = await client.put(f"/api/v1/payment-methods/{failing['id']}/default", headers=headers)
@@ -301,13 +285,13 @@ async def test_a_failing_card_goes_past_due_is_retried_on_schedule_then_cancelle
         await timeline.advance_to(period_end + 2 * HOUR)
         after_first = await _subscription(engine, subscribed["id"])
         (renewal,) = await _renewals(engine, subscribed["id"], first_invoice)
-        stripe_invoice = (await stripe.get(f"/v1/invoices/{renewal.stripe_invoice_id}")).json()
+        stripe_invoice = (await stripe_http.get(f"/v1/invoices/{renewal.stripe_invoice_id}")).json()
 
         statuses = []
         for days in (3, 3 + 5, 3 + 5 + 7):
             await timeline.advance_to(period_end + HOUR + days * DAY + 60)
             statuses.append((await _subscription(engine, subscribed["id"])).status)
-        final_invoice = (await stripe.get(f"/v1/invoices/{renewal.stripe_invoice_id}")).json()
+        final_invoice = (await stripe_http.get(f"/v1/invoices/{renewal.stripe_invoice_id}")).json()
 
     assert (after_first.status, renewal.status) == ("past_due", "open")
     assert stripe_invoice["attempt_count"] == 1
@@ -332,7 +316,7 @@ async def _earnings(engine: AsyncEngine, subscription_id: str) -> dict[str, int]
 
 async def test_an_upgrade_mid_period_is_invoiced_prorated_at_once_and_the_next_renewal_at_the_new_price(
     client: httpx.AsyncClient,
-    stripe: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
     worker_ctx: Ctx,
     auth: Auth,
     engine: AsyncEngine,
@@ -341,7 +325,7 @@ async def test_an_upgrade_mid_period_is_invoiced_prorated_at_once_and_the_next_r
     creator, api_id = auth("creator"), new_api_id()
     basic = await create_plan(client, creator, api_id, name="Basic", monthly_price="30")
     pro = await create_plan(client, creator, api_id, name="Pro", monthly_price="60")
-    timeline, subscribed, headers = await _paying_subscriber(client, stripe, worker_ctx, auth, basic)
+    timeline, subscribed, headers = await _paying_subscriber(client, stripe_http, worker_ctx, auth, basic)
     with clock.use(TestClockTime(settings, timeline.clock_id, refresh_seconds=0)):
         stripe_id = subscribed["stripe_subscription_id"]
         first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
@@ -375,19 +359,19 @@ async def test_an_upgrade_mid_period_is_invoiced_prorated_at_once_and_the_next_r
 
 async def test_a_trial_ends_three_days_after_its_warning_with_the_first_invoice_paid(
     client: httpx.AsyncClient,
-    stripe: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
     worker_ctx: Ctx,
     auth: Auth,
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="15", trial_period_days=10)
-    timeline, subscribed, _ = await _paying_subscriber(client, stripe, worker_ctx, auth, plan)
+    timeline, subscribed, _ = await _paying_subscriber(client, stripe_http, worker_ctx, auth, plan)
     with clock.use(TestClockTime(settings, timeline.clock_id, refresh_seconds=0)):
         assert (await _subscription(engine, subscribed["id"])).status == "trial"
         trial_end = int((await timeline.subscription(subscribed["stripe_subscription_id"]))["trial_end"])
         await timeline.advance_to(trial_end - 3 * DAY)
-        warned = [e for e in await _all_events(stripe, None) if e["type"].endswith("trial_will_end")]
+        warned = [e for e in await _all_events(stripe_http, None) if e["type"].endswith("trial_will_end")]
         assert warned[-1]["data"]["object"]["id"] == subscribed["stripe_subscription_id"]
         assert timeline.outcomes[warned[-1]["id"]] == "processed"
         await timeline.advance_to(trial_end + 2 * HOUR)
@@ -401,14 +385,14 @@ async def test_a_trial_ends_three_days_after_its_warning_with_the_first_invoice_
 
 async def test_a_lost_dispute_on_a_renewal_takes_back_the_creators_share_of_it(
     client: httpx.AsyncClient,
-    stripe: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
     worker_ctx: Ctx,
     auth: Auth,
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="50")
-    timeline, subscribed, _ = await _paying_subscriber(client, stripe, worker_ctx, auth, plan)
+    timeline, subscribed, _ = await _paying_subscriber(client, stripe_http, worker_ctx, auth, plan)
     with clock.use(TestClockTime(settings, timeline.clock_id, refresh_seconds=0)):
         stripe_id = subscribed["stripe_subscription_id"]
         first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
@@ -417,11 +401,11 @@ async def test_a_lost_dispute_on_a_renewal_takes_back_the_creators_share_of_it(
         )
         (renewal,) = await _renewals(engine, subscribed["id"], first_invoice)
         earned = await _earnings(engine, subscribed["id"])
-        intent = (await stripe.get(f"/v1/invoices/{renewal.stripe_invoice_id}")).json()["payment_intent"]
-        charge = (await stripe.get(f"/v1/payment_intents/{intent}")).json()["latest_charge"]
+        intent = (await stripe_http.get(f"/v1/invoices/{renewal.stripe_invoice_id}")).json()["payment_intent"]
+        charge = (await stripe_http.get(f"/v1/payment_intents/{intent}")).json()["latest_charge"]
         charge_id = charge["id"] if isinstance(charge, dict) else charge
-        opened = (await stripe.post(f"/v1/test_helpers/charges/{charge_id}/dispute")).json()
-        await stripe.post(f"/v1/test_helpers/disputes/{opened['id']}/close", data={"status": "lost"})
+        opened = (await stripe_http.post(f"/v1/test_helpers/charges/{charge_id}/dispute")).json()
+        await stripe_http.post(f"/v1/test_helpers/disputes/{opened['id']}/close", data={"status": "lost"})
         await timeline.relay()
         after = await _earnings(engine, subscribed["id"])
 

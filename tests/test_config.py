@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from app.config import ConfigError, load_settings
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 REQUIRED = (
     "DATABASE_URL",

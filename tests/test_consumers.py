@@ -103,7 +103,7 @@ async def test_stripe_down_on_register_is_502_and_writes_nothing(
     settings: Settings, auth: Auth, engine: AsyncEngine
 ) -> None:
     from app.main import create_app
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     broken = make_settings(
         database_url=settings.database_url, redis_url=settings.redis_url, stripe_api_base="http://127.0.0.1:1"

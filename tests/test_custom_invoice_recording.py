@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.models import CustomInvoice, Invoice
 from tests import rows
-from tests.test_custom_invoices import BODY, FakeStripeInvoices
+from tests.support.custom_invoices import BODY, FakeStripeInvoices
 
 Auth = Callable[..., dict[str, str]]
 Routes = dict[str, respx.Route]

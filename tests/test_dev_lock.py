@@ -19,7 +19,7 @@ import pytest
 from app.dev.lock import lock_data_dir
 from app.dev.processes import EmbeddedPostgres, free_port
 from bench.load import run_load
-from tests.test_dev_stack import STACK_VARS, _children_of, dev_stack
+from tests.support.dev_stack import STACK_VARS, children_of, dev_stack
 
 
 def _second_start(data_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
@@ -53,7 +53,7 @@ def test_second_billing_dev_on_a_folder_in_use_exits_1_and_leaves_the_first_runn
     running_stack: tuple[Path, int, subprocess.Popen[str], dict[str, str]],
 ) -> None:
     data_dir, port, process, _ = running_stack
-    children_before = sorted(_children_of(data_dir))
+    children_before = sorted(children_of(data_dir))
     started = time.monotonic()
     second = _second_start(data_dir, free_port())
     took = time.monotonic() - started
@@ -65,7 +65,7 @@ def test_second_billing_dev_on_a_folder_in_use_exits_1_and_leaves_the_first_runn
     assert took < 10
     # The running stack is untouched: same processes, still serving.
     assert process.poll() is None
-    assert sorted(_children_of(data_dir)) == children_before
+    assert sorted(children_of(data_dir)) == children_before
     assert httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10).status_code == 200
 
 

@@ -11,48 +11,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from app.dev.processes import EmbeddedPostgres, free_port
-
-STACK_VARS = ("DATABASE_URL", "REDIS_URL", "STRIPE_SECRET_KEY", "STRIPE_API_BASE", "API_KEY_SERVICE_URL")
-
-
-@contextmanager
-def dev_stack(data_dir: Path, port: int) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
-    env = {k: v for k, v in os.environ.items() if k not in STACK_VARS and k != "METERING_SERVICE_URL"}
-    process = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "app", "dev", "--port", str(port), "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    banner: dict[str, str] = {}
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 90
-        for line in process.stdout:
-            if "token:" in line:
-                role, token = line.strip().split(" token: ")
-                banner[role] = token
-            for label in ("test cards", "env", "logs", "metrics"):
-                if line.strip().startswith(label + " "):
-                    banner[label] = line
-            if line.startswith("billing dev is up"):
-                banner["up"] = line
-            if "Ctrl-C" in line or time.monotonic() > deadline:
-                break
-        assert set(banner) >= {"consumer", "creator", "admin", "up"}, banner
-        yield process, banner
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+from tests.support.dev_stack import STACK_VARS, children_of, dev_stack
 
 
 def _logged(log: Path, text: str, timeout: float = 10) -> bool:
@@ -90,19 +55,6 @@ def _wait_for_event(data_dir: Path, event_type: str, object_id: str, timeout: fl
     return False
 
 
-def _children_of(data_dir: Path) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if str(data_dir) in cmdline:
-                found.append(cmdline)
-    return found
-
-
 def test_billing_dev_serves_registers_and_restarts(data_dir: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -120,7 +72,7 @@ def test_billing_dev_serves_registers_and_restarts(data_dir: Path) -> None:
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
     time.sleep(0.5)
-    assert _children_of(data_dir) == []
+    assert children_of(data_dir) == []
 
     # Killed outright: the next start cleans up what was left and the data is still there.
     with dev_stack(data_dir, port) as (process, tokens):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.main import create_app
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

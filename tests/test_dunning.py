@@ -4,42 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import respx
 from arq import Retry
-from arq.connections import RedisSettings, create_pool
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import OutboxMessage, Subscription
-from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import process_stripe_event, suspend_overdue_api_keys
 from tests.billing_data import World, event, invoice_obj, make_world, subscription_obj
 from tests.factories import sign_webhook
+from tests.support.worker import Ctx, deliver
 
-Ctx = dict[str, Any]
 PERIOD = (1_780_000_000, 1_782_592_000)
-
-
-@pytest.fixture
-async def worker_ctx(settings: Settings, redis_url: str) -> AsyncIterator[Ctx]:
-    resources = WorkerResources.open(settings)
-    redis = await create_pool(RedisSettings.from_dsn(redis_url))
-    yield {"resources": resources, "redis": redis, "job_try": 1}
-    await redis.aclose()
-    await resources.close()
-
-
-async def deliver(client: httpx.AsyncClient, ctx: Ctx, payload: dict[str, Any]) -> str | None:
-    body, header = sign_webhook(payload)
-    response = await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
-    assert response.status_code == 200
-    return await process_stripe_event(ctx, payload["id"])
 
 
 async def subscription(engine: AsyncEngine, world: World) -> Any:

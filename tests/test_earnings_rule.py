@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.earnings.collected import amount_collected, creator_amounts
-from tests.test_invoice_earnings import apply_balance
+from tests.support.earnings import apply_balance
 
 
 @given(

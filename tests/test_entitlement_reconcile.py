@@ -19,7 +19,7 @@ from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import aggregate_usage
 from tests.entitlement_data import GATEWAY, PERIOD_START, check_body, entitled, gateway_settings, running
 from tests.journeys import Auth
-from tests.test_usage_worker import Metering
+from tests.support.usage import Metering
 
 Ctx = dict[str, Any]
 # The period began on 10 March at 12:00. A window belongs to the period holding its meter event's

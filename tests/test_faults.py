@@ -29,9 +29,9 @@ from app.models import StripeEvent
 from app.webhooks.ingest import event_job_id
 from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import CRON_JOBS
-from tests.conftest import make_settings
 from tests.factories import TokenFactory, sign_webhook
 from tests.freeze import frozen, postgres_pids, redis_pids
+from tests.support.settings import make_settings
 
 log = logging.getLogger(__name__)
 # "About 2 s" (connect + command timeout with the default settings), with room for a loaded machine.

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from app.config import Settings
 from app.dev.processes import EmbeddedPostgres
 from app.main import create_app
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 async def test_health_touches_nothing(client: httpx.AsyncClient) -> None:

@@ -12,10 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.billing_data import event, make_world
 from tests.journeys import Auth
 from tests.stripe_payments import T0
-from tests.test_invoice_earnings import paid_invoice
-from tests.test_webhook_events import Ctx, deliver, worker_ctx
-
-__all__ = ["worker_ctx"]  # the worker fixture of the other webhook tests
+from tests.support.earnings import paid_invoice
+from tests.support.worker import Ctx, deliver
 
 
 async def test_a_credit_invoice_keeps_stripes_negative_total_in_the_api_and_the_pdf(

@@ -22,7 +22,7 @@ from app.config import Settings
 from app.errors import UpstreamError
 from app.logging import JsonFormatter, RedactSecretsFilter, request_id_var
 from app.stripe import StripeGateway
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 @pytest.fixture

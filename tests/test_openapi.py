@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.main import create_app
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 MONEY_FIELDS = re.compile(
     r"^(amount(_.*)?|.*_amount|subtotal|tax|total|gross|commission|net|pending|paid_out|available|"

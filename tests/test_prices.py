@@ -17,9 +17,7 @@ from app.models import PricingPlanVersion
 from app.money import THREE_DECIMAL, chargeable_problem, is_chargeable
 from tests import rows
 from tests.journeys import Auth, create_plan, new_api_id
-from tests.test_stripe_wire import _form, stripe_api, wire, wire_app
-
-__all__ = ["stripe_api", "wire", "wire_app"]  # the respx Stripe of the wire tests
+from tests.support.stripe_wire import form_of
 
 THREE_DECIMALS = sorted(THREE_DECIMAL)
 
@@ -54,7 +52,7 @@ async def test_plan_prices_are_sent_to_stripe_tax_exclusive(
     )
     assert response.status_code == 200, response.text
 
-    sent = [_form(call.request) for call in stripe_api.calls if call.request.url.path == "/v1/prices"]
+    sent = [form_of(call.request) for call in stripe_api.calls if call.request.url.path == "/v1/prices"]
     assert len(sent) == 2
     assert [form["tax_behavior"] for form in sent] == [["exclusive"], ["exclusive"]]
 

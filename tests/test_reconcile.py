@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,21 +31,11 @@ from app.stripe import StripeGateway
 from tests.billing_data import World, event, make_world, subscription_obj
 from tests.journeys import add_card, create_plan, new_api_id, register, subscribe
 from tests.stripe_payments import PERIOD, T0, FakePayments, refund
-from tests.test_invoice_earnings import add_plan, booked, paid_invoice, pay
-from tests.test_webhook_events import Ctx, deliver, worker_ctx
-
-__all__ = ["worker_ctx"]  # the worker fixture of the webhook tests
+from tests.support.earnings import add_plan, booked, paid_invoice, pay
+from tests.support.worker import Ctx, deliver
 
 Auth = Callable[..., dict[str, str]]
 DAY = timedelta(days=1)
-
-
-@pytest.fixture
-async def stripe_http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """Direct access to the Stripe emulator, to arrange what Stripe holds."""
-    key = settings.stripe_secret_key.get_secret_value()
-    async with httpx.AsyncClient(base_url=str(settings.stripe_api_base), auth=(key, "")) as http:
-        yield http
 
 
 def _service(engine: AsyncEngine, settings: Settings) -> ReconcileService:

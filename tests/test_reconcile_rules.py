@@ -18,7 +18,7 @@ from app.reconcile.rules import (
 )
 from app.stripe.invoices import StripeInvoice
 from tests.billing_data import World
-from tests.test_invoice_earnings import paid_invoice
+from tests.support.earnings import paid_invoice
 
 RATE = Decimal("0.20")
 PRO, BUSINESS = uuid.uuid4(), uuid.uuid4()  # two plans of one API

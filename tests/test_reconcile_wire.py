@@ -34,7 +34,7 @@ from app.reconcile.service import RECONCILE_LOCK_ID, ReconcileService
 from app.stripe import StripeGateway
 from app.worker.context import WorkerResources
 from tests import rows
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 NOW = 1_780_000_000
 CUSTOMER = "cus_reconcile_wire"
@@ -179,7 +179,7 @@ async def test_meter_usage_asks_for_the_customers_span_and_sums_every_page(
 async def test_subscriptions_are_listed_with_every_status(
     wire_settings: Settings, stripe_api: respx.MockRouter
 ) -> None:
-    await StripeGateway(wire_settings).reconcile_page("subscriptions", starting_after="sub_1")
+    await StripeGateway(wire_settings).list_page("subscriptions", starting_after="sub_1")
     sent = stripe_api.routes[0].calls.last.request.url.params
     assert (sent["status"], sent["starting_after"], sent["limit"]) == ("all", "sub_1", "100")
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,20 +15,12 @@ from app.models import Earning, InvoiceReversal
 from app.worker.webhook_jobs import process_stripe_event
 from tests.billing_data import World, event, make_world
 from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
-from tests.stripe_payments import T0, FakePayments, Payments, dispute, mocked_payments, refund
-from tests.test_webhook_events import Ctx, deliver, post, truncate, worker_ctx
-
-__all__ = ["worker_ctx"]  # the worker fixture of the other webhook tests
+from tests.stripe_payments import T0, FakePayments, Payments, dispute, refund
+from tests.support.worker import Ctx, deliver, post, truncate
 
 
 def _id(value: Any) -> str:
     return str(value["id"] if isinstance(value, dict) else value)
-
-
-@pytest.fixture
-def stripe_payments(settings: Settings) -> Iterator[Payments]:
-    with mocked_payments(settings) as payments:
-        yield payments
 
 
 async def ledger(engine: AsyncEngine) -> dict[str, tuple[int, int, int]]:

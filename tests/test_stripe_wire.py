@@ -3,151 +3,42 @@ the emulator lacks: SCA, declines, proration previews, Checkout, the portal and 
 
 from __future__ import annotations
 
-import itertools
 import json
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
-from urllib.parse import parse_qs
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import respx
-from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.main import create_app
 from app.models import PaymentMethod, Subscription
-from tests.conftest import make_settings
 from tests.journeys import Auth, create_plan, new_api_id, register, subscribe
-
-NOW = 1_770_000_000
-MONTH = 30 * 86400
-
-
-def _form(request: httpx.Request) -> dict[str, list[str]]:
-    return parse_qs(request.content.decode())
-
-
-def _customer(customer_id: str = "cus_wire") -> dict[str, Any]:
-    return {
-        "id": customer_id,
-        "object": "customer",
-        "email": "wire@example.com",
-        "invoice_settings": {"default_payment_method": None},
-        "metadata": {},
-    }
-
-
-def _payment_method(payment_method_id: str = "pm_wire") -> dict[str, Any]:
-    return {
-        "id": payment_method_id,
-        "object": "payment_method",
-        "type": "card",
-        "customer": "cus_wire",
-        "card": {"brand": "mastercard", "last4": "4444", "exp_month": 4, "exp_year": 2031},
-        "created": NOW,
-    }
-
-
-def _subscription(status: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": "sub_wire",
-        "object": "subscription",
-        "customer": "cus_wire",
-        "status": status,
-        "created": NOW,
-        "cancel_at_period_end": False,
-        "canceled_at": None,
-        "ended_at": None,
-        "trial_end": None,
-        "metadata": {},
-        "items": {
-            "object": "list",
-            "data": [
-                {
-                    "id": "si_wire",
-                    "object": "subscription_item",
-                    "current_period_start": NOW,
-                    "current_period_end": NOW + MONTH,
-                    "price": {"id": "price_wire_1", "object": "price"},
-                }
-            ],
-        },
-        "latest_invoice": {
-            "id": "in_wire",
-            "object": "invoice",
-            "confirmation_secret": {"client_secret": "pi_wire_secret_abc", "type": "payment_intent"},
-        },
-        **extra,
-    }
-
-
-@pytest.fixture
-def stripe_api() -> Iterator[respx.MockRouter]:
-    """Stripe at api.stripe.com: customers, products, prices, cards; tests add the rest."""
-    prices = itertools.count(1)
-    with respx.mock(base_url="https://api.stripe.com", assert_all_called=False) as mock:
-        mock.post("/v1/customers").respond(200, json=_customer())
-        mock.post("/v1/customers/cus_wire").respond(200, json=_customer())
-        mock.post("/v1/products").respond(200, json={"id": "prod_wire", "object": "product"})
-        mock.post("/v1/prices").mock(
-            side_effect=lambda request: httpx.Response(
-                200,
-                json={
-                    "id": f"price_wire_{next(prices)}",
-                    "object": "price",
-                    "product": "prod_wire",
-                    "currency": "usd",
-                    "unit_amount_decimal": "2900",
-                },
-            )
-        )
-        mock.post("/v1/payment_methods/pm_wire/attach").respond(200, json=_payment_method())
-        yield mock
-
-
-@pytest.fixture
-async def wire_app(settings: Settings) -> AsyncIterator[FastAPI]:
-    """The app talking to api.stripe.com (mocked), with the SDK's own retries on."""
-    wired = make_settings(
-        database_url=settings.database_url, redis_url=settings.redis_url, stripe_max_network_retries=2
-    )
-    application = create_app(wired)
-    async with application.router.lifespan_context(application):
-        yield application
-
-
-@pytest.fixture
-async def wire(
-    wire_app: FastAPI, engine: AsyncEngine, stripe_api: respx.MockRouter
-) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=wire_app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as http:
-        yield http
-
-
-async def _consumer_with_card(wire: httpx.AsyncClient, auth: Auth) -> dict[str, str]:
-    headers = auth("consumer")
-    await register(wire, headers)
-    added = await wire.post("/api/v1/payment-methods", json={"payment_method_id": "pm_wire"}, headers=headers)
-    assert added.status_code == 201, added.text
-    return headers
+from tests.support.settings import make_settings
+from tests.support.stripe_wire import (
+    MONTH,
+    NOW,
+    consumer_with_card,
+    form_of,
+    wire_payment_method,
+    wire_subscription,
+)
 
 
 async def test_sca_needed_answers_incomplete_with_the_payment_intent_client_secret(
     wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth
 ) -> None:
-    route = stripe_api.post("/v1/subscriptions").respond(200, json=_subscription("incomplete"))
+    route = stripe_api.post("/v1/subscriptions").respond(200, json=wire_subscription("incomplete"))
     plan = await create_plan(wire, auth("creator"), new_api_id())
-    headers = await _consumer_with_card(wire, auth)
+    headers = await consumer_with_card(wire, auth)
     response = await subscribe(wire, headers, plan)
     assert response.status_code == 201, response.text
     body = response.json()
     assert (body["status"], body["client_secret"]) == ("incomplete", "pi_wire_secret_abc")
     assert body["stripe_subscription_id"] == "sub_wire"
-    sent = _form(route.calls.last.request)
+    sent = form_of(route.calls.last.request)
     assert sent["items[0][price]"] == ["price_wire_1"]
     assert sent["default_payment_method"] == ["pm_wire"]
     assert sent["payment_behavior"] == ["allow_incomplete"]
@@ -161,11 +52,11 @@ async def test_stripe_500_is_retried_with_the_same_idempotency_key(
     route = stripe_api.post("/v1/subscriptions").mock(
         side_effect=[
             httpx.Response(500, json={"error": {"type": "api_error", "message": "boom"}}),
-            httpx.Response(200, json=_subscription("active")),
+            httpx.Response(200, json=wire_subscription("active")),
         ]
     )
     plan = await create_plan(wire, auth("creator"), new_api_id())
-    headers = await _consumer_with_card(wire, auth)
+    headers = await consumer_with_card(wire, auth)
     response = await subscribe(wire, headers, plan)
     assert response.status_code == 201, response.text
     keys = [call.request.headers["Idempotency-Key"] for call in route.calls]
@@ -178,7 +69,7 @@ async def test_stripe_failing_on_subscribe_is_502_and_keeps_nothing(
 ) -> None:
     stripe_api.post("/v1/subscriptions").respond(500, json={"error": {"type": "api_error", "message": "x"}})
     plan = await create_plan(wire, auth("creator"), new_api_id())
-    headers = await _consumer_with_card(wire, auth)
+    headers = await consumer_with_card(wire, auth)
     response = await subscribe(wire, headers, plan)
     assert response.status_code == 502
     assert response.json()["code"] == "stripe_error"
@@ -215,20 +106,20 @@ async def test_card_declined_on_attach_is_402_with_stripes_reason_and_nothing_wr
 async def test_trial_plan_sends_trial_days_and_mirrors_trialing(
     wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth
 ) -> None:
-    trial = _subscription("trialing", trial_end=NOW + 14 * 86400, latest_invoice=None)
+    trial = wire_subscription("trialing", trial_end=NOW + 14 * 86400, latest_invoice=None)
     route = stripe_api.post("/v1/subscriptions").respond(200, json=trial)
     plan = await create_plan(wire, auth("creator"), new_api_id(), trial_period_days=14)
-    headers = await _consumer_with_card(wire, auth)
+    headers = await consumer_with_card(wire, auth)
     response = await subscribe(wire, headers, plan)
     assert response.json()["status"] == "trial"
     assert response.json()["trial_end"].startswith("2026-")
-    assert _form(route.calls.last.request)["trial_period_days"] == ["14"]
+    assert form_of(route.calls.last.request)["trial_period_days"] == ["14"]
 
 
 async def test_upgrade_preview_reads_stripes_prorated_invoice(
     wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth
 ) -> None:
-    stripe_api.post("/v1/subscriptions").respond(200, json=_subscription("active"))
+    stripe_api.post("/v1/subscriptions").respond(200, json=wire_subscription("active"))
     preview = stripe_api.post("/v1/invoices/create_preview").respond(
         200,
         json={
@@ -265,7 +156,7 @@ async def test_upgrade_preview_reads_stripes_prorated_invoice(
     api_id = new_api_id()
     basic = await create_plan(wire, creator, api_id, monthly_price="10")
     pro = await create_plan(wire, creator, api_id, monthly_price="40")
-    headers = await _consumer_with_card(wire, auth)
+    headers = await consumer_with_card(wire, auth)
     created = (await subscribe(wire, headers, basic)).json()
     response = await wire.get(
         f"/api/v1/subscriptions/{created['id']}/upgrade/preview",
@@ -276,7 +167,7 @@ async def test_upgrade_preview_reads_stripes_prorated_invoice(
     body = response.json()
     assert (body["amount_due"], body["currency"]) == (1934, "usd")
     assert [(line["amount"], line["proration"]) for line in body["lines"]] == [(-645, True), (2579, True)]
-    sent = _form(preview.calls.last.request)
+    sent = form_of(preview.calls.last.request)
     assert sent["subscription"] == ["sub_wire"]
     assert sent["subscription_details[items][0][id]"] == ["si_wire"]
     assert sent["subscription_details[items][0][price]"] == ["price_wire_2"]
@@ -286,13 +177,13 @@ async def test_upgrade_preview_reads_stripes_prorated_invoice(
 async def test_upgrade_changes_the_item_price_with_immediate_proration(
     wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth
 ) -> None:
-    stripe_api.post("/v1/subscriptions").respond(200, json=_subscription("active"))
-    update = stripe_api.post("/v1/subscriptions/sub_wire").respond(200, json=_subscription("active"))
+    stripe_api.post("/v1/subscriptions").respond(200, json=wire_subscription("active"))
+    update = stripe_api.post("/v1/subscriptions/sub_wire").respond(200, json=wire_subscription("active"))
     creator = auth("creator")
     api_id = new_api_id()
     basic = await create_plan(wire, creator, api_id, monthly_price="10")
     pro = await create_plan(wire, creator, api_id, monthly_price="40")
-    headers = await _consumer_with_card(wire, auth)
+    headers = await consumer_with_card(wire, auth)
     created = (await subscribe(wire, headers, basic)).json()
     response = await wire.put(
         f"/api/v1/subscriptions/{created['id']}/upgrade",
@@ -301,7 +192,7 @@ async def test_upgrade_changes_the_item_price_with_immediate_proration(
     )
     assert response.status_code == 200, response.text
     assert response.json()["pricing_plan_id"] == pro["id"]
-    sent = _form(update.calls.last.request)
+    sent = form_of(update.calls.last.request)
     assert sent["items[0][id]"] == ["si_wire"]
     assert sent["items[0][price]"] == ["price_wire_2"]
     assert sent["proration_behavior"] == ["always_invoice"]
@@ -339,7 +230,7 @@ async def test_checkout_creates_an_incomplete_subscription_with_the_session_url(
         "incomplete",
         "https://checkout.stripe.com/c/pay/cs_test_wire",
     )
-    sent = _form(route.calls.last.request)
+    sent = form_of(route.calls.last.request)
     assert sent["mode"] == ["subscription"]
     assert sent["line_items[0][price]"] == ["price_wire_1"]
     assert sent["client_reference_id"] == [body["id"]]
@@ -383,7 +274,7 @@ async def test_portal_session_returns_stripes_url(
     )
     assert response.status_code == 200, response.text
     assert response.json() == {"url": "https://billing.stripe.com/p/session/test_wire"}
-    assert _form(route.calls.last.request) == {
+    assert form_of(route.calls.last.request) == {
         "customer": ["cus_wire"],
         "return_url": ["https://market.example/account"],
     }
@@ -405,7 +296,7 @@ async def test_card_attached_but_refused_as_default_is_detached_again_and_not_st
     stripe_api.post("/v1/customers/cus_wire").respond(
         400, json={"error": {"type": "invalid_request_error", "message": "No such PaymentMethod"}}
     )
-    detach = stripe_api.post("/v1/payment_methods/pm_wire/detach").respond(200, json=_payment_method())
+    detach = stripe_api.post("/v1/payment_methods/pm_wire/detach").respond(200, json=wire_payment_method())
     headers = auth("consumer")
     await register(wire, headers)
     body = {"payment_method_id": "pm_wire"}
@@ -450,8 +341,8 @@ async def test_card_subscriptions_and_upgrades_ask_for_automatic_tax_only_with_s
     tax_wire: tuple[bool, httpx.AsyncClient], stripe_api: respx.MockRouter, auth: Auth
 ) -> None:
     tax, client = tax_wire
-    create = stripe_api.post("/v1/subscriptions").respond(200, json=_subscription("active"))
-    update = stripe_api.post("/v1/subscriptions/sub_wire").respond(200, json=_subscription("active"))
+    create = stripe_api.post("/v1/subscriptions").respond(200, json=wire_subscription("active"))
+    update = stripe_api.post("/v1/subscriptions/sub_wire").respond(200, json=wire_subscription("active"))
     preview = stripe_api.post("/v1/invoices/create_preview").respond(
         200, json={"id": "upcoming_in", "object": "invoice", "amount_due": 0, "currency": "usd", "lines": {}}
     )
@@ -459,7 +350,7 @@ async def test_card_subscriptions_and_upgrades_ask_for_automatic_tax_only_with_s
     api_id = new_api_id()
     basic = await create_plan(client, creator, api_id, monthly_price="10")
     pro = await create_plan(client, creator, api_id, monthly_price="40")
-    headers = await _consumer_with_card(client, auth)
+    headers = await consumer_with_card(client, auth)
     created = (await subscribe(client, headers, basic)).json()
     path = f"/api/v1/subscriptions/{created['id']}/upgrade"
     previewed = await client.get(
@@ -469,14 +360,14 @@ async def test_card_subscriptions_and_upgrades_ask_for_automatic_tax_only_with_s
 
     assert (previewed.status_code, upgraded.status_code) == (200, 200)
     for route in (create, preview):
-        sent = _form(route.calls.last.request)
+        sent = form_of(route.calls.last.request)
         if tax:
             assert sent["automatic_tax[enabled]"] == ["true"]
         else:
             assert not any(key.startswith("automatic_tax") for key in sent)
     # A plan change is a pending update, which takes no automatic_tax: the subscription keeps the
     # Stripe Tax setting it was created with.
-    assert not any(key.startswith("automatic_tax") for key in _form(update.calls.last.request))
+    assert not any(key.startswith("automatic_tax") for key in form_of(update.calls.last.request))
 
 
 async def test_checkout_always_collects_the_billing_address_and_asks_for_tax_only_with_stripe_tax(
@@ -497,7 +388,7 @@ async def test_checkout_always_collects_the_billing_address_and_asks_for_tax_onl
     )
 
     assert response.status_code == 201, response.text
-    sent = _form(route.calls.last.request)
+    sent = form_of(route.calls.last.request)
     # Checkout collects the billing name and address (the invoices' bill-to, and what Stripe Tax
     # needs) and saves them on the existing customer.
     assert sent["billing_address_collection"] == ["required"]
@@ -542,4 +433,4 @@ async def test_per_call_prices_reach_stripe_as_plain_decimal_digits(
         idempotency_key="k",
         meter="mtr_wire",
     )
-    assert _form(route.calls.last.request)["unit_amount_decimal"] == [sent]
+    assert form_of(route.calls.last.request)["unit_amount_decimal"] == [sent]

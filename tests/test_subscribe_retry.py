@@ -4,7 +4,7 @@ and `billing sync` finds (and with --repair refunds and cancels) Stripe subscrip
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,19 +24,11 @@ from app import clock
 from app.config import Settings
 from app.models import Subscription
 from tests.billing_data import World, invoice_obj, make_world, subscription_obj
-from tests.conftest import make_settings
 from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 from tests.stripe_payments import PERIOD, T0, refund
-from tests.test_stripe_wire import _consumer_with_card, stripe_api, wire, wire_app  # noqa: F401
-from tests.test_sync import _service as sync_service
-
-
-@pytest.fixture
-async def stripe_http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """Direct access to the Stripe emulator, to see what Stripe holds."""
-    key = settings.stripe_secret_key.get_secret_value()
-    async with httpx.AsyncClient(base_url=str(settings.stripe_api_base), auth=(key, "")) as http:
-        yield http
+from tests.support.settings import make_settings
+from tests.support.stripe_wire import consumer_with_card
+from tests.support.sync import sync_service
 
 
 @contextmanager
@@ -304,8 +296,8 @@ def test_sync_repair_with_dry_run_is_refused(settings: Settings, monkeypatch: py
 
 
 async def test_a_retry_whose_details_differ_from_what_stripe_answered_is_409_not_502(
-    wire: httpx.AsyncClient,  # noqa: F811
-    stripe_api: respx.MockRouter,  # noqa: F811
+    wire: httpx.AsyncClient,
+    stripe_api: respx.MockRouter,
     auth: Auth,
     engine: AsyncEngine,
 ) -> None:
@@ -321,7 +313,7 @@ async def test_a_retry_whose_details_differ_from_what_stripe_answered_is_409_not
         },
     )
     plan = await create_plan(wire, auth("creator"), new_api_id())
-    headers = await _consumer_with_card(wire, auth)
+    headers = await consumer_with_card(wire, auth)
     response = await subscribe(wire, headers, plan)
     assert response.status_code == 409, response.text
     assert response.json()["code"] == "stripe_idempotency_conflict"

@@ -5,42 +5,21 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import pytest
-from arq.connections import RedisSettings, create_pool
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import clock, metrics
 from app.config import Settings
 from app.models import OutboxMessage, PricingPlanVersion, Subscription
-from app.worker.context import WorkerResources
 from tests.billing_data import World, event, make_world, subscription_obj
 from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
-from tests.test_sync import _service as sync_service
-from tests.test_webhook_events import Ctx, deliver, one, rows
+from tests.support.sync import sync_service
+from tests.support.worker import Ctx, deliver, one, rows
 
 DAY = 86400
-
-
-@pytest.fixture
-async def worker_ctx(settings: Settings, redis_url: str) -> AsyncIterator[Ctx]:
-    resources = WorkerResources.open(settings)
-    redis = await create_pool(RedisSettings.from_dsn(redis_url))
-    yield {"resources": resources, "redis": redis, "job_try": 1}
-    await redis.aclose()
-    await resources.close()
-
-
-@pytest.fixture
-async def stripe_http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """Direct access to the Stripe emulator, to change what Stripe holds behind our back."""
-    key = settings.stripe_secret_key.get_secret_value()
-    async with httpx.AsyncClient(base_url=str(settings.stripe_api_base), auth=(key, "")) as http:
-        yield http
 
 
 async def _stamp(engine: AsyncEngine, world: World, at: int) -> None:

@@ -493,7 +493,7 @@ async def test_usage_answers_within_the_sibling_budget_when_metering_hangs(
     import time
 
     from app.main import create_app
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # until the client gives up and hangs up

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import httpx
-import pytest
 from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.errors import Conflict
@@ -23,25 +22,9 @@ from app.models import (
     Subscription,
     SyncRun,
 )
-from app.stripe import StripeGateway
-from app.sync.service import SyncService
+from tests.support.sync import sync_service
 
 Auth = Callable[..., dict[str, str]]
-
-
-@pytest.fixture
-async def stripe_http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """Direct access to the Stripe emulator, to arrange what Stripe holds."""
-    key = settings.stripe_secret_key.get_secret_value()
-    async with httpx.AsyncClient(base_url=str(settings.stripe_api_base), auth=(key, "")) as http:
-        yield http
-
-
-def _service(engine: AsyncEngine, settings: Settings, *, dry_run: bool = False) -> SyncService:
-    return SyncService(
-        engine, async_sessionmaker(engine, expire_on_commit=False), StripeGateway(settings), None,
-        rate_per_second=1000, commission=settings.platform_commission, dry_run=dry_run,
-    )  # fmt: skip
 
 
 async def _stripe_subscription_with_row(
@@ -102,7 +85,7 @@ async def test_sync_repairs_a_drifted_subscription_and_requests_its_key(
     settings: Settings,
 ) -> None:
     stripe_id, our_id = await _stripe_subscription_with_row(client, auth, stripe_http, engine, "incomplete")
-    run = await _service(engine, settings).run()
+    run = await sync_service(engine, settings).run()
     assert run.status == "completed"
     assert run.report["subscriptions"]["changed"] >= 1
     assert any(stripe_id in d for d in run.report["subscriptions"]["differences"])
@@ -121,7 +104,7 @@ async def test_sync_repairs_a_drifted_subscription_and_requests_its_key(
     assert row.current_period_end is not None
     assert intents == ["create_api_key"]
 
-    again = await _service(engine, settings).run()
+    again = await sync_service(engine, settings).run()
     assert again.report["subscriptions"]["changed"] == 0
 
 
@@ -133,7 +116,7 @@ async def test_dry_run_reports_without_changing(
     settings: Settings,
 ) -> None:
     _, our_id = await _stripe_subscription_with_row(client, auth, stripe_http, engine, "incomplete")
-    run = await _service(engine, settings, dry_run=True).run()
+    run = await sync_service(engine, settings, dry_run=True).run()
     assert run.report["subscriptions"]["changed"] >= 1
     async with engine.connect() as connection:
         status = (
@@ -155,7 +138,7 @@ async def test_customer_email_drift_is_repaired(
     await stripe_http.post(
         f"/v1/customers/{consumer['stripe_customer_id']}", data={"email": "new@example.com"}
     )
-    await _service(engine, settings).run()
+    await sync_service(engine, settings).run()
     async with engine.connect() as connection:
         email = (
             await connection.execute(
@@ -176,7 +159,7 @@ async def test_an_interrupted_run_resumes_after_its_cursor(engine: AsyncEngine, 
                 report={"customers": {"seen": 7, "changed": 0, "unknown": 0, "differences": []}},
             )
         )
-    run = await _service(engine, settings).run()
+    run = await sync_service(engine, settings).run()
     assert run.status == "completed"
     assert run.report["customers"]["seen"] == 7  # not listed again
     assert "subscriptions" in run.report
@@ -184,7 +167,7 @@ async def test_an_interrupted_run_resumes_after_its_cursor(engine: AsyncEngine, 
 
 async def test_two_syncs_at_once_run_one(engine: AsyncEngine, settings: Settings) -> None:
     results = await asyncio.gather(
-        _service(engine, settings).run(), _service(engine, settings).run(), return_exceptions=True
+        sync_service(engine, settings).run(), sync_service(engine, settings).run(), return_exceptions=True
     )
     assert sum(isinstance(r, Conflict) for r in results) == 1
     assert sum(isinstance(r, SyncRun) for r in results) == 1
@@ -206,7 +189,7 @@ async def test_cards_follow_stripe_added_default_and_detached(
         f"/v1/customers/{customer}", data={"invoice_settings[default_payment_method]": card["id"]}
     )
 
-    run = await _service(engine, settings).run()
+    run = await sync_service(engine, settings).run()
     assert any(card["id"] in d for d in run.report["customers"]["differences"])
     async with engine.connect() as connection:
         mirrored = (await connection.execute(select(PaymentMethod))).all()
@@ -215,7 +198,7 @@ async def test_cards_follow_stripe_added_default_and_detached(
     ]
 
     await stripe_http.post(f"/v1/payment_methods/{card['id']}/detach")
-    await _service(engine, settings).run()
+    await sync_service(engine, settings).run()
     async with engine.connect() as connection:
         assert (await connection.execute(select(PaymentMethod))).all() == []
 
@@ -228,7 +211,7 @@ async def test_invoices_are_mirrored_and_paid_ones_book_earnings_once(
     settings: Settings,
 ) -> None:
     _, our_id = await _stripe_subscription_with_row(client, auth, stripe_http, engine, "incomplete")
-    first = await _service(engine, settings).run()
+    first = await sync_service(engine, settings).run()
     assert first.report["invoices"]["changed"] >= 1
     async with engine.connect() as connection:
         invoice = (await connection.execute(select(Invoice).where(Invoice.subscription_id == our_id))).one()
@@ -237,7 +220,7 @@ async def test_invoices_are_mirrored_and_paid_ones_book_earnings_once(
     assert invoice.amount_paid == 2900
     assert [(e.gross_amount, e.commission_amount, e.net_amount) for e in earnings] == [(2900, 580, 2320)]
 
-    again = await _service(engine, settings).run()
+    again = await sync_service(engine, settings).run()
     assert again.report["invoices"]["changed"] == 0
     async with engine.connect() as connection:
         assert len((await connection.execute(select(Earning))).all()) == 1

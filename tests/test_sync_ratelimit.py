@@ -14,7 +14,7 @@ from app.stripe import StripeGateway
 from app.stripe.base import StripeRateLimited
 from app.sync import ratelimit
 from app.sync.ratelimit import RateLimiter
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 RATE_LIMITED = {
     "error": {

@@ -23,7 +23,7 @@ from app.stripe.test_clocks import (
     business_clock,
     group_per_clock,
 )
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 STRIPE = "https://api.stripe.com"
 FROZEN = 1_790_000_000
@@ -134,8 +134,11 @@ async def test_customer_on_a_clock_is_created_with_test_clock(
             "metadata": {"consumer_id": "c-1"},
         },
     )
-    customer = await gateway.create_customer_on_test_clock(
-        CLOCK_ID, email="sim-1@example.com", metadata={"consumer_id": "c-1"}, idempotency_key="cus:c-1"
+    customer = await gateway.create_customer(
+        email="sim-1@example.com",
+        metadata={"consumer_id": "c-1"},
+        idempotency_key="cus:c-1",
+        test_clock=CLOCK_ID,
     )
     assert (customer.id, customer.email) == ("cus_onclock", "sim-1@example.com")
     form = _form(route.calls.last.request)

@@ -15,16 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import clock
 from app.models import Subscription
 from tests.journeys import Auth, create_plan, new_api_id, subscribe
-from tests.test_stripe_wire import (  # noqa: F401  (fixtures)
-    MONTH,
-    NOW,
-    _consumer_with_card,
-    _form,
-    _subscription,
-    stripe_api,
-    wire,
-    wire_app,
-)
+from tests.support.stripe_wire import MONTH, NOW, consumer_with_card, form_of, wire_subscription
 
 BASIC, PRO = 1000, 40000  # monthly, in cents
 PERIOD_START, PERIOD_END = NOW, NOW + MONTH
@@ -46,7 +37,7 @@ class ProratingStripe:
         return int(sent[field][0]) if field in sent else clock.timestamp()
 
     def preview(self, request: httpx.Request) -> httpx.Response:
-        amount = _prorated(self._at(_form(request), "subscription_details[proration_date]"))
+        amount = _prorated(self._at(form_of(request), "subscription_details[proration_date]"))
         line = {"object": "line_item", "currency": "usd", "period": {"start": NOW, "end": PERIOD_END},
                 "parent": {"subscription_item_details": {"proration": True}}}  # fmt: skip
         return httpx.Response(
@@ -62,10 +53,10 @@ class ProratingStripe:
         )  # fmt: skip
 
     def change(self, request: httpx.Request) -> httpx.Response:
-        sent = _form(request)
+        sent = form_of(request)
         amount = _prorated(self._at(sent, "proration_date"))
         self.charged.append(amount)
-        changed = _subscription("active")
+        changed = wire_subscription("active")
         changed["items"]["data"][0]["price"] = {"id": sent["items[0][price]"][0], "object": "price"}
         changed["latest_invoice"] = {
             "id": "in_change", "object": "invoice", "status": "paid", "amount_due": amount,
@@ -75,24 +66,24 @@ class ProratingStripe:
 
 
 async def _basic_subscriber(
-    wire: httpx.AsyncClient,  # noqa: F811
-    stripe_api: respx.MockRouter,  # noqa: F811
+    wire: httpx.AsyncClient,
+    stripe_api: respx.MockRouter,
     auth: Auth,
 ) -> tuple[dict[str, str], dict[str, Any], dict[str, Any], dict[str, Any]]:
-    stripe_api.post("/v1/subscriptions").respond(200, json=_subscription("active"))
+    stripe_api.post("/v1/subscriptions").respond(200, json=wire_subscription("active"))
     creator = auth("creator")
     api_id = new_api_id()
     basic = await create_plan(wire, creator, api_id, name="Basic", monthly_price=str(BASIC // 100))
     pro = await create_plan(wire, creator, api_id, name="Pro", monthly_price=str(PRO // 100))
-    headers = await _consumer_with_card(wire, auth)
+    headers = await consumer_with_card(wire, auth)
     created = await subscribe(wire, headers, basic)
     assert created.status_code == 201, created.text
     return headers, created.json(), basic, pro
 
 
 async def test_an_upgrade_charges_exactly_the_amount_its_preview_showed(
-    wire: httpx.AsyncClient,  # noqa: F811
-    stripe_api: respx.MockRouter,  # noqa: F811
+    wire: httpx.AsyncClient,
+    stripe_api: respx.MockRouter,
     auth: Auth,
 ) -> None:
     stripe = ProratingStripe()
@@ -115,8 +106,10 @@ async def test_an_upgrade_charges_exactly_the_amount_its_preview_showed(
     # Prorated as of the confirmation instead, the charge would differ from what was shown.
     assert _prorated(NOW + 10 * 86400 + 7 * 60) != preview["amount_due"]
     shown_at = int(datetime.fromisoformat(preview["proration_date"]).timestamp())
-    assert _form(preview_route.calls.last.request)["subscription_details[proration_date]"] == [str(shown_at)]
-    sent = _form(change_route.calls.last.request)
+    assert form_of(preview_route.calls.last.request)["subscription_details[proration_date]"] == [
+        str(shown_at)
+    ]
+    sent = form_of(change_route.calls.last.request)
     assert sent["proration_date"] == [str(shown_at)]
     assert sent["proration_behavior"] == ["always_invoice"]
     key = change_route.calls.last.request.headers["Idempotency-Key"]
@@ -127,12 +120,14 @@ async def test_an_upgrade_charges_exactly_the_amount_its_preview_showed(
     "offset", [timedelta(minutes=-11), timedelta(minutes=1)], ids=["older_than_ten_minutes", "future"]
 )
 async def test_an_upgrade_with_a_stale_or_future_proration_date_is_422_naming_it(
-    wire: httpx.AsyncClient,  # noqa: F811
-    stripe_api: respx.MockRouter,  # noqa: F811
+    wire: httpx.AsyncClient,
+    stripe_api: respx.MockRouter,
     auth: Auth,
     offset: timedelta,
 ) -> None:
-    change_route = stripe_api.post("/v1/subscriptions/sub_wire").respond(200, json=_subscription("active"))
+    change_route = stripe_api.post("/v1/subscriptions/sub_wire").respond(
+        200, json=wire_subscription("active")
+    )
     headers, created, _basic, pro = await _basic_subscriber(wire, stripe_api, auth)
     when = (clock.now() + offset).isoformat()
     response = await wire.put(
@@ -183,15 +178,15 @@ NEEDS_AUTHENTICATION = {"id": "pi_pending", "object": "payment_intent", "status"
     ids=["declined", "needs_authentication"],
 )
 async def test_a_failed_upgrade_payment_keeps_the_old_plan_and_answers_402_with_stripes_reason(
-    wire: httpx.AsyncClient,  # noqa: F811
-    stripe_api: respx.MockRouter,  # noqa: F811
+    wire: httpx.AsyncClient,
+    stripe_api: respx.MockRouter,
     auth: Auth,
     engine: AsyncEngine,
     intent: dict[str, Any],
     reason: str,
 ) -> None:
     # Stripe's answer to a pending update whose invoice was declined: still on the old price.
-    pending = _subscription("active", pending_update=_pending_update("price_wire_2"))
+    pending = wire_subscription("active", pending_update=_pending_update("price_wire_2"))
     pending["latest_invoice"] = {"id": "in_pending", "object": "invoice", "status": "open",
                                  "confirmation_secret": None}  # fmt: skip
     change_route = stripe_api.post("/v1/subscriptions/sub_wire").respond(200, json=pending)
@@ -210,7 +205,7 @@ async def test_a_failed_upgrade_payment_keeps_the_old_plan_and_answers_402_with_
     assert response.json()["code"] == "plan_change_payment_failed"
     assert response.json()["error"].startswith(reason)
     assert "stays on its current plan" in response.json()["error"]
-    sent = _form(change_route.calls.last.request)
+    sent = form_of(change_route.calls.last.request)
     assert sent["payment_behavior"] == ["pending_if_incomplete"]
     assert payments_route.calls.last.request.url.params["invoice"] == "in_pending"
     fetched = (await wire.get(f"/api/v1/subscriptions/{created['id']}", headers=headers)).json()
@@ -219,8 +214,8 @@ async def test_a_failed_upgrade_payment_keeps_the_old_plan_and_answers_402_with_
 
 
 async def test_an_upgrade_stripe_refuses_with_a_card_error_keeps_the_old_plan(
-    wire: httpx.AsyncClient,  # noqa: F811
-    stripe_api: respx.MockRouter,  # noqa: F811
+    wire: httpx.AsyncClient,
+    stripe_api: respx.MockRouter,
     auth: Auth,
     engine: AsyncEngine,
 ) -> None:

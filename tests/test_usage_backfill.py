@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 
 import httpx
 import pytest
@@ -18,7 +17,7 @@ from app import cli as cli_module
 from app.config import Settings
 from app.models import UsageRecord
 from tests.billing_data import World, make_world
-from tests.test_usage_worker import Metering, meter_event_api
+from tests.support.usage import Metering, meter_event_api, pay_per_use
 
 TODAY = datetime.now(UTC).date()
 
@@ -47,17 +46,6 @@ def summary(result: Result) -> list[int]:
         if len(cells) == 5 and all(c.isdigit() for c in cells):
             return [int(c) for c in cells]
     raise AssertionError(result.output)
-
-
-async def pay_per_use(engine: AsyncEngine, days_ago: int) -> World:
-    return await make_world(
-        engine,
-        plan_type="pay_per_use",
-        monthly_amount=None,
-        price_per_call=Decimal("0.01"),
-        status="active",
-        started_at=datetime.now(UTC) - timedelta(days=days_ago),
-    )
 
 
 async def days_recorded(engine: AsyncEngine, world: World) -> list[date]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -15,7 +15,6 @@ import httpx
 import pytest
 import respx
 from arq import Retry
-from arq.connections import RedisSettings, create_pool
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from typer.testing import CliRunner, Result
@@ -28,24 +27,11 @@ from app.stripe import StripeGateway
 from app.sync.service import SyncService
 from app.usage.service import UsageService
 from app.usage.windows import day_start
-from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import aggregate_usage, process_stripe_event
-from tests.billing_data import World, event, invoice_obj, make_world, subscription_obj
-from tests.factories import sign_webhook
+from tests.billing_data import event, invoice_obj, make_world, subscription_obj
 from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
-from tests.test_usage_worker import meter_event_api
-
-Ctx = dict[str, Any]
-METERING = "http://metering.test"
-
-
-@pytest.fixture
-async def worker_ctx(settings: Settings, redis_url: str) -> AsyncIterator[Ctx]:
-    resources = WorkerResources.open(settings)
-    redis = await create_pool(RedisSettings.from_dsn(redis_url))
-    yield {"resources": resources, "redis": redis, "job_try": 1}
-    await redis.aclose()
-    await resources.close()
+from tests.support.usage import METERING, meter_event_api, pay_per_use, usage_windows
+from tests.support.worker import Ctx, deliver
 
 
 @dataclass
@@ -111,26 +97,6 @@ def services(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Se
         yield Services(counts, meter_events, accepted, refused, mock)
 
 
-async def windows(engine: AsyncEngine, subscription_id: uuid.UUID | None = None) -> list[Any]:
-    async with engine.connect() as connection:
-        statement = select(UsageRecord).order_by(UsageRecord.window_start)
-        if subscription_id is not None:
-            statement = statement.where(UsageRecord.subscription_id == subscription_id)
-        return list((await connection.execute(statement)).all())
-
-
-async def pay_per_use(engine: AsyncEngine, *, started_at: datetime, **extra: Any) -> World:
-    return await make_world(
-        engine,
-        plan_type="pay_per_use",
-        monthly_amount=None,
-        price_per_call=Decimal("0.01"),
-        status="active",
-        started_at=started_at,
-        **extra,
-    )
-
-
 async def cli(*args: str) -> Result:
     runner = CliRunner()
     return await asyncio.to_thread(
@@ -158,7 +124,7 @@ async def test_a_refused_window_is_quarantined_alone_and_sent_again_only_on_an_o
 
     first = await aggregate_usage(worker_ctx)
     assert first == {"recorded": 3, "reported": 2, "unavailable": 0, "stripe_failures": 0}
-    stored = await windows(engine)
+    stored = await usage_windows(engine)
     assert [w.report_status for w in stored] == ["accepted", "quarantined", "accepted"]
     assert "parameter_invalid_integer" in stored[1].report_error
     assert quarantined_total() == before + 1
@@ -182,7 +148,7 @@ async def test_a_refused_window_is_quarantined_alone_and_sent_again_only_on_an_o
     services.refused.clear()
     retried = await cli("retry", "--window", str(stored[1].id))
     assert retried.exit_code == 0, retried.output
-    assert [w.report_status for w in await windows(engine)] == ["accepted", "accepted", "accepted"]
+    assert [w.report_status for w in await usage_windows(engine)] == ["accepted", "accepted", "accepted"]
     assert services.meter_events.call_count == 4
     # Each send carries its window's own idempotency key; the retry is a new attempt.
     keys = [c.request.headers["Idempotency-Key"] for c in services.meter_events.calls]
@@ -219,7 +185,7 @@ async def test_a_lost_answer_is_settled_by_stripes_replay_and_past_its_memory_ne
     assert second["reported"] == 1
     # Sent twice under the same key: Stripe replayed its first answer and counted it once.
     assert len(services.accepted) == 2
-    assert [w.report_status for w in await windows(engine)] == ["accepted", "accepted"]
+    assert [w.report_status for w in await usage_windows(engine)] == ["accepted", "accepted"]
 
     # A window sent more than a day ago and never answered: Stripe may have counted it and
     # forgotten the identifier since, so it is quarantined, not sent again.
@@ -236,7 +202,7 @@ async def test_a_lost_answer_is_settled_by_stripes_replay_and_past_its_memory_ne
     third = await aggregate_usage(worker_ctx)
     assert third["reported"] == 0
     assert services.meter_events.call_count == calls
-    stored = await windows(engine)
+    stored = await usage_windows(engine)
     assert [w.report_status for w in stored] == ["quarantined", "quarantined"]
     assert "check the meter's events in Stripe" in stored[0].report_error
 
@@ -260,7 +226,7 @@ async def test_a_day_of_three_billion_calls_is_recorded_and_reported_and_a_broke
 
     result = await aggregate_usage(worker_ctx)
     assert result == {"recorded": 3, "reported": 2, "unavailable": 1, "stripe_failures": 0}
-    by_subscription = {w.subscription_id: w for w in await windows(engine)}
+    by_subscription = {w.subscription_id: w for w in await usage_windows(engine)}
     assert by_subscription[huge.subscription_id].quantity == 3_000_000_000
     assert by_subscription[huge.subscription_id].report_status == "accepted"
     assert by_subscription[refused.subscription_id].quantity == 9_000_000_000_000_000_000
@@ -327,13 +293,6 @@ async def test_usage_of_a_period_counts_exactly_the_windows_whose_meter_events_s
 # --- item 3: the last day is billed ------------------------------------------------------------
 
 
-async def deliver(client: httpx.AsyncClient, ctx: Ctx, payload: dict[str, Any]) -> str | None:
-    body, header = sign_webhook(payload)
-    response = await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
-    assert response.status_code == 200, response.text
-    return await process_stripe_event(ctx, payload["id"])
-
-
 @pytest.mark.parametrize("deletion_first", [True, False], ids=["deleted-first", "invoice-first"])
 async def test_final_invoice_of_a_cancelled_pay_per_use_subscription_carries_every_call_once(
     worker_ctx: Ctx,
@@ -374,11 +333,27 @@ async def test_final_invoice_of_a_cancelled_pay_per_use_subscription_carries_eve
     assert all(e["timestamp"] < period[1] for e in events)
     assert events[-1]["timestamp"] == period[1] - 1
     assert services.meter_events.call_count == 5
-    stored = await windows(engine)
+    stored = await usage_windows(engine)
     assert (stored[-1].window_start, stored[-1].window_end) == (day_start(days[-1]), ended)
 
 
 # --- item 4: cancelling now invoices what was used ----------------------------------------------
+
+
+async def _subscribed_to_one_of_two(
+    client: httpx.AsyncClient, auth: Auth, subscribed: dict[str, Any], other: dict[str, Any]
+) -> tuple[dict[str, str], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A consumer with a card subscribed to one of two plans of the same API (created first, the
+    other second): (consumer headers, the subscription, its plan, the other plan)."""
+    creator = auth("creator")
+    api_id = new_api_id()
+    plan = await create_plan(client, creator, api_id, **subscribed)
+    other_plan = await create_plan(client, creator, api_id, **other)
+    headers = auth("consumer")
+    await register(client, headers)
+    await add_card(client, headers)
+    created = (await subscribe(client, headers, plan)).json()
+    return headers, created, plan, other_plan
 
 
 async def _subscribed(
@@ -430,14 +405,9 @@ async def test_cancelling_now_sends_the_usage_so_far_then_has_stripe_invoice_it_
 async def test_downgrading_to_free_sends_the_usage_so_far_then_has_stripe_invoice_it_at_once(
     client: httpx.AsyncClient, auth: Auth, services: Services
 ) -> None:
-    creator = auth("creator")
-    api_id = new_api_id()
-    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
-    free = await create_plan(client, creator, api_id, type="free", call_limit=100)
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = (await subscribe(client, headers, metered)).json()
+    headers, created, _metered, free = await _subscribed_to_one_of_two(
+        client, auth, {"type": "pay_per_use", "price_per_call": "0.01"}, {"type": "free", "call_limit": 100}
+    )
     services.counts.set(created["id"], datetime.now(UTC).date(), 25)
 
     changed = await client.put(
@@ -461,14 +431,12 @@ async def test_downgrading_to_free_sends_the_usage_so_far_then_has_stripe_invoic
 async def test_calls_on_pay_per_use_before_a_change_to_a_flat_plan_are_billed_and_none_after(
     client: httpx.AsyncClient, auth: Auth, services: Services, worker_ctx: Ctx, engine: AsyncEngine
 ) -> None:
-    creator = auth("creator")
-    api_id = new_api_id()
-    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
-    flat = await create_plan(client, creator, api_id, monthly_price="29", call_limit=100_000)
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = (await subscribe(client, headers, metered)).json()
+    headers, created, _metered, flat = await _subscribed_to_one_of_two(
+        client,
+        auth,
+        {"type": "pay_per_use", "price_per_call": "0.01"},
+        {"monthly_price": "29", "call_limit": 100_000},
+    )
     today = datetime.now(UTC).date()
     services.counts.set(created["id"], today, 40)
 
@@ -484,7 +452,7 @@ async def test_calls_on_pay_per_use_before_a_change_to_a_flat_plan_are_billed_an
     with clock.use(clock.ManualClock(day_start(today + timedelta(days=1)) + timedelta(minutes=5))):
         await aggregate_usage(worker_ctx)
     assert [p["payload[value]"] for p in services.sent()] == ["40"]
-    stored = await windows(engine, uuid.UUID(created["id"]))
+    stored = await usage_windows(engine, uuid.UUID(created["id"]))
     assert [(w.quantity, w.report_status) for w in stored] == [(40, "accepted"), (60, "unbilled")]
     assert stored[0].window_end == stored[1].window_start
 
@@ -492,14 +460,9 @@ async def test_calls_on_pay_per_use_before_a_change_to_a_flat_plan_are_billed_an
 async def test_calls_on_a_flat_plan_before_a_change_to_pay_per_use_are_not_billed_per_call(
     client: httpx.AsyncClient, auth: Auth, services: Services, worker_ctx: Ctx, engine: AsyncEngine
 ) -> None:
-    creator = auth("creator")
-    api_id = new_api_id()
-    flat = await create_plan(client, creator, api_id, monthly_price="29")
-    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = (await subscribe(client, headers, flat)).json()
+    headers, created, _flat, metered = await _subscribed_to_one_of_two(
+        client, auth, {"monthly_price": "29"}, {"type": "pay_per_use", "price_per_call": "0.01"}
+    )
     today = datetime.now(UTC).date()
     services.counts.set(created["id"], today, 30)
 
@@ -515,7 +478,7 @@ async def test_calls_on_a_flat_plan_before_a_change_to_pay_per_use_are_not_bille
     with clock.use(clock.ManualClock(day_start(today + timedelta(days=1)) + timedelta(minutes=5))):
         await aggregate_usage(worker_ctx)
     assert [p["payload[value]"] for p in services.sent()] == ["70"]
-    stored = await windows(engine, uuid.UUID(created["id"]))
+    stored = await usage_windows(engine, uuid.UUID(created["id"]))
     assert [(w.quantity, w.report_status) for w in stored] == [(30, "unbilled"), (70, "accepted")]
 
 
@@ -546,14 +509,9 @@ async def test_a_plan_change_made_at_stripe_bills_the_calls_before_it_by_the_pla
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
-    creator = auth("creator")
-    api_id = new_api_id()
-    flat = await create_plan(client, creator, api_id, monthly_price="29")
-    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = (await subscribe(client, headers, flat)).json()
+    headers, created, flat, metered = await _subscribed_to_one_of_two(
+        client, auth, {"monthly_price": "29"}, {"type": "pay_per_use", "price_per_call": "0.01"}
+    )
     today = datetime.now(UTC).date()
     services.counts.set(created["id"], today, 30)
 
@@ -575,7 +533,7 @@ async def test_a_plan_change_made_at_stripe_bills_the_calls_before_it_by_the_pla
     with clock.use(clock.ManualClock(day_start(today + timedelta(days=1)) + timedelta(minutes=5))):
         await aggregate_usage(worker_ctx)
     assert [p["payload[value]"] for p in services.sent()] == ["70"]
-    stored = await windows(engine, uuid.UUID(created["id"]))
+    stored = await usage_windows(engine, uuid.UUID(created["id"]))
     assert [(w.quantity, w.report_status) for w in stored] == [(30, "unbilled"), (70, "accepted")]
 
 
@@ -587,14 +545,9 @@ async def test_a_change_at_stripe_from_pay_per_use_to_a_flat_plan_bills_the_call
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
-    creator = auth("creator")
-    api_id = new_api_id()
-    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
-    flat = await create_plan(client, creator, api_id, monthly_price="29")
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = (await subscribe(client, headers, metered)).json()
+    _headers, created, _metered, flat = await _subscribed_to_one_of_two(
+        client, auth, {"type": "pay_per_use", "price_per_call": "0.01"}, {"monthly_price": "29"}
+    )
     today = datetime.now(UTC).date()
     services.counts.set(created["id"], today, 40)
 
@@ -618,14 +571,9 @@ async def test_billing_sync_finding_a_plan_change_made_at_stripe_bills_the_calls
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
-    creator = auth("creator")
-    api_id = new_api_id()
-    flat = await create_plan(client, creator, api_id, monthly_price="29")
-    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = (await subscribe(client, headers, flat)).json()
+    headers, created, _flat, metered = await _subscribed_to_one_of_two(
+        client, auth, {"monthly_price": "29"}, {"type": "pay_per_use", "price_per_call": "0.01"}
+    )
     today = datetime.now(UTC).date()
     services.counts.set(created["id"], today, 30)
     await _change_price_at_stripe(settings, engine, created["id"], metered["id"])  # no webhook reaches us
@@ -652,14 +600,9 @@ async def test_billing_sync_finding_a_plan_change_made_at_stripe_bills_the_calls
 async def test_a_plan_change_waits_while_the_usage_until_then_cannot_be_counted(
     client: httpx.AsyncClient, auth: Auth, services: Services, engine: AsyncEngine
 ) -> None:
-    creator = auth("creator")
-    api_id = new_api_id()
-    metered = await create_plan(client, creator, api_id, type="pay_per_use", price_per_call="0.01")
-    flat = await create_plan(client, creator, api_id, monthly_price="29")
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = (await subscribe(client, headers, metered)).json()
+    headers, created, metered, flat = await _subscribed_to_one_of_two(
+        client, auth, {"type": "pay_per_use", "price_per_call": "0.01"}, {"monthly_price": "29"}
+    )
     services.counts.down = True
     changed = await client.put(
         f"/api/v1/subscriptions/{created['id']}/upgrade",

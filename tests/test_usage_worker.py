@@ -4,124 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 import respx
 from arq import Retry
-from arq.connections import RedisSettings, create_pool
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from app.models import JobRun, OutboxMessage, Subscription, UsageRecord
+from app.models import JobRun, OutboxMessage, Subscription
 from app.periods import add_months
 from app.usage.windows import day_start, meter_event_identifier
-from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import aggregate_usage, process_stripe_event
-from tests.billing_data import World, event, invoice_obj, make_world
+from tests.billing_data import event, invoice_obj, make_world
 from tests.factories import sign_webhook
-
-Ctx = dict[str, Any]
-METERING = "http://metering.test"
-
-
-@pytest.fixture
-async def worker_ctx(settings: Settings, redis_url: str) -> AsyncIterator[Ctx]:
-    resources = WorkerResources.open(settings)
-    redis = await create_pool(RedisSettings.from_dsn(redis_url))
-    yield {"resources": resources, "redis": redis, "job_try": 1}
-    await redis.aclose()
-    await resources.close()
-
-
-class Metering:
-    """The metering service: `successful` calls per day, or down."""
-
-    def __init__(self, mock: respx.MockRouter) -> None:
-        self.down = False
-        self.route = mock.get(url__startswith=f"{METERING}/api/v1/usage/subscription/")
-        self.route.side_effect = self._answer
-
-    def _answer(self, request: httpx.Request) -> httpx.Response:
-        if self.down:
-            return httpx.Response(503)
-        day = date.fromisoformat(request.url.params["start"])
-        successful = 100 + day.day
-        return httpx.Response(
-            200,
-            json={
-                "subscription_id": request.url.path.rsplit("/", 1)[-1],
-                "period_start": request.url.params["start"],
-                "period_end": request.url.params["end"],
-                "summary": {"total_calls": successful + 3, "successful_calls": successful, "failed_calls": 3},
-                "recent_calls": [],
-            },
-        )
-
-
-def meter_event_api(
-    accepted: dict[str, dict[str, Any]],
-    fail_calls: set[int] | None = None,
-    refuse: Callable[[httpx.QueryParams], bool] | None = None,
-) -> Any:
-    """Stripe's POST /v1/billing/meter_events, with its identifier de-duplication and its replay
-    of the first answer to a request repeated under the same Idempotency-Key.
-
-    Calls whose (1-based) number is in `fail_calls` get a 500, as when Stripe has a bad moment;
-    events `refuse` picks get the 400 Stripe gives an event it will not take.
-    """
-    calls = 0
-    answered: dict[str, httpx.Response] = {}
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        if calls in (fail_calls or set()):
-            return httpx.Response(500, json={"error": {"type": "api_error", "message": "try again"}})
-        key = request.headers.get("Idempotency-Key")
-        if key is not None and key in answered:
-            first = answered[key]
-            return httpx.Response(
-                first.status_code, json=first.json(), headers={"Idempotent-Replayed": "true"}
-            )
-        form = httpx.QueryParams(request.content.decode())
-        identifier = form["identifier"]
-        if refuse is not None and refuse(form):
-            error = {
-                "type": "invalid_request_error",
-                "code": "parameter_invalid_integer",
-                "param": "payload[value]",
-            }
-            response = httpx.Response(400, json={"error": {**error, "message": "Invalid value"}})
-        elif identifier in accepted:
-            message = f"An event already exists with identifier {identifier}"
-            response = httpx.Response(
-                400, json={"error": {"type": "invalid_request_error", "message": message}}
-            )
-        else:
-            accepted[identifier] = {
-                "object": "billing.meter_event",
-                "event_name": form["event_name"],
-                "identifier": identifier,
-                "payload": {
-                    "stripe_customer_id": form["payload[stripe_customer_id]"],
-                    "value": form["payload[value]"],
-                },
-                "timestamp": int(form["timestamp"]),
-                "created": int(form["timestamp"]),
-                "livemode": False,
-            }
-            response = httpx.Response(200, json=accepted[identifier])
-        if key is not None:
-            answered[key] = response
-        return response
-
-    return answer
+from tests.support.usage import Metering, meter_event_api, pay_per_use, usage_windows
+from tests.support.worker import Ctx
 
 
 @pytest.fixture
@@ -143,23 +45,6 @@ def outcome(
     }
 
 
-async def records(engine: AsyncEngine) -> list[Any]:
-    async with engine.connect() as connection:
-        statement = select(UsageRecord).order_by(UsageRecord.window_start)
-        return list((await connection.execute(statement)).all())
-
-
-async def pay_per_use(engine: AsyncEngine, days_ago: int = 3) -> World:
-    return await make_world(
-        engine,
-        plan_type="pay_per_use",
-        monthly_amount=None,
-        price_per_call=Decimal("0.01"),
-        status="active",
-        started_at=datetime.now(UTC) - timedelta(days=days_ago),
-    )
-
-
 async def test_each_ended_day_is_recorded_and_reported_once(
     worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
 ) -> None:
@@ -172,7 +57,7 @@ async def test_each_ended_day_is_recorded_and_reported_once(
     assert meter_events.call_count == 3
     today = datetime.now(UTC).date()
     days = [today - timedelta(days=n) for n in (3, 2, 1)]
-    stored = await records(engine)
+    stored = await usage_windows(engine)
     assert [r.window_start.date() for r in stored] == days
     assert [r.quantity for r in stored] == [100 + d.day for d in days]
     assert [r.meter_event_identifier for r in stored] == [
@@ -197,7 +82,7 @@ async def test_metering_down_records_nothing_and_the_next_run_catches_up(
         "unavailable": 1,
         "stripe_failures": 0,
     }
-    assert await records(engine) == []
+    assert await usage_windows(engine) == []
     metering.down = False
     assert await aggregate_usage(worker_ctx) == {
         "recorded": 3,
@@ -217,7 +102,7 @@ async def test_two_workers_on_the_same_windows_record_and_report_once(
     assert sum(r["recorded"] for r in results) == 5
     assert sum(r["reported"] for r in results) == 5
     assert meter_events.call_count == 5
-    assert len(await records(engine)) == 5
+    assert len(await usage_windows(engine)) == 5
 
 
 async def test_call_limited_subscription_is_recorded_but_not_sent_to_stripe(
@@ -235,7 +120,7 @@ async def test_call_limited_subscription_is_recorded_but_not_sent_to_stripe(
         "stripe_failures": 0,
     }
     assert meter_events.call_count == 0
-    assert all(r.meter_event_identifier is None for r in await records(engine))
+    assert all(r.meter_event_identifier is None for r in await usage_windows(engine))
 
 
 async def test_on_demand_run_covers_only_the_given_subscription(
@@ -245,7 +130,7 @@ async def test_on_demand_run_covers_only_the_given_subscription(
     await pay_per_use(engine, days_ago=1)
     result = await aggregate_usage(worker_ctx, str(world.subscription_id))
     assert result == {"recorded": 1, "reported": 1, "unavailable": 0, "stripe_failures": 0}
-    assert [r.subscription_id for r in await records(engine)] == [world.subscription_id]
+    assert [r.subscription_id for r in await usage_windows(engine)] == [world.subscription_id]
 
 
 async def test_draft_invoice_waits_for_usage_until_metering_answers(
@@ -267,7 +152,7 @@ async def test_draft_invoice_waits_for_usage_until_metering_answers(
     metering.down = False
     assert await process_stripe_event({**worker_ctx, "job_try": 2}, payload["id"]) == "processed"
     assert meter_events.call_count == 2
-    assert all(r.reported_at is not None for r in await records(engine))
+    assert all(r.reported_at is not None for r in await usage_windows(engine))
 
 
 async def test_stripe_failing_on_one_window_reports_its_neighbours_and_sends_it_next_run(
@@ -281,14 +166,14 @@ async def test_stripe_failing_on_one_window_reports_its_neighbours_and_sends_it_
         await pay_per_use(engine)
         first = await aggregate_usage(worker_ctx)
         assert first == {"recorded": 3, "reported": 2, "unavailable": 0, "stripe_failures": 1}
-        assert [r.report_status for r in await records(engine)] == ["accepted", "pending", "accepted"]
+        assert [r.report_status for r in await usage_windows(engine)] == ["accepted", "pending", "accepted"]
         second = await aggregate_usage(worker_ctx)
         assert second == {"recorded": 0, "reported": 1, "unavailable": 0, "stripe_failures": 0}
         assert await aggregate_usage(worker_ctx) == outcome(recorded=0, reported=0)
     assert meter_events.call_count == 4
-    assert sorted(accepted) == sorted(r.meter_event_identifier for r in await records(engine))
+    assert sorted(accepted) == sorted(r.meter_event_identifier for r in await usage_windows(engine))
     assert [e["payload"]["value"] for e in sorted(accepted.values(), key=lambda e: e["timestamp"])] == [
-        str(r.quantity) for r in await records(engine)
+        str(r.quantity) for r in await usage_windows(engine)
     ]
 
 
@@ -308,7 +193,7 @@ async def test_going_over_the_call_limit_is_flagged_once_per_period(
     await aggregate_usage(worker_ctx)
     flagged = await notifications(engine, "quota_overrun")
     # The first day's meter event (its last second) falls inside the period, as Stripe bills it.
-    counted = [r.quantity for r in await records(engine) if r.subscription_id == world.subscription_id]
+    counted = [r.quantity for r in await usage_windows(engine) if r.subscription_id == world.subscription_id]
     assert flagged == [
         {
             "topic": "quota_overrun",

@@ -6,7 +6,6 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,63 +14,21 @@ import httpx
 import pytest
 import respx
 from arq import Retry
-from arq.connections import RedisSettings, create_pool
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
 from app.config import Settings
-from app.db.base import Base
 from app.models import Consumer, Earning, Invoice, OutboxMessage, StripeEvent, Subscription
 from app.money import split_commission
 from app.webhooks.processor import MAX_ATTEMPTS
 from app.webhooks.replay import replay_events
-from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import process_stripe_event
 from tests.billing_data import World, event, invoice_obj, make_world, subscription_obj
-from tests.factories import sign_webhook
-from tests.stripe_payments import FakePayments, Payments, dispute, mocked_payments, refund
+from tests.stripe_payments import FakePayments, Payments, dispute, refund
+from tests.support.worker import Ctx, deliver, one, post, rows, truncate
 
-Ctx = dict[str, Any]
 DAY = 86400
-
-
-@pytest.fixture
-def stripe_payments(settings: Settings) -> Iterator[Payments]:
-    with mocked_payments(settings) as payments:
-        yield payments
-
-
-@pytest.fixture
-async def worker_ctx(settings: Settings, redis_url: str) -> AsyncIterator[Ctx]:
-    resources = WorkerResources.open(settings)
-    redis = await create_pool(RedisSettings.from_dsn(redis_url))
-    yield {"resources": resources, "redis": redis, "job_try": 1}
-    await redis.aclose()
-    await resources.close()
-
-
-async def post(client: httpx.AsyncClient, payload: dict[str, Any]) -> None:
-    body, header = sign_webhook(payload)
-    response = await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
-    assert response.status_code == 200, response.text
-
-
-async def deliver(client: httpx.AsyncClient, ctx: Ctx, payload: dict[str, Any]) -> str | None:
-    """Stripe sends the event; the worker's job runs it."""
-    await post(client, payload)
-    return await process_stripe_event(ctx, payload["id"])
-
-
-async def one(engine: AsyncEngine, model: Any, **where: Any) -> Any:
-    async with engine.connect() as connection:
-        statement = select(model).filter_by(**where)
-        return (await connection.execute(statement)).one()
-
-
-async def rows(engine: AsyncEngine, model: Any, **where: Any) -> list[Any]:
-    async with engine.connect() as connection:
-        return list((await connection.execute(select(model).filter_by(**where))).all())
 
 
 async def snapshot(engine: AsyncEngine, world: World) -> dict[str, Any]:
@@ -175,12 +132,6 @@ def lifecycle(world: World, *, t0: int, ending: str) -> list[dict[str, Any]]:
             )
         )
     return events
-
-
-async def truncate(engine: AsyncEngine) -> None:
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    async with engine.begin() as connection:
-        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
 
 async def run_lifecycle(

@@ -365,30 +365,16 @@ async def _publish_plans(
     for index, (creator, currency, monthly, per_call) in enumerate(CATALOG):
         headers = _token(settings, creator, "creator")
         api_id = f"{creator}-api-{uuid.uuid4().hex[:6]}"
-        plans[(index, False)] = await _ok(
-            await api.post(
-                f"/api/v1/apis/{api_id}/plans",
-                json={
-                    "name": "Monthly",
-                    "type": "subscription",
-                    "monthly_price": str(monthly),
-                    "currency": currency,
-                },
-                headers=headers,
+        offers = {
+            False: {"name": "Monthly", "type": "subscription", "monthly_price": str(monthly)},
+            True: {"name": "Metered", "type": "pay_per_use", "price_per_call": str(per_call)},
+        }
+        for pay_per_use, plan in offers.items():
+            plans[(index, pay_per_use)] = await _ok(
+                await api.post(
+                    f"/api/v1/apis/{api_id}/plans", json={**plan, "currency": currency}, headers=headers
+                )
             )
-        )
-        plans[(index, True)] = await _ok(
-            await api.post(
-                f"/api/v1/apis/{api_id}/plans",
-                json={
-                    "name": "Metered",
-                    "type": "pay_per_use",
-                    "price_per_call": str(per_call),
-                    "currency": currency,
-                },
-                headers=headers,
-            )
-        )
     return plans
 
 

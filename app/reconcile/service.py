@@ -194,7 +194,7 @@ class ReconcileService:
         starting_after = run.cursor.get("invoices")
         while starting_after != DONE:
             await self._limiter.wait()
-            page = await self._stripe.reconcile_page("invoices", starting_after=starting_after)
+            page = await self._stripe.list_page("invoices", starting_after=starting_after)
             listed = [StripeInvoice.from_payload(obj) for obj in page.objects]
             # Stripe lists newest first: the first invoice older than `since` ends the listing.
             invoices = [
@@ -296,7 +296,7 @@ class ReconcileService:
         starting_after = run.cursor.get("subscriptions")
         while starting_after != DONE:
             await self._limiter.wait()
-            page = await self._stripe.reconcile_page("subscriptions", starting_after=starting_after)
+            page = await self._stripe.list_page("subscriptions", starting_after=starting_after)
             async with self._sessionmaker.begin() as session:
                 drifts = await self._compare_subscriptions(session, page.objects)
                 if page.objects:

@@ -16,11 +16,20 @@ class StripeCustomer:
 
 class CustomerCalls(StripeBase):
     async def create_customer(
-        self, *, email: str | None, metadata: dict[str, str], idempotency_key: str
+        self,
+        *,
+        email: str | None,
+        metadata: dict[str, str],
+        idempotency_key: str,
+        test_clock: str | None = None,
     ) -> StripeCustomer:
+        """A Stripe customer; with `test_clock`, one whose subscriptions live on that Stripe test
+        clock's time (at most three customers per clock)."""
         params: dict[str, Any] = {"metadata": metadata}
         if email:
             params["email"] = email
+        if test_clock:
+            params["test_clock"] = test_clock
         customer = await self._call(
             "customers.create",
             lambda: self._client.v1.customers.create_async(

@@ -1,4 +1,4 @@
-"""Paging through Stripe's lists, for reconciliation (`billing sync`)."""
+"""Paging through Stripe's lists, for `billing sync` and `billing reconcile`."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ class ListingCalls(StripeBase):
     async def list_page(
         self, resource: Listable, *, starting_after: str | None, limit: int = 100
     ) -> StripePage:
-        """One page of a Stripe list as plain JSON objects (the shape webhooks deliver)."""
+        """One page of a Stripe list as plain JSON objects (the shape webhooks deliver), newest
+        first; subscriptions of every status (a caller that wants only recent ones stops at the
+        first older one)."""
         params: dict[str, Any] = {"limit": limit}
         if starting_after:
             params["starting_after"] = starting_after

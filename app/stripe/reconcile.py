@@ -1,39 +1,19 @@
-"""Reading Stripe back for `billing reconcile`: invoice and subscription pages, meter summaries."""
+"""Reading Stripe back for `billing reconcile`: single invoices and meter summaries (pages of
+invoices and subscriptions come from `ListingCalls.list_page`)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import stripe
 
 from app.stripe.base import StripeBase
-from app.stripe.listing import StripePage
-
-ReconcileListable = Literal["invoices", "subscriptions"]
 
 
 class ReconcileCalls(StripeBase):
-    async def reconcile_page(
-        self,
-        resource: ReconcileListable,
-        *,
-        starting_after: str | None,
-        limit: int = 100,
-    ) -> StripePage:
-        """One page of Stripe's invoices or subscriptions (every status), newest first, as plain
-        JSON (a caller that wants only recent ones stops at the first older one)."""
-        params: dict[str, Any] = {"limit": limit}
-        if starting_after:
-            params["starting_after"] = starting_after
-        if resource == "subscriptions":
-            params["status"] = "all"
-        service = getattr(self._client.v1, resource)
-        page = await self._call(f"{resource}.list", lambda: service.list_async(params=params))
-        return StripePage(objects=[obj.to_dict() for obj in page.data], has_more=bool(page.has_more))
-
     async def retrieve_invoice_or_none(self, invoice_id: str) -> dict[str, Any] | None:
         """Stripe's invoice as plain JSON, or None if Stripe has no such invoice (404)."""
 

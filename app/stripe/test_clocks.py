@@ -20,7 +20,6 @@ import stripe
 from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.stripe.base import StripeBase
-from app.stripe.customers import StripeCustomer
 
 log = logging.getLogger("app.stripe")
 T = TypeVar("T")
@@ -119,22 +118,6 @@ class TestClockCalls(StripeBase):
             "test_helpers.test_clocks.delete",
             lambda: self._client.v1.test_helpers.test_clocks.delete_async(clock_id),
         )
-
-    async def create_customer_on_test_clock(
-        self, clock_id: str, *, email: str | None, metadata: dict[str, str], idempotency_key: str
-    ) -> StripeCustomer:
-        """A customer whose subscriptions live on the clock's time (at most three per clock)."""
-        params: dict[str, Any] = {"metadata": metadata, "test_clock": clock_id}
-        if email:
-            params["email"] = email
-        customer = await self._call(
-            "customers.create",
-            lambda: self._client.v1.customers.create_async(
-                params=params,  # type: ignore[arg-type]
-                options={"idempotency_key": idempotency_key},
-            ),
-        )
-        return StripeCustomer(id=customer.id, email=customer.email)
 
 
 class TestClockTime:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import async_object_session
+from sqlalchemy import Row, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_object_session
 
 from app import clock, metrics
 from app.events.types import SUBSCRIPTION_CANCELLED, SUBSCRIPTION_CHANGED, SUBSCRIPTION_CREATED
@@ -127,13 +127,7 @@ async def follow_price(subscription: Subscription, price_id: str | None) -> bool
     session = async_object_session(subscription)
     if session is None or price_id is None:
         return False
-    found = (
-        await session.execute(
-            select(PricingPlanVersion.plan_id, PricingPlanVersion.version)
-            .join(PricingPlan, PricingPlan.id == PricingPlanVersion.plan_id)
-            .where(PricingPlanVersion.stripe_price_id == price_id, PricingPlan.api_id == subscription.api_id)
-        )
-    ).one_or_none()
+    found = await _plan_of_price(session, subscription, price_id)
     if found is None:
         if subscription.unmatched_stripe_price_id == price_id:
             return False
@@ -146,7 +140,7 @@ async def follow_price(subscription: Subscription, price_id: str | None) -> bool
         return True
     changed = subscription.unmatched_stripe_price_id is not None
     subscription.unmatched_stripe_price_id = None
-    plan_id, version = found
+    plan_id, version, _type = found
     if (plan_id, version) != (subscription.pricing_plan_id, subscription.plan_version):
         log.info(
             "plan follows the price Stripe bills",
@@ -180,19 +174,30 @@ async def bills_calls_differently(subscription: Subscription, price_id: str | No
     session = async_object_session(subscription)
     if session is None or price_id is None:
         return False
-    target = (
-        await session.execute(
-            select(PricingPlan.id, PricingPlan.type)
-            .join(PricingPlanVersion, PricingPlanVersion.plan_id == PricingPlan.id)
-            .where(PricingPlanVersion.stripe_price_id == price_id, PricingPlan.api_id == subscription.api_id)
-        )
-    ).one_or_none()
-    if target is None or target[0] == subscription.pricing_plan_id:
+    target = await _plan_of_price(session, subscription, price_id)
+    if target is None:
+        return False
+    plan_id, _version, plan_type = target
+    if plan_id == subscription.pricing_plan_id:
         return False
     current = await session.scalar(
         select(PricingPlan.type).where(PricingPlan.id == subscription.pricing_plan_id)
     )
-    return (current == "pay_per_use") != (target[1] == "pay_per_use")
+    return (current == "pay_per_use") != (plan_type == "pay_per_use")
+
+
+async def _plan_of_price(
+    session: AsyncSession, subscription: Subscription, price_id: str
+) -> Row[uuid.UUID, int, str] | None:
+    """The plan version (plan id, version, plan type) of the row's API whose Stripe price is
+    `price_id`, or None when no plan of that API has it."""
+    return (
+        await session.execute(
+            select(PricingPlanVersion.plan_id, PricingPlanVersion.version, PricingPlan.type)
+            .join(PricingPlan, PricingPlan.id == PricingPlanVersion.plan_id)
+            .where(PricingPlanVersion.stripe_price_id == price_id, PricingPlan.api_id == subscription.api_id)
+        )
+    ).one_or_none()
 
 
 async def apply_stripe_state(

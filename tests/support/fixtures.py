@@ -1,0 +1,40 @@
+"""Fixtures shared by several test modules (registered for all tests by `tests/conftest.py`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from arq.connections import RedisSettings, create_pool
+
+from app.config import Settings
+from app.worker.context import WorkerResources
+from tests.stripe_payments import Payments, mocked_payments
+from tests.support.worker import Ctx
+
+
+@pytest.fixture
+async def worker_ctx(settings: Settings, redis_url: str) -> AsyncIterator[Ctx]:
+    """The context arq hands the worker's jobs: opened resources, a Redis pool, a first try."""
+    resources = WorkerResources.open(settings)
+    redis = await create_pool(RedisSettings.from_dsn(redis_url))
+    yield {"resources": resources, "redis": redis, "job_try": 1}
+    await redis.aclose()
+    await resources.close()
+
+
+@pytest.fixture
+async def stripe_http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """Direct access to the Stripe emulator, to arrange or read what Stripe holds behind our back."""
+    key = (settings.stripe_secret_key.get_secret_value(), "")
+    async with httpx.AsyncClient(base_url=str(settings.stripe_api_base), auth=key, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture
+def stripe_payments(settings: Settings) -> Iterator[Payments]:
+    """Stripe's payment objects (invoices, charges, refunds, disputes) answered by a fake at the
+    HTTP boundary."""
+    with mocked_payments(settings) as payments:
+        yield payments

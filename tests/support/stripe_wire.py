@@ -1,0 +1,134 @@
+"""The app wired to api.stripe.com answered by respx in Stripe's documented shapes (fixtures
+`stripe_api`, `wire_app`, `wire`, registered for every test by `tests/conftest.py`), and the
+Stripe objects and helpers the wire tests share."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+import respx
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.config import Settings
+from app.main import create_app
+from tests.journeys import Auth, register
+from tests.support.settings import make_settings
+
+NOW = 1_770_000_000
+MONTH = 30 * 86400
+
+
+def form_of(request: httpx.Request) -> dict[str, list[str]]:
+    return parse_qs(request.content.decode())
+
+
+def wire_customer(customer_id: str = "cus_wire") -> dict[str, Any]:
+    return {
+        "id": customer_id,
+        "object": "customer",
+        "email": "wire@example.com",
+        "invoice_settings": {"default_payment_method": None},
+        "metadata": {},
+    }
+
+
+def wire_payment_method(payment_method_id: str = "pm_wire") -> dict[str, Any]:
+    return {
+        "id": payment_method_id,
+        "object": "payment_method",
+        "type": "card",
+        "customer": "cus_wire",
+        "card": {"brand": "mastercard", "last4": "4444", "exp_month": 4, "exp_year": 2031},
+        "created": NOW,
+    }
+
+
+def wire_subscription(status: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": "sub_wire",
+        "object": "subscription",
+        "customer": "cus_wire",
+        "status": status,
+        "created": NOW,
+        "cancel_at_period_end": False,
+        "canceled_at": None,
+        "ended_at": None,
+        "trial_end": None,
+        "metadata": {},
+        "items": {
+            "object": "list",
+            "data": [
+                {
+                    "id": "si_wire",
+                    "object": "subscription_item",
+                    "current_period_start": NOW,
+                    "current_period_end": NOW + MONTH,
+                    "price": {"id": "price_wire_1", "object": "price"},
+                }
+            ],
+        },
+        "latest_invoice": {
+            "id": "in_wire",
+            "object": "invoice",
+            "confirmation_secret": {"client_secret": "pi_wire_secret_abc", "type": "payment_intent"},
+        },
+        **extra,
+    }
+
+
+@pytest.fixture
+def stripe_api() -> Iterator[respx.MockRouter]:
+    """Stripe at api.stripe.com: customers, products, prices, cards; tests add the rest."""
+    prices = itertools.count(1)
+    with respx.mock(base_url="https://api.stripe.com", assert_all_called=False) as mock:
+        mock.post("/v1/customers").respond(200, json=wire_customer())
+        mock.post("/v1/customers/cus_wire").respond(200, json=wire_customer())
+        mock.post("/v1/products").respond(200, json={"id": "prod_wire", "object": "product"})
+        mock.post("/v1/prices").mock(
+            side_effect=lambda request: httpx.Response(
+                200,
+                json={
+                    "id": f"price_wire_{next(prices)}",
+                    "object": "price",
+                    "product": "prod_wire",
+                    "currency": "usd",
+                    "unit_amount_decimal": "2900",
+                },
+            )
+        )
+        mock.post("/v1/payment_methods/pm_wire/attach").respond(200, json=wire_payment_method())
+        yield mock
+
+
+@pytest.fixture
+async def wire_app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The app talking to api.stripe.com (mocked), with the SDK's own retries on."""
+    wired = make_settings(
+        database_url=settings.database_url, redis_url=settings.redis_url, stripe_max_network_retries=2
+    )
+    application = create_app(wired)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def wire(
+    wire_app: FastAPI, engine: AsyncEngine, stripe_api: respx.MockRouter
+) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=wire_app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as http:
+        yield http
+
+
+async def consumer_with_card(wire: httpx.AsyncClient, auth: Auth) -> dict[str, str]:
+    headers = auth("consumer")
+    await register(wire, headers)
+    added = await wire.post("/api/v1/payment-methods", json={"payment_method_id": "pm_wire"}, headers=headers)
+    assert added.status_code == 201, added.text
+    return headers
