@@ -20,6 +20,7 @@ from app.config import Settings, get_settings
 from app.consumers.router import router as consumers_router
 from app.creators.router import router as creators_router
 from app.db import create_engine, create_read_sessionmaker, create_sessionmaker
+from app.entitlements.connection import PackedConnection
 from app.entitlements.router import router as entitlements_router
 from app.entitlements.router import spend_cap_router
 from app.entitlements.service import EntitlementService
@@ -137,7 +138,9 @@ def create_entitlements_redis(settings: Settings) -> Redis:
     """The check path's own client: it connects within the entitlement timeout, and each call is
     bounded by it as a whole (a per-read socket timeout would cost a timer per pipelined reply)."""
     timeout = settings.entitlements_redis_timeout_seconds
-    pool = ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=timeout)
+    pool = ConnectionPool.from_url(
+        settings.redis_url, socket_connect_timeout=timeout, connection_class=PackedConnection
+    )
     return Redis(connection_pool=pool)
 
 

@@ -21,9 +21,10 @@ from tests.entitlement_data import GATEWAY, PERIOD_START, check_body, entitled, 
 from tests.test_usage_worker import Metering
 
 Ctx = dict[str, Any]
-# Two whole metering days lie in the period so far (11 and 12 March): 111 + 112 calls.
+# The period (from 10 March, 12:00) bills the metering days whose window ends in it, as the
+# invoice does (a window counts at its meter event's instant, its end): 10, 11 and 12 March.
 TODAY = PERIOD_START + timedelta(days=3)
-METERED_IN_PERIOD = 111 + 112
+METERED_IN_PERIOD = 110 + 111 + 112
 
 
 @pytest.fixture(scope="module")

@@ -55,13 +55,14 @@ if ARGV[3] == '1' then
     end
   end
 end
+-- A counter's expiry is fixed by its period or window end, so it is set once, by the call that
+-- creates the counter (INCRBY answers n).
 if ARGV[2] == '1' and n > 0 then
   used = redis.call('INCRBY', KEYS[1], n)
-  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  if used == n then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
   for i = 2, 4 do
     if tonumber(ARGV[5 + i]) >= 0 then
-      redis.call('INCRBY', KEYS[i], n)
-      redis.call('EXPIRE', KEYS[i], ARGV[8 + i])
+      if redis.call('INCRBY', KEYS[i], n) == n then redis.call('EXPIRE', KEYS[i], ARGV[8 + i]) end
     end
   end
 end
@@ -70,13 +71,13 @@ return {1, 0, used, 0, 0, 0}
 
 TRACK_SCRIPT = """\
 -- Count n calls on each key (the period counter, then the limited rate windows), whatever the
--- limits. KEYS: the counters. ARGV: 1 n, then one ttl (s) per key. Returns the period count.
+-- limits. KEYS: the counters. ARGV: 1 n, then one ttl (s) per key, set by the call that creates
+-- the counter (its expiry is fixed by its period or window end). Returns the period count.
 local n = tonumber(ARGV[1])
 local used = redis.call('INCRBY', KEYS[1], n)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+if used == n then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 for i = 2, #KEYS do
-  redis.call('INCRBY', KEYS[i], n)
-  redis.call('EXPIRE', KEYS[i], ARGV[i + 1])
+  if redis.call('INCRBY', KEYS[i], n) == n then redis.call('EXPIRE', KEYS[i], ARGV[i + 1]) end
 end
 return used
 """

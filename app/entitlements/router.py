@@ -28,7 +28,8 @@ router = APIRouter(prefix="/entitlements", tags=["entitlements"], dependencies=[
 spend_cap_router = APIRouter(prefix="/subscriptions", tags=["subscriptions"])
 
 
-def entitlement_service(request: Request) -> EntitlementService:
+async def entitlement_service(request: Request) -> EntitlementService:
+    # async: a plain `def` dependency would cost every check a hop through the thread pool.
     service: EntitlementService = request.app.state.entitlements
     return service
 
