@@ -271,6 +271,22 @@ async def test_every_counter_expires_at_its_period_or_window_end_however_often_i
         assert 0 < ttl <= ends[key.split(":")[3]] - now + 60, (key, ttl)
 
 
+async def test_tracked_calls_fill_the_minute_window_they_were_made_in(
+    http: httpx.AsyncClient, engine: AsyncEngine, business_time: clock.ManualClock
+) -> None:
+    subscription = await entitled(engine, rate_limit_per_minute=5)
+    business_time.set(IN_PERIOD.replace(second=0) + timedelta(seconds=5))
+    item = {"subscription_id": str(subscription.id), "api_id": subscription.api_id, "count": 5}
+    for _ in range(2):
+        tracked = await http.post("/api/v1/entitlements/track", json={"calls": [item]}, headers=GATEWAY)
+        assert tracked.status_code == 200, tracked.text
+        assert (await check(http, subscription, track=1))["reason"] == "rate_limited"
+        business_time.advance(timedelta(minutes=1))
+    # The next minute's window is empty again; the period counted every call.
+    allowed = await check(http, subscription, track=1)
+    assert (allowed["allowed"], allowed["used"]) == (True, 11)
+
+
 async def test_track_batch_size_is_bounded(http: httpx.AsyncClient, engine: AsyncEngine) -> None:
     item = {"subscription_id": "6a1b1f7e-9d6e-4a39-9d1c-3f4f1c1e2d3a", "api_id": "a", "count": 1}
     response = await http.post("/api/v1/entitlements/track", json={"calls": [item] * 1001}, headers=GATEWAY)

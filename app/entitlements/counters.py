@@ -24,6 +24,8 @@ NONE = -1
 PERIOD_GRACE_SECONDS = 7 * 86400
 REASONS = {0: "ok", 1: "quota_exhausted", 2: "spend_cap_reached", 3: "rate_limited"}
 WINDOWS = ("minute", "day", "month")
+# Track batches reuse each subscription's script keys within a minute (at most this many kept).
+TRACK_MEMO_SIZE = 100_000
 
 COUNT_SCRIPT = """\
 -- Check and count calls of one subscription atomically (all keys share its hash tag).
@@ -72,7 +74,8 @@ return {1, 0, used, 0, 0, 0}
 TRACK_SCRIPT = """\
 -- Count n calls on each key (the period counter, then the limited rate windows), whatever the
 -- limits. KEYS: the counters. ARGV: 1 n, then one ttl (s) per key, set by the call that creates
--- the counter (its expiry is fixed by its period or window end). Returns the period count.
+-- the counter (its expiry is fixed by its period or window end). Relative, not EXPIREAT: business
+-- time (a test clock) need not be Redis's. Returns the period count.
 local n = tonumber(ARGV[1])
 local used = redis.call('INCRBY', KEYS[1], n)
 if used == n then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
@@ -131,6 +134,10 @@ class Outcome:
     first_refusal: bool
 
 
+# One subscription's counters in one period under one set of limits.
+TrackGroup = tuple[str, tuple[int, int], Limits]
+
+
 def _ttl(until: int, now: int) -> int:
     return max(until - now, 1) + 60
 
@@ -141,6 +148,8 @@ class Counters:
         self._count: AsyncScript = redis.register_script(COUNT_SCRIPT)
         self._raise: AsyncScript = redis.register_script(RAISE_SCRIPT)
         self._track: AsyncScript = redis.register_script(TRACK_SCRIPT)
+        self._track_memo: dict[TrackGroup, tuple[tuple[Any, ...], tuple[int, ...]]] = {}
+        self._track_minute = -1
 
     def _arguments(
         self,
@@ -213,33 +222,64 @@ class Counters:
         result = await self._count(keys=key_list, args=args)
         return self._outcome(result, ends)
 
+    def _track_keys(
+        self, subscription_id: str, period: tuple[int, int], limits: Limits, now: int
+    ) -> tuple[tuple[Any, ...], tuple[int, ...]]:
+        """The script's keys (with their number) and the ends they expire after, for one
+        subscription and period, reused within the minute: they change only with the minute window."""
+        minute = now // 60
+        if minute != self._track_minute or len(self._track_memo) >= TRACK_MEMO_SIZE:
+            self._track_memo.clear()
+            self._track_minute = minute
+        memo_key = (subscription_id, period, limits)
+        found = self._track_memo.get(memo_key)
+        if found is None:
+            start, end = period
+            counter_keys = [keys.period_counter(subscription_id, start)]
+            ends = [end + PERIOD_GRACE_SECONDS]
+            for window in WINDOWS:
+                if limits.window_limit(window) is not None:
+                    bucket, window_end = window_bounds(window, now)
+                    counter_keys.append(keys.window_counter(subscription_id, window, bucket))
+                    ends.append(window_end)
+            found = ((self._track.sha, len(counter_keys), *counter_keys), tuple(ends))
+            self._track_memo[memo_key] = found
+        return found
+
     async def track_many(
         self, items: list[tuple[str, tuple[int, int], Limits, int]], *, now: int
     ) -> list[int]:
         """Count calls the gateway already let through, whatever the limits; the period counts after.
 
-        One pipeline of one small script call per item (its keys share the subscription's slot).
-        EVALSHA is sent directly: redis-py's script objects would add a SCRIPT EXISTS round trip
-        to every batch; a Redis that lost the script gets it again and the batch is resent (no
-        command of it ran).
+        One pipeline of small script calls, one per subscription (its keys share the
+        subscription's slot, so this works on Redis Cluster): a batch naming a subscription
+        several times counts it once with the sum. EVALSHA is sent directly: redis-py's script
+        objects would add a SCRIPT EXISTS round trip to every batch; a Redis that lost the script
+        gets it again and the batch is resent (no command of it ran).
         """
-        windows = {window: window_bounds(window, now) for window in WINDOWS}
-        commands: list[list[Any]] = []
-        for subscription_id, (start, end), limits, n in items:
-            counter_keys = [keys.period_counter(subscription_id, start)]
-            ttls = [_ttl(end + PERIOD_GRACE_SECONDS, now)]
-            for window, (bucket, window_end) in windows.items():
-                if limits.window_limit(window) is not None:
-                    counter_keys.append(keys.window_counter(subscription_id, window, bucket))
-                    ttls.append(_ttl(window_end, now))
-            commands.append([len(counter_keys), *counter_keys, n, *ttls])
+        grouped: dict[TrackGroup, int] = {}
+        for subscription_id, period, limits, n in items:
+            group = (subscription_id, period, limits)
+            grouped[group] = grouped.get(group, 0) + n
+        commands = []
+        for (subscription_id, period, limits), n in grouped.items():
+            head, ends = self._track_keys(subscription_id, period, limits, now)
+            commands.append((*head, n, *(_ttl(until, now) for until in ends)))
         for attempt in range(2):
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for command in commands:
-                        pipe.evalsha(self._track.sha, *command)
+                        pipe.execute_command("EVALSHA", *command)
                     results = await pipe.execute()
-                return [int(r) for r in results]
+                after = {group: int(r) for group, r in zip(grouped, results, strict=True)}
+                # Each item's period count after its own calls, in the batch's order.
+                pending = {group: after[group] - n for group, n in grouped.items()}
+                counts: list[int] = []
+                for subscription_id, period, limits, n in items:
+                    group = (subscription_id, period, limits)
+                    pending[group] += n
+                    counts.append(pending[group])
+                return counts
             except NoScriptError:
                 if attempt:
                     raise
