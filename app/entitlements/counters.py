@@ -134,8 +134,8 @@ class Outcome:
     first_refusal: bool
 
 
-# One subscription's counters in one period under one set of limits.
-TrackGroup = tuple[str, tuple[int, int], Limits]
+# One subscription's counters in one period (a batch holds one snapshot, so one set of limits).
+TrackGroup = tuple[str, tuple[int, int]]
 
 
 def _ttl(until: int, now: int) -> int:
@@ -148,7 +148,7 @@ class Counters:
         self._count: AsyncScript = redis.register_script(COUNT_SCRIPT)
         self._raise: AsyncScript = redis.register_script(RAISE_SCRIPT)
         self._track: AsyncScript = redis.register_script(TRACK_SCRIPT)
-        self._track_memo: dict[TrackGroup, tuple[tuple[Any, ...], tuple[int, ...]]] = {}
+        self._track_memo: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[int, ...]]] = {}
         self._track_minute = -1
 
     def _arguments(
@@ -231,7 +231,14 @@ class Counters:
         if minute != self._track_minute or len(self._track_memo) >= TRACK_MEMO_SIZE:
             self._track_memo.clear()
             self._track_minute = minute
-        memo_key = (subscription_id, period, limits)
+        # The keys depend only on which windows are limited, not on the limits themselves.
+        memo_key = (
+            subscription_id,
+            period,
+            limits.per_minute is None,
+            limits.per_day is None,
+            limits.per_month is None,
+        )
         found = self._track_memo.get(memo_key)
         if found is None:
             start, end = period
@@ -257,12 +264,13 @@ class Counters:
         objects would add a SCRIPT EXISTS round trip to every batch; a Redis that lost the script
         gets it again and the batch is resent (no command of it ran).
         """
-        grouped: dict[TrackGroup, int] = {}
+        grouped: dict[TrackGroup, tuple[Limits, int]] = {}
         for subscription_id, period, limits, n in items:
-            group = (subscription_id, period, limits)
-            grouped[group] = grouped.get(group, 0) + n
+            group = (subscription_id, period)
+            counted = grouped.get(group)
+            grouped[group] = (limits, n if counted is None else counted[1] + n)
         commands = []
-        for (subscription_id, period, limits), n in grouped.items():
+        for (subscription_id, period), (limits, n) in grouped.items():
             head, ends = self._track_keys(subscription_id, period, limits, now)
             commands.append((*head, n, *(_ttl(until, now) for until in ends)))
         for attempt in range(2):
@@ -273,10 +281,10 @@ class Counters:
                     results = await pipe.execute()
                 after = {group: int(r) for group, r in zip(grouped, results, strict=True)}
                 # Each item's period count after its own calls, in the batch's order.
-                pending = {group: after[group] - n for group, n in grouped.items()}
+                pending = {group: after[group] - n for group, (_limits, n) in grouped.items()}
                 counts: list[int] = []
-                for subscription_id, period, limits, n in items:
-                    group = (subscription_id, period, limits)
+                for subscription_id, period, _limits, n in items:
+                    group = (subscription_id, period)
                     pending[group] += n
                     counts.append(pending[group])
                 return counts

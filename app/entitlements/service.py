@@ -131,6 +131,11 @@ def refusal(entitlement: Entitlement | None) -> str | None:
     return None
 
 
+def threshold_marks(limit: int) -> tuple[int, ...]:
+    """The counts at which THRESHOLDS of `limit` are reached."""
+    return tuple(math.ceil(limit * percent / 100) for percent in THRESHOLDS)
+
+
 def crossed_alerts(entitlement: Entitlement, period: tuple[int, int], before: int, after: int) -> list[Alert]:
     """The usage thresholds that the calls from `before` to `after` crossed (each once a period);
     `period` in unix seconds."""
@@ -140,8 +145,7 @@ def crossed_alerts(entitlement: Entitlement, period: tuple[int, int], before: in
     for basis, limit in bases:
         if not limit:
             continue
-        for percent in THRESHOLDS:
-            mark = math.ceil(limit * percent / 100)
+        for percent, mark in zip(THRESHOLDS, threshold_marks(limit), strict=True):
             if before < mark <= after:
                 alerts.append(
                     Alert(
@@ -383,7 +387,9 @@ class EntitlementService:
                     "overage": entitlement.overage and limit is not None and used > limit,
                 }
             )
-            if limit is not None or entitlement.monthly_spend_cap is not None:
+            if entitlement.monthly_spend_cap is not None or (
+                limit and any(used - item.count < mark <= used for mark in threshold_marks(limit))
+            ):
                 alerts.extend(crossed_alerts(entitlement, period, used - item.count, used))
         return TrackAnswer(tracked=tracked, results=results), alerts
 
@@ -393,8 +399,8 @@ class EntitlementService:
         moment = time.monotonic()
         found: dict[str, Entitlement | None] = {}
         wanted: list[tuple[str, uuid.UUID | None, str | None]] = []
-        for item in request.calls:
-            key = self._cache_key(item.subscription_id, item.api_key_id)
+        cache_keys = [self._cache_key(item.subscription_id, item.api_key_id) for item in request.calls]
+        for item, key in zip(request.calls, cache_keys, strict=True):
             recent = self._local(key, moment)
             if recent is not None:
                 found[key] = recent
@@ -411,8 +417,8 @@ class EntitlementService:
                 if entitlement is not None:
                     self._keep(key, moment, entitlement)
         entitlements: list[Entitlement | None] = []
-        for item in request.calls:
-            entitlement = found[self._cache_key(item.subscription_id, item.api_key_id)]
+        for item, key in zip(request.calls, cache_keys, strict=True):
+            entitlement = found[key]
             entitlements.append(entitlement if entitlement and entitlement.api_id == item.api_id else None)
         return entitlements
 
