@@ -64,6 +64,10 @@ OPENAPI_TAGS = [
         "description": "Creators' pricing plans per API; prices are JSON numbers in major units (29 = 29.00)",
     },
     {
+        "name": "entitlements",
+        "description": "The gateway's check, track and cache snapshot (service token, not a consumer JWT).",
+    },
+    {
         "name": "subscriptions",
         "description": "Subscribe, cancel, change plan (with a preview), read the usage; minor units.",
     },

@@ -131,6 +131,9 @@ async def over_http(settings: Settings, key: tuple[uuid.UUID, str, str]) -> tupl
     command = [
         sys.executable, "-m", "uvicorn", "app.main:create_app_from_env", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
+        # On a loaded machine a 50-request warm-up can outlast uvicorn's 5 s keep-alive: the
+        # pool's idle connections would be closed under the next load's first requests.
+        "--timeout-keep-alive", "120",
     ]  # fmt: skip
     server = subprocess.Popen(command, env=server_env(settings, port))  # noqa: S603, ASYNC220
     base = f"http://127.0.0.1:{port}"

@@ -50,6 +50,22 @@ def test_the_env_file_exports_the_stack_settings_for_a_shell(tmp_path: Path) -> 
     assert out.stdout == f"{odd}|redis://127.0.0.1:1/0|"
 
 
+def test_the_env_file_lets_a_shell_call_the_gateway_api_and_replay_events_to_the_demo_endpoint(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "env"
+    stack = {
+        "GATEWAY_SERVICE_TOKENS": "dev-gateway-token",
+        "MARKETPLACE_WEBHOOK_URLS": "http://127.0.0.1:9/marketplace/events",
+        "MARKETPLACE_WEBHOOK_SECRETS": "whsec_dev_marketplace",
+    }
+    write_env_file(path, stack)
+    script = f"source {shlex.quote(str(path))}; " + "; ".join(f'printf "%s|" "${name}"' for name in stack)
+    env = {k: v for k, v in os.environ.items() if k not in stack}
+    out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True)  # noqa: S603, S607
+    assert out.stdout == "".join(f"{value}|" for value in stack.values())
+
+
 def test_verbose_streams_what_the_api_and_worker_append_to_their_logs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import clock
 from app.config import Settings
+from app.entitlements import counters
 from app.models import OutboxMessage, Subscription
 from tests.entitlement_data import (
     GATEWAY,
@@ -240,6 +241,50 @@ async def test_track_counts_a_batch_whatever_the_limits(http: httpx.AsyncClient,
     assert [r["used"] for r in body["results"]] == [4, 10, 7, None]
     refused = await check(http, first, track=1)
     assert (refused["reason"], refused["used"]) == ("quota_exhausted", 7)
+
+
+async def test_every_counter_expires_at_its_period_or_window_end_however_often_it_moves(
+    gateway: tuple[FastAPI, httpx.AsyncClient], engine: AsyncEngine
+) -> None:
+    app, http = gateway
+    subscription = await entitled(engine, call_limit=100, rate_limit_per_minute=50, rate_limit_per_day=80)
+    for _ in range(3):
+        await check(http, subscription, track=1)
+    item = {"subscription_id": str(subscription.id), "api_id": subscription.api_id, "count": 2}
+    tracked = await http.post("/api/v1/entitlements/track", json={"calls": [item, item]}, headers=GATEWAY)
+    assert tracked.status_code == 200, tracked.text
+    redis = app.state.entitlements_redis
+    now = int(clock.now().timestamp())
+    ends = {
+        "period": int(PERIOD_END.timestamp()) + counters.PERIOD_GRACE_SECONDS,
+        "minute": (now // 60 + 1) * 60,
+        "day": (now // 86400 + 1) * 86400,
+    }
+    found = {
+        key.decode(): await redis.ttl(key)
+        async for key in redis.scan_iter(f"ent:{{sub:{subscription.id}}}:*")
+    }
+    counted = {key: ttl for key, ttl in found.items() if key.split(":")[3] in ends}
+    assert sorted(key.split(":")[3] for key in counted) == ["day", "minute", "period"]
+    for key, ttl in counted.items():
+        # Expires 60 s after its end (late tracks still find it), measured from business time.
+        assert 0 < ttl <= ends[key.split(":")[3]] - now + 60, (key, ttl)
+
+
+async def test_tracked_calls_fill_the_minute_window_they_were_made_in(
+    http: httpx.AsyncClient, engine: AsyncEngine, business_time: clock.ManualClock
+) -> None:
+    subscription = await entitled(engine, rate_limit_per_minute=5)
+    business_time.set(IN_PERIOD.replace(second=0) + timedelta(seconds=5))
+    item = {"subscription_id": str(subscription.id), "api_id": subscription.api_id, "count": 5}
+    for _ in range(2):
+        tracked = await http.post("/api/v1/entitlements/track", json={"calls": [item]}, headers=GATEWAY)
+        assert tracked.status_code == 200, tracked.text
+        assert (await check(http, subscription, track=1))["reason"] == "rate_limited"
+        business_time.advance(timedelta(minutes=1))
+    # The next minute's window is empty again; the period counted every call.
+    allowed = await check(http, subscription, track=1)
+    assert (allowed["allowed"], allowed["used"]) == (True, 11)
 
 
 async def test_track_batch_size_is_bounded(http: httpx.AsyncClient, engine: AsyncEngine) -> None:

@@ -21,6 +21,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import NoScriptError
 
 from app.config import Settings
+from app.db.packed_redis import PackedConnection
 
 
 def create_redis(settings: Settings) -> ArqRedis:
@@ -33,7 +34,9 @@ def create_entitlements_redis(settings: Settings) -> Redis:
     """The check path's own client: it connects within the entitlement timeout, and each call is
     bounded by it as a whole (a per-read socket timeout would cost a timer per pipelined reply)."""
     timeout = settings.entitlements_redis_timeout_seconds
-    pool = ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=timeout)
+    pool = ConnectionPool.from_url(
+        settings.redis_url, socket_connect_timeout=timeout, connection_class=PackedConnection
+    )
     return Redis(connection_pool=pool)
 
 

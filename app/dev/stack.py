@@ -57,6 +57,10 @@ ENV_FILE_VARS = (
     "JWT_SECRET",
     "API_KEY_SERVICE_URL",
     "METERING_SERVICE_URL",
+    # The gateway's token and the demo marketplace endpoint: curl the entitlement API, replay events.
+    "GATEWAY_SERVICE_TOKENS",
+    "MARKETPLACE_WEBHOOK_URLS",
+    "MARKETPLACE_WEBHOOK_SECRETS",
 )
 
 

@@ -24,6 +24,8 @@ NONE = -1
 PERIOD_GRACE_SECONDS = 7 * 86400
 REASONS = {0: "ok", 1: "quota_exhausted", 2: "spend_cap_reached", 3: "rate_limited"}
 WINDOWS = ("minute", "day", "month")
+# Track batches reuse each subscription's script keys within a minute (at most this many kept).
+TRACK_MEMO_SIZE = 100_000
 
 COUNT_SCRIPT = """\
 -- Check and count calls of one subscription atomically (all keys share its hash tag).
@@ -55,13 +57,14 @@ if ARGV[3] == '1' then
     end
   end
 end
+-- A counter's expiry is fixed by its period or window end, so it is set once, by the call that
+-- creates the counter (INCRBY answers n).
 if ARGV[2] == '1' and n > 0 then
   used = redis.call('INCRBY', KEYS[1], n)
-  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  if used == n then redis.call('EXPIRE', KEYS[1], ARGV[6]) end
   for i = 2, 4 do
     if tonumber(ARGV[5 + i]) >= 0 then
-      redis.call('INCRBY', KEYS[i], n)
-      redis.call('EXPIRE', KEYS[i], ARGV[8 + i])
+      if redis.call('INCRBY', KEYS[i], n) == n then redis.call('EXPIRE', KEYS[i], ARGV[8 + i]) end
     end
   end
 end
@@ -70,13 +73,14 @@ return {1, 0, used, 0, 0, 0}
 
 TRACK_SCRIPT = """\
 -- Count n calls on each key (the period counter, then the limited rate windows), whatever the
--- limits. KEYS: the counters. ARGV: 1 n, then one ttl (s) per key. Returns the period count.
+-- limits. KEYS: the counters. ARGV: 1 n, then one ttl (s) per key, set by the call that creates
+-- the counter (its expiry is fixed by its period or window end). Relative, not EXPIREAT: business
+-- time (a test clock) need not be Redis's. Returns the period count.
 local n = tonumber(ARGV[1])
 local used = redis.call('INCRBY', KEYS[1], n)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+if used == n then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 for i = 2, #KEYS do
-  redis.call('INCRBY', KEYS[i], n)
-  redis.call('EXPIRE', KEYS[i], ARGV[i + 1])
+  if redis.call('INCRBY', KEYS[i], n) == n then redis.call('EXPIRE', KEYS[i], ARGV[i + 1]) end
 end
 return used
 """
@@ -130,6 +134,10 @@ class Outcome:
     first_refusal: bool
 
 
+# One subscription's counters in one period (a batch holds one snapshot, so one set of limits).
+TrackGroup = tuple[str, tuple[int, int]]
+
+
 def _ttl(until: int, now: int) -> int:
     return max(until - now, 1) + 60
 
@@ -140,6 +148,8 @@ class Counters:
         self._count: AsyncScript = redis.register_script(COUNT_SCRIPT)
         self._raise: AsyncScript = redis.register_script(RAISE_SCRIPT)
         self._track: AsyncScript = redis.register_script(TRACK_SCRIPT)
+        self._track_memo: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[int, ...]]] = {}
+        self._track_minute = -1
 
     def _arguments(
         self,
@@ -212,33 +222,72 @@ class Counters:
         result = await self._count(keys=key_list, args=args)
         return self._outcome(result, ends)
 
+    def _track_keys(
+        self, subscription_id: str, period: tuple[int, int], limits: Limits, now: int
+    ) -> tuple[tuple[Any, ...], tuple[int, ...]]:
+        """The script's keys (with their number) and the ends they expire after, for one
+        subscription and period, reused within the minute: they change only with the minute window."""
+        minute = now // 60
+        if minute != self._track_minute or len(self._track_memo) >= TRACK_MEMO_SIZE:
+            self._track_memo.clear()
+            self._track_minute = minute
+        # The keys depend only on which windows are limited, not on the limits themselves.
+        memo_key = (
+            subscription_id,
+            period,
+            limits.per_minute is None,
+            limits.per_day is None,
+            limits.per_month is None,
+        )
+        found = self._track_memo.get(memo_key)
+        if found is None:
+            start, end = period
+            counter_keys = [keys.period_counter(subscription_id, start)]
+            ends = [end + PERIOD_GRACE_SECONDS]
+            for window in WINDOWS:
+                if limits.window_limit(window) is not None:
+                    bucket, window_end = window_bounds(window, now)
+                    counter_keys.append(keys.window_counter(subscription_id, window, bucket))
+                    ends.append(window_end)
+            found = ((self._track.sha, len(counter_keys), *counter_keys), tuple(ends))
+            self._track_memo[memo_key] = found
+        return found
+
     async def track_many(
         self, items: list[tuple[str, tuple[int, int], Limits, int]], *, now: int
     ) -> list[int]:
         """Count calls the gateway already let through, whatever the limits; the period counts after.
 
-        One pipeline of one small script call per item (its keys share the subscription's slot).
-        EVALSHA is sent directly: redis-py's script objects would add a SCRIPT EXISTS round trip
-        to every batch; a Redis that lost the script gets it again and the batch is resent (no
-        command of it ran).
+        One pipeline of small script calls, one per subscription (its keys share the
+        subscription's slot, so this works on Redis Cluster): a batch naming a subscription
+        several times counts it once with the sum. EVALSHA is sent directly: redis-py's script
+        objects would add a SCRIPT EXISTS round trip to every batch; a Redis that lost the script
+        gets it again and the batch is resent (no command of it ran).
         """
-        windows = {window: window_bounds(window, now) for window in WINDOWS}
-        commands: list[list[Any]] = []
-        for subscription_id, (start, end), limits, n in items:
-            counter_keys = [keys.period_counter(subscription_id, start)]
-            ttls = [_ttl(end + PERIOD_GRACE_SECONDS, now)]
-            for window, (bucket, window_end) in windows.items():
-                if limits.window_limit(window) is not None:
-                    counter_keys.append(keys.window_counter(subscription_id, window, bucket))
-                    ttls.append(_ttl(window_end, now))
-            commands.append([len(counter_keys), *counter_keys, n, *ttls])
+        grouped: dict[TrackGroup, tuple[Limits, int]] = {}
+        for subscription_id, period, limits, n in items:
+            group = (subscription_id, period)
+            counted = grouped.get(group)
+            grouped[group] = (limits, n if counted is None else counted[1] + n)
+        commands = []
+        for (subscription_id, period), (limits, n) in grouped.items():
+            head, ends = self._track_keys(subscription_id, period, limits, now)
+            commands.append((*head, n, *(_ttl(until, now) for until in ends)))
         for attempt in range(2):
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for command in commands:
-                        pipe.evalsha(self._track.sha, *command)
+                        pipe.execute_command("EVALSHA", *command)
                     results = await pipe.execute()
-                return [int(r) for r in results]
+                after = {group: int(r) for group, r in zip(grouped, results, strict=True)}
+                # Each item's period count after its own calls, in the batch's order.
+                pending = {group: after[group] - n for group, (_limits, n) in grouped.items()}
+                counts: list[int] = []
+                for subscription_id, period, _limits, n in items:
+                    group = (subscription_id, period)
+                    pending[group] += n
+                    counts.append(pending[group])
+                return counts
             except NoScriptError:
                 if attempt:
                     raise

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
+import orjson
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -40,8 +41,6 @@ from app.entitlements.schemas import (
     EntitlementOut,
     SpendCapOut,
     TrackRequest,
-    TrackResponse,
-    TrackResult,
 )
 from app.entitlements.snapshot import CALLABLE, Entitlement
 from app.errors import InvalidField, NotFound, ServiceUnavailable
@@ -77,6 +76,17 @@ class Alert:
     payload: dict[str, object]
 
 
+@dataclass(frozen=True, slots=True)
+class TrackAnswer:
+    """A track batch's answer (`TrackResponse` in the API), as JSON-ready data."""
+
+    tracked: int
+    results: list[dict[str, object]]
+
+    def json(self) -> bytes:
+        return orjson.dumps({"tracked": self.tracked, "results": self.results})
+
+
 def _moment(epoch: int | None) -> datetime | None:
     return datetime.fromtimestamp(epoch, tz=UTC) if epoch is not None else None
 
@@ -89,6 +99,15 @@ def current_period(entitlement: Entitlement, now: datetime) -> tuple[datetime, d
         datetime.fromtimestamp(entitlement.started_at, tz=UTC),
         now,
     )
+
+
+def current_epochs(entitlement: Entitlement, now: datetime, now_epoch: int) -> tuple[int, int]:
+    """`current_period` in unix seconds: the snapshot's own period as is while it holds."""
+    start, end = entitlement.current_period_start, entitlement.current_period_end
+    if start is not None and end is not None and start <= now_epoch < end:
+        return start, end
+    period = current_period(entitlement, now)
+    return int(period[0].timestamp()), int(period[1].timestamp())
 
 
 def limits_of(entitlement: Entitlement) -> Limits:
@@ -112,18 +131,21 @@ def refusal(entitlement: Entitlement | None) -> str | None:
     return None
 
 
-def crossed_alerts(
-    entitlement: Entitlement, period: tuple[datetime, datetime], before: int, after: int
-) -> list[Alert]:
-    """The usage thresholds that the calls from `before` to `after` crossed (each once a period)."""
+def threshold_marks(limit: int) -> tuple[int, ...]:
+    """The counts at which THRESHOLDS of `limit` are reached."""
+    return tuple(math.ceil(limit * percent / 100) for percent in THRESHOLDS)
+
+
+def crossed_alerts(entitlement: Entitlement, period: tuple[int, int], before: int, after: int) -> list[Alert]:
+    """The usage thresholds that the calls from `before` to `after` crossed (each once a period);
+    `period` in unix seconds."""
     alerts: list[Alert] = []
     bases = [("included_calls", entitlement.call_limit), ("spend_cap", entitlement.cap_calls())]
-    start, end = period
+    start, end = (datetime.fromtimestamp(epoch, tz=UTC) for epoch in period)
     for basis, limit in bases:
         if not limit:
             continue
-        for percent in THRESHOLDS:
-            mark = math.ceil(limit * percent / 100)
+        for percent, mark in zip(THRESHOLDS, threshold_marks(limit), strict=True):
             if before < mark <= after:
                 alerts.append(
                     Alert(
@@ -275,7 +297,7 @@ class EntitlementService:
         CHECKS.labels(reason=outcome.reason).inc()
         alerts: list[Alert] = []
         if outcome.allowed and request.track is not None:
-            alerts = crossed_alerts(entitlement, period, outcome.used - n, outcome.used)
+            alerts = crossed_alerts(entitlement, epochs, outcome.used - n, outcome.used)
         if outcome.first_refusal:
             alerts.append(exhausted_alert(entitlement, period, outcome.used))
         return self._result(entitlement, period, outcome, counted=request.track or 0), alerts
@@ -316,58 +338,60 @@ class EntitlementService:
             period_end=end,
         )
 
-    async def track(self, request: TrackRequest) -> tuple[TrackResponse, list[Alert]]:
+    async def track(self, request: TrackRequest) -> tuple[TrackAnswer, list[Alert]]:
         """Count calls the gateway already let through (from its own cache), in one batch."""
         try:
             entitlements = await self._track_snapshots(request)
             now = clock.now()
+            now_epoch = int(now.timestamp())
             batch: list[tuple[str, tuple[int, int], Limits, int]] = []
-            periods: list[tuple[datetime, datetime]] = []
+            periods: list[tuple[int, int]] = []
             for item, entitlement in zip(request.calls, entitlements, strict=True):
                 if entitlement is None:
                     continue
-                period = current_period(entitlement, now)
+                period = current_epochs(entitlement, now, now_epoch)
                 periods.append(period)
-                batch.append(
-                    (
-                        entitlement.subscription_id,
-                        (int(period[0].timestamp()), int(period[1].timestamp())),
-                        limits_of(entitlement),
-                        item.count,
-                    )
-                )
-            outcomes = await self._redis_call(
-                lambda: self._counters.track_many(batch, now=int(now.timestamp()))
-            )
+                batch.append((entitlement.subscription_id, period, limits_of(entitlement), item.count))
+            outcomes = await self._redis_call(lambda: self._counters.track_many(batch, now=now_epoch))
         except RedisUnavailable as error:
             self._degraded("track", error)
             raise
-        results: list[TrackResult] = []
+        # Plain data in the shape of TrackResult (every field computed here), serialized once.
+        results: list[dict[str, object]] = []
         alerts: list[Alert] = []
         counted = iter(zip(outcomes, periods, strict=True))
         tracked = 0
         for item, entitlement in zip(request.calls, entitlements, strict=True):
             if entitlement is None:
                 results.append(
-                    TrackResult(subscription_id=item.subscription_id, api_id=item.api_id, counted=0)
+                    {
+                        "subscription_id": item.subscription_id,
+                        "api_id": item.api_id,
+                        "counted": 0,
+                        "used": None,
+                        "remaining": None,
+                        "overage": False,
+                    }
                 )
                 continue
             used, period = next(counted)
             tracked += item.count
             limit = entitlement.call_limit
             results.append(
-                TrackResult.model_construct(  # every field computed here: no validation needed
-                    subscription_id=item.subscription_id or uuid.UUID(entitlement.subscription_id),
-                    api_id=item.api_id,
-                    counted=item.count,
-                    used=used,
-                    remaining=max(limit - used, 0) if limit is not None else None,
-                    overage=entitlement.overage and limit is not None and used > limit,
-                )
+                {
+                    "subscription_id": item.subscription_id or entitlement.subscription_id,
+                    "api_id": item.api_id,
+                    "counted": item.count,
+                    "used": used,
+                    "remaining": max(limit - used, 0) if limit is not None else None,
+                    "overage": entitlement.overage and limit is not None and used > limit,
+                }
             )
-            if limit is not None or entitlement.monthly_spend_cap is not None:
+            if entitlement.monthly_spend_cap is not None or (
+                limit and any(used - item.count < mark <= used for mark in threshold_marks(limit))
+            ):
                 alerts.extend(crossed_alerts(entitlement, period, used - item.count, used))
-        return TrackResponse(tracked=tracked, results=results), alerts
+        return TrackAnswer(tracked=tracked, results=results), alerts
 
     async def _track_snapshots(self, request: TrackRequest) -> list[Entitlement | None]:
         """The batch's snapshots: this process's recent copies, else one pipelined read from Redis,
@@ -375,8 +399,8 @@ class EntitlementService:
         moment = time.monotonic()
         found: dict[str, Entitlement | None] = {}
         wanted: list[tuple[str, uuid.UUID | None, str | None]] = []
-        for item in request.calls:
-            key = self._cache_key(item.subscription_id, item.api_key_id)
+        cache_keys = [self._cache_key(item.subscription_id, item.api_key_id) for item in request.calls]
+        for item, key in zip(request.calls, cache_keys, strict=True):
             recent = self._local(key, moment)
             if recent is not None:
                 found[key] = recent
@@ -393,8 +417,8 @@ class EntitlementService:
                 if entitlement is not None:
                     self._keep(key, moment, entitlement)
         entitlements: list[Entitlement | None] = []
-        for item in request.calls:
-            entitlement = found[self._cache_key(item.subscription_id, item.api_key_id)]
+        for item, key in zip(request.calls, cache_keys, strict=True):
+            entitlement = found[key]
             entitlements.append(entitlement if entitlement and entitlement.api_id == item.api_id else None)
         return entitlements
 

@@ -89,8 +89,10 @@ class Entitlement:
 
     def cap_calls(self) -> int | None:
         """The most calls in a period whose usage spend stays within the monthly spend cap."""
+        if self.monthly_spend_cap is None:
+            return None
         unit = self.usage_unit_price()
-        if self.monthly_spend_cap is None or unit is None or unit <= 0:
+        if unit is None or unit <= 0:
             return None
         cap = self.monthly_spend_cap
         billable = int(((Decimal(cap) + Decimal("0.5")) / unit).to_integral_value(rounding=ROUND_FLOOR))
