@@ -45,4 +45,4 @@ bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .dev .sim .hypothesis .pytest_cache .mypy_cache .ruff_cache
