@@ -3,39 +3,25 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 import httpx
-import pytest
 import respx
-from arq.connections import RedisSettings, create_pool
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import PricingPlanVersion, UsageRecord
-from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import process_stripe_event
 from tests import rows
 from tests.billing_data import World, event, invoice_obj, make_world
 from tests.factories import sign_webhook
+from tests.support.worker import Ctx
 
-Ctx = dict[str, Any]
 PERIOD_START = datetime(2026, 10, 5, tzinfo=UTC)
 PERIOD_END = datetime(2026, 11, 5, tzinfo=UTC)
 PERIOD = (int(PERIOD_START.timestamp()), int(PERIOD_END.timestamp()))
-
-
-@pytest.fixture
-async def worker_ctx(settings: Settings, redis_url: str) -> AsyncIterator[Ctx]:
-    resources = WorkerResources.open(settings)
-    redis = await create_pool(RedisSettings.from_dsn(redis_url))
-    yield {"resources": resources, "redis": redis, "job_try": 1}
-    await redis.aclose()
-    await resources.close()
 
 
 async def overage_world(engine: AsyncEngine, *, recorded: int) -> World:

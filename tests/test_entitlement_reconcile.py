@@ -9,19 +9,17 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from arq.connections import RedisSettings, create_pool
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import clock
 from app.config import Settings
-from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import aggregate_usage
 from tests.entitlement_data import GATEWAY, PERIOD_START, check_body, entitled, gateway_settings, running
 from tests.journeys import Auth
 from tests.support.usage import Metering
+from tests.support.worker import Ctx
 
-Ctx = dict[str, Any]
 # The period began on 10 March at 12:00. A window belongs to the period holding its meter event's
 # instant (app.usage.windows): 10 March's whole-day window is stamped 23:59:59 that day, so it is
 # billed in this period, as are 11 and 12 March: 110 + 111 + 112 calls so far.
@@ -38,15 +36,6 @@ async def gateway(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.Asyn
 @pytest.fixture
 async def http(gateway: tuple[FastAPI, httpx.AsyncClient], engine: AsyncEngine) -> httpx.AsyncClient:
     return gateway[1]
-
-
-@pytest.fixture
-async def worker_ctx(settings: Settings, redis_url: str) -> AsyncIterator[Ctx]:
-    resources = WorkerResources.open(settings)
-    redis = await create_pool(RedisSettings.from_dsn(redis_url))
-    yield {"resources": resources, "redis": redis, "job_try": 1}
-    await redis.aclose()
-    await resources.close()
 
 
 @pytest.fixture(autouse=True)

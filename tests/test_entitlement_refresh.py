@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-from arq.connections import RedisSettings, create_pool
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import select
@@ -17,15 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.entitlements import keys
 from app.models import MarketplaceEvent
-from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import process_stripe_event, suspend_overdue_api_keys
 from tests.billing_data import event, invoice_obj, make_world
 from tests.entitlement_data import GATEWAY, gateway_settings, running
 from tests.factories import sign_webhook
 from tests.journeys import Auth, create_plan, new_api_id, register, subscribe
+from tests.support.worker import Ctx
 from tests.test_dunning import PERIOD, overdue_by
-
-Ctx = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +34,6 @@ async def gateway(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.Asyn
 @pytest.fixture
 async def http(gateway: tuple[FastAPI, httpx.AsyncClient], engine: AsyncEngine) -> httpx.AsyncClient:
     return gateway[1]
-
-
-@pytest.fixture
-async def worker_ctx(settings: Settings, redis_url: str) -> AsyncIterator[Ctx]:
-    resources = WorkerResources.open(settings)
-    redis = await create_pool(RedisSettings.from_dsn(redis_url))
-    yield {"resources": resources, "redis": redis, "job_try": 1}
-    await redis.aclose()
-    await resources.close()
 
 
 @pytest.fixture
