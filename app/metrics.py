@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -149,10 +150,10 @@ def instrument_worker(settings: type) -> None:
     ]
 
 
-# --- outbox backlog, computed at scrape time but at most once per interval ----------------------
+# --- gauges computed from the database at scrape time, at most once per interval --------------
 
 
-class ScrapedGauges:
+class ScrapedGauges(ABC):
     """Gauges refreshed from the database when /metrics is scraped and they are stale, so every
     API replica exports what the worker stored.
 
@@ -181,8 +182,9 @@ class ScrapedGauges:
     def _stale(self) -> bool:
         return self._refreshed_at is None or time.monotonic() - self._refreshed_at >= self.interval_seconds
 
+    @abstractmethod
     async def _query(self, engine: AsyncEngine) -> None:
-        raise NotImplementedError
+        """Read the database and set this object's gauges."""
 
 
 class OutboxBacklog(ScrapedGauges):
