@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import httpx
 import jwt
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.config import Settings
 from app.errors import Forbidden, Unauthorized
@@ -141,29 +139,3 @@ class TokenVerifier:
                 raise Unauthorized("Token keys are unavailable", code="invalid_token") from None
         self._jwks_fetched_at = time.monotonic()
         return self._jwks
-
-
-_bearer = HTTPBearer(auto_error=False)
-
-
-async def get_principal(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> Principal:
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthorized("Missing bearer token", code="missing_token")
-    verifier: TokenVerifier = request.app.state.verifier
-    return await verifier.verify(credentials.credentials)
-
-
-def require_role(*roles: Role) -> Any:
-    async def dependency(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
-        if principal.role not in roles:
-            raise Forbidden(f"This action needs the role {' or '.join(roles)}", code="wrong_role")
-        return principal
-
-    return Depends(dependency)
-
-
-CurrentUser = Annotated[Principal, Depends(get_principal)]
-CreatorOrAdmin = Annotated[Principal, require_role("creator", "admin")]
-AdminOnly = Annotated[Principal, require_role("admin")]

@@ -97,6 +97,7 @@ def api(
     """Serve the HTTP API (one process; scale with replicas)."""
     import uvicorn
 
+    from app.dependencies import running_state
     from app.health.lifecycle import DrainingServer
     from app.main import create_app_from_env
 
@@ -104,7 +105,9 @@ def api(
     app = create_app_from_env()
 
     def start_draining() -> None:
-        app.state.draining = True
+        state = running_state(app)
+        if state is not None:
+            state.draining = True
 
     config = uvicorn.Config(
         app,

@@ -7,21 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
 from app.analytics.router import router as analytics_router
-from app.auth import TokenVerifier
 from app.config import Settings, get_settings
 from app.consumers.router import router as consumers_router
 from app.creators.router import router as creators_router
-from app.db import create_engine, create_read_sessionmaker, create_sessionmaker
-from app.db.redis import create_entitlements_redis, create_redis
+from app.dependencies import ApiState
 from app.entitlements.router import router as entitlements_router
 from app.entitlements.router import spend_cap_router
-from app.entitlements.service import EntitlementService
 from app.health.router import router as health_router
 from app.http import RequestContextMiddleware, error_responses, install_error_handlers
 from app.idempotency import IdempotencyMiddleware
@@ -30,7 +26,6 @@ from app.invoices.router import router as invoices_router
 from app.logging import configure_logging
 from app.payment_methods.router import router as payment_methods_router
 from app.plans.router import router as plans_router
-from app.stripe import StripeGateway
 from app.subscriptions.router import router as subscriptions_router
 from app.validation import InputGuardMiddleware
 from app.webhooks.router import router as webhooks_router
@@ -143,20 +138,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings)
-        http = httpx.AsyncClient(timeout=settings.sibling_timeout_seconds)
-        app.state.engine = engine
-        app.state.sessionmaker = create_sessionmaker(engine)
-        app.state.read_sessionmaker = create_read_sessionmaker(engine)
-        app.state.redis = create_redis(settings)
-        app.state.http = http
-        app.state.verifier = TokenVerifier(settings, http)
-        app.state.stripe = StripeGateway(settings)
-        app.state.draining = False
-        app.state.entitlements_redis = create_entitlements_redis(settings)
-        app.state.entitlements = EntitlementService(
-            app.state.entitlements_redis, app.state.read_sessionmaker, settings
-        )
+        # The composition root: every client of the process, read by the typed dependencies.
+        state = ApiState.open(settings)
+        app.state.api = state
         # Everything loaded so far lives as long as the process: keep the collector off it,
         # so full collections stay short and do not show up as latency spikes.
         gc.collect()
@@ -164,11 +148,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            app.state.draining = True
-            await app.state.redis.aclose()
-            await app.state.entitlements_redis.aclose()
-            await http.aclose()
-            await engine.dispose()
+            state.draining = True
+            await state.resources.close()
 
     # /docs and /redoc serve their scripts and styles from the fastapi-offline package, not a CDN.
     app = FastAPIOffline(
@@ -180,7 +161,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         swagger_ui_parameters={"validatorUrl": None},
         lifespan=lifespan,
     )
-    app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(IdempotencyMiddleware)  # inside RequestContextMiddleware: needs the request id
     # Bounded bodies and storable text before anything reads the body (the idempotency key included).

@@ -32,6 +32,7 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.config import Settings
+from app.dependencies import api_state
 from app.dev.processes import free_port
 from app.entitlements.schemas import CheckRequest, TrackItem, TrackRequest
 from app.entitlements.service import EntitlementService
@@ -231,7 +232,7 @@ async def main() -> None:
 
         app = create_app(settings)
         async with app.router.lifespan_context(app):
-            service: EntitlementService = app.state.entitlements
+            service: EntitlementService = api_state(app).entitlements
             p50, p99 = await in_process(service, seeded[1])
             print(f"in-process check track:1: p50 {p50:.0f} us, p99 {p99:.0f} us")
             redis = Redis.from_url(settings.redis_url)

@@ -14,8 +14,9 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
+from app.dunning.jobs import suspend_overdue_api_keys
 from app.models import OutboxMessage, Subscription
-from app.worker.webhook_jobs import process_stripe_event, suspend_overdue_api_keys
+from app.webhooks.jobs import process_stripe_event
 from tests.billing_data import World, event, invoice_obj, make_world, subscription_obj
 from tests.factories import sign_webhook
 from tests.support.worker import Ctx, deliver

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import PricingPlanVersion, UsageRecord
-from app.worker.webhook_jobs import process_stripe_event
+from app.webhooks.jobs import process_stripe_event
 from tests import rows
 from tests.billing_data import World, event, invoice_obj, make_world
 from tests.factories import sign_webhook

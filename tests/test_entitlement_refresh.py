@@ -14,9 +14,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
+from app.dunning.jobs import suspend_overdue_api_keys
 from app.entitlements import keys
 from app.models import MarketplaceEvent
-from app.worker.webhook_jobs import process_stripe_event, suspend_overdue_api_keys
+from app.webhooks.jobs import process_stripe_event
 from tests.billing_data import event, invoice_obj, make_world
 from tests.entitlement_data import GATEWAY, gateway_settings, running
 from tests.factories import sign_webhook

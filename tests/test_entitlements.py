@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import clock
 from app.config import Settings
+from app.dependencies import api_state
 from app.entitlements import counters
 from app.models import OutboxMessage, Subscription
 from tests.entitlement_data import (
@@ -253,7 +254,7 @@ async def test_every_counter_expires_at_its_period_or_window_end_however_often_i
     item = {"subscription_id": str(subscription.id), "api_id": subscription.api_id, "count": 2}
     tracked = await http.post("/api/v1/entitlements/track", json={"calls": [item, item]}, headers=GATEWAY)
     assert tracked.status_code == 200, tracked.text
-    redis = app.state.entitlements_redis
+    redis = api_state(app).resources.entitlements_redis
     now = int(clock.now().timestamp())
     ends = {
         "period": int(PERIOD_END.timestamp()) + counters.PERIOD_GRACE_SECONDS,

@@ -24,11 +24,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
+from app.dependencies import api_state
 from app.main import create_app
 from app.models import StripeEvent
+from app.resources import Resources
 from app.webhooks.ingest import event_job_id
-from app.worker.context import WorkerResources
-from app.worker.webhook_jobs import CRON_JOBS
+from app.webhooks.jobs import CRON_JOBS
 from tests.factories import TokenFactory, sign_webhook
 from tests.freeze import frozen, postgres_pids, redis_pids
 from tests.support.settings import make_settings
@@ -115,7 +116,7 @@ async def test_frozen_database_answers_503_fast_everywhere_and_loses_nothing(
         )
         ready, ready_seconds = await asyncio.wait_for(_timed(http.get("/ready")), GIVE_UP_AFTER)
         # The ingest pool and the engine both gave their connections back while still frozen.
-        assert fault_app.state.engine.pool.checkedout() == 0
+        assert api_state(fault_app).resources.engine.pool.checkedout() == 0
 
     timings = [round(seconds, 2) for _, seconds in results]
     log.info(f"time to 503 with the database frozen: {timings} s; /ready {ready_seconds:.2f} s")
@@ -175,7 +176,7 @@ async def test_request_abandoned_by_its_client_holds_no_connection(
         ]
         await asyncio.sleep(DB_503_WITHIN)
         finished = [task.done() for task in abandoned]
-        checked_out = fault_app.state.engine.pool.checkedout()
+        checked_out = api_state(fault_app).resources.engine.pool.checkedout()
     await asyncio.gather(*abandoned, return_exceptions=True)
     assert finished == [True] * 3
     assert checked_out == 0
@@ -225,7 +226,7 @@ async def test_frozen_redis_webhook_answered_within_a_second_and_swept_after_rec
     await arq_redis.zrem(default_queue_name, *(event_job_id(p["id"]) for p in sent))
     resumed_at = time.monotonic()
     sweeper = [job for job in CRON_JOBS if job.name == "cron:enqueue_pending_stripe_events"]
-    resources = WorkerResources.open(settings)
+    resources = Resources.open(settings, jobs=True)
     worker = Worker(
         functions=[],
         cron_jobs=sweeper,

@@ -82,7 +82,9 @@ def test_the_code_keeps_each_import_contract(contract_id: str) -> None:
         ("layers", "app.models.subscription", "app.subscriptions.service"),  # a table reads a rule
         ("layers", "app.plans.repository", "app.plans.router"),  # a query reaches for HTTP
         ("layers", "app.money", "app.db"),  # the kernel depends on nothing of ours
-        ("layers", "app.subscriptions.service", "app.worker.webhook_jobs"),  # a rule calls a job
+        ("layers", "app.subscriptions.service", "app.webhooks.jobs"),  # a rule calls a job
+        ("layers", "app.subscriptions.service", "app.dependencies"),  # a rule reaches for the wiring
+        ("layers", "app.stripe", "app.resources"),  # the gateway reaches for the composition root
         ("no-circles", "app.webhooks.context", "app.webhooks.handlers"),  # the circle this broke
         ("stripe", "app.subscriptions.service", "stripe"),  # Stripe outside the gateway
         ("entry-points", "app.usage.service", "app.main"),  # the app outside its entry points

@@ -29,7 +29,7 @@ from app.events.signature import SIGNATURE_HEADER, verify
 from app.events.types import EVENT_TYPES
 from app.models import MarketplaceEvent, MarketplaceEventDelivery, Subscription
 from app.outbox.service import Outbox
-from app.worker.context import WorkerResources
+from app.resources import Resources
 from tests.entitlement_data import GATEWAY, PERIOD_END, check_body, entitled, gateway_settings, running
 from tests.journeys import Auth, create_plan, new_api_id, register, subscribe
 
@@ -59,7 +59,7 @@ def business_time() -> Iterator[clock.ManualClock]:
 
 @pytest.fixture
 async def worker(settings: Settings, engine: AsyncEngine) -> AsyncIterator[Ctx]:
-    resources = WorkerResources.open(events_settings(settings))
+    resources = Resources.open(events_settings(settings), jobs=True)
     yield {"resources": resources, "job_try": 1}
     await resources.close()
 
@@ -166,8 +166,9 @@ async def test_events_of_one_subscription_go_out_in_the_order_written(
 async def test_an_endpoint_that_took_the_event_is_not_sent_it_again_on_retry(
     settings: Settings, engine: AsyncEngine, business_time: clock.ManualClock
 ) -> None:
-    resources = WorkerResources.open(
-        events_settings(settings, marketplace_webhook_urls=f"{ENDPOINT},{SECOND_ENDPOINT}")
+    resources = Resources.open(
+        events_settings(settings, marketplace_webhook_urls=f"{ENDPOINT},{SECOND_ENDPOINT}"),
+        jobs=True,
     )
     ctx: Ctx = {"resources": resources}
     try:

@@ -265,7 +265,7 @@ async def test_the_worker_serves_the_series_its_jobs_count_on_its_own_port(
     from arq.connections import RedisSettings, create_pool
 
     from app.dev.processes import free_port
-    from app.worker.context import WorkerResources
+    from app.resources import Resources
     from app.worker.settings import WorkerSettings
     from tests.billing_data import event
     from tests.factories import sign_webhook
@@ -276,7 +276,7 @@ async def test_the_worker_serves_the_series_its_jobs_count_on_its_own_port(
         await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
     ).is_success
     (job,) = [f for f in WorkerSettings.functions if getattr(f, "__name__", "") == "process_stripe_event"]
-    resources = WorkerResources.open(settings)
+    resources = Resources.open(settings, jobs=True)
     redis = await create_pool(RedisSettings.from_dsn(redis_url))
     try:
         await job({"resources": resources, "redis": redis, "job_try": 1, "job_id": "probe"}, payload["id"])

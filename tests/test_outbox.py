@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -19,13 +18,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db.session import run_after_commit
+from app.db.unit_of_work import unit_of_work
 from app.integrations.apikey import ApiKeyClient
 from app.models import Api, Consumer, OutboxMessage, PricingPlan, PricingPlanVersion, Subscription
 from app.outbox.delivery import SWEEP_GRACE, OutboxDelivery
 from app.outbox.jobs import deliver_outbox_message, sweep_outbox
 from app.outbox.service import Outbox, delivery_job_id
-from app.worker.context import WorkerResources
+from app.resources import Resources
 from app.worker.settings import WorkerSettings
 from tests.factories import JWT_SECRET
 from tests.support.settings import make_settings
@@ -41,7 +40,7 @@ async def redis(settings: Settings) -> AsyncIterator[ArqRedis]:
 
 
 async def _ctx(settings: Settings, redis: ArqRedis | None) -> dict[str, Any]:
-    return {"resources": WorkerResources.open(settings), "redis": redis}
+    return {"resources": Resources.open(settings, jobs=True), "redis": redis}
 
 
 @pytest.fixture
@@ -458,11 +457,9 @@ async def test_an_arq_worker_delivers_the_intent_enqueued_after_commit(
     await redis.flushdb()  # jobs other tests left behind
     subscription = await _subscription(engine)
     respx.post(KEYS_URL).mock(return_value=_created("key_worker"))
-    async with _sessions(engine)() as session:
+    async with unit_of_work(_sessions(engine)) as session:
         await Outbox(session, redis).create_api_key(subscription)
-        await session.commit()
-        await run_after_commit(session)
-    resources = WorkerResources.open(settings)
+    resources = Resources.open(settings, jobs=True)
     worker = Worker(
         functions=WorkerSettings.functions,
         redis_pool=redis,
@@ -504,13 +501,15 @@ class _CommitAnswerLost:
         self._real = real
 
     def __call__(self) -> AsyncSession:
-        return self._real()
+        session = self._real()
+        commit = session.commit
 
-    @contextlib.asynccontextmanager
-    async def begin(self) -> AsyncIterator[AsyncSession]:
-        async with self._real.begin() as session:
-            yield session
-        raise ConnectionError("connection lost while committing")
+        async def commit_then_lose_the_answer() -> None:
+            await commit()
+            raise ConnectionError("connection lost while committing")
+
+        session.commit = commit_then_lose_the_answer  # type: ignore[method-assign]
+        return session
 
 
 @respx.mock
@@ -520,7 +519,7 @@ async def test_a_key_whose_commit_applied_after_all_is_kept(engine: AsyncEngine,
     assert message_id is not None
     respx.post(KEYS_URL).mock(return_value=_created("key_kept"))
     delete = respx.delete(f"{KEYS_URL}/key_kept").mock(return_value=httpx.Response(204))
-    resources: WorkerResources = ctx["resources"]
+    resources: Resources = ctx["resources"]
     delivery = OutboxDelivery(
         cast("Any", _CommitAnswerLost(resources.sessionmaker)),
         ApiKeyClient(resources.settings, resources.http),

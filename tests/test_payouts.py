@@ -19,7 +19,7 @@ from app.config import Settings
 from app.models import CreatorAccount, Earning, Payout
 from app.payouts.jobs import pay_out_earnings, run_payouts
 from app.payouts.reversals import proportional_shares, reverse_invoice_earnings, reversed_gross
-from app.worker.context import WorkerResources
+from app.resources import Resources
 from tests import rows
 
 Auth = Callable[..., dict[str, str]]
@@ -106,7 +106,7 @@ def connect(settings: Settings) -> Iterator[tuple[FakeConnect, dict[str, respx.R
 
 @pytest.fixture
 async def worker_ctx(settings: Settings, engine: AsyncEngine) -> AsyncIterator[dict[str, Any]]:
-    res = WorkerResources.open(settings)
+    res = Resources.open(settings, jobs=True)
     yield {"resources": res}
     await res.close()
 

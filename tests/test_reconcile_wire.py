@@ -31,8 +31,8 @@ from app.models import (
 )
 from app.reconcile.jobs import reconcile_with_stripe
 from app.reconcile.service import RECONCILE_LOCK_ID, ReconcileService
+from app.resources import Resources
 from app.stripe import StripeGateway
-from app.worker.context import WorkerResources
 from tests import rows
 from tests.support.settings import make_settings
 
@@ -259,7 +259,7 @@ async def test_the_daily_job_runs_once_per_day_and_a_retry_resumes_that_days_run
             ),
         ]
     )
-    resources = WorkerResources.open(wire_settings)
+    resources = Resources.open(wire_settings, jobs=True)
     ctx: dict[str, Any] = {"resources": resources}
     try:
         with pytest.raises(DomainError):

@@ -18,8 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.models import JobRun, OutboxMessage, Subscription
 from app.periods import add_months
+from app.usage.jobs import aggregate_usage
 from app.usage.windows import day_start, meter_event_identifier
-from app.worker.webhook_jobs import aggregate_usage, process_stripe_event
+from app.webhooks.jobs import process_stripe_event
 from tests.billing_data import event, invoice_obj, make_world
 from tests.factories import sign_webhook
 from tests.support.usage import Metering, meter_event_api, pay_per_use, usage_windows

@@ -19,9 +19,9 @@ from app.config import Settings
 from app.dev.processes import free_port
 from app.main import create_app
 from app.models import StripeEvent
+from app.resources import Resources
 from app.webhooks.ingest import event_job_id
-from app.worker.context import WorkerResources
-from app.worker.webhook_jobs import enqueue_pending_stripe_events
+from app.webhooks.jobs import enqueue_pending_stripe_events
 from tests.factories import sign_webhook
 from tests.support.settings import make_settings
 
@@ -165,7 +165,7 @@ async def test_redis_down_still_stores_and_answers_200_and_the_sweeper_enqueues_
     job_key = f"arq:job:{event_job_id(payload['id'])}"
     assert not await arq_redis.exists(job_key)
 
-    resources = WorkerResources.open(settings)
+    resources = Resources.open(settings, jobs=True)
     try:
         ctx = {"resources": resources, "redis": arq_redis}
         assert await enqueue_pending_stripe_events(ctx, min_age_seconds=0) == 1

@@ -2,12 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from app.analytics.schemas import EarningsReport, UsageReport
-from app.analytics.service import AnalyticsService
-from app.auth import CreatorOrAdmin
-from app.db import ReadSession
+from app.dependencies import Analytics as Service
+from app.dependencies import CreatorOrAdmin
 from app.http import Day, error_responses
 from app.plans.schemas import ApiId
 
@@ -18,11 +17,6 @@ To = Annotated[Day | None, Query(alias="to", description="Last UTC day, inclusiv
 
 
 # async: a plain function would be run on a worker thread, a hop per request.
-async def analytics_service(request: Request, session: ReadSession) -> AnalyticsService:
-    return AnalyticsService(session, request.app.state.settings)
-
-
-Service = Annotated[AnalyticsService, Depends(analytics_service)]
 
 
 @router.get(

@@ -1,25 +1,16 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Response, status
 
-from app.auth import CurrentUser
 from app.consumers.schemas import ConsumerOut, PortalSessionCreate, PortalSessionOut
-from app.consumers.service import ConsumerService
-from app.db import DbSession
+from app.dependencies import Consumers as Service
+from app.dependencies import CurrentUser
 from app.http import error_responses
 from app.models import Consumer
 
 router = APIRouter(prefix="/consumers", tags=["consumers"])
-
-
-def consumer_service(request: Request, session: DbSession) -> ConsumerService:
-    return ConsumerService(session, request.app.state.stripe)
-
-
-Service = Annotated[ConsumerService, Depends(consumer_service)]
 
 
 def _out(consumer: Consumer) -> ConsumerOut:

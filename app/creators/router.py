@@ -1,23 +1,13 @@
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Depends, Request
-
-from app.auth import CreatorOrAdmin
 from app.creators.schemas import ConnectAccountOut, ConnectOnboardingIn, ConnectOnboardingOut
-from app.creators.service import ConnectService
-from app.db import DbSession
+from app.dependencies import Connect as Service
+from app.dependencies import CreatorOrAdmin
 from app.http import error_responses
 
 router = APIRouter(prefix="/creators", tags=["creators"])
-
-
-def connect_service(request: Request, session: DbSession) -> ConnectService:
-    return ConnectService(session, request.app.state.stripe)
-
-
-Service = Annotated[ConnectService, Depends(connect_service)]
 
 
 @router.post(

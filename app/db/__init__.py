@@ -1,23 +1,17 @@
-"""Engine, session factory, declarative base and the request-scoped session."""
+"""Engines, session factories, the declarative base and the unit of work."""
 
 from app.db.base import Base
 from app.db.session import (
-    DbSession,
-    ReadSession,
     create_engine,
     create_job_engine,
     create_read_sessionmaker,
     create_sessionmaker,
-    get_session,
 )
 
 __all__ = [
     "Base",
-    "DbSession",
-    "ReadSession",
     "create_engine",
     "create_job_engine",
     "create_read_sessionmaker",
     "create_sessionmaker",
-    "get_session",
 ]

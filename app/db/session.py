@@ -1,17 +1,8 @@
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated
-
-from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.config import Settings
-
-log = logging.getLogger(__name__)
-
-AfterCommit = Callable[[], Awaitable[None]]
 
 
 def create_engine(settings: Settings, *, command_timeout: float | None = None) -> AsyncEngine:
@@ -44,43 +35,3 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 def create_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions for reads: autocommit, so a GET costs no BEGIN/COMMIT round trips."""
     return async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
-
-
-def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
-    """Run `callback` once the request's transaction has committed (e.g. enqueue a job)."""
-    session.info.setdefault("after_commit", []).append(callback)
-
-
-async def run_after_commit(session: AsyncSession) -> None:
-    callbacks: list[AfterCommit] = session.info.pop("after_commit", [])
-    for callback in callbacks:
-        try:
-            await callback()
-        except Exception:
-            # The intent is already stored; a sweeper picks up what this could not hand over.
-            log.exception("after-commit callback failed")
-
-
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One transaction per request: committed before the response is sent, or rolled back."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.sessionmaker
-    async with sessionmaker() as session:
-        try:
-            yield session
-        except BaseException:
-            await session.rollback()
-            raise
-        await session.commit()
-        await run_after_commit(session)
-
-
-async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """A session for routes that only read: nothing to commit, each statement stands alone."""
-    sessionmaker: async_sessionmaker[AsyncSession] = request.app.state.read_sessionmaker
-    async with sessionmaker() as session:
-        yield session
-
-
-# scope="function": the commit happens when the route returns, before the response goes out.
-DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]
-ReadSession = Annotated[AsyncSession, Depends(get_read_session, scope="function")]

@@ -9,12 +9,12 @@ from sqlalchemy import select
 
 from app.auth import Principal
 from app.config import Settings
-from app.db import create_job_engine, create_sessionmaker
+from app.db.unit_of_work import unit_of_work
 from app.dev.demo_history import seed_history
 from app.models import PricingPlan
 from app.plans.schemas import PlanCreate
 from app.plans.service import PlanService
-from app.stripe import StripeGateway
+from app.resources import opened
 from app.sync.runner import run_sync
 
 DEMO_CREATOR = Principal(user_id="demo-creator", email="creator@demo.example", role="creator")
@@ -50,13 +50,11 @@ DEMO_PLANS: dict[str, list[PlanCreate]] = {
 
 async def seed(settings: Settings) -> list[str]:
     """Create what is missing of the demo data; running it again adds nothing."""
-    engine = create_job_engine(settings)
-    sessionmaker = create_sessionmaker(engine)
-    stripe = StripeGateway(settings)
     lines: list[str] = []
-    try:
+    async with opened(settings) as res:
+        sessionmaker, stripe = res.sessionmaker, res.stripe
         for api_id, plans in DEMO_PLANS.items():
-            async with sessionmaker.begin() as session:
+            async with unit_of_work(sessionmaker) as session:
                 existing = set(
                     (
                         await session.execute(select(PricingPlan.name).where(PricingPlan.api_id == api_id))
@@ -70,9 +68,9 @@ async def seed(settings: Settings) -> list[str]:
                 lines.append(f"demo API {api_id} (creator {DEMO_CREATOR.user_id}): {names}")
         # Only against an emulator (STRIPE_API_BASE): the history is written here, not in Stripe,
         # and a real test-mode account should not collect demo customers.
-        history = await seed_history(settings, sessionmaker, stripe) if settings.stripe_api_base else []
-    finally:
-        await engine.dispose()
+        history = (
+            await seed_history(settings, sessionmaker, stripe, res.http) if settings.stripe_api_base else []
+        )
     if history:
         # What Stripe holds for the new subscriptions (their first invoices), mirrored the way
         # `billing sync` reconciles: the webhook endpoint is not listening yet on a first start.

@@ -28,11 +28,13 @@ from app import clock
 from app.auth import Principal
 from app.config import Settings
 from app.consumers.service import ConsumerService
+from app.db.unit_of_work import unit_of_work
 from app.earnings.booking import book_invoice_earnings
 from app.integrations.metering import MeteringClient
 from app.invoices.numbering import next_invoice_number
 from app.models import Invoice, PricingPlan, PricingPlanVersion, Subscription, UsageRecord
 from app.outbox.service import Outbox
+from app.payment_methods.service import PaymentMethodService
 from app.stripe import StripeGateway
 from app.subscriptions.schemas import SubscriptionCreate
 from app.subscriptions.service import SubscriptionService
@@ -213,47 +215,55 @@ async def _history(
 
 
 async def seed_history(
-    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], stripe: StripeGateway
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    stripe: StripeGateway,
+    http: httpx.AsyncClient,
 ) -> list[str]:
     """Create the demo consumers that are missing, each with its subscription and history."""
     lines: list[str] = []
-    async with httpx.AsyncClient(timeout=settings.sibling_timeout_seconds) as http:
-        for demo in DEMO_CONSUMERS:
-            principal = Principal(user_id=demo.user_id, email=f"{demo.user_id}@demo.example", role="consumer")
-            async with sessionmaker.begin() as session:
-                consumer, created = await ConsumerService(session, stripe).register(principal)
-                if not created:
-                    continue
-                assert consumer.stripe_customer_id is not None  # noqa: S101  (register made it)
-                await stripe.update_customer_details(
-                    consumer.stripe_customer_id,
-                    name=demo.name,
-                    address=demo.address,
-                    idempotency_key=f"demo-customer-details:{consumer.id}",
-                )
-                plan = (
-                    await session.execute(
-                        select(PricingPlan).where(
-                            PricingPlan.api_id == demo.api_id, PricingPlan.name == demo.plan
-                        )
-                    )
-                ).scalar_one()
-                service = SubscriptionService(
-                    session, stripe, Outbox(session, None), MeteringClient(http, settings)
-                )
-                out = await service.create(
-                    principal,
-                    SubscriptionCreate(
-                        api_id=demo.api_id,
-                        pricing_plan_id=plan.id,
-                        payment_method_id=None if plan.type == "free" else DEMO_CARD,
-                    ),
-                )
-                subscription = await session.get(Subscription, out.id)
-                assert subscription is not None  # noqa: S101  (created just above)
-                days, invoices = await _history(session, settings, demo, subscription)
-            lines.append(
-                f"demo consumer {demo.user_id}: {demo.plan} on {demo.api_id}, "
-                f"{days} days of usage, {invoices} paid invoices"
+    for demo in DEMO_CONSUMERS:
+        principal = Principal(user_id=demo.user_id, email=f"{demo.user_id}@demo.example", role="consumer")
+        async with unit_of_work(sessionmaker) as session:
+            consumers = ConsumerService(session, stripe)
+            consumer, created = await consumers.register(principal)
+            if not created:
+                continue
+            assert consumer.stripe_customer_id is not None  # noqa: S101  (register made it)
+            await stripe.update_customer_details(
+                consumer.stripe_customer_id,
+                name=demo.name,
+                address=demo.address,
+                idempotency_key=f"demo-customer-details:{consumer.id}",
             )
+            plan = (
+                await session.execute(
+                    select(PricingPlan).where(
+                        PricingPlan.api_id == demo.api_id, PricingPlan.name == demo.plan
+                    )
+                )
+            ).scalar_one()
+            service = SubscriptionService(
+                session,
+                stripe,
+                Outbox(session, None),
+                MeteringClient(http, settings),
+                consumers=consumers,
+                cards=PaymentMethodService(session, stripe, consumers),
+            )
+            out = await service.create(
+                principal,
+                SubscriptionCreate(
+                    api_id=demo.api_id,
+                    pricing_plan_id=plan.id,
+                    payment_method_id=None if plan.type == "free" else DEMO_CARD,
+                ),
+            )
+            subscription = await session.get(Subscription, out.id)
+            assert subscription is not None  # noqa: S101  (created just above)
+            days, invoices = await _history(session, settings, demo, subscription)
+        lines.append(
+            f"demo consumer {demo.user_id}: {demo.plan} on {demo.api_id}, "
+            f"{days} days of usage, {invoices} paid invoices"
+        )
     return lines

@@ -156,8 +156,8 @@ class Relay:
         the worker's backoff would have it, until its last attempt."""
         from arq import Retry
 
+        from app.webhooks.jobs import process_stripe_event
         from app.webhooks.processor import MAX_ATTEMPTS
-        from app.worker.webhook_jobs import process_stripe_event
 
         events = await self._new_events()
         if events:
@@ -253,10 +253,11 @@ async def _harness(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient,
     from arq.connections import RedisSettings, create_pool
 
     from app.main import create_app
-    from app.worker.context import WorkerResources
+    from app.resources import Resources
+    from app.worker.context import RESOURCES
 
     application = create_app(settings)
-    resources = WorkerResources.open(settings)
+    resources = Resources.open(settings, jobs=True)
     redis = await create_pool(RedisSettings.from_dsn(settings.redis_url))
     transport = httpx.ASGITransport(app=application)
     try:
@@ -264,7 +265,7 @@ async def _harness(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient,
             application.router.lifespan_context(application),
             httpx.AsyncClient(transport=transport, base_url="http://billing.sim", timeout=60) as api,
         ):
-            yield api, {"resources": resources, "redis": redis, "job_try": 1}
+            yield api, {RESOURCES: resources, "redis": redis, "job_try": 1}
     finally:
         await redis.aclose()
         await resources.close()

@@ -8,7 +8,7 @@ import uuid
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.session import after_commit
+from app.db.unit_of_work import after_commit
 from app.entitlements import keys
 from app.entitlements.repository import EntitlementRepository
 from app.entitlements.snapshot import Entitlement

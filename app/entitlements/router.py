@@ -5,11 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
 
-from app.auth import CurrentUser
-from app.db import DbSession, ReadSession
-from app.entitlements.auth import GatewayCaller
+from app.dependencies import CurrentUser, GatewayCaller, ReadSession, SpendCaps, api_state
+from app.dependencies import Entitlements as Service
 from app.entitlements.schemas import (
     CheckRequest,
     CheckResult,
@@ -19,7 +18,7 @@ from app.entitlements.schemas import (
     TrackRequest,
     TrackResponse,
 )
-from app.entitlements.service import Alert, EntitlementService, SpendCapService, publish_alerts
+from app.entitlements.service import Alert, publish_alerts
 from app.errors import InvalidField
 from app.http import error_responses
 from app.plans.schemas import ApiId
@@ -33,19 +32,10 @@ TOKEN_CODES = {401: ("invalid_service_token",)}
 GATEWAY_CODES = {**TOKEN_CODES, 503: ("counters_unavailable",)}
 
 
-async def entitlement_service(request: Request) -> EntitlementService:
-    # async: a plain `def` dependency would cost every check a hop through the thread pool.
-    service: EntitlementService = request.app.state.entitlements
-    return service
-
-
-Service = Annotated[EntitlementService, Depends(entitlement_service)]
-
-
 def _send_alerts(request: Request, background: BackgroundTasks, alerts: list[Alert]) -> None:
     if alerts:
-        state = request.app.state
-        background.add_task(publish_alerts, state.sessionmaker, state.redis, alerts)
+        resources = api_state(request.app).resources
+        background.add_task(publish_alerts, resources.sessionmaker, resources.redis, alerts)
 
 
 # The hot path answers JSON it serializes once (the model's own serializer, or orjson for the
@@ -108,8 +98,6 @@ async def set_spend_cap(
     subscription_id: uuid.UUID,
     body: SpendCapUpdate,
     principal: CurrentUser,
-    session: DbSession,
-    request: Request,
+    service: SpendCaps,
 ) -> SpendCapOut:
-    service = SpendCapService(session, request.app.state.entitlements_redis)
     return await service.set_cap(principal, subscription_id, body.monthly_spend_cap)

@@ -28,7 +28,7 @@ from app import clock
 from app.auth import Principal
 from app.config import Settings
 from app.consumers.service import consumer_id_for
-from app.db.session import run_after_commit
+from app.db.unit_of_work import unit_of_work
 from app.entitlements import keys
 from app.entitlements.cache import MISSING, EntitlementCache, schedule_refresh
 from app.entitlements.counters import Counters, Limits, Outcome
@@ -489,18 +489,16 @@ async def publish_alerts(
     sessionmaker: async_sessionmaker[AsyncSession], redis: ArqRedis | None, alerts: list[Alert]
 ) -> None:
     """Store the usage alerts a check raised as marketplace events (each once: dedupe key)."""
-    async with sessionmaker() as session:
-        async with session.begin():
-            for alert in alerts:
-                await publish(
-                    session,
-                    redis,
-                    type=alert.type,
-                    dedupe_key=alert.dedupe_key,
-                    subscription_id=uuid.UUID(alert.subscription_id),
-                    payload=alert.payload,
-                )
-        await run_after_commit(session)
+    async with unit_of_work(sessionmaker) as session:
+        for alert in alerts:
+            await publish(
+                session,
+                redis,
+                type=alert.type,
+                dedupe_key=alert.dedupe_key,
+                subscription_id=uuid.UUID(alert.subscription_id),
+                payload=alert.payload,
+            )
 
 
 class SpendCapService:

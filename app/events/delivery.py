@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import clock
 from app.config import Settings
+from app.db.unit_of_work import unit_of_work
 from app.events.signature import SIGNATURE_HEADER, sign
 from app.models import MarketplaceEvent, MarketplaceEventDelivery
 
@@ -100,7 +101,7 @@ class EventDelivery:
         if not self._endpoints or not self._secrets:
             return run  # not configured: events wait in the table
         for _ in range(limit):
-            async with self._sessionmaker.begin() as session:
+            async with unit_of_work(self._sessionmaker) as session:
                 event = (await session.execute(_due(clock.now()))).scalar_one_or_none()
                 if event is None:
                     return run

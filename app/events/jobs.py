@@ -7,11 +7,11 @@ from typing import Any
 from arq import cron
 
 from app.events.delivery import EventDelivery
-from app.worker.context import resources
+from app.worker.context import job_context
 
 
 async def deliver_marketplace_events(ctx: dict[str, Any]) -> dict[str, int]:
-    res = resources(ctx)
+    res = job_context(ctx).resources
     run = await EventDelivery(res.sessionmaker, res.http, res.settings).deliver_due()
     return {"delivered": run.delivered, "retrying": run.retrying, "failed": run.failed}
 

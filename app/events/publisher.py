@@ -9,7 +9,7 @@ from arq.connections import ArqRedis
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.session import after_commit
+from app.db.unit_of_work import after_commit
 from app.models import MarketplaceEvent
 
 DELIVER_EVENTS_JOB = "deliver_marketplace_events"

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from app.config import Settings
+from app.db.unit_of_work import unit_of_work
 from app.events.delivery import EventDelivery, replay
-from app.worker.context import WorkerResources
+from app.resources import opened
 
 
 @dataclass
@@ -23,11 +24,8 @@ async def replay_events(
     settings: Settings, *, event_id: uuid.UUID | None, failed: bool, since: datetime | None
 ) -> EventReplay:
     """Put the chosen events back in a new round, then deliver what is due."""
-    resources = WorkerResources.open(settings)
-    try:
-        async with resources.sessionmaker.begin() as session:
+    async with opened(settings) as resources:
+        async with unit_of_work(resources.sessionmaker) as session:
             chosen = await replay(session, event_id=event_id, failed=failed, since=since)
         run = await EventDelivery(resources.sessionmaker, resources.http, settings).deliver_due(limit=10_000)
-    finally:
-        await resources.close()
     return EventReplay(chosen=chosen, delivered=run.delivered, retrying=run.retrying, failed=run.failed)

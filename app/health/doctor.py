@@ -14,11 +14,9 @@ from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.config import ConfigError, Settings, load_settings
-from app.db import create_engine
 from app.db.migrate import alembic_config
-from app.db.redis import create_redis
 from app.errors import DomainError
-from app.stripe import StripeGateway
+from app.resources import Resources, opened
 
 TIMEOUT_SECONDS = 5.0
 
@@ -114,46 +112,38 @@ async def wait_for_head(database_url: str, timeout_seconds: float, poll_seconds:
         await engine.dispose()
 
 
-async def _database_and_migrations(settings: Settings) -> list[Check]:
-    engine = create_engine(settings)
-    try:
+async def _database_and_migrations(res: Resources) -> list[Check]:
+    settings, engine = res.settings, res.engine
 
-        async def database() -> str:
-            async with engine.connect() as connection:
-                version = (await connection.execute(text("SHOW server_version"))).scalar_one()
-            return f"PostgreSQL {version}"
+    async def database() -> str:
+        async with engine.connect() as connection:
+            version = (await connection.execute(text("SHOW server_version"))).scalar_one()
+        return f"PostgreSQL {version}"
 
-        database_check = await _run("database", database, database_target(settings.database_url))
-        if not database_check.ok:
-            return [database_check, Check("migrations", False, "database unreachable", skipped=True)]
+    database_check = await _run("database", database, database_target(settings.database_url))
+    if not database_check.ok:
+        return [database_check, Check("migrations", False, "database unreachable", skipped=True)]
 
-        async def migrations() -> str:
-            return await migration_state(engine, settings.database_url)
+    async def migrations() -> str:
+        return await migration_state(engine, settings.database_url)
 
-        return [database_check, await _run("migrations", migrations)]
-    finally:
-        await engine.dispose()
+    return [database_check, await _run("migrations", migrations)]
 
 
-async def _redis(settings: Settings) -> Check:
-    redis = create_redis(settings)
-
+async def _redis(res: Resources) -> Check:
     async def ping() -> str:
-        await redis.ping()
+        await res.redis.ping()
         return "PONG"
 
-    try:
-        return await _run("redis", ping, redis_target(settings.redis_url))
-    finally:
-        await redis.aclose()
+    return await _run("redis", ping, redis_target(res.settings.redis_url))
 
 
-async def _stripe(settings: Settings) -> Check:
+async def _stripe(res: Resources) -> Check:
     async def reachable() -> str:
-        await StripeGateway(settings).check_reachable()
-        return settings.stripe_api_base or "api.stripe.com"
+        await res.stripe.check_reachable()
+        return res.settings.stripe_api_base or "api.stripe.com"
 
-    return await _run("stripe", reachable, stripe_target(settings))
+    return await _run("stripe", reachable, stripe_target(res.settings))
 
 
 async def diagnose(environ_overrides: dict[str, object] | None = None) -> list[Check]:
@@ -167,9 +157,11 @@ async def diagnose(environ_overrides: dict[str, object] | None = None) -> list[C
         "live" if settings.stripe_secret_key.get_secret_value().startswith(("sk_live", "rk_live")) else "test"
     )
     config = Check("config", True, f"valid (Stripe {mode} mode)")
-    database_checks, redis_check, stripe_check = await asyncio.gather(
-        _database_and_migrations(settings), _redis(settings), _stripe(settings)
-    )
+    # The API's engine: its connect and statement timeouts are what `/ready` lives with.
+    async with opened(settings, jobs=False) as res:
+        database_checks, redis_check, stripe_check = await asyncio.gather(
+            _database_and_migrations(res), _redis(res), _stripe(res)
+        )
     return [config, *database_checks, redis_check, stripe_check]
 
 

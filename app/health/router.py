@@ -10,7 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from app import metrics
+from app.dependencies import Res, running_state
 from app.http import ErrorBody, error_response
+from app.resources import Resources
 
 router = APIRouter(tags=["operations"])
 CHECK_TIMEOUT_SECONDS = 1.0
@@ -21,14 +23,14 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def _database_ok(request: Request) -> bool:
-    async with request.app.state.engine.connect() as connection:
+async def _database_ok(resources: Resources) -> bool:
+    async with resources.engine.connect() as connection:
         await connection.execute(text("SELECT 1"))
     return True
 
 
-async def _redis_ok(request: Request) -> bool:
-    return bool(await request.app.state.redis.ping())
+async def _redis_ok(resources: Resources) -> bool:
+    return bool(await resources.redis.ping())
 
 
 async def _check(probe: asyncio.Future[bool] | asyncio.Task[bool]) -> str:
@@ -44,12 +46,13 @@ async def _check(probe: asyncio.Future[bool] | asyncio.Task[bool]) -> str:
     summary="The database and Redis are reachable",
     responses={503: {"model": ErrorBody, "description": "Not ready; `code`: `not_ready`, `draining`"}},
 )
-async def ready(request: Request) -> JSONResponse:
-    if getattr(request.app.state, "draining", False):
+async def ready(request: Request, resources: Res) -> JSONResponse:
+    state = running_state(request.app)
+    if state is None or state.draining:
         return error_response(request, 503, "draining", "Shutting down")
     database, redis = await asyncio.gather(
-        _check(asyncio.ensure_future(_database_ok(request))),
-        _check(asyncio.ensure_future(_redis_ok(request))),
+        _check(asyncio.ensure_future(_database_ok(resources))),
+        _check(asyncio.ensure_future(_redis_ok(resources))),
     )
     checks = {"database": database, "redis": redis}
     if database == "ok" and redis == "ok":
@@ -60,8 +63,9 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics_endpoint(request: Request) -> Response:
-    engine = getattr(request.app.state, "engine", None)
-    if engine is not None:
+    state = running_state(request.app)
+    if state is not None:
+        engine = state.resources.engine
         await metrics.OUTBOX.refresh(engine)
         await metrics.RECONCILE.refresh(engine)
         await metrics.QUARANTINE.refresh(engine)

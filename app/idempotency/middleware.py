@@ -24,8 +24,8 @@ import orjson
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.auth import TokenVerifier
 from app.db.availability import MAYBE_UNAVAILABLE
+from app.dependencies import api_state
 from app.errors import DomainError
 from app.http import error_response
 from app.idempotency.store import Claimed, IdempotencyStore, request_fingerprint
@@ -68,10 +68,9 @@ class IdempotencyMiddleware:
                 [{"field": "Idempotency-Key", "message": message}],
             )(scope, receive, send)
             return
-        state = scope["app"].state
-        verifier: TokenVerifier = state.verifier
+        resources = api_state(scope["app"]).resources
         try:
-            principal = await verifier.verify(token)
+            principal = await resources.verifier.verify(token)
         except DomainError:
             await self.app(scope, receive, send)  # the route answers 401/403 itself
             return
@@ -79,7 +78,7 @@ class IdempotencyMiddleware:
         body, disconnected = await _read_body(receive)
         if disconnected:
             return
-        store = IdempotencyStore(state.engine)
+        store = IdempotencyStore(resources.engine)
         fingerprint = request_fingerprint("POST", scope["path"], scope.get("query_string", b""), body)
         try:
             claim = await store.claim(principal.user_id, key, "POST", scope["path"], fingerprint)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, String, Uuid, bindparam, column, text
+from sqlalchemy import Integer, String, Uuid, bindparam, column, delete, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app import clock
+from app.models import IdempotencyKey
 
 KEY_TTL = timedelta(hours=24)
 # A claim without an answer this old is taken to be abandoned (its process died between the
@@ -135,3 +136,9 @@ class IdempotencyStore:
         """Forget a claim whose request failed, so the client may retry with the same key."""
         async with self._engine.connect() as connection:
             await connection.execute(_RELEASE, {"claim_id": claim_id})
+
+
+async def purge_expired(session: AsyncSession, now: datetime) -> int:
+    """Delete the stored answers whose window ended before `now`; returns how many."""
+    result = await session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at < now))
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -13,6 +13,7 @@ request's (like the webhook processor and the usage worker).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app import clock
 from app.auth import Principal
 from app.config import Settings
+from app.db.unit_of_work import unit_of_work
 from app.errors import Conflict, DomainError, InvalidField, NotFound
 from app.invoices.lines import stored_line
 from app.invoices.repository import InvoiceRepository
@@ -45,11 +47,16 @@ def custom_invoice_id(admin_user_id: str, idempotency_key: str | None) -> uuid.U
 
 class CustomInvoiceService:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], stripe: StripeGateway, settings: Settings
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        stripe: StripeGateway,
+        settings: Settings,
+        invoices: Callable[[AsyncSession], InvoiceService],
     ) -> None:
         self._sessions = sessions
         self._stripe = stripe
         self._settings = settings
+        self._invoices = invoices  # the invoice service over a session of ours
 
     async def create(
         self, principal: Principal, data: CustomInvoiceIn, *, idempotency_key: str | None
@@ -65,13 +72,13 @@ class CustomInvoiceService:
             sent = await self._send(request, customer)
             await self._mirror(request, sent)
         async with self._sessions() as session:
-            return await InvoiceService(session, self._stripe, self._settings).get(principal, invoice_id)
+            return await self._invoices(session).get(principal, invoice_id)
 
     async def _record(
         self, principal: Principal, invoice_id: uuid.UUID, data: CustomInvoiceIn
     ) -> tuple[CustomInvoice, str]:
         """Commit the request (or find the one a previous try committed) before Stripe hears of it."""
-        async with self._sessions() as session, session.begin():
+        async with unit_of_work(self._sessions) as session:
             consumer = await InvoiceRepository(session).get_consumer(data.consumer_id)
             if consumer is None or consumer.stripe_customer_id is None:
                 raise NotFound("Consumer not found (or not registered with Stripe yet)")
@@ -129,13 +136,13 @@ class CustomInvoiceService:
             raise
 
     async def _note(self, invoice_id: uuid.UUID, **values: Any) -> None:
-        async with self._sessions() as session, session.begin():
+        async with unit_of_work(self._sessions) as session:
             await session.execute(
                 update(CustomInvoice).where(CustomInvoice.id == invoice_id).values(**values)
             )
 
     async def _mirror(self, request: CustomInvoice, sent: StripeInvoice) -> None:
-        async with self._sessions() as session, session.begin():
+        async with unit_of_work(self._sessions) as session:
             await InvoiceRepository(session).insert_if_absent(_mirror_values(request, sent))
             await session.execute(
                 update(CustomInvoice)

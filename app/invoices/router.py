@@ -3,12 +3,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 
-from app.auth import AdminOnly, CurrentUser
-from app.db import DbSession, ReadSession
+from app.dependencies import AdminOnly, CurrentUser
+from app.dependencies import CustomInvoices as CustomService
+from app.dependencies import InvoiceReader as Reader
 from app.http import DayOrTime, error_responses
-from app.invoices.custom import CustomInvoiceService
 from app.invoices.schemas import (
     CustomInvoiceIn,
     InvoiceDetail,
@@ -16,29 +16,9 @@ from app.invoices.schemas import (
     InvoiceList,
     InvoiceStatus,
 )
-from app.invoices.service import InvoiceService
 
 router = APIRouter(prefix="/invoices", tags=["invoices"])
 admin_router = APIRouter(prefix="/admin/invoices", tags=["invoices"])
-
-
-def invoice_service(request: Request, session: DbSession) -> InvoiceService:
-    return InvoiceService(session, request.app.state.stripe, request.app.state.settings)
-
-
-def invoice_reader(request: Request, session: ReadSession) -> InvoiceService:
-    return InvoiceService(session, request.app.state.stripe, request.app.state.settings)
-
-
-def custom_invoice_service(request: Request) -> CustomInvoiceService:
-    """Own sessions: the invoice is committed before Stripe is called (see app/invoices/custom.py)."""
-    state = request.app.state
-    return CustomInvoiceService(state.sessionmaker, state.stripe, state.settings)
-
-
-Service = Annotated[InvoiceService, Depends(invoice_service)]
-CustomService = Annotated[CustomInvoiceService, Depends(custom_invoice_service)]
-Reader = Annotated[InvoiceService, Depends(invoice_reader)]
 
 
 @router.get("", summary="List the caller's invoices, newest first", responses=error_responses(401))

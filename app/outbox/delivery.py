@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import clock
 from app.config import Settings
+from app.db.unit_of_work import unit_of_work
 from app.integrations.apikey import ApiKeyClient, ApiKeyServiceError
 from app.models import Consumer, OutboxMessage, Subscription
 from app.models.outbox import API_KEY_KINDS
@@ -97,7 +98,7 @@ class OutboxDelivery:
         """Make one attempt at a message; safe to call any number of times, from any worker."""
         attempt = _Attempt()
         try:
-            async with self._sessionmaker.begin() as session:
+            async with unit_of_work(self._sessionmaker) as session:
                 outcome = await self._attempt(session, message_id, attempt)
         except Exception:
             await self._undo_issued(attempt)
@@ -109,7 +110,7 @@ class OutboxDelivery:
     async def sweep(self) -> int:
         """Re-enqueue pending messages whose job was lost (Redis restarted, enqueue failed)."""
         now = clock.now()
-        async with self._sessionmaker.begin() as session:
+        async with unit_of_work(self._sessionmaker) as session:
             statement = (
                 select(OutboxMessage)
                 .where(

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.session import after_commit
+from app.db.unit_of_work import after_commit
 from app.entitlements.cache import schedule_refresh
 from app.events import types as events
 from app.events.publisher import publish

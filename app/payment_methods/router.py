@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response, status
+from fastapi import APIRouter, Path, Response, status
 
-from app.auth import CurrentUser
-from app.db import DbSession
+from app.dependencies import CurrentUser
+from app.dependencies import PaymentMethods as Service
 from app.http import error_responses
 from app.payment_methods.schemas import (
     PaymentMethodCreate,
@@ -14,17 +14,10 @@ from app.payment_methods.schemas import (
     SetupIntentOut,
     StripePaymentMethodId,
 )
-from app.payment_methods.service import PaymentMethodService, payment_method_out
+from app.payment_methods.service import payment_method_out
 
 router = APIRouter(prefix="/payment-methods", tags=["payment methods"])
 PaymentMethodPath = Annotated[StripePaymentMethodId, Path(description="The Stripe payment method id")]
-
-
-def payment_method_service(request: Request, session: DbSession) -> PaymentMethodService:
-    return PaymentMethodService(session, request.app.state.stripe)
-
-
-Service = Annotated[PaymentMethodService, Depends(payment_method_service)]
 
 
 @router.post(

@@ -30,9 +30,9 @@ def payment_method_out(payment_method: PaymentMethod) -> PaymentMethodOut:
 
 
 class PaymentMethodService:
-    def __init__(self, session: AsyncSession, stripe: StripeGateway) -> None:
+    def __init__(self, session: AsyncSession, stripe: StripeGateway, consumers: ConsumerService) -> None:
         self._repo = PaymentMethodRepository(session)
-        self._consumers = ConsumerService(session, stripe)
+        self._consumers = consumers
         self._stripe = stripe
 
     async def add(self, principal: Principal, payment_method_id: str) -> PaymentMethod:

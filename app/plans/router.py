@@ -3,23 +3,15 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 
-from app.auth import CreatorOrAdmin, CurrentUser
-from app.db import DbSession
+from app.dependencies import CreatorOrAdmin, CurrentUser
+from app.dependencies import Plans as Service
 from app.http import error_responses
 from app.plans.schemas import ApiId, PlanCreate, PlanList, PlanOut, PlanUpdate
-from app.plans.service import PlanService
 
 router = APIRouter(prefix="/apis/{api_id}/plans", tags=["plans"])
 ApiIdPath = Annotated[ApiId, Path(description="The marketplace's API id: 1-64 of letters, digits, - and _")]
-
-
-def plan_service(request: Request, session: DbSession) -> PlanService:
-    return PlanService(session, request.app.state.stripe)
-
-
-Service = Annotated[PlanService, Depends(plan_service)]
 
 
 @router.post(

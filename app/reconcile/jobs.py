@@ -6,17 +6,17 @@ import logging
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from arq import Retry
+from arq import Retry, cron
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import clock, metrics
 from app.config import Settings
-from app.db import create_job_engine, create_sessionmaker
 from app.errors import Conflict
 from app.models.reconcile import RECONCILE_CHECKS
 from app.reconcile.service import Progress, ReconcileReport, ReconcileService
+from app.resources import opened
 from app.stripe import StripeGateway
-from app.worker.context import resources
+from app.worker.context import job_context
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,9 @@ async def run_reconcile(
     settings: Settings, *, since: datetime | None, resume: bool, progress: Progress | None = None
 ) -> ReconcileReport:
     """One `billing reconcile` from the command line, on its own engine."""
-    engine = create_job_engine(settings)
-    try:
-        service = reconcile_service(
-            engine, create_sessionmaker(engine), StripeGateway(settings), settings, progress
-        )
+    async with opened(settings) as res:
+        service = reconcile_service(res.engine, res.sessionmaker, res.stripe, settings, progress)
         report = await service.report(await service.run(since=since, resume=resume))
-    finally:
-        await engine.dispose()
     publish(report)
     return report
 
@@ -88,7 +83,7 @@ async def daily_reconcile(
 
 async def reconcile_with_stripe(ctx: dict[str, Any]) -> dict[str, Any] | None:
     """arq job (daily cron): the day's reconcile report; a retry resumes an interrupted run."""
-    res = resources(ctx)
+    res = job_context(ctx).resources
     try:
         report = await daily_reconcile(
             res.engine, res.sessionmaker, res.stripe, res.settings, day=clock.today()
@@ -104,3 +99,8 @@ async def reconcile_with_stripe(ctx: dict[str, Any]) -> dict[str, Any] | None:
     }
     log.info("reconcile run", extra=summary)
     return summary
+
+
+JOBS = [reconcile_with_stripe]
+# Daily; a long run outlives job_timeout, and a retry resumes it where it stopped.
+CRON_JOBS = [cron(reconcile_with_stripe, hour={4}, minute={41}, unique=True, timeout=6 * 3600)]

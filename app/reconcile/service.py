@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import clock
 from app.db.claims import claim_period
+from app.db.unit_of_work import unit_of_work
 from app.errors import Conflict
 from app.models import ReconcileDrift, ReconcileRun
 from app.models.reconcile import RECONCILE_CHECKS
@@ -100,7 +101,7 @@ class ReconcileService:
         """The daily run for `day`, exactly once: started by whoever claims the day first, resumed
         by a retry if it was interrupted; None if that day's run already completed."""
         async with self._locked():
-            async with self._sessionmaker.begin() as session:
+            async with unit_of_work(self._sessionmaker) as session:
                 if await claim_period(session, "reconcile", "stripe", day):
                     run = ReconcileRun(id=uuid.uuid4(), since=since, period=day, cursor={}, checked={})
                     session.add(run)
@@ -130,7 +131,7 @@ class ReconcileService:
         return _AdvisoryLock(self._engine)
 
     async def _resume(self) -> ReconcileRun | None:
-        async with self._sessionmaker.begin() as session:
+        async with unit_of_work(self._sessionmaker) as session:
             run = (
                 await session.execute(
                     select(ReconcileRun)
@@ -144,7 +145,7 @@ class ReconcileService:
             return run
 
     async def _start(self, *, since: datetime | None) -> ReconcileRun:
-        async with self._sessionmaker.begin() as session:
+        async with unit_of_work(self._sessionmaker) as session:
             run = ReconcileRun(id=uuid.uuid4(), status="running", since=since, cursor={}, checked={})
             session.add(run)
         return run
@@ -162,7 +163,7 @@ class ReconcileService:
             run.status = "interrupted"
             raise
         finally:
-            async with self._sessionmaker.begin() as session:
+            async with unit_of_work(self._sessionmaker) as session:
                 await session.merge(run)
                 if run.status == "completed":
                     await ReconcileRepository(session).forget_seen(
@@ -203,7 +204,7 @@ class ReconcileService:
                 if run.since is None or (parsed.created and parsed.created >= run.since)
             ]
             more = page.has_more and bool(listed) and len(invoices) == len(listed)
-            async with self._sessionmaker.begin() as session:
+            async with unit_of_work(self._sessionmaker) as session:
                 drifts, earnings_checked = await self._compare_invoices(session, invoices)
                 position = listed[-1].id if more else DONE
                 await ReconcileRepository(session).mark_seen(run.id, "invoice", [i.id for i in invoices])
@@ -237,7 +238,7 @@ class ReconcileService:
                         row.currency, row.total, None, abs(row.total),
                     )
                 )  # fmt: skip
-            async with self._sessionmaker.begin() as session:
+            async with unit_of_work(self._sessionmaker) as session:
                 compared, earnings_checked = await self._compare_invoices(session, fetched)
                 position = str(last) if last is not None else DONE
                 counted = {"invoices": len(unseen), "earnings": earnings_checked}
@@ -297,7 +298,7 @@ class ReconcileService:
         while starting_after != DONE:
             await self._limiter.wait()
             page = await self._stripe.list_page("subscriptions", starting_after=starting_after)
-            async with self._sessionmaker.begin() as session:
+            async with unit_of_work(self._sessionmaker) as session:
                 drifts = await self._compare_subscriptions(session, page.objects)
                 if page.objects:
                     starting_after = page.objects[-1]["id"]
@@ -353,7 +354,7 @@ class ReconcileService:
         position = run.cursor.get("our_subscriptions")
         while position != DONE:
             after = uuid.UUID(position) if position else None
-            async with self._sessionmaker.begin() as session:
+            async with unit_of_work(self._sessionmaker) as session:
                 repository = ReconcileRepository(session)
                 missing, last = await repository.live_rows_not_seen(
                     run.id, created_before=run.started_at, after=after, limit=OUR_ROWS_PAGE
@@ -397,7 +398,7 @@ class ReconcileService:
                     if drift is not None:
                         drifts.append(drift)
             position = str(batch[-1].id) if len(batch) == METERED_PAGE else DONE
-            async with self._sessionmaker.begin() as session:
+            async with unit_of_work(self._sessionmaker) as session:
                 advance = await self._commit_page(session, run, "usage", position, {"usage": checked}, drifts)
             advance()
             self._progress("usage", int(run.checked.get("usage", 0)))

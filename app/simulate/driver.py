@@ -29,11 +29,14 @@ from sqlalchemy import select
 
 from app import clock
 from app.config import Settings
+from app.dunning.jobs import suspend_overdue_api_keys
 from app.models import OutboxMessage, StripeEvent
 from app.outbox.jobs import deliver_outbox_message
 from app.simulate.faults import Faults
 from app.simulate.scenario import DAY, ConsumerSpec, Scenario, add_months
-from app.worker.webhook_jobs import aggregate_usage, process_stripe_event, suspend_overdue_api_keys
+from app.usage.jobs import aggregate_usage
+from app.webhooks.jobs import process_stripe_event
+from app.worker.context import job_context
 
 Progress = Callable[[int, int], None]
 RETRYABLE = frozenset({409, 500, 502, 503, 504})
@@ -250,7 +253,7 @@ class Driver:
     async def _retry_pending_events(self) -> None:
         """arq retries a failed event job with backoff; here, at the next pass."""
         ctx = self._stack.worker
-        async with ctx["resources"].sessionmaker() as session:
+        async with job_context(ctx).resources.sessionmaker() as session:
             pending = (
                 await session.execute(
                     select(StripeEvent.id)
@@ -265,7 +268,7 @@ class Driver:
     async def _deliver_outbox(self) -> None:
         ctx = self._stack.worker
         for _ in range(5):
-            async with ctx["resources"].sessionmaker() as session:
+            async with job_context(ctx).resources.sessionmaker() as session:
                 ids = list(
                     (
                         await session.execute(

@@ -14,16 +14,15 @@ from arq.connections import RedisSettings, create_pool
 
 from app import clock
 from app.config import Settings
-from app.db import create_engine, create_sessionmaker
 from app.dev.siblings import build_app
 from app.main import create_app
+from app.resources import Resources
 from app.simulate.driver import Driver, Progress, Stack
 from app.simulate.faults import FaultRates, Faults, StripeFaults, commit_crashes
 from app.simulate.oracle import expect
 from app.simulate.report import Report, build_report
 from app.simulate.scenario import Scenario
-from app.stripe import StripeGateway
-from app.worker.context import WorkerResources
+from app.worker.context import RESOURCES, job_context
 
 SIBLINGS = "http://siblings.simulate"
 DUNNING = {"retry_days[]": ["3", "5", "7"], "after": "canceled"}  # Stripe's default schedule
@@ -51,7 +50,7 @@ async def simulate(
             with clock.use(stack.business), commit_crashes():
                 record = await Driver(stack, scenario, faults).run(progress)
                 expected = expect(scenario, record.horizon)
-                async with stack.worker["resources"].sessionmaker() as session:
+                async with job_context(stack.worker).resources.sessionmaker() as session:
                     return await build_report(
                         session, stack.stripe, stack.siblings, record, expected, faults.counts
                     )
@@ -64,16 +63,9 @@ async def _stack(settings: Settings, emulator: str, scenario: Scenario) -> Async
     app = create_app(settings)
     siblings = httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app()), base_url=SIBLINGS)
     key = (settings.stripe_secret_key.get_secret_value(), "")
-    engine = create_engine(settings)
-    resources = WorkerResources(
-        settings=settings,
-        engine=engine,
-        sessionmaker=create_sessionmaker(engine),
-        stripe=StripeGateway(settings),
-        http=siblings,
-    )
+    resources = Resources.open(settings, http=siblings)
     redis = await create_pool(RedisSettings.from_dsn(settings.redis_url))
-    ctx: dict[str, Any] = {"resources": resources, "redis": redis, "job_try": 1}
+    ctx: dict[str, Any] = {RESOURCES: resources, "redis": redis, "job_try": 1}
     try:
         async with (
             app.router.lifespan_context(app),
@@ -90,5 +82,5 @@ async def _stack(settings: Settings, emulator: str, scenario: Scenario) -> Async
             yield Stack(api, stripe, siblings, ctx, settings, business)
     finally:
         await redis.aclose()
+        await resources.close()
         await siblings.aclose()
-        await engine.dispose()

@@ -3,14 +3,12 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
-from sqlalchemy.ext.asyncio import AsyncSession
+from fastapi import APIRouter, Body, Query, Response, status
 
-from app.auth import CurrentUser
-from app.db import DbSession, ReadSession
+from app.dependencies import CurrentUser
+from app.dependencies import SubscriptionReader as Reader
+from app.dependencies import Subscriptions as Service
 from app.http import error_responses
-from app.integrations.metering import MeteringClient
-from app.outbox.service import Outbox
 from app.subscriptions.schemas import (
     SubscriptionCancel,
     SubscriptionCreate,
@@ -21,8 +19,6 @@ from app.subscriptions.schemas import (
     UpgradePreview,
     UsageOut,
 )
-from app.subscriptions.service import SubscriptionService
-from app.usage.service import UsageService
 
 router = APIRouter(prefix="/subscriptions", tags=["subscriptions"])
 # The 409 codes of a plan change (and of its preview).
@@ -33,31 +29,6 @@ CHANGE_CONFLICTS = (
     "already_subscribed",
     "not_synced",
 )
-
-
-def _service(request: Request, session: AsyncSession) -> SubscriptionService:
-    state = request.app.state
-    return SubscriptionService(
-        session,
-        state.stripe,
-        Outbox(session, state.redis),
-        MeteringClient(state.http, state.settings),
-        automatic_tax=state.settings.stripe_tax_enabled,
-        flush_usage=UsageService(state.sessionmaker, state.stripe, state.settings, state.http).flush,
-    )
-
-
-# async: a plain function would be run on a worker thread, a hop per request.
-async def subscription_service(request: Request, session: DbSession) -> SubscriptionService:
-    return _service(request, session)
-
-
-async def subscription_reader(request: Request, session: ReadSession) -> SubscriptionService:
-    return _service(request, session)
-
-
-Service = Annotated[SubscriptionService, Depends(subscription_service)]
-Reader = Annotated[SubscriptionService, Depends(subscription_reader)]
 
 
 @router.post(

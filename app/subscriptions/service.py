@@ -126,6 +126,8 @@ class SubscriptionService:
         outbox: Outbox,
         metering: MeteringClient,
         *,
+        consumers: ConsumerService,
+        cards: PaymentMethodService,
         automatic_tax: bool = False,
         flush_usage: UsageFlush | None = None,
     ) -> None:
@@ -134,8 +136,8 @@ class SubscriptionService:
         self._automatic_tax = automatic_tax  # STRIPE_TAX_ENABLED: Stripe Tax on new subscriptions
         self._repo = SubscriptionRepository(session)
         self._plans = PlanRepository(session)
-        self._consumers = ConsumerService(session, stripe)
-        self._cards = PaymentMethodService(session, stripe)
+        self._consumers = consumers
+        self._cards = cards
         self._stripe = stripe
         self._outbox = outbox
         self._metering = metering

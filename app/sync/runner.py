@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import httpx
-
 from app.config import Settings
-from app.db import create_job_engine, create_sessionmaker
-from app.db.redis import create_redis
 from app.models import SyncRun
-from app.stripe import StripeGateway
+from app.resources import opened
 from app.sync.service import Progress, SyncService
 from app.usage.service import UsageService
 
@@ -16,17 +12,12 @@ from app.usage.service import UsageService
 async def run_sync(
     settings: Settings, *, dry_run: bool, progress: Progress | None = None, repair_orphans: bool = False
 ) -> SyncRun:
-    engine = create_job_engine(settings)
-    redis = create_redis(settings)
-    http = httpx.AsyncClient(timeout=settings.sibling_timeout_seconds)
-    try:
-        sessionmaker = create_sessionmaker(engine)
-        stripe = StripeGateway(settings)
+    async with opened(settings) as res:
         service = SyncService(
-            engine,
-            sessionmaker,
-            stripe,
-            redis,
+            res.engine,
+            res.sessionmaker,
+            res.stripe,
+            res.redis,
             rate_per_second=settings.stripe_rate_limit_per_second,
             commission=settings.platform_commission,
             invoice_issuer=settings.invoice_issuer_name,
@@ -34,10 +25,6 @@ async def run_sync(
             progress=progress,
             repair_orphans=repair_orphans,
             # A plan change found here first splits the usage at it, as the webhook does.
-            usage=UsageService(sessionmaker, stripe, settings, http),
+            usage=UsageService(res.sessionmaker, res.stripe, settings, res.http),
         )
         return await service.run()
-    finally:
-        await http.aclose()
-        await redis.aclose()
-        await engine.dispose()

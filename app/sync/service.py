@@ -29,7 +29,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import clock, metrics
-from app.db.session import run_after_commit
+from app.db.unit_of_work import unit_of_work
 from app.earnings.booking import book_invoice_earnings
 from app.errors import Conflict
 from app.invoices.stripe_sync import sync_invoice
@@ -171,7 +171,7 @@ class SyncService:
         return run
 
     async def _start_or_resume(self) -> SyncRun:
-        async with self._sessionmaker() as session:
+        async with unit_of_work(self._sessionmaker) as session:
             statement = (
                 select(SyncRun)
                 .where(SyncRun.status.in_(("running", "interrupted")), SyncRun.dry_run == self._dry_run)
@@ -183,13 +183,11 @@ class SyncService:
                 run = SyncRun(id=uuid.uuid4(), status="running", dry_run=self._dry_run, cursor={}, report={})
                 session.add(run)
             run.status = "running"
-            await session.commit()
             return run
 
     async def _save(self, run: SyncRun) -> None:
-        async with self._sessionmaker() as session:
+        async with unit_of_work(self._sessionmaker) as session:
             await session.merge(run)
-            await session.commit()
 
     async def _sync_list(self, run: SyncRun, resource: Listable, applier: Applier) -> None:
         """Page through one list. While a page is applied the next one is already asked for (its
@@ -208,15 +206,10 @@ class SyncService:
                 ahead = (
                     asyncio.create_task(self._fetch_page(resource, page.objects[-1]["id"])) if more else None
                 )
-                async with self._sessionmaker() as session:
+                async with unit_of_work(self._sessionmaker, dry_run=self._dry_run) as session:
                     for obj in page.objects:
                         report.seen += 1
                         await applier(session, obj, report)
-                    if self._dry_run:
-                        await session.rollback()
-                    else:
-                        await session.commit()
-                        await run_after_commit(session)
                 if page.objects:
                     starting_after = page.objects[-1]["id"]
                 run.cursor = {**run.cursor, resource: starting_after if more else DONE}

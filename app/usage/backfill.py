@@ -7,8 +7,8 @@ from collections.abc import Callable
 from datetime import date
 
 from app.config import Settings
+from app.resources import opened
 from app.usage.service import UsageRun, UsageService
-from app.worker.context import WorkerResources
 
 
 async def run_backfill(
@@ -20,8 +20,7 @@ async def run_backfill(
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> UsageRun:
-    resources = WorkerResources.open(settings)
-    try:
+    async with opened(settings) as resources:
         service = UsageService(resources.sessionmaker, resources.stripe, settings, resources.http)
         return await service.backfill(
             first,
@@ -30,5 +29,3 @@ async def run_backfill(
             on_start=on_start,
             on_batch=on_batch,
         )
-    finally:
-        await resources.close()

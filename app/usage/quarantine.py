@@ -5,26 +5,20 @@ from __future__ import annotations
 import uuid
 
 from app.config import Settings
+from app.resources import opened
 from app.usage.repository import Quarantined
 from app.usage.service import UsageRun, UsageService
-from app.worker.context import WorkerResources
 
 
 async def list_quarantined(settings: Settings, subscription_id: uuid.UUID | None = None) -> list[Quarantined]:
-    resources = WorkerResources.open(settings)
-    try:
+    async with opened(settings) as resources:
         service = UsageService(resources.sessionmaker, resources.stripe, settings, resources.http)
         return await service.quarantined(subscription_id)
-    finally:
-        await resources.close()
 
 
 async def retry_quarantined(
     settings: Settings, *, window_id: uuid.UUID | None = None, subscription_id: uuid.UUID | None = None
 ) -> UsageRun:
-    resources = WorkerResources.open(settings)
-    try:
+    async with opened(settings) as resources:
         service = UsageService(resources.sessionmaker, resources.stripe, settings, resources.http)
         return await service.retry(window_id=window_id, subscription_id=subscription_id)
-    finally:
-        await resources.close()

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app import clock, metrics
 from app.config import Settings
 from app.db.claims import claim_period
+from app.db.unit_of_work import unit_of_work
 from app.errors import BadRequest, DomainError
 from app.integrations.metering import MeteringClient, MeteringUnavailable
 from app.outbox.service import Outbox
@@ -180,7 +181,7 @@ class UsageService:
     ) -> UsageRun:
         """An operator's retry: the quarantined window (or all of a subscription's) goes back
         to pending under a new idempotency key and is sent now."""
-        async with self._sessionmaker.begin() as session:
+        async with unit_of_work(self._sessionmaker) as session:
             owners = await UsageRepository(session).requeue(
                 window_id=window_id, subscription_id=subscription_id
             )
@@ -278,7 +279,7 @@ class UsageService:
         per_subscription = await asyncio.gather(*(windows_of(s) for s in batch))
         rows = [row for rows in per_subscription for row in rows]
         run.fetched += len(rows)
-        async with self._sessionmaker.begin() as session:
+        async with unit_of_work(self._sessionmaker) as session:
             run.recorded += await UsageRepository(session).insert_records(rows)
 
     async def _report(self, subscription_ids: list[uuid.UUID], run: UsageRun) -> None:
@@ -287,7 +288,7 @@ class UsageService:
         if not subscription_ids:
             return
         now = clock.now()
-        async with self._sessionmaker.begin() as session:
+        async with unit_of_work(self._sessionmaker) as session:
             claimed, expired, in_flight = await UsageRepository(session).claim_pending(
                 subscription_ids, now=now, lease=REPORT_LEASE, horizon=REPLAY_HORIZON
             )
@@ -311,7 +312,7 @@ class UsageService:
             else:
                 accepted.append(window.id)
         if claimed:
-            async with self._sessionmaker.begin() as session:
+            async with unit_of_work(self._sessionmaker) as session:
                 repo = UsageRepository(session)
                 await repo.mark_accepted(accepted, clock.now())
                 await repo.quarantine(refused, clock.now())
@@ -335,7 +336,7 @@ class UsageService:
             s.id: usage_period(s.current_period_start, s.current_period_end, s.started_at, now) for s in batch
         }
         limits = {s.id: s.call_limit for s in batch if s.call_limit is not None}
-        async with self._sessionmaker.begin() as session:
+        async with unit_of_work(self._sessionmaker) as session:
             repo = UsageRepository(session)
             calls = await repo.period_calls([(id_, *period) for id_, period in periods.items()])
             over = [id_ for id_, count in calls.items() if id_ in limits and count > limits[id_]]

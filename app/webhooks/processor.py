@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 
-import httpx
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import metrics
 from app.config import Settings
-from app.db.session import run_after_commit
+from app.db.unit_of_work import unit_of_work
 from app.outbox.service import Outbox
 from app.stripe import StripeGateway
 from app.usage.service import UsageService
@@ -41,13 +40,13 @@ class EventProcessor:
         stripe: StripeGateway,
         redis: ArqRedis | None,
         settings: Settings,
-        http: httpx.AsyncClient,
+        usage: UsageService,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._stripe = stripe
         self._redis = redis
         self._settings = settings
-        self._http = http
+        self._usage = usage
 
     async def process(self, event_id: str, *, final_attempt: bool = False, force: bool = False) -> str | None:
         """Apply the event once; returns its status, or None if it is absent or being processed.
@@ -56,35 +55,33 @@ class EventProcessor:
         """
         event_type = "unknown"
         try:
-            async with self._sessionmaker() as session:
-                async with session.begin():
-                    event = await StripeEventRepository(session).lock(event_id)
-                    if event is None:
-                        return None
-                    if event.status in DONE and not force:
-                        return event.status
-                    event_type = event.type
-                    handler = HANDLERS.get(event.type)
-                    outcome = "ignored"
-                    if handler is not None:
-                        context = EventContext(
-                            session=session,
-                            outbox=Outbox(session, self._redis),
-                            stripe=self._stripe,
-                            usage=UsageService(self._sessionmaker, self._stripe, self._settings, self._http),
-                            settings=self._settings,
-                            event_id=event.id,
-                            created=event.stripe_created,
-                        )
-                        outcome = await handler(context, event.payload["data"]["object"])
-                    mark_done(event, outcome)
-                await run_after_commit(session)
-                metrics.WEBHOOK_EVENTS.labels(event_type, outcome).inc()
-                return outcome
+            async with unit_of_work(self._sessionmaker) as session:
+                event = await StripeEventRepository(session).lock(event_id)
+                if event is None:
+                    return None
+                if event.status in DONE and not force:
+                    return event.status
+                event_type = event.type
+                handler = HANDLERS.get(event.type)
+                outcome = "ignored"
+                if handler is not None:
+                    context = EventContext(
+                        session=session,
+                        outbox=Outbox(session, self._redis),
+                        stripe=self._stripe,
+                        usage=self._usage,
+                        settings=self._settings,
+                        event_id=event.id,
+                        created=event.stripe_created,
+                    )
+                    outcome = await handler(context, event.payload["data"]["object"])
+                mark_done(event, outcome)
+            metrics.WEBHOOK_EVENTS.labels(event_type, outcome).inc()
+            return outcome
         except Exception as exc:
             metrics.WEBHOOK_EVENTS.labels(event_type, "failed" if final_attempt else "retry").inc()
             log.warning("stripe event failed", extra={"event_id": event_id, "error": repr(exc)})
-            async with self._sessionmaker.begin() as session:
+            async with unit_of_work(self._sessionmaker) as session:
                 await StripeEventRepository(session).record_failure(
                     event_id, f"{type(exc).__name__}: {exc}", final=final_attempt
                 )

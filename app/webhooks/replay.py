@@ -7,13 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from arq.connections import ArqRedis
-from redis.asyncio import ConnectionPool
-
 from app.config import Settings
+from app.resources import opened
+from app.usage.service import UsageService
 from app.webhooks.processor import EventProcessor
 from app.webhooks.repository import StripeEventRepository
-from app.worker.context import WorkerResources
 
 Progress = Callable[[str, str], None]
 
@@ -34,17 +32,16 @@ async def replay_events(
     on_event: Progress | None = None,
 ) -> ReplayResult:
     """Apply the chosen events again (handlers are idempotent); a failure is recorded and skipped."""
-    resources = WorkerResources.open(settings)
-    redis = ArqRedis(connection_pool=ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=1.0))
     outcomes: Counter[str] = Counter()
-    try:
+    async with opened(settings) as resources:
         async with resources.sessionmaker() as session:
             ids = await StripeEventRepository(session).ids_for_replay(
                 event_id=event_id, failed=failed, since=since
             )
         if on_start is not None:
             on_start(len(ids))
-        processor = EventProcessor(resources.sessionmaker, resources.stripe, redis, settings, resources.http)
+        usage = UsageService(resources.sessionmaker, resources.stripe, settings, resources.http)
+        processor = EventProcessor(resources.sessionmaker, resources.stripe, resources.redis, settings, usage)
         for current in ids:
             try:
                 outcome = await processor.process(current, final_attempt=True, force=True) or "busy"
@@ -53,7 +50,4 @@ async def replay_events(
             outcomes[outcome] += 1
             if on_event is not None:
                 on_event(current, outcome)
-    finally:
-        await redis.aclose()
-        await resources.close()
     return ReplayResult(total=len(ids), outcomes=dict(outcomes))

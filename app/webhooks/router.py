@@ -6,6 +6,8 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI, Request, Response
 from pydantic import BaseModel, Field
 
+from app.dependencies import api_state
+from app.errors import ServiceUnavailable
 from app.http import error_responses
 from app.webhooks.ingest import EventIngest
 from app.webhooks.repository import DbTimeouts, EventStore
@@ -15,18 +17,22 @@ from app.webhooks.service import WebhookService
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The ingest service with its own small connection pool, open while the app runs."""
-    settings = app.state.settings
+    state = api_state(app)
+    settings = state.resources.settings
     timeouts = DbTimeouts(
         connect=settings.db_connect_timeout_seconds,
         command=settings.db_command_timeout_seconds,
         checkout=settings.db_checkout_timeout_seconds,
     )
     store = await EventStore.open(settings.database_url, max_size=settings.db_pool_size, timeouts=timeouts)
-    ingest = EventIngest(store, app.state.redis, enqueue_timeout=settings.webhook_enqueue_timeout_seconds)
-    app.state.webhooks = WebhookService(ingest, settings.webhook_secrets)
+    ingest = EventIngest(
+        store, state.resources.redis, enqueue_timeout=settings.webhook_enqueue_timeout_seconds
+    )
+    state.webhooks = WebhookService(ingest, settings.webhook_secrets)
     try:
         yield
     finally:
+        state.webhooks = None
         await ingest.drain()
         await store.close()
 
@@ -78,6 +84,8 @@ SIGNATURE_HEADER = {
     openapi_extra=SIGNATURE_HEADER,
 )
 async def receive_stripe_event(request: Request) -> Response:
-    service: WebhookService = request.app.state.webhooks
+    service = api_state(request.app).webhooks
+    if service is None:
+        raise ServiceUnavailable("Not accepting webhooks (starting or shutting down)")
     await service.receive(await request.body(), request.headers.get("stripe-signature"))
     return Response(RECEIVED, media_type="application/json")

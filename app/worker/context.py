@@ -1,42 +1,36 @@
-"""What every job receives in ctx: the settings, a session factory, the Stripe gateway, an HTTP client."""
+"""What every job receives: `job_context(ctx)` turns arq's ctx dict into one typed object.
+
+arq calls a job with its ctx dict (`redis`, `job_id`, `job_try`, and the `resources` our start-up
+put there); a job reads it only through `job_context`, never by string keys.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from arq.connections import ArqRedis
 
-from app.config import Settings
-from app.db import create_job_engine, create_sessionmaker
-from app.stripe import StripeGateway
+from app.resources import Resources
 
-
-@dataclass
-class WorkerResources:
-    settings: Settings
-    engine: AsyncEngine
-    sessionmaker: async_sessionmaker[AsyncSession]
-    stripe: StripeGateway
-    http: httpx.AsyncClient
-
-    @classmethod
-    def open(cls, settings: Settings) -> WorkerResources:
-        engine = create_job_engine(settings)
-        return cls(
-            settings=settings,
-            engine=engine,
-            sessionmaker=create_sessionmaker(engine),
-            stripe=StripeGateway(settings),
-            http=httpx.AsyncClient(timeout=settings.sibling_timeout_seconds),
-        )
-
-    async def close(self) -> None:
-        await self.http.aclose()
-        await self.engine.dispose()
+RESOURCES = "resources"
 
 
-def resources(ctx: dict[str, Any]) -> WorkerResources:
-    res: WorkerResources = ctx["resources"]
-    return res
+@dataclass(frozen=True)
+class JobContext:
+    resources: Resources
+    # arq's own pool (None when a job runs outside a worker, e.g. a command calling it directly).
+    redis: ArqRedis | None
+    job_id: str | None
+    job_try: int
+
+
+def job_context(ctx: dict[str, Any]) -> JobContext:
+    """The typed view of arq's ctx for a job."""
+    resources: Resources = ctx[RESOURCES]
+    return JobContext(
+        resources=resources,
+        redis=ctx.get("redis"),
+        job_id=ctx.get("job_id"),
+        job_try=int(ctx.get("job_try") or 1),
+    )

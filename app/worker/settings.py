@@ -5,50 +5,50 @@ from __future__ import annotations
 import socket
 from typing import Any, ClassVar
 
-from arq import cron
-
 from app.config import get_settings
+from app.dunning import jobs as dunning_jobs
 from app.events import jobs as event_jobs
+from app.idempotency import jobs as idempotency_jobs
 from app.logging import configure_logging
 from app.metrics import instrument_worker, serve_worker_metrics
 from app.outbox import jobs as outbox_jobs
-from app.payouts.jobs import run_payouts
-from app.reconcile.jobs import reconcile_with_stripe
-from app.worker import jobs, webhook_jobs
-from app.worker.context import WorkerResources
+from app.payouts import jobs as payout_jobs
+from app.reconcile import jobs as reconcile_jobs
+from app.resources import Resources
+from app.usage import jobs as usage_jobs
+from app.webhooks import jobs as webhook_jobs
+from app.worker.context import RESOURCES, job_context
+
+# Each domain declares its jobs and crons beside itself (`app/<domain>/jobs.py`); the worker only
+# collects them. A job's queued name is its function's name: moving a function keeps it.
+DOMAIN_JOBS = (
+    webhook_jobs,
+    outbox_jobs,
+    usage_jobs,
+    dunning_jobs,
+    payout_jobs,
+    reconcile_jobs,
+    event_jobs,
+    idempotency_jobs,
+)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
-    ctx["resources"] = WorkerResources.open(settings)
+    ctx[RESOURCES] = Resources.open(settings, jobs=True)
     ctx["stop_metrics"] = serve_worker_metrics(settings.host, settings.worker_metrics_port)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    await ctx["resources"].close()
+    await job_context(ctx).resources.close()
     if ctx.get("stop_metrics") is not None:
         ctx["stop_metrics"]()
 
 
 class WorkerSettings:
-    functions: ClassVar[list[Any]] = [
-        jobs.purge_expired_idempotency_keys,
-        outbox_jobs.deliver_outbox_message,
-        run_payouts,
-        reconcile_with_stripe,
-        *webhook_jobs.JOBS,
-        *event_jobs.JOBS,
-    ]
-    cron_jobs: ClassVar[list[Any]] = [
-        cron(jobs.purge_expired_idempotency_keys, minute={7}, unique=True),
-        cron(outbox_jobs.sweep_outbox, second={30}, unique=True),
-        cron(run_payouts, hour={3}, minute={17}, unique=True),
-        # Daily; a long run outlives job_timeout, and a retry resumes it where it stopped.
-        cron(reconcile_with_stripe, hour={4}, minute={41}, unique=True, timeout=6 * 3600),
-        *webhook_jobs.CRON_JOBS,
-        *event_jobs.CRON_JOBS,
-    ]
+    functions: ClassVar[list[Any]] = [job for module in DOMAIN_JOBS for job in module.JOBS]
+    cron_jobs: ClassVar[list[Any]] = [job for module in DOMAIN_JOBS for job in module.CRON_JOBS]
     on_startup = startup
     on_shutdown = shutdown
     max_jobs = 20

@@ -9,7 +9,7 @@ import pytest
 from arq.connections import RedisSettings, create_pool
 
 from app.config import Settings
-from app.worker.context import WorkerResources
+from app.resources import Resources
 from tests.stripe_payments import Payments, mocked_payments
 from tests.support.worker import Ctx
 
@@ -17,7 +17,7 @@ from tests.support.worker import Ctx
 @pytest.fixture
 async def worker_ctx(settings: Settings, redis_url: str) -> AsyncIterator[Ctx]:
     """The context arq hands the worker's jobs: opened resources, a Redis pool, a first try."""
-    resources = WorkerResources.open(settings)
+    resources = Resources.open(settings, jobs=True)
     redis = await create_pool(RedisSettings.from_dsn(redis_url))
     yield {"resources": resources, "redis": redis, "job_try": 1}
     await redis.aclose()
