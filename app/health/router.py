@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from app import metrics
-from app.dependencies import Res, running_state
+from app.dependencies import running_state
 from app.http import ErrorBody, error_response
 from app.resources import Resources
 
@@ -46,10 +46,11 @@ async def _check(probe: asyncio.Future[bool] | asyncio.Task[bool]) -> str:
     summary="The database and Redis are reachable",
     responses={503: {"model": ErrorBody, "description": "Not ready; `code`: `not_ready`, `draining`"}},
 )
-async def ready(request: Request, resources: Res) -> JSONResponse:
+async def ready(request: Request) -> JSONResponse:
     state = running_state(request.app)
     if state is None or state.draining:
         return error_response(request, 503, "draining", "Shutting down")
+    resources = state.resources
     database, redis = await asyncio.gather(
         _check(asyncio.ensure_future(_database_ok(resources))),
         _check(asyncio.ensure_future(_redis_ok(resources))),
