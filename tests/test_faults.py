@@ -22,6 +22,7 @@ from arq.worker import Worker
 from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 from app.config import Settings
 from app.dependencies import api_state
@@ -35,6 +36,15 @@ from tests.freeze import frozen, postgres_pids, redis_pids
 from tests.support.settings import make_settings
 
 log = logging.getLogger(__name__)
+
+
+def _checked_out(app: FastAPI) -> int:
+    """Connections the API's engine has lent out right now."""
+    pool = api_state(app).resources.engine.pool
+    assert isinstance(pool, QueuePool)
+    return pool.checkedout()
+
+
 # "About 2 s" (connect + command timeout with the default settings), with room for a loaded machine.
 DB_503_WITHIN = 2.6
 READY_WITHIN = 1.3
@@ -116,7 +126,7 @@ async def test_frozen_database_answers_503_fast_everywhere_and_loses_nothing(
         )
         ready, ready_seconds = await asyncio.wait_for(_timed(http.get("/ready")), GIVE_UP_AFTER)
         # The ingest pool and the engine both gave their connections back while still frozen.
-        assert api_state(fault_app).resources.engine.pool.checkedout() == 0
+        assert _checked_out(fault_app) == 0
 
     timings = [round(seconds, 2) for _, seconds in results]
     log.info(f"time to 503 with the database frozen: {timings} s; /ready {ready_seconds:.2f} s")
@@ -176,7 +186,7 @@ async def test_request_abandoned_by_its_client_holds_no_connection(
         ]
         await asyncio.sleep(DB_503_WITHIN)
         finished = [task.done() for task in abandoned]
-        checked_out = api_state(fault_app).resources.engine.pool.checkedout()
+        checked_out = _checked_out(fault_app)
     await asyncio.gather(*abandoned, return_exceptions=True)
     assert finished == [True] * 3
     assert checked_out == 0
