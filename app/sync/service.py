@@ -33,9 +33,10 @@ from app.db.session import run_after_commit
 from app.earnings.booking import book_invoice_earnings
 from app.errors import Conflict
 from app.invoices.stripe_sync import sync_invoice
-from app.models import Consumer, Invoice, PaymentMethod, Subscription, SyncRun
+from app.models import Consumer, Invoice, Subscription, SyncRun
 from app.models.subscription import STRIPE_STATUS, TERMINAL
 from app.outbox.service import Outbox
+from app.payment_methods.mirror import card_row, mirror_card
 from app.payment_methods.repository import PaymentMethodRepository
 from app.stripe import StripeGateway
 from app.stripe.invoices import StripeInvoice
@@ -303,21 +304,10 @@ class SyncService:
             if row is None:
                 report.changed += 1
                 report.note(f"{label}: card {stripe_id} missing here, added")
-                repository.add(
-                    PaymentMethod(
-                        id=uuid.uuid4(), consumer_id=consumer.id, stripe_payment_method_id=card.id,
-                        type=card.type, brand=card.brand, last4=card.last4, exp_month=card.exp_month,
-                        exp_year=card.exp_year, is_default=False,
-                    )
-                )  # fmt: skip
-            elif (row.brand, row.last4, row.exp_month, row.exp_year) != (
-                card.brand, card.last4, card.exp_month, card.exp_year
-            ):  # fmt: skip
+                repository.add(card_row(consumer.id, card, is_default=False))
+            elif mirror_card(row, card):
                 report.changed += 1
                 report.note(f"{label}: card {stripe_id} details updated")
-                row.brand, row.last4, row.exp_month, row.exp_year = (
-                    card.brand, card.last4, card.exp_month, card.exp_year
-                )  # fmt: skip
         await repository.flush()
         if default is None or default not in cards:
             return
