@@ -52,10 +52,13 @@ class StripeInvoiceLine:
     @classmethod
     def from_payload(cls, line: dict[str, Any], currency: str) -> StripeInvoiceLine:
         """A line of any recent API version: since 2025-03-31 the price is under
-        `pricing.price_details`, the subscription and proration under `parent`; before, at the top
-        (`price`, or the legacy `plan`), `subscription`, `proration`."""
+        `pricing.price_details`, the subscription and proration under `parent` (its
+        `subscription_item_details` for a subscription item's line, its `invoice_item_details` for
+        an invoice item's, such as a plan change's prorations); before, at the top (`price`, or the
+        legacy `plan`), `subscription`, `proration`."""
         pricing = line.get("pricing") or {}
-        parent = (line.get("parent") or {}).get("subscription_item_details") or {}
+        parents = line.get("parent") or {}
+        parent = parents.get("subscription_item_details") or parents.get("invoice_item_details") or {}
         price_id = (
             stripe_id(line.get("price"))
             or stripe_id((pricing.get("price_details") or {}).get("price"))

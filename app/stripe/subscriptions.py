@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from app.stripe.base import StripeBase
+from app.stripe.invoices import StripeInvoice, StripeInvoiceLine
 from app.stripe.shapes import metadata_of, stripe_id, timestamp
 
 
@@ -97,20 +98,10 @@ class StripeSubscription:
 
 
 @dataclass(frozen=True, slots=True)
-class StripePreviewLine:
-    description: str | None
-    amount: int
-    currency: str
-    proration: bool
-    period_start: int | None
-    period_end: int | None
-
-
-@dataclass(frozen=True, slots=True)
 class StripeInvoicePreview:
     amount_due: int
     currency: str
-    lines: list[StripePreviewLine]
+    lines: tuple[StripeInvoiceLine, ...]
 
 
 def _payment_intent(invoice: Any) -> dict[str, Any]:
@@ -134,19 +125,6 @@ def _subscription(stripe_object: Any) -> StripeSubscription:
         state=StripeSubscriptionState.from_payload(payload),
         client_secret=intent.get("client_secret") if needs_action else None,
         change_pending=bool(payload.get("pending_update")),
-    )
-
-
-def _line(line: dict[str, Any]) -> StripePreviewLine:
-    details = (line.get("parent") or {}).get("subscription_item_details") or {}
-    period = line.get("period") or {}
-    return StripePreviewLine(
-        description=line.get("description"),
-        amount=int(line.get("amount") or 0),
-        currency=str(line.get("currency") or ""),
-        proration=bool(details.get("proration", line.get("proration", False))),
-        period_start=period.get("start"),
-        period_end=period.get("end"),
     )
 
 
@@ -312,9 +290,7 @@ class SubscriptionCalls(StripeBase):
             lambda: self._client.v1.invoices.create_preview_async(params=params),  # type: ignore[arg-type]
         )
         payload: dict[str, Any] = invoice.to_dict()
-        lines = (payload.get("lines") or {}).get("data") or []
-        return StripeInvoicePreview(
-            amount_due=int(payload.get("amount_due") or 0),
-            currency=str(payload.get("currency") or ""),
-            lines=[_line(line) for line in lines],
-        )
+        # A preview is read like any invoice (its lines by the one line parser); it may have no id.
+        parsed = StripeInvoice.from_payload({"id": "", **payload})
+        currency = str(payload.get("currency") or "")
+        return StripeInvoicePreview(amount_due=parsed.amount_due, currency=currency, lines=parsed.lines)

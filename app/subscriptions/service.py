@@ -368,8 +368,8 @@ class SubscriptionService:
                     amount=line.amount,
                     currency=line.currency or version.currency,
                     proration=line.proration,
-                    period_start=moment(line.period_start),
-                    period_end=moment(line.period_end),
+                    period_start=line.period_start,
+                    period_end=line.period_end,
                 )
                 for line in preview.lines
             ]

@@ -190,3 +190,16 @@ def test_a_payment_method_without_card_details_parses_with_none() -> None:
                                     "exp_month": 12, "exp_year": 2030}})  # fmt: skip
     assert (card.brand, card.last4, card.exp_month, card.exp_year) == ("visa", "4242", 12, 2030)
     assert StripeCard.from_payload({"id": "pm_2", "type": "sepa_debit"}).brand is None
+
+
+def test_a_proration_line_made_by_an_invoice_item_names_its_subscription_and_proration() -> None:
+    """Since 2025-03-31 a plan change's prorations are invoice items: their lines say so under
+    `parent.invoice_item_details`, not `subscription_item_details`."""
+    payload = _invoice_pinned()
+    line = payload["lines"]["data"][0]
+    line["parent"] = {
+        "type": "invoice_item_details",
+        "invoice_item_details": {"invoice_item": "ii_1", "proration": True, "subscription": "sub_1"},
+    }
+    [parsed] = StripeInvoice.from_payload(payload).lines
+    assert (parsed.subscription, parsed.proration) == ("sub_1", True)
