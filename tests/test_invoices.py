@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.invoices.pdf import format_unit_price
 from app.invoices.stripe_sync import sync_invoice
 from app.money import format_amount
+from app.stripe.invoices import StripeInvoice
 from tests import rows
 
 Auth = Callable[..., dict[str, str]]
@@ -326,7 +327,9 @@ async def _mirror(
     engine: AsyncEngine, obj: dict[str, Any], issuer: str, *, commit: bool = True
 ) -> str | None:
     async with AsyncSession(engine, expire_on_commit=False) as session:
-        invoice = await sync_invoice(session, obj, observed_at=int(rows.T0.timestamp()), issuer=issuer)
+        invoice = await sync_invoice(
+            session, StripeInvoice.from_payload(obj), observed_at=int(rows.T0.timestamp()), issuer=issuer
+        )
         number = invoice.number if invoice is not None else None
         await (session.commit() if commit else session.rollback())
     return number

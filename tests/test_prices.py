@@ -3,32 +3,21 @@ three-decimal currencies that Stripe accepts (the last digit 0) or a 422 naming 
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import httpx
 import pytest
 import respx
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from app.models import PricingPlanVersion
 from app.money import THREE_DECIMAL, chargeable_problem, is_chargeable
 from tests import rows
 from tests.journeys import Auth, create_plan, new_api_id
+from tests.support.emulator import price_of_plan
 from tests.support.stripe_wire import form_of
 
 THREE_DECIMALS = sorted(THREE_DECIMAL)
-
-
-async def _price_of(engine: AsyncEngine, plan_id: str) -> str:
-    async with engine.connect() as connection:
-        price = await connection.scalar(
-            select(PricingPlanVersion.stripe_price_id).where(PricingPlanVersion.plan_id == uuid.UUID(plan_id))
-        )
-    assert price is not None
-    return str(price)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +50,7 @@ async def test_the_dev_emulator_keeps_a_prices_tax_behavior(
     client: httpx.AsyncClient, engine: AsyncEngine, auth: Auth, settings: Settings
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="12.50")
-    price_id = await _price_of(engine, plan["id"])
+    price_id = await price_of_plan(engine, plan["id"])
     key = settings.stripe_secret_key.get_secret_value()
     async with httpx.AsyncClient(base_url=str(settings.stripe_api_base), auth=(key, "")) as stripe:
         price = (await stripe.get(f"/v1/prices/{price_id}")).json()

@@ -63,10 +63,10 @@ async def _mirror_latest_invoice(
     stripe_sub = (await stripe_http.get(f"/v1/subscriptions/{stripe_subscription_id}")).json()
     latest = stripe_sub["latest_invoice"]
     invoice_id = latest if isinstance(latest, str) else latest["id"]
-    obj = await StripeGateway(settings).retrieve_invoice_json(invoice_id)
-    assert obj["status"] == "paid", obj
+    obj = await StripeGateway(settings).retrieve_invoice(invoice_id)
+    assert obj.status == "paid", obj
     async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
-        invoice = await sync_invoice(session, obj, observed_at=int(obj["created"]))
+        invoice = await sync_invoice(session, obj, observed_at=obj.as_of or 0)
         assert invoice is not None
         await book_invoice_earnings(session, invoice, settings.platform_commission)
     return invoice_id

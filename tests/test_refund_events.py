@@ -285,8 +285,8 @@ async def test_the_dev_emulator_links_a_paid_invoice_to_its_payment_and_refunds_
     await add_card(client, headers)
     subscribed = (await subscribe(client, headers, plan)).json()
     gateway = worker_ctx["resources"].stripe
-    stripe_subscription = await gateway.retrieve_subscription_json(subscribed["stripe_subscription_id"])
-    invoice_id = _id(stripe_subscription["latest_invoice"])
+    stripe_subscription = await gateway.retrieve_subscription(subscribed["stripe_subscription_id"])
+    invoice_id = stripe_subscription.latest_invoice
     key = (settings.stripe_secret_key.get_secret_value(), "")
     async with httpx.AsyncClient(base_url=str(settings.stripe_api_base), auth=key) as stripe:
         intent = (await stripe.get(f"/v1/invoices/{invoice_id}")).json()["payment_intent"]

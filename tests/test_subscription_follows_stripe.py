@@ -8,36 +8,18 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
-from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import clock, metrics
 from app.config import Settings
-from app.models import OutboxMessage, PricingPlanVersion, Subscription
-from tests.billing_data import World, event, make_world, subscription_obj
+from app.models import OutboxMessage, Subscription
+from tests.billing_data import event, make_world, subscription_obj
 from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.emulator import billing_price, change_price_at_stripe, on_basic_of_two, price_of_plan
 from tests.support.sync import sync_service
 from tests.support.worker import Ctx, deliver, one, rows
 
 DAY = 86400
-
-
-async def _stamp(engine: AsyncEngine, world: World, at: int) -> None:
-    """As if we had mirrored a Stripe answer at `at` by our own clock."""
-    async with engine.begin() as connection:
-        await connection.execute(
-            update(Subscription).where(Subscription.id == world.subscription_id).values(stripe_state_at=at)
-        )
-
-
-async def _add_version(engine: AsyncEngine, world: World, version: int, price: str) -> None:
-    async with engine.begin() as connection:
-        await connection.execute(
-            insert(PricingPlanVersion).values(
-                id=uuid.uuid4(), plan_id=world.plan_id, version=version, currency="usd",
-                monthly_amount=4900, stripe_price_id=price, created_at=datetime.now(UTC),
-            )
-        )  # fmt: skip
 
 
 async def test_a_stripe_cancellation_dated_before_our_own_stamp_still_cancels_and_revokes_the_key(
@@ -107,41 +89,42 @@ async def test_a_snapshot_without_trial_end_never_erases_the_known_trial_end(
 
 
 async def test_a_price_changed_at_stripe_moves_the_row_to_that_plan_version(
-    client: httpx.AsyncClient, engine: AsyncEngine, worker_ctx: Ctx
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine, worker_ctx: Ctx, settings: Settings
 ) -> None:
-    world = await make_world(engine, status="active")
-    await _add_version(engine, world, 2, f"{world.price}_v2")
-    changed = subscription_obj(world, "active", period=(1000, 2000))
-    changed["items"]["data"][0]["price"] = {"id": f"{world.price}_v2", "object": "price"}
-    await _stamp(engine, world, 900)
-    await deliver(client, worker_ctx, event("customer.subscription.updated", changed, created=1000))
-    row = await one(engine, Subscription, id=world.subscription_id)
-    assert (row.pricing_plan_id, row.plan_version, row.unmatched_stripe_price_id) == (world.plan_id, 2, None)
+    _headers, created, basic, pro = await on_basic_of_two(client, auth)
+    snapshot = await change_price_at_stripe(settings, engine, created["id"], pro["id"])
+    stamp = (await one(engine, Subscription, id=uuid.UUID(created["id"]))).stripe_state_at
+    changed = event("customer.subscription.updated", snapshot, created=stamp + 10)
+    await deliver(client, worker_ctx, changed)
+    row = await one(engine, Subscription, id=uuid.UUID(created["id"]))
+    assert (row.pricing_plan_id, row.plan_version, row.unmatched_stripe_price_id) == (
+        uuid.UUID(pro["id"]), 1, None
+    )  # fmt: skip
     # A late, older snapshot with the old price never moves it back.
-    older = subscription_obj(world, "active", period=(1000, 2000))
-    await deliver(client, worker_ctx, event("customer.subscription.updated", older, created=950))
-    assert (await one(engine, Subscription, id=world.subscription_id)).plan_version == 2
+    older = billing_price(snapshot, await price_of_plan(engine, basic["id"]))
+    await deliver(client, worker_ctx, event("customer.subscription.updated", older, created=stamp + 5))
+    assert (await one(engine, Subscription, id=row.id)).pricing_plan_id == uuid.UUID(pro["id"])
 
 
 async def test_a_price_no_plan_of_the_api_has_is_flagged_and_counted_and_the_plan_kept(
-    client: httpx.AsyncClient, engine: AsyncEngine, worker_ctx: Ctx
+    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine, worker_ctx: Ctx, settings: Settings
 ) -> None:
-    world = await make_world(engine, status="active")
+    _headers, created, basic, _pro = await on_basic_of_two(client, auth)
     # A price of another API's plan is no plan of this API either.
-    stranger = await make_world(engine, status="active")
-    changed = subscription_obj(world, "active", period=(1000, 2000))
-    changed["items"]["data"][0]["price"] = {"id": stranger.price, "object": "price"}
+    stranger = await create_plan(client, auth("creator"), new_api_id(), name="Elsewhere")
+    snapshot = await change_price_at_stripe(settings, engine, created["id"], stranger["id"])
+    stamp = (await one(engine, Subscription, id=uuid.UUID(created["id"]))).stripe_state_at
     before = metrics.SUBSCRIPTION_PRICE_UNMATCHED._value.get()
-    for created in (1000, 1001):
-        await deliver(client, worker_ctx, event("customer.subscription.updated", changed, created=created))
-    row = await one(engine, Subscription, id=world.subscription_id)
-    assert (row.pricing_plan_id, row.plan_version) == (world.plan_id, 1)
-    assert row.unmatched_stripe_price_id == stranger.price
+    for at in (stamp + 10, stamp + 11):
+        await deliver(client, worker_ctx, event("customer.subscription.updated", snapshot, created=at))
+    row = await one(engine, Subscription, id=uuid.UUID(created["id"]))
+    assert (row.pricing_plan_id, row.plan_version) == (uuid.UUID(basic["id"]), 1)
+    assert row.unmatched_stripe_price_id == await price_of_plan(engine, stranger["id"])
     assert metrics.SUBSCRIPTION_PRICE_UNMATCHED._value.get() == before + 1
     # Once Stripe bills the plan's own price again, the flag clears.
-    back = subscription_obj(world, "active", period=(1000, 2000))
-    await deliver(client, worker_ctx, event("customer.subscription.updated", back, created=1002))
-    assert (await one(engine, Subscription, id=world.subscription_id)).unmatched_stripe_price_id is None
+    back = await change_price_at_stripe(settings, engine, created["id"], basic["id"])
+    await deliver(client, worker_ctx, event("customer.subscription.updated", back, created=stamp + 12))
+    assert (await one(engine, Subscription, id=row.id)).unmatched_stripe_price_id is None
 
 
 async def test_sync_moves_the_plan_to_the_price_stripe_bills_or_flags_it(
@@ -151,26 +134,10 @@ async def test_sync_moves_the_plan_to_the_price_stripe_bills_or_flags_it(
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
-    creator = auth("creator")
-    api_id = new_api_id()
-    basic = await create_plan(client, creator, api_id, name="Basic", monthly_price="10")
-    pro = await create_plan(client, creator, api_id, name="Pro", monthly_price="30")
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = (await subscribe(client, headers, basic)).json()
+    headers, created, _basic, pro = await on_basic_of_two(client, auth)
     row = await one(engine, Subscription, id=uuid.UUID(created["id"]))
-    async with engine.connect() as connection:
-        pro_price = await connection.scalar(
-            select(PricingPlanVersion.stripe_price_id).where(
-                PricingPlanVersion.plan_id == uuid.UUID(pro["id"])
-            )
-        )
     # The consumer changes plan in the Stripe dashboard; no webhook reaches us.
-    await stripe_http.post(
-        f"/v1/subscriptions/{row.stripe_subscription_id}",
-        data={"items[0][id]": row.stripe_subscription_item_id, "items[0][price]": pro_price},
-    )
+    await change_price_at_stripe(settings, engine, created["id"], pro["id"])
     with clock.use(clock.ManualClock(datetime.now(UTC) + timedelta(minutes=1))):
         run = await sync_service(engine, settings).run()
     fetched = (await client.get(f"/api/v1/subscriptions/{created['id']}", headers=headers)).json()

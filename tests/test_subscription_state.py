@@ -9,7 +9,8 @@ import pytest
 
 from app.models import Subscription
 from app.outbox.service import Outbox
-from app.subscriptions.lifecycle import StripeSubscriptionState, apply_stripe_state
+from app.stripe.subscriptions import StripeSubscriptionState
+from app.subscriptions.lifecycle import apply_stripe_state
 
 
 class RecordingOutbox(Outbox):

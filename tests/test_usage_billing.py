@@ -15,14 +15,14 @@ import httpx
 import pytest
 import respx
 from arq import Retry
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from typer.testing import CliRunner, Result
 
 from app import cli as cli_module
 from app import clock, metrics
 from app.config import Settings
-from app.models import PricingPlanVersion, Subscription, UsageRecord
+from app.models import Subscription, UsageRecord
 from app.stripe import StripeGateway
 from app.sync.service import SyncService
 from app.usage.jobs import aggregate_usage
@@ -31,6 +31,7 @@ from app.usage.windows import day_start
 from app.webhooks.jobs import process_stripe_event
 from tests.billing_data import event, invoice_obj, make_world, subscription_obj
 from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.emulator import change_price_at_stripe
 from tests.support.usage import METERING, meter_event_api, pay_per_use, usage_windows
 from tests.support.worker import Ctx, deliver
 
@@ -483,25 +484,6 @@ async def test_calls_on_a_flat_plan_before_a_change_to_pay_per_use_are_not_bille
     assert [(w.quantity, w.report_status) for w in stored] == [(30, "unbilled"), (70, "accepted")]
 
 
-async def _change_price_at_stripe(
-    settings: Settings, engine: AsyncEngine, subscription_id: str, plan_id: str
-) -> dict[str, Any]:
-    """The consumer changes plan in the Stripe portal or dashboard: Stripe's new snapshot."""
-    async with engine.connect() as connection:
-        row = (await connection.execute(select(Subscription).filter_by(id=uuid.UUID(subscription_id)))).one()
-        price = await connection.scalar(
-            select(PricingPlanVersion.stripe_price_id).where(PricingPlanVersion.plan_id == uuid.UUID(plan_id))
-        )
-    key = settings.stripe_secret_key.get_secret_value()
-    async with httpx.AsyncClient(base_url=str(settings.stripe_api_base), auth=(key, "")) as http:
-        answer = await http.post(
-            f"/v1/subscriptions/{row.stripe_subscription_id}",
-            data={"items[0][id]": row.stripe_subscription_item_id, "items[0][price]": price},
-        )
-    assert answer.status_code == 200, answer.text
-    return dict(answer.json())
-
-
 async def test_a_plan_change_made_at_stripe_bills_the_calls_before_it_by_the_plan_they_were_made_on(
     client: httpx.AsyncClient,
     auth: Auth,
@@ -516,7 +498,7 @@ async def test_a_plan_change_made_at_stripe_bills_the_calls_before_it_by_the_pla
     today = datetime.now(UTC).date()
     services.counts.set(created["id"], today, 30)
 
-    snapshot = await _change_price_at_stripe(settings, engine, created["id"], metered["id"])
+    snapshot = await change_price_at_stripe(settings, engine, created["id"], metered["id"])
     changed = event("customer.subscription.updated", snapshot, created=int(datetime.now(UTC).timestamp()) + 5)
     # Until the calls before the change are counted, the plan does not move (the event is retried).
     services.counts.down = True
@@ -552,7 +534,7 @@ async def test_a_change_at_stripe_from_pay_per_use_to_a_flat_plan_bills_the_call
     today = datetime.now(UTC).date()
     services.counts.set(created["id"], today, 40)
 
-    snapshot = await _change_price_at_stripe(settings, engine, created["id"], flat["id"])
+    snapshot = await change_price_at_stripe(settings, engine, created["id"], flat["id"])
     changed = event("customer.subscription.updated", snapshot, created=int(datetime.now(UTC).timestamp()) + 5)
     assert await deliver(client, worker_ctx, changed) == "processed"
     assert [p["payload[value]"] for p in services.sent()] == ["40"]
@@ -577,7 +559,7 @@ async def test_billing_sync_finding_a_plan_change_made_at_stripe_bills_the_calls
     )
     today = datetime.now(UTC).date()
     services.counts.set(created["id"], today, 30)
-    await _change_price_at_stripe(settings, engine, created["id"], metered["id"])  # no webhook reaches us
+    await change_price_at_stripe(settings, engine, created["id"], metered["id"])  # no webhook reaches us
 
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
     async with httpx.AsyncClient() as http:

@@ -26,10 +26,10 @@ from app.auth import Principal
 from app.config import Settings
 from app.db.unit_of_work import unit_of_work
 from app.errors import Conflict, DomainError, InvalidField, NotFound
-from app.invoices.lines import stored_line
 from app.invoices.repository import InvoiceRepository
 from app.invoices.schemas import CustomInvoiceIn, InvoiceDetail
 from app.invoices.service import InvoiceService
+from app.invoices.stripe_sync import sync_invoice
 from app.models import CustomInvoice
 from app.money import chargeable_problem
 from app.stripe import StripeGateway
@@ -142,37 +142,17 @@ class CustomInvoiceService:
             )
 
     async def _mirror(self, request: CustomInvoice, sent: StripeInvoice) -> None:
+        """Mirror Stripe's answer as the webhooks do; an event that mirrored a newer state first
+        (the invoice paid meanwhile) is kept."""
         async with unit_of_work(self._sessions) as session:
-            await InvoiceRepository(session).insert_if_absent(_mirror_values(request, sent))
+            await sync_invoice(
+                session,
+                sent,
+                observed_at=sent.as_of or clock.timestamp(),
+                issuer=self._settings.invoice_issuer_name,
+            )
             await session.execute(
                 update(CustomInvoice)
                 .where(CustomInvoice.id == request.id)
                 .values(state="sent", stripe_invoice_id=sent.id, last_error=None)
             )
-
-
-def _mirror_values(request: CustomInvoice, sent: StripeInvoice) -> dict[str, object]:
-    return {
-        "id": request.id,
-        "stripe_invoice_id": sent.id,
-        "consumer_id": request.consumer_id,
-        "subscription_id": None,
-        "number": sent.number,
-        "status": sent.status,
-        "currency": sent.currency,
-        "amount_due": sent.amount_due,
-        "amount_paid": sent.amount_paid,
-        "subtotal": sent.subtotal,
-        "tax": sent.tax,
-        "total": sent.total,
-        "starting_balance": sent.starting_balance,
-        "ending_balance": sent.ending_balance,
-        "period_start": sent.period_start,
-        "period_end": sent.period_end,
-        "paid_at": sent.paid_at,
-        "invoice_pdf": sent.invoice_pdf,
-        "hosted_invoice_url": sent.hosted_invoice_url,
-        "lines": [stored_line(line) for line in sent.lines],
-        "stripe_state_at": clock.timestamp(),
-        "created_at": sent.created or clock.now(),
-    }

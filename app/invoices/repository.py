@@ -3,10 +3,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select, tuple_
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Consumer, Invoice, PricingPlan, PricingPlanVersion
@@ -81,7 +79,3 @@ class InvoiceRepository:
 
     async def get_consumer(self, consumer_id: uuid.UUID) -> Consumer | None:
         return await self._session.get(Consumer, consumer_id)
-
-    async def insert_if_absent(self, values: dict[str, Any]) -> None:
-        """Insert a mirrored invoice unless it is already there (a retry, or the webhook was first)."""
-        await self._session.execute(insert(Invoice).values(**values).on_conflict_do_nothing())

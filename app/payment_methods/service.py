@@ -9,6 +9,7 @@ from app.auth import Principal
 from app.consumers.service import ConsumerService
 from app.errors import Conflict, InvalidField, NotFound
 from app.models import Consumer, PaymentMethod
+from app.payment_methods.mirror import card_row
 from app.payment_methods.repository import PaymentMethodRepository
 from app.payment_methods.schemas import CardOut, PaymentMethodOut
 from app.stripe import StripeGateway
@@ -58,16 +59,8 @@ class PaymentMethodService:
         )
         if attached.type != "card":
             raise InvalidField("payment_method_id", "only cards are supported")
-        payment_method = PaymentMethod(
-            id=uuid.uuid4(),
-            consumer_id=consumer.id,
-            stripe_payment_method_id=attached.id,
-            type="card",
-            brand=attached.brand,
-            last4=attached.last4,
-            exp_month=attached.exp_month,
-            exp_year=attached.exp_year,
-            is_default=not any(card.is_default for card in cards),
+        payment_method = card_row(
+            consumer.id, attached, is_default=not any(card.is_default for card in cards)
         )
         if payment_method.is_default:
             try:

@@ -31,6 +31,7 @@ from app import clock
 from app.earnings.collected import invoice_collected, proportional_shares
 from app.models import Earning, Invoice, InvoiceReversal
 from app.money import split_commission
+from app.stripe.shapes import StripeReversal
 
 __all__ = ["proportional_shares"]  # re-exported: the one split of an amount over weights
 
@@ -67,16 +68,14 @@ class ReversalState:
     rank: int
 
     @classmethod
-    def of_refund(cls, obj: dict[str, Any]) -> ReversalState:
-        status = str(obj.get("status") or "pending")
-        takes = int(obj.get("amount") or 0) if status in REFUND_RETURNS_MONEY else 0
-        return cls(str(obj["id"]), "refund", status, takes, REFUND_RANK.get(status, 0))
+    def of_refund(cls, refund: StripeReversal) -> ReversalState:
+        takes = refund.amount if refund.status in REFUND_RETURNS_MONEY else 0
+        return cls(refund.id, "refund", refund.status, takes, REFUND_RANK.get(refund.status, 0))
 
     @classmethod
-    def of_dispute(cls, obj: dict[str, Any]) -> ReversalState:
-        status = str(obj.get("status") or "needs_response")
-        takes = int(obj.get("amount") or 0) if status in DISPUTE_WITHDRAWS else 0
-        return cls(str(obj["id"]), "dispute", status, takes, DISPUTE_RANK.get(status, 0))
+    def of_dispute(cls, dispute: StripeReversal) -> ReversalState:
+        takes = dispute.amount if dispute.status in DISPUTE_WITHDRAWS else 0
+        return cls(dispute.id, "dispute", dispute.status, takes, DISPUTE_RANK.get(dispute.status, 0))
 
 
 def reversed_gross(reversed_total: int, gross_total: int, collected: int) -> int:

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -45,8 +44,8 @@ from app.reconcile.rules import (
     usage_drift_cents,
 )
 from app.stripe import StripeGateway
-from app.stripe.invoices import StripeInvoice, with_all_lines
-from app.subscriptions.lifecycle import StripeSubscriptionState
+from app.stripe.invoices import StripeInvoice
+from app.stripe.subscriptions import StripeSubscriptionState
 from app.subscriptions.repository import find_subscription
 from app.sync.ratelimit import RateLimiter
 
@@ -195,12 +194,12 @@ class ReconcileService:
         starting_after = run.cursor.get("invoices")
         while starting_after != DONE:
             await self._limiter.wait()
-            page = await self._stripe.list_page("invoices", starting_after=starting_after)
-            listed = [StripeInvoice.from_payload(obj) for obj in page.objects]
+            page = await self._stripe.list_invoices(starting_after=starting_after)
+            listed = page.objects
             # Stripe lists newest first: the first invoice older than `since` ends the listing.
             invoices = [
-                await self._whole_invoice(obj, parsed)
-                for obj, parsed in zip(page.objects, listed, strict=True)
+                await self._whole_invoice(parsed)
+                for parsed in listed
                 if run.since is None or (parsed.created and parsed.created >= run.since)
             ]
             more = page.has_more and bool(listed) and len(invoices) == len(listed)
@@ -228,9 +227,9 @@ class ReconcileService:
             drifts: list[Drift] = []
             for stripe_id, row in unseen.items():
                 await self._limiter.wait()
-                obj = await self._stripe.retrieve_invoice_or_none(stripe_id)
-                if obj is not None:
-                    fetched.append(await self._whole_invoice(obj, StripeInvoice.from_payload(obj)))
+                found = await self._stripe.retrieve_invoice_or_none(stripe_id)
+                if found is not None:
+                    fetched.append(await self._whole_invoice(found))
                     continue
                 drifts.append(
                     Drift(
@@ -247,12 +246,12 @@ class ReconcileService:
                 )
             advance()
 
-    async def _whole_invoice(self, obj: dict[str, Any], parsed: StripeInvoice) -> StripeInvoice:
+    async def _whole_invoice(self, parsed: StripeInvoice) -> StripeInvoice:
         """Stripe's invoice with every line (Stripe embeds the first 10): earnings need them all."""
-        if not (obj.get("lines") or {}).get("has_more"):
+        if not parsed.more_lines:
             return parsed
         await self._limiter.wait()
-        return StripeInvoice.from_payload(await with_all_lines(self._stripe, obj))
+        return await self._stripe.with_all_lines(parsed)
 
     async def _compare_invoices(
         self, session: AsyncSession, invoices: list[StripeInvoice]
@@ -297,14 +296,14 @@ class ReconcileService:
         starting_after = run.cursor.get("subscriptions")
         while starting_after != DONE:
             await self._limiter.wait()
-            page = await self._stripe.list_page("subscriptions", starting_after=starting_after)
+            page = await self._stripe.list_subscriptions(starting_after=starting_after)
             async with unit_of_work(self._sessionmaker) as session:
                 drifts = await self._compare_subscriptions(session, page.objects)
                 if page.objects:
-                    starting_after = page.objects[-1]["id"]
+                    starting_after = page.objects[-1].id
                 position = starting_after if page.has_more and page.objects else DONE
                 await ReconcileRepository(session).mark_seen(
-                    run.id, "subscription", [obj["id"] for obj in page.objects]
+                    run.id, "subscription", [state.id for state in page.objects]
                 )
                 advance = await self._commit_page(
                     session, run, "subscriptions", position, {"orphans": len(page.objects)}, drifts
@@ -314,13 +313,12 @@ class ReconcileService:
             self._progress("subscriptions", int(run.checked.get("orphans", 0)))
 
     async def _compare_subscriptions(
-        self, session: AsyncSession, objects: list[dict[str, Any]]
+        self, session: AsyncSession, states: list[StripeSubscriptionState]
     ) -> list[Drift]:
         repository = ReconcileRepository(session)
-        ours = await repository.subscriptions([obj["id"] for obj in objects])
+        ours = await repository.subscriptions([state.id for state in states])
         drifts: list[Drift] = []
-        for obj in objects:
-            state = StripeSubscriptionState.from_payload(obj)
+        for state in states:
             terminal = STRIPE_STATUS.get(state.status) in TERMINAL
             row = ours.get(state.id)
             if row is None:
@@ -329,7 +327,7 @@ class ReconcileService:
                 row = await repository.subscription(waiting.id) if waiting is not None else None
             if row is None:
                 if not terminal:
-                    currency, amount = _stripe_price(obj)
+                    currency, amount = state.currency, state.fixed_amount
                     drifts.append(
                         Drift(
                             "orphans", state.id,
@@ -441,19 +439,6 @@ class ReconcileService:
             stripe_units,
             usage_drift_cents(units, subscription.price_per_call, subscription.currency),
         )
-
-
-def _stripe_price(obj: dict[str, Any]) -> tuple[str | None, int]:
-    """A Stripe subscription's currency and its fixed amount per period (metered prices add 0)."""
-    currency = obj.get("currency")
-    amount = 0
-    for item in (obj.get("items") or {}).get("data") or []:
-        price = item.get("price") or item.get("plan") or {}
-        if not isinstance(price, dict):
-            continue
-        currency = currency or price.get("currency")
-        amount += int(price.get("unit_amount") or price.get("amount") or 0) * int(item.get("quantity") or 1)
-    return (str(currency) if currency else None), amount
 
 
 class _AdvisoryLock:

@@ -2,45 +2,32 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any
 
 from app.stripe.base import StripeBase, decimal_param
+from app.stripe.shapes import metadata_of, stripe_id, timestamp
 
 
-def _ts(value: Any) -> datetime | None:
-    return datetime.fromtimestamp(int(value), tz=UTC) if value else None
-
-
-def _id(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    found = value.get("id") if isinstance(value, dict) else None
-    return found if isinstance(found, str) else None
-
-
-async def with_all_lines(calls: StripeBase, invoice: dict[str, Any]) -> dict[str, Any]:
-    """The invoice JSON with every line: Stripe embeds only the first page (10) of `lines`."""
-    lines = invoice.get("lines") or {}
-    if not lines.get("has_more") or not invoice.get("id"):
-        return invoice
-    data = list(lines.get("data") or [])
+async def _lines_after(calls: StripeBase, invoice_id: str, after: str | None) -> list[dict[str, Any]]:
+    """The invoice's lines after the line `after` (all of them without it), every page."""
+    data: list[dict[str, Any]] = []
     service = calls.client.v1.invoices.line_items
     while True:
         params: dict[str, Any] = {"limit": 100}
-        if data:
-            params["starting_after"] = data[-1]["id"]
+        cursor = data[-1]["id"] if data else after
+        if cursor:
+            params["starting_after"] = cursor
         page = await calls._call(
             "invoices.line_items.list",
-            partial(service.list_async, invoice["id"], params=params),  # type: ignore[arg-type]
+            partial(service.list_async, invoice_id, params=params),  # type: ignore[arg-type]
         )
         data.extend(line.to_dict() for line in page.data)
         if not page.has_more or not page.data:
-            break
-    return {**invoice, "lines": {**lines, "data": data, "has_more": False}}
+            return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,15 +44,25 @@ class StripeInvoiceLine:
     # The Price it bills (None for an ad-hoc item) and what line discounts took off it.
     price_id: str | None = None
     discount: int = 0
+    id: str | None = None
+    # The Stripe subscription the line bills, and whether it is a proration of a plan change.
+    subscription: str | None = None
+    proration: bool = False
 
     @classmethod
     def from_payload(cls, line: dict[str, Any], currency: str) -> StripeInvoiceLine:
+        """A line of any recent API version: since 2025-03-31 the price is under
+        `pricing.price_details`, the subscription and proration under `parent` (its
+        `subscription_item_details` for a subscription item's line, its `invoice_item_details` for
+        an invoice item's, such as a plan change's prorations); before, at the top (`price`, or the
+        legacy `plan`), `subscription`, `proration`."""
         pricing = line.get("pricing") or {}
-        # API versions since 2025-03-31 name the price under `pricing.price_details`.
+        parents = line.get("parent") or {}
+        parent = parents.get("subscription_item_details") or parents.get("invoice_item_details") or {}
         price_id = (
-            _id(line.get("price"))
-            or _id((pricing.get("price_details") or {}).get("price"))
-            or _id(line.get("plan"))
+            stripe_id(line.get("price"))
+            or stripe_id((pricing.get("price_details") or {}).get("price"))
+            or stripe_id(line.get("plan"))
         )
         unit = pricing.get("unit_amount_decimal") or line.get("unit_amount_decimal")
         if unit is None:
@@ -81,11 +78,14 @@ class StripeInvoiceLine:
             amount=int(line.get("amount") or 0),
             tax=sum(int(t.get("amount") or 0) for t in taxes),
             currency=str(line.get("currency") or currency),
-            period_start=_ts(period.get("start")),
-            period_end=_ts(period.get("end")),
-            metadata=dict(line.get("metadata") or {}),
+            period_start=timestamp(period.get("start")),
+            period_end=timestamp(period.get("end")),
+            metadata=metadata_of(line),
             price_id=price_id,
             discount=sum(int(d.get("amount") or 0) for d in line.get("discount_amounts") or []),
+            id=stripe_id(line.get("id")),
+            subscription=stripe_id(line.get("subscription")) or stripe_id(parent.get("subscription")),
+            proration=bool(parent.get("proration", line.get("proration", False))),
         )
 
 
@@ -115,10 +115,21 @@ class StripeInvoice:
     # The customer's invoice balance before and after it (negative: a credit); null until finalised.
     starting_balance: int | None = None
     ending_balance: int | None = None
+    # As Stripe snapshots them on the invoice: the bill-to party, the memo and the due date.
+    customer_name: str | None = None
+    customer_address: dict[str, Any] | None = None
+    description: str | None = None
+    due_date: datetime | None = None
+    # When Stripe last moved it along its life (finalised, paid, voided, ...), by Stripe's clock.
+    last_transition_at: int | None = None
+    # True when Stripe embedded only the first page of its lines (the gateway fetches the rest).
+    more_lines: bool = False
 
     @classmethod
     def from_payload(cls, obj: dict[str, Any]) -> StripeInvoice:
-        """From Stripe's JSON (an API answer or an event's `data.object`), any recent API version."""
+        """From Stripe's JSON (an API answer or an event's `data.object`), any recent API version:
+        the tax is `total_taxes` since 2025-03-31 (`tax`, or `total_tax_amounts`, before), the
+        subscription `parent.subscription_details.subscription` (top-level `subscription` before)."""
         currency = str(obj.get("currency") or "usd")
         subtotal = int(obj.get("subtotal") or 0)
         total = int(obj.get("total") or 0)
@@ -129,14 +140,16 @@ class StripeInvoice:
         else:
             tax = sum(int(t.get("amount") or 0) for t in obj.get("total_tax_amounts") or [])
         parent = obj.get("parent") or {}
-        subscription = _id(obj.get("subscription")) or _id(
+        subscription = stripe_id(obj.get("subscription")) or stripe_id(
             (parent.get("subscription_details") or {}).get("subscription")
         )
         transitions = obj.get("status_transitions") or {}
-        lines = (obj.get("lines") or {}).get("data") or []
+        stamps = [int(value) for value in transitions.values() if isinstance(value, int) and value]
+        lines = obj.get("lines") or {}
+        address = obj.get("customer_address")
         return cls(
             id=obj["id"],
-            customer=_id(obj.get("customer")),
+            customer=stripe_id(obj.get("customer")),
             subscription=subscription,
             number=obj.get("number"),
             status=str(obj.get("status") or "draft"),
@@ -146,17 +159,30 @@ class StripeInvoice:
             subtotal=subtotal,
             tax=tax,
             total=total,
-            created=_ts(obj.get("created") or obj.get("date")),
-            period_start=_ts(obj.get("period_start")),
-            period_end=_ts(obj.get("period_end")),
-            paid_at=_ts(transitions.get("paid_at")),
+            created=timestamp(obj.get("created") or obj.get("date")),
+            period_start=timestamp(obj.get("period_start")),
+            period_end=timestamp(obj.get("period_end")),
+            paid_at=timestamp(transitions.get("paid_at")),
             invoice_pdf=obj.get("invoice_pdf"),
             hosted_invoice_url=obj.get("hosted_invoice_url"),
-            metadata=dict(obj.get("metadata") or {}),
-            lines=tuple(StripeInvoiceLine.from_payload(line, currency) for line in lines),
+            metadata=metadata_of(obj),
+            lines=tuple(StripeInvoiceLine.from_payload(line, currency) for line in lines.get("data") or []),
             starting_balance=balance_field(obj, "starting_balance"),
             ending_balance=balance_field(obj, "ending_balance"),
+            customer_name=obj.get("customer_name") or None,
+            customer_address=dict(address) if isinstance(address, dict) else None,
+            description=obj.get("description") or None,
+            due_date=timestamp(obj.get("due_date")),
+            last_transition_at=max(stamps, default=None),
+            more_lines=bool(lines.get("has_more")),
         )
+
+    @property
+    def as_of(self) -> int | None:
+        """The newest moment, by Stripe's clock, this snapshot shows: its last status transition,
+        else its creation. An API answer is at least this new."""
+        created = int(self.created.timestamp()) if self.created else None
+        return max((t for t in (created, self.last_transition_at) if t is not None), default=None)
 
 
 def balance_field(obj: dict[str, Any], name: str) -> int | None:
@@ -165,7 +191,27 @@ def balance_field(obj: dict[str, Any], name: str) -> int | None:
     return None if value is None else int(value)
 
 
+async def all_lines(calls: StripeBase, invoice: StripeInvoice) -> StripeInvoice:
+    """The invoice with every line: Stripe embeds only the first page (10) of `lines`, so the
+    rest is listed after the last embedded one."""
+    if not invoice.more_lines:
+        return invoice
+    after = invoice.lines[-1].id if invoice.lines else None
+    rest = await _lines_after(calls, invoice.id, after)
+    parsed = tuple(StripeInvoiceLine.from_payload(line, invoice.currency) for line in rest)
+    return replace(invoice, lines=invoice.lines + parsed, more_lines=False)
+
+
+async def invoice_with_all_lines(calls: StripeBase, invoice: dict[str, Any]) -> StripeInvoice:
+    """Parse the invoice JSON, with the lines Stripe did not embed fetched."""
+    return await all_lines(calls, StripeInvoice.from_payload(invoice))
+
+
 class InvoiceCalls(StripeBase):
+    async def with_all_lines(self, invoice: StripeInvoice) -> StripeInvoice:
+        """The invoice with every line (see `all_lines`)."""
+        return await all_lines(self, invoice)
+
     async def create_invoice(
         self,
         *,
@@ -197,7 +243,7 @@ class InvoiceCalls(StripeBase):
                 options={"idempotency_key": idempotency_key},
             ),
         )
-        return StripeInvoice.from_payload(await with_all_lines(self, invoice.to_dict()))
+        return await invoice_with_all_lines(self, invoice.to_dict())
 
     async def add_invoice_item(
         self,
@@ -235,7 +281,7 @@ class InvoiceCalls(StripeBase):
                 invoice_id, params={"auto_advance": True}, options={"idempotency_key": idempotency_key}
             ),
         )
-        return StripeInvoice.from_payload(await with_all_lines(self, invoice.to_dict()))
+        return await invoice_with_all_lines(self, invoice.to_dict())
 
     async def send_invoice(self, invoice_id: str, *, idempotency_key: str) -> StripeInvoice:
         invoice = await self._call(
@@ -244,4 +290,4 @@ class InvoiceCalls(StripeBase):
                 invoice_id, options={"idempotency_key": idempotency_key}
             ),
         )
-        return StripeInvoice.from_payload(await with_all_lines(self, invoice.to_dict()))
+        return await invoice_with_all_lines(self, invoice.to_dict())

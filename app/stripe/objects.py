@@ -1,32 +1,32 @@
 """Re-fetching the objects webhook events name, and the dunning cancellation.
 
-Event handlers mirror Stripe's JSON with one sync function per object type (the same functions
-the subscription service and `billing sync` use), so these calls hand back Stripe's JSON.
+An event's snapshot may be older than what Stripe holds now; these calls answer with Stripe's
+current state, parsed (the shapes of `app/stripe/`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import stripe
 
 from app.stripe.base import StripeBase
-from app.stripe.invoices import with_all_lines
+from app.stripe.invoices import StripeInvoice, invoice_with_all_lines
+from app.stripe.subscriptions import StripeSubscriptionState
 
 
 class ObjectCalls(StripeBase):
-    async def retrieve_subscription_json(self, subscription_id: str) -> dict[str, Any]:
+    async def retrieve_subscription(self, subscription_id: str) -> StripeSubscriptionState:
         subscription = await self._call(
             "subscriptions.retrieve",
             lambda: self._client.v1.subscriptions.retrieve_async(subscription_id),
         )
-        return subscription.to_dict(for_json=True)
+        return StripeSubscriptionState.from_payload(subscription.to_dict())
 
-    async def retrieve_invoice_json(self, invoice_id: str) -> dict[str, Any]:
+    async def retrieve_invoice(self, invoice_id: str) -> StripeInvoice:
+        """The invoice with all its lines."""
         invoice = await self._call(
             "invoices.retrieve", lambda: self._client.v1.invoices.retrieve_async(invoice_id)
         )
-        return await with_all_lines(self, invoice.to_dict(for_json=True))
+        return await invoice_with_all_lines(self, invoice.to_dict())
 
     async def cancel_unpaid_subscription(self, subscription_id: str, *, idempotency_key: str) -> None:
         """Cancel a subscription whose payment retries ended; one that is already gone is fine."""

@@ -17,18 +17,22 @@ class StripeCard:
     exp_month: int | None
     exp_year: int | None
 
+    @classmethod
+    def from_payload(cls, payment_method: dict[str, Any]) -> StripeCard:
+        """A PaymentMethod's JSON; a non-card one has no `card` details."""
+        card = payment_method.get("card") or {}
+        return cls(
+            id=payment_method["id"],
+            type=payment_method.get("type") or "card",
+            brand=card.get("brand"),
+            last4=card.get("last4"),
+            exp_month=card.get("exp_month"),
+            exp_year=card.get("exp_year"),
+        )
+
 
 def card_of(stripe_object: Any) -> StripeCard:
-    payment_method: dict[str, Any] = stripe_object.to_dict()
-    card = payment_method.get("card") or {}
-    return StripeCard(
-        id=payment_method["id"],
-        type=payment_method.get("type") or "card",
-        brand=card.get("brand"),
-        last4=card.get("last4"),
-        exp_month=card.get("exp_month"),
-        exp_year=card.get("exp_year"),
-    )
+    return StripeCard.from_payload(stripe_object.to_dict())
 
 
 class PaymentMethodCalls(StripeBase):

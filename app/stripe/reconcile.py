@@ -1,5 +1,5 @@
 """Reading Stripe back for `billing reconcile`: single invoices and meter summaries (pages of
-invoices and subscriptions come from `ListingCalls.list_page`)."""
+invoices and subscriptions come from `ListingCalls`)."""
 
 from __future__ import annotations
 
@@ -11,20 +11,22 @@ from typing import Any
 import stripe
 
 from app.stripe.base import StripeBase
+from app.stripe.invoices import StripeInvoice
 
 
 class ReconcileCalls(StripeBase):
-    async def retrieve_invoice_or_none(self, invoice_id: str) -> dict[str, Any] | None:
-        """Stripe's invoice as plain JSON, or None if Stripe has no such invoice (404)."""
+    async def retrieve_invoice_or_none(self, invoice_id: str) -> StripeInvoice | None:
+        """Stripe's invoice (its embedded lines; `with_all_lines` for the rest), or None if Stripe
+        has no such invoice (404)."""
 
-        async def retrieve() -> dict[str, Any] | None:
+        async def retrieve() -> StripeInvoice | None:
             try:
                 invoice = await self._client.v1.invoices.retrieve_async(invoice_id)
             except stripe.InvalidRequestError as exc:
                 if exc.http_status == 404:
                     return None
                 raise
-            return invoice.to_dict()
+            return StripeInvoice.from_payload(invoice.to_dict())
 
         return await self._call("invoices.retrieve", retrieve)
 

@@ -2,42 +2,106 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from app.stripe.base import StripeBase
+from app.stripe.invoices import StripeInvoice, StripeInvoiceLine
+from app.stripe.shapes import metadata_of, stripe_id, timestamp
+
+
+@dataclass(frozen=True, slots=True)
+class StripeSubscriptionState:
+    """The parts of a Stripe Subscription object that we mirror (its first item and price)."""
+
+    id: str
+    status: str
+    customer: str | None
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    canceled_at: datetime | None
+    ended_at: datetime | None
+    trial_end: datetime | None
+    item_id: str | None
+    price_id: str | None
+    metadata: dict[str, str]
+    created: int | None = None
+    latest_invoice: str | None = None
+    # Its currency and its fixed amount per period over all items (metered prices add 0).
+    currency: str | None = None
+    fixed_amount: int = 0
+
+    @classmethod
+    def from_payload(cls, obj: dict[str, Any]) -> StripeSubscriptionState:
+        """From Stripe's JSON (an API answer or an event's `data.object`).
+
+        Since API version 2025-03-31 the period lives on the subscription item; older versions
+        (and the emulator) keep it on the subscription, so both are read. The item names its
+        price as `price` (a legacy `plan` before), an id or the expanded object.
+        """
+        items = (obj.get("items") or {}).get("data") or []
+        item = items[0] if items else {}
+        start = item.get("current_period_start") or obj.get("current_period_start")
+        end = item.get("current_period_end") or obj.get("current_period_end")
+        return cls(
+            id=obj["id"],
+            status=obj["status"],
+            customer=stripe_id(obj.get("customer")),
+            current_period_start=timestamp(start),
+            current_period_end=timestamp(end),
+            cancel_at_period_end=bool(obj.get("cancel_at_period_end")),
+            canceled_at=timestamp(obj.get("canceled_at")),
+            ended_at=timestamp(obj.get("ended_at")),
+            trial_end=timestamp(obj.get("trial_end")),
+            item_id=stripe_id(item.get("id")),
+            price_id=stripe_id(item.get("price") or item.get("plan")),
+            metadata=metadata_of(obj),
+            created=int(obj["created"]) if obj.get("created") else None,
+            latest_invoice=stripe_id(obj.get("latest_invoice")),
+            currency=_currency(obj, items),
+            fixed_amount=sum(_fixed_amount(item) for item in items),
+        )
+
+
+def _price_object(item: dict[str, Any]) -> dict[str, Any]:
+    price = item.get("price") or item.get("plan") or {}
+    return price if isinstance(price, dict) else {}
+
+
+def _currency(obj: dict[str, Any], items: list[dict[str, Any]]) -> str | None:
+    currency = obj.get("currency") or next(
+        (_price_object(item).get("currency") for item in items if _price_object(item).get("currency")), None
+    )
+    return str(currency) if currency else None
+
+
+def _fixed_amount(item: dict[str, Any]) -> int:
+    """An item's fixed amount per period: its price's `unit_amount` (a legacy plan's `amount`) times
+    its quantity."""
+    price = _price_object(item)
+    return int(price.get("unit_amount") or price.get("amount") or 0) * int(item.get("quantity") or 1)
 
 
 @dataclass(frozen=True, slots=True)
 class StripeSubscription:
-    """Stripe's subscription JSON, plus the client secret Stripe.js needs when SCA is pending."""
+    """A subscription Stripe answered with, plus the client secret Stripe.js needs when SCA is
+    pending."""
 
-    payload: dict[str, Any]
+    state: StripeSubscriptionState
     client_secret: str | None
+    # True when Stripe kept a price change pending because its invoice was not paid.
+    change_pending: bool = False
     # A plan change whose payment failed (a pending update): Stripe's reason, when it gave one.
     payment_error: str | None = None
-
-    @property
-    def change_pending(self) -> bool:
-        """True when Stripe kept a price change pending because its invoice was not paid."""
-        return bool(self.payload.get("pending_update"))
-
-
-@dataclass(frozen=True, slots=True)
-class StripePreviewLine:
-    description: str | None
-    amount: int
-    currency: str
-    proration: bool
-    period_start: int | None
-    period_end: int | None
 
 
 @dataclass(frozen=True, slots=True)
 class StripeInvoicePreview:
     amount_due: int
     currency: str
-    lines: list[StripePreviewLine]
+    lines: tuple[StripeInvoiceLine, ...]
 
 
 def _payment_intent(invoice: Any) -> dict[str, Any]:
@@ -58,20 +122,9 @@ def _subscription(stripe_object: Any) -> StripeSubscription:
     # Only an incomplete subscription waits for the consumer (SCA, or another card after a decline).
     needs_action = payload.get("status") == "incomplete"
     return StripeSubscription(
-        payload=payload, client_secret=intent.get("client_secret") if needs_action else None
-    )
-
-
-def _line(line: dict[str, Any]) -> StripePreviewLine:
-    details = (line.get("parent") or {}).get("subscription_item_details") or {}
-    period = line.get("period") or {}
-    return StripePreviewLine(
-        description=line.get("description"),
-        amount=int(line.get("amount") or 0),
-        currency=str(line.get("currency") or ""),
-        proration=bool(details.get("proration", line.get("proration", False))),
-        period_start=period.get("start"),
-        period_end=period.get("end"),
+        state=StripeSubscriptionState.from_payload(payload),
+        client_secret=intent.get("client_secret") if needs_action else None,
+        change_pending=bool(payload.get("pending_update")),
     )
 
 
@@ -155,10 +208,9 @@ class SubscriptionCalls(StripeBase):
         result = _subscription(updated)
         if not result.change_pending:
             return result
-        invoice = result.payload.get("latest_invoice")
-        invoice_id = invoice.get("id") if isinstance(invoice, dict) else invoice
-        error = await self._payment_error(str(invoice_id)) if invoice_id else None
-        return StripeSubscription(payload=result.payload, client_secret=None, payment_error=error)
+        invoice = result.state.latest_invoice
+        error = await self._payment_error(invoice) if invoice else None
+        return replace(result, client_secret=None, payment_error=error)
 
     async def _payment_error(self, invoice_id: str) -> str | None:
         """Stripe's message for why the invoice's payment failed, if it gave one."""
@@ -238,9 +290,7 @@ class SubscriptionCalls(StripeBase):
             lambda: self._client.v1.invoices.create_preview_async(params=params),  # type: ignore[arg-type]
         )
         payload: dict[str, Any] = invoice.to_dict()
-        lines = (payload.get("lines") or {}).get("data") or []
-        return StripeInvoicePreview(
-            amount_due=int(payload.get("amount_due") or 0),
-            currency=str(payload.get("currency") or ""),
-            lines=[_line(line) for line in lines],
-        )
+        # A preview is read like any invoice (its lines by the one line parser); it may have no id.
+        parsed = StripeInvoice.from_payload({"id": "", **payload})
+        currency = str(payload.get("currency") or "")
+        return StripeInvoicePreview(amount_due=parsed.amount_due, currency=currency, lines=parsed.lines)

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_object_session
@@ -33,56 +30,9 @@ from app.events.types import SUBSCRIPTION_CANCELLED, SUBSCRIPTION_CHANGED, SUBSC
 from app.models import PricingPlan, PricingPlanVersion, Subscription
 from app.models.subscription import KEYED, STRIPE_STATUS, TERMINAL
 from app.outbox.service import Outbox
+from app.stripe.subscriptions import StripeSubscriptionState
 
 log = logging.getLogger(__name__)
-
-
-def _ts(value: Any) -> datetime | None:
-    return datetime.fromtimestamp(int(value), tz=UTC) if value else None
-
-
-@dataclass(frozen=True, slots=True)
-class StripeSubscriptionState:
-    """The parts of a Stripe Subscription object that we mirror."""
-
-    id: str
-    status: str
-    customer: str | None
-    current_period_start: datetime | None
-    current_period_end: datetime | None
-    cancel_at_period_end: bool
-    canceled_at: datetime | None
-    ended_at: datetime | None
-    trial_end: datetime | None
-    item_id: str | None
-    price_id: str | None
-    metadata: dict[str, str]
-
-    @classmethod
-    def from_payload(cls, obj: dict[str, Any]) -> StripeSubscriptionState:
-        """From Stripe's JSON (an API answer or an event's `data.object`).
-
-        Since API version 2025-03-31 the period lives on the subscription item; older versions
-        (and the emulator) keep it on the subscription, so both are read.
-        """
-        items = (obj.get("items") or {}).get("data") or []
-        item = items[0] if items else {}
-        price = item.get("price") or item.get("plan") or {}
-        customer = obj.get("customer")
-        return cls(
-            id=obj["id"],
-            status=obj["status"],
-            customer=customer if isinstance(customer, str) else (customer or {}).get("id"),
-            current_period_start=_ts(item.get("current_period_start") or obj.get("current_period_start")),
-            current_period_end=_ts(item.get("current_period_end") or obj.get("current_period_end")),
-            cancel_at_period_end=bool(obj.get("cancel_at_period_end")),
-            canceled_at=_ts(obj.get("canceled_at")),
-            ended_at=_ts(obj.get("ended_at")),
-            trial_end=_ts(obj.get("trial_end")),
-            item_id=item.get("id"),
-            price_id=price.get("id") if isinstance(price, dict) else price,
-            metadata=dict(obj.get("metadata") or {}),
-        )
 
 
 async def apply_status(outbox: Outbox, subscription: Subscription, new_status: str) -> bool:
@@ -166,6 +116,21 @@ def follows_price_of(subscription: Subscription, state: StripeSubscriptionState,
         return False
     last = subscription.stripe_state_at
     return last is None or observed_at > last
+
+
+async def moves_plan(subscription: Subscription, price_id: str | None) -> bool:
+    """True when `price_id` is not the Stripe price of the row's own plan version: following it
+    would move the row to another plan (or flag the price)."""
+    session = async_object_session(subscription)
+    if session is None or price_id is None:
+        return False
+    own = await session.scalar(
+        select(PricingPlanVersion.stripe_price_id).where(
+            PricingPlanVersion.plan_id == subscription.pricing_plan_id,
+            PricingPlanVersion.version == subscription.plan_version,
+        )
+    )
+    return own != price_id
 
 
 async def bills_calls_differently(subscription: Subscription, price_id: str | None) -> bool:

@@ -30,11 +30,7 @@ from app.plans.schemas import plan_out
 from app.stripe import StripeGateway
 from app.stripe.subscriptions import StripeSubscription
 from app.subscriptions.documents import dumps, subscription_document
-from app.subscriptions.lifecycle import (
-    StripeSubscriptionState,
-    apply_status,
-    apply_stripe_state,
-)
+from app.subscriptions.lifecycle import apply_status, apply_stripe_state
 from app.subscriptions.repository import SubscriptionRepository
 from app.subscriptions.schemas import (
     PreviewLine,
@@ -374,8 +370,8 @@ class SubscriptionService:
                     amount=line.amount,
                     currency=line.currency or version.currency,
                     proration=line.proration,
-                    period_start=moment(line.period_start),
-                    period_end=moment(line.period_end),
+                    period_start=line.period_start,
+                    period_end=line.period_end,
                 )
                 for line in preview.lines
             ]
@@ -532,15 +528,13 @@ class SubscriptionService:
         """Mirror a new Stripe subscription. When its first payment waits for the consumer (SCA, or
         a declined card to replace in Stripe.js) it stays `incomplete` and the client secret is
         returned; Stripe expires it after 23 hours if nothing happens."""
-        state = StripeSubscriptionState.from_payload(created.payload)
-        observed = int(created.payload.get("created") or clock.timestamp())
-        await apply_stripe_state(self._outbox, subscription, state, observed_at=observed)
+        observed = created.state.created or clock.timestamp()
+        await apply_stripe_state(self._outbox, subscription, created.state, observed_at=observed)
         return created.client_secret
 
     async def _mirror(self, subscription: Subscription, result: StripeSubscription) -> None:
-        state = StripeSubscriptionState.from_payload(result.payload)
         observed = max(clock.timestamp(), subscription.stripe_state_at or 0)
-        await apply_stripe_state(self._outbox, subscription, state, observed_at=observed)
+        await apply_stripe_state(self._outbox, subscription, result.state, observed_at=observed)
 
     @staticmethod
     def _detach_stripe(subscription: Subscription) -> None:

@@ -33,16 +33,18 @@ from app.db.unit_of_work import unit_of_work
 from app.earnings.booking import book_invoice_earnings
 from app.errors import Conflict
 from app.invoices.stripe_sync import sync_invoice
-from app.models import Consumer, Invoice, PaymentMethod, Subscription, SyncRun
+from app.models import Consumer, Invoice, Subscription, SyncRun
 from app.models.subscription import STRIPE_STATUS, TERMINAL
 from app.outbox.service import Outbox
+from app.payment_methods.mirror import card_row, mirror_card
 from app.payment_methods.repository import PaymentMethodRepository
 from app.stripe import StripeGateway
-from app.stripe.invoices import with_all_lines
-from app.stripe.listing import Listable, StripePage
+from app.stripe.invoices import StripeInvoice
+from app.stripe.listing import Listable, StripeListed, StripePage
 from app.stripe.payment_methods import StripeCard
+from app.stripe.shapes import StripeCustomerObject
+from app.stripe.subscriptions import StripeSubscriptionState
 from app.subscriptions.lifecycle import (
-    StripeSubscriptionState,
     apply_stripe_state,
     bills_calls_differently,
     follows_price_of,
@@ -102,8 +104,9 @@ class ListReport:
 
 
 # A page, when it was asked for, and (customers) the cards of those that are ours.
-_Fetched = tuple[StripePage, int, dict[str, dict[str, StripeCard]]]
-Applier = Callable[[AsyncSession, dict[str, Any], ListReport], Awaitable[None]]
+_Fetched = tuple[StripePage[StripeListed], int, dict[str, dict[str, StripeCard]]]
+# Each list's applier takes that list's shape (`app.stripe.listing.PARSERS`).
+Applier = Callable[[AsyncSession, Any, ListReport], Awaitable[None]]
 
 
 class SyncService:
@@ -203,15 +206,13 @@ class SyncService:
             while ahead is not None:
                 page, self._fetched_at, self._cards = await ahead
                 more = page.has_more and bool(page.objects)
-                ahead = (
-                    asyncio.create_task(self._fetch_page(resource, page.objects[-1]["id"])) if more else None
-                )
+                ahead = asyncio.create_task(self._fetch_page(resource, page.objects[-1].id)) if more else None
                 async with unit_of_work(self._sessionmaker, dry_run=self._dry_run) as session:
                     for obj in page.objects:
                         report.seen += 1
                         await applier(session, obj, report)
                 if page.objects:
-                    starting_after = page.objects[-1]["id"]
+                    starting_after = page.objects[-1].id
                 run.cursor = {**run.cursor, resource: starting_after if more else DONE}
                 run.report = {**run.report, resource: report.as_dict()}
                 await self._save(run)
@@ -229,14 +230,15 @@ class SyncService:
         page = await self._limiter.call(
             lambda: self._stripe.list_page(resource, starting_after=starting_after)
         )
-        cards = await self._customer_cards(page.objects) if resource == "customers" else {}
+        cards = (
+            await self._customer_cards([obj.id for obj in page.objects]) if resource == "customers" else {}
+        )
         return page, fetched_at, cards
 
-    async def _customer_cards(self, customers: list[dict[str, Any]]) -> dict[str, dict[str, StripeCard]]:
+    async def _customer_cards(self, ids: list[str]) -> dict[str, dict[str, StripeCard]]:
         """The cards of the page's customers that are ours, asked for concurrently (each call in its
         slot of the pace, at most CARD_CALLS_IN_FLIGHT at once). Customers not ours are not asked."""
         async with self._sessionmaker() as session:
-            ids = [str(obj["id"]) for obj in customers]
             ours = (
                 await session.execute(
                     select(Consumer.stripe_customer_id).where(Consumer.stripe_customer_id.in_(ids))
@@ -252,21 +254,22 @@ class SyncService:
 
         return dict(await asyncio.gather(*(cards_of(customer) for customer in known)))
 
-    async def _apply_customer(self, session: AsyncSession, obj: dict[str, Any], report: ListReport) -> None:
+    async def _apply_customer(
+        self, session: AsyncSession, customer: StripeCustomerObject, report: ListReport
+    ) -> None:
         consumer = (
-            await session.execute(select(Consumer).where(Consumer.stripe_customer_id == obj["id"]))
+            await session.execute(select(Consumer).where(Consumer.stripe_customer_id == customer.id))
         ).scalar_one_or_none()
         if consumer is None:
             report.unknown += 1
-            report.note(f"customer {obj['id']}: no consumer here")
+            report.note(f"customer {customer.id}: no consumer here")
             return
-        email = obj.get("email")
+        email = customer.email
         if email and email != consumer.email:
             report.changed += 1
-            report.note(f"customer {obj['id']}: email {consumer.email!r} -> {email!r}")
+            report.note(f"customer {customer.id}: email {consumer.email!r} -> {email!r}")
             consumer.email = email
-        default = (obj.get("invoice_settings") or {}).get("default_payment_method")
-        await self._sync_cards(session, consumer, default if isinstance(default, str) else None, report)
+        await self._sync_cards(session, consumer, customer.default_payment_method, report)
 
     async def _sync_cards(
         self, session: AsyncSession, consumer: Consumer, default: str | None, report: ListReport
@@ -294,21 +297,10 @@ class SyncService:
             if row is None:
                 report.changed += 1
                 report.note(f"{label}: card {stripe_id} missing here, added")
-                repository.add(
-                    PaymentMethod(
-                        id=uuid.uuid4(), consumer_id=consumer.id, stripe_payment_method_id=card.id,
-                        type=card.type, brand=card.brand, last4=card.last4, exp_month=card.exp_month,
-                        exp_year=card.exp_year, is_default=False,
-                    )
-                )  # fmt: skip
-            elif (row.brand, row.last4, row.exp_month, row.exp_year) != (
-                card.brand, card.last4, card.exp_month, card.exp_year
-            ):  # fmt: skip
+                repository.add(card_row(consumer.id, card, is_default=False))
+            elif mirror_card(row, card):
                 report.changed += 1
                 report.note(f"{label}: card {stripe_id} details updated")
-                row.brand, row.last4, row.exp_month, row.exp_year = (
-                    card.brand, card.last4, card.exp_month, card.exp_year
-                )  # fmt: skip
         await repository.flush()
         if default is None or default not in cards:
             return
@@ -327,15 +319,14 @@ class SyncService:
         await repository.flush()
 
     async def _apply_subscription(
-        self, session: AsyncSession, obj: dict[str, Any], report: ListReport
+        self, session: AsyncSession, state: StripeSubscriptionState, report: ListReport
     ) -> None:
-        state = StripeSubscriptionState.from_payload(obj)
         # The webhooks' own lookup: by Stripe id, or a row still waiting for its Stripe id.
         subscription = await find_subscription(
             session, stripe_subscription_id=state.id, metadata=state.metadata
         )
         if subscription is None:
-            await self._orphan_or_unknown(session, state, int(obj.get("created") or 0), report)
+            await self._orphan_or_unknown(session, state, state.created or 0, report)
             return
         if not await self._usage_counted_before_plan_change(subscription, state):
             report.note(
@@ -452,26 +443,26 @@ class SyncService:
             refunded[charged.currency] = refunded.get(charged.currency, 0) + remaining
         return refunded
 
-    async def _apply_invoice(self, session: AsyncSession, obj: dict[str, Any], report: ListReport) -> None:
+    async def _apply_invoice(self, session: AsyncSession, listed: StripeInvoice, report: ListReport) -> None:
         """The invoice webhooks' own mirror and booking, applied to what Stripe holds now."""
         before = (
             await session.execute(
                 select(Invoice.status, Invoice.amount_due, Invoice.amount_paid, Invoice.total).where(
-                    Invoice.stripe_invoice_id == obj["id"]
+                    Invoice.stripe_invoice_id == listed.id
                 )
             )
         ).one_or_none()
-        complete = await self._limiter.call(lambda: with_all_lines(self._stripe, obj))
+        complete = await self._limiter.call(lambda: self._stripe.with_all_lines(listed))
         invoice = await sync_invoice(
             session, complete, observed_at=clock.timestamp(), issuer=self._invoice_issuer
         )
         if invoice is None:
             report.unknown += 1
-            report.note(f"invoice {obj['id']}: its customer is not ours")
+            report.note(f"invoice {listed.id}: its customer is not ours")
             return
         booked = await book_invoice_earnings(session, invoice, self._commission)
         after = (invoice.status, invoice.amount_due, invoice.amount_paid, invoice.total)
         if before is None or tuple(before) != after or booked:
             report.changed += 1
             was = "missing" if before is None else before[0]
-            report.note(f"invoice {obj['id']}: {was} -> {invoice.status}, {booked} earnings lines booked")
+            report.note(f"invoice {listed.id}: {was} -> {invoice.status}, {booked} earnings lines booked")

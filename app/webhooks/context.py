@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,3 +34,16 @@ class EventContext:
 
 
 Handler = Callable[[EventContext, dict[str, Any]], Awaitable[str]]
+Shape = TypeVar("Shape")
+
+
+def parsed(
+    parse: Callable[[dict[str, Any]], Shape], handle: Callable[[EventContext, Shape], Awaitable[str]]
+) -> Handler:
+    """The handler of an event whose `data.object` `parse` reads (a shape of `app/stripe/`): the
+    handlers themselves never see Stripe's JSON."""
+
+    async def handler(ctx: EventContext, obj: dict[str, Any]) -> str:
+        return await handle(ctx, parse(obj))
+
+    return handler

@@ -1,6 +1,7 @@
 """One handler per Stripe event type; each is idempotent and safe out of order.
 
-Handlers get the event's `data.object` and the event's `created` time, and return the status
+Handlers get the event's `data.object`, parsed by `app/stripe/` (the table names the parser),
+and the event's `created` time, and return the status
 the event ends in (`processed`, or `ignored` when it concerns nothing of ours). Subscription
 snapshots go through `apply_stripe_state` (older snapshots never win), invoices through
 `sync_invoice` (status never moves back), earnings through a unique key (booked once).
@@ -9,7 +10,6 @@ snapshots go through `apply_stripe_state` (older snapshots never win), invoices 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from app import clock
 from app.earnings.booking import book_invoice_earnings
@@ -18,12 +18,14 @@ from app.errors import DomainError
 from app.events.types import INVOICE_PAID, INVOICE_PAYMENT_FAILED, invoice_payload
 from app.invoices.stripe_sync import sync_invoice
 from app.models import Consumer, Invoice, Subscription
-from app.stripe.invoices import with_all_lines
+from app.stripe.invoices import StripeInvoice
+from app.stripe.shapes import StripeCheckoutCompleted, StripeCustomerObject, StripePaymentIntent
+from app.stripe.subscriptions import StripeSubscriptionState
 from app.subscriptions.lifecycle import (
-    StripeSubscriptionState,
     apply_stripe_state,
     bills_calls_differently,
     follows_price_of,
+    moves_plan,
 )
 from app.subscriptions.repository import as_uuid, find_subscription, was_detached
 from app.webhooks.context import EventContext
@@ -42,26 +44,24 @@ class UsageNotReported(DomainError):
     code = "usage_not_reported"
 
 
-def _id(value: Any) -> str | None:
-    if isinstance(value, dict):
-        return str(value["id"]) if value.get("id") else None
-    return str(value) if value else None
-
-
-async def customer_created(ctx: EventContext, obj: dict[str, Any]) -> str:
+async def customer_created(ctx: EventContext, obj: StripeCustomerObject) -> str:
     """Link the customer to its consumer if our own write has not (the consumer id is in metadata)."""
-    consumer_id = as_uuid((obj.get("metadata") or {}).get("consumer_id"))
+    consumer_id = as_uuid(obj.metadata.get("consumer_id"))
     consumer = await ctx.session.get(Consumer, consumer_id, with_for_update=True) if consumer_id else None
     if consumer is None:
         return "ignored"
     if consumer.stripe_customer_id is None:
-        consumer.stripe_customer_id = obj["id"]
+        consumer.stripe_customer_id = obj.id
     return "processed"
 
 
-async def subscription_changed(ctx: EventContext, obj: dict[str, Any]) -> str:
-    """customer.subscription.created / updated / deleted: mirror the snapshot."""
-    state = StripeSubscriptionState.from_payload(obj)
+async def subscription_changed(ctx: EventContext, state: StripeSubscriptionState) -> str:
+    """customer.subscription.created / updated / deleted: mirror the snapshot.
+
+    A snapshot that would move the plan goes by Stripe's current state instead: the event may be
+    older than a plan change we mirrored from Stripe's answer, stamped by our clock, which may run
+    behind Stripe's, so its stamp alone cannot tell which is newer.
+    """
     subscription = await find_subscription(
         ctx.session, stripe_subscription_id=state.id, metadata=state.metadata
     )
@@ -69,6 +69,10 @@ async def subscription_changed(ctx: EventContext, obj: dict[str, Any]) -> str:
         if await was_detached(ctx.session, state.metadata):
             return "ignored"
         raise NotYetKnown(f"no subscription of ours for {state.id}")
+    if follows_price_of(subscription, state, observed_at=ctx.created) and await moves_plan(
+        subscription, state.price_id
+    ):
+        state = await ctx.stripe.retrieve_subscription(state.id)
     if state.status == "unpaid":
         await ctx.dunning.retries_ended(subscription, ctx.stripe, observed_at=ctx.created)
     else:
@@ -86,9 +90,8 @@ async def subscription_changed(ctx: EventContext, obj: dict[str, Any]) -> str:
     return "processed"
 
 
-async def trial_will_end(ctx: EventContext, obj: dict[str, Any]) -> str:
+async def trial_will_end(ctx: EventContext, state: StripeSubscriptionState) -> str:
     """Tell the consumer the trial ends soon (an outbound notification, once per trial end)."""
-    state = StripeSubscriptionState.from_payload(obj)
     subscription = await find_subscription(
         ctx.session, stripe_subscription_id=state.id, metadata=state.metadata
     )
@@ -104,15 +107,15 @@ async def trial_will_end(ctx: EventContext, obj: dict[str, Any]) -> str:
     return "processed"
 
 
-async def _mirror_invoice(ctx: EventContext, obj: dict[str, Any], observed_at: int) -> Invoice:
+async def _mirror_invoice(ctx: EventContext, obj: StripeInvoice, observed_at: int) -> Invoice:
     invoice = await sync_invoice(
         ctx.session,
-        await with_all_lines(ctx.stripe, obj),
+        await ctx.stripe.with_all_lines(obj),
         observed_at=observed_at,
         issuer=ctx.settings.invoice_issuer_name,
     )
     if invoice is None:
-        raise NotYetKnown(f"no consumer of ours for the customer of invoice {obj.get('id')}")
+        raise NotYetKnown(f"no consumer of ours for the customer of invoice {obj.id}")
     return invoice
 
 
@@ -122,10 +125,10 @@ async def _invoice_subscription(ctx: EventContext, invoice: Invoice) -> Subscrip
     return await ctx.session.get(Subscription, invoice.subscription_id, with_for_update={"key_share": True})
 
 
-async def invoice_created(ctx: EventContext, obj: dict[str, Any]) -> str:
+async def invoice_created(ctx: EventContext, obj: StripeInvoice) -> str:
     """Mirror the draft, and report the subscription's usage before Stripe finalises it."""
     invoice = await _mirror_invoice(ctx, obj, ctx.created)
-    if obj.get("status") == "draft" and invoice.subscription_id is not None:
+    if obj.status == "draft" and invoice.subscription_id is not None:
         run = await ctx.usage.aggregate(only=[invoice.subscription_id])
         if run.unavailable or run.stripe_failures:
             raise UsageNotReported("usage not yet reported for this invoice (metering or Stripe failed)")
@@ -133,12 +136,12 @@ async def invoice_created(ctx: EventContext, obj: dict[str, Any]) -> str:
     return "processed"
 
 
-async def invoice_finalized(ctx: EventContext, obj: dict[str, Any]) -> str:
+async def invoice_finalized(ctx: EventContext, obj: StripeInvoice) -> str:
     await _mirror_invoice(ctx, obj, ctx.created)
     return "processed"
 
 
-async def invoice_paid(ctx: EventContext, obj: dict[str, Any]) -> str:
+async def invoice_paid(ctx: EventContext, obj: StripeInvoice) -> str:
     """Mirror, book the creator's earnings once, and end any dunning."""
     invoice = await _mirror_invoice(ctx, obj, ctx.created)
     await book_invoice_earnings(ctx.session, invoice, ctx.settings.platform_commission)
@@ -151,7 +154,7 @@ async def invoice_paid(ctx: EventContext, obj: dict[str, Any]) -> str:
     return "processed"
 
 
-async def invoice_payment_failed(ctx: EventContext, obj: dict[str, Any]) -> str:
+async def invoice_payment_failed(ctx: EventContext, obj: StripeInvoice) -> str:
     """Mirror, and enter dunning unless the invoice has been paid meanwhile."""
     invoice = await _mirror_invoice(ctx, obj, ctx.created)
     subscription = await _invoice_subscription(ctx, invoice)
@@ -163,46 +166,44 @@ async def invoice_payment_failed(ctx: EventContext, obj: dict[str, Any]) -> str:
     return "processed"
 
 
-async def checkout_completed(ctx: EventContext, obj: dict[str, Any]) -> str:
+async def checkout_completed(ctx: EventContext, obj: StripeCheckoutCompleted) -> str:
     """Link the Stripe subscription the checkout created and mirror its current state."""
-    stripe_subscription_id = _id(obj.get("subscription"))
+    stripe_subscription_id = obj.subscription
     if not stripe_subscription_id:
         return "ignored"
-    metadata = dict(obj.get("metadata") or {})
-    if obj.get("client_reference_id"):
-        metadata.setdefault("subscription_id", obj["client_reference_id"])
+    metadata = dict(obj.metadata)
+    if obj.client_reference_id:
+        metadata.setdefault("subscription_id", obj.client_reference_id)
     subscription = await find_subscription(
         ctx.session,
-        checkout_session_id=obj["id"],
+        checkout_session_id=obj.id,
         stripe_subscription_id=stripe_subscription_id,
         metadata=metadata,
     )
     if subscription is None:
-        raise NotYetKnown(f"no subscription of ours for checkout session {obj['id']}")
+        raise NotYetKnown(f"no subscription of ours for checkout session {obj.id}")
     subscription.stripe_subscription_id = subscription.stripe_subscription_id or stripe_subscription_id
     # The session does not carry the subscription's state: fetch it, as of now.
     fetched_at = clock.timestamp()
-    state = StripeSubscriptionState.from_payload(
-        await ctx.stripe.retrieve_subscription_json(stripe_subscription_id)
-    )
+    state = await ctx.stripe.retrieve_subscription(stripe_subscription_id)
     await apply_stripe_state(ctx.outbox, subscription, state, observed_at=max(fetched_at, ctx.created))
     return "processed"
 
 
-async def payment_intent_settled(ctx: EventContext, obj: dict[str, Any]) -> str:
+async def payment_intent_settled(ctx: EventContext, obj: StripePaymentIntent) -> str:
     """payment_intent.succeeded / payment_failed: refresh the invoice it was paying, if any.
 
     Dunning and earnings follow the invoice events; this keeps the invoice mirror current when
     those arrive late. Payment intents of no invoice (since API 2025-03-31 the link lives on
     InvoicePayment) concern nothing we mirror.
     """
-    invoice_id = _id(obj.get("invoice"))
+    invoice_id = obj.invoice
     if invoice_id is None:
         return "ignored"
     fetched_at = clock.timestamp()
     invoice = await sync_invoice(
         ctx.session,
-        await ctx.stripe.retrieve_invoice_json(invoice_id),
+        await ctx.stripe.retrieve_invoice(invoice_id),
         observed_at=fetched_at,
         issuer=ctx.settings.invoice_issuer_name,
     )

@@ -13,8 +13,6 @@ Neither object names its invoice: the PaymentIntent does, through an InvoicePaym
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 
 from app import clock
@@ -22,21 +20,16 @@ from app.earnings.booking import book_invoice_earnings
 from app.invoices.stripe_sync import sync_invoice
 from app.models import Invoice
 from app.payouts.reversals import ReversalState, record_reversal, settle_invoice_reversals
+from app.stripe.shapes import StripeReversal
 from app.webhooks.context import EventContext
 
 
-def _id(value: Any) -> str | None:
-    if isinstance(value, dict):
-        return str(value["id"]) if value.get("id") else None
-    return str(value) if value else None
-
-
-async def _stripe_invoice_id(ctx: EventContext, obj: dict[str, Any]) -> str | None:
+async def _stripe_invoice_id(ctx: EventContext, obj: StripeReversal) -> str | None:
     """The Stripe invoice the refunded or disputed payment paid, or None if it paid no invoice."""
-    if _id(obj.get("invoice")):  # charges of API versions before 2025-03-31
-        return _id(obj.get("invoice"))
-    payment_intent = _id(obj.get("payment_intent"))
-    charge = _id(obj.get("charge"))
+    if obj.invoice:  # charges of API versions before 2025-03-31
+        return obj.invoice
+    payment_intent = obj.payment_intent
+    charge = obj.charge
     if payment_intent is None and charge is not None:
         payment_intent = await ctx.stripe.payment_intent_of_charge(charge)
     if payment_intent is None:
@@ -56,14 +49,14 @@ async def _paid_invoice(ctx: EventContext, stripe_invoice_id: str) -> Invoice | 
         return invoice
     fetched_at = clock.timestamp()
     invoice = await sync_invoice(
-        ctx.session, await ctx.stripe.retrieve_invoice_json(stripe_invoice_id), observed_at=fetched_at
+        ctx.session, await ctx.stripe.retrieve_invoice(stripe_invoice_id), observed_at=fetched_at
     )
     if invoice is not None:
         await book_invoice_earnings(ctx.session, invoice, ctx.settings.platform_commission)
     return invoice
 
 
-async def _apply(ctx: EventContext, obj: dict[str, Any], state: ReversalState) -> str:
+async def _apply(ctx: EventContext, obj: StripeReversal, state: ReversalState) -> str:
     stripe_invoice_id = await _stripe_invoice_id(ctx, obj)
     if stripe_invoice_id is None:
         return "ignored"
@@ -75,11 +68,11 @@ async def _apply(ctx: EventContext, obj: dict[str, Any], state: ReversalState) -
     return "processed"
 
 
-async def refund_changed(ctx: EventContext, obj: dict[str, Any]) -> str:
+async def refund_changed(ctx: EventContext, obj: StripeReversal) -> str:
     """refund.created / updated / failed: a refund takes back its amount unless it failed or was canceled."""
     return await _apply(ctx, obj, ReversalState.of_refund(obj))
 
 
-async def dispute_changed(ctx: EventContext, obj: dict[str, Any]) -> str:
+async def dispute_changed(ctx: EventContext, obj: StripeReversal) -> str:
     """charge.dispute.created / updated / closed: reversed while open or lost, reinstated when won."""
     return await _apply(ctx, obj, ReversalState.of_dispute(obj))

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from app.webhooks.context import Handler
+from app.stripe.invoices import StripeInvoice
+from app.stripe.shapes import (
+    StripeCheckoutCompleted,
+    StripeCustomerObject,
+    StripePaymentIntent,
+    StripeReversal,
+)
+from app.stripe.subscriptions import StripeSubscriptionState
+from app.webhooks.context import Handler, parsed
 from app.webhooks.handlers import (
     checkout_completed,
     customer_created,
@@ -16,23 +24,26 @@ from app.webhooks.handlers import (
 )
 from app.webhooks.reversal_handlers import dispute_changed, refund_changed
 
+_subscription = StripeSubscriptionState.from_payload
+_invoice = StripeInvoice.from_payload
+
 HANDLERS: dict[str, Handler] = {
-    "customer.created": customer_created,
-    "customer.subscription.created": subscription_changed,
-    "customer.subscription.updated": subscription_changed,
-    "customer.subscription.deleted": subscription_changed,
-    "customer.subscription.trial_will_end": trial_will_end,
-    "invoice.created": invoice_created,
-    "invoice.finalized": invoice_finalized,
-    "invoice.paid": invoice_paid,
-    "invoice.payment_failed": invoice_payment_failed,
-    "checkout.session.completed": checkout_completed,
-    "payment_intent.succeeded": payment_intent_settled,
-    "payment_intent.payment_failed": payment_intent_settled,
-    "refund.created": refund_changed,
-    "refund.updated": refund_changed,
-    "refund.failed": refund_changed,
-    "charge.dispute.created": dispute_changed,
-    "charge.dispute.updated": dispute_changed,
-    "charge.dispute.closed": dispute_changed,
+    "customer.created": parsed(StripeCustomerObject.from_payload, customer_created),
+    "customer.subscription.created": parsed(_subscription, subscription_changed),
+    "customer.subscription.updated": parsed(_subscription, subscription_changed),
+    "customer.subscription.deleted": parsed(_subscription, subscription_changed),
+    "customer.subscription.trial_will_end": parsed(_subscription, trial_will_end),
+    "invoice.created": parsed(_invoice, invoice_created),
+    "invoice.finalized": parsed(_invoice, invoice_finalized),
+    "invoice.paid": parsed(_invoice, invoice_paid),
+    "invoice.payment_failed": parsed(_invoice, invoice_payment_failed),
+    "checkout.session.completed": parsed(StripeCheckoutCompleted.from_payload, checkout_completed),
+    "payment_intent.succeeded": parsed(StripePaymentIntent.from_payload, payment_intent_settled),
+    "payment_intent.payment_failed": parsed(StripePaymentIntent.from_payload, payment_intent_settled),
+    "refund.created": parsed(StripeReversal.refund, refund_changed),
+    "refund.updated": parsed(StripeReversal.refund, refund_changed),
+    "refund.failed": parsed(StripeReversal.refund, refund_changed),
+    "charge.dispute.created": parsed(StripeReversal.dispute, dispute_changed),
+    "charge.dispute.updated": parsed(StripeReversal.dispute, dispute_changed),
+    "charge.dispute.closed": parsed(StripeReversal.dispute, dispute_changed),
 }
