@@ -21,7 +21,7 @@ from app.db.base import Base
 from app.db.migrate import upgrade
 from app.dev.processes import EmbeddedPostgres, free_port, redis_server, stripe_emulator
 from app.main import create_app
-from tests.factories import TokenFactory
+from tests.support.factories import TokenFactory
 from tests.support.settings import make_settings
 
 # Fixtures several test modules share live in tests/support/, registered here for every test.

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.money import split_commission
 from app.payouts.reversals import reverse_invoice_earnings
-from tests import rows
+from tests.support import rows
 
 Auth = Callable[..., dict[str, str]]
 RATE = Decimal("0.20")

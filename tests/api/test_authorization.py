@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 
 
 async def test_another_consumers_subscription_is_404_on_every_route(

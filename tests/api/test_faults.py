@@ -1,6 +1,6 @@
 """Faults through the HTTP API: a frozen PostgreSQL or Redis (SIGSTOP of the session's own servers).
 
-Every freeze is undone in a `finally` (tests/freeze.py), and each test checks that nothing was
+Every freeze is undone in a `finally` (tests/support/freeze.py), and each test checks that nothing was
 lost once the server is back.
 """
 
@@ -29,8 +29,8 @@ from app.models import StripeEvent
 from app.webhooks.ingest import event_job_id
 from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import CRON_JOBS
-from tests.factories import TokenFactory, sign_webhook
-from tests.freeze import frozen, postgres_pids, redis_pids
+from tests.support.factories import TokenFactory, sign_webhook
+from tests.support.freeze import frozen, postgres_pids, redis_pids
 from tests.support.settings import make_settings
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from app.config import Settings
-from tests import rows
-from tests.factories import TokenFactory, sign_webhook
-from tests.journeys import new_api_id
+from tests.support import rows
+from tests.support.factories import TokenFactory, sign_webhook
+from tests.support.journeys import new_api_id
 
 Auth = Callable[..., dict[str, str]]
 NUL = "\x00"

@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
 from app.config import Settings
 from app.dev.processes import free_port
 from app.main import create_app
-from tests.factories import TokenFactory
+from tests.support.factories import TokenFactory
 
 EXAMPLES_PER_OPERATION = 6
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

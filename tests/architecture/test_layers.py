@@ -17,7 +17,7 @@ from importlinter.contracts.layers import LayersContract
 from importlinter.contracts.protected import ProtectedContract
 from importlinter.domain.contract import Contract
 
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 CONTRACT_TYPES: dict[str, type[Contract]] = {
     "layers": LayersContract,
     "protected": ProtectedContract,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.test_emulator_test_clocks import (
+from tests.dev.test_emulator_test_clocks import (
     HOUR,
     _advance,
     _clock,

@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.models import OutboxMessage, Subscription
 from app.worker.webhook_jobs import process_stripe_event, suspend_overdue_api_keys
-from tests.billing_data import World, event, invoice_obj, make_world, subscription_obj
-from tests.factories import sign_webhook
+from tests.support.billing_data import World, event, invoice_obj, make_world, subscription_obj
+from tests.support.factories import sign_webhook
 from tests.support.worker import Ctx, deliver
 
 PERIOD = (1_780_000_000, 1_782_592_000)

@@ -8,9 +8,9 @@ import random
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.billing_data import event, make_world
-from tests.stripe_payments import T0, Payments, refund
+from tests.support.billing_data import event, make_world
 from tests.support.earnings import add_plan, booked, paid_invoice, pay, signed_earned
+from tests.support.stripe_payments import T0, Payments, refund
 from tests.support.worker import Ctx, deliver
 
 

@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.models import PricingPlanVersion, UsageRecord
 from app.worker.webhook_jobs import process_stripe_event
-from tests import rows
-from tests.billing_data import World, event, invoice_obj, make_world
-from tests.factories import sign_webhook
+from tests.support import rows
+from tests.support.billing_data import World, event, invoice_obj, make_world
+from tests.support.factories import sign_webhook
 from tests.support.worker import Ctx
 
 PERIOD_START = datetime(2026, 10, 5, tzinfo=UTC)

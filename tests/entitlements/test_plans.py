@@ -14,9 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import clock
 from app.config import Settings
-from tests import rows
-from tests.entitlement_data import GATEWAY, PERIOD_START, check_body, entitled, gateway_settings, running
-from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support import rows
+from tests.support.entitlement_data import (
+    GATEWAY,
+    PERIOD_START,
+    check_body,
+    entitled,
+    gateway_settings,
+    running,
+)
+from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 
 IN_PERIOD = PERIOD_START + timedelta(days=3)
 

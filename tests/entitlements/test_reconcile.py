@@ -15,8 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import clock
 from app.config import Settings
 from app.worker.webhook_jobs import aggregate_usage
-from tests.entitlement_data import GATEWAY, PERIOD_START, check_body, entitled, gateway_settings, running
-from tests.journeys import Auth
+from tests.support.entitlement_data import (
+    GATEWAY,
+    PERIOD_START,
+    check_body,
+    entitled,
+    gateway_settings,
+    running,
+)
+from tests.support.journeys import Auth
 from tests.support.usage import Metering
 from tests.support.worker import Ctx
 

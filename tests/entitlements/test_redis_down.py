@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.entitlements.metrics import REDIS_DEGRADED
-from tests.entitlement_data import GATEWAY, check_body, entitled, gateway_settings, running
+from tests.support.entitlement_data import GATEWAY, check_body, entitled, gateway_settings, running
 
 TIMEOUT = 0.3
 

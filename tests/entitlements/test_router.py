@@ -17,7 +17,7 @@ from app import clock
 from app.config import Settings
 from app.entitlements import counters
 from app.models import OutboxMessage, Subscription
-from tests.entitlement_data import (
+from tests.support.entitlement_data import (
     GATEWAY,
     OLD_GATEWAY_TOKEN,
     PERIOD_END,

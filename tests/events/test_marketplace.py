@@ -30,8 +30,15 @@ from app.events.types import EVENT_TYPES
 from app.models import MarketplaceEvent, MarketplaceEventDelivery, Subscription
 from app.outbox.service import Outbox
 from app.worker.context import WorkerResources
-from tests.entitlement_data import GATEWAY, PERIOD_END, check_body, entitled, gateway_settings, running
-from tests.journeys import Auth, create_plan, new_api_id, register, subscribe
+from tests.support.entitlement_data import (
+    GATEWAY,
+    PERIOD_END,
+    check_body,
+    entitled,
+    gateway_settings,
+    running,
+)
+from tests.support.journeys import Auth, create_plan, new_api_id, register, subscribe
 
 Ctx = dict[str, Any]
 ENDPOINT = "https://marketplace.test/billing-events"
@@ -266,7 +273,7 @@ async def test_the_notification_records_are_delivered_as_events(worker: Ctx, eng
 
 
 def test_every_event_type_is_documented_with_its_schema() -> None:
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "events.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "events.md").read_text()
     assert docs == render_docs(), "regenerate: python -m app.events.schemas > docs/events.md"
     assert set(EVENT_SCHEMAS) == set(EVENT_TYPES)
 

@@ -14,7 +14,7 @@ from alembic.script import ScriptDirectory
 from app.config import Settings
 from app.db.migrate import alembic_config, upgrade
 from app.dev.processes import free_port
-from tests.factories import JWT_SECRET, WEBHOOK_SECRET
+from tests.support.factories import JWT_SECRET, WEBHOOK_SECRET
 
 # The code's head revision (it moves with every new migration).
 HEAD = ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_current_head()

@@ -18,9 +18,9 @@ from arq.jobs import JobStatus
 
 from app.config import Settings
 from app.dev.processes import free_port, wait_for_port
-from tests.factories import JWT_SECRET, WEBHOOK_SECRET
+from tests.support.factories import JWT_SECRET, WEBHOOK_SECRET
 
-SLOW_API = Path(__file__).with_name("slow_api.py")
+SLOW_API = Path(__file__).parents[1] / "support" / "slow_api.py"
 
 
 def _env(settings: Settings, port: int, drain_seconds: float) -> dict[str, str]:
@@ -127,7 +127,7 @@ async def test_after_the_drain_delay_new_connections_are_refused(settings: Setti
             process.wait()
 
 
-SLOW_WORKER = Path(__file__).with_name("slow_worker.py")
+SLOW_WORKER = Path(__file__).parents[1] / "support" / "slow_worker.py"
 
 
 def _start_worker(settings: Settings, completion_wait: int | None) -> subprocess.Popen[bytes]:

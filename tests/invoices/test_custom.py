@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.main import create_app
 from app.models import Invoice
-from tests import rows
+from tests.support import rows
 from tests.support.custom_invoices import BODY, STRIPE_PDF, FakeStripeInvoices, flat_form_of
 
 Auth = Callable[..., dict[str, str]]

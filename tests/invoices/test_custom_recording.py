@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import CustomInvoice, Invoice
-from tests import rows
+from tests.support import rows
 from tests.support.custom_invoices import BODY, FakeStripeInvoices
 
 Auth = Callable[..., dict[str, str]]

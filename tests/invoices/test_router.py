@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.invoices.pdf import format_unit_price
 from app.invoices.stripe_sync import sync_invoice
 from app.money import format_amount
-from tests import rows
+from tests.support import rows
 
 Auth = Callable[..., dict[str, str]]
 

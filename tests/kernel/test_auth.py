@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.auth import TokenVerifier
 from app.errors import DomainError, Forbidden, Unauthorized
-from tests.factories import TokenFactory
+from tests.support.factories import TokenFactory
 from tests.support.settings import make_settings
 
 Auth = Callable[..., dict[str, str]]

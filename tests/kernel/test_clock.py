@@ -10,7 +10,7 @@ import pytest
 
 from app import clock
 
-APP = Path(__file__).resolve().parents[1] / "app"
+APP = Path(__file__).resolve().parents[2] / "app"
 # The clock itself, and the dev emulator, which keeps Stripe's time rather than ours.
 EXEMPT = {APP / "clock.py"}
 EXEMPT_DIRS = {APP / "dev"}

@@ -267,8 +267,8 @@ async def test_the_worker_serves_the_series_its_jobs_count_on_its_own_port(
     from app.dev.processes import free_port
     from app.worker.context import WorkerResources
     from app.worker.settings import WorkerSettings
-    from tests.billing_data import event
-    from tests.factories import sign_webhook
+    from tests.support.billing_data import event
+    from tests.support.factories import sign_webhook
 
     payload = event("customer.created", {"id": "cus_metrics_probe", "object": "customer"}, created=1)
     body, header = sign_webhook(payload)
@@ -312,7 +312,7 @@ def test_a_taken_or_disabled_worker_metrics_port_never_stops_the_worker() -> Non
 def test_every_series_the_runbook_names_is_registered() -> None:
     from pathlib import Path
 
-    runbook = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    runbook = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = runbook[runbook.index("## Runbook") :]
     named = set(re.findall(r"`(billing_[a-z_]+)", section))
     registered = {

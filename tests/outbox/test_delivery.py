@@ -27,7 +27,7 @@ from app.outbox.jobs import deliver_outbox_message, sweep_outbox
 from app.outbox.service import Outbox, delivery_job_id
 from app.worker.context import WorkerResources
 from app.worker.settings import WorkerSettings
-from tests.factories import JWT_SECRET
+from tests.support.factories import JWT_SECRET
 from tests.support.settings import make_settings
 
 KEYS_URL = "http://apikeys.test/api/v1/keys"

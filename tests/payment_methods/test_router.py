@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import PaymentMethod
-from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 
 
 async def _stripe_customer(settings: Settings, customer_id: str) -> dict[str, object]:

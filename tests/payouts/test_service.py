@@ -20,7 +20,7 @@ from app.models import CreatorAccount, Earning, Payout
 from app.payouts.jobs import pay_out_earnings, run_payouts
 from app.payouts.reversals import proportional_shares, reverse_invoice_earnings, reversed_gross
 from app.worker.context import WorkerResources
-from tests import rows
+from tests.support import rows
 
 Auth = Callable[..., dict[str, str]]
 NOW = datetime.now(UTC)

@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.models import PricingPlanVersion
 from app.money import THREE_DECIMAL, chargeable_problem, is_chargeable
-from tests import rows
-from tests.journeys import Auth, create_plan, new_api_id
+from tests.support import rows
+from tests.support.journeys import Auth, create_plan, new_api_id
 from tests.support.stripe_wire import form_of
 
 THREE_DECIMALS = sorted(THREE_DECIMAL)

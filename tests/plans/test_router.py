@@ -5,7 +5,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.journeys import Auth, create_plan, new_api_id
+from tests.support.journeys import Auth, create_plan, new_api_id
 
 
 @pytest.mark.parametrize(

@@ -28,10 +28,10 @@ from app.plans.service import meter_event_name
 from app.reconcile.jobs import publish
 from app.reconcile.service import ReconcileService
 from app.stripe import StripeGateway
-from tests.billing_data import World, event, make_world, subscription_obj
-from tests.journeys import add_card, create_plan, new_api_id, register, subscribe
-from tests.stripe_payments import PERIOD, T0, FakePayments, refund
+from tests.support.billing_data import World, event, make_world, subscription_obj
 from tests.support.earnings import add_plan, booked, paid_invoice, pay
+from tests.support.journeys import add_card, create_plan, new_api_id, register, subscribe
+from tests.support.stripe_payments import PERIOD, T0, FakePayments, refund
 from tests.support.worker import Ctx, deliver
 
 Auth = Callable[..., dict[str, str]]

@@ -17,7 +17,7 @@ from app.reconcile.rules import (
     usage_drift_cents,
 )
 from app.stripe.invoices import StripeInvoice
-from tests.billing_data import World
+from tests.support.billing_data import World
 from tests.support.earnings import paid_invoice
 
 RATE = Decimal("0.20")

@@ -33,7 +33,7 @@ from app.reconcile.jobs import reconcile_with_stripe
 from app.reconcile.service import RECONCILE_LOCK_ID, ReconcileService
 from app.stripe import StripeGateway
 from app.worker.context import WorkerResources
-from tests import rows
+from tests.support import rows
 from tests.support.settings import make_settings
 
 NOW = 1_780_000_000

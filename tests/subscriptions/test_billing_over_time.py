@@ -28,8 +28,8 @@ from app.dev.siblings import build_app
 from app.models import Earning, Invoice, Subscription, UsageRecord
 from app.stripe.test_clocks import TestClockTime
 from app.worker.webhook_jobs import process_stripe_event
-from tests.factories import sign_webhook
-from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.factories import sign_webhook
+from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 from tests.support.worker import Ctx
 
 DAY = 86400

@@ -18,8 +18,8 @@ from app.pagination import encode_cursor
 from app.subscriptions import documents
 from app.subscriptions.schemas import SubscriptionList
 from app.subscriptions.service import subscription_out
-from tests import rows
-from tests.rows import T0
+from tests.support import rows
+from tests.support.rows import T0
 
 Auth = Callable[..., dict[str, str]]
 

@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import clock, metrics
 from app.config import Settings
 from app.models import OutboxMessage, PricingPlanVersion, Subscription
-from tests.billing_data import World, event, make_world, subscription_obj
-from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.billing_data import World, event, make_world, subscription_obj
+from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 from tests.support.sync import sync_service
 from tests.support.worker import Ctx, deliver, one, rows
 

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.main import create_app
 from app.models import OutboxMessage
-from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 
 
 async def _outbox(engine: AsyncEngine, subscription_id: str) -> list[str]:

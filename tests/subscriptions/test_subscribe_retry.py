@@ -23,10 +23,10 @@ from app import cli as cli_module
 from app import clock
 from app.config import Settings
 from app.models import Subscription
-from tests.billing_data import World, invoice_obj, make_world, subscription_obj
-from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
-from tests.stripe_payments import PERIOD, T0, refund
+from tests.support.billing_data import World, invoice_obj, make_world, subscription_obj
+from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 from tests.support.settings import make_settings
+from tests.support.stripe_payments import PERIOD, T0, refund
 from tests.support.stripe_wire import consumer_with_card
 from tests.support.sync import sync_service
 

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.main import create_app
 from app.models import Subscription
-from tests import rows
+from tests.support import rows
 
 GATEWAY_TOKEN = "gw-token-current-0123456789"
 OLD_GATEWAY_TOKEN = "gw-token-previous-0123456789"

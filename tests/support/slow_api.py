@@ -1,6 +1,6 @@
 """`billing api` plus one slow route, so the shutdown test has a request in flight.
 
-Run as `python tests/slow_api.py api --port N`: the real CLI, server and app, with the extra route
+Run as `python tests/support/slow_api.py api --port N`: the real CLI, server and app, with the extra route
 added by wrapping `app.main.create_app`.
 """
 

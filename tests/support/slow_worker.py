@@ -1,6 +1,6 @@
 """`billing worker` plus one slow job, so the shutdown test has a job running.
 
-Run as `python tests/slow_worker.py worker`. SLOW_WORKER_COMPLETION_WAIT overrides how long the
+Run as `python tests/support/slow_worker.py worker`. SLOW_WORKER_COMPLETION_WAIT overrides how long the
 worker lets running jobs finish after SIGTERM (to exercise the re-queue path quickly).
 """
 

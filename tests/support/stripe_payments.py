@@ -12,7 +12,7 @@ import httpx
 import respx
 
 from app.config import Settings
-from tests.billing_data import World, invoice_obj
+from tests.support.billing_data import World, invoice_obj
 
 T0 = 1_780_000_000
 PERIOD = (T0, T0 + 30 * 86400)

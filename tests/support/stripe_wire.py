@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.main import create_app
-from tests.journeys import Auth, register
+from tests.support.journeys import Auth, register
 from tests.support.settings import make_settings
 
 NOW = 1_770_000_000

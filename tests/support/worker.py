@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.base import Base
 from app.worker.webhook_jobs import process_stripe_event
-from tests.factories import sign_webhook
+from tests.support.factories import sign_webhook
 
 # The arq job context the worker entry points receive (see the `worker_ctx` fixture).
 Ctx = dict[str, Any]

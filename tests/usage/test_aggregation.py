@@ -20,8 +20,8 @@ from app.models import JobRun, OutboxMessage, Subscription
 from app.periods import add_months
 from app.usage.windows import day_start, meter_event_identifier
 from app.worker.webhook_jobs import aggregate_usage, process_stripe_event
-from tests.billing_data import event, invoice_obj, make_world
-from tests.factories import sign_webhook
+from tests.support.billing_data import event, invoice_obj, make_world
+from tests.support.factories import sign_webhook
 from tests.support.usage import Metering, meter_event_api, pay_per_use, usage_windows
 from tests.support.worker import Ctx
 

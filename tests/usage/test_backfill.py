@@ -16,7 +16,7 @@ from typer.testing import CliRunner, Result
 from app import cli as cli_module
 from app.config import Settings
 from app.models import UsageRecord
-from tests.billing_data import World, make_world
+from tests.support.billing_data import World, make_world
 from tests.support.usage import Metering, meter_event_api, pay_per_use
 
 TODAY = datetime.now(UTC).date()

@@ -28,8 +28,8 @@ from app.sync.service import SyncService
 from app.usage.service import UsageService
 from app.usage.windows import day_start
 from app.worker.webhook_jobs import aggregate_usage, process_stripe_event
-from tests.billing_data import event, invoice_obj, make_world, subscription_obj
-from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.billing_data import event, invoice_obj, make_world, subscription_obj
+from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 from tests.support.usage import METERING, meter_event_api, pay_per_use, usage_windows
 from tests.support.worker import Ctx, deliver
 

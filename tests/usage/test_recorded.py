@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from app.models import UsageRecord
 from app.subscriptions.repository import SubscriptionRepository
-from tests.billing_data import make_world
+from tests.support.billing_data import make_world
 
 DAY = timedelta(days=1)
 START = datetime(2026, 11, 1, tzinfo=UTC)

@@ -24,8 +24,8 @@ from app.money import split_commission
 from app.webhooks.processor import MAX_ATTEMPTS
 from app.webhooks.replay import replay_events
 from app.worker.webhook_jobs import process_stripe_event
-from tests.billing_data import World, event, invoice_obj, make_world, subscription_obj
-from tests.stripe_payments import FakePayments, Payments, dispute, refund
+from tests.support.billing_data import World, event, invoice_obj, make_world, subscription_obj
+from tests.support.stripe_payments import FakePayments, Payments, dispute, refund
 from tests.support.worker import Ctx, deliver, one, post, rows, truncate
 
 DAY = 86400

@@ -22,7 +22,7 @@ from app.models import StripeEvent
 from app.webhooks.ingest import event_job_id
 from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import enqueue_pending_stripe_events
-from tests.factories import sign_webhook
+from tests.support.factories import sign_webhook
 from tests.support.settings import make_settings
 
 URL = "/webhooks/stripe"

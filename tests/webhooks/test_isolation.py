@@ -18,7 +18,7 @@ from app.config import Settings
 from app.models import StripeEvent
 from app.webhooks.ingest import EventIngest, InvalidEvent
 from app.webhooks.repository import DbTimeouts, EventStore, IncomingEvent
-from tests.factories import sign_webhook
+from tests.support.factories import sign_webhook
 
 
 def _event(**fields: Any) -> dict[str, Any]:

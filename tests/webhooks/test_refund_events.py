@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.models import Earning, InvoiceReversal
 from app.worker.webhook_jobs import process_stripe_event
-from tests.billing_data import World, event, make_world
-from tests.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
-from tests.stripe_payments import T0, FakePayments, Payments, dispute, refund
+from tests.support.billing_data import World, event, make_world
+from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.stripe_payments import T0, FakePayments, Payments, dispute, refund
 from tests.support.worker import Ctx, deliver, post, truncate
 
 

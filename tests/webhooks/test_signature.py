@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.webhooks.signature import InvalidSignature, verify_signature
-from tests.factories import sign_webhook
+from tests.support.factories import sign_webhook
 
 BODY = b'{"id": "evt_1", "type": "customer.created"}'
 NOW = 1_800_000_000
