@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.analytics.schemas import EarningsReport
 from app.models import Earning
 from app.money import split_commission
-from tests.analytics.test_router import RATE
 from tests.support import rows
+from tests.support.rows import RATE
 
 Auth = Callable[..., dict[str, str]]
 

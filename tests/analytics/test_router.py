@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.money import split_commission
 from app.payouts.reversals import reverse_invoice_earnings
 from tests.support import rows
+from tests.support.rows import RATE
 
 Auth = Callable[..., dict[str, str]]
-RATE = Decimal("0.20")
 MARCH = {"from": "2026-03-01", "to": "2026-03-31"}
 
 

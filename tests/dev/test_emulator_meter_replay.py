@@ -4,32 +4,14 @@ from __future__ import annotations
 
 import httpx
 
-from tests.dev.test_emulator_test_clocks import (
-    HOUR,
-    _advance,
-    _clock,
-    _customer,
-    _latest,
-    _ok,
-    _price,
-    _subscribe,
-    stripe,
-)
-
-__all__ = ["stripe"]  # the fixture, shared with the test clock tests
+from tests.support import emulator
+from tests.support.emulator import HOUR
 
 
 async def test_a_meter_event_replayed_under_its_idempotency_key_is_billed_once(
-    stripe: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
 ) -> None:
-    clock = await _clock(stripe)
-    customer = await _customer(stripe, clock["id"])
-    meter = await _ok(
-        await stripe.post("/v1/billing/meters", data={"event_name": "api_calls", "display_name": "Calls"})
-    )
-    subscription = await _subscribe(
-        stripe, customer, await _price(stripe, 2, usage_type="metered", meter=meter["id"])
-    )
+    clock, customer, subscription = await emulator.metered_subscription(stripe_http)
     event = {
         "event_name": "api_calls",
         "identifier": f"usage-{customer}-day1",
@@ -38,11 +20,11 @@ async def test_a_meter_event_replayed_under_its_idempotency_key_is_billed_once(
         "payload[value]": "70",
     }
     key = {"Idempotency-Key": f"meter-{customer}-day1"}
-    first = await _ok(await stripe.post("/v1/billing/meter_events", data=event, headers=key))
-    replayed = await stripe.post("/v1/billing/meter_events", data=event, headers=key)
+    first = await emulator.ok(await stripe_http.post("/v1/billing/meter_events", data=event, headers=key))
+    replayed = await stripe_http.post("/v1/billing/meter_events", data=event, headers=key)
 
-    await _advance(stripe, clock["id"], subscription["current_period_end"] + 2 * HOUR)
-    (usage,) = (await _latest(stripe, subscription["id"]))["lines"]["data"]
+    await emulator.advance(stripe_http, clock["id"], subscription["current_period_end"] + 2 * HOUR)
+    (usage,) = (await emulator.latest(stripe_http, subscription["id"]))["lines"]["data"]
 
     assert replayed.json() == first
     assert replayed.headers.get("Idempotent-Replayed") == "true"
@@ -50,25 +32,20 @@ async def test_a_meter_event_replayed_under_its_idempotency_key_is_billed_once(
 
 
 async def test_a_scheduled_cancellations_final_invoice_waits_an_hour_for_the_last_days_usage(
-    stripe: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
 ) -> None:
-    clock = await _clock(stripe)
-    customer = await _customer(stripe, clock["id"])
-    meter = await _ok(
-        await stripe.post("/v1/billing/meters", data={"event_name": "api_calls", "display_name": "Calls"})
-    )
-    subscription = await _subscribe(
-        stripe, customer, await _price(stripe, 2, usage_type="metered", meter=meter["id"])
-    )
-    await _ok(
-        await stripe.post(f"/v1/subscriptions/{subscription['id']}", data={"cancel_at_period_end": "true"})
+    clock, customer, subscription = await emulator.metered_subscription(stripe_http)
+    await emulator.ok(
+        await stripe_http.post(
+            f"/v1/subscriptions/{subscription['id']}", data={"cancel_at_period_end": "true"}
+        )
     )
     end = subscription["current_period_end"]
-    await _advance(stripe, clock["id"], end + 60)
-    draft = await _latest(stripe, subscription["id"])
+    await emulator.advance(stripe_http, clock["id"], end + 60)
+    draft = await emulator.latest(stripe_http, subscription["id"])
     # The last day's calls, reported once the day has ended, before the draft is finalized.
-    await _ok(
-        await stripe.post(
+    await emulator.ok(
+        await stripe_http.post(
             "/v1/billing/meter_events",
             data={
                 "event_name": "api_calls",
@@ -79,9 +56,9 @@ async def test_a_scheduled_cancellations_final_invoice_waits_an_hour_for_the_las
             },
         )
     )
-    await _advance(stripe, clock["id"], end + 2 * HOUR)
-    final = await _ok(await stripe.get(f"/v1/invoices/{draft['id']}"))
-    ended = await _ok(await stripe.get(f"/v1/subscriptions/{subscription['id']}"))
+    await emulator.advance(stripe_http, clock["id"], end + 2 * HOUR)
+    final = await emulator.ok(await stripe_http.get(f"/v1/invoices/{draft['id']}"))
+    ended = await emulator.ok(await stripe_http.get(f"/v1/subscriptions/{subscription['id']}"))
 
     assert (draft["status"], draft["created"]) == ("draft", end)
     assert (final["status"], final["amount_paid"]) == ("paid", 60)

@@ -8,10 +8,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -21,106 +19,15 @@ from app import clock
 from app.config import Settings
 from app.dev.processes import free_port
 from app.dev.stack import dev_test_clock
-
-DAY = 86400
-HOUR = 3600
-
-
-@pytest.fixture
-async def stripe(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    key = (settings.stripe_secret_key.get_secret_value(), "")
-    async with httpx.AsyncClient(base_url=str(settings.stripe_api_base), auth=key, timeout=30) as http:
-        yield http
-
-
-async def _ok(response: httpx.Response) -> dict[str, Any]:
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-async def _clock(stripe: httpx.AsyncClient, frozen_time: int | None = None) -> dict[str, Any]:
-    body = {"frozen_time": frozen_time or int(time.time()), "name": "emulator"}
-    return await _ok(await stripe.post("/v1/test_helpers/test_clocks", data=body))
-
-
-async def _customer(stripe: httpx.AsyncClient, clock_id: str, card: str = "pm_card_visa") -> str:
-    customer = await _ok(
-        await stripe.post("/v1/customers", data={"email": "c@example.com", "test_clock": clock_id})
-    )
-    method = await _ok(
-        await stripe.post(f"/v1/payment_methods/{card}/attach", data={"customer": customer["id"]})
-    )
-    await _ok(
-        await stripe.post(
-            f"/v1/customers/{customer['id']}", data={"invoice_settings[default_payment_method]": method["id"]}
-        )
-    )
-    return str(customer["id"])
-
-
-async def _price(stripe: httpx.AsyncClient, amount: int, **recurring: str) -> str:
-    product = await _ok(await stripe.post("/v1/products", data={"name": "API"}))
-    body: dict[str, Any] = {"product": product["id"], "currency": "usd", "recurring[interval]": "month"}
-    if recurring.get("usage_type") == "metered":
-        body["unit_amount_decimal"] = str(amount)
-    else:
-        body["unit_amount"] = amount
-    body.update({f"recurring[{k}]": v for k, v in recurring.items()})
-    return str((await _ok(await stripe.post("/v1/prices", data=body)))["id"])
-
-
-async def _subscribe(stripe: httpx.AsyncClient, customer: str, price: str, **extra: Any) -> dict[str, Any]:
-    return await _ok(
-        await stripe.post("/v1/subscriptions", data={"customer": customer, "items[0][price]": price, **extra})
-    )
-
-
-async def _advance(stripe: httpx.AsyncClient, clock_id: str, moment: int) -> None:
-    advancing = await _ok(
-        await stripe.post(f"/v1/test_helpers/test_clocks/{clock_id}/advance", data={"frozen_time": moment})
-    )
-    assert advancing["status"] == "advancing"
-    assert advancing["status_details"] == {"advancing": {"target_frozen_time": moment}}
-    for _ in range(300):
-        found = await _ok(await stripe.get(f"/v1/test_helpers/test_clocks/{clock_id}"))
-        if found["status"] == "ready":
-            assert found["frozen_time"] == moment
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the clock never became ready")
-
-
-async def _events(stripe: httpx.AsyncClient, object_id: str) -> list[tuple[str, int]]:
-    """(type, created) of the events about `object_id`, in the order they were sent."""
-    found: list[tuple[str, int]] = []
-    after: str | None = None
-    while True:
-        params: dict[str, Any] = {"limit": 100, **({"starting_after": after} if after else {})}
-        page = (await stripe.get("/v1/events", params=params)).json()
-        found.extend(
-            (e["type"], e["created"]) for e in page["data"] if e["data"]["object"].get("id") == object_id
-        )
-        if not page["has_more"]:
-            return found[::-1]  # Stripe lists newest first
-        after = page["data"][-1]["id"]
-
-
-async def _invoices(stripe: httpx.AsyncClient, customer: str) -> list[dict[str, Any]]:
-    listed = (await stripe.get("/v1/invoices", params={"customer": customer, "limit": 100})).json()["data"]
-    return sorted(listed, key=lambda i: (i["created"], i["id"]))
-
-
-async def _latest(stripe: httpx.AsyncClient, subscription_id: str) -> dict[str, Any]:
-    """The subscription's latest invoice (several can share a second of clock time)."""
-    subscription = await _ok(await stripe.get(f"/v1/subscriptions/{subscription_id}"))
-    return await _ok(await stripe.get(f"/v1/invoices/{subscription['latest_invoice']}"))
+from tests.support import emulator
+from tests.support.emulator import DAY, HOUR
 
 
 async def test_a_clock_moves_forward_only_holds_three_customers_and_takes_them_when_deleted(
-    stripe: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
 ) -> None:
     frozen = int(time.time())
-    clock = await _clock(stripe, frozen)
+    clock = await emulator.clock(stripe_http, frozen)
     assert {k: clock[k] for k in ("object", "frozen_time", "status", "status_details", "livemode")} == {
         "object": "test_helpers.test_clock",
         "frozen_time": frozen,
@@ -129,33 +36,33 @@ async def test_a_clock_moves_forward_only_holds_three_customers_and_takes_them_w
         "livemode": False,
     }
     assert clock["deletes_after"] == clock["created"] + 30 * DAY
-    customers = [await _customer(stripe, clock["id"]) for _ in range(3)]
-    fourth = await stripe.post("/v1/customers", data={"test_clock": clock["id"]})
+    customers = [await emulator.customer(stripe_http, clock["id"]) for _ in range(3)]
+    fourth = await stripe_http.post("/v1/customers", data={"test_clock": clock["id"]})
     assert fourth.status_code == 400
     assert "maximum of 3 customers" in fourth.json()["error"]["message"]
-    on_clock = await _ok(await stripe.get(f"/v1/customers/{customers[0]}"))
+    on_clock = await emulator.ok(await stripe_http.get(f"/v1/customers/{customers[0]}"))
     assert (on_clock["test_clock"], on_clock["created"]) == (clock["id"], frozen)
 
-    await _advance(stripe, clock["id"], frozen + DAY)
-    backwards = await stripe.post(
+    await emulator.advance(stripe_http, clock["id"], frozen + DAY)
+    backwards = await stripe_http.post(
         f"/v1/test_helpers/test_clocks/{clock['id']}/advance", data={"frozen_time": frozen}
     )
     assert backwards.status_code == 400
-    assert (await stripe.get("/v1/test_helpers/test_clocks/clock_unknown")).status_code == 404
+    assert (await stripe_http.get("/v1/test_helpers/test_clocks/clock_unknown")).status_code == 404
 
-    deleted = await _ok(await stripe.delete(f"/v1/test_helpers/test_clocks/{clock['id']}"))
+    deleted = await emulator.ok(await stripe_http.delete(f"/v1/test_helpers/test_clocks/{clock['id']}"))
     assert deleted == {"id": clock["id"], "object": "test_helpers.test_clock", "deleted": True}
-    assert (await stripe.get(f"/v1/customers/{customers[0]}")).status_code == 404
-    assert (await stripe.get(f"/v1/test_helpers/test_clocks/{clock['id']}")).status_code == 404
+    assert (await stripe_http.get(f"/v1/customers/{customers[0]}")).status_code == 404
+    assert (await stripe_http.get(f"/v1/test_helpers/test_clocks/{clock['id']}")).status_code == 404
 
 
 async def test_a_trial_warns_three_days_before_its_end_then_bills_the_first_period(
-    stripe: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
 ) -> None:
-    clock = await _clock(stripe)
-    customer = await _customer(stripe, clock["id"])
-    price = await _price(stripe, 1500)
-    subscription = await _subscribe(stripe, customer, price, trial_period_days="14")
+    clock = await emulator.clock(stripe_http)
+    customer = await emulator.customer(stripe_http, clock["id"])
+    price = await emulator.price(stripe_http, 1500)
+    subscription = await emulator.subscribe(stripe_http, customer, price, trial_period_days="14")
     start = clock["frozen_time"]
     assert (subscription["status"], subscription["trial_start"], subscription["trial_end"]) == (
         "trialing",
@@ -167,14 +74,14 @@ async def test_a_trial_warns_three_days_before_its_end_then_bills_the_first_peri
         start + 14 * DAY,
     )
 
-    await _advance(stripe, clock["id"], start + 14 * DAY + 2 * HOUR)
+    await emulator.advance(stripe_http, clock["id"], start + 14 * DAY + 2 * HOUR)
 
-    events = await _events(stripe, subscription["id"])
+    events = await emulator.events(stripe_http, subscription["id"])
     assert ("customer.subscription.trial_will_end", start + 11 * DAY) in events
-    after = await _ok(await stripe.get(f"/v1/subscriptions/{subscription['id']}"))
+    after = await emulator.ok(await stripe_http.get(f"/v1/subscriptions/{subscription['id']}"))
     assert after["status"] == "active"
     assert after["current_period_start"] == start + 14 * DAY
-    (first,) = await _invoices(stripe, customer)
+    (first,) = await emulator.invoices(stripe_http, customer)
     assert (first["billing_reason"], first["status"], first["amount_paid"]) == (
         "subscription_cycle",
         "paid",
@@ -184,66 +91,66 @@ async def test_a_trial_warns_three_days_before_its_end_then_bills_the_first_peri
 
 
 async def test_always_invoice_bills_credit_and_debit_at_once_and_a_downgrade_leaves_customer_credit(
-    stripe: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
 ) -> None:
-    clock = await _clock(stripe)
-    customer = await _customer(stripe, clock["id"])
-    cheap, dear = await _price(stripe, 3000), await _price(stripe, 6000)
-    subscription = await _subscribe(stripe, customer, cheap)
+    clock = await emulator.clock(stripe_http)
+    customer = await emulator.customer(stripe_http, clock["id"])
+    cheap, dear = await emulator.price(stripe_http, 3000), await emulator.price(stripe_http, 6000)
+    subscription = await emulator.subscribe(stripe_http, customer, cheap)
     start, end = subscription["current_period_start"], subscription["current_period_end"]
     half = start + (end - start) // 2
-    await _advance(stripe, clock["id"], half)
+    await emulator.advance(stripe_http, clock["id"], half)
     remaining = (end - half) / (end - start)
     item = subscription["items"]["data"][0]["id"]
 
-    upgraded = await _ok(
-        await stripe.post(
+    upgraded = await emulator.ok(
+        await stripe_http.post(
             f"/v1/subscriptions/{subscription['id']}",
             data={"items[0][id]": item, "items[0][price]": dear, "proration_behavior": "always_invoice"},
         )
     )
     assert upgraded["items"]["data"][0]["id"] == item  # the same item, on the new price
-    upgrade = await _latest(stripe, subscription["id"])
+    upgrade = await emulator.latest(stripe_http, subscription["id"])
     lines = sorted((line["amount"], line["proration"]) for line in upgrade["lines"]["data"])
     assert lines == [(-round(3000 * remaining), True), (round(6000 * remaining), True)]
     assert (upgrade["billing_reason"], upgrade["status"]) == ("subscription_update", "paid")
     assert upgrade["amount_paid"] == round(6000 * remaining) - round(3000 * remaining)
 
-    await _ok(
-        await stripe.post(
+    await emulator.ok(
+        await stripe_http.post(
             f"/v1/subscriptions/{subscription['id']}",
             data={"items[0][id]": item, "items[0][price]": cheap, "proration_behavior": "always_invoice"},
         )
     )
-    downgrade = await _latest(stripe, subscription["id"])
+    downgrade = await emulator.latest(stripe_http, subscription["id"])
     credit = round(3000 * remaining) - round(6000 * remaining)
     assert (downgrade["total"], downgrade["amount_due"], downgrade["status"]) == (credit, 0, "paid")
     assert downgrade["ending_balance"] == credit
-    assert (await _ok(await stripe.get(f"/v1/customers/{customer}")))["balance"] == credit
+    assert (await emulator.ok(await stripe_http.get(f"/v1/customers/{customer}")))["balance"] == credit
 
-    await _advance(stripe, clock["id"], end + 2 * HOUR)
-    renewal = await _latest(stripe, subscription["id"])
+    await emulator.advance(stripe_http, clock["id"], end + 2 * HOUR)
+    renewal = await emulator.latest(stripe_http, subscription["id"])
     assert (renewal["total"], renewal["starting_balance"], renewal["amount_due"]) == (
         3000,
         credit,
         3000 + credit,
     )
-    assert (await _ok(await stripe.get(f"/v1/customers/{customer}")))["balance"] == 0
+    assert (await emulator.ok(await stripe_http.get(f"/v1/customers/{customer}")))["balance"] == 0
 
 
 async def test_cancel_with_invoice_now_and_prorate_issues_the_final_invoice_with_usage_and_credit(
-    stripe: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
 ) -> None:
-    clock = await _clock(stripe)
-    customer = await _customer(stripe, clock["id"])
-    price = await _price(stripe, 2000)
-    subscription = await _subscribe(stripe, customer, price)
+    clock = await emulator.clock(stripe_http)
+    customer = await emulator.customer(stripe_http, clock["id"])
+    price = await emulator.price(stripe_http, 2000)
+    subscription = await emulator.subscribe(stripe_http, customer, price)
     start, end = subscription["current_period_start"], subscription["current_period_end"]
     quarter = start + (end - start) // 4
-    await _advance(stripe, clock["id"], quarter)
+    await emulator.advance(stripe_http, clock["id"], quarter)
 
-    cancelled = await _ok(
-        await stripe.delete(
+    cancelled = await emulator.ok(
+        await stripe_http.delete(
             f"/v1/subscriptions/{subscription['id']}", params={"invoice_now": "true", "prorate": "true"}
         )
     )
@@ -253,25 +160,21 @@ async def test_cancel_with_invoice_now_and_prorate_issues_the_final_invoice_with
         quarter,
         quarter,
     )
-    final = await _latest(stripe, subscription["id"])
+    final = await emulator.latest(stripe_http, subscription["id"])
     credit = -round(2000 * (end - quarter) / (end - start))
     assert [(line["amount"], line["proration"]) for line in final["lines"]["data"]] == [(credit, True)]
     assert (final["status"], final["amount_due"]) == ("paid", 0)
-    assert (await _ok(await stripe.get(f"/v1/customers/{customer}")))["balance"] == credit
-    assert ("customer.subscription.deleted", quarter) in await _events(stripe, subscription["id"])
+    assert (await emulator.ok(await stripe_http.get(f"/v1/customers/{customer}")))["balance"] == credit
+    assert ("customer.subscription.deleted", quarter) in await emulator.events(
+        stripe_http, subscription["id"]
+    )
 
 
 async def test_a_meter_event_identifier_is_forgotten_after_24_hours_of_clock_time(
-    stripe: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
 ) -> None:
-    clock = await _clock(stripe)
-    customer = await _customer(stripe, clock["id"])
-    meter = await _ok(
-        await stripe.post("/v1/billing/meters", data={"event_name": "api_calls", "display_name": "Calls"})
-    )
-    price = await _price(stripe, 2, usage_type="metered", meter=meter["id"])
-    subscription = await _subscribe(stripe, customer, price)
-    (first,) = await _invoices(stripe, customer)
+    clock, customer, subscription = await emulator.metered_subscription(stripe_http)
+    (first,) = await emulator.invoices(stripe_http, customer)
     assert (first["total"], first["status"]) == (0, "paid")  # usage is billed in arrears, none up front
     start = clock["frozen_time"]
     event = {
@@ -281,14 +184,14 @@ async def test_a_meter_event_identifier_is_forgotten_after_24_hours_of_clock_tim
         "payload[stripe_customer_id]": customer,
         "payload[value]": "70",
     }
-    await _ok(await stripe.post("/v1/billing/meter_events", data=event))
-    await _advance(stripe, clock["id"], start + 23 * HOUR)
-    assert (await stripe.post("/v1/billing/meter_events", data=event)).status_code == 400
-    await _advance(stripe, clock["id"], start + 25 * HOUR)
-    await _ok(await stripe.post("/v1/billing/meter_events", data=event))
+    await emulator.ok(await stripe_http.post("/v1/billing/meter_events", data=event))
+    await emulator.advance(stripe_http, clock["id"], start + 23 * HOUR)
+    assert (await stripe_http.post("/v1/billing/meter_events", data=event)).status_code == 400
+    await emulator.advance(stripe_http, clock["id"], start + 25 * HOUR)
+    await emulator.ok(await stripe_http.post("/v1/billing/meter_events", data=event))
 
-    await _advance(stripe, clock["id"], subscription["current_period_end"] + 2 * HOUR)
-    renewal = await _latest(stripe, subscription["id"])
+    await emulator.advance(stripe_http, clock["id"], subscription["current_period_end"] + 2 * HOUR)
+    renewal = await emulator.latest(stripe_http, subscription["id"])
     (usage,) = renewal["lines"]["data"]
     assert (usage["quantity"], usage["amount"], usage["period"]) == (
         140,
@@ -297,63 +200,67 @@ async def test_a_meter_event_identifier_is_forgotten_after_24_hours_of_clock_tim
     )
 
 
-async def test_dunning_settings_can_end_retries_in_unpaid(stripe: httpx.AsyncClient) -> None:
-    configured = await _ok(
-        await stripe.post("/_config/test_clocks/dunning", data={"retry_days[]": ["1"], "after": "unpaid"})
+async def test_dunning_settings_can_end_retries_in_unpaid(stripe_http: httpx.AsyncClient) -> None:
+    configured = await emulator.ok(
+        await stripe_http.post(
+            "/_config/test_clocks/dunning", data={"retry_days[]": ["1"], "after": "unpaid"}
+        )
     )
     assert configured == {"retry_days": [1], "after": "unpaid"}
     try:
-        clock = await _clock(stripe)
-        customer = await _customer(stripe, clock["id"])
-        subscription = await _subscribe(stripe, customer, await _price(stripe, 900))
-        failing = await _ok(
-            await stripe.post(
+        clock = await emulator.clock(stripe_http)
+        customer = await emulator.customer(stripe_http, clock["id"])
+        subscription = await emulator.subscribe(stripe_http, customer, await emulator.price(stripe_http, 900))
+        failing = await emulator.ok(
+            await stripe_http.post(
                 "/v1/payment_methods/pm_card_chargeCustomerFail/attach", data={"customer": customer}
             )
         )
-        await _ok(
-            await stripe.post(
+        await emulator.ok(
+            await stripe_http.post(
                 f"/v1/customers/{customer}", data={"invoice_settings[default_payment_method]": failing["id"]}
             )
         )
         end = subscription["current_period_end"]
-        await _advance(stripe, clock["id"], end + 2 * HOUR)
-        assert (await _ok(await stripe.get(f"/v1/subscriptions/{subscription['id']}")))[
+        await emulator.advance(stripe_http, clock["id"], end + 2 * HOUR)
+        assert (await emulator.ok(await stripe_http.get(f"/v1/subscriptions/{subscription['id']}")))[
             "status"
         ] == "past_due"
-        await _advance(stripe, clock["id"], end + HOUR + DAY + 1)
-        assert (await _ok(await stripe.get(f"/v1/subscriptions/{subscription['id']}")))["status"] == "unpaid"
-        renewal = await _latest(stripe, subscription["id"])
+        await emulator.advance(stripe_http, clock["id"], end + HOUR + DAY + 1)
+        assert (await emulator.ok(await stripe_http.get(f"/v1/subscriptions/{subscription['id']}")))[
+            "status"
+        ] == "unpaid"
+        renewal = await emulator.latest(stripe_http, subscription["id"])
         assert (renewal["status"], renewal["attempt_count"], renewal["next_payment_attempt"]) == (
             "open",
             2,
             None,
         )
-        kinds = [kind for kind, _ in await _events(stripe, renewal["id"])]
+        kinds = [kind for kind, _ in await emulator.events(stripe_http, renewal["id"])]
         assert kinds.count("invoice.payment_failed") == 2
     finally:
-        await _ok(
-            await stripe.post(
+        await emulator.ok(
+            await stripe_http.post(
                 "/_config/test_clocks/dunning", data={"retry_days[]": ["3", "5", "7"], "after": "canceled"}
             )
         )
 
 
 async def test_a_dispute_opened_on_a_charge_is_sent_and_closed_as_stripe_does(
-    stripe: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
 ) -> None:
-    clock = await _clock(stripe)
-    customer = await _customer(stripe, clock["id"])
-    subscription = await _subscribe(stripe, customer, await _price(stripe, 4000))
-    await _advance(stripe, clock["id"], subscription["current_period_end"] + 2 * HOUR)
-    renewal = await _latest(stripe, subscription["id"])
-    charge = (await _ok(await stripe.get(f"/v1/payment_intents/{renewal['payment_intent']}")))[
+    clock = await emulator.clock(stripe_http)
+    customer = await emulator.customer(stripe_http, clock["id"])
+    subscription = await emulator.subscribe(stripe_http, customer, await emulator.price(stripe_http, 4000))
+    await emulator.advance(stripe_http, clock["id"], subscription["current_period_end"] + 2 * HOUR)
+    renewal = await emulator.latest(stripe_http, subscription["id"])
+    charge = (await emulator.ok(await stripe_http.get(f"/v1/payment_intents/{renewal['payment_intent']}")))[
         "latest_charge"
     ]
     charge_id = charge["id"] if isinstance(charge, dict) else charge
 
-    opened = await _ok(
-        await stripe.post(f"/v1/test_helpers/charges/{charge_id}/dispute", data={"amount": "2500"})
+    opened = await emulator.ok(
+        await stripe_http.post(f"/v1/test_helpers/charges/{charge_id}/dispute", data={"amount": "2500"})
     )
     assert {k: opened[k] for k in ("object", "amount", "charge", "status", "reason")} == {
         "object": "dispute",
@@ -363,33 +270,37 @@ async def test_a_dispute_opened_on_a_charge_is_sent_and_closed_as_stripe_does(
         "reason": "fraudulent",
     }
     assert opened["payment_intent"] == renewal["payment_intent"]
-    too_much = await stripe.post(f"/v1/test_helpers/charges/{charge_id}/dispute", data={"amount": "4001"})
+    too_much = await stripe_http.post(
+        f"/v1/test_helpers/charges/{charge_id}/dispute", data={"amount": "4001"}
+    )
     assert too_much.status_code == 400
-    closed = await _ok(
-        await stripe.post(f"/v1/test_helpers/disputes/{opened['id']}/close", data={"status": "lost"})
+    closed = await emulator.ok(
+        await stripe_http.post(f"/v1/test_helpers/disputes/{opened['id']}/close", data={"status": "lost"})
     )
     assert closed["status"] == "lost"
-    assert (await _ok(await stripe.get(f"/v1/disputes/{opened['id']}")))["status"] == "lost"
-    assert [kind for kind, _ in await _events(stripe, opened["id"])] == [
+    assert (await emulator.ok(await stripe_http.get(f"/v1/disputes/{opened['id']}")))["status"] == "lost"
+    assert [kind for kind, _ in await emulator.events(stripe_http, opened["id"])] == [
         "charge.dispute.created",
         "charge.dispute.closed",
     ]
 
 
 async def test_cancel_at_period_end_ends_the_subscription_at_the_period_end(
-    stripe: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
 ) -> None:
-    clock = await _clock(stripe)
-    customer = await _customer(stripe, clock["id"])
-    subscription = await _subscribe(stripe, customer, await _price(stripe, 1000))
-    await _ok(
-        await stripe.post(f"/v1/subscriptions/{subscription['id']}", data={"cancel_at_period_end": "true"})
+    clock = await emulator.clock(stripe_http)
+    customer = await emulator.customer(stripe_http, clock["id"])
+    subscription = await emulator.subscribe(stripe_http, customer, await emulator.price(stripe_http, 1000))
+    await emulator.ok(
+        await stripe_http.post(
+            f"/v1/subscriptions/{subscription['id']}", data={"cancel_at_period_end": "true"}
+        )
     )
     end = subscription["current_period_end"]
-    await _advance(stripe, clock["id"], end + DAY)
-    after = await _ok(await stripe.get(f"/v1/subscriptions/{subscription['id']}"))
+    await emulator.advance(stripe_http, clock["id"], end + DAY)
+    after = await emulator.ok(await stripe_http.get(f"/v1/subscriptions/{subscription['id']}"))
     assert (after["status"], after["ended_at"]) == ("canceled", end)
-    assert len(await _invoices(stripe, customer)) == 1  # no renewal
+    assert len(await emulator.invoices(stripe_http, customer)) == 1  # no renewal
 
 
 def _process_env(settings: Settings, billing_clock: str) -> dict[str, str]:
@@ -425,10 +336,10 @@ def test_api_and_worker_refuse_to_start_on_a_test_clock_they_cannot_read(
 
 
 async def test_a_process_started_with_billing_clock_runs_on_the_test_clocks_time(
-    stripe: httpx.AsyncClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    stripe_http: httpx.AsyncClient, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     future = int(time.time()) + 400 * DAY
-    test_clock = await _clock(stripe, future)
+    test_clock = await emulator.clock(stripe_http, future)
     on_clock = settings.model_copy(update={"billing_clock": f"stripe-test-clock:{test_clock['id']}"})
     monkeypatch.setattr(cli_module, "get_settings", lambda: on_clock)
     try:
@@ -440,14 +351,16 @@ async def test_a_process_started_with_billing_clock_runs_on_the_test_clocks_time
 
 
 async def test_the_dev_stack_keeps_its_test_clock_across_restarts(
-    stripe: httpx.AsyncClient, settings: Settings, tmp_path: Path
+    stripe_http: httpx.AsyncClient, settings: Settings, tmp_path: Path
 ) -> None:
     key = settings.stripe_secret_key.get_secret_value()
     saved = tmp_path / "test_clock.id"
     first = await asyncio.to_thread(dev_test_clock, str(settings.stripe_api_base), key, saved)
     again = await asyncio.to_thread(dev_test_clock, str(settings.stripe_api_base), key, saved)
     assert again == first == saved.read_text()
-    assert (await _ok(await stripe.get(f"/v1/test_helpers/test_clocks/{first}")))["name"] == "billing dev"
-    await _ok(await stripe.delete(f"/v1/test_helpers/test_clocks/{first}"))
+    assert (await emulator.ok(await stripe_http.get(f"/v1/test_helpers/test_clocks/{first}")))[
+        "name"
+    ] == "billing dev"
+    await emulator.ok(await stripe_http.delete(f"/v1/test_helpers/test_clocks/{first}"))
     replaced = await asyncio.to_thread(dev_test_clock, str(settings.stripe_api_base), key, saved)
     assert replaced != first

@@ -10,17 +10,17 @@ import httpx
 import pytest
 import respx
 from arq import Retry
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import OutboxMessage, Subscription
 from app.worker.webhook_jobs import process_stripe_event, suspend_overdue_api_keys
 from tests.support.billing_data import World, event, invoice_obj, make_world, subscription_obj
+from tests.support.dunning import overdue_by
 from tests.support.factories import sign_webhook
+from tests.support.stripe_payments import PERIOD
 from tests.support.worker import Ctx, deliver
-
-PERIOD = (1_780_000_000, 1_782_592_000)
 
 
 async def subscription(engine: AsyncEngine, world: World) -> Any:
@@ -31,18 +31,6 @@ async def subscription(engine: AsyncEngine, world: World) -> Any:
 async def outbox_kinds(engine: AsyncEngine) -> list[str]:
     async with engine.connect() as connection:
         return sorted((await connection.execute(select(OutboxMessage.kind))).scalars().all())
-
-
-async def overdue_by(engine: AsyncEngine, days: int) -> None:
-    """Move the clock: the subscription has been past due for `days`, and what the outbox holds
-    was written before that."""
-    async with engine.begin() as connection:
-        await connection.execute(
-            text("UPDATE subscriptions SET past_due_since = now() - make_interval(days => :d)"), {"d": days}
-        )
-        await connection.execute(
-            text("UPDATE outbox SET created_at = created_at - make_interval(days => :d + 30)"), {"d": days}
-        )
 
 
 async def fail_payment(client: httpx.AsyncClient, ctx: Ctx, world: World, created: int = 100) -> None:

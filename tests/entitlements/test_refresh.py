@@ -17,11 +17,12 @@ from app.config import Settings
 from app.entitlements import keys
 from app.models import MarketplaceEvent
 from app.worker.webhook_jobs import process_stripe_event, suspend_overdue_api_keys
-from tests.dunning.test_service import PERIOD, overdue_by
 from tests.support.billing_data import event, invoice_obj, make_world
+from tests.support.dunning import overdue_by
 from tests.support.entitlement_data import GATEWAY, gateway_settings, running
 from tests.support.factories import sign_webhook
 from tests.support.journeys import Auth, create_plan, new_api_id, register, subscribe
+from tests.support.stripe_payments import PERIOD
 from tests.support.worker import Ctx
 
 

@@ -22,6 +22,8 @@ from app.models import (
 )
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
+# The commission the earnings rows of these tests are booked at (the platform's default).
+RATE = Decimal("0.20")
 
 
 async def add(engine: AsyncEngine, *rows: object) -> None:
