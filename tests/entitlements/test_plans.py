@@ -2,48 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from decimal import Decimal
 
 import httpx
 import pytest
 import respx
-from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import clock
-from app.config import Settings
 from tests.support import rows
-from tests.support.entitlement_data import (
-    GATEWAY,
-    PERIOD_START,
-    check_body,
-    entitled,
-    gateway_settings,
-    running,
-)
+from tests.support.entitlement_data import GATEWAY, PERIOD_START, check_body, entitled
 from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 
-IN_PERIOD = PERIOD_START + timedelta(days=3)
-
-
-@pytest.fixture(scope="module")
-async def gateway(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    async with running(gateway_settings(settings, entitlements_redis_timeout_seconds=10)) as pair:
-        yield pair
-
-
-@pytest.fixture
-async def http(gateway: tuple[FastAPI, httpx.AsyncClient], engine: AsyncEngine) -> httpx.AsyncClient:
-    return gateway[1]
-
-
-@pytest.fixture(autouse=True)
-def business_time() -> Iterator[clock.ManualClock]:
-    manual = clock.ManualClock(IN_PERIOD)
-    with clock.use(manual):
-        yield manual
+pytestmark = pytest.mark.usefixtures("business_time")
 
 
 async def track_one(http: httpx.AsyncClient, body: dict[str, object]) -> dict[str, object]:

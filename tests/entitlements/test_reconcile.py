@@ -2,54 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 import respx
-from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app import clock
-from app.config import Settings
 from app.worker.webhook_jobs import aggregate_usage
-from tests.support.entitlement_data import (
-    GATEWAY,
-    PERIOD_START,
-    check_body,
-    entitled,
-    gateway_settings,
-    running,
-)
+from tests.support.entitlement_data import GATEWAY, check_body, entitled
 from tests.support.journeys import Auth
 from tests.support.usage import Metering
 from tests.support.worker import Ctx
 
-# The period began on 10 March at 12:00. A window belongs to the period holding its meter event's
-# instant (app.usage.windows): 10 March's whole-day window is stamped 23:59:59 that day, so it is
-# billed in this period, as are 11 and 12 March: 110 + 111 + 112 calls so far.
-TODAY = PERIOD_START + timedelta(days=3)
+# The period began on 10 March at 12:00 and business time is 13 March 12:00 (IN_PERIOD). A window
+# belongs to the period holding its meter event's instant (app.usage.windows): 10 March's whole-day
+# window is stamped 23:59:59 that day, so it is billed in this period, as are 11 and 12 March:
+# 110 + 111 + 112 calls so far.
 METERED_IN_PERIOD = 110 + 111 + 112
 
-
-@pytest.fixture(scope="module")
-async def gateway(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    async with running(gateway_settings(settings, entitlements_redis_timeout_seconds=10)) as pair:
-        yield pair
-
-
-@pytest.fixture
-async def http(gateway: tuple[FastAPI, httpx.AsyncClient], engine: AsyncEngine) -> httpx.AsyncClient:
-    return gateway[1]
-
-
-@pytest.fixture(autouse=True)
-def business_time() -> Iterator[clock.ManualClock]:
-    manual = clock.ManualClock(TODAY)
-    with clock.use(manual):
-        yield manual
+pytestmark = pytest.mark.usefixtures("business_time")
 
 
 async def used(http: httpx.AsyncClient, body: dict[str, Any]) -> int:

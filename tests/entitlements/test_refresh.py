@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,17 +23,6 @@ from tests.support.factories import sign_webhook
 from tests.support.journeys import Auth, create_plan, new_api_id, register, subscribe
 from tests.support.stripe_payments import PERIOD
 from tests.support.worker import Ctx
-
-
-@pytest.fixture(scope="module")
-async def gateway(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    async with running(gateway_settings(settings, entitlements_redis_timeout_seconds=10)) as pair:
-        yield pair
-
-
-@pytest.fixture
-async def http(gateway: tuple[FastAPI, httpx.AsyncClient], engine: AsyncEngine) -> httpx.AsyncClient:
-    return gateway[1]
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 
 import httpx
@@ -14,40 +13,19 @@ from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import clock
-from app.config import Settings
 from app.entitlements import counters
 from app.models import OutboxMessage, Subscription
 from tests.support.entitlement_data import (
     GATEWAY,
+    IN_PERIOD,
     OLD_GATEWAY_TOKEN,
     PERIOD_END,
     PERIOD_START,
     check_body,
     entitled,
-    gateway_settings,
-    running,
 )
 
-IN_PERIOD = PERIOD_START + timedelta(days=3)
-
-
-@pytest.fixture(scope="module")
-async def gateway(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    # A generous Redis timeout: these tests are about exact counts on a loaded machine, not latency.
-    async with running(gateway_settings(settings, entitlements_redis_timeout_seconds=10)) as pair:
-        yield pair
-
-
-@pytest.fixture
-async def http(gateway: tuple[FastAPI, httpx.AsyncClient], engine: AsyncEngine) -> httpx.AsyncClient:
-    return gateway[1]
-
-
-@pytest.fixture(autouse=True)
-def business_time() -> Iterator[clock.ManualClock]:
-    manual = clock.ManualClock(IN_PERIOD)
-    with clock.use(manual):
-        yield manual
+pytestmark = pytest.mark.usefixtures("business_time")
 
 
 async def check(http: httpx.AsyncClient, subscription: Subscription, **fields: object) -> dict[str, object]:

@@ -24,6 +24,8 @@ OLD_GATEWAY_TOKEN = "gw-token-previous-0123456789"
 GATEWAY = {"Authorization": f"Bearer {GATEWAY_TOKEN}"}
 PERIOD_START = datetime.fromisoformat("2026-03-10T12:00:00+00:00")
 PERIOD_END = datetime.fromisoformat("2026-04-10T12:00:00+00:00")
+# Business time in the entitlement tests (their `business_time` fixture), unless a test moves it.
+IN_PERIOD = PERIOD_START + timedelta(days=3)
 
 
 def gateway_settings(settings: Settings, **overrides: Any) -> Settings:
