@@ -8,10 +8,10 @@ worker's job for it, in the order Stripe sent them.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -28,12 +28,11 @@ from app.dev.siblings import build_app
 from app.models import Earning, Invoice, Subscription, UsageRecord
 from app.stripe.test_clocks import TestClockTime
 from app.worker.webhook_jobs import process_stripe_event
+from tests.support import emulator
+from tests.support.emulator import DAY, HOUR
 from tests.support.factories import sign_webhook
 from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 from tests.support.worker import Ctx
-
-DAY = 86400
-HOUR = 3600
 
 
 @pytest.fixture
@@ -87,19 +86,7 @@ class Timeline:
         )
 
     async def advance_to(self, moment: int) -> None:
-        advanced = await self.stripe_http.post(
-            f"/v1/test_helpers/test_clocks/{self.clock_id}/advance", data={"frozen_time": moment}
-        )
-        assert advanced.status_code == 200, advanced.text
-        assert advanced.json()["status"] == "advancing"
-        for _ in range(300):
-            found = (await self.stripe_http.get(f"/v1/test_helpers/test_clocks/{self.clock_id}")).json()
-            if found["status"] == "ready":
-                assert found["frozen_time"] == moment
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("the test clock never became ready")
+        await emulator.advance(self.stripe_http, self.clock_id, moment)
         await self.relay()
 
     async def relay(self) -> list[dict[str, Any]]:
@@ -153,17 +140,26 @@ async def _subscription(engine: AsyncEngine, subscription_id: str) -> Any:
         return (await connection.execute(select(Subscription).filter_by(id=subscription_id))).one()
 
 
+@asynccontextmanager
 async def _paying_subscriber(
-    client: httpx.AsyncClient, stripe_http: httpx.AsyncClient, ctx: Ctx, auth: Auth, plan: dict[str, Any]
-) -> tuple[Timeline, dict[str, Any], dict[str, str]]:
+    client: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
+    ctx: Ctx,
+    auth: Auth,
+    settings: Settings,
+    plan: dict[str, Any],
+) -> AsyncIterator[tuple[Timeline, dict[str, Any], dict[str, str]]]:
+    """A new consumer on a new test clock, subscribed to `plan` with a card, and our business time
+    on that clock while the story runs: (timeline, our subscription, the consumer's headers)."""
     headers = auth("consumer")
     registered = await register(client, headers)
     timeline = await Timeline.start(client, stripe_http, ctx, registered["stripe_customer_id"])
-    await add_card(client, headers)
-    subscribed = await subscribe(client, headers, plan)
-    assert subscribed.status_code == 201, subscribed.text
-    await timeline.relay()
-    return timeline, subscribed.json(), headers
+    with clock.use(TestClockTime(settings, timeline.clock_id, refresh_seconds=0)):
+        await add_card(client, headers)
+        subscribed = await subscribe(client, headers, plan)
+        assert subscribed.status_code == 201, subscribed.text
+        await timeline.relay()
+        yield timeline, subscribed.json(), headers
 
 
 async def test_monthly_renewals_are_invoiced_mirrored_and_paid_once_per_period(
@@ -175,13 +171,8 @@ async def test_monthly_renewals_are_invoiced_mirrored_and_paid_once_per_period(
     settings: Settings,
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="29")
-    headers = auth("consumer")
-    registered = await register(client, headers)
-    timeline = await Timeline.start(client, stripe_http, worker_ctx, registered["stripe_customer_id"])
-    with clock.use(TestClockTime(settings, timeline.clock_id, refresh_seconds=0)):
-        await add_card(client, headers)
-        subscribed = (await subscribe(client, headers, plan)).json()
-        await timeline.relay()
+    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, plan) as story:
+        timeline, subscribed, _ = story
         stripe_id = subscribed["stripe_subscription_id"]
         first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
         ends = []
@@ -220,14 +211,8 @@ async def test_usage_metered_in_a_period_is_billed_once_on_that_periods_renewal(
     metering: respx.MockRouter,
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id(), type="pay_per_use", price_per_call="0.25")
-    headers = auth("consumer")
-    registered = await register(client, headers)
-    timeline = await Timeline.start(client, stripe_http, worker_ctx, registered["stripe_customer_id"])
-    followed = TestClockTime(settings, timeline.clock_id, refresh_seconds=0)
-    with clock.use(followed):
-        await add_card(client, headers)
-        subscribed = (await subscribe(client, headers, plan)).json()
-        await timeline.relay()
+    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, plan) as story:
+        timeline, subscribed, _ = story
         stripe_id = subscribed["stripe_subscription_id"]
         first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
         calls_url = f"http://metering.test/api/v1/usage/subscription/{subscribed['id']}/calls"
@@ -272,8 +257,8 @@ async def test_a_failing_card_goes_past_due_is_retried_on_schedule_then_cancelle
     settings: Settings,
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="19")
-    timeline, subscribed, headers = await _paying_subscriber(client, stripe_http, worker_ctx, auth, plan)
-    with clock.use(TestClockTime(settings, timeline.clock_id, refresh_seconds=0)):
+    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, plan) as story:
+        timeline, subscribed, headers = story
         failing = await add_card(client, headers, "pm_card_chargeCustomerFail")
         made_default = await client.put(f"/api/v1/payment-methods/{failing['id']}/default", headers=headers)
         assert made_default.status_code == 200, made_default.text
@@ -325,8 +310,8 @@ async def test_an_upgrade_mid_period_is_invoiced_prorated_at_once_and_the_next_r
     creator, api_id = auth("creator"), new_api_id()
     basic = await create_plan(client, creator, api_id, name="Basic", monthly_price="30")
     pro = await create_plan(client, creator, api_id, name="Pro", monthly_price="60")
-    timeline, subscribed, headers = await _paying_subscriber(client, stripe_http, worker_ctx, auth, basic)
-    with clock.use(TestClockTime(settings, timeline.clock_id, refresh_seconds=0)):
+    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, basic) as story:
+        timeline, subscribed, headers = story
         stripe_id = subscribed["stripe_subscription_id"]
         first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
         period = await timeline.subscription(stripe_id)
@@ -366,8 +351,8 @@ async def test_a_trial_ends_three_days_after_its_warning_with_the_first_invoice_
     settings: Settings,
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="15", trial_period_days=10)
-    timeline, subscribed, _ = await _paying_subscriber(client, stripe_http, worker_ctx, auth, plan)
-    with clock.use(TestClockTime(settings, timeline.clock_id, refresh_seconds=0)):
+    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, plan) as story:
+        timeline, subscribed, _ = story
         assert (await _subscription(engine, subscribed["id"])).status == "trial"
         trial_end = int((await timeline.subscription(subscribed["stripe_subscription_id"]))["trial_end"])
         await timeline.advance_to(trial_end - 3 * DAY)
@@ -392,8 +377,8 @@ async def test_a_lost_dispute_on_a_renewal_takes_back_the_creators_share_of_it(
     settings: Settings,
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="50")
-    timeline, subscribed, _ = await _paying_subscriber(client, stripe_http, worker_ctx, auth, plan)
-    with clock.use(TestClockTime(settings, timeline.clock_id, refresh_seconds=0)):
+    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, plan) as story:
+        timeline, subscribed, _ = story
         stripe_id = subscribed["stripe_subscription_id"]
         first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
         await timeline.advance_to(

@@ -47,3 +47,15 @@ async def subscribe(
 ) -> httpx.Response:
     body = {"api_id": plan["api_id"], "pricing_plan_id": plan["id"], **extra}
     return await client.post("/api/v1/subscriptions", json=body, headers=headers)
+
+
+async def subscribed_consumer(
+    client: httpx.AsyncClient, auth: Auth, plan: dict[str, Any]
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """A new consumer, registered with a card, subscribed to `plan`: (its headers, the subscription)."""
+    headers = auth("consumer")
+    await register(client, headers)
+    await add_card(client, headers)
+    created = await subscribe(client, headers, plan)
+    assert created.status_code == 201, created.text
+    return headers, dict(created.json())

@@ -24,12 +24,12 @@ from app import clock, metrics
 from app.config import Settings
 from app.models import PricingPlanVersion, Subscription, UsageRecord
 from app.stripe import StripeGateway
-from app.sync.service import SyncService
 from app.usage.service import UsageService
 from app.usage.windows import day_start
 from app.worker.webhook_jobs import aggregate_usage, process_stripe_event
 from tests.support.billing_data import event, invoice_obj, make_world, subscription_obj
-from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import Auth, create_plan, new_api_id, subscribed_consumer
+from tests.support.sync import sync_service
 from tests.support.usage import METERING, meter_event_api, pay_per_use, usage_windows
 from tests.support.worker import Ctx, deliver
 
@@ -102,6 +102,11 @@ async def cli(*args: str) -> Result:
     return await asyncio.to_thread(
         lambda: runner.invoke(cli_module.cli, ["usage", *args], env={"COLUMNS": "250"})
     )
+
+
+def _next_morning(today: date) -> clock.ManualClock:
+    """Business time five minutes into the day after `today`, when the cron has counted `today`."""
+    return clock.ManualClock(day_start(today + timedelta(days=1)) + timedelta(minutes=5))
 
 
 def quarantined_total() -> float:
@@ -349,23 +354,8 @@ async def _subscribed_to_one_of_two(
     api_id = new_api_id()
     plan = await create_plan(client, creator, api_id, **subscribed)
     other_plan = await create_plan(client, creator, api_id, **other)
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = (await subscribe(client, headers, plan)).json()
+    headers, created = await subscribed_consumer(client, auth, plan)
     return headers, created, plan, other_plan
-
-
-async def _subscribed(
-    client: httpx.AsyncClient, auth: Auth, **terms: Any
-) -> tuple[dict[str, str], dict[str, Any]]:
-    plan = await create_plan(client, auth("creator"), new_api_id(), **terms)
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = await subscribe(client, headers, plan)
-    assert created.status_code == 201, created.text
-    return headers, dict(created.json())
 
 
 @pytest.mark.parametrize(
@@ -379,7 +369,8 @@ async def _subscribed(
 async def test_cancelling_now_sends_the_usage_so_far_then_has_stripe_invoice_it_at_once(
     client: httpx.AsyncClient, auth: Auth, services: Services, terms: dict[str, Any], prorate: bool
 ) -> None:
-    headers, created = await _subscribed(client, auth, **terms)
+    plan = await create_plan(client, auth("creator"), new_api_id(), **terms)
+    headers, created = await subscribed_consumer(client, auth, plan)
     today = datetime.now(UTC).date()
     services.counts.set(created["id"], today, 42)
 
@@ -449,7 +440,7 @@ async def test_calls_on_pay_per_use_before_a_change_to_a_flat_plan_are_billed_an
     assert [p["payload[value]"] for p in services.sent()] == ["40"]
 
     services.counts.set(created["id"], today, 100)  # 60 more calls today, on the flat plan
-    with clock.use(clock.ManualClock(day_start(today + timedelta(days=1)) + timedelta(minutes=5))):
+    with clock.use(_next_morning(today)):
         await aggregate_usage(worker_ctx)
     assert [p["payload[value]"] for p in services.sent()] == ["40"]
     stored = await usage_windows(engine, uuid.UUID(created["id"]))
@@ -475,7 +466,7 @@ async def test_calls_on_a_flat_plan_before_a_change_to_pay_per_use_are_not_bille
     assert services.meter_events.call_count == 0
 
     services.counts.set(created["id"], today, 100)  # 70 more calls today, on pay-per-use
-    with clock.use(clock.ManualClock(day_start(today + timedelta(days=1)) + timedelta(minutes=5))):
+    with clock.use(_next_morning(today)):
         await aggregate_usage(worker_ctx)
     assert [p["payload[value]"] for p in services.sent()] == ["70"]
     stored = await usage_windows(engine, uuid.UUID(created["id"]))
@@ -530,7 +521,7 @@ async def test_a_plan_change_made_at_stripe_bills_the_calls_before_it_by_the_pla
     assert services.meter_events.call_count == 0
 
     services.counts.set(created["id"], today, 100)  # 70 more calls today, on pay-per-use
-    with clock.use(clock.ManualClock(day_start(today + timedelta(days=1)) + timedelta(minutes=5))):
+    with clock.use(_next_morning(today)):
         await aggregate_usage(worker_ctx)
     assert [p["payload[value]"] for p in services.sent()] == ["70"]
     stored = await usage_windows(engine, uuid.UUID(created["id"]))
@@ -557,7 +548,7 @@ async def test_a_change_at_stripe_from_pay_per_use_to_a_flat_plan_bills_the_call
     assert [p["payload[value]"] for p in services.sent()] == ["40"]
 
     services.counts.set(created["id"], today, 100)  # 60 more calls today, on the flat plan
-    with clock.use(clock.ManualClock(day_start(today + timedelta(days=1)) + timedelta(minutes=5))):
+    with clock.use(_next_morning(today)):
         await aggregate_usage(worker_ctx)
         await deliver(client, worker_ctx, changed)  # redelivered: nothing more is sent
     assert [p["payload[value]"] for p in services.sent()] == ["40"]
@@ -578,21 +569,16 @@ async def test_billing_sync_finding_a_plan_change_made_at_stripe_bills_the_calls
     services.counts.set(created["id"], today, 30)
     await _change_price_at_stripe(settings, engine, created["id"], metered["id"])  # no webhook reaches us
 
-    sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
     async with httpx.AsyncClient() as http:
-        gateway = StripeGateway(settings)
-        sync = SyncService(
-            engine, sessionmaker, gateway, None, rate_per_second=1000,
-            commission=settings.platform_commission, dry_run=False,
-            usage=UsageService(sessionmaker, gateway, settings, http),
-        )  # fmt: skip
+        sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        usage = UsageService(sessionmaker, StripeGateway(settings), settings, http)
         with clock.use(clock.ManualClock(datetime.now(UTC) + timedelta(minutes=1))):
-            await sync.run()
+            await sync_service(engine, settings, usage=usage).run()
     current = (await client.get(f"/api/v1/subscriptions/{created['id']}", headers=headers)).json()
     assert current["pricing_plan"]["id"] == metered["id"]
 
     services.counts.set(created["id"], today, 100)  # 70 more calls today, on pay-per-use
-    with clock.use(clock.ManualClock(day_start(today + timedelta(days=1)) + timedelta(minutes=5))):
+    with clock.use(_next_morning(today)):
         await aggregate_usage(worker_ctx)
     assert [p["payload[value]"] for p in services.sent()] == ["70"]
 
