@@ -13,7 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.main import create_app
 from app.models import OutboxMessage
-from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import (
+    Auth,
+    add_card,
+    consumer_with_card,
+    create_plan,
+    new_api_id,
+    register,
+    subscribe,
+)
 
 
 async def _outbox(engine: AsyncEngine, subscription_id: str) -> list[str]:
@@ -24,13 +32,6 @@ async def _outbox(engine: AsyncEngine, subscription_id: str) -> list[str]:
             .order_by(OutboxMessage.created_at)
         )
         return [kind for (kind,) in rows]
-
-
-async def _paying_consumer(client: httpx.AsyncClient, auth: Auth) -> dict[str, str]:
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    return headers
 
 
 async def test_card_subscribe_upgrade_cancel_issues_and_revokes_the_key(
@@ -162,7 +163,7 @@ async def test_trial_plan_starts_in_trial_with_a_key_at_once(
     client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id(), trial_period_days=14)
-    headers = await _paying_consumer(client, auth)
+    headers = await consumer_with_card(client, auth)
     response = await subscribe(client, headers, plan)
     assert response.status_code == 201, response.text
     body = response.json()
@@ -176,7 +177,7 @@ async def test_subscribers_keep_their_plan_version_after_a_price_change(
 ) -> None:
     creator = auth("creator")
     plan = await create_plan(client, creator, new_api_id(), monthly_price="10")
-    headers = await _paying_consumer(client, auth)
+    headers = await consumer_with_card(client, auth)
     created = (await subscribe(client, headers, plan)).json()
     changed = await client.put(
         f"/api/v1/apis/{plan['api_id']}/plans/{plan['id']}", json={"monthly_price": "12"}, headers=creator
@@ -190,7 +191,7 @@ async def test_cancel_defaults_to_period_end_and_twice_is_harmless(
     client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id())
-    headers = await _paying_consumer(client, auth)
+    headers = await consumer_with_card(client, auth)
     created = (await subscribe(client, headers, plan)).json()
     first = await client.put(f"/api/v1/subscriptions/{created['id']}/cancel", headers=headers)
     second = await client.put(f"/api/v1/subscriptions/{created['id']}/cancel", headers=headers)
@@ -222,7 +223,7 @@ async def test_free_to_paid_and_back_to_free(client: httpx.AsyncClient, auth: Au
     api_id = new_api_id()
     free = await create_plan(client, creator, api_id, type="free", name="Free")
     paid = await create_plan(client, creator, api_id, name="Paid")
-    headers = await _paying_consumer(client, auth)
+    headers = await consumer_with_card(client, auth)
     created = (await subscribe(client, headers, free)).json()
     url = f"/api/v1/subscriptions/{created['id']}/upgrade"
     up = await client.put(url, json={"new_pricing_plan_id": paid["id"]}, headers=headers)
@@ -258,7 +259,7 @@ async def test_upgrade_preview_against_the_emulator_gives_amount_and_lines(
     api_id = new_api_id()
     basic = await create_plan(client, creator, api_id, monthly_price="10")
     pro = await create_plan(client, creator, api_id, monthly_price="30")
-    headers = await _paying_consumer(client, auth)
+    headers = await consumer_with_card(client, auth)
     created = (await subscribe(client, headers, basic)).json()
     response = await client.get(
         f"/api/v1/subscriptions/{created['id']}/upgrade/preview",
@@ -373,7 +374,7 @@ async def test_usage_answers_from_records_when_metering_is_down(
     client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id(), type="pay_per_use", price_per_call="0.01")
-    headers = await _paying_consumer(client, auth)
+    headers = await consumer_with_card(client, auth)
     created = (await subscribe(client, headers, plan)).json()
     async with engine.begin() as connection:
         await connection.execute(
@@ -542,7 +543,7 @@ async def test_with_stripe_tax_the_emulator_still_subscribes_upgrades_and_checks
     api_id = new_api_id()
     basic = await create_plan(taxed_client, creator, api_id, name="Basic", monthly_price="9.99")
     pro = await create_plan(taxed_client, creator, api_id, name="Pro", monthly_price="29")
-    headers = await _paying_consumer(taxed_client, auth)
+    headers = await consumer_with_card(taxed_client, auth)
 
     created = await subscribe(taxed_client, headers, basic)
     assert created.status_code == 201, created.text

@@ -49,13 +49,21 @@ async def subscribe(
     return await client.post("/api/v1/subscriptions", json=body, headers=headers)
 
 
+async def consumer_with_card(
+    client: httpx.AsyncClient, auth: Auth, payment_method_id: str = "pm_card_visa"
+) -> dict[str, str]:
+    """A new consumer, registered, with a default card: its headers."""
+    headers = auth("consumer")
+    await register(client, headers)
+    await add_card(client, headers, payment_method_id)
+    return headers
+
+
 async def subscribed_consumer(
     client: httpx.AsyncClient, auth: Auth, plan: dict[str, Any]
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """A new consumer, registered with a card, subscribed to `plan`: (its headers, the subscription)."""
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
+    headers = await consumer_with_card(client, auth)
     created = await subscribe(client, headers, plan)
     assert created.status_code == 201, created.text
     return headers, dict(created.json())
