@@ -29,9 +29,11 @@ from app.models import StripeEvent
 from app.webhooks.ingest import event_job_id
 from app.worker.context import WorkerResources
 from app.worker.webhook_jobs import CRON_JOBS
-from tests.support.factories import TokenFactory, sign_webhook
+from tests.support.billing_data import customer_created
+from tests.support.factories import TokenFactory
 from tests.support.freeze import frozen, postgres_pids, redis_pids
 from tests.support.settings import make_settings
+from tests.support.worker import send
 
 log = logging.getLogger(__name__)
 # "About 2 s" (connect + command timeout with the default settings), with room for a loaded machine.
@@ -40,17 +42,6 @@ READY_WITHIN = 1.3
 WEBHOOK_WITHIN = 1.0
 SWEPT_WITHIN = 15.0
 GIVE_UP_AFTER = 10.0  # a test fails rather than hang on a server that never answers
-
-
-def _event() -> dict[str, Any]:
-    return {
-        "id": f"evt_{uuid.uuid4().hex}",
-        "object": "event",
-        "type": "customer.created",
-        "created": int(time.time()),
-        "livemode": False,
-        "data": {"object": {"id": f"cus_{uuid.uuid4().hex[:14]}", "object": "customer"}},
-    }
 
 
 @pytest.fixture
@@ -80,11 +71,6 @@ async def _timed(request: Any) -> tuple[httpx.Response, float]:
     return response, time.monotonic() - started
 
 
-async def _post_event(http: httpx.AsyncClient, payload: dict[str, Any]) -> httpx.Response:
-    body, header = sign_webhook(payload)
-    return await http.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
-
-
 async def _stored(engine: AsyncEngine, event_id: str) -> StripeEvent | None:
     async with engine.connect() as connection:
         return (await connection.execute(select(StripeEvent).where(StripeEvent.id == event_id))).first()  # type: ignore[return-value]
@@ -98,8 +84,8 @@ async def test_frozen_database_answers_503_fast_everywhere_and_loses_nothing(
     creator = {"Authorization": f"Bearer {tokens.make(role='creator')}", "Idempotency-Key": "plan-1"}
     # Warm pools: the freeze catches connections in use as well as new ones.
     assert (await http.get("/api/v1/subscriptions", headers=consumer)).status_code == 200
-    assert (await _post_event(http, _event())).status_code == 200
-    payload = _event()
+    assert (await send(http, customer_created())).status_code == 200
+    payload = customer_created()
     plan = {"name": "Basic", "type": "free"}
 
     with frozen(postgres_pids(workdir)):
@@ -109,7 +95,7 @@ async def test_frozen_database_answers_503_fast_everywhere_and_loses_nothing(
                 _timed(http.get(f"/api/v1/consumers/{uuid.uuid4()}", headers=consumer)),
                 _timed(http.post("/api/v1/consumers/register", headers=consumer)),
                 _timed(http.post("/api/v1/apis/weather/plans", json=plan, headers=creator)),
-                _timed(_post_event(http, payload)),
+                _timed(send(http, payload)),
             ),
             GIVE_UP_AFTER,
         )
@@ -129,7 +115,7 @@ async def test_frozen_database_answers_503_fast_everywhere_and_loses_nothing(
     assert ready_seconds < READY_WITHIN
 
     # Back again: Stripe's retry of the refused event is stored, the routes answer, the key is free.
-    assert (await _post_event(http, payload)).status_code == 200
+    assert (await send(http, payload)).status_code == 200
     assert await _stored(engine, payload["id"]) is not None
     assert (await http.get("/api/v1/subscriptions", headers=consumer)).status_code == 200
     assert (await http.post("/api/v1/apis/weather/plans", json=plan, headers=creator)).status_code == 201
@@ -193,17 +179,17 @@ async def arq_redis(redis_url: str) -> AsyncIterator[ArqRedis]:
 async def test_frozen_redis_webhook_answered_within_a_second_and_swept_after_recovery(
     http: httpx.AsyncClient, engine: AsyncEngine, arq_redis: ArqRedis, settings: Settings
 ) -> None:
-    assert (await _post_event(http, _event())).status_code == 200
-    payloads = [_event() for _ in range(3)]
-    burst = [_event() for _ in range(40)]
+    assert (await send(http, customer_created())).status_code == 200
+    payloads = [customer_created() for _ in range(3)]
+    burst = [customer_created() for _ in range(40)]
 
     with frozen(redis_pids(settings.redis_url)):
         results = await asyncio.wait_for(
-            asyncio.gather(*(_timed(_post_event(http, p)) for p in payloads)), GIVE_UP_AFTER
+            asyncio.gather(*(_timed(send(http, p)) for p in payloads)), GIVE_UP_AFTER
         )
         # A burst while Redis stays frozen: no batch waits on Redis behind another.
         results += await asyncio.wait_for(
-            asyncio.gather(*(_timed(_post_event(http, p)) for p in burst)), GIVE_UP_AFTER
+            asyncio.gather(*(_timed(send(http, p)) for p in burst)), GIVE_UP_AFTER
         )
         ready, ready_seconds = await asyncio.wait_for(_timed(http.get("/ready")), GIVE_UP_AFTER)
 

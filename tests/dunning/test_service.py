@@ -18,9 +18,8 @@ from app.models import OutboxMessage, Subscription
 from app.worker.webhook_jobs import process_stripe_event, suspend_overdue_api_keys
 from tests.support.billing_data import World, event, invoice_obj, make_world, subscription_obj
 from tests.support.dunning import overdue_by
-from tests.support.factories import sign_webhook
 from tests.support.stripe_payments import PERIOD
-from tests.support.worker import Ctx, deliver
+from tests.support.worker import Ctx, deliver, send
 
 
 async def subscription(engine: AsyncEngine, world: World) -> Any:
@@ -137,8 +136,7 @@ async def test_stripe_down_while_ending_dunning_retries_the_event(
     world = await make_world(engine, status="past_due", stripe_subscription="sub_unpaid2")
     unpaid = subscription_obj(world, "unpaid", period=PERIOD)
     payload = event("customer.subscription.updated", unpaid, created=500)
-    body, header = sign_webhook(payload)
-    await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
+    await send(client, payload)
     with respx.mock() as stripe_mock:
         stripe_mock.delete(f"{settings.stripe_api_base}/v1/subscriptions/sub_unpaid2").respond(500)
         with pytest.raises(Retry):

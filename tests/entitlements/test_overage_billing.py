@@ -16,8 +16,7 @@ from app.models import PricingPlanVersion, UsageRecord
 from app.worker.webhook_jobs import process_stripe_event
 from tests.support import rows
 from tests.support.billing_data import World, event, invoice_obj, make_world
-from tests.support.factories import sign_webhook
-from tests.support.worker import Ctx
+from tests.support.worker import Ctx, send
 
 PERIOD_START = datetime(2026, 10, 5, tzinfo=UTC)
 PERIOD_END = datetime(2026, 11, 5, tzinfo=UTC)
@@ -50,8 +49,7 @@ async def overage_world(engine: AsyncEngine, *, recorded: int) -> World:
 async def draft_created(client: httpx.AsyncClient, ctx: Ctx, world: World, invoice_id: str) -> None:
     draft = invoice_obj(world, invoice_id, "draft", amount=2900, period=PERIOD)
     payload = event("invoice.created", draft, created=10)
-    body, header = sign_webhook(payload)
-    response = await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
+    response = await send(client, payload)
     assert response.status_code == 200
     assert await process_stripe_event(ctx, payload["id"]) == "processed"
 

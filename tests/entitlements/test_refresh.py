@@ -19,10 +19,9 @@ from app.worker.webhook_jobs import process_stripe_event, suspend_overdue_api_ke
 from tests.support.billing_data import event, invoice_obj, make_world
 from tests.support.dunning import overdue_by
 from tests.support.entitlement_data import GATEWAY, gateway_settings, running
-from tests.support.factories import sign_webhook
 from tests.support.journeys import Auth, create_plan, new_api_id, register, subscribe
 from tests.support.stripe_payments import PERIOD
-from tests.support.worker import Ctx
+from tests.support.worker import Ctx, send
 
 
 @pytest.fixture
@@ -97,8 +96,7 @@ async def test_a_dunning_suspension_and_its_restoration_are_seen_by_the_next_che
     subscription_id, api_id = str(world.subscription_id), world.api_id
 
     async def deliver(payload: dict[str, Any]) -> None:
-        body, header = sign_webhook(payload)
-        response = await http.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
+        response = await send(http, payload)
         assert response.status_code == 200
         assert await process_stripe_event(worker_ctx, payload["id"]) == "processed"
 

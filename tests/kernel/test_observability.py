@@ -268,13 +268,10 @@ async def test_the_worker_serves_the_series_its_jobs_count_on_its_own_port(
     from app.worker.context import WorkerResources
     from app.worker.settings import WorkerSettings
     from tests.support.billing_data import event
-    from tests.support.factories import sign_webhook
+    from tests.support.worker import send
 
     payload = event("customer.created", {"id": "cus_metrics_probe", "object": "customer"}, created=1)
-    body, header = sign_webhook(payload)
-    assert (
-        await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
-    ).is_success
+    assert (await send(client, payload)).is_success
     (job,) = [f for f in WorkerSettings.functions if getattr(f, "__name__", "") == "process_stripe_event"]
     resources = WorkerResources.open(settings)
     redis = await create_pool(RedisSettings.from_dsn(redis_url))

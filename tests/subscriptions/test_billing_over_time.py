@@ -30,9 +30,8 @@ from app.stripe.test_clocks import TestClockTime
 from app.worker.webhook_jobs import process_stripe_event
 from tests.support import emulator
 from tests.support.emulator import DAY, HOUR
-from tests.support.factories import sign_webhook
 from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
-from tests.support.worker import Ctx
+from tests.support.worker import Ctx, send
 
 
 @pytest.fixture
@@ -93,10 +92,7 @@ class Timeline:
         """Post every new event to our endpoint, signed, and run the worker's job for it."""
         events = await _all_events(self.stripe_http, self.last_event)
         for event in events:
-            body, header = sign_webhook(event)
-            response = await self.client.post(
-                "/webhooks/stripe", content=body, headers={"Stripe-Signature": header}
-            )
+            response = await send(self.client, event)
             assert response.status_code == 200, response.text
             self.outcomes[event["id"]] = await process_stripe_event(self.ctx, event["id"])
             self.last_event = event["id"]

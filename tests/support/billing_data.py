@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -101,6 +102,13 @@ def event(
         "livemode": False,
         "data": {"object": obj},
     }
+
+
+def customer_created(**fields: Any) -> dict[str, Any]:
+    """A `customer.created` event about a new customer, sent now: for tests of the webhook endpoint
+    where what the event says does not matter. `fields` replace the event's own."""
+    customer = {"id": f"cus_{uuid.uuid4().hex[:14]}", "object": "customer"}
+    return {**event("customer.created", customer, created=int(time.time())), **fields}
 
 
 def subscription_obj(

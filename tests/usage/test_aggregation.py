@@ -21,9 +21,8 @@ from app.periods import add_months
 from app.usage.windows import day_start, meter_event_identifier
 from app.worker.webhook_jobs import aggregate_usage, process_stripe_event
 from tests.support.billing_data import event, invoice_obj, make_world
-from tests.support.factories import sign_webhook
 from tests.support.usage import Metering, meter_event_api, pay_per_use, usage_windows
-from tests.support.worker import Ctx
+from tests.support.worker import Ctx, send
 
 
 @pytest.fixture
@@ -143,8 +142,7 @@ async def test_draft_invoice_waits_for_usage_until_metering_answers(
     world = await pay_per_use(engine, days_ago=2)
     draft = invoice_obj(world, f"in_{uuid.uuid4().hex[:8]}", "draft", amount=0, period=(1, 2))
     payload = event("invoice.created", draft, created=5)
-    body, header = sign_webhook(payload)
-    await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
+    await send(client, payload)
     metering.down = True
     with pytest.raises(Retry):
         await process_stripe_event(worker_ctx, payload["id"])

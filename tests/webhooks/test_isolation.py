@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-import uuid
 from typing import Any
 
 import httpx
@@ -18,24 +16,12 @@ from app.config import Settings
 from app.models import StripeEvent
 from app.webhooks.ingest import EventIngest, InvalidEvent
 from app.webhooks.repository import DbTimeouts, EventStore, IncomingEvent
-from tests.support.factories import sign_webhook
-
-
-def _event(**fields: Any) -> dict[str, Any]:
-    return {
-        "id": f"evt_{uuid.uuid4().hex}",
-        "object": "event",
-        "type": "customer.created",
-        "created": int(time.time()),
-        "livemode": False,
-        "data": {"object": {"id": f"cus_{uuid.uuid4().hex[:14]}", "object": "customer"}},
-        **fields,
-    }
+from tests.support.billing_data import customer_created
+from tests.support.worker import send
 
 
 async def _post(client: httpx.AsyncClient, payload: dict[str, Any]) -> httpx.Response:
-    body, header = sign_webhook(json.dumps(payload).encode())  # json: integers of any size
-    return await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
+    return await send(client, json.dumps(payload).encode())  # json: integers of any size
 
 
 async def _stored_ids(engine: AsyncEngine) -> set[str]:
@@ -46,16 +32,16 @@ async def _stored_ids(engine: AsyncEngine) -> set[str]:
 @pytest.mark.parametrize(
     "bad",
     [
-        _event(data={"object": {"id": "cus_1", "object": "customer", "name": "A\x00B"}}),
-        _event(created=2**64),
-        _event(created=2**63),
+        customer_created(data={"object": {"id": "cus_1", "object": "customer", "name": "A\x00B"}}),
+        customer_created(created=2**64),
+        customer_created(created=2**63),
     ],
     ids=["nul-in-payload", "created-beyond-64-bits", "created-beyond-bigint"],
 )
 async def test_unstorable_event_is_400_alone_and_its_batch_is_stored(
     client: httpx.AsyncClient, engine: AsyncEngine, bad: dict[str, Any]
 ) -> None:
-    good = [_event() for _ in range(20)]
+    good = [customer_created() for _ in range(20)]
     responses = await asyncio.gather(*(_post(client, p) for p in [*good[:10], bad, *good[10:]]))
     statuses = [r.status_code for r in responses]
     assert statuses == [200] * 10 + [400] + [200] * 10, [r.text for r in responses]
@@ -70,8 +56,8 @@ async def test_a_batch_postgresql_refuses_is_stored_event_by_event(
     timeouts = DbTimeouts(connect=5, command=5, checkout=5)
     store = await EventStore.open(settings.database_url, max_size=2, timeouts=timeouts)
     ingest = EventIngest(store, None)
-    good = [_event() for _ in range(5)]
-    bad = _event(data={"object": {"id": "cus_1", "name": "A\x00B"}})
+    good = [customer_created() for _ in range(5)]
+    bad = customer_created(data={"object": {"id": "cus_1", "name": "A\x00B"}})
     events = [
         IncomingEvent(p["id"], p["type"], None, p["created"], False, orjson.dumps(p).decode())
         for p in [*good[:2], bad, *good[2:]]
