@@ -17,7 +17,7 @@ import orjson
 
 from app.main import create_app
 from bench.harness import WEBHOOK_SECRET, Figure, LoadResult, client_for, embedded_stack, load
-from tests.factories import sign_webhook
+from tests.support.factories import sign_webhook
 
 GOAL = 0.80
 REQUESTS = 1500

@@ -13,16 +13,15 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.config import Settings
-from app.db.base import Base
 from app.db.migrate import upgrade
 from app.dev.processes import EmbeddedPostgres, free_port, redis_server, stripe_emulator
 from app.main import create_app
-from tests.factories import TokenFactory
+from tests.support.factories import TokenFactory
 from tests.support.settings import make_settings
+from tests.support.worker import truncate
 
 # Fixtures several test modules share live in tests/support/, registered here for every test.
 pytest_plugins = ["tests.support.fixtures", "tests.support.stripe_wire"]
@@ -100,10 +99,7 @@ async def clean_database(request: pytest.FixtureRequest) -> None:
     """Every test that touches the database starts from empty tables."""
     if "engine" not in request.fixturenames and "client" not in request.fixturenames:
         return
-    engine: AsyncEngine = request.getfixturevalue("engine")
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    async with engine.begin() as connection:
-        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    await truncate(request.getfixturevalue("engine"))
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.models import Earning, Invoice, PricingPlan, PricingPlanVersion
-from tests.billing_data import World, event
-from tests.stripe_payments import T0, FakePayments
+from tests.support.billing_data import World, event
+from tests.support.stripe_payments import T0, FakePayments
 from tests.support.worker import Ctx, deliver
 
 PERIOD = (T0, T0 + 30 * 86400)

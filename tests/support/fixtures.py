@@ -10,7 +10,7 @@ from arq.connections import RedisSettings, create_pool
 
 from app.config import Settings
 from app.resources import Resources
-from tests.stripe_payments import Payments, mocked_payments
+from tests.support.stripe_payments import Payments, mocked_payments
 from tests.support.worker import Ctx
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.config import Settings, load_settings
-from tests.factories import JWT_SECRET, WEBHOOK_SECRET
+from tests.support.factories import JWT_SECRET, WEBHOOK_SECRET
 
 
 def make_settings(**overrides: Any) -> Settings:

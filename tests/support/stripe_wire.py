@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.main import create_app
-from tests.journeys import Auth, register
+from tests.support import journeys
+from tests.support.journeys import Auth
 from tests.support.settings import make_settings
 
 NOW = 1_770_000_000
@@ -127,8 +128,5 @@ async def wire(
 
 
 async def consumer_with_card(wire: httpx.AsyncClient, auth: Auth) -> dict[str, str]:
-    headers = auth("consumer")
-    await register(wire, headers)
-    added = await wire.post("/api/v1/payment-methods", json={"payment_method_id": "pm_wire"}, headers=headers)
-    assert added.status_code == 201, added.text
-    return headers
+    """A new consumer with the card the wire fixture's Stripe knows (`pm_wire`): its headers."""
+    return await journeys.consumer_with_card(wire, auth, "pm_wire")

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.models import UsageRecord
-from tests.billing_data import World, make_world
+from tests.support.billing_data import World, make_world
 
 METERING = "http://metering.test"
 

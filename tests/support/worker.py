@@ -10,16 +10,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.base import Base
 from app.webhooks.jobs import process_stripe_event
-from tests.factories import sign_webhook
+from tests.support.factories import sign_webhook
 
 # The arq job context the worker entry points receive (see the `worker_ctx` fixture).
 Ctx = dict[str, Any]
 
 
+async def send(client: httpx.AsyncClient, payload: dict[str, Any] | bytes) -> httpx.Response:
+    """Stripe sends the event (or a body of bytes) to our webhook endpoint, signed: our answer."""
+    body, header = sign_webhook(payload)
+    return await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
+
+
 async def post(client: httpx.AsyncClient, payload: dict[str, Any]) -> None:
     """Stripe sends the event to our webhook endpoint, signed; we answer 200."""
-    body, header = sign_webhook(payload)
-    response = await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
+    response = await send(client, payload)
     assert response.status_code == 200, response.text
 
 
@@ -41,7 +46,8 @@ async def rows(engine: AsyncEngine, model: Any, **where: Any) -> list[Any]:
 
 
 async def truncate(engine: AsyncEngine) -> None:
-    """Empty every table (a test that starts over within itself)."""
+    """Empty every table: before each test that uses the database (tests/conftest.py), and in a test
+    that starts over within itself."""
     tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
     async with engine.begin() as connection:
         await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))

@@ -1,0 +1,105 @@
+"""Overage past the included calls is billed once, on the draft invoice that closes the period."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import httpx
+import respx
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.config import Settings
+from app.models import PricingPlanVersion, UsageRecord
+from app.webhooks.jobs import process_stripe_event
+from tests.support import rows
+from tests.support.billing_data import World, event, invoice_obj, make_world
+from tests.support.worker import Ctx, send
+
+PERIOD_START = datetime(2026, 10, 5, tzinfo=UTC)
+PERIOD_END = datetime(2026, 11, 5, tzinfo=UTC)
+PERIOD = (int(PERIOD_START.timestamp()), int(PERIOD_END.timestamp()))
+
+
+async def overage_world(engine: AsyncEngine, *, recorded: int) -> World:
+    world = await make_world(engine, status="active", call_limit=100, started_at=datetime.now(UTC))
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(PricingPlanVersion)
+            .where(PricingPlanVersion.plan_id == world.plan_id)
+            .values(overage_price_per_call=Decimal("0.015"))
+        )
+    day = PERIOD_START + timedelta(days=2)
+    await rows.add(
+        engine,
+        UsageRecord(
+            subscription_id=world.subscription_id,
+            window_start=day,
+            window_end=day + timedelta(days=1),
+            quantity=recorded,
+            successful_calls=recorded,
+            failed_calls=0,
+        ),
+    )
+    return world
+
+
+async def draft_created(client: httpx.AsyncClient, ctx: Ctx, world: World, invoice_id: str) -> None:
+    draft = invoice_obj(world, invoice_id, "draft", amount=2900, period=PERIOD)
+    payload = event("invoice.created", draft, created=10)
+    response = await send(client, payload)
+    assert response.status_code == 200
+    assert await process_stripe_event(ctx, payload["id"]) == "processed"
+
+
+def stripe_invoice_items(mock: respx.MockRouter, base: str | None) -> respx.Route:
+    def answer(request: httpx.Request) -> httpx.Response:
+        form = httpx.QueryParams(request.content.decode())
+        return httpx.Response(
+            200,
+            json={
+                "id": f"ii_{uuid.uuid4().hex[:14]}",
+                "object": "invoiceitem",
+                "invoice": form["invoice"],
+                "currency": form["currency"],
+                "quantity": int(form["quantity"]),
+                "unit_amount_decimal": form["unit_amount_decimal"],
+                "description": form["description"],
+            },
+        )
+
+    route = mock.post(f"{base}/v1/invoiceitems")
+    route.side_effect = answer
+    return route
+
+
+async def test_overage_is_billed_once_on_the_draft_that_closes_the_period(
+    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
+) -> None:
+    world = await overage_world(engine, recorded=160)
+    invoice_id = f"in_{uuid.uuid4().hex[:10]}"
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(url__startswith="http://metering.test/").respond(404)
+        items = stripe_invoice_items(mock, settings.stripe_api_base)
+        await draft_created(client, worker_ctx, world, invoice_id)
+        # Stripe sends the event again (and a second one for the same draft): nothing more is billed.
+        await draft_created(client, worker_ctx, world, invoice_id)
+    assert items.call_count == 1
+    form = httpx.QueryParams(items.calls[0].request.content.decode())
+    assert (form["invoice"], form["quantity"], form["unit_amount_decimal"]) == (invoice_id, "60", "1.5")
+    assert items.calls[0].request.headers["Idempotency-Key"] == (
+        f"overage:{world.subscription_id}:{PERIOD[0]}"
+    )
+
+
+async def test_a_period_within_its_included_calls_bills_no_overage(
+    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
+) -> None:
+    world = await overage_world(engine, recorded=100)
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(url__startswith="http://metering.test/").respond(404)
+        items = stripe_invoice_items(mock, settings.stripe_api_base)
+        await draft_created(client, worker_ctx, world, f"in_{uuid.uuid4().hex[:10]}")
+    assert items.call_count == 0

@@ -1,0 +1,395 @@
+"""Billing over time: the emulator's test clocks renew, invoice usage, retry and end subscriptions,
+and what they send through our webhook endpoint and worker leaves the right rows.
+
+Each story runs our business clock on the emulator's test clock (what BILLING_CLOCK does in a
+process), relays every event the emulator records to `POST /webhooks/stripe`, signed, and runs the
+worker's job for it, in the order Stripe sent them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app import clock
+from app.config import Settings
+from app.dev.siblings import build_app
+from app.models import Earning, Invoice, Subscription, UsageRecord
+from app.stripe.test_clocks import TestClockTime
+from app.webhooks.jobs import process_stripe_event
+from tests.support import emulator
+from tests.support.emulator import DAY, HOUR
+from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.worker import Ctx, send
+
+
+@pytest.fixture
+def metering() -> Iterator[respx.MockRouter]:
+    """The dev metering stand-in answers for METERING_SERVICE_URL; Stripe (the emulator) is real."""
+    stand_in = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=build_app()), base_url="http://metering.test"
+    )
+
+    async def forward(request: httpx.Request) -> httpx.Response:
+        answer = await stand_in.request(
+            request.method, str(request.url), content=request.content, headers=request.headers
+        )
+        return httpx.Response(answer.status_code, content=answer.content, headers=answer.headers)
+
+    with respx.mock(assert_all_called=False) as mock:
+        mock.route(host="metering.test").mock(side_effect=forward)
+        mock.route(host="127.0.0.1").pass_through()
+        yield mock
+
+
+@dataclass
+class Timeline:
+    """One emulator test clock, our business time on it, and its events relayed to our webhook."""
+
+    client: httpx.AsyncClient
+    stripe_http: httpx.AsyncClient
+    ctx: Ctx
+    clock_id: str
+    last_event: str | None
+    outcomes: dict[str, str | None] = field(default_factory=dict)
+
+    @classmethod
+    async def start(
+        cls, client: httpx.AsyncClient, stripe_http: httpx.AsyncClient, ctx: Ctx, customer: str
+    ) -> Timeline:
+        """A clock at the present second with `customer` on it; earlier events are not relayed."""
+        newest = (await stripe_http.get("/v1/events", params={"limit": 1})).json()["data"]
+        created = await stripe_http.post(
+            "/v1/test_helpers/test_clocks",
+            data={"frozen_time": int(time.time()), "customer": customer, "name": "billing over time"},
+        )
+        assert created.status_code == 200, created.text
+        return cls(client, stripe_http, ctx, created.json()["id"], newest[0]["id"] if newest else None)
+
+    async def now(self) -> int:
+        return int(
+            (await self.stripe_http.get(f"/v1/test_helpers/test_clocks/{self.clock_id}")).json()[
+                "frozen_time"
+            ]
+        )
+
+    async def advance_to(self, moment: int) -> None:
+        await emulator.advance(self.stripe_http, self.clock_id, moment)
+        await self.relay()
+
+    async def relay(self) -> list[dict[str, Any]]:
+        """Post every new event to our endpoint, signed, and run the worker's job for it."""
+        events = await _all_events(self.stripe_http, self.last_event)
+        for event in events:
+            response = await send(self.client, event)
+            assert response.status_code == 200, response.text
+            self.outcomes[event["id"]] = await process_stripe_event(self.ctx, event["id"])
+            self.last_event = event["id"]
+        return events
+
+    async def subscription(self, subscription_id: str) -> dict[str, Any]:
+        return dict((await self.stripe_http.get(f"/v1/subscriptions/{subscription_id}")).json())
+
+
+async def _all_events(stripe_http: httpx.AsyncClient, after: str | None) -> list[dict[str, Any]]:
+    """The emulator's events sent after event `after` (all, if None), oldest first.
+
+    Stripe lists events newest first: page back until `after`."""
+    found: list[dict[str, Any]] = []
+    older_than: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 100, **({"starting_after": older_than} if older_than else {})}
+        page = (await stripe_http.get("/v1/events", params=params)).json()
+        for event in page["data"]:
+            if event["id"] == after:
+                return found[::-1]
+            found.append(event)
+        if not page["has_more"] or not page["data"]:
+            return found[::-1]
+        older_than = page["data"][-1]["id"]
+
+
+async def _invoices(engine: AsyncEngine, subscription_id: str) -> list[Any]:
+    async with engine.connect() as connection:
+        statement = select(Invoice).filter_by(subscription_id=subscription_id).order_by(Invoice.period_end)
+        return list((await connection.execute(statement)).all())
+
+
+async def _renewals(engine: AsyncEngine, subscription_id: str, first_invoice: str) -> list[Any]:
+    """Our invoices of the subscription after its first one, by period."""
+    return [i for i in await _invoices(engine, subscription_id) if i.stripe_invoice_id != first_invoice]
+
+
+async def _subscription(engine: AsyncEngine, subscription_id: str) -> Any:
+    async with engine.connect() as connection:
+        return (await connection.execute(select(Subscription).filter_by(id=subscription_id))).one()
+
+
+@asynccontextmanager
+async def _paying_subscriber(
+    client: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
+    ctx: Ctx,
+    auth: Auth,
+    settings: Settings,
+    plan: dict[str, Any],
+) -> AsyncIterator[tuple[Timeline, dict[str, Any], dict[str, str]]]:
+    """A new consumer on a new test clock, subscribed to `plan` with a card, and our business time
+    on that clock while the story runs: (timeline, our subscription, the consumer's headers)."""
+    headers = auth("consumer")
+    registered = await register(client, headers)
+    timeline = await Timeline.start(client, stripe_http, ctx, registered["stripe_customer_id"])
+    with clock.use(TestClockTime(settings, timeline.clock_id, refresh_seconds=0)):
+        await add_card(client, headers)
+        subscribed = await subscribe(client, headers, plan)
+        assert subscribed.status_code == 201, subscribed.text
+        await timeline.relay()
+        yield timeline, subscribed.json(), headers
+
+
+async def test_monthly_renewals_are_invoiced_mirrored_and_paid_once_per_period(
+    client: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
+    worker_ctx: Ctx,
+    auth: Auth,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="29")
+    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, plan) as story:
+        timeline, subscribed, _ = story
+        stripe_id = subscribed["stripe_subscription_id"]
+        first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
+        ends = []
+        for _ in range(3):
+            period_end = int((await timeline.subscription(stripe_id))["current_period_end"])
+            ends.append(period_end)
+            await timeline.advance_to(period_end + 2 * HOUR)
+
+        invoices = await _invoices(engine, subscribed["id"])
+        renewals = await _renewals(engine, subscribed["id"], first_invoice)
+        ours = await _subscription(engine, subscribed["id"])
+        stripe_subscription = await timeline.subscription(stripe_id)
+
+    assert [(i.status, i.amount_due, i.amount_paid, i.currency) for i in invoices] == [
+        ("paid", 2900, 2900, "usd")
+    ] * 4
+    assert len({i.stripe_invoice_id for i in invoices}) == 4
+    assert [int(i.period_end.timestamp()) for i in renewals] == ends
+    assert all(
+        i.paid_at is not None and int(i.paid_at.timestamp()) >= end
+        for i, end in zip(renewals, ends, strict=True)
+    )
+    assert ours.status == "active"
+    assert int(ours.current_period_end.timestamp()) == stripe_subscription["current_period_end"]
+    assert int(ours.current_period_start.timestamp()) == ends[-1]
+    assert set(timeline.outcomes.values()) <= {"processed", "ignored", "duplicate"}
+
+
+async def test_usage_metered_in_a_period_is_billed_once_on_that_periods_renewal(
+    client: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
+    worker_ctx: Ctx,
+    auth: Auth,
+    engine: AsyncEngine,
+    settings: Settings,
+    metering: respx.MockRouter,
+) -> None:
+    plan = await create_plan(client, auth("creator"), new_api_id(), type="pay_per_use", price_per_call="0.25")
+    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, plan) as story:
+        timeline, subscribed, _ = story
+        stripe_id = subscribed["stripe_subscription_id"]
+        first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
+        calls_url = f"http://metering.test/api/v1/usage/subscription/{subscribed['id']}/calls"
+        metered = []
+        async with httpx.AsyncClient() as http:
+            for calls in (1234, 401):
+                start = await timeline.now()
+                period_end = int((await timeline.subscription(stripe_id))["current_period_end"])
+                # Traffic on two simulated days of the period, counted on the clock's day.
+                await timeline.advance_to(start + 2 * DAY)
+                assert (
+                    await http.post(calls_url, json={"successful": calls - 1, "failed": 1})
+                ).status_code == 204
+                await timeline.advance_to(start + 9 * DAY)
+                assert (await http.post(calls_url, json={"successful": 1})).status_code == 204
+                metered.append(calls)  # successful calls are billed
+                # The renewal's draft: our worker reports the period's usage before Stripe finalizes it.
+                await timeline.advance_to(period_end)
+                await timeline.advance_to(period_end + 2 * HOUR)
+        renewals = await _renewals(engine, subscribed["id"], first_invoice)
+        async with engine.connect() as connection:
+            records = (
+                await connection.execute(select(UsageRecord).filter_by(subscription_id=subscribed["id"]))
+            ).all()
+
+    assert [i.status for i in renewals] == ["paid", "paid"]
+    billed = [sum(int(line["quantity"]) for line in i.lines) for i in renewals]
+    assert billed == metered
+    expected = [
+        int((Decimal("25") * n).to_integral_value(ROUND_HALF_UP)) for n in metered
+    ]  # 0.25 USD = 25 cents
+    assert [i.amount_paid for i in renewals] == expected
+    assert sum(r.quantity for r in records) == sum(metered)  # each day recorded once
+
+
+async def test_a_failing_card_goes_past_due_is_retried_on_schedule_then_cancelled(
+    client: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
+    worker_ctx: Ctx,
+    auth: Auth,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="19")
+    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, plan) as story:
+        timeline, subscribed, headers = story
+        failing = await add_card(client, headers, "pm_card_chargeCustomerFail")
+        made_default = await client.put(f"/api/v1/payment-methods/{failing['id']}/default", headers=headers)
+        assert made_default.status_code == 200, made_default.text
+        await timeline.relay()
+        stripe_id = subscribed["stripe_subscription_id"]
+        first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
+        period_end = int((await timeline.subscription(stripe_id))["current_period_end"])
+
+        await timeline.advance_to(period_end + 2 * HOUR)
+        after_first = await _subscription(engine, subscribed["id"])
+        (renewal,) = await _renewals(engine, subscribed["id"], first_invoice)
+        stripe_invoice = (await stripe_http.get(f"/v1/invoices/{renewal.stripe_invoice_id}")).json()
+
+        statuses = []
+        for days in (3, 3 + 5, 3 + 5 + 7):
+            await timeline.advance_to(period_end + HOUR + days * DAY + 60)
+            statuses.append((await _subscription(engine, subscribed["id"])).status)
+        final_invoice = (await stripe_http.get(f"/v1/invoices/{renewal.stripe_invoice_id}")).json()
+
+    assert (after_first.status, renewal.status) == ("past_due", "open")
+    assert stripe_invoice["attempt_count"] == 1
+    assert stripe_invoice["next_payment_attempt"] == period_end + HOUR + 3 * DAY
+    assert statuses == ["past_due", "past_due", "cancelled"]
+    assert (final_invoice["attempt_count"], final_invoice["next_payment_attempt"]) == (4, None)
+    stripe_subscription = await timeline.subscription(stripe_id)
+    assert stripe_subscription["status"] == "canceled"
+
+
+async def _earnings(engine: AsyncEngine, subscription_id: str) -> dict[str, int]:
+    """Net earnings per kind of ledger line for the subscription."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            select(Earning.kind, Earning.net_amount).filter_by(subscription_id=subscription_id)
+        )
+        sums: dict[str, int] = {}
+        for kind, net in result:
+            sums[kind] = sums.get(kind, 0) + net
+        return sums
+
+
+async def test_an_upgrade_mid_period_is_invoiced_prorated_at_once_and_the_next_renewal_at_the_new_price(
+    client: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
+    worker_ctx: Ctx,
+    auth: Auth,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    creator, api_id = auth("creator"), new_api_id()
+    basic = await create_plan(client, creator, api_id, name="Basic", monthly_price="30")
+    pro = await create_plan(client, creator, api_id, name="Pro", monthly_price="60")
+    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, basic) as story:
+        timeline, subscribed, headers = story
+        stripe_id = subscribed["stripe_subscription_id"]
+        first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
+        period = await timeline.subscription(stripe_id)
+        start, end = int(period["current_period_start"]), int(period["current_period_end"])
+        half = start + (end - start) // 2
+        await timeline.advance_to(half)
+
+        upgraded = await client.put(
+            f"/api/v1/subscriptions/{subscribed['id']}/upgrade",
+            json={"new_pricing_plan_id": pro["id"]},
+            headers=headers,
+        )
+        assert upgraded.status_code == 200, upgraded.text
+        await timeline.relay()
+        (proration,) = await _renewals(engine, subscribed["id"], first_invoice)
+        await timeline.advance_to(end + 2 * HOUR)
+        invoices = await _renewals(engine, subscribed["id"], first_invoice)
+        ours = await _subscription(engine, subscribed["id"])
+
+    remaining = Decimal(end - half) / Decimal(end - start)
+    credit = int((3000 * remaining).to_integral_value(ROUND_HALF_UP))
+    debit = int((6000 * remaining).to_integral_value(ROUND_HALF_UP))
+    assert (proration.status, proration.amount_paid) == ("paid", debit - credit)
+    assert sorted(line["amount"] for line in proration.lines) == [-credit, debit]
+    (renewal,) = [i for i in invoices if i.id != proration.id]
+    assert (renewal.status, renewal.amount_paid) == ("paid", 6000)
+    assert ours.pricing_plan_id == uuid.UUID(pro["id"])
+    assert int(ours.current_period_start.timestamp()) == end
+
+
+async def test_a_trial_ends_three_days_after_its_warning_with_the_first_invoice_paid(
+    client: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
+    worker_ctx: Ctx,
+    auth: Auth,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="15", trial_period_days=10)
+    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, plan) as story:
+        timeline, subscribed, _ = story
+        assert (await _subscription(engine, subscribed["id"])).status == "trial"
+        trial_end = int((await timeline.subscription(subscribed["stripe_subscription_id"]))["trial_end"])
+        await timeline.advance_to(trial_end - 3 * DAY)
+        warned = [e for e in await _all_events(stripe_http, None) if e["type"].endswith("trial_will_end")]
+        assert warned[-1]["data"]["object"]["id"] == subscribed["stripe_subscription_id"]
+        assert timeline.outcomes[warned[-1]["id"]] == "processed"
+        await timeline.advance_to(trial_end + 2 * HOUR)
+        invoices = await _invoices(engine, subscribed["id"])
+        ours = await _subscription(engine, subscribed["id"])
+
+    assert ours.status == "active"
+    assert [(i.status, i.amount_paid) for i in invoices if i.amount_paid] == [("paid", 1500)]
+    assert int(ours.current_period_start.timestamp()) == trial_end
+
+
+async def test_a_lost_dispute_on_a_renewal_takes_back_the_creators_share_of_it(
+    client: httpx.AsyncClient,
+    stripe_http: httpx.AsyncClient,
+    worker_ctx: Ctx,
+    auth: Auth,
+    engine: AsyncEngine,
+    settings: Settings,
+) -> None:
+    plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="50")
+    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, plan) as story:
+        timeline, subscribed, _ = story
+        stripe_id = subscribed["stripe_subscription_id"]
+        first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
+        await timeline.advance_to(
+            int((await timeline.subscription(stripe_id))["current_period_end"]) + 2 * HOUR
+        )
+        (renewal,) = await _renewals(engine, subscribed["id"], first_invoice)
+        earned = await _earnings(engine, subscribed["id"])
+        intent = (await stripe_http.get(f"/v1/invoices/{renewal.stripe_invoice_id}")).json()["payment_intent"]
+        charge = (await stripe_http.get(f"/v1/payment_intents/{intent}")).json()["latest_charge"]
+        charge_id = charge["id"] if isinstance(charge, dict) else charge
+        opened = (await stripe_http.post(f"/v1/test_helpers/charges/{charge_id}/dispute")).json()
+        await stripe_http.post(f"/v1/test_helpers/disputes/{opened['id']}/close", data={"status": "lost"})
+        await timeline.relay()
+        after = await _earnings(engine, subscribed["id"])
+
+    assert earned["charge"] == 2 * 4000  # the first invoice and the renewal, 20% commission off
+    assert after["charge"] == earned["charge"]
+    assert after["reversal"] == 4000  # the renewal's share, taken back once

@@ -1,0 +1,69 @@
+"""Small helpers that walk the API the way the frontend does (register, add a card, plans)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+Auth = Callable[..., dict[str, str]]
+
+
+def new_api_id() -> str:
+    return f"api-{uuid.uuid4().hex[:10]}"
+
+
+async def create_plan(
+    client: httpx.AsyncClient, creator: dict[str, str], api_id: str, **terms: Any
+) -> dict[str, Any]:
+    body = {"name": terms.pop("name", "Plan"), "type": terms.pop("type", "subscription"), **terms}
+    if body["type"] == "subscription":
+        body.setdefault("monthly_price", "29")
+    response = await client.post(f"/api/v1/apis/{api_id}/plans", json=body, headers=creator)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+async def register(client: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, Any]:
+    response = await client.post("/api/v1/consumers/register", headers=headers)
+    assert response.status_code in (200, 201), response.text
+    return dict(response.json())
+
+
+async def add_card(
+    client: httpx.AsyncClient, headers: dict[str, str], payment_method_id: str = "pm_card_visa"
+) -> dict[str, Any]:
+    response = await client.post(
+        "/api/v1/payment-methods", json={"payment_method_id": payment_method_id}, headers=headers
+    )
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+async def subscribe(
+    client: httpx.AsyncClient, headers: dict[str, str], plan: dict[str, Any], **extra: Any
+) -> httpx.Response:
+    body = {"api_id": plan["api_id"], "pricing_plan_id": plan["id"], **extra}
+    return await client.post("/api/v1/subscriptions", json=body, headers=headers)
+
+
+async def consumer_with_card(
+    client: httpx.AsyncClient, auth: Auth, payment_method_id: str = "pm_card_visa"
+) -> dict[str, str]:
+    """A new consumer, registered, with a default card: its headers."""
+    headers = auth("consumer")
+    await register(client, headers)
+    await add_card(client, headers, payment_method_id)
+    return headers
+
+
+async def subscribed_consumer(
+    client: httpx.AsyncClient, auth: Auth, plan: dict[str, Any]
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """A new consumer, registered with a card, subscribed to `plan`: (its headers, the subscription)."""
+    headers = await consumer_with_card(client, auth)
+    created = await subscribe(client, headers, plan)
+    assert created.status_code == 201, created.text
+    return headers, dict(created.json())

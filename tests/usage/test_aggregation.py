@@ -1,0 +1,247 @@
+"""Usage aggregation: metering -> usage_records per day -> Stripe meter events, exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from arq import Retry
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.config import Settings
+from app.models import JobRun, OutboxMessage, Subscription
+from app.periods import add_months
+from app.usage.jobs import aggregate_usage
+from app.usage.windows import day_start, meter_event_identifier
+from app.webhooks.jobs import process_stripe_event
+from tests.support.billing_data import event, invoice_obj, make_world
+from tests.support.usage import Metering, meter_event_api, pay_per_use, usage_windows
+from tests.support.worker import Ctx, send
+
+
+@pytest.fixture
+def stripe_and_metering(settings: Settings) -> Iterator[tuple[Metering, respx.Route]]:
+    with respx.mock(assert_all_called=False) as mock:
+        meter_events = mock.post(f"{settings.stripe_api_base}/v1/billing/meter_events")
+        meter_events.side_effect = meter_event_api({})
+        yield Metering(mock), meter_events
+
+
+def outcome(
+    *, recorded: int, reported: int, unavailable: int = 0, stripe_failures: int = 0
+) -> dict[str, int]:
+    return {
+        "recorded": recorded,
+        "reported": reported,
+        "unavailable": unavailable,
+        "stripe_failures": stripe_failures,
+    }
+
+
+async def test_each_ended_day_is_recorded_and_reported_once(
+    worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
+) -> None:
+    _, meter_events = stripe_and_metering
+    world = await pay_per_use(engine)
+    first = await aggregate_usage(worker_ctx)
+    assert first == {"recorded": 3, "reported": 3, "unavailable": 0, "stripe_failures": 0}
+    rerun = await aggregate_usage(worker_ctx)
+    assert rerun == {"recorded": 0, "reported": 0, "unavailable": 0, "stripe_failures": 0}
+    assert meter_events.call_count == 3
+    today = datetime.now(UTC).date()
+    days = [today - timedelta(days=n) for n in (3, 2, 1)]
+    stored = await usage_windows(engine)
+    assert [r.window_start.date() for r in stored] == days
+    assert [r.quantity for r in stored] == [100 + d.day for d in days]
+    assert [r.meter_event_identifier for r in stored] == [
+        meter_event_identifier(world.subscription_id, day_start(d)) for d in days
+    ]
+    assert all(r.reported_at is not None for r in stored)
+    sent = [httpx.QueryParams(call.request.content.decode()) for call in meter_events.calls]
+    assert [p["identifier"] for p in sent] == [r.meter_event_identifier for r in stored]
+    assert [p["payload[value]"] for p in sent] == [str(r.quantity) for r in stored]
+    assert {p["payload[stripe_customer_id]"] for p in sent} == {world.customer}
+
+
+async def test_metering_down_records_nothing_and_the_next_run_catches_up(
+    worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
+) -> None:
+    metering, meter_events = stripe_and_metering
+    await pay_per_use(engine)
+    metering.down = True
+    assert await aggregate_usage(worker_ctx) == {
+        "recorded": 0,
+        "reported": 0,
+        "unavailable": 1,
+        "stripe_failures": 0,
+    }
+    assert await usage_windows(engine) == []
+    metering.down = False
+    assert await aggregate_usage(worker_ctx) == {
+        "recorded": 3,
+        "reported": 3,
+        "unavailable": 0,
+        "stripe_failures": 0,
+    }
+    assert meter_events.call_count == 3
+
+
+async def test_two_workers_on_the_same_windows_record_and_report_once(
+    worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
+) -> None:
+    _, meter_events = stripe_and_metering
+    await pay_per_use(engine, days_ago=5)
+    results = await asyncio.gather(aggregate_usage(worker_ctx), aggregate_usage(worker_ctx))
+    assert sum(r["recorded"] for r in results) == 5
+    assert sum(r["reported"] for r in results) == 5
+    assert meter_events.call_count == 5
+    assert len(await usage_windows(engine)) == 5
+
+
+async def test_call_limited_subscription_is_recorded_but_not_sent_to_stripe(
+    worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
+) -> None:
+    _, meter_events = stripe_and_metering
+    await make_world(
+        engine, call_limit=1000, status="active", started_at=datetime.now(UTC) - timedelta(days=2)
+    )
+    await make_world(engine, status="active", started_at=datetime.now(UTC) - timedelta(days=2))
+    assert await aggregate_usage(worker_ctx) == {
+        "recorded": 2,
+        "reported": 0,
+        "unavailable": 0,
+        "stripe_failures": 0,
+    }
+    assert meter_events.call_count == 0
+    assert all(r.meter_event_identifier is None for r in await usage_windows(engine))
+
+
+async def test_on_demand_run_covers_only_the_given_subscription(
+    worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
+) -> None:
+    world = await pay_per_use(engine, days_ago=1)
+    await pay_per_use(engine, days_ago=1)
+    result = await aggregate_usage(worker_ctx, str(world.subscription_id))
+    assert result == {"recorded": 1, "reported": 1, "unavailable": 0, "stripe_failures": 0}
+    assert [r.subscription_id for r in await usage_windows(engine)] == [world.subscription_id]
+
+
+async def test_draft_invoice_waits_for_usage_until_metering_answers(
+    client: httpx.AsyncClient,
+    worker_ctx: Ctx,
+    engine: AsyncEngine,
+    stripe_and_metering: tuple[Metering, respx.Route],
+) -> None:
+    metering, meter_events = stripe_and_metering
+    world = await pay_per_use(engine, days_ago=2)
+    draft = invoice_obj(world, f"in_{uuid.uuid4().hex[:8]}", "draft", amount=0, period=(1, 2))
+    payload = event("invoice.created", draft, created=5)
+    await send(client, payload)
+    metering.down = True
+    with pytest.raises(Retry):
+        await process_stripe_event(worker_ctx, payload["id"])
+    assert meter_events.call_count == 0
+    metering.down = False
+    assert await process_stripe_event({**worker_ctx, "job_try": 2}, payload["id"]) == "processed"
+    assert meter_events.call_count == 2
+    assert all(r.reported_at is not None for r in await usage_windows(engine))
+
+
+async def test_stripe_failing_on_one_window_reports_its_neighbours_and_sends_it_next_run(
+    worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
+) -> None:
+    accepted: dict[str, dict[str, Any]] = {}
+    with respx.mock(assert_all_called=False) as mock:
+        Metering(mock)
+        meter_events = mock.post(f"{settings.stripe_api_base}/v1/billing/meter_events")
+        meter_events.side_effect = meter_event_api(accepted, fail_calls={2})
+        await pay_per_use(engine)
+        first = await aggregate_usage(worker_ctx)
+        assert first == {"recorded": 3, "reported": 2, "unavailable": 0, "stripe_failures": 1}
+        assert [r.report_status for r in await usage_windows(engine)] == ["accepted", "pending", "accepted"]
+        second = await aggregate_usage(worker_ctx)
+        assert second == {"recorded": 0, "reported": 1, "unavailable": 0, "stripe_failures": 0}
+        assert await aggregate_usage(worker_ctx) == outcome(recorded=0, reported=0)
+    assert meter_events.call_count == 4
+    assert sorted(accepted) == sorted(r.meter_event_identifier for r in await usage_windows(engine))
+    assert [e["payload"]["value"] for e in sorted(accepted.values(), key=lambda e: e["timestamp"])] == [
+        str(r.quantity) for r in await usage_windows(engine)
+    ]
+
+
+async def notifications(engine: AsyncEngine, topic: str) -> list[dict[str, Any]]:
+    async with engine.connect() as connection:
+        statement = select(OutboxMessage.payload).where(OutboxMessage.kind == "notify")
+        return [p for (p,) in (await connection.execute(statement)).all() if p["topic"] == topic]
+
+
+async def test_going_over_the_call_limit_is_flagged_once_per_period(
+    worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
+) -> None:
+    started = datetime.now(UTC) - timedelta(days=3)
+    world = await make_world(engine, call_limit=150, status="active", started_at=started)
+    await make_world(engine, call_limit=100_000, status="active", started_at=started)
+    await asyncio.gather(aggregate_usage(worker_ctx), aggregate_usage(worker_ctx))
+    await aggregate_usage(worker_ctx)
+    flagged = await notifications(engine, "quota_overrun")
+    # The first day's meter event (its last second) falls inside the period, as Stripe bills it.
+    counted = [r.quantity for r in await usage_windows(engine) if r.subscription_id == world.subscription_id]
+    assert flagged == [
+        {
+            "topic": "quota_overrun",
+            "consumer_id": str(world.consumer_id),
+            "period_start": started.isoformat(),
+            "period_end": add_months(started, 1).isoformat(),
+            "recorded_calls": sum(counted),
+            "call_limit": 150,
+        }
+    ]
+    async with engine.connect() as connection:
+        claims = (await connection.execute(select(JobRun).where(JobRun.job == "quota_overrun"))).all()
+    assert [(c.subject, c.period) for c in claims] == [(str(world.subscription_id), started.isoformat())]
+
+
+async def test_a_new_period_over_the_limit_is_flagged_again(
+    worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
+) -> None:
+    world = await make_world(
+        engine, call_limit=50, status="active", started_at=datetime.now(UTC) - timedelta(days=4)
+    )
+    midnight = datetime.combine(datetime.now(UTC).date(), datetime.min.time(), tzinfo=UTC)
+    for period_start in (midnight - timedelta(days=4), midnight - timedelta(days=2)):
+        async with engine.begin() as connection:
+            await connection.execute(
+                update(Subscription)
+                .where(Subscription.id == world.subscription_id)
+                .values(
+                    current_period_start=period_start, current_period_end=period_start + timedelta(days=30)
+                )
+            )
+        await aggregate_usage(worker_ctx)
+        await aggregate_usage(worker_ctx)
+    flagged = await notifications(engine, "quota_overrun")
+    assert [f["period_start"] for f in flagged] == [
+        (midnight - timedelta(days=4)).isoformat(),
+        (midnight - timedelta(days=2)).isoformat(),
+    ]
+    assert [f["recorded_calls"] for f in flagged] == [
+        sum(100 + (midnight - timedelta(days=n)).day for n in (4, 3, 2, 1)),
+        sum(100 + (midnight - timedelta(days=n)).day for n in (2, 1)),
+    ]
+
+
+async def test_usage_within_the_call_limit_is_not_flagged(
+    worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
+) -> None:
+    await make_world(
+        engine, call_limit=1000, status="active", started_at=datetime.now(UTC) - timedelta(days=3)
+    )
+    await aggregate_usage(worker_ctx)
+    assert await notifications(engine, "quota_overrun") == []
