@@ -325,15 +325,12 @@ class Driver:
         """One API call, retried like a careful client: same Idempotency-Key, on 409 and 5xx."""
         key = {"Idempotency-Key": uuid.uuid4().hex} if method == "POST" else {}
         answer: httpx.Response | None = None
-        for attempt in range(12):
+        for _ in range(12):
             guard = self._faults.maybe_crash() if method != "GET" else nullcontext()
             with guard, self.record.timed("API requests"):
                 answer = await self._stack.api.request(method, path, json=body, headers={**headers, **key})
             if answer.status_code < 300:
                 return dict(answer.json()) if answer.content else {}
-            if attempt and answer.status_code == 409 and answer.json().get("code") == "same_plan":
-                # The failed attempt's change reached Stripe, and its webhook moved our row.
-                return {}
             if answer.status_code not in RETRYABLE:
                 break
             await self._worker_pass()  # e.g. 409 not_synced: a webhook is still to be processed
