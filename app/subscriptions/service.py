@@ -23,8 +23,7 @@ from app.money import exponent
 from app.outbox.service import Outbox
 from app.pagination import decode_cursor, encode_cursor
 from app.payment_methods.service import PaymentMethodService
-from app.periods import add_months as add_months  # app/dev/simulate.py imports it from here
-from app.periods import usage_period
+from app.periods import add_months, usage_period
 from app.plans.repository import PlanRepository
 from app.plans.schemas import plan_out
 from app.stripe import StripeGateway
