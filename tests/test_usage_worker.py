@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -252,7 +252,7 @@ async def test_a_slow_meter_event_answer_holds_up_no_other_window(
     worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
 ) -> None:
     accepted: dict[str, dict[str, Any]] = {}
-    stripe = meter_event_api(accepted)
+    stripe: Callable[[httpx.Request], httpx.Response] = meter_event_api(accepted)
     neighbours_answered = asyncio.Event()
     calls = neighbours = 0
 
