@@ -969,9 +969,55 @@ async def create_customer_on_clock(request: web.Request, data: dict[str, Any]) -
 _SUBSCRIPTION = re.compile(r"^/v1/subscriptions/(?P<id>sub_\w+)$")
 
 
+_EVENT_LOG = "event_log"  # the store's event ids, oldest first (not an object: no `kind:` prefix)
+_event_init = resources.Event.__init__
+
+
+def _event_log() -> list[str]:
+    """Every event id in the order sent, built once from the store (a reloaded one included)."""
+    log_ids = resources.store.get(_EVENT_LOG)
+    if log_ids is None:
+        log_ids = [key.split(":", 1)[1] for key in resources.store if str(key).startswith("event:")]
+        resources.store[_EVENT_LOG] = log_ids
+    return cast("list[str]", log_ids)
+
+
+def _logged_event_init(event: Any, *args: Any, **kwargs: Any) -> None:
+    _event_init(event, *args, **kwargs)
+    _event_log().append(event.id)
+
+
+def _position(log_ids: list[str], event_id: str) -> int:
+    """Where `event_id` is in the log, searched from the newest end (cursors are recent)."""
+    for index in range(len(log_ids) - 1, -1, -1):
+        if log_ids[index] == event_id:
+            return index
+    raise UserError(404, f"No such event: '{event_id}'")
+
+
+def _page_of_events(limit: int, starting_after: str | None, ending_before: str | None) -> dict[str, Any]:
+    """A page newest first, from the log rather than a scan of the whole store: the newest
+    `limit`, those just older than `starting_after`, or those just newer than `ending_before`."""
+    log_ids = _event_log()
+    if ending_before is not None:
+        newer = log_ids[_position(log_ids, ending_before) + 1 :]
+        chosen, more = newer[:limit], len(newer) > limit
+    else:
+        end = _position(log_ids, starting_after) if starting_after is not None else len(log_ids)
+        chosen, more = log_ids[max(0, end - limit) : end], end > limit
+    events = [resources.store[f"event:{event_id}"]._export() for event_id in reversed(chosen)]
+    return {"object": "list", "url": "/v1/events", "has_more": more, "data": events}
+
+
 async def list_events(request: web.Request) -> web.Response:
-    """Stripe lists events newest first (localstripe oldest first); `starting_after` pages back."""
+    """Stripe lists events newest first (localstripe oldest first); `starting_after` pages back,
+    `ending_before` forward (a relay asks only for what is new)."""
     query = server.unflatten_data(request.query)
+    if query.get("type") is None and query.get("created") is None:
+        limit = resources.try_convert_to_int(query.get("limit") or 10)
+        if not isinstance(limit, int) or not 0 < limit <= 100:
+            raise UserError(400, "Invalid limit: must be between 1 and 100.")
+        return _json(_page_of_events(limit, query.get("starting_after"), query.get("ending_before")))
     listed = resources.Event._api_list_all(
         "/v1/events",
         type=query.get("type"),
@@ -1066,6 +1112,7 @@ def install_test_clocks(app: web.Application) -> None:
     resources.SubscriptionItem._current_period = _current_period
     resources.SubscriptionItem._calculate_amount = _calculate_amount
     resources.Subscription.__init__ = _subscription_init
+    resources.Event.__init__ = _logged_event_init
     # Stripe's `customer.balance`: negative is credit the next invoices take (localstripe keeps
     # the opposite sign in `account_balance`).
     resources.Customer.balance = property(lambda customer: -int(customer.account_balance or 0))

@@ -569,13 +569,18 @@ async def create_invoice_item(request: web.Request, path: dict[str, str]) -> web
 
 
 def _next_number(customer_id: str) -> str:
-    """Stripe's per-customer numbering: the customer's invoice prefix, then a sequence."""
-    numbered = [
-        obj
-        for key, obj in resources.store.items()
-        if key.startswith("invoice:") and obj.customer == customer_id and getattr(obj, "number", None)
-    ]
-    return f"{customer_id.removeprefix('cus_')[:8].upper()}-{len(numbered) + 1:04d}"
+    """Stripe's per-customer numbering: the customer's invoice prefix, then a sequence (a count
+    kept per customer: counting its numbered invoices in the store would read the whole store)."""
+    key = f"invoice_numbers:{customer_id}"
+    count = resources.store.get(key)
+    if count is None:
+        count = sum(
+            1
+            for name, obj in resources.store.items()
+            if name.startswith("invoice:") and obj.customer == customer_id and getattr(obj, "number", None)
+        )
+    resources.store[key] = count + 1
+    return f"{customer_id.removeprefix('cus_')[:8].upper()}-{count + 1:04d}"
 
 
 def _finalize(invoice: Any) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app import clock
@@ -26,6 +26,13 @@ class UsageRecord(UUIDPk, Base):
         CheckConstraint("window_end > window_start", name="window_ordered"),
         *non_negative("quantity", "successful_calls", "failed_calls"),
         enum_check("report_status", REPORT_STATUSES),
+        # The windows still to send: claiming a subscription's reads these, not its whole history.
+        Index(
+            "ix_usage_records_unsent",
+            "subscription_id",
+            "window_start",
+            postgresql_where=text("meter_event_identifier IS NOT NULL AND reported_at IS NULL"),
+        ),
     )
 
     subscription_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"))

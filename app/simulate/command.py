@@ -18,7 +18,7 @@ from app.simulate.scenario import build_scenario
 
 def run_simulation(*, consumers: int, months: int, seed: int, data_dir: Path, faults: bool) -> int:
     """Run the scenario of `seed`; 0 when every invariant holds to the cent, 1 on any drift."""
-    from app.dev.simulate import embedded_stack
+    from app.simulate.stack import embedded_stack
 
     scenario = build_scenario(consumers=consumers, months=months, seed=seed)
     rates = FaultRates() if faults else FaultRates.none()

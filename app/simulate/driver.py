@@ -14,17 +14,18 @@ import hashlib
 import hmac
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import jwt
 import orjson
+from arq import Retry
 from sqlalchemy import select
 
 from app import clock
@@ -37,9 +38,16 @@ from app.simulate.scenario import DAY, ConsumerSpec, Scenario, add_months
 from app.usage.jobs import aggregate_usage
 from app.webhooks.jobs import process_stripe_event
 from app.worker.context import job_context
+from app.worker.settings import WorkerSettings
 
 Progress = Callable[[int, int], None]
 RETRYABLE = frozenset({409, 500, 502, 503, 504})
+# Stripe redelivers an event our endpoint did not take (over days; here, within the step).
+WEBHOOK_ATTEMPTS = 6
+WEBHOOK_BACKOFF_SECONDS = 0.1
+WEBHOOK_POSTS = 8  # webhook deliveries in flight at once
+CLIENTS = 8  # consumers and creators acting at the same moment, in flight at once
+T = TypeVar("T")
 
 
 class SimulationError(RuntimeError):
@@ -87,6 +95,7 @@ class RunRecord:
     horizon: int = 0
     steps: int = 0
     webhooks: int = 0
+    webhooks_redelivered: int = 0  # deliveries our endpoint answered 5xx, sent again as Stripe does
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per part of the run
 
     @contextmanager
@@ -117,6 +126,11 @@ class Driver:
         # The moments each consumer's clock must reach (others may lag: nothing is due on them).
         self._due: dict[str, set[int]] = {}
         self._aggregated_at: datetime | None = None
+        self._jobs = asyncio.Semaphore(WorkerSettings.max_jobs)
+        self._posts = asyncio.Semaphore(WEBHOOK_POSTS)
+        self._clients = asyncio.Semaphore(CLIENTS)
+        self._passing = asyncio.Lock()
+        self._deferred: list[tuple[str, int]] = []  # event jobs arq would run again, and their try
 
     def moments(self) -> list[int]:
         """Every moment the run stops at, in order; the last is the horizon."""
@@ -166,15 +180,24 @@ class Driver:
             for change in creator.price_changes:
                 if change.at == moment:
                     await self._change_price(creator.key, change.kind, change.monthly)
-        for spec in self._scenario.consumers:
-            if spec.joins_at == moment:
-                await self._join(spec)
-        for run in self.record.consumers.values():
-            for action in run.spec.actions:
-                if action.at == moment:
-                    await self._act(run, action.kind)
+        # Consumers act side by side, as many clients of one API do.
+        await asyncio.gather(
+            *(self._client(self._join(spec)) for spec in self._scenario.consumers if spec.joins_at == moment)
+        )
+        await asyncio.gather(
+            *(
+                self._client(self._act(run, action.kind))
+                for run in list(self.record.consumers.values())
+                for action in run.spec.actions
+                if action.at == moment
+            )
+        )
         await self._send_traffic(moment)
         await self._worker_pass()
+
+    async def _client(self, work: Awaitable[None]) -> None:
+        async with self._clients:
+            await work
 
     async def _advance_clocks(self, moment: int) -> None:
         clocks = [
@@ -204,27 +227,60 @@ class Driver:
     # ---- the worker -------------------------------------------------------------------------
 
     async def _worker_pass(self) -> None:
-        """What the worker does meanwhile: events first, then its crons (usage, keys, dunning)."""
+        """What the worker does meanwhile, its jobs side by side as arq runs them (up to
+        `max_jobs` at once): the events and the usage cron, then key delivery and dunning, then
+        what those made Stripe send. One pass at a time (a retried API call may ask for one)."""
+        async with self._passing:
+            await self._one_pass()
+
+    async def _one_pass(self) -> None:
         ctx = self._stack.worker
         timed = self.record.timed
+
+        async def events() -> None:
+            with timed("webhooks"):
+                await self._relay_events()
+                await self._retry_pending_events()
+
+        async def usage() -> None:
+            now = self._stack.business.now()
+            if self._aggregated_at != now:  # the cron runs every few minutes: once per moment here
+                self._aggregated_at = now
+                with timed("usage job"):
+                    await self._job(partial(aggregate_usage, ctx))
+
+        await asyncio.gather(events(), usage())
         with timed("webhooks"):
-            await self._relay_events()
-            await self._retry_pending_events()
-        now = self._stack.business.now()
-        if self._aggregated_at != now:  # the cron runs every few minutes: once per moment here
-            with timed("usage job"):
-                await self._faults.run_job(partial(aggregate_usage, ctx))
-            self._aggregated_at = now
+            await self._run_deferred()
         with timed("key delivery and dunning jobs"):
-            await self._deliver_outbox()
-            await self._faults.run_job(partial(suspend_overdue_api_keys, ctx))
+            await asyncio.gather(self._deliver_outbox(), self._job(partial(suspend_overdue_api_keys, ctx)))
         with timed("webhooks"):
             relayed = await self._relay_events()  # what the jobs made Stripe send
             if relayed:
                 await self._retry_pending_events()
+            await self._run_deferred()
         if relayed:
             with timed("key delivery and dunning jobs"):
                 await self._deliver_outbox()
+
+    async def _job(self, job: Callable[[], Awaitable[T]]) -> T:
+        """One job on the worker, faulted, waiting for a free slot as arq's `max_jobs` does."""
+        async with self._jobs:
+            return await self._faults.run_job(job)
+
+    async def _event_job(self, event_id: str, attempt: int = 1) -> None:
+        """The event's job; one that asks to be retried (arq's `Retry`, e.g. while the usage cron
+        holds the invoice's windows) runs again, as its next try, once this phase's jobs are done."""
+        ctx = {**self._stack.worker, "job_try": attempt}
+        try:
+            await self._job(partial(process_stripe_event, ctx, event_id))
+        except Retry:
+            self._deferred.append((event_id, attempt + 1))
+
+    async def _run_deferred(self) -> None:
+        while self._deferred:
+            due, self._deferred = self._deferred, []
+            await asyncio.gather(*(self._event_job(event_id, attempt) for event_id, attempt in due))
 
     async def _relay_events(self) -> int:
         """Deliver the emulator's new events to our webhook, faulted, and process each delivery."""
@@ -234,20 +290,31 @@ class Driver:
         events = [e for e in listed if not str(e["type"]).startswith("test_helpers.")]
         if not events:
             return 0
-        ctx = self._stack.worker
         started: set[str] = set()
-        for item in self._faults.deliveries(events):
+        jobs: list[asyncio.Task[None]] = []
+
+        async def deliver(item: dict[str, Any]) -> None:
             body = orjson.dumps(item)
-            answer = await self._stack.api.post(
-                "/webhooks/stripe", content=body, headers={"Stripe-Signature": self._sign(body)}
-            )
+            for attempt in range(WEBHOOK_ATTEMPTS):
+                async with self._posts:  # Stripe delivers several events at once
+                    answer = await self._stack.api.post(
+                        "/webhooks/stripe", content=body, headers={"Stripe-Signature": self._sign(body)}
+                    )
+                if answer.status_code == 200 or answer.status_code not in RETRYABLE:
+                    break
+                # Stripe sends an event again, with backoff, until our endpoint answers 2xx.
+                self.record.webhooks_redelivered += 1
+                await asyncio.sleep(WEBHOOK_BACKOFF_SECONDS * 2**attempt)  # wall clock: a pause
             if answer.status_code != 200:
                 raise SimulationError(f"webhook {item['id']} answered {answer.status_code}: {answer.text}")
             self.record.webhooks += 1
             event_id = str(item["id"])
             if event_id not in started:  # arq runs one job per event id (`stripe:<id>`)
                 started.add(event_id)
-                await self._faults.run_job(partial(process_stripe_event, ctx, event_id))
+                jobs.append(asyncio.ensure_future(self._event_job(event_id)))
+
+        await asyncio.gather(*(deliver(item) for item in self._faults.deliveries(events)))
+        await asyncio.gather(*jobs)
         return len(events)
 
     async def _retry_pending_events(self) -> None:
@@ -262,8 +329,7 @@ class Driver:
                 )
             ).scalars()
             ids = list(pending)
-        for event_id in ids:
-            await self._faults.run_job(partial(process_stripe_event, ctx, event_id))
+        await asyncio.gather(*(self._event_job(str(event_id)) for event_id in ids))
 
     async def _deliver_outbox(self) -> None:
         ctx = self._stack.worker
@@ -280,8 +346,9 @@ class Driver:
                 )
             if not ids:
                 return
-            for message_id in ids:
-                await self._faults.run_job(partial(deliver_outbox_message, ctx, str(message_id)))
+            await asyncio.gather(
+                *(self._job(partial(deliver_outbox_message, ctx, str(message_id))) for message_id in ids)
+            )
 
     def _sign(self, body: bytes) -> str:
         secret = self._stack.settings.stripe_webhook_secret.get_secret_value().split(",")[0].strip()
@@ -294,25 +361,22 @@ class Driver:
         self._last_event = newest[0]["id"] if newest else None
 
     async def _new_events(self) -> list[dict[str, Any]]:
-        """The emulator's events after the last relayed one, oldest first (Stripe lists newest first)."""
+        """The emulator's events after the last relayed one, oldest first: Stripe's `ending_before`
+        pages forward from it (each page newest first)."""
+        if self._last_event is None:
+            await self._newest_event()
+            if self._last_event is None:
+                return []
         found: list[dict[str, Any]] = []
-        older_than: str | None = None
-        done = False
-        while not done:
-            params: dict[str, Any] = {"limit": 100, **({"starting_after": older_than} if older_than else {})}
+        while True:
+            params: dict[str, Any] = {"limit": 100, "ending_before": self._last_event}
             page = (await self._stack.stripe.get("/v1/events", params=params)).json()
-            for item in page["data"]:
-                if item["id"] == self._last_event:
-                    done = True
-                    break
-                found.append(item)
-            if not page["has_more"] or not page["data"]:
-                break
-            older_than = page["data"][-1]["id"]
-        found.reverse()
-        if found:
-            self._last_event = found[-1]["id"]
-        return found
+            newer = list(reversed(page["data"]))
+            found.extend(newer)
+            if newer:
+                self._last_event = newer[-1]["id"]
+            if not page["has_more"] or not newer:
+                return found
 
     # ---- the API, as the frontend calls it ----------------------------------------------------
 
@@ -328,15 +392,12 @@ class Driver:
         """One API call, retried like a careful client: same Idempotency-Key, on 409 and 5xx."""
         key = {"Idempotency-Key": uuid.uuid4().hex} if method == "POST" else {}
         answer: httpx.Response | None = None
-        for attempt in range(12):
+        for _ in range(12):
             guard = self._faults.maybe_crash() if method != "GET" else nullcontext()
             with guard, self.record.timed("API requests"):
                 answer = await self._stack.api.request(method, path, json=body, headers={**headers, **key})
             if answer.status_code < 300:
                 return dict(answer.json()) if answer.content else {}
-            if attempt and answer.status_code == 409 and answer.json().get("code") == "same_plan":
-                # The failed attempt's change reached Stripe, and its webhook moved our row.
-                return {}
             if answer.status_code not in RETRYABLE:
                 break
             await self._worker_pass()  # e.g. 409 not_synced: a webhook is still to be processed

@@ -48,6 +48,7 @@ class Report:
     steps: int
     webhooks: int
     seconds: dict[str, float] = field(default_factory=dict)
+    webhooks_redelivered: int = 0
 
     @property
     def clean(self) -> bool:
@@ -69,7 +70,10 @@ class Report:
         for currency, (collected, earned, kept) in sorted(self.platform.items()):
             money.add_row(currency, str(collected), str(earned), str(kept))
         console.print(money)
-        faults = Table(title=f"Faults injected ({self.steps} steps, {self.webhooks} webhook deliveries)")
+        faults = Table(
+            title=f"Faults injected ({self.steps} steps, {self.webhooks} webhook deliveries,"
+            f" {self.webhooks_redelivered} sent again after a 5xx)"
+        )
         faults.add_column("fault")
         faults.add_column("count", justify="right")
         for name, count in self.faults.as_rows():
@@ -170,6 +174,7 @@ async def build_report(
         record.steps,
         record.webhooks,
         record.seconds,
+        record.webhooks_redelivered,
     )
 
 

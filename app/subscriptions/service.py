@@ -23,8 +23,7 @@ from app.money import exponent
 from app.outbox.service import Outbox
 from app.pagination import decode_cursor, encode_cursor
 from app.payment_methods.service import PaymentMethodService
-from app.periods import add_months as add_months  # app/dev/simulate.py imports it from here
-from app.periods import usage_period
+from app.periods import add_months, usage_period
 from app.plans.repository import PlanRepository
 from app.plans.schemas import plan_out
 from app.stripe import StripeGateway
@@ -82,6 +81,11 @@ def api_key_status(subscription: Subscription) -> ApiKeyStatus:
     return api_key_status_of(
         subscription.api_key_id, subscription.status, suspended=subscription.api_key_suspended
     )
+
+
+def _holds(subscription: Subscription, plan: PricingPlan, version: PricingPlanVersion) -> bool:
+    """The subscription is on this plan version already: a change to it changes nothing."""
+    return (plan.id, version.version) == (subscription.pricing_plan_id, subscription.plan_version)
 
 
 def subscription_out(
@@ -272,10 +276,14 @@ class SubscriptionService:
         `proration_date`, the one the preview returned, makes Stripe prorate as of that moment, so
         the amount charged is the amount the preview showed; without it, as of now. When the
         change's payment fails, Stripe keeps the old plan and so do we: 402 with Stripe's reason.
+        A subscription already on the plan answers as it is (a PUT states the plan to be on): a
+        retry of a change whose answer was lost finds it made, by its webhook, and charges nothing.
         """
         prorate_at = self._proration_timestamp(proration_date)
         subscription = await self._owned(principal, subscription_id, for_update=True)
         plan, version = await self._change_target(subscription, new_plan_id)
+        if _holds(subscription, plan, version):
+            return await self._out(subscription)
         consumer = await self._consumers.require_own(principal)
         old_plan, _old_version = await self._held(subscription)
         # Calls until now are billed by the plan they were made on: per call only on pay-per-use.
@@ -341,6 +349,8 @@ class SubscriptionService:
         """What moving to `new_plan_id` would invoice now, prorated, before anything changes."""
         subscription = await self._owned(principal, subscription_id)
         plan, version = await self._change_target(subscription, new_plan_id)
+        if _holds(subscription, plan, version):
+            raise Conflict("The subscription is already on this plan", code="same_plan")
         if plan.type == "free":
             # Leaving a paid plan cancels it at Stripe; unused time becomes a credit, nothing is due.
             return UpgradePreview(amount_due=0, currency=version.currency, lines=[])
@@ -497,10 +507,7 @@ class SubscriptionService:
             raise NotFound("Plan not found")
         if found[0].api_id != subscription.api_id:
             raise InvalidField("new_pricing_plan_id", "must be a plan of the same API")
-        plan, version = await self._sellable_plan(new_plan_id)
-        if (plan.id, version.version) == (subscription.pricing_plan_id, subscription.plan_version):
-            raise Conflict("The subscription is already on this plan", code="same_plan")
-        return plan, version
+        return await self._sellable_plan(new_plan_id)
 
     async def _insert(self, subscription: Subscription) -> None:
         try:

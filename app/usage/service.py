@@ -41,7 +41,7 @@ from app.periods import usage_period
 from app.plans.service import meter_event_name
 from app.stripe import StripeGateway
 from app.stripe.meters import MeterEventRefused
-from app.usage.repository import MeteredSubscription, Quarantined, UsageRepository
+from app.usage.repository import MeteredSubscription, Quarantined, Unreported, UsageRepository
 from app.usage.windows import DAY, day_start, meter_event_identifier, window_boundary
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ BATCH_SIZE = 100
 # Stripe accepts meter events up to 35 days old; older windows are not fetched.
 MAX_BACKFILL_DAYS = 35
 METERING_CONCURRENCY = 8
+REPORT_CONCURRENCY = 8  # meter events in flight at once, far under Stripe's meter event rate limit
 QUOTA_JOB = "quota_overrun"
 
 
@@ -295,22 +296,28 @@ class UsageService:
         accepted: list[uuid.UUID] = []
         refused: dict[uuid.UUID, str] = {}
         failed: list[uuid.UUID] = []
-        for window in claimed:
+        gate = asyncio.Semaphore(REPORT_CONCURRENCY)
+
+        async def send(window: Unreported) -> None:
             try:
-                await self._stripe.report_meter_event(
-                    event_name=meter_event_name(window.api_id),
-                    customer=window.stripe_customer_id,
-                    value=window.quantity,
-                    identifier=window.identifier,
-                    timestamp=window.event_at,
-                    idempotency_key=f"meter-event:{window.identifier}:{window.attempt}",
-                )
+                async with gate:
+                    await self._stripe.report_meter_event(
+                        event_name=meter_event_name(window.api_id),
+                        customer=window.stripe_customer_id,
+                        value=window.quantity,
+                        identifier=window.identifier,
+                        timestamp=window.event_at,
+                        idempotency_key=f"meter-event:{window.identifier}:{window.attempt}",
+                    )
             except MeterEventRefused as exc:
                 refused[window.id] = str(exc)
             except DomainError:
                 failed.append(window.id)
             else:
                 accepted.append(window.id)
+
+        # Side by side: one slow answer (or the SDK's backoff before a retry) holds up no other.
+        await asyncio.gather(*(send(window) for window in claimed))
         if claimed:
             async with unit_of_work(self._sessionmaker) as session:
                 repo = UsageRepository(session)

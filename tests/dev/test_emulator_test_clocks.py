@@ -10,6 +10,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -364,3 +365,40 @@ async def test_the_dev_stack_keeps_its_test_clock_across_restarts(
     await emulator.ok(await stripe_http.delete(f"/v1/test_helpers/test_clocks/{first}"))
     replaced = await asyncio.to_thread(dev_test_clock, str(settings.stripe_api_base), key, saved)
     assert replaced != first
+
+
+async def test_events_page_back_with_starting_after_and_forward_with_ending_before(
+    stripe_http: httpx.AsyncClient,
+) -> None:
+    await emulator.ok(await stripe_http.post("/v1/customers", data={"email": "mark@example.com"}))
+    mark = (await emulator.ok(await stripe_http.get("/v1/events", params={"limit": 1})))["data"][0]["id"]
+    made = [
+        (await emulator.ok(await stripe_http.post("/v1/customers", data={"email": f"e{n}@example.com"})))[
+            "id"
+        ]
+        for n in range(5)
+    ]
+    # Forward from the mark, two at a time: the oldest new ones first, each page newest first.
+    forward: list[dict[str, Any]] = []
+    cursor = mark
+    for _ in range(10):
+        page = await emulator.ok(
+            await stripe_http.get("/v1/events", params={"limit": 2, "ending_before": cursor})
+        )
+        assert len(page["data"]) <= 2
+        forward.extend(reversed(page["data"]))
+        if not page["has_more"]:
+            break
+        cursor = forward[-1]["id"]
+    assert [e["data"]["object"]["id"] for e in forward if e["type"] == "customer.created"] == made
+    # Back from the newest, two at a time, the same events newest first.
+    back: list[str] = []
+    after: str | None = None
+    while len(back) < len(forward):
+        params: dict[str, Any] = {"limit": 2, **({"starting_after": after} if after else {})}
+        page = await emulator.ok(await stripe_http.get("/v1/events", params=params))
+        back.extend(e["id"] for e in page["data"])
+        after = page["data"][-1]["id"]
+    assert back[: len(forward)] == [e["id"] for e in reversed(forward)]
+    unknown = await stripe_http.get("/v1/events", params={"ending_before": "evt_unknown"})
+    assert unknown.status_code == 404

@@ -4,6 +4,7 @@ and `billing sync` finds (and with --repair refunds and cancels) Stripe subscrip
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -23,12 +24,14 @@ from app import cli as cli_module
 from app import clock
 from app.config import Settings
 from app.models import Subscription
+from app.stripe.test_clocks import TestClockTime
 from tests.support.billing_data import World, invoice_obj, make_world, subscription_obj
 from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 from tests.support.settings import make_settings
 from tests.support.stripe_payments import PERIOD, T0, refund
 from tests.support.stripe_wire import consumer_with_card
 from tests.support.sync import sync_service
+from tests.support.worker import Ctx, deliver
 
 
 @contextmanager
@@ -318,3 +321,70 @@ async def test_a_retry_whose_details_differ_from_what_stripe_answered_is_409_not
     assert response.status_code == 409, response.text
     assert response.json()["code"] == "stripe_idempotency_conflict"
     assert await _rows(engine) == 0
+
+
+@pytest.mark.parametrize("idempotency_key", [None, "upgrade-attempt-1"], ids=["no_key", "same_key"])
+async def test_an_upgrade_retried_after_its_commit_failed_answers_the_subscription_and_charges_once(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    stripe_http: httpx.AsyncClient,
+    worker_ctx: Ctx,
+    settings: Settings,
+    idempotency_key: str | None,
+) -> None:
+    creator, api_id = auth("creator"), new_api_id()
+    basic = await create_plan(client, creator, api_id, name="Basic", monthly_price="10")
+    pro = await create_plan(client, creator, api_id, name="Pro", monthly_price="30")
+    headers = auth("consumer")
+    customer = (await register(client, headers))["stripe_customer_id"]
+    made = await stripe_http.post(
+        "/v1/test_helpers/test_clocks", data={"frozen_time": int(time.time()), "customer": customer}
+    )
+    assert made.status_code == 200, made.text
+    await add_card(client, headers)
+    subscribed = (await subscribe(client, headers, basic)).json()
+    # A day into the period: the change's snapshot is newer than the subscribe's.
+    clock_id = made.json()["id"]
+    advanced = await stripe_http.post(
+        f"/v1/test_helpers/test_clocks/{clock_id}/advance",
+        data={"frozen_time": int(made.json()["frozen_time"]) + 86400},
+    )
+    assert advanced.status_code == 200, advanced.text
+    for _ in range(500):
+        if (await stripe_http.get(f"/v1/test_helpers/test_clocks/{clock_id}")).json()["status"] == "ready":
+            break
+        await asyncio.sleep(0.02)
+    if idempotency_key is not None:
+        headers = {**headers, "Idempotency-Key": idempotency_key}
+    url = f"/api/v1/subscriptions/{subscribed['id']}/upgrade"
+    body = {"new_pricing_plan_id": pro["id"]}
+
+    with clock.use(TestClockTime(settings, clock_id, refresh_seconds=0)):
+        with commit_fails_once_after_stripe_answered():
+            failed = await client.put(url, json=body, headers=headers)
+        assert failed.status_code == 503, failed.text
+        # Stripe made the change; its webhook moves our row before the client tries again.
+        changed = await _newest_event(stripe_http, "customer.subscription.updated")
+        assert changed["data"]["object"]["id"] == subscribed["stripe_subscription_id"]
+        await deliver(client, worker_ctx, changed)
+        charges_before = await _charges(stripe_http, customer)
+
+        retried = await client.put(url, json=body, headers=headers)
+
+    assert retried.status_code == 200, retried.text
+    assert (retried.json()["id"], retried.json()["pricing_plan_id"]) == (subscribed["id"], pro["id"])
+    assert await _charges(stripe_http, customer) == charges_before
+    # One proration charge for the change: the first payment and the upgrade, nothing twice.
+    assert len(charges_before) == 2
+    [only] = await _stripe_subscriptions(stripe_http, customer)
+    assert only["items"]["data"][0]["plan"]["amount"] == 3000
+
+
+async def _newest_event(stripe_http: httpx.AsyncClient, kind: str) -> dict[str, Any]:
+    listed = (await stripe_http.get("/v1/events", params={"limit": 20})).json()["data"]
+    return next(e for e in listed if e["type"] == kind)
+
+
+async def _charges(stripe_http: httpx.AsyncClient, customer: str) -> list[tuple[str, int]]:
+    listed = (await stripe_http.get("/v1/charges", params={"customer": customer, "limit": 100})).json()
+    return sorted((c["id"], int(c["amount"])) for c in listed["data"] if c["paid"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -245,3 +245,32 @@ async def test_usage_within_the_call_limit_is_not_flagged(
     )
     await aggregate_usage(worker_ctx)
     assert await notifications(engine, "quota_overrun") == []
+
+
+async def test_a_slow_meter_event_answer_holds_up_no_other_window(
+    worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
+) -> None:
+    accepted: dict[str, dict[str, Any]] = {}
+    stripe: Callable[[httpx.Request], httpx.Response] = meter_event_api(accepted)
+    neighbours_answered = asyncio.Event()
+    calls = neighbours = 0
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        nonlocal calls, neighbours
+        calls += 1
+        if calls == 1:
+            # The first window's answer comes only once both its neighbours have theirs.
+            await asyncio.wait_for(neighbours_answered.wait(), timeout=5)
+            return stripe(request)
+        response = stripe(request)
+        neighbours += 1
+        if neighbours == 2:
+            neighbours_answered.set()
+        return response
+
+    with respx.mock(assert_all_called=False) as mock:
+        Metering(mock)
+        mock.post(f"{settings.stripe_api_base}/v1/billing/meter_events").side_effect = answer
+        await pay_per_use(engine)
+        assert await aggregate_usage(worker_ctx) == outcome(recorded=3, reported=3)
+    assert len(accepted) == 3
