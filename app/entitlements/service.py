@@ -28,6 +28,7 @@ from app import clock
 from app.auth import Principal
 from app.config import Settings
 from app.consumers.service import consumer_id_for
+from app.db.packed_redis import EntitlementsRedis
 from app.db.session import run_after_commit
 from app.entitlements import keys
 from app.entitlements.cache import MISSING, EntitlementCache, schedule_refresh
@@ -36,7 +37,6 @@ from app.entitlements.metrics import CHECKS, REDIS_DEGRADED
 from app.entitlements.repository import EntitlementRepository
 from app.entitlements.schemas import (
     CheckRequest,
-    CheckResult,
     EntitlementList,
     EntitlementOut,
     SpendCapOut,
@@ -85,6 +85,27 @@ class TrackAnswer:
 
     def json(self) -> bytes:
         return orjson.dumps({"tracked": self.tracked, "results": self.results})
+
+
+@dataclass(frozen=True, slots=True)
+class CheckAnswer:
+    """A check's answer (`CheckResult` in the API, the same fields in its order), serialized once
+    by orjson to the bytes the schema's own serializer would give."""
+
+    allowed: bool
+    reason: str
+    subscription_id: str | None = None
+    remaining: int | None = None
+    limit: int | None = None
+    used: int | None = None
+    reset_at: datetime | None = None
+    overage: bool = False
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    degraded: bool = False
+
+    def json(self) -> bytes:
+        return orjson.dumps(self, option=orjson.OPT_UTC_Z)
 
 
 def _moment(epoch: int | None) -> datetime | None:
@@ -189,14 +210,14 @@ def exhausted_alert(entitlement: Entitlement, period: tuple[datetime, datetime],
 
 class EntitlementService:
     def __init__(
-        self, redis: Redis, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+        self, redis: EntitlementsRedis, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
     ) -> None:
         self._redis = redis
         self._sessionmaker = sessionmaker
         self._timeout = settings.entitlements_redis_timeout_seconds
         self._fail_open = settings.entitlements_redis_policy == "fail_open"
         self._policy = settings.entitlements_redis_policy
-        self._counters = Counters(redis)
+        self._counters = Counters(redis, redis.pipelined)
         self._cache = EntitlementCache(redis)
         # Recent snapshots read by this process: a check or a track batch then costs one Redis
         # round trip (the counters); changes reach Redis at once and this copy within its age.
@@ -220,6 +241,14 @@ class EntitlementService:
         try:
             async with asyncio.timeout(self._timeout):
                 return await call()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise RedisUnavailable(str(exc) or type(exc).__name__) from exc
+
+    @staticmethod
+    async def _pipelined(pending: Awaitable[T]) -> T:
+        """A call of the pipelined client: its batch's timer bounds it, no timer of its own."""
+        try:
+            return await pending
         except (RedisError, OSError, TimeoutError) as exc:
             raise RedisUnavailable(str(exc) or type(exc).__name__) from exc
 
@@ -259,7 +288,7 @@ class EntitlementService:
             await self._redis_call(lambda: self._cache.remember_missing_key(api_key_id))
         return found
 
-    async def check(self, request: CheckRequest) -> tuple[CheckResult, list[Alert]]:
+    async def check(self, request: CheckRequest) -> tuple[CheckAnswer, list[Alert]]:
         """May these calls be made now? With `track`, count them when they may (all or none)."""
         try:
             entitlement = await self._load(
@@ -270,17 +299,17 @@ class EntitlementService:
             refused = refusal(entitlement)
             if entitlement is None or refused is not None:
                 CHECKS.labels(reason=refused or "no_subscription").inc()
-                return CheckResult(
+                return CheckAnswer(
                     allowed=False,
                     reason=refused or "no_subscription",
-                    subscription_id=uuid.UUID(entitlement.subscription_id) if entitlement else None,
+                    subscription_id=entitlement.subscription_id if entitlement else None,
                 ), []
             now = clock.now()
             period = current_period(entitlement, now)
             epochs = (int(period[0].timestamp()), int(period[1].timestamp()))
             n = request.track or 1
-            outcome = await self._redis_call(
-                lambda: self._counters.check(
+            outcome = await self._pipelined(
+                self._counters.check(
                     entitlement.subscription_id,
                     epochs,
                     limits_of(entitlement),
@@ -293,7 +322,7 @@ class EntitlementService:
             self._degraded("check", error)
             reason = "ok" if self._fail_open else "unavailable"
             CHECKS.labels(reason=reason).inc()
-            return CheckResult(allowed=self._fail_open, reason=reason, degraded=True), []
+            return CheckAnswer(allowed=self._fail_open, reason=reason, degraded=True), []
         CHECKS.labels(reason=outcome.reason).inc()
         alerts: list[Alert] = []
         if outcome.allowed and request.track is not None:
@@ -305,7 +334,7 @@ class EntitlementService:
     @staticmethod
     def _result(
         entitlement: Entitlement, period: tuple[datetime, datetime], outcome: Outcome, *, counted: int
-    ) -> CheckResult:
+    ) -> CheckAnswer:
         start, end = period
         limit = entitlement.call_limit
         remaining = max(limit - outcome.used, 0) if limit is not None else None
@@ -325,10 +354,10 @@ class EntitlementService:
             and entitlement.call_limit is not None
             and outcome.used + (0 if counted else 1) > entitlement.call_limit
         )
-        return CheckResult(
+        return CheckAnswer(
             allowed=outcome.allowed,
             reason=outcome.reason,
-            subscription_id=uuid.UUID(entitlement.subscription_id),
+            subscription_id=entitlement.subscription_id,
             remaining=remaining,
             limit=limit,
             used=outcome.used,
@@ -352,7 +381,7 @@ class EntitlementService:
                 period = current_epochs(entitlement, now, now_epoch)
                 periods.append(period)
                 batch.append((entitlement.subscription_id, period, limits_of(entitlement), item.count))
-            outcomes = await self._redis_call(lambda: self._counters.track_many(batch, now=now_epoch))
+            outcomes = await self._pipelined(self._counters.track_many(batch, now=now_epoch))
         except RedisUnavailable as error:
             self._degraded("track", error)
             raise
