@@ -53,11 +53,35 @@ class _HiredisPackedConnection(Connection):
 PackedConnection: type[Connection] = _HiredisPackedConnection if HIREDIS_AVAILABLE else Connection
 
 
+def _error(reply: ResponseError) -> Exception:
+    """An error reply as redis-py raises it (NOSCRIPT as NoScriptError, ...)."""
+    error: Exception = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
+    return error
+
+
+class _Many:
+    """Several commands sent together, answered by one future with all their replies."""
+
+    __slots__ = ("expected", "future", "replies")
+
+    def __init__(self, future: asyncio.Future[Any], expected: int) -> None:
+        self.future = future
+        self.expected = expected
+        self.replies: list[Any] = []
+
+
+_Waiter = asyncio.Future[Any] | _Many
+
+
+def _future(waiter: _Waiter) -> asyncio.Future[Any]:
+    return waiter.future if type(waiter) is _Many else waiter  # type: ignore[return-value]
+
+
 class _Replies(asyncio.Protocol):
     """One connection's reading side: each reply resolves the oldest waiting future."""
 
     def __init__(self, on_lost: Any) -> None:
-        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.waiting: deque[_Waiter] = deque()
         self.transport: asyncio.Transport | None = None
         self._reader = hiredis.Reader(replyError=ResponseError)
         self._on_lost = on_lost
@@ -68,12 +92,17 @@ class _Replies(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
         while (reply := self._reader.gets()) is not False:
-            future = self.waiting.popleft()
+            waiter = self.waiting[0]
+            if type(waiter) is _Many:
+                waiter.replies.append(reply)
+                if len(waiter.replies) < waiter.expected:
+                    continue
+                reply = waiter.replies
+            future = _future(self.waiting.popleft())
             if future.done():
                 continue  # its caller gave up (the batch timed out): the reply is dropped in order
             if isinstance(reply, ResponseError):
-                error: Exception = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
-                future.set_exception(error)  # NOSCRIPT as NoScriptError, as redis-py raises them
+                future.set_exception(_error(reply))
             else:
                 future.set_result(reply)
 
@@ -102,43 +131,49 @@ class PipelinedRedis:
         self._connecting: asyncio.Task[None] | None = None
         # Commands of this turn of the loop, not yet written; then batches waiting for the connection.
         self._out: list[bytes] = []
-        self._queued: list[asyncio.Future[Any]] = []
-        self._unsent: list[tuple[bytes, list[asyncio.Future[Any]]]] = []
+        self._queued: list[_Waiter] = []
+        self._unsent: list[tuple[bytes, list[_Waiter]]] = []
 
     def call(self, *args: Arg) -> asyncio.Future[Any]:
         """Send one command with the others of this turn of the event loop; its reply, undecoded."""
+        future = self._future()
+        self._queue(_pack(args), future)
+        return future
+
+    async def call_many(self, commands: list[tuple[Arg, ...]]) -> list[Any]:
+        """Send the commands together (one write, one future); their replies in order, or the
+        first error reply raised once all are in (every command still ran)."""
+        if not commands:
+            return []
+        future = self._future()
+        self._queue(b"".join([_pack(command) for command in commands]), _Many(future, len(commands)))
+        replies: list[Any] = await future
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise _error(reply)
+        return replies
+
+    def _future(self) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._drop(RedisConnectionError("event loop changed"))
             self._loop = loop
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self._out:
-            loop.call_soon(self._flush)
-        self._out.append(_pack(args))
-        self._queued.append(future)
-        return future
+        return loop.create_future()
 
-    async def call_many(self, commands: list[tuple[Arg, ...]]) -> list[Any]:
-        """Send the commands together (one write); their replies in order, or the first error
-        once every reply is in (so no command's outcome is left unread)."""
-        futures = [self.call(*command) for command in commands]
-        replies: list[Any] = []
-        error: Exception | None = None
-        for future in futures:
-            try:
-                replies.append(await future)
-            except Exception as exc:
-                error = error or exc
-        if error is not None:
-            raise error
-        return replies
+    def _queue(self, packed: bytes, waiter: _Waiter) -> None:
+        if not self._out:
+            assert self._loop is not None  # noqa: S101  (set by _future)
+            self._loop.call_soon(self._flush)
+        self._out.append(packed)
+        self._queued.append(waiter)
 
     def _flush(self) -> None:
         data, batch = b"".join(self._out), self._queued
         self._out, self._queued = [], []
         assert self._loop is not None  # noqa: S101  (set by the call that scheduled this)
-        timer = self._loop.call_later(self._timeout, self._expire, batch[-1])
-        batch[-1].add_done_callback(lambda _f: timer.cancel())
+        last = _future(batch[-1])
+        timer = self._loop.call_later(self._timeout, self._expire, last)
+        last.add_done_callback(lambda _f: timer.cancel())
         replies = self._replies
         if replies is not None and replies.transport is not None and not replies.transport.is_closing():
             replies.waiting.extend(batch)
@@ -181,7 +216,8 @@ class PipelinedRedis:
 
     def _fail_unsent(self, exc: BaseException) -> None:
         for _data, batch in self._unsent:
-            for future in batch:
+            for waiter in batch:
+                future = _future(waiter)
                 if not future.done():
                     future.set_exception(exc)
         self._unsent = []
@@ -198,7 +234,7 @@ class PipelinedRedis:
     @staticmethod
     def _fail(replies: _Replies, exc: BaseException) -> None:
         while replies.waiting:
-            future = replies.waiting.popleft()
+            future = _future(replies.waiting.popleft())
             if not future.done():
                 future.set_exception(exc)
 

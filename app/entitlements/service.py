@@ -223,6 +223,19 @@ class EntitlementService:
         # round trip (the counters); changes reach Redis at once and this copy within its age.
         self._local_seconds = settings.entitlements_local_snapshot_seconds
         self._recent: dict[str, tuple[float, Entitlement]] = {}
+        # What each snapshot's terms give (limits, alert marks), computed once per snapshot read.
+        self._terms: dict[int, tuple[Entitlement, Limits, tuple[int, ...]]] = {}
+
+    def _terms_of(self, entitlement: Entitlement) -> tuple[Limits, tuple[int, ...]]:
+        found = self._terms.get(id(entitlement))
+        if found is None or found[0] is not entitlement:  # held here, so its id is not reused
+            if len(self._terms) >= LOCAL_SNAPSHOT_COPIES:
+                self._terms.clear()
+            limit = entitlement.call_limit
+            found = (entitlement, limits_of(entitlement), threshold_marks(limit) if limit else ())
+            if self._local_seconds > 0:  # else each check reads a new snapshot: nothing to reuse
+                self._terms[id(entitlement)] = found
+        return found[1], found[2]
 
     def _local(self, key: str, moment: float) -> Entitlement | None:
         recent = self._recent.get(key)
@@ -312,7 +325,7 @@ class EntitlementService:
                 self._counters.check(
                     entitlement.subscription_id,
                     epochs,
-                    limits_of(entitlement),
+                    self._terms_of(entitlement)[0],
                     n,
                     now=int(now.timestamp()),
                     count=request.track is not None,
@@ -375,12 +388,15 @@ class EntitlementService:
             now_epoch = int(now.timestamp())
             batch: list[tuple[str, tuple[int, int], Limits, int]] = []
             periods: list[tuple[int, int]] = []
+            marks: list[tuple[int, ...]] = []
             for item, entitlement in zip(request.calls, entitlements, strict=True):
                 if entitlement is None:
                     continue
                 period = current_epochs(entitlement, now, now_epoch)
                 periods.append(period)
-                batch.append((entitlement.subscription_id, period, limits_of(entitlement), item.count))
+                limits, item_marks = self._terms_of(entitlement)
+                marks.append(item_marks)
+                batch.append((entitlement.subscription_id, period, limits, item.count))
             outcomes = await self._pipelined(self._counters.track_many(batch, now=now_epoch))
         except RedisUnavailable as error:
             self._degraded("track", error)
@@ -388,7 +404,7 @@ class EntitlementService:
         # Plain data in the shape of TrackResult (every field computed here), serialized once.
         results: list[dict[str, object]] = []
         alerts: list[Alert] = []
-        counted = iter(zip(outcomes, periods, strict=True))
+        counted = iter(zip(outcomes, periods, marks, strict=True))
         tracked = 0
         for item, entitlement in zip(request.calls, entitlements, strict=True):
             if entitlement is None:
@@ -403,7 +419,7 @@ class EntitlementService:
                     }
                 )
                 continue
-            used, period = next(counted)
+            used, period, item_marks = next(counted)
             tracked += item.count
             limit = entitlement.call_limit
             results.append(
@@ -416,8 +432,8 @@ class EntitlementService:
                     "overage": entitlement.overage and limit is not None and used > limit,
                 }
             )
-            if entitlement.monthly_spend_cap is not None or (
-                limit and any(used - item.count < mark <= used for mark in threshold_marks(limit))
+            if entitlement.monthly_spend_cap is not None or any(
+                used - item.count < mark <= used for mark in item_marks
             ):
                 alerts.extend(crossed_alerts(entitlement, period, used - item.count, used))
         return TrackAnswer(tracked=tracked, results=results), alerts
