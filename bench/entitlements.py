@@ -4,10 +4,12 @@
 
 On embedded PostgreSQL and Redis, 100 active subscriptions with API keys and a limit no run
 reaches:
-  1. over real HTTP: a uvicorn server in a subprocess, one httpx client with 32 connections
-     (32 workers); `POST /api/v1/entitlements/check` with `track: 1` against `GET /health` of
-     the same server. Goals: throughput >= 0.6x /health, p99 <= 3x its own median. The client
-     shares the 2 cores with the server, so both figures include its cost.
+  1. over real HTTP: `billing api` in its own process (its real configuration: uvloop,
+     httptools, no access log line), loaded by `bench.load.closed_loop` (raw keep-alive HTTP/1.1
+     from callbacks, a small share of the 2 cores) at 32 connections; `GET /health` and
+     `POST /api/v1/entitlements/check` with `track: 1` by turns (ABBA), 2 s each, six rounds;
+     the medians of the rounds' ratios and of the check's p99/p50. Goals: throughput >= 0.6x
+     /health, p99 <= 3x its own median.
   2. in-process: `EntitlementService.check` called one at a time: p50/p99 in microseconds.
   3. track batches of 100 calls (100 subscriptions, count 1 each) through
      `EntitlementService.track` against a bare Redis pipeline of 100 `INCRBY`: calls counted per
