@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import uvloop
+from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -101,3 +102,21 @@ def run(scenario: Coroutine[Any, Any, None], loop: str) -> None:
         uvloop.run(scenario)
     else:
         asyncio.run(scenario)
+
+
+def test_pipelined_calls_go_to_the_urls_database(redis_url: str) -> None:
+    other_db = redis_url.rsplit("/", 1)[0] + "/3"
+    key = f"pipelined-db:{uuid.uuid4().hex}"
+
+    async def scenario() -> None:
+        pipelined = PipelinedRedis(other_db, timeout=5)
+        plain = Redis.from_url(other_db)
+        try:
+            assert await pipelined.call("SET", key, "in-db-3") == b"OK"
+            assert await plain.get(key) == b"in-db-3"
+        finally:
+            await plain.delete(key)
+            await plain.aclose()
+            pipelined.close()
+
+    run(scenario(), "asyncio")

@@ -156,7 +156,11 @@ class PipelinedRedis:
     def _future(self) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            self._drop(RedisConnectionError("event loop changed"))
+            if self._loop is not None and not self._loop.is_closed():
+                self._drop(RedisConnectionError("event loop changed"))
+            # A closed loop's connection and callers are gone with it: nothing left to touch.
+            self._replies, self._connecting, self._unsent = None, None, []
+            self._out, self._queued = [], []
             self._loop = loop
         return loop.create_future()
 
@@ -168,6 +172,8 @@ class PipelinedRedis:
         self._queued.append(waiter)
 
     def _flush(self) -> None:
+        if not self._queued:
+            return  # dropped with the event loop that scheduled this
         data, batch = b"".join(self._out), self._queued
         self._out, self._queued = [], []
         assert self._loop is not None  # noqa: S101  (set by the call that scheduled this)
@@ -198,11 +204,15 @@ class PipelinedRedis:
                     ssl=ssl.create_default_context() if self._ssl else None,
                 )
             assert replies.transport is not None  # noqa: S101
-            for command in self._handshake:
-                answer: asyncio.Future[Any] = self._loop.create_future()
-                replies.waiting.append(answer)
-                replies.transport.write(_pack(command))
-                await answer
+            try:
+                for command in self._handshake:
+                    answer: asyncio.Future[Any] = self._loop.create_future()
+                    replies.waiting.append(answer)
+                    replies.transport.write(_pack(command))
+                    await answer
+            except BaseException:
+                replies.transport.close()
+                raise
         except (OSError, RedisConnectionError, ResponseError) as exc:
             self._connecting = None
             self._fail_unsent(exc)
