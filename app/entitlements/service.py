@@ -1,9 +1,9 @@
 """Check and track: may this key make this call now, and count the calls made.
 
-The hot path is one Redis read (the snapshot) and one script call (the counters); the database
-is read only when a snapshot is missing. When Redis cannot answer within its timeout the
-configured policy answers instead (fail open by default, fail closed when set), with a metric
-and a log line.
+The hot path is one script call (the counters), plus a read of the snapshot when this process's
+copy of it has aged out; the database is read only when a snapshot is missing. When Redis cannot
+answer within its timeout the configured policy answers instead (fail open by default, fail
+closed when set), with a metric and a log line.
 """
 
 from __future__ import annotations
@@ -279,7 +279,9 @@ class EntitlementService:
         local = self._local(cache_key, moment)
         if local is not None:
             return local
-        raw = await self._redis_call(lambda: self._redis.get(cache_key))
+        # Pipelined: when this process's copy of a busy key ages out, every concurrent check misses
+        # it at once; their reads share one write instead of each taking a pooled connection.
+        raw: bytes | None = await self._pipelined(self._redis.pipelined.call("GET", cache_key))
         if raw == MISSING:
             return None
         if raw is not None:
@@ -453,7 +455,9 @@ class EntitlementService:
                 found[key] = None
                 wanted.append((key, item.subscription_id, item.api_key_id))
         if wanted:
-            raws = await self._redis_call(lambda: self._read_many([w[0] for w in wanted]))
+            raws: list[bytes | None] = await self._pipelined(
+                self._redis.pipelined.call_many([("GET", w[0]) for w in wanted])
+            )
             for (key, subscription_id, api_key_id), raw in zip(wanted, raws, strict=True):
                 entitlement = Entitlement.loads(raw) if raw not in (None, MISSING) else None
                 if entitlement is None and raw != MISSING:
@@ -473,13 +477,6 @@ class EntitlementService:
             return keys.snapshot_key(subscription_id)
         assert api_key_id is not None  # noqa: S101  (the schema sends exactly one)
         return keys.api_key_index(api_key_id)
-
-    async def _read_many(self, cache_keys: list[str]) -> list[bytes | None]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in cache_keys:
-                pipe.get(key)
-            values: list[bytes | None] = await pipe.execute()
-        return values
 
     async def snapshot_page(
         self, session: AsyncSession, *, api_id: str | None, after: uuid.UUID | None, limit: int
