@@ -114,6 +114,8 @@ def api(
         host=host or settings.host,
         port=port or settings.port,
         log_config=None,
+        # RequestContextMiddleware logs each request once, with its id: no second access line.
+        access_log=False,
         proxy_headers=True,
         timeout_graceful_shutdown=graceful_timeout,
     )

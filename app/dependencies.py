@@ -51,6 +51,12 @@ class ApiState:
     webhooks: WebhookService | None = None
     # Set on SIGTERM: `/ready` answers 503 so the load balancer stops sending requests.
     draining: bool = False
+    # The gateway's service tokens, encoded once (the check compares bytes on every call).
+    gateway_tokens: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.gateway_tokens:
+            self.gateway_tokens = tuple(token.encode() for token in self.resources.settings.gateway_tokens)
 
     @classmethod
     def open(cls, settings: Settings) -> ApiState:
@@ -114,11 +120,6 @@ ReadSession = Annotated[AsyncSession, Depends(get_read_session, scope="function"
 # --- who is calling -----------------------------------------------------------------------------
 
 _bearer = HTTPBearer(auto_error=False)
-_service_bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="GatewayServiceToken",
-    description="A token from GATEWAY_SERVICE_TOKENS (service to service; consumer JWTs are refused)",
-)
 
 
 async def get_principal(
@@ -143,17 +144,35 @@ CreatorOrAdmin = Annotated[Principal, require_role("creator", "admin")]
 AdminOnly = Annotated[Principal, require_role("admin")]
 
 
-async def require_gateway(
-    resources: Res,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_service_bearer)],
-) -> None:
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthorized("Missing service token", code="missing_token")
-    if not token_matches(credentials.credentials, resources.settings.gateway_tokens):
-        raise Unauthorized("Invalid service token", code="invalid_service_token")
+_AUTHORIZATION = b"authorization"
 
 
-GatewayCaller = Depends(require_gateway)
+class GatewayToken(HTTPBearer):
+    """`Authorization: Bearer <service token>`, checked in this one dependency (a bearer scheme in
+    OpenAPI): the header read straight from the request, the configured tokens encoded once per
+    process (`ApiState.gateway_tokens`). It is on every entitlement check, so it does no more."""
+
+    async def __call__(self, request: Request) -> None:  # type: ignore[override]
+        header: bytes | None = None
+        for name, value in request.scope["headers"]:
+            if name == _AUTHORIZATION:
+                header = value
+                break
+        scheme, _, credentials = (header or b"").partition(b" ")
+        credentials = credentials.strip()
+        if scheme.lower() != b"bearer" or not credentials:
+            raise Unauthorized("Missing service token", code="missing_token")
+        if not token_matches(credentials, api_state(request.app).gateway_tokens):
+            raise Unauthorized("Invalid service token", code="invalid_service_token")
+
+
+GatewayCaller = Depends(
+    GatewayToken(
+        auto_error=False,
+        scheme_name="GatewayServiceToken",
+        description="A token from GATEWAY_SERVICE_TOKENS (service to service; consumer JWTs are refused)",
+    )
+)
 
 
 # --- services -----------------------------------------------------------------------------------

@@ -173,6 +173,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Any route may meet a body over the limit or a stalled database (app/validation.py, app/db/).
     api = APIRouter(prefix=API_PREFIX, responses=error_responses(413, 503))
+    # First: routes are matched one by one in order, and the gateway's check is the hottest path.
+    api.include_router(entitlements_router)
     api.include_router(consumers_router)
     api.include_router(plans_router)
     api.include_router(payment_methods_router)
@@ -181,7 +183,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(admin_invoices_router)
     api.include_router(analytics_router)
     api.include_router(creators_router)
-    api.include_router(entitlements_router)
     api.include_router(spend_cap_router)
     app.include_router(api)
     app.include_router(health_router)

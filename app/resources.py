@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 import httpx
 from arq.connections import ArqRedis
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.auth import TokenVerifier
 from app.config import Settings
 from app.db import create_engine, create_job_engine, create_read_sessionmaker, create_sessionmaker
+from app.db.packed_redis import EntitlementsRedis
 from app.db.redis import create_entitlements_redis, create_redis
 from app.stripe import StripeGateway
 
@@ -33,7 +33,7 @@ class Resources:
     read_sessionmaker: async_sessionmaker[AsyncSession]
     redis: ArqRedis
     # The entitlement checks' own client, with their timeout and hiredis-packed commands.
-    entitlements_redis: Redis
+    entitlements_redis: EntitlementsRedis
     http: httpx.AsyncClient
     stripe: StripeGateway
     verifier: TokenVerifier

@@ -8,12 +8,18 @@ Prints requests, throughput, p50/p99 and the non-2xx count per phase; exits 1 if
 was not a 2xx. Every loop ends at its deadline (and at a request cap).
 
     python -m bench.load [--get-seconds 30] [--register-seconds 20]
+
+`closed_loop` is the lean loader the figures use (bench/entitlements.py): raw HTTP/1.1 keep-alive
+connections, each sending its next request from the callback that read the last answer. It costs
+the shared cores a small fraction of what a full client would, so the server, not the loader, is
+what gets measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import shutil
 import statistics
@@ -33,6 +39,7 @@ import jwt
 
 from app.dev.processes import EmbeddedPostgres, free_port
 from app.dev.stack import DEV_JWT_SECRET
+from bench.harness import LoadResult
 
 MAX_REQUESTS_PER_PHASE = 2_000_000
 STACK_VARS = ("DATABASE_URL", "REDIS_URL", "STRIPE_SECRET_KEY", "STRIPE_API_BASE", "API_KEY_SERVICE_URL")
@@ -65,6 +72,137 @@ class Phase:
             f"{self.name:<34} {self.connections:>3} conn {self.elapsed:5.1f} s  {self.requests:>7} req "
             f"{throughput:8.1f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  non-2xx {self.non_2xx}{failures}"
         )
+
+
+def raw_request(
+    method: str, path: str, *, host: str, headers: dict[str, str] | None = None, body: bytes = b""
+) -> bytes:
+    """One HTTP/1.1 keep-alive request, ready to be written as is."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class _Run:
+    """What the connections of one closed loop share: the clock marks and what they measured."""
+
+    def __init__(self, connections: int, record_from: float, deadline: float) -> None:
+        self.record_from = record_from
+        self.deadline = deadline
+        self.latencies: list[float] = []
+        self.completed = 0
+        self.failures: dict[str, int] = {}
+        self.active = connections
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def stop_one(self) -> None:
+        self.active -= 1
+        if self.active == 0 and not self.finished.done():
+            self.finished.set_result(None)
+
+    def fail(self, what: str) -> None:
+        self.failures[what] = self.failures.get(what, 0) + 1
+
+
+class _LoadConnection(asyncio.Protocol):
+    """One keep-alive connection: send, read the whole answer (Content-Length), send again."""
+
+    def __init__(self, request: bytes, run: _Run) -> None:
+        self._request = request
+        self._run = run
+        self._buffer = b""
+        self._sent = 0.0
+        self._transport: asyncio.Transport | None = None
+        self._stopped = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._send()
+
+    def _send(self) -> None:
+        assert self._transport is not None
+        self._sent = time.perf_counter()
+        self._transport.write(self._request)
+
+    def _stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._run.stop_one()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        head_end = self._buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            return
+        head = self._buffer[:head_end].lower()
+        marker = head.find(b"\r\ncontent-length:")
+        if marker < 0:
+            self._run.fail("no content-length")
+            self._close()
+            return
+        value_start = marker + len(b"\r\ncontent-length:")
+        value_end = head.find(b"\r\n", value_start)
+        length = int(head[value_start : value_end if value_end >= 0 else len(head)])
+        total = head_end + 4 + length
+        if len(self._buffer) < total:
+            return
+        status = head[9:12]
+        self._buffer = self._buffer[total:]
+        done = time.perf_counter()
+        run = self._run
+        if run.record_from <= done <= run.deadline:
+            if status[:1] != b"2":
+                run.fail(status.decode())
+            else:
+                run.completed += 1
+                if self._sent >= run.record_from:
+                    run.latencies.append(done - self._sent)
+        if done >= run.deadline:
+            self._close()
+            return
+        self._send()
+
+    def _close(self) -> None:
+        self._stop()
+        if self._transport is not None:
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._stopped:
+            self._run.fail("connection lost")
+        self._stop()
+
+
+async def closed_loop(
+    host: str, port: int, request: bytes, *, connections: int, seconds: float, warmup: float = 0.5
+) -> tuple[LoadResult, dict[str, int]]:
+    """`connections` keep-alive connections sending `request` back to back for `warmup` + `seconds`;
+    the answers within the measured `seconds` count for throughput, and those of requests also
+    sent within them for latency. Returns the 2xx answers' figures and the failures by kind
+    (status, lost connection)."""
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    run = _Run(connections, started + warmup, started + warmup + seconds)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # the loader's own pauses would read as the server's latency
+    try:
+        transports = [
+            (await loop.create_connection(lambda: _LoadConnection(request, run), host, port))[0]
+            for _ in range(connections)
+        ]
+        await asyncio.wait_for(run.finished, warmup + seconds + 30)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    for transport in transports:
+        transport.close()
+    latencies = sorted(run.latencies) or [0.0]
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    return LoadResult(run.completed, seconds, p50, p99), run.failures
 
 
 def user_token(user_id: str, role: str = "consumer", secret: str = DEV_JWT_SECRET) -> str:

@@ -17,11 +17,11 @@ from arq.connections import ArqRedis
 from arq.constants import default_queue_name, expires_extra_ms, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import ConnectionPool
 from redis.exceptions import NoScriptError
 
 from app.config import Settings
-from app.db.packed_redis import PackedConnection
+from app.db.packed_redis import EntitlementsRedis, PackedConnection, PipelinedRedis
 
 
 def create_redis(settings: Settings) -> ArqRedis:
@@ -30,14 +30,15 @@ def create_redis(settings: Settings) -> ArqRedis:
     return ArqRedis(connection_pool=pool)
 
 
-def create_entitlements_redis(settings: Settings) -> Redis:
+def create_entitlements_redis(settings: Settings) -> EntitlementsRedis:
     """The check path's own client: it connects within the entitlement timeout, and each call is
-    bounded by it as a whole (a per-read socket timeout would cost a timer per pipelined reply)."""
+    bounded by it as a whole (a per-read socket timeout would cost a timer per pipelined reply);
+    its `pipelined` side carries the calls of every check and track batch."""
     timeout = settings.entitlements_redis_timeout_seconds
     pool = ConnectionPool.from_url(
         settings.redis_url, socket_connect_timeout=timeout, connection_class=PackedConnection
     )
-    return Redis(connection_pool=pool)
+    return EntitlementsRedis(pool, PipelinedRedis(settings.redis_url, timeout=timeout))
 
 
 _ENQUEUE_UNIQUE = """

@@ -5,10 +5,9 @@ from __future__ import annotations
 import hmac
 
 
-def token_matches(presented: str, tokens: list[str]) -> bool:
+def token_matches(presented: bytes, tokens: tuple[bytes, ...]) -> bool:
     """Constant time in the token's content: every configured token is compared, none short-circuits."""
-    candidate = presented.encode()
     matched = False
     for token in tokens:
-        matched |= hmac.compare_digest(candidate, token.encode())
+        matched |= hmac.compare_digest(presented, token)
     return matched

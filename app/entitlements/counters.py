@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from app.db.packed_redis import Arg, PipelinedRedis
 from app.entitlements import keys
 
 NONE = -1
@@ -143,8 +144,11 @@ def _ttl(until: int, now: int) -> int:
 
 
 class Counters:
-    def __init__(self, redis: Redis) -> None:
+    """`check` and `track_many` (every gateway call) go through `pipelined`; the rest through redis-py."""
+
+    def __init__(self, redis: Redis, pipelined: PipelinedRedis | None = None) -> None:
         self._redis = redis
+        self._pipelined = pipelined
         self._count: AsyncScript = redis.register_script(COUNT_SCRIPT)
         self._raise: AsyncScript = redis.register_script(RAISE_SCRIPT)
         self._track: AsyncScript = redis.register_script(TRACK_SCRIPT)
@@ -219,8 +223,19 @@ class Counters:
         key_list, args, ends = self._arguments(
             subscription_id, period, limits, n, now=now, count=count, enforce=True
         )
-        result = await self._count(keys=key_list, args=args)
+        script = ("EVALSHA", self._count.sha, len(key_list), *key_list, *args)
+        try:
+            result = await self._hot.call(*script)
+        except NoScriptError:
+            await self._hot.call("SCRIPT", "LOAD", COUNT_SCRIPT)
+            result = await self._hot.call(*script)
         return self._outcome(result, ends)
+
+    @property
+    def _hot(self) -> PipelinedRedis:
+        if self._pipelined is None:
+            raise RuntimeError("check and track count through the entitlement client's pipelined calls")
+        return self._pipelined
 
     def _track_keys(
         self, subscription_id: str, period: tuple[int, int], limits: Limits, now: int
@@ -258,27 +273,23 @@ class Counters:
     ) -> list[int]:
         """Count calls the gateway already let through, whatever the limits; the period counts after.
 
-        One pipeline of small script calls, one per subscription (its keys share the
+        One write of small script calls, one per subscription (its keys share the
         subscription's slot, so this works on Redis Cluster): a batch naming a subscription
-        several times counts it once with the sum. EVALSHA is sent directly: redis-py's script
-        objects would add a SCRIPT EXISTS round trip to every batch; a Redis that lost the script
-        gets it again and the batch is resent (no command of it ran).
+        several times counts it once with the sum. A Redis that lost the script gets it again
+        and the batch is resent (no command of it ran).
         """
         grouped: dict[TrackGroup, tuple[Limits, int]] = {}
         for subscription_id, period, limits, n in items:
             group = (subscription_id, period)
             counted = grouped.get(group)
             grouped[group] = (limits, n if counted is None else counted[1] + n)
-        commands = []
+        commands: list[tuple[Arg, ...]] = []
         for (subscription_id, period), (limits, n) in grouped.items():
             head, ends = self._track_keys(subscription_id, period, limits, now)
             commands.append((*head, n, *(_ttl(until, now) for until in ends)))
         for attempt in range(2):
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for command in commands:
-                        pipe.execute_command("EVALSHA", *command)
-                    results = await pipe.execute()
+                results = await self._hot.call_many([("EVALSHA", *command) for command in commands])
                 after = {group: int(r) for group, r in zip(grouped, results, strict=True)}
                 # Each item's period count after its own calls, in the batch's order.
                 pending = {group: after[group] - n for group, (_limits, n) in grouped.items()}
@@ -291,7 +302,7 @@ class Counters:
             except NoScriptError:
                 if attempt:
                     raise
-                await self._redis.script_load(TRACK_SCRIPT)
+                await self._hot.call("SCRIPT", "LOAD", TRACK_SCRIPT)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def used(self, items: list[tuple[str, int]]) -> list[int]:

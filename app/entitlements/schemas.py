@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import orjson
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from app.plans.schemas import ApiId
 
@@ -58,6 +61,72 @@ class CheckRequest(_Subject):
     track: Annotated[int, Field(ge=1, le=MAX_TRACK)] | None = Field(
         None, description="Count this many calls when they are allowed (all or none)"
     )
+
+
+_CHECK_FIELDS = frozenset(CheckRequest.model_fields)
+_API_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # ApiId's pattern
+_KEY_ID_MAX = 255  # ApiKeyId's max_length
+
+
+def _lean_check(data: Any) -> CheckRequest | None:
+    """The plain well-formed body, read without the model; None for anything else (the model decides).
+
+    Accepts only what `CheckRequest` accepts, with the same values: exact JSON types, a canonical
+    UUID, the same bounds (tests/test_entitlement_hot_path.py holds the two to agreement).
+    """
+    if type(data) is not dict or not data.keys() <= _CHECK_FIELDS:
+        return None
+    api_id, key, subscription, track = (
+        data.get("api_id"),
+        data.get("api_key_id"),
+        data.get("subscription_id"),
+        data.get("track"),
+    )
+    if type(api_id) is not str or _API_ID.fullmatch(api_id) is None:
+        return None
+    if track is not None and (type(track) is not int or not 1 <= track <= MAX_TRACK):
+        return None
+    subscription_id: uuid.UUID | None = None
+    if key is not None:
+        if subscription is not None or type(key) is not str or not 1 <= len(key) <= _KEY_ID_MAX:
+            return None
+    elif type(subscription) is str and len(subscription) == 36:
+        try:
+            subscription_id = uuid.UUID(subscription)
+        except ValueError:
+            return None
+        if str(subscription_id) != subscription.lower():
+            return None
+    else:
+        return None
+    return CheckRequest.model_construct(
+        api_key_id=key, subscription_id=subscription_id, api_id=api_id, track=track
+    )
+
+
+def parse_check_request(raw: bytes) -> CheckRequest:
+    """The check's body: the common case parsed lean (orjson, no model validation); anything
+    else validated by `CheckRequest`, whose errors answer the usual 422 naming the field."""
+    try:
+        lean = _lean_check(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        lean = None
+    if lean is not None:
+        return lean
+    try:
+        return CheckRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        raise RequestValidationError(errors) from None
+
+
+# The check's body as OpenAPI documents it (the route reads the body itself, see the router).
+CHECK_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": CheckRequest.model_json_schema()}},
+    }
+}
 
 
 class CheckResult(BaseModel):

@@ -1,9 +1,9 @@
 """Check and track: may this key make this call now, and count the calls made.
 
-The hot path is one Redis read (the snapshot) and one script call (the counters); the database
-is read only when a snapshot is missing. When Redis cannot answer within its timeout the
-configured policy answers instead (fail open by default, fail closed when set), with a metric
-and a log line.
+The hot path is one script call (the counters), plus a read of the snapshot when this process's
+copy of it has aged out; the database is read only when a snapshot is missing. When Redis cannot
+answer within its timeout the configured policy answers instead (fail open by default, fail
+closed when set), with a metric and a log line.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from app import clock
 from app.auth import Principal
 from app.config import Settings
 from app.consumers.service import consumer_id_for
+from app.db.packed_redis import EntitlementsRedis
 from app.db.unit_of_work import unit_of_work
 from app.entitlements import keys
 from app.entitlements.cache import MISSING, EntitlementCache, schedule_refresh
@@ -36,7 +37,6 @@ from app.entitlements.metrics import CHECKS, REDIS_DEGRADED
 from app.entitlements.repository import EntitlementRepository
 from app.entitlements.schemas import (
     CheckRequest,
-    CheckResult,
     EntitlementList,
     EntitlementOut,
     SpendCapOut,
@@ -85,6 +85,27 @@ class TrackAnswer:
 
     def json(self) -> bytes:
         return orjson.dumps({"tracked": self.tracked, "results": self.results})
+
+
+@dataclass(frozen=True, slots=True)
+class CheckAnswer:
+    """A check's answer (`CheckResult` in the API, the same fields in its order), serialized once
+    by orjson to the bytes the schema's own serializer would give."""
+
+    allowed: bool
+    reason: str
+    subscription_id: str | None = None
+    remaining: int | None = None
+    limit: int | None = None
+    used: int | None = None
+    reset_at: datetime | None = None
+    overage: bool = False
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    degraded: bool = False
+
+    def json(self) -> bytes:
+        return orjson.dumps(self, option=orjson.OPT_UTC_Z)
 
 
 def _moment(epoch: int | None) -> datetime | None:
@@ -189,19 +210,32 @@ def exhausted_alert(entitlement: Entitlement, period: tuple[datetime, datetime],
 
 class EntitlementService:
     def __init__(
-        self, redis: Redis, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+        self, redis: EntitlementsRedis, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
     ) -> None:
         self._redis = redis
         self._sessionmaker = sessionmaker
         self._timeout = settings.entitlements_redis_timeout_seconds
         self._fail_open = settings.entitlements_redis_policy == "fail_open"
         self._policy = settings.entitlements_redis_policy
-        self._counters = Counters(redis)
+        self._counters = Counters(redis, redis.pipelined)
         self._cache = EntitlementCache(redis)
         # Recent snapshots read by this process: a check or a track batch then costs one Redis
         # round trip (the counters); changes reach Redis at once and this copy within its age.
         self._local_seconds = settings.entitlements_local_snapshot_seconds
         self._recent: dict[str, tuple[float, Entitlement]] = {}
+        # What each snapshot's terms give (limits, alert marks), computed once per snapshot read.
+        self._terms: dict[int, tuple[Entitlement, Limits, tuple[int, ...]]] = {}
+
+    def _terms_of(self, entitlement: Entitlement) -> tuple[Limits, tuple[int, ...]]:
+        found = self._terms.get(id(entitlement))
+        if found is None or found[0] is not entitlement:  # held here, so its id is not reused
+            if len(self._terms) >= LOCAL_SNAPSHOT_COPIES:
+                self._terms.clear()
+            limit = entitlement.call_limit
+            found = (entitlement, limits_of(entitlement), threshold_marks(limit) if limit else ())
+            if self._local_seconds > 0:  # else each check reads a new snapshot: nothing to reuse
+                self._terms[id(entitlement)] = found
+        return found[1], found[2]
 
     def _local(self, key: str, moment: float) -> Entitlement | None:
         recent = self._recent.get(key)
@@ -223,6 +257,14 @@ class EntitlementService:
         except (RedisError, OSError, TimeoutError) as exc:
             raise RedisUnavailable(str(exc) or type(exc).__name__) from exc
 
+    @staticmethod
+    async def _pipelined(pending: Awaitable[T]) -> T:
+        """A call of the pipelined client: its batch's timer bounds it, no timer of its own."""
+        try:
+            return await pending
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise RedisUnavailable(str(exc) or type(exc).__name__) from exc
+
     def _degraded(self, what: str, error: RedisUnavailable) -> None:
         REDIS_DEGRADED.labels(policy=self._policy).inc()
         log.warning(
@@ -237,7 +279,9 @@ class EntitlementService:
         local = self._local(cache_key, moment)
         if local is not None:
             return local
-        raw = await self._redis_call(lambda: self._redis.get(cache_key))
+        # Pipelined: when this process's copy of a busy key ages out, every concurrent check misses
+        # it at once; their reads share one write instead of each taking a pooled connection.
+        raw: bytes | None = await self._pipelined(self._redis.pipelined.call("GET", cache_key))
         if raw == MISSING:
             return None
         if raw is not None:
@@ -259,7 +303,7 @@ class EntitlementService:
             await self._redis_call(lambda: self._cache.remember_missing_key(api_key_id))
         return found
 
-    async def check(self, request: CheckRequest) -> tuple[CheckResult, list[Alert]]:
+    async def check(self, request: CheckRequest) -> tuple[CheckAnswer, list[Alert]]:
         """May these calls be made now? With `track`, count them when they may (all or none)."""
         try:
             entitlement = await self._load(
@@ -270,20 +314,20 @@ class EntitlementService:
             refused = refusal(entitlement)
             if entitlement is None or refused is not None:
                 CHECKS.labels(reason=refused or "no_subscription").inc()
-                return CheckResult(
+                return CheckAnswer(
                     allowed=False,
                     reason=refused or "no_subscription",
-                    subscription_id=uuid.UUID(entitlement.subscription_id) if entitlement else None,
+                    subscription_id=entitlement.subscription_id if entitlement else None,
                 ), []
             now = clock.now()
             period = current_period(entitlement, now)
             epochs = (int(period[0].timestamp()), int(period[1].timestamp()))
             n = request.track or 1
-            outcome = await self._redis_call(
-                lambda: self._counters.check(
+            outcome = await self._pipelined(
+                self._counters.check(
                     entitlement.subscription_id,
                     epochs,
-                    limits_of(entitlement),
+                    self._terms_of(entitlement)[0],
                     n,
                     now=int(now.timestamp()),
                     count=request.track is not None,
@@ -293,7 +337,7 @@ class EntitlementService:
             self._degraded("check", error)
             reason = "ok" if self._fail_open else "unavailable"
             CHECKS.labels(reason=reason).inc()
-            return CheckResult(allowed=self._fail_open, reason=reason, degraded=True), []
+            return CheckAnswer(allowed=self._fail_open, reason=reason, degraded=True), []
         CHECKS.labels(reason=outcome.reason).inc()
         alerts: list[Alert] = []
         if outcome.allowed and request.track is not None:
@@ -305,7 +349,7 @@ class EntitlementService:
     @staticmethod
     def _result(
         entitlement: Entitlement, period: tuple[datetime, datetime], outcome: Outcome, *, counted: int
-    ) -> CheckResult:
+    ) -> CheckAnswer:
         start, end = period
         limit = entitlement.call_limit
         remaining = max(limit - outcome.used, 0) if limit is not None else None
@@ -325,10 +369,10 @@ class EntitlementService:
             and entitlement.call_limit is not None
             and outcome.used + (0 if counted else 1) > entitlement.call_limit
         )
-        return CheckResult(
+        return CheckAnswer(
             allowed=outcome.allowed,
             reason=outcome.reason,
-            subscription_id=uuid.UUID(entitlement.subscription_id),
+            subscription_id=entitlement.subscription_id,
             remaining=remaining,
             limit=limit,
             used=outcome.used,
@@ -346,20 +390,23 @@ class EntitlementService:
             now_epoch = int(now.timestamp())
             batch: list[tuple[str, tuple[int, int], Limits, int]] = []
             periods: list[tuple[int, int]] = []
+            marks: list[tuple[int, ...]] = []
             for item, entitlement in zip(request.calls, entitlements, strict=True):
                 if entitlement is None:
                     continue
                 period = current_epochs(entitlement, now, now_epoch)
                 periods.append(period)
-                batch.append((entitlement.subscription_id, period, limits_of(entitlement), item.count))
-            outcomes = await self._redis_call(lambda: self._counters.track_many(batch, now=now_epoch))
+                limits, item_marks = self._terms_of(entitlement)
+                marks.append(item_marks)
+                batch.append((entitlement.subscription_id, period, limits, item.count))
+            outcomes = await self._pipelined(self._counters.track_many(batch, now=now_epoch))
         except RedisUnavailable as error:
             self._degraded("track", error)
             raise
         # Plain data in the shape of TrackResult (every field computed here), serialized once.
         results: list[dict[str, object]] = []
         alerts: list[Alert] = []
-        counted = iter(zip(outcomes, periods, strict=True))
+        counted = iter(zip(outcomes, periods, marks, strict=True))
         tracked = 0
         for item, entitlement in zip(request.calls, entitlements, strict=True):
             if entitlement is None:
@@ -374,7 +421,7 @@ class EntitlementService:
                     }
                 )
                 continue
-            used, period = next(counted)
+            used, period, item_marks = next(counted)
             tracked += item.count
             limit = entitlement.call_limit
             results.append(
@@ -387,8 +434,8 @@ class EntitlementService:
                     "overage": entitlement.overage and limit is not None and used > limit,
                 }
             )
-            if entitlement.monthly_spend_cap is not None or (
-                limit and any(used - item.count < mark <= used for mark in threshold_marks(limit))
+            if entitlement.monthly_spend_cap is not None or any(
+                used - item.count < mark <= used for mark in item_marks
             ):
                 alerts.extend(crossed_alerts(entitlement, period, used - item.count, used))
         return TrackAnswer(tracked=tracked, results=results), alerts
@@ -408,7 +455,9 @@ class EntitlementService:
                 found[key] = None
                 wanted.append((key, item.subscription_id, item.api_key_id))
         if wanted:
-            raws = await self._redis_call(lambda: self._read_many([w[0] for w in wanted]))
+            raws: list[bytes | None] = await self._pipelined(
+                self._redis.pipelined.call_many([("GET", w[0]) for w in wanted])
+            )
             for (key, subscription_id, api_key_id), raw in zip(wanted, raws, strict=True):
                 entitlement = Entitlement.loads(raw) if raw not in (None, MISSING) else None
                 if entitlement is None and raw != MISSING:
@@ -428,13 +477,6 @@ class EntitlementService:
             return keys.snapshot_key(subscription_id)
         assert api_key_id is not None  # noqa: S101  (the schema sends exactly one)
         return keys.api_key_index(api_key_id)
-
-    async def _read_many(self, cache_keys: list[str]) -> list[bytes | None]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in cache_keys:
-                pipe.get(key)
-            values: list[bytes | None] = await pipe.execute()
-        return values
 
     async def snapshot_page(
         self, session: AsyncSession, *, api_id: str | None, after: uuid.UUID | None, limit: int
