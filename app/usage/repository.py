@@ -12,6 +12,7 @@ from sqlalchemy import Select, and_, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
+from app.db import driver_connection
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription, UsageRecord
 from app.models.subscription import LIVE_STATUSES
 from app.usage.windows import event_instant
@@ -95,21 +96,25 @@ _INSERT_RECORDS = text(
 )
 
 # A window belongs to the period holding its meter event's instant (app.usage.windows: its
-# last second); windows lie within one day,
-# so the window_start bounds (implied by the others) only let the index narrow the scan.
-_PERIOD_CALLS = text(
-    """
-    SELECT p.subscription_id, coalesce(sum(r.quantity), 0)
-    FROM unnest(CAST(:subscription_id AS uuid[]), CAST(:start AS timestamptz[]),
-                CAST(:end AS timestamptz[])) AS p(subscription_id, period_start, period_end)
-    JOIN usage_records r ON r.subscription_id = p.subscription_id
-                        AND r.window_start > p.period_start - interval '1 day'
-                        AND r.window_start < p.period_end
-                        AND r.window_end - interval '1 second' >= p.period_start
-                        AND r.window_end - interval '1 second' < p.period_end
-    GROUP BY p.subscription_id
-    """
-)
+# last second, so window_end - 1s in [start, end)); windows lie within one day, so the
+# window_start bounds (implied by the others) only let the index narrow the scan. One index
+# range and one aggregate per subscription (no join to sort and group afterwards), run on the
+# session's driver connection, where asyncpg keeps it prepared.
+_PERIOD_CALLS = """
+    SELECT p.subscription_id, t.calls
+    FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
+         AS p(subscription_id, period_start, period_end)
+    CROSS JOIN LATERAL (
+        SELECT sum(r.quantity) AS calls
+        FROM usage_records r
+        WHERE r.subscription_id = p.subscription_id
+          AND r.window_start >= p.period_start - interval '1 day'
+          AND r.window_start < p.period_end
+          AND r.window_end >= p.period_start + interval '1 second'
+          AND r.window_end < p.period_end + interval '1 second'
+    ) t
+    WHERE t.calls IS NOT NULL
+"""
 
 # Windows to send: pending ones, and (for one rollout) those the previous release wrote with an
 # identifier, which the column's default marks `unbilled`.
@@ -253,12 +258,9 @@ class UsageRepository:
         """Recorded calls (quantity) per subscription billed in its own [start, end), one query for all."""
         if not periods:
             return {}
-        params = {
-            "subscription_id": [p[0] for p in periods],
-            "start": [p[1] for p in periods],
-            "end": [p[2] for p in periods],
-        }
-        rows = await self._session.execute(_PERIOD_CALLS, params)
+        rows = await (await driver_connection(self._session)).fetch(
+            _PERIOD_CALLS, [p[0] for p in periods], [p[1] for p in periods], [p[2] for p in periods]
+        )
         return {row[0]: int(row[1]) for row in rows}
 
     async def subscriptions(self, ids: Sequence[uuid.UUID]) -> list[Subscription]:
