@@ -6,6 +6,7 @@ from app.db.session import (
     create_job_engine,
     create_read_sessionmaker,
     create_sessionmaker,
+    driver_connection,
 )
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "create_job_engine",
     "create_read_sessionmaker",
     "create_sessionmaker",
+    "driver_connection",
 ]
