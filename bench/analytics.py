@@ -35,7 +35,7 @@ from app.config import load_settings
 from app.db.migrate import upgrade
 from app.dev.processes import EmbeddedPostgres
 from app.main import create_app
-from bench.harness import Figure
+from bench.harness import MORE_CONSUMERS_SQL, Figure, bulk_insert
 
 API_ID = "bench-api"
 CREATOR = "bench-creator"
@@ -122,6 +122,31 @@ GROW_EARNINGS_SQL = [
 ]
 GROWTH, GROWTH_GOAL = 10, 1.2
 EARNINGS_INDEX = "ix_earnings_api_earned"
+# 10x the API's usage rows: nine times as many other consumers, each subscribed with the same
+# hourly windows ($1 consumers so far, $2 consumers wanted, $3 the API, $4 hours, $5 the start).
+GROW_USAGE_SQL = [
+    MORE_CONSUMERS_SQL,
+    """
+    INSERT INTO subscriptions (id, consumer_id, api_id, pricing_plan_id, plan_version, status,
+                               api_key_suspended, started_at, cancel_at_period_end, created_at, updated_at)
+    SELECT gen_random_uuid(), c.id, $1,
+           ('00000000-0000-0000-0000-00000000000' || (1 + (row_number() OVER () % 2)))::uuid,
+           1, 'active', false, now(), false, now(), now()
+    FROM consumers c WHERE NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.consumer_id = c.id)
+    """,
+    """
+    INSERT INTO usage_records (id, subscription_id, window_start, window_end, quantity,
+                               successful_calls, failed_calls, created_at)
+    SELECT gen_random_uuid(), s.id, $2::timestamptz + make_interval(hours => h),
+           $2::timestamptz + make_interval(hours => h + 1),
+           (x % 97) + 3, (x % 97), 3, now()
+    FROM (SELECT id, row_number() OVER (ORDER BY id) AS i FROM subscriptions sub
+          WHERE NOT EXISTS (SELECT 1 FROM usage_records u WHERE u.subscription_id = sub.id)) s
+    CROSS JOIN generate_series(0, $1::int - 1) h
+    CROSS JOIN LATERAL (SELECT (s.i * 7919 + h * 31) AS x) r
+    """,
+]
+GROWTH_REPEAT = 3  # a 10x aggregate takes seconds: fewer runs
 
 MIN_USAGE_SQL = """
     SELECT (u.window_start AT TIME ZONE 'UTC')::date AS day, SUM(u.quantity)
@@ -177,7 +202,9 @@ async def _seed(url: str, consumers: int, hours: int) -> None:
         await connection.close()
 
 
-async def _bench(url: str, repeat: int, hours: int, *, usage: bool = True) -> dict[str, float]:
+async def _bench(
+    url: str, repeat: int, hours: int, *, usage: bool = True, earnings: bool = True
+) -> dict[str, float]:
     settings = load_settings(
         database_url=url,
         redis_url="redis://127.0.0.1:1/0",
@@ -187,6 +214,8 @@ async def _bench(url: str, repeat: int, hours: int, *, usage: bool = True) -> di
         api_key_service_url="http://apikeys.invalid",
         metering_service_url="http://metering.invalid",
         log_level="WARNING",
+        # A statement over 10M rows takes seconds: the API's 1 s bound would answer 503.
+        db_command_timeout_seconds=120,
     )
     token = jwt.encode(
         {"sub": CREATOR, "custom:user_type": "creator", "exp": datetime.now(UTC) + timedelta(hours=1)},
@@ -233,7 +262,9 @@ async def _bench(url: str, repeat: int, hours: int, *, usage: bool = True) -> di
                     )
                 )
                 results.update(
-                    await _medians(
+                    {}
+                    if not earnings
+                    else await _medians(
                         {
                             "earnings endpoint": lambda: endpoint("earnings"),
                             "earnings same SQL, bare": same_sql_earnings,
@@ -273,6 +304,42 @@ def _report(results: dict[str, float]) -> list[Figure]:
             f" (goal <= 1.25x); endpoint / minimal aggregate = {endpoint / results[minimal]:.2f}x"
         )
     return figures
+
+
+async def _usage_growth(url: str, args: argparse.Namespace, hours: int, *, before_rows: int) -> Figure:
+    """The usage endpoint over 10x the API's rows, against its cost at 1x measured just before
+    (same table, warm): an aggregate costs at most its share of the rows (growth per row <= 1.2)."""
+    before = (await _bench(url, GROWTH_REPEAT, hours, earnings=False))["usage endpoint"]
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        started = time.perf_counter()
+        await connection.execute(GROW_USAGE_SQL[0], args.consumers, args.consumers * GROWTH)
+        await connection.execute(GROW_USAGE_SQL[1], API_ID)
+        await bulk_insert(connection, "usage_records", GROW_USAGE_SQL[2], hours, START)
+        await connection.execute("VACUUM ANALYZE")
+        rows = int(await connection.fetchval("SELECT count(*) FROM usage_records"))
+        print(f"grew to {rows:,} usage rows in {time.perf_counter() - started:.0f}s", flush=True)
+        lower, upper = START, START + timedelta(hours=hours, days=1)
+        plan = "\n".join(
+            r[0]
+            for r in await connection.fetch("EXPLAIN " + _asyncpg_sql(USAGE_SQL), API_ID, lower, upper, 10)
+        )
+    finally:
+        await connection.close()
+    after = (await _bench(url, GROWTH_REPEAT, hours, earnings=False))["usage endpoint"]
+    per_row = (after / before) / (rows / before_rows)
+    print(
+        f"usage at {rows:,} rows ({rows / before_rows:.0f}x): endpoint {after * 1000:.0f} ms, "
+        f"{after / before:.2f}x its cost at {before_rows:,} rows; growth per row {per_row:.2f} "
+        f"(goal <= {GROWTH_GOAL}); EXPLAIN:\n{plan}"
+    )
+    return Figure(
+        "usage endpoint at 10x rows: cost growth / row growth",
+        per_row,
+        GROWTH_GOAL,
+        False,
+        f"{before_rows:,} -> {rows:,} rows, {before * 1000:.0f} -> {after * 1000:.0f} ms",
+    )
 
 
 async def _main(args: argparse.Namespace) -> list[Figure]:
@@ -324,6 +391,7 @@ async def _main(args: argparse.Namespace) -> list[Figure]:
         figures.append(
             Figure("earnings: EXPLAIN at 10x uses the API index", float(EARNINGS_INDEX in plan), 1, True)
         )
+        figures.append(await _usage_growth(url, args, hours, before_rows=args.consumers * hours))
         return figures
     finally:
         if server is not None:

@@ -16,8 +16,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import make_url
 
 from app.config import Settings, load_settings
 from app.db.migrate import upgrade
@@ -25,6 +27,13 @@ from app.dev.processes import EmbeddedPostgres, free_port, redis_server, stripe_
 
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef-0123"
 WEBHOOK_SECRET = "whsec_bench"
+# Consumers `bench-user-<n>` for n in ($1, $2]: the 10x runs' more consumers.
+MORE_CONSUMERS_SQL = """
+    INSERT INTO consumers (id, user_id, email, stripe_customer_id, created_at, updated_at)
+    SELECT gen_random_uuid(), 'bench-user-' || n, 'bench-user-' || n || '@example.com',
+           'cus_bench' || n, now(), now()
+    FROM generate_series($1::int + 1, $2::int) n
+"""
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,50 @@ async def embedded_stack(*, with_stripe: bool = False) -> AsyncIterator[Settings
         redis.stop()
         postgres.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+async def second_database(database_url: str, name: str) -> str:
+    """Another migrated database on the same server (same machine, same load) for the 10x table."""
+    admin = database_url.replace("postgresql+asyncpg://", "postgresql://")
+    connection = await asyncpg.connect(admin)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
+    await asyncio.to_thread(upgrade, url)
+    return url
+
+
+async def bulk_insert(connection: asyncpg.Connection, table: str, statement: str, *args: object) -> None:
+    """Run one INSERT ... SELECT (seed data made by generate_series) into `table` with its keys,
+    foreign keys and indexes set aside, then put them back as they were: a sort per index and a
+    join per foreign key instead of a random index insert and a lookup per row (10M-row seeds).
+    The table ends with exactly its migrated constraints and indexes."""
+    constraints = await connection.fetch(
+        "SELECT conname, contype, pg_get_constraintdef(oid) AS definition FROM pg_constraint "
+        "WHERE conrelid = $1::regclass AND contype IN ('p', 'u', 'f') "
+        "ORDER BY array_position(ARRAY['p', 'u', 'f'], contype::text)",
+        table,
+    )
+    indexes = await connection.fetch(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = $1 AND indexname NOT IN "
+        "(SELECT conname FROM pg_constraint WHERE conrelid = $1::regclass)",
+        table,
+    )
+    async with connection.transaction():
+        await connection.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        for row in reversed(constraints):  # foreign keys first, then unique keys, then the primary key
+            await connection.execute(f'ALTER TABLE "{table}" DROP CONSTRAINT "{row["conname"]}"')
+        for row in indexes:
+            await connection.execute(f'DROP INDEX "{row["indexname"]}"')
+        await connection.execute(statement, *args)
+        for row in constraints:  # primary key, unique keys, then foreign keys
+            await connection.execute(
+                f'ALTER TABLE "{table}" ADD CONSTRAINT "{row["conname"]}" {row["definition"]}'
+            )
+        for row in indexes:
+            await connection.execute(row["indexdef"])
 
 
 @asynccontextmanager

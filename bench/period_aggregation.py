@@ -15,6 +15,12 @@ and, for the usage worker's quota check, all 10,000 subscriptions' periods in it
     ... GROUP BY subscription_id` per batch, prepared once, on one asyncpg connection.
 Both read the (subscription_id, window_start) unique index; rounds alternate on warm caches. The
 figures are ours time / baseline time, median of the rounds (goal <= 1.25x).
+
+Then the same reads from a second database of the same server holding 10x the rows (100,000
+subscriptions, 10,000,000 usage_records): the same number of scattered single sums, and all
+100,000 periods in the worker's batches; each keyed read (a single sum, a batch's period) costs
+within 1.2x of its cost at 1x (rounds alternate between the two tables), and EXPLAIN of the
+worker's batched sum at 10x shows the window index.
 """
 
 from __future__ import annotations
@@ -22,18 +28,24 @@ from __future__ import annotations
 import statistics
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from app.subscriptions.repository import SubscriptionRepository
-from app.usage.repository import UsageRepository
+from app.usage.repository import _PERIOD_CALLS, UsageRepository
 from app.usage.service import BATCH_SIZE
-from bench.harness import Figure, embedded_stack
+from bench.harness import Figure, bulk_insert, embedded_stack, second_database
 from bench.usage_ingest import seed_subscriptions
 
 GOAL = 1.25
+GROWTH, GROWTH_GOAL = 10, 1.2  # the same reads from a table of 10x the rows: within 1.2x the cost
+INDEX = "uq_usage_records_subscription_window"
 SUBSCRIPTIONS = 10_000
 DAYS = 100
 LOOKUPS = 2000
@@ -73,77 +85,133 @@ def verdict(name: str, ratio: float, detail: str) -> str:
     return f"ratio {name}/bare: {ratio:.2f}x time ({met} the goal <= {GOAL:.2f}x; {detail})"
 
 
-async def main() -> list[Figure]:
-    async with embedded_stack() as settings:
-        bare_url = settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
-        connection = await asyncpg.connect(bare_url)
-        await seed_subscriptions(connection, SUBSCRIPTIONS, START)
-        await connection.execute(RECORDS_SQL, START, DAYS)
-        await connection.execute("VACUUM ANALYZE usage_records")
-        count = await connection.fetchval("SELECT count(*) FROM usage_records")
-        assert count == SUBSCRIPTIONS * DAYS, count
-        # A fixed, scattered sample of subscriptions.
+@dataclass
+class Table:
+    """One database's usage_records, the periods read from it, and the timed runs over it."""
+
+    connection: asyncpg.Connection
+    session: AsyncSession
+    rows: int
+    chosen: list[uuid.UUID]
+    batches: list[list[uuid.UUID]]
+    bare_statement: Any = None
+    bare_batch_statement: Any = None
+
+    async def bare(self) -> tuple[float, int]:
+        total = 0
+        started = time.perf_counter()
+        for subscription_id in self.chosen:
+            row = await self.bare_statement.fetchrow(subscription_id, PERIOD_START, PERIOD_END)
+            total += row[0] if row else 0
+        return time.perf_counter() - started, total
+
+    async def ours(self) -> tuple[float, int]:
+        repo = SubscriptionRepository(self.session)
+        total = 0
+        started = time.perf_counter()
+        for subscription_id in self.chosen:
+            total += (await repo.recorded_usage(subscription_id, PERIOD_START, PERIOD_END))[0]
+        return time.perf_counter() - started, total
+
+    async def bare_batches(self) -> tuple[float, int]:
+        total = 0
+        started = time.perf_counter()
+        for batch in self.batches:
+            rows = await self.bare_batch_statement.fetch(batch, PERIOD_START, PERIOD_END)
+            total += sum(row[1] for row in rows)
+        return time.perf_counter() - started, total
+
+    async def ours_batches(self) -> tuple[float, int]:
+        repo = UsageRepository(self.session)
+        total = 0
+        started = time.perf_counter()
+        for batch in self.batches:
+            calls = await repo.period_calls([(id_, PERIOD_START, PERIOD_END) for id_ in batch])
+            total += sum(calls.values())
+        return time.perf_counter() - started, total
+
+    async def plan(self) -> str:
+        ids = self.batches[0]
+        explained = await self.connection.fetch(
+            "EXPLAIN " + _PERIOD_CALLS, ids, [PERIOD_START] * len(ids), [PERIOD_END] * len(ids)
+        )
+        return "\n".join(row[0] for row in explained)
+
+
+async def seed(connection: asyncpg.Connection, subscriptions: int) -> int:
+    """`subscriptions` subscriptions with DAYS daily windows each, generated in PostgreSQL."""
+    started = time.perf_counter()
+    await seed_subscriptions(connection, subscriptions, START)
+    await bulk_insert(connection, "usage_records", RECORDS_SQL, START, DAYS)
+    await connection.execute("VACUUM ANALYZE")
+    count = int(await connection.fetchval("SELECT count(*) FROM usage_records"))
+    assert count == subscriptions * DAYS, count
+    print(f"seeded {count:,} usage rows in {time.perf_counter() - started:.0f}s", flush=True)
+    return count
+
+
+@asynccontextmanager
+async def table(database_url: str, subscriptions: int) -> AsyncIterator[Table]:
+    """The table seeded with `subscriptions` subscriptions; LOOKUPS of them, scattered, for the
+    single sums, and all of them, by id, for the worker's batches (as the worker reads them)."""
+    connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    engine = create_async_engine(database_url, pool_size=2)
+    try:
+        rows = await seed(connection, subscriptions)
         sample = "SELECT id FROM subscriptions ORDER BY md5(id::text) LIMIT $1"
         chosen: list[uuid.UUID] = [r[0] for r in await connection.fetch(sample, LOOKUPS)]
+        ids = [r[0] for r in await connection.fetch("SELECT id FROM subscriptions ORDER BY id")]
         explained = await connection.fetch("EXPLAIN " + BARE_SQL, chosen[0], PERIOD_START, PERIOD_END)
         plan = "\n".join(row[0] for row in explained)
-        assert "uq_usage_records_subscription_window" in plan, plan
-        engine = create_async_engine(settings.database_url, pool_size=2)
-        bare_statement = await connection.prepare(BARE_SQL)
-
-        async def bare() -> tuple[float, int]:
-            total = 0
-            started = time.perf_counter()
-            for subscription_id in chosen:
-                row = await bare_statement.fetchrow(subscription_id, PERIOD_START, PERIOD_END)
-                total += row[0] if row else 0
-            return time.perf_counter() - started, total
-
-        async def ours(session: AsyncSession) -> tuple[float, int]:
-            repo = SubscriptionRepository(session)
-            total = 0
-            started = time.perf_counter()
-            for subscription_id in chosen:
-                total += (await repo.recorded_usage(subscription_id, PERIOD_START, PERIOD_END))[0]
-            return time.perf_counter() - started, total
-
-        ids = [r[0] for r in await connection.fetch("SELECT id FROM subscriptions ORDER BY id")]
-        batches = [ids[n : n + BATCH_SIZE] for n in range(0, len(ids), BATCH_SIZE)]
-        bare_batch_statement = await connection.prepare(BARE_BATCH_SQL)
-
-        async def bare_batches() -> tuple[float, int]:
-            total = 0
-            started = time.perf_counter()
-            for batch in batches:
-                rows = await bare_batch_statement.fetch(batch, PERIOD_START, PERIOD_END)
-                total += sum(row[1] for row in rows)
-            return time.perf_counter() - started, total
-
-        async def ours_batches(session: AsyncSession) -> tuple[float, int]:
-            repo = UsageRepository(session)
-            total = 0
-            started = time.perf_counter()
-            for batch in batches:
-                calls = await repo.period_calls([(id_, PERIOD_START, PERIOD_END) for id_ in batch])
-                total += sum(calls.values())
-            return time.perf_counter() - started, total
-
-        results: list[tuple[float, float]] = []
-        batch_results: list[tuple[float, float]] = []
+        assert INDEX in plan, plan
         async with async_sessionmaker(engine)() as session:
-            await ours(session)
-            await bare()  # warm both
-            for _ in range(ROUNDS):
-                bare_time, bare_total = await bare()
-                ours_time, ours_total = await ours(session)
-                assert ours_total == bare_total, (ours_total, bare_total)
-                results.append((bare_time, ours_time))
-                bare_time, bare_total = await bare_batches()
-                ours_time, ours_total = await ours_batches(session)
-                assert ours_total == bare_total, (ours_total, bare_total)
-                batch_results.append((bare_time, ours_time))
+            yield Table(
+                connection,
+                session,
+                rows,
+                chosen,
+                [ids[n : n + BATCH_SIZE] for n in range(0, len(ids), BATCH_SIZE)],
+                await connection.prepare(BARE_SQL),
+                await connection.prepare(BARE_BATCH_SQL),
+            )
+    finally:
         await engine.dispose()
         await connection.close()
+
+
+async def main() -> list[Figure]:
+    async with embedded_stack() as settings:
+        url_10x = await second_database(settings.database_url, "bench_10x")
+        async with (
+            table(settings.database_url, SUBSCRIPTIONS) as at_1x,
+            table(url_10x, SUBSCRIPTIONS * GROWTH) as at_10x,
+        ):
+            for run in (at_1x.ours, at_1x.bare, at_10x.ours, at_10x.bare):
+                await run()  # warm all
+            results: list[tuple[float, float]] = []
+            batch_results: list[tuple[float, float]] = []
+            growth: list[tuple[float, float]] = []  # (recorded_usage, period_calls) at 10x / at 1x
+            for _ in range(ROUNDS):
+                bare_time, bare_total = await at_1x.bare()
+                ours_time, ours_total = await at_1x.ours()
+                assert ours_total == bare_total, (ours_total, bare_total)
+                results.append((bare_time, ours_time))
+                bare_time, bare_total = await at_1x.bare_batches()
+                batch_time, ours_total = await at_1x.ours_batches()
+                assert ours_total == bare_total, (ours_total, bare_total)
+                batch_results.append((bare_time, batch_time))
+                # From the table ten times as large: the same number of scattered single sums, and
+                # every subscription's period in the worker's batches (cost per period compared).
+                ours_10x, total_10x = await at_10x.ours()
+                assert total_10x == (await at_10x.bare())[1]
+                batch_10x, total_10x = await at_10x.ours_batches()
+                assert total_10x == (await at_10x.bare_batches())[1]
+                periods_10x = sum(len(batch) for batch in at_10x.batches)
+                growth.append(
+                    (ours_10x / ours_time, (batch_10x / periods_10x) / (batch_time / SUBSCRIPTIONS))
+                )
+            plan = await at_10x.plan()
+            count, count_10x = at_1x.rows, at_10x.rows
     figures: list[Figure] = []
     for name, timed, periods in (
         ("recorded_usage", results, LOOKUPS),
@@ -159,4 +227,24 @@ async def main() -> list[Figure]:
         figures.append(
             Figure(f"period sum {name} / bare GROUP BY", ratio, GOAL, at_least=False, detail=detail)
         )
+    for index, name in enumerate(("recorded_usage", "period_calls")):
+        rounds = [g[index] for g in growth]
+        cost = statistics.median(rounds)
+        print(
+            f"{name} at {count_10x:,} rows: {cost:.2f}x its cost at {count:,} (goal <= {GROWTH_GOAL}; "
+            f"rounds {', '.join(f'{r:.2f}' for r in rounds)})"
+        )
+        figures.append(
+            Figure(
+                f"period sum {name} at 10x rows / at 1x",
+                cost,
+                GROWTH_GOAL,
+                at_least=False,
+                detail=f"{count:,} -> {count_10x:,} rows",
+            )
+        )
+    print(f"EXPLAIN period_calls at 10x:\n{plan}")
+    figures.append(
+        Figure("period sums: EXPLAIN at 10x uses the window index", float(INDEX in plan), 1, at_least=True)
+    )
     return figures

@@ -8,22 +8,20 @@ the same consumer's page is measured again: a keyed read costs within 1.2x of it
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import jwt
-from sqlalchemy import insert, make_url
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.consumers.service import consumer_id_for
-from app.db.migrate import upgrade
 from app.main import create_app
 from app.models import Api, Consumer, PricingPlan, PricingPlanVersion, Subscription
 from app.subscriptions.repository import _PAGE_SQL
-from bench.harness import JWT_SECRET, Figure, LoadResult, client_for, embedded_stack, load
+from bench.harness import JWT_SECRET, Figure, LoadResult, client_for, embedded_stack, load, second_database
 
 SUBSCRIPTIONS = 20
 CONCURRENCY = 8
@@ -116,19 +114,6 @@ async def explain(database_url: str, consumer_id: uuid.UUID) -> str:
         return "\n".join(row[0] for row in rows)
     finally:
         await connection.close()
-
-
-async def second_database(database_url: str, name: str) -> str:
-    """Another migrated database on the same server (same machine, same load) for the 10x table."""
-    admin = database_url.replace("postgresql+asyncpg://", "postgresql://")
-    connection = await asyncpg.connect(admin)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-    url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
-    await asyncio.to_thread(upgrade, url)
-    return url
 
 
 async def main() -> list[Figure]:

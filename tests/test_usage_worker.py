@@ -13,11 +13,12 @@ import pytest
 import respx
 from arq import Retry
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from app.config import Settings
 from app.models import JobRun, OutboxMessage, Subscription
 from app.periods import add_months
+from app.usage.repository import UsageRepository
 from app.usage.windows import day_start, meter_event_identifier
 from app.worker.webhook_jobs import aggregate_usage, process_stripe_event
 from tests.billing_data import event, invoice_obj, make_world
@@ -275,3 +276,47 @@ async def test_a_slow_meter_event_answer_holds_up_no_other_window(
         await pay_per_use(engine)
         assert await aggregate_usage(worker_ctx) == outcome(recorded=3, reported=3)
     assert len(accepted) == 3
+
+
+async def test_a_batch_with_windows_already_recorded_adds_only_the_new_ones_within_its_transaction(
+    engine: AsyncEngine,
+) -> None:
+    world = await pay_per_use(engine, days_ago=6)
+    first_day = day_start(datetime.now(UTC)) - timedelta(days=5)
+
+    def windows(days: range) -> list[dict[str, Any]]:
+        rows = []
+        for n in days:
+            start = first_day + timedelta(days=n)
+            rows.append(
+                {
+                    "id": uuid.uuid4(),
+                    "subscription_id": world.subscription_id,
+                    "window_start": start,
+                    "window_end": start + timedelta(days=1),
+                    "quantity": 10 + n,
+                    "successful_calls": 10 + n,
+                    "failed_calls": 0,
+                    "meter_event_identifier": meter_event_identifier(world.subscription_id, start),
+                    "report_status": "pending",
+                }
+            )
+        return rows
+
+    sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+    async with sessionmaker.begin() as session:
+        assert await UsageRepository(session).insert_records(windows(range(3))) == 3
+    async with sessionmaker.begin() as session:
+        # A write earlier in the same transaction survives the duplicate the batch meets.
+        await session.execute(
+            update(Subscription).where(Subscription.id == world.subscription_id).values(api_key_id="key_kept")
+        )
+        assert await UsageRepository(session).insert_records(windows(range(1, 5))) == 2
+        assert await UsageRepository(session).insert_records(windows(range(5))) == 0
+    recorded = await usage_windows(engine, world.subscription_id)
+    assert [r.quantity for r in recorded] == [10, 11, 12, 13, 14]
+    async with engine.connect() as connection:
+        kept = await connection.scalar(
+            select(Subscription.api_key_id).where(Subscription.id == world.subscription_id)
+        )
+    assert kept == "key_kept"

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import driver_connection
 from app.models import Api
 from app.models.earning import NEGATIVE_KINDS_SQL
 
@@ -133,8 +134,7 @@ class AnalyticsRepository:
         """The API's owner and, if `caller` owns the API or is an admin, its earnings rows
         (`grouping_id`, `currency`, `month`, `plan_id`, `plan_name` and the amounts); None when
         there is no such API. On the session's own driver connection: one round trip."""
-        raw = await (await self._session.connection()).get_raw_connection()
-        driver: Any = raw.driver_connection
+        driver = await driver_connection(self._session)
         found: list[Mapping[str, Any]] = await driver.fetch(EARNINGS_SQL, api_id, start, end, caller, admin)
         if not found:
             return None

@@ -8,6 +8,7 @@ from app.db.session import (
     create_job_engine,
     create_read_sessionmaker,
     create_sessionmaker,
+    driver_connection,
     get_session,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "create_job_engine",
     "create_read_sessionmaker",
     "create_sessionmaker",
+    "driver_connection",
     "get_session",
 ]

@@ -22,7 +22,13 @@ class UsageRecord(UUIDPk, Base):
 
     __tablename__ = "usage_records"
     __table_args__ = (
-        UniqueConstraint("subscription_id", "window_start", name="uq_usage_records_subscription_window"),
+        # Covering: a period's sums read the index only (migration 0010).
+        UniqueConstraint(
+            "subscription_id",
+            "window_start",
+            name="uq_usage_records_subscription_window",
+            postgresql_include=["window_end", "quantity", "successful_calls", "failed_calls"],
+        ),
         CheckConstraint("window_end > window_start", name="window_ordered"),
         *non_negative("quantity", "successful_calls", "failed_calls"),
         enum_check("report_status", REPORT_STATUSES),

@@ -9,6 +9,7 @@ from sqlalchemy import BindParameter, DateTime, and_, bindparam, func, literal_c
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import driver_connection
 from app.models import PricingPlan, PricingPlanVersion, Subscription, UsageRecord
 from app.models.subscription import LIVE_STATUSES
 from app.subscriptions.documents import PLAN_FIELDS, SUBSCRIPTION_FIELDS, VERSION_FIELDS
@@ -61,12 +62,6 @@ _PAGE_SQL = {
     for after in (False, True)
 }
 _ONE_SQL = _document_sql(by_status=False, after=False, one=True)
-
-
-async def _driver(session: AsyncSession) -> Any:
-    """The session's own asyncpg connection (same transaction, asyncpg's prepared statements)."""
-    raw = await (await session.connection()).get_raw_connection()
-    return raw.driver_connection
 
 
 # The period sum, rendered once from the model into the driver's own SQL ($1, $2, $3).
@@ -141,7 +136,7 @@ class SubscriptionRepository:
         params: dict[str, object] = {"consumer_id": consumer_id, "limit": limit, "status": status}
         if after is not None:
             params["after_created_at"], params["after_id"] = after
-        rows: list[Mapping[str, Any]] = await (await _driver(self._session)).fetch(
+        rows: list[Mapping[str, Any]] = await (await driver_connection(self._session)).fetch(
             sql, *(params[name] for name in names)
         )
         return rows
@@ -150,7 +145,7 @@ class SubscriptionRepository:
         """The consumer's subscription with its held plan version, as `page_rows` gives them."""
         sql, names = _ONE_SQL
         params = {"consumer_id": consumer_id, "subscription_id": subscription_id}
-        row: Mapping[str, Any] | None = await (await _driver(self._session)).fetchrow(
+        row: Mapping[str, Any] | None = await (await driver_connection(self._session)).fetchrow(
             sql, *(params[name] for name in names)
         )
         return row

@@ -5,7 +5,7 @@ Claiming a subscription's windows to send (the usage job's batches and each rene
 filtered them; almost all are sent. The partial index holds only those still to send.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-01 11:00:00
 """
 
