@@ -1,21 +1,27 @@
-"""The period close: what renewal invoicing with usage reads for 20,000 subscriptions over
+"""The period close: what renewal invoicing with usage runs for 20,000 subscriptions over
 10,000,000 usage rows, against the bare GROUP BY of the same period's rows.
 
     python -m bench period_close
 
 On embedded PostgreSQL: 20,000 live pay-per-use subscriptions with 500 daily windows each
 (10,000,000 usage_records, every one already reported to Stripe, seeded in PostgreSQL with
-INSERT ... SELECT generate_series), all of them closing the same 30-day period. Ours is what the
-code runs at that period's end, through our repositories and SQLAlchemy sessions:
-  - the usage cron's pass (`UsageService._run`'s reads): per batch of BATCH_SIZE subscriptions,
-    `metered_subscriptions`, `claim_pending` (nothing left to send) and `period_calls`, the
-    per-window sums of the batch's periods;
-  - then each subscription's `invoice.created` (the renewal draft): `aggregate(only=[id])`'s reads
-    (`metered_subscriptions`, `claim_pending`) and `bill_overage`'s (the plan version and
-    `period_calls` of the invoice's period), as the worker runs them, `max_jobs` at a time.
+INSERT ... SELECT generate_series), all of them closing the same 30-day period, an hour ago. Ours
+is the code that runs at that period's end, timed end to end:
+  - the usage job's pass, run as the worker runs it (`UsageService.aggregate()`, no stand-in):
+    per batch of BATCH_SIZE subscriptions, `metered_subscriptions` (with each one's last window),
+    the windows to record (none: every ended day is in, so the metering service is never asked),
+    `claim_pending` (none left to send, so Stripe is never called) and the call-limit check (no
+    call-limited plan here);
+  - then each subscription's renewal draft, as `invoice.created` handles it after mirroring the
+    invoice, `max_jobs` at a time, each in its own session and transaction: the subscription row
+    (`FOR KEY SHARE`), `settled_period_calls` (one statement: the last window, any unsent window
+    of the period, the period's calls; asserted settled, so the usage job is not run again) and
+    `bill_overage` (the plan version; no overage on this plan). Mirroring the invoice from
+    Stripe's payload is not included: it is the same for a draft with or without usage.
 The baseline is the bare `SELECT subscription_id, sum(quantity) FROM usage_records WHERE
-window_start in the period GROUP BY subscription_id`, once, on one asyncpg connection. Rounds
-alternate on warm caches; the figure is ours time / bare time, median of the rounds (goal <= 3x).
+window_start in the period GROUP BY subscription_id`, once, on one asyncpg connection. The calls
+the renewals read must equal the baseline's. Rounds alternate on warm caches; the figure is ours
+time / bare time, median of the rounds (goal <= 3x).
 """
 
 from __future__ import annotations
@@ -28,13 +34,17 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from sqlalchemy import select
+import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from app import clock
-from app.models import PricingPlanVersion
+from app.config import Settings
+from app.entitlements.overage import bill_overage
+from app.models import Invoice, Subscription
+from app.stripe import StripeGateway
+from app.usage.repository import _PERIOD_SETTLED as PERIOD_SETTLED_SQL
 from app.usage.repository import UsageRepository
-from app.usage.service import BATCH_SIZE, REPLAY_HORIZON, REPORT_LEASE
+from app.usage.service import UsageService
 from app.worker.settings import WorkerSettings
 from bench.harness import Figure, embedded_stack
 from bench.usage_ingest import seed_subscriptions
@@ -47,7 +57,6 @@ ROUNDS = 3
 START = datetime(2025, 1, 1, tzinfo=UTC)
 PERIOD_END = START + timedelta(days=DAYS)
 PERIOD_START = PERIOD_END - timedelta(days=30)
-PLAN_ID = uuid.UUID("00000000-0000-0000-0000-000000000001")  # bench.usage_ingest's plan
 
 RECORDS_SQL = """
 INSERT INTO usage_records (id, subscription_id, window_start, window_end, quantity,
@@ -70,10 +79,9 @@ WHERE r.subscription_id = $1 AND r.meter_event_identifier IS NOT NULL AND r.repo
 ORDER BY r.window_start FOR UPDATE OF r SKIP LOCKED
 """
 
-# metered_subscriptions' `last_window_end` subquery for one subscription, and the same answer read
-# from the (subscription_id, window_start) index backwards (windows of a subscription never overlap).
-LAST_WINDOW_SQL = "SELECT max(window_end) FROM usage_records WHERE subscription_id = $1"
-LAST_BY_INDEX_SQL = """
+# metered_subscriptions' `last_window_end` subquery for one subscription: the key read backwards
+# (windows of a subscription never overlap, so the one starting last ends last).
+LAST_WINDOW_SQL = """
 SELECT window_end FROM usage_records WHERE subscription_id = $1 ORDER BY window_start DESC LIMIT 1
 """
 
@@ -100,48 +108,38 @@ async def seed(connection: asyncpg.Connection) -> int:
 
 
 async def close_period(
-    sessionmaker: async_sessionmaker[AsyncSession], ids: list[uuid.UUID]
-) -> tuple[float, float, int, int]:
-    """The cron's pass, then every renewal draft's reads: (cron seconds, renewal seconds, calls
-    the cron summed, calls the renewals summed)."""
-    now = clock.now()
-    started = time.perf_counter()
-    cron_calls = 0
-    after: uuid.UUID | None = None
-    while True:
-        async with sessionmaker() as session:
-            repo = UsageRepository(session)
-            batch = await repo.metered_subscriptions(after=after, limit=BATCH_SIZE)
-            if not batch:
-                break
-            claimed, _expired, _in_flight = await repo.claim_pending(
-                [s.id for s in batch], now=now, lease=REPORT_LEASE, horizon=REPLAY_HORIZON
-            )
-            assert not claimed, claimed
-            sums = await repo.period_calls([(s.id, PERIOD_START, PERIOD_END) for s in batch])
-            cron_calls += sum(sums.values())
-            await session.rollback()  # claim_pending locks what it finds: nothing to keep
-        after = batch[-1].id
-    cron = time.perf_counter() - started
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, ids: list[uuid.UUID]
+) -> tuple[float, float, int]:
+    """The usage job's pass, then every renewal draft's usage check: (job seconds, renewal
+    seconds, calls the renewals found in the period)."""
+    async with httpx.AsyncClient() as http:
+        usage = UsageService(sessionmaker, StripeGateway(settings), settings, http)
+        started = time.perf_counter()
+        run = await usage.aggregate()
+        job = time.perf_counter() - started
+    assert run.subscriptions == len(ids), run
+    # Nothing to record or send: neither the metering service nor Stripe is asked.
+    assert (run.fetched, run.recorded, run.reported, run.stripe_failures) == (0, 0, 0, 0), run
+    assert not run.unavailable, run
 
     gate = asyncio.Semaphore(WorkerSettings.max_jobs)
+    stripe = StripeGateway(settings)
 
     async def renewal(subscription_id: uuid.UUID) -> int:
-        async with gate, sessionmaker() as session:
+        draft = Invoice(status="draft", period_start=PERIOD_START, period_end=PERIOD_END)
+        async with gate, sessionmaker.begin() as session:
+            lock = {"key_share": True}
+            subscription = await session.get(Subscription, subscription_id, with_for_update=lock)
+            assert subscription is not None
             repo = UsageRepository(session)
-            [found] = await repo.metered_subscriptions(after=None, limit=BATCH_SIZE, only=[subscription_id])
-            await repo.claim_pending([found.id], now=now, lease=REPORT_LEASE, horizon=REPLAY_HORIZON)
-            version = select(PricingPlanVersion).where(
-                PricingPlanVersion.plan_id == PLAN_ID, PricingPlanVersion.version == 1
-            )
-            (await session.execute(version)).scalar_one()
-            sums = await repo.period_calls([(subscription_id, PERIOD_START, PERIOD_END)])
-            await session.rollback()
-            return sums.get(subscription_id, 0)
+            calls = await repo.settled_period_calls(subscription, PERIOD_START, PERIOD_END)
+            assert calls is not None, subscription_id  # settled: the usage job is not run again
+            await bill_overage(session, stripe, draft, subscription, calls=calls)
+            return calls
 
     started = time.perf_counter()
     renewal_calls = sum(await asyncio.gather(*(renewal(i) for i in ids)))
-    return cron, time.perf_counter() - started, cron_calls, renewal_calls
+    return job, time.perf_counter() - started, renewal_calls
 
 
 async def bare(connection: asyncpg.Connection) -> tuple[float, int]:
@@ -167,7 +165,7 @@ async def main() -> list[Figure]:
             ("bare GROUP BY", BARE_SQL, (PERIOD_START, PERIOD_END)),
             ("claim_pending (one subscription)", CLAIM_SQL, (sample,)),
             ("metered_subscriptions' last window (one subscription)", LAST_WINDOW_SQL, (sample,)),
-            ("the last window by the unique index, for comparison", LAST_BY_INDEX_SQL, (sample,)),
+            ("settled_period_calls", PERIOD_SETTLED_SQL, (sample, PERIOD_START, PERIOD_END)),
         ):
             plan = await connection.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *args)
             print(f"  EXPLAIN {name}:\n    " + "\n    ".join(row[0] for row in plan), flush=True)
@@ -178,10 +176,10 @@ async def main() -> list[Figure]:
             await bare(connection)  # warm the table's pages
             for _ in range(rounds):
                 bare_time, bare_calls = await bare(connection)
-                cron, renewals, cron_calls, renewal_calls = await close_period(sessionmaker, ids)
-                assert cron_calls == renewal_calls == bare_calls, (cron_calls, renewal_calls, bare_calls)
+                cron, renewals, renewal_calls = await close_period(sessionmaker, settings, ids)
+                assert renewal_calls == bare_calls, (renewal_calls, bare_calls)
                 timings.append((bare_time, cron, renewals))
-                print(f"  bare {bare_time:.2f}s, cron {cron:.2f}s, renewals {renewals:.2f}s", flush=True)
+                print(f"  bare {bare_time:.2f}s, usage job {cron:.2f}s, renewals {renewals:.2f}s", flush=True)
         await engine.dispose()
         await connection.close()
     bare_time = statistics.median(b for b, _, _ in timings)
@@ -189,8 +187,8 @@ async def main() -> list[Figure]:
     renewals = statistics.median(r for _, _, r in timings)
     ratio = statistics.median((c + r) / b for b, c, r in timings)
     print(f"{'bare GROUP BY (asyncpg)':<28} {bare_time:8.2f} s")
-    print(f"{'usage cron pass':<28} {cron:8.2f} s")
-    print(f"{'renewal drafts (reads)':<28} {renewals:8.2f} s")
+    print(f"{'usage job pass':<28} {cron:8.2f} s")
+    print(f"{'renewal drafts (usage)':<28} {renewals:8.2f} s")
     met = "meets" if ratio <= GOAL else "misses"
     detail = f"median of {rounds} rounds, {SUBSCRIPTIONS:,} subscriptions, {count:,} rows"
     print(f"ratio period close/bare: {ratio:.2f}x time ({met} the goal <= {GOAL:g}x; {detail})")

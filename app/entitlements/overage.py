@@ -22,9 +22,15 @@ OVERAGE_JOB = "overage_invoice_line"
 
 
 async def bill_overage(
-    session: AsyncSession, stripe: StripeGateway, invoice: Invoice, subscription: Subscription | None
+    session: AsyncSession,
+    stripe: StripeGateway,
+    invoice: Invoice,
+    subscription: Subscription | None,
+    *,
+    calls: int | None = None,
 ) -> int:
-    """Add the period's overage to the draft invoice; returns the calls billed (0: none, or done)."""
+    """Add the period's overage to the draft invoice; returns the calls billed (0: none, or done).
+    `calls`: the period's recorded calls when the caller has read them, else read here."""
     if subscription is None or invoice.status != "draft":
         return 0
     start, end = invoice.period_start, invoice.period_end
@@ -40,8 +46,9 @@ async def bill_overage(
     ).scalar_one_or_none()
     if version is None or version.overage_price_per_call is None or version.call_limit is None:
         return 0
-    recorded = await UsageRepository(session).period_calls([(subscription.id, start, end)])
-    calls = recorded.get(subscription.id, 0)
+    if calls is None:
+        recorded = await UsageRepository(session).period_calls([(subscription.id, start, end)])
+        calls = recorded.get(subscription.id, 0)
     over = calls - version.call_limit
     if over <= 0:
         return 0

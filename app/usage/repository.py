@@ -16,7 +16,7 @@ from app import clock
 from app.db import driver_connection
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription, UsageRecord
 from app.models.subscription import LIVE_STATUSES
-from app.usage.windows import event_instant
+from app.usage.windows import covers_period, event_instant
 
 _Ts = TypeVarTuple("_Ts")
 # A cancelled subscription is still read until its last window is in (at most this long after).
@@ -100,11 +100,7 @@ _INSERT_NEW_RECORDS = _INSERT_RECORDS + "ON CONFLICT DO NOTHING"
 # window_start bounds (implied by the others) only let the index narrow the scan. One index
 # range and one aggregate per subscription (no join to sort and group afterwards), run on the
 # session's driver connection, where asyncpg keeps it prepared.
-_PERIOD_CALLS = """
-    SELECT p.subscription_id, t.calls
-    FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
-         AS p(subscription_id, period_start, period_end)
-    CROSS JOIN LATERAL (
+_PERIOD_SUM = """
         SELECT sum(r.quantity) AS calls
         FROM usage_records r
         WHERE r.subscription_id = p.subscription_id
@@ -112,9 +108,29 @@ _PERIOD_CALLS = """
           AND r.window_start < p.period_end
           AND r.window_end >= p.period_start + interval '1 second'
           AND r.window_end < p.period_end + interval '1 second'
-    ) t
-    WHERE t.calls IS NOT NULL
 """
+_PERIOD_CALLS = f"""
+    SELECT p.subscription_id, t.calls
+    FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
+         AS p(subscription_id, period_start, period_end)
+    CROSS JOIN LATERAL ({_PERIOD_SUM}) t
+    WHERE t.calls IS NOT NULL
+"""  # noqa: S608 (constant SQL)
+
+# What a renewal draft must know, in one statement of three index probes: where the
+# subscription's windows stop (its last window, by the key backwards), whether a window of the
+# period is still to send (the partial index of unsent windows) and the period's calls.
+_PERIOD_SETTLED = f"""
+    SELECT
+      (SELECT r.window_end FROM usage_records r WHERE r.subscription_id = p.subscription_id
+       ORDER BY r.window_start DESC LIMIT 1),
+      EXISTS (SELECT FROM usage_records r
+              WHERE r.subscription_id = p.subscription_id AND r.window_start < p.period_end
+                AND r.meter_event_identifier IS NOT NULL AND r.reported_at IS NULL
+                AND r.report_status IN ('pending', 'unbilled')),
+      ({_PERIOD_SUM})
+    FROM (SELECT $1::uuid, $2::timestamptz, $3::timestamptz) AS p(subscription_id, period_start, period_end)
+"""  # noqa: S608 (constant SQL)
 
 # Windows to send: pending ones, and (for one rollout) those the previous release wrote with an
 # identifier, which the column's default marks `unbilled`.
@@ -167,9 +183,13 @@ class UsageRepository:
         metered_only: bool = True,
     ) -> list[MeteredSubscription]:
         """Subscriptions to record windows for, by id after `after`, with where their windows stop."""
+        # A subscription's windows follow one another without overlap, so the one starting last
+        # ends last: read from the (subscription, window start) key backwards, one entry.
         last_window = (
-            select(func.max(UsageRecord.window_end))
+            select(UsageRecord.window_end)
             .where(UsageRecord.subscription_id == Subscription.id)
+            .order_by(UsageRecord.window_start.desc())
+            .limit(1)
             .scalar_subquery()
         )
         statement = _readable(
@@ -271,6 +291,21 @@ class UsageRepository:
             _PERIOD_CALLS, [p[0] for p in periods], [p[1] for p in periods], [p[2] for p in periods]
         )
         return {row[0]: int(row[1]) for row in rows}
+
+    async def settled_period_calls(
+        self, subscription: Subscription, start: datetime, end: datetime
+    ) -> int | None:
+        """The calls of the subscription's period [start, end) once the period is settled: every
+        window billed in it recorded and none left to send. None while not: a run of the usage
+        job (`UsageService.aggregate`) has windows to record or send for it."""
+        row = await (await driver_connection(self._session)).fetchrow(
+            _PERIOD_SETTLED, subscription.id, start, end
+        )
+        last_window_end, unsent, calls = row if row is not None else (None, False, None)
+        may_end_early = subscription.status == "cancelled" or subscription.cancel_at_period_end
+        if unsent or not covers_period(last_window_end, end, may_end_early=may_end_early):
+            return None
+        return int(calls or 0)
 
     async def subscriptions(self, ids: Sequence[uuid.UUID]) -> list[Subscription]:
         if not ids:

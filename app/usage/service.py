@@ -280,6 +280,8 @@ class UsageService:
         per_subscription = await asyncio.gather(*(windows_of(s) for s in batch))
         rows = [row for rows in per_subscription for row in rows]
         run.fetched += len(rows)
+        if not rows:  # nothing new (the usual case at a period's close): no transaction
+            return
         async with unit_of_work(self._sessionmaker) as session:
             run.recorded += await UsageRepository(session).insert_records(rows)
 
@@ -339,6 +341,8 @@ class UsageService:
     async def _flag_overruns(self, batch: list[MeteredSubscription], now: datetime, run: UsageRun) -> None:
         """Flag, once per (subscription, period), the recorded calls going over the call limit:
         a claimed `job_runs` row and an outbound `quota_overrun` notification, in one transaction."""
+        if not batch:
+            return
         periods = {
             s.id: usage_period(s.current_period_start, s.current_period_end, s.started_at, now) for s in batch
         }

@@ -57,3 +57,16 @@ def period_days(start: datetime, end: datetime) -> tuple[date, date]:
         first += DAY
     last = (end + _SECOND - _TICK).astimezone(UTC).date() - DAY
     return first, last
+
+
+def covers_period(last_window_end: datetime | None, end: datetime, *, may_end_early: bool) -> bool:
+    """Whether windows recorded up to `last_window_end` (a subscription's windows follow one
+    another from its first) hold every window billed before `end`: the next window would be
+    billed at `end` or later. It ends at the next midnight, or, for a subscription that may
+    end early (cancelled, or cancelling at its period's end), possibly at the next second."""
+    if last_window_end is None:
+        return False
+    if may_end_early:
+        return last_window_end >= end
+    next_end = day_start(last_window_end.astimezone(UTC).date() + DAY)
+    return event_instant(next_end) >= end

@@ -15,14 +15,16 @@ from arq import Retry
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from app import clock
 from app.config import Settings
 from app.models import JobRun, OutboxMessage, Subscription
 from app.periods import add_months
 from app.usage.jobs import aggregate_usage
 from app.usage.repository import UsageRepository
-from app.usage.windows import day_start, meter_event_identifier
+from app.usage.windows import DAY, covers_period, day_start, meter_event_identifier
 from app.webhooks.jobs import process_stripe_event
 from tests.support.billing_data import event, invoice_obj, make_world
+from tests.support.factories import sign_webhook
 from tests.support.usage import Metering, meter_event_api, pay_per_use, usage_windows
 from tests.support.worker import Ctx, send
 
@@ -319,3 +321,81 @@ async def test_a_batch_with_windows_already_recorded_adds_only_the_new_ones_with
             select(Subscription.api_key_id).where(Subscription.id == world.subscription_id)
         )
     assert kept == "key_kept"
+
+
+async def settled(engine: AsyncEngine, world_id: uuid.UUID, start: datetime, end: datetime) -> int | None:
+    async with async_sessionmaker(engine)() as session:
+        subscription = await session.get(Subscription, world_id)
+        assert subscription is not None
+        return await UsageRepository(session).settled_period_calls(subscription, start, end)
+
+
+async def period_sum(engine: AsyncEngine, world_id: uuid.UUID, start: datetime, end: datetime) -> int:
+    async with async_sessionmaker(engine)() as session:
+        return (await UsageRepository(session).period_calls([(world_id, start, end)]))[world_id]
+
+
+async def test_a_period_is_settled_only_once_every_window_billed_in_it_is_recorded_and_sent(
+    worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
+) -> None:
+    """What a renewal draft relies on to skip the usage job: the lookup answers only when the
+    job has nothing left to record or send for the period, and then with the period's sum."""
+    now = datetime(2026, 11, 20, 14, 37, tzinfo=UTC)
+    start = now - timedelta(days=3)
+    with clock.use(clock.ManualClock(now)), respx.mock(assert_all_called=False) as mock:
+        Metering(mock)
+        meter_events = mock.post(f"{settings.stripe_api_base}/v1/billing/meter_events")
+        meter_events.side_effect = meter_event_api({}, fail_calls={2})
+        world = await pay_per_use(engine, started_at=start)
+        assert await settled(engine, world.subscription_id, start, now) is None  # nothing recorded
+        assert await aggregate_usage(worker_ctx) == outcome(recorded=3, reported=2, stripe_failures=1)
+        assert await settled(engine, world.subscription_id, start, now) is None  # one window unsent
+        assert await aggregate_usage(worker_ctx) == outcome(recorded=0, reported=1)
+        calls = await settled(engine, world.subscription_id, start, now)
+        assert calls == await period_sum(engine, world.subscription_id, start, now) > 0
+        # Ended mid-day: its last, partial window (up to the end) is still to record.
+        async with engine.begin() as connection:
+            await connection.execute(
+                update(Subscription)
+                .where(Subscription.id == world.subscription_id)
+                .values(status="cancelled", cancelled_at=now)
+            )
+        assert await settled(engine, world.subscription_id, start, now) is None
+        assert await aggregate_usage(worker_ctx) == outcome(recorded=1, reported=1)
+        last = await settled(engine, world.subscription_id, start, now)
+        assert last == await period_sum(engine, world.subscription_id, start, now) > calls
+
+
+def test_windows_recorded_through_the_closing_day_cover_the_period_unless_it_may_end_early() -> None:
+    midnight = datetime(2026, 11, 20, tzinfo=UTC)
+    renewal = midnight + timedelta(hours=14, minutes=37)
+    # The closing day's whole window is stamped 23:59:59, in the next period.
+    assert covers_period(midnight, renewal, may_end_early=False)
+    assert not covers_period(midnight - DAY, renewal, may_end_early=False)
+    # A period ending at midnight bills the day before it.
+    assert covers_period(midnight, midnight, may_end_early=False)
+    assert not covers_period(midnight - DAY, midnight, may_end_early=False)
+    # Ending with the period: a partial window up to the end is billed in it.
+    assert not covers_period(midnight, renewal, may_end_early=True)
+    assert covers_period(renewal, renewal, may_end_early=True)
+    assert not covers_period(None, renewal, may_end_early=False)
+
+
+async def test_a_renewal_draft_sends_a_window_of_its_period_the_usage_job_left_unsent(
+    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
+) -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        Metering(mock)
+        meter_events = mock.post(f"{settings.stripe_api_base}/v1/billing/meter_events")
+        meter_events.side_effect = meter_event_api({}, fail_calls={2})
+        world = await pay_per_use(engine, days_ago=3)
+        assert await aggregate_usage(worker_ctx) == outcome(recorded=3, reported=2, stripe_failures=1)
+        end = day_start(datetime.now(UTC).date())
+        period = (int((end - timedelta(days=30)).timestamp()), int(end.timestamp()))
+        draft = invoice_obj(world, f"in_{uuid.uuid4().hex[:8]}", "draft", amount=0, period=period)
+        payload = event("invoice.created", draft, created=period[1] + 60)
+        body, header = sign_webhook(payload)
+        await client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
+        assert await process_stripe_event(worker_ctx, payload["id"]) == "processed"
+    assert meter_events.call_count == 4
+    assert all(r.reported_at is not None for r in await usage_windows(engine))
