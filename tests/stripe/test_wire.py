@@ -15,7 +15,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.main import create_app
 from app.models import PaymentMethod, Subscription
-from tests.support.journeys import Auth, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import (
+    Auth,
+    create_plan,
+    new_api_id,
+    on_cheaper_of_two,
+    preview_upgrade,
+    register,
+    subscribe,
+    upgrade,
+)
 from tests.support.settings import make_settings
 from tests.support.stripe_wire import (
     MONTH,
@@ -152,17 +161,8 @@ async def test_upgrade_preview_reads_stripes_prorated_invoice(
             },
         },
     )
-    creator = auth("creator")
-    api_id = new_api_id()
-    basic = await create_plan(wire, creator, api_id, monthly_price="10")
-    pro = await create_plan(wire, creator, api_id, monthly_price="40")
-    headers = await consumer_with_card(wire, auth)
-    created = (await subscribe(wire, headers, basic)).json()
-    response = await wire.get(
-        f"/api/v1/subscriptions/{created['id']}/upgrade/preview",
-        params={"new_pricing_plan_id": pro["id"]},
-        headers=headers,
-    )
+    headers, created, _basic, pro = await on_cheaper_of_two(wire, auth, ("10", "40"), "pm_wire")
+    response = await preview_upgrade(wire, headers, created["id"], pro)
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["amount_due"], body["currency"]) == (1934, "usd")
@@ -179,17 +179,8 @@ async def test_upgrade_changes_the_item_price_with_immediate_proration(
 ) -> None:
     stripe_api.post("/v1/subscriptions").respond(200, json=wire_subscription("active"))
     update = stripe_api.post("/v1/subscriptions/sub_wire").respond(200, json=wire_subscription("active"))
-    creator = auth("creator")
-    api_id = new_api_id()
-    basic = await create_plan(wire, creator, api_id, monthly_price="10")
-    pro = await create_plan(wire, creator, api_id, monthly_price="40")
-    headers = await consumer_with_card(wire, auth)
-    created = (await subscribe(wire, headers, basic)).json()
-    response = await wire.put(
-        f"/api/v1/subscriptions/{created['id']}/upgrade",
-        json={"new_pricing_plan_id": pro["id"]},
-        headers=headers,
-    )
+    headers, created, _basic, pro = await on_cheaper_of_two(wire, auth, ("10", "40"), "pm_wire")
+    response = await upgrade(wire, headers, created["id"], pro)
     assert response.status_code == 200, response.text
     assert response.json()["pricing_plan_id"] == pro["id"]
     sent = form_of(update.calls.last.request)
@@ -346,17 +337,9 @@ async def test_card_subscriptions_and_upgrades_ask_for_automatic_tax_only_with_s
     preview = stripe_api.post("/v1/invoices/create_preview").respond(
         200, json={"id": "upcoming_in", "object": "invoice", "amount_due": 0, "currency": "usd", "lines": {}}
     )
-    creator = auth("creator")
-    api_id = new_api_id()
-    basic = await create_plan(client, creator, api_id, monthly_price="10")
-    pro = await create_plan(client, creator, api_id, monthly_price="40")
-    headers = await consumer_with_card(client, auth)
-    created = (await subscribe(client, headers, basic)).json()
-    path = f"/api/v1/subscriptions/{created['id']}/upgrade"
-    previewed = await client.get(
-        f"{path}/preview", params={"new_pricing_plan_id": pro["id"]}, headers=headers
-    )
-    upgraded = await client.put(path, json={"new_pricing_plan_id": pro["id"]}, headers=headers)
+    headers, created, _basic, pro = await on_cheaper_of_two(client, auth, ("10", "40"), "pm_wire")
+    previewed = await preview_upgrade(client, headers, created["id"], pro)
+    upgraded = await upgrade(client, headers, created["id"], pro)
 
     assert (previewed.status_code, upgraded.status_code) == (200, 200)
     for route in (create, preview):

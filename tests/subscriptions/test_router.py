@@ -19,6 +19,8 @@ from tests.support.journeys import (
     consumer_with_card,
     create_plan,
     new_api_id,
+    on_cheaper_of_two,
+    preview_upgrade,
     register,
     subscribe,
 )
@@ -255,17 +257,8 @@ async def test_upgrade_to_another_apis_plan_is_422(client: httpx.AsyncClient, au
 async def test_upgrade_preview_against_the_emulator_gives_amount_and_lines(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
-    creator = auth("creator")
-    api_id = new_api_id()
-    basic = await create_plan(client, creator, api_id, monthly_price="10")
-    pro = await create_plan(client, creator, api_id, monthly_price="30")
-    headers = await consumer_with_card(client, auth)
-    created = (await subscribe(client, headers, basic)).json()
-    response = await client.get(
-        f"/api/v1/subscriptions/{created['id']}/upgrade/preview",
-        params={"new_pricing_plan_id": pro["id"]},
-        headers=headers,
-    )
+    headers, created, _basic, pro = await on_cheaper_of_two(client, auth)
+    response = await preview_upgrade(client, headers, created["id"], pro)
     assert response.status_code == 200, response.text
     body = response.json()
     assert set(body) == {"amount_due", "currency", "lines", "proration_date"}
@@ -322,25 +315,24 @@ async def test_bad_list_parameters_are_422(client: httpx.AsyncClient, auth: Auth
     assert response.status_code == 422
 
 
-async def test_usage_combines_records_with_the_live_count(
-    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
-) -> None:
+async def _live_usage(client: httpx.AsyncClient, auth: Auth, summary: dict[str, int]) -> dict[str, Any]:
+    """The usage a free plan's subscription (100 calls a month) reports while metering answers
+    `summary`."""
     plan = await create_plan(client, auth("creator"), new_api_id(), type="free", call_limit=100)
     headers = auth("consumer")
     await register(client, headers)
     created = (await subscribe(client, headers, plan)).json()
     with respx.mock(assert_all_called=True) as mock:
         mock.get(url__regex=rf"http://metering\.test/api/v1/usage/subscription/{created['id']}.*").respond(
-            200,
-            json={
-                "subscription_id": created["id"],
-                "summary": {"total_calls": 42, "successful_calls": 40, "failed_calls": 2},
-                "recent_calls": [],
-            },
+            200, json={"subscription_id": created["id"], "summary": summary, "recent_calls": []}
         )
         response = await client.get(f"/api/v1/subscriptions/{created['id']}/usage", headers=headers)
     assert response.status_code == 200, response.text
-    body = response.json()
+    return dict(response.json())
+
+
+async def test_usage_combines_records_with_the_live_count(client: httpx.AsyncClient, auth: Auth) -> None:
+    body = await _live_usage(client, auth, {"total_calls": 42, "successful_calls": 40, "failed_calls": 2})
     assert (body["total_calls"], body["successful_calls"], body["failed_calls"]) == (42, 40, 2)
     # The limit counts successful calls, as the usage worker reports and bills them.
     assert (body["call_limit"], body["remaining_calls"]) == (100, 60)
@@ -349,24 +341,8 @@ async def test_usage_combines_records_with_the_live_count(
     assert (body["estimated_amount"], body["currency"]) == (0, "usd")
 
 
-async def test_usage_over_the_call_limit_says_so(
-    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
-) -> None:
-    plan = await create_plan(client, auth("creator"), new_api_id(), type="free", call_limit=100)
-    headers = auth("consumer")
-    await register(client, headers)
-    created = (await subscribe(client, headers, plan)).json()
-    with respx.mock(assert_all_called=True) as mock:
-        mock.get(url__regex=rf"http://metering\.test/api/v1/usage/subscription/{created['id']}.*").respond(
-            200,
-            json={
-                "subscription_id": created["id"],
-                "summary": {"total_calls": 101, "successful_calls": 101, "failed_calls": 0},
-                "recent_calls": [],
-            },
-        )
-        response = await client.get(f"/api/v1/subscriptions/{created['id']}/usage", headers=headers)
-    body = response.json()
+async def test_usage_over_the_call_limit_says_so(client: httpx.AsyncClient, auth: Auth) -> None:
+    body = await _live_usage(client, auth, {"total_calls": 101, "successful_calls": 101, "failed_calls": 0})
     assert (body["total_calls"], body["remaining_calls"], body["over_limit"]) == (101, 0, True)
 
 

@@ -67,3 +67,40 @@ async def subscribed_consumer(
     created = await subscribe(client, headers, plan)
     assert created.status_code == 201, created.text
     return headers, dict(created.json())
+
+
+async def on_cheaper_of_two(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    prices: tuple[str, str] = ("10", "30"),
+    payment_method_id: str = "pm_card_visa",
+) -> tuple[dict[str, str], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A consumer with a card subscribed to Basic of an API that also has a dearer Pro: (their
+    headers, the subscription, Basic, Pro) as the API answered them."""
+    creator = auth("creator")
+    api_id = new_api_id()
+    basic = await create_plan(client, creator, api_id, name="Basic", monthly_price=prices[0])
+    pro = await create_plan(client, creator, api_id, name="Pro", monthly_price=prices[1])
+    headers = await consumer_with_card(client, auth, payment_method_id)
+    created = (await subscribe(client, headers, basic)).json()
+    return headers, dict(created), basic, pro
+
+
+async def preview_upgrade(
+    client: httpx.AsyncClient, headers: dict[str, str], subscription_id: str, plan: dict[str, Any]
+) -> httpx.Response:
+    return await client.get(
+        f"/api/v1/subscriptions/{subscription_id}/upgrade/preview",
+        params={"new_pricing_plan_id": plan["id"]},
+        headers=headers,
+    )
+
+
+async def upgrade(
+    client: httpx.AsyncClient, headers: dict[str, str], subscription_id: str, plan: dict[str, Any]
+) -> httpx.Response:
+    return await client.put(
+        f"/api/v1/subscriptions/{subscription_id}/upgrade",
+        json={"new_pricing_plan_id": plan["id"]},
+        headers=headers,
+    )
