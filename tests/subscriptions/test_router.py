@@ -1,16 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import respx
-from fastapi import FastAPI
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.config import Settings
 from app.main import create_app
 from app.models import OutboxMessage
 from tests.support.journeys import (
@@ -469,7 +466,6 @@ async def test_usage_answers_within_the_sibling_budget_when_metering_hangs(
     import asyncio
     import time
 
-    from app.main import create_app
     from tests.support.settings import make_settings
 
     async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -500,16 +496,6 @@ async def test_usage_answers_within_the_sibling_budget_when_metering_hangs(
     assert response.status_code == 200
     assert response.json()["live"] is False
     assert elapsed < 2.5
-
-
-@pytest.fixture
-async def taxed_client(settings: Settings, engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
-    """The app against the emulator with STRIPE_TAX_ENABLED."""
-    application: FastAPI = create_app(settings.model_copy(update={"stripe_tax_enabled": True}))
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as http:
-            yield http
 
 
 async def test_with_stripe_tax_the_emulator_still_subscribes_upgrades_and_checks_out(

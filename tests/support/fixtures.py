@@ -6,10 +6,17 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+import respx
 from arq.connections import RedisSettings, create_pool
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
+from app.main import create_app
+from app.models import Consumer
 from app.resources import Resources
+from tests.support import rows
+from tests.support.custom_invoices import FakeStripeInvoices, StripeInvoices
 from tests.support.stripe_payments import Payments, mocked_payments
 from tests.support.worker import Ctx
 
@@ -38,3 +45,30 @@ def stripe_payments(settings: Settings) -> Iterator[Payments]:
     HTTP boundary."""
     with mocked_payments(settings) as payments:
         yield payments
+
+
+@pytest.fixture
+def stripe_invoices(settings: Settings) -> Iterator[StripeInvoices]:
+    """Stripe's invoice and invoice-item calls answered by a fake at the HTTP boundary: the fake
+    and its routes by name."""
+    fake = FakeStripeInvoices()
+    with respx.mock(base_url=settings.stripe_api_base, assert_all_called=False) as mock:
+        yield fake, fake.install(mock)
+
+
+@pytest.fixture
+async def alice(engine: AsyncEngine) -> Consumer:
+    """A consumer row (user "alice", with a Stripe customer id) stored directly."""
+    consumer = rows.consumer("alice")
+    await rows.add(engine, consumer)
+    return consumer
+
+
+@pytest.fixture
+async def taxed_client(settings: Settings, engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with STRIPE_TAX_ENABLED, over ASGI."""
+    application: FastAPI = create_app(settings.model_copy(update={"stripe_tax_enabled": True}))
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as http:
+            yield http
