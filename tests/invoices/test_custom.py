@@ -23,7 +23,6 @@ Auth = Callable[..., dict[str, str]]
 async def test_admin_creates_sends_and_mirrors_a_custom_invoice(
     client: httpx.AsyncClient,
     auth: Auth,
-    engine: AsyncEngine,
     stripe_invoices: StripeInvoices,
     alice: Consumer,
 ) -> None:
@@ -94,7 +93,6 @@ async def test_retried_custom_invoice_with_same_idempotency_key_makes_one_invoic
 async def test_tax_setting_turns_on_automatic_tax_and_the_tax_is_mirrored_and_printed(
     taxed_client: httpx.AsyncClient,
     auth: Auth,
-    engine: AsyncEngine,
     stripe_invoices: StripeInvoices,
     alice: Consumer,
 ) -> None:
@@ -115,7 +113,6 @@ async def test_tax_setting_turns_on_automatic_tax_and_the_tax_is_mirrored_and_pr
 async def test_custom_invoice_needs_admin_a_known_consumer_and_valid_lines(
     client: httpx.AsyncClient,
     auth: Auth,
-    engine: AsyncEngine,
     stripe_invoices: StripeInvoices,
     alice: Consumer,
 ) -> None:
