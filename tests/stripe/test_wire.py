@@ -21,8 +21,9 @@ from tests.support.journeys import (
     new_api_id,
     on_cheaper_of_two,
     preview_upgrade,
-    register,
+    registered_consumer,
     subscribe,
+    subscribe_through_checkout,
     upgrade,
 )
 from tests.support.settings import make_settings
@@ -101,8 +102,7 @@ async def test_card_declined_on_attach_is_402_with_stripes_reason_and_nothing_wr
         },
     )
     plan = await create_plan(wire, auth("creator"), new_api_id())
-    headers = auth("consumer")
-    await register(wire, headers)
+    headers = await registered_consumer(wire, auth)
     response = await subscribe(wire, headers, plan, payment_method_id="pm_declined")
     assert response.status_code == 402
     assert response.json()["error"] == "Your card has insufficient funds."
@@ -205,16 +205,8 @@ async def test_checkout_creates_an_incomplete_subscription_with_the_session_url(
         },
     )
     plan = await create_plan(wire, auth("creator"), new_api_id(), trial_period_days=7)
-    headers = auth("consumer")
-    await register(wire, headers)
-    response = await subscribe(
-        wire,
-        headers,
-        plan,
-        checkout=True,
-        success_url="https://market.example/success",
-        cancel_url="https://market.example/cancel",
-    )
+    headers = await registered_consumer(wire, auth)
+    response = await subscribe_through_checkout(wire, headers, plan)
     assert response.status_code == 201, response.text
     body = response.json()
     assert (body["status"], body["checkout_url"]) == (
@@ -236,8 +228,7 @@ async def test_checkout_creates_an_incomplete_subscription_with_the_session_url(
 
 async def test_checkout_without_urls_is_422_naming_the_field(wire: httpx.AsyncClient, auth: Auth) -> None:
     plan = await create_plan(wire, auth("creator"), new_api_id())
-    headers = auth("consumer")
-    await register(wire, headers)
+    headers = await registered_consumer(wire, auth)
     response = await subscribe(wire, headers, plan, checkout=True, cancel_url="https://m.example/c")
     assert response.status_code == 422
     assert response.json()["details"][0]["field"] == "success_url"
@@ -256,8 +247,7 @@ async def test_portal_session_returns_stripes_url(
             "url": "https://billing.stripe.com/p/session/test_wire",
         },
     )
-    headers = auth("consumer")
-    await register(wire, headers)
+    headers = await registered_consumer(wire, auth)
     response = await wire.post(
         "/api/v1/consumers/portal-session",
         json={"return_url": "https://market.example/account"},
@@ -288,8 +278,7 @@ async def test_card_attached_but_refused_as_default_is_detached_again_and_not_st
         400, json={"error": {"type": "invalid_request_error", "message": "No such PaymentMethod"}}
     )
     detach = stripe_api.post("/v1/payment_methods/pm_wire/detach").respond(200, json=wire_payment_method())
-    headers = auth("consumer")
-    await register(wire, headers)
+    headers = await registered_consumer(wire, auth)
     body = {"payment_method_id": "pm_wire"}
     response = await wire.post("/api/v1/payment-methods", json=body, headers=headers)
     assert response.status_code == 422
@@ -359,16 +348,8 @@ async def test_checkout_always_collects_the_billing_address_and_asks_for_tax_onl
     tax, client = tax_wire
     route = _checkout_route(stripe_api)
     plan = await create_plan(client, auth("creator"), new_api_id())
-    headers = auth("consumer")
-    await register(client, headers)
-    response = await subscribe(
-        client,
-        headers,
-        plan,
-        checkout=True,
-        success_url="https://market.example/success",
-        cancel_url="https://market.example/cancel",
-    )
+    headers = await registered_consumer(client, auth)
+    response = await subscribe_through_checkout(client, headers, plan)
 
     assert response.status_code == 201, response.text
     sent = form_of(route.calls.last.request)

@@ -49,12 +49,37 @@ async def subscribe(
     return await client.post("/api/v1/subscriptions", json=body, headers=headers)
 
 
+# Where Checkout sends the consumer back to, paid or not.
+CHECKOUT_SUCCESS_URL = "https://market.example/ok"
+CHECKOUT_CANCEL_URL = "https://market.example/no"
+
+
+async def subscribe_through_checkout(
+    client: httpx.AsyncClient, headers: dict[str, str], plan: dict[str, Any]
+) -> httpx.Response:
+    """Subscribe as the frontend does for a consumer without a card: through a Checkout page."""
+    return await subscribe(
+        client,
+        headers,
+        plan,
+        checkout=True,
+        success_url=CHECKOUT_SUCCESS_URL,
+        cancel_url=CHECKOUT_CANCEL_URL,
+    )
+
+
+async def registered_consumer(client: httpx.AsyncClient, auth: Auth) -> dict[str, str]:
+    """A new consumer, registered (without a card): its headers."""
+    headers = auth("consumer")
+    await register(client, headers)
+    return headers
+
+
 async def consumer_with_card(
     client: httpx.AsyncClient, auth: Auth, payment_method_id: str = "pm_card_visa"
 ) -> dict[str, str]:
     """A new consumer, registered, with a default card: its headers."""
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     await add_card(client, headers, payment_method_id)
     return headers
 
