@@ -142,11 +142,9 @@ async def test_deleting_the_only_card_without_paid_subscription_works(
 
 
 async def test_another_consumers_card_is_404(client: httpx.AsyncClient, auth: Auth) -> None:
-    owner = auth("consumer")
-    await register(client, owner)
+    owner = await registered_consumer(client, auth)
     card = await add_card(client, owner)
-    stranger = auth("consumer")
-    await register(client, stranger)
+    stranger = await registered_consumer(client, auth)
     assert (await client.delete(f"/api/v1/payment-methods/{card['id']}", headers=stranger)).status_code == 404
     default = await client.put(f"/api/v1/payment-methods/{card['id']}/default", headers=stranger)
     assert default.status_code == 404
