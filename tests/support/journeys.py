@@ -84,6 +84,14 @@ async def consumer_with_card(
     return headers
 
 
+async def stripe_customer_with_card(client: httpx.AsyncClient, auth: Auth) -> tuple[dict[str, str], str]:
+    """A new consumer, registered, with a default card: (its headers, its Stripe customer id)."""
+    headers = auth("consumer")
+    customer = (await register(client, headers))["stripe_customer_id"]
+    await add_card(client, headers)
+    return headers, str(customer)
+
+
 async def subscribed_consumer(
     client: httpx.AsyncClient, auth: Auth, plan: dict[str, Any]
 ) -> tuple[dict[str, str], dict[str, Any]]:
