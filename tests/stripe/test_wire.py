@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from app.main import create_app
 from app.models import PaymentMethod, Subscription
+from tests.support.asgi import running
 from tests.support.journeys import (
     Auth,
     create_plan,
@@ -296,11 +296,8 @@ async def tax_wire(
     wired = make_settings(
         database_url=settings.database_url, redis_url=settings.redis_url, stripe_tax_enabled=tax
     )
-    application = create_app(wired)
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as http:
-            yield tax, http
+    async with running(wired) as (_, http):
+        yield tax, http
 
 
 def _checkout_route(stripe_api: respx.MockRouter) -> respx.Route:

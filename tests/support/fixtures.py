@@ -8,14 +8,13 @@ import httpx
 import pytest
 import respx
 from arq.connections import RedisSettings, create_pool
-from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from app.main import create_app
 from app.models import Consumer
 from app.resources import Resources
 from tests.support import rows
+from tests.support.asgi import running
 from tests.support.custom_invoices import FakeStripeInvoices, StripeInvoices
 from tests.support.stripe_payments import Payments, mocked_payments
 from tests.support.worker import Ctx
@@ -67,8 +66,5 @@ async def alice(engine: AsyncEngine) -> Consumer:
 @pytest.fixture
 async def taxed_client(settings: Settings, engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
     """The app with STRIPE_TAX_ENABLED, over ASGI."""
-    application: FastAPI = create_app(settings.model_copy(update={"stripe_tax_enabled": True}))
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as http:
-            yield http
+    async with running(settings.model_copy(update={"stripe_tax_enabled": True})) as (_, http):
+        yield http
