@@ -362,6 +362,27 @@ PAY_PER_USE: dict[str, Any] = {"type": "pay_per_use", "price_per_call": "0.01"}
 FLAT: dict[str, Any] = {"monthly_price": "29"}
 
 
+async def _on_flat_with_30_calls_today(
+    client: httpx.AsyncClient, auth: Auth, services: Services
+) -> tuple[dict[str, str], dict[str, Any], dict[str, Any], dict[str, Any], date]:
+    """A consumer on a flat plan whose API also has a pay-per-use one, with 30 calls counted today:
+    (their headers, the subscription, the flat plan, the pay-per-use plan, today)."""
+    headers, created, flat, metered = await _subscribed_to_one_of_two(client, auth, FLAT, PAY_PER_USE)
+    today = datetime.now(UTC).date()
+    services.counts.set(created["id"], today, 30)
+    return headers, created, flat, metered, today
+
+
+async def _assert_only_the_70_after_the_change_are_billed(
+    services: Services, worker_ctx: Ctx, engine: AsyncEngine, subscription_id: str, today: date
+) -> None:
+    """70 more calls today, after the change to pay-per-use: only they are sent, and the day's
+    windows split at the change."""
+    assert await _sent_after_next_morning(services, worker_ctx, subscription_id, today, 100) == ["70"]
+    stored = await usage_windows(engine, uuid.UUID(subscription_id))
+    assert [(w.quantity, w.report_status) for w in stored] == [(30, "unbilled"), (70, "accepted")]
+
+
 async def _plan_changed_at_stripe(
     settings: Settings, engine: AsyncEngine, subscription_id: str, plan: dict[str, Any]
 ) -> dict[str, Any]:
@@ -466,18 +487,13 @@ async def test_calls_on_pay_per_use_before_a_change_to_a_flat_plan_are_billed_an
 async def test_calls_on_a_flat_plan_before_a_change_to_pay_per_use_are_not_billed_per_call(
     client: httpx.AsyncClient, auth: Auth, services: Services, worker_ctx: Ctx, engine: AsyncEngine
 ) -> None:
-    headers, created, _flat, metered = await _subscribed_to_one_of_two(client, auth, FLAT, PAY_PER_USE)
-    today = datetime.now(UTC).date()
-    services.counts.set(created["id"], today, 30)
+    headers, created, _flat, metered, today = await _on_flat_with_30_calls_today(client, auth, services)
 
     changed = await upgrade(client, headers, created["id"], metered)
     assert changed.status_code == 200, changed.text
     assert services.meter_events.call_count == 0
 
-    # 70 more calls today, on pay-per-use
-    assert await _sent_after_next_morning(services, worker_ctx, created["id"], today, 100) == ["70"]
-    stored = await usage_windows(engine, uuid.UUID(created["id"]))
-    assert [(w.quantity, w.report_status) for w in stored] == [(30, "unbilled"), (70, "accepted")]
+    await _assert_only_the_70_after_the_change_are_billed(services, worker_ctx, engine, created["id"], today)
 
 
 async def test_a_plan_change_made_at_stripe_bills_the_calls_before_it_by_the_plan_they_were_made_on(
@@ -488,9 +504,7 @@ async def test_a_plan_change_made_at_stripe_bills_the_calls_before_it_by_the_pla
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
-    headers, created, flat, metered = await _subscribed_to_one_of_two(client, auth, FLAT, PAY_PER_USE)
-    today = datetime.now(UTC).date()
-    services.counts.set(created["id"], today, 30)
+    headers, created, flat, metered, today = await _on_flat_with_30_calls_today(client, auth, services)
 
     changed = await _plan_changed_at_stripe(settings, engine, created["id"], metered)
     # Until the calls before the change are counted, the plan does not move (the event is retried).
@@ -505,10 +519,7 @@ async def test_a_plan_change_made_at_stripe_bills_the_calls_before_it_by_the_pla
     assert current["pricing_plan"]["id"] == metered["id"]
     assert services.meter_events.call_count == 0
 
-    # 70 more calls today, on pay-per-use
-    assert await _sent_after_next_morning(services, worker_ctx, created["id"], today, 100) == ["70"]
-    stored = await usage_windows(engine, uuid.UUID(created["id"]))
-    assert [(w.quantity, w.report_status) for w in stored] == [(30, "unbilled"), (70, "accepted")]
+    await _assert_only_the_70_after_the_change_are_billed(services, worker_ctx, engine, created["id"], today)
 
 
 async def test_a_change_at_stripe_from_pay_per_use_to_a_flat_plan_bills_the_calls_made_before_it(
@@ -542,9 +553,7 @@ async def test_billing_sync_finding_a_plan_change_made_at_stripe_bills_the_calls
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
-    headers, created, _flat, metered = await _subscribed_to_one_of_two(client, auth, FLAT, PAY_PER_USE)
-    today = datetime.now(UTC).date()
-    services.counts.set(created["id"], today, 30)
+    headers, created, _flat, metered, today = await _on_flat_with_30_calls_today(client, auth, services)
     await change_price_at_stripe(settings, engine, created["id"], metered["id"])  # no webhook reaches us
 
     async with httpx.AsyncClient() as http:
