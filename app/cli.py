@@ -6,7 +6,7 @@ import sys
 import uuid
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -51,6 +51,19 @@ def as_utc(moment: datetime | None) -> datetime | None:
     if moment is not None and moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment
+
+
+ReplayFailedOption = Annotated[bool, typer.Option("--failed", help="Only events that failed for good")]
+
+
+def replay_event_option(id_form: str) -> Any:
+    """The `replay` commands' --event option; `id_form` says what the id looks like."""
+    return typer.Option("--event", help=f"Only this event id ({id_form})")
+
+
+def replay_since_option(stored: str) -> Any:
+    """The `replay` commands' --since option; `stored` says how the events came to be stored."""
+    return typer.Option("--since", help=f"Only events {stored} at or after (ISO time, UTC)")
 
 
 def replay_since_or_exit(event: str | None, failed: bool, since: datetime | None) -> datetime | None:
@@ -383,11 +396,9 @@ cli.add_typer(webhooks, name="webhooks")
 
 @webhooks.command("replay")
 def webhooks_replay(
-    event: Annotated[str | None, typer.Option("--event", help="Only this event id (evt_...)")] = None,
-    failed: Annotated[bool, typer.Option("--failed", help="Only events that failed for good")] = False,
-    since: Annotated[
-        datetime | None, typer.Option("--since", help="Only events received at or after (ISO time, UTC)")
-    ] = None,
+    event: Annotated[str | None, replay_event_option("evt_...")] = None,
+    failed: ReplayFailedOption = False,
+    since: Annotated[datetime | None, replay_since_option("received")] = None,
 ) -> None:
     """Reprocess stored events, oldest first, with a progress bar."""
     import asyncio
@@ -429,11 +440,9 @@ cli.add_typer(events, name="events")
 
 @events.command("replay")
 def events_replay(
-    event: Annotated[str | None, typer.Option("--event", help="Only this event id (a UUID)")] = None,
-    failed: Annotated[bool, typer.Option("--failed", help="Only events that failed for good")] = False,
-    since: Annotated[
-        datetime | None, typer.Option("--since", help="Only events written at or after (ISO time, UTC)")
-    ] = None,
+    event: Annotated[str | None, replay_event_option("a UUID")] = None,
+    failed: ReplayFailedOption = False,
+    since: Annotated[datetime | None, replay_since_option("written")] = None,
 ) -> None:
     """Send events again to every endpoint, in order per subscription, and report the outcome."""
     import asyncio

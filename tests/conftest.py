@@ -19,6 +19,7 @@ from app.config import Settings
 from app.db.migrate import upgrade
 from app.dev.processes import EmbeddedPostgres, free_port, redis_server, stripe_emulator
 from app.main import create_app
+from tests.support.asgi import api_client
 from tests.support.factories import TokenFactory
 from tests.support.settings import make_settings
 from tests.support.worker import truncate
@@ -111,8 +112,7 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 
 @pytest.fixture
 async def client(app: FastAPI, engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as http:
+    async with api_client(app) as http:
         yield http
 
 

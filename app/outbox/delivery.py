@@ -250,18 +250,29 @@ class OutboxDelivery:
     ) -> str | None:
         if subscription.api_key_id is not None:
             return "key already issued"
-        if subscription.status in TERMINAL:
-            return "skipped: the subscription ended before its key was issued"
-        await self._issue(message, subscription, user_id, attempt)
-        return None
+        return await self._issue_while_live(
+            message,
+            subscription,
+            user_id,
+            attempt,
+            "skipped: the subscription ended before its key was issued",
+        )
 
     async def _restore(
         self, message: OutboxMessage, subscription: Subscription, user_id: str, attempt: _Attempt
     ) -> str | None:
         if not subscription.api_key_suspended:
             return "key not suspended"
+        return await self._issue_while_live(
+            message, subscription, user_id, attempt, "skipped: the subscription has ended"
+        )
+
+    async def _issue_while_live(
+        self, message: OutboxMessage, subscription: Subscription, user_id: str, attempt: _Attempt, ended: str
+    ) -> str | None:
+        """Issue the key unless the subscription has ended (then `ended` is the message's note)."""
         if subscription.status in TERMINAL:
-            return "skipped: the subscription has ended"
+            return ended
         await self._issue(message, subscription, user_id, attempt)
         return None
 

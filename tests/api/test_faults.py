@@ -31,6 +31,7 @@ from app.models import StripeEvent
 from app.resources import Resources
 from app.webhooks.ingest import event_job_id
 from app.webhooks.jobs import CRON_JOBS
+from tests.support.asgi import api_client
 from tests.support.billing_data import customer_created
 from tests.support.factories import TokenFactory
 from tests.support.freeze import frozen, postgres_pids, redis_pids
@@ -71,8 +72,7 @@ async def fault_app(settings: Settings) -> AsyncIterator[FastAPI]:
 
 @pytest.fixture
 async def http(fault_app: FastAPI, engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=fault_app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as client:
+    async with api_client(fault_app) as client:
         yield client
 
 

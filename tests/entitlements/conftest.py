@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import clock
 from app.config import Settings
-from tests.support.entitlement_data import IN_PERIOD, gateway_settings, running
+from tests.support.asgi import running
+from tests.support.entitlement_data import IN_PERIOD, gateway_settings
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.entitlements.metrics import REDIS_DEGRADED
-from tests.support.entitlement_data import GATEWAY, check_body, entitled, gateway_settings, running
+from tests.support.asgi import running
+from tests.support.entitlement_data import GATEWAY, check_body, entitled, gateway_settings
 
 TIMEOUT = 0.3
 

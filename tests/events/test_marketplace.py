@@ -30,13 +30,13 @@ from app.events.types import EVENT_TYPES
 from app.models import MarketplaceEvent, MarketplaceEventDelivery, Subscription
 from app.outbox.service import Outbox
 from app.resources import Resources
+from tests.support.asgi import running
 from tests.support.entitlement_data import (
     GATEWAY,
     PERIOD_END,
     check_body,
     entitled,
     gateway_settings,
-    running,
 )
 from tests.support.journeys import Auth, create_plan, new_api_id, register, subscribe
 

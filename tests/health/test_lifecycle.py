@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -59,6 +61,17 @@ def _start_api(
             sink.close()
 
 
+@contextmanager
+def _reaped(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """`process`, killed on the way out if it is still running."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 async def _wait_ready(http: httpx.AsyncClient) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -68,63 +81,59 @@ async def _wait_ready(http: httpx.AsyncClient) -> None:
     raise AssertionError("the API never became ready")
 
 
+@asynccontextmanager
+async def _ready_api(
+    settings: Settings, drain_seconds: float, output: Path | None
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], httpx.AsyncClient, int]]:
+    """`billing api` in a child process, ready: (the process, a client of it, its port); killed on
+    the way out if it is still running."""
+    port = free_port()
+    with _reaped(_start_api(settings, port, drain_seconds, output)) as process:
+        await asyncio.to_thread(wait_for_port, port, 30, process)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=15) as http:
+            await _wait_ready(http)
+            yield process, http, port
+
+
 async def test_sigterm_turns_readiness_false_then_finishes_the_request_in_flight_and_exits_0(
     settings: Settings, tmp_path: Path
 ) -> None:
-    port = free_port()
     log_path = tmp_path / "api.log"
-    process = _start_api(settings, port, 1.0, log_path)
-    try:
-        await asyncio.to_thread(wait_for_port, port, 30, process)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=15) as http:
-            await _wait_ready(http)
-            slow = asyncio.create_task(http.get("/test/slow", params={"seconds": 2.5}))
-            await asyncio.sleep(0.5)
-            process.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
+    async with _ready_api(settings, 1.0, log_path) as (process, http, port):
+        slow = asyncio.create_task(http.get("/test/slow", params={"seconds": 2.5}))
+        await asyncio.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
 
-            # Still listening during the drain delay, but no longer ready; still alive.
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as probe:
-                ready = await probe.get("/ready")
-                health = await probe.get("/health")
-            assert ready.status_code == 503
-            assert ready.json()["code"] == "draining"
-            assert health.status_code == 200
+        # Still listening during the drain delay, but no longer ready; still alive.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as probe:
+            ready = await probe.get("/ready")
+            health = await probe.get("/health")
+        assert ready.status_code == 503
+        assert ready.json()["code"] == "draining"
+        assert health.status_code == 200
 
-            response = await slow
+        response = await slow
         assert response.status_code == 200
         assert response.json() == {"slept": 2.5}
         assert await asyncio.to_thread(process.wait, 15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert b"draining: readiness is false" in log_path.read_bytes()
 
 
-async def test_after_the_drain_delay_new_connections_are_refused(settings: Settings, tmp_path: Path) -> None:
-    port = free_port()
-    process = _start_api(settings, port, 0.2, None)
-    try:
-        await asyncio.to_thread(wait_for_port, port, 30, process)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=15) as http:
-            await _wait_ready(http)
-            slow = asyncio.create_task(http.get("/test/slow", params={"seconds": 2}))
-            await asyncio.sleep(0.3)
-            process.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.8)
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as late:
-                try:
-                    refused = (await late.get("/health")).status_code != 200
-                except httpx.ConnectError:
-                    refused = True
-            assert refused
-            assert (await slow).status_code == 200
+async def test_after_the_drain_delay_new_connections_are_refused(settings: Settings) -> None:
+    async with _ready_api(settings, 0.2, None) as (process, http, port):
+        slow = asyncio.create_task(http.get("/test/slow", params={"seconds": 2}))
+        await asyncio.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.8)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2) as late:
+            try:
+                refused = (await late.get("/health")).status_code != 200
+            except httpx.ConnectError:
+                refused = True
+        assert refused
+        assert (await slow).status_code == 200
         assert await asyncio.to_thread(process.wait, 15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 SLOW_WORKER = Path(__file__).parents[1] / "support" / "slow_worker.py"
@@ -159,16 +168,13 @@ async def _stop(process: subprocess.Popen[bytes]) -> int:
 async def test_sigterm_lets_the_running_job_finish_before_the_worker_exits(settings: Settings) -> None:
     redis = await create_pool(RedisSettings.from_dsn(settings.redis_url))
     marker = f"lifecycle:{uuid.uuid4().hex}"
-    worker = _start_worker(settings, completion_wait=None)
     try:
-        await redis.enqueue_job("slow_job", 1.5, marker)
-        await _wait_for_key(redis, f"{marker}:started", 20)
-        assert await _stop(worker) == 0
-        assert await redis.get(f"{marker}:done") == b"1"
+        with _reaped(_start_worker(settings, completion_wait=None)) as worker:
+            await redis.enqueue_job("slow_job", 1.5, marker)
+            await _wait_for_key(redis, f"{marker}:started", 20)
+            assert await _stop(worker) == 0
+            assert await redis.get(f"{marker}:done") == b"1"
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
         await redis.aclose()
 
 
@@ -184,18 +190,13 @@ def _worker_check(settings: Settings) -> int:
 
 async def test_worker_check_follows_the_worker_heartbeat(settings: Settings) -> None:
     assert await asyncio.to_thread(_worker_check, settings) == 1  # no worker yet
-    worker = _start_worker(settings, completion_wait=None)
-    try:
+    with _reaped(_start_worker(settings, completion_wait=None)) as worker:
         deadline = time.monotonic() + 20
         while await asyncio.to_thread(_worker_check, settings) != 0:
             assert time.monotonic() < deadline, "the worker never reported healthy"
             await asyncio.sleep(0.2)
         assert await _stop(worker) == 0
         assert await asyncio.to_thread(_worker_check, settings) == 1  # heartbeat removed on exit
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
 
 
 async def test_a_job_still_running_when_the_wait_ends_is_requeued_and_run_again(settings: Settings) -> None:

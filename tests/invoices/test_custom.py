@@ -6,40 +6,27 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 
 import httpx
-import pytest
-import respx
-from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from app.main import create_app
-from app.models import Invoice
-from tests.support import rows
-from tests.support.custom_invoices import BODY, STRIPE_PDF, FakeStripeInvoices, flat_form_of
+from app.models import Consumer, Invoice
+from tests.support.custom_invoices import BODY, STRIPE_PDF, StripeInvoices, flat_form_of
+from tests.support.stripe_side import emulator
 
 Auth = Callable[..., dict[str, str]]
-
-
-@pytest.fixture
-def stripe_invoices(settings: Settings) -> Iterator[tuple[FakeStripeInvoices, dict[str, respx.Route]]]:
-    fake = FakeStripeInvoices()
-    with respx.mock(base_url=settings.stripe_api_base, assert_all_called=False) as mock:
-        yield fake, fake.install(mock)
 
 
 async def test_admin_creates_sends_and_mirrors_a_custom_invoice(
     client: httpx.AsyncClient,
     auth: Auth,
-    engine: AsyncEngine,
-    stripe_invoices: tuple[FakeStripeInvoices, dict[str, respx.Route]],
+    stripe_invoices: StripeInvoices,
+    alice: Consumer,
 ) -> None:
     fake, routes = stripe_invoices
-    alice = rows.consumer("alice")
-    await rows.add(engine, alice)
 
     response = await client.post(
         "/api/v1/admin/invoices", json={"consumer_id": str(alice.id), **BODY}, headers=auth("admin")
@@ -85,11 +72,10 @@ async def test_retried_custom_invoice_with_same_idempotency_key_makes_one_invoic
     client: httpx.AsyncClient,
     auth: Auth,
     engine: AsyncEngine,
-    stripe_invoices: tuple[FakeStripeInvoices, dict[str, respx.Route]],
+    stripe_invoices: StripeInvoices,
+    alice: Consumer,
 ) -> None:
     _, routes = stripe_invoices
-    alice = rows.consumer("alice")
-    await rows.add(engine, alice)
     headers = auth("admin", user_id="admin-1") | {"Idempotency-Key": "order-7"}
     payload = {"consumer_id": str(alice.id), **BODY}
 
@@ -104,25 +90,14 @@ async def test_retried_custom_invoice_with_same_idempotency_key_makes_one_invoic
         assert (await connection.execute(select(func.count()).select_from(Invoice))).scalar_one() == 1
 
 
-@pytest.fixture
-async def taxed_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    application: FastAPI = create_app(settings.model_copy(update={"stripe_tax_enabled": True}))
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as http:
-            yield http
-
-
 async def test_tax_setting_turns_on_automatic_tax_and_the_tax_is_mirrored_and_printed(
     taxed_client: httpx.AsyncClient,
     auth: Auth,
-    engine: AsyncEngine,
-    stripe_invoices: tuple[FakeStripeInvoices, dict[str, respx.Route]],
+    stripe_invoices: StripeInvoices,
+    alice: Consumer,
 ) -> None:
     fake, routes = stripe_invoices
     fake.tax_rate = 10
-    alice = rows.consumer("alice")
-    await rows.add(engine, alice)
 
     response = await taxed_client.post(
         "/api/v1/admin/invoices", json={"consumer_id": str(alice.id), **BODY}, headers=auth("admin")
@@ -138,12 +113,10 @@ async def test_tax_setting_turns_on_automatic_tax_and_the_tax_is_mirrored_and_pr
 async def test_custom_invoice_needs_admin_a_known_consumer_and_valid_lines(
     client: httpx.AsyncClient,
     auth: Auth,
-    engine: AsyncEngine,
-    stripe_invoices: tuple[FakeStripeInvoices, dict[str, respx.Route]],
+    stripe_invoices: StripeInvoices,
+    alice: Consumer,
 ) -> None:
     _, routes = stripe_invoices
-    alice = rows.consumer("alice")
-    await rows.add(engine, alice)
     url = "/api/v1/admin/invoices"
     payload = {"consumer_id": str(alice.id), **BODY}
 
@@ -163,12 +136,6 @@ async def test_custom_invoice_needs_admin_a_known_consumer_and_valid_lines(
     assert not routes["create"].called
 
 
-def _emulator(settings: Settings) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=str(settings.stripe_api_base), auth=(settings.stripe_secret_key.get_secret_value(), "")
-    )
-
-
 async def _events_of(stripe: httpx.AsyncClient, object_id: str) -> list[str]:
     events = (await stripe.get("/v1/events", params={"limit": 100})).json()["data"]
     return sorted(e["type"] for e in events if e["data"]["object"]["id"] == object_id)
@@ -180,7 +147,7 @@ async def test_custom_invoice_through_the_emulator_is_listed_open_with_its_total
     consumer_headers = auth("consumer", user_id="bob-emu", email="bob@example.com")
     registered = (await client.post("/api/v1/consumers/register", headers=consumer_headers)).json()
     customer = registered["stripe_customer_id"]
-    async with _emulator(settings) as stripe:
+    async with emulator(settings) as stripe:
         # A pending item of the customer's stays out of the one-off invoice.
         pending = await stripe.post(
             "/v1/invoiceitems", data={"customer": customer, "amount": 500, "currency": "usd"}
@@ -244,7 +211,7 @@ async def test_emulator_adds_items_to_drafts_only_and_finalizes_once(
 ) -> None:
     registered = (await client.post("/api/v1/consumers/register", headers=auth("consumer"))).json()
     customer = registered["stripe_customer_id"]
-    async with _emulator(settings) as stripe:
+    async with emulator(settings) as stripe:
         draft = (
             await stripe.post(
                 "/v1/invoices",

@@ -3,30 +3,19 @@ and a retry after a failure finishes the same Stripe invoice with the same idemp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, cast
 
 import httpx
-import pytest
 import respx
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.config import Settings
-from app.models import CustomInvoice, Invoice
-from tests.support import rows
-from tests.support.custom_invoices import BODY, FakeStripeInvoices
+from app.models import Consumer, CustomInvoice, Invoice
+from tests.support.custom_invoices import BODY, StripeInvoices
 
 Auth = Callable[..., dict[str, str]]
-Routes = dict[str, respx.Route]
 StripeAnswer = Callable[[httpx.Request], httpx.Response]
-
-
-@pytest.fixture
-def stripe_invoices(settings: Settings) -> Iterator[tuple[FakeStripeInvoices, Routes]]:
-    fake = FakeStripeInvoices()
-    with respx.mock(base_url=settings.stripe_api_base, assert_all_called=False) as mock:
-        yield fake, fake.install(mock)
 
 
 async def _custom_rows(engine: AsyncEngine) -> list[Any]:
@@ -42,11 +31,10 @@ async def test_custom_invoice_is_committed_before_the_first_stripe_call(
     client: httpx.AsyncClient,
     auth: Auth,
     engine: AsyncEngine,
-    stripe_invoices: tuple[FakeStripeInvoices, Routes],
+    stripe_invoices: StripeInvoices,
+    alice: Consumer,
 ) -> None:
     _, routes = stripe_invoices
-    alice = rows.consumer("alice")
-    await rows.add(engine, alice)
     create_invoice = cast("StripeAnswer", routes["create"].side_effect)
     seen_when_stripe_was_called: list[list[Any]] = []
 
@@ -74,11 +62,10 @@ async def test_failure_after_stripe_sent_leaves_it_recorded_and_the_retry_sends_
     client: httpx.AsyncClient,
     auth: Auth,
     engine: AsyncEngine,
-    stripe_invoices: tuple[FakeStripeInvoices, Routes],
+    stripe_invoices: StripeInvoices,
+    alice: Consumer,
 ) -> None:
     fake, routes = stripe_invoices
-    alice = rows.consumer("alice")
-    await rows.add(engine, alice)
     headers = auth("admin", user_id="admin-1") | {"Idempotency-Key": "order-9"}
     payload = {"consumer_id": str(alice.id), **BODY}
     send_invoice = cast("StripeAnswer", routes["send"].side_effect)

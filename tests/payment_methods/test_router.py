@@ -8,7 +8,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import PaymentMethod
-from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import (
+    Auth,
+    add_card,
+    create_plan,
+    new_api_id,
+    register,
+    registered_consumer,
+    subscribe,
+)
 
 
 async def _stripe_customer(settings: Settings, customer_id: str) -> dict[str, object]:
@@ -35,8 +43,7 @@ async def test_first_card_becomes_default_here_and_at_stripe(
 
 
 async def test_second_card_is_not_default_and_list_is_wrapped(client: httpx.AsyncClient, auth: Auth) -> None:
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     first = await add_card(client, headers)
     second = await add_card(client, headers)
     assert second["is_default"] is False
@@ -63,8 +70,7 @@ async def test_set_default_moves_the_flag_and_the_stripe_default(
 async def test_declined_card_is_402_with_stripes_reason_and_nothing_stored(
     client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
 ) -> None:
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     response = await client.post(
         "/api/v1/payment-methods", json={"payment_method_id": "pm_card_visa_chargeDeclined"}, headers=headers
     )
@@ -76,8 +82,7 @@ async def test_declined_card_is_402_with_stripes_reason_and_nothing_stored(
 
 
 async def test_unknown_card_is_422(client: httpx.AsyncClient, auth: Auth) -> None:
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     response = await client.post(
         "/api/v1/payment-methods", json={"payment_method_id": "pm_doesnotexist"}, headers=headers
     )
@@ -87,8 +92,7 @@ async def test_unknown_card_is_422(client: httpx.AsyncClient, auth: Auth) -> Non
 async def test_malformed_payment_method_id_is_422_naming_the_field(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     response = await client.post("/api/v1/payment-methods", json={"payment_method_id": "x"}, headers=headers)
     assert response.status_code == 422
     assert response.json()["details"][0]["field"] == "payment_method_id"
@@ -107,8 +111,7 @@ async def test_unregistered_caller_lists_no_cards_and_cannot_add_one(
 
 
 async def test_deleting_the_default_promotes_another_card(client: httpx.AsyncClient, auth: Auth) -> None:
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     first = await add_card(client, headers)
     second = await add_card(client, headers)
     response = await client.delete(f"/api/v1/payment-methods/{first['id']}", headers=headers)
@@ -121,8 +124,7 @@ async def test_deleting_the_only_card_of_a_paid_subscription_is_409(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id())
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     card = await add_card(client, headers)
     assert (await subscribe(client, headers, plan)).status_code == 201
     response = await client.delete(f"/api/v1/payment-methods/{card['id']}", headers=headers)
@@ -133,35 +135,30 @@ async def test_deleting_the_only_card_of_a_paid_subscription_is_409(
 async def test_deleting_the_only_card_without_paid_subscription_works(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     card = await add_card(client, headers)
     assert (await client.delete(f"/api/v1/payment-methods/{card['id']}", headers=headers)).status_code == 204
     assert (await client.get("/api/v1/payment-methods", headers=headers)).json() == {"payment_methods": []}
 
 
 async def test_another_consumers_card_is_404(client: httpx.AsyncClient, auth: Auth) -> None:
-    owner = auth("consumer")
-    await register(client, owner)
+    owner = await registered_consumer(client, auth)
     card = await add_card(client, owner)
-    stranger = auth("consumer")
-    await register(client, stranger)
+    stranger = await registered_consumer(client, auth)
     assert (await client.delete(f"/api/v1/payment-methods/{card['id']}", headers=stranger)).status_code == 404
     default = await client.put(f"/api/v1/payment-methods/{card['id']}/default", headers=stranger)
     assert default.status_code == 404
 
 
 async def test_setup_intent_returns_a_client_secret(client: httpx.AsyncClient, auth: Auth) -> None:
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     response = await client.post("/api/v1/payment-methods/setup-intent", headers=headers)
     assert response.status_code == 200
     assert response.json()["client_secret"].startswith("seti_")
 
 
 async def test_two_first_cards_added_at_once_make_one_default(client: httpx.AsyncClient, auth: Auth) -> None:
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     responses = await asyncio.gather(
         *(client.post("/api/v1/payment-methods", json={"payment_method_id": "pm_card_visa"}, headers=headers)
           for _ in range(2))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,11 +30,10 @@ from app.reconcile.service import ReconcileService
 from app.stripe import StripeGateway
 from tests.support.billing_data import World, event, make_world, subscription_obj
 from tests.support.earnings import add_plan, booked, paid_invoice, pay
-from tests.support.journeys import add_card, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribed_consumer
 from tests.support.stripe_payments import PERIOD, T0, FakePayments, refund
 from tests.support.worker import Ctx, deliver
 
-Auth = Callable[..., dict[str, str]]
 DAY = timedelta(days=1)
 
 
@@ -46,12 +45,8 @@ def _service(engine: AsyncEngine, settings: Settings) -> ReconcileService:
 
 
 async def _subscribed(client: httpx.AsyncClient, auth: Auth, plan: dict[str, Any]) -> dict[str, Any]:
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    response = await subscribe(client, headers, plan)
-    assert response.status_code == 201, response.text
-    body = dict(response.json())
+    """A new consumer with a card subscribed to `plan` at Stripe: the subscription."""
+    _headers, body = await subscribed_consumer(client, auth, plan)
     assert body["stripe_subscription_id"], body
     return body
 

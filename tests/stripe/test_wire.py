@@ -13,9 +13,19 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from app.main import create_app
 from app.models import PaymentMethod, Subscription
-from tests.support.journeys import Auth, create_plan, new_api_id, register, subscribe
+from tests.support.asgi import running
+from tests.support.journeys import (
+    Auth,
+    create_plan,
+    new_api_id,
+    on_cheaper_of_two,
+    preview_upgrade,
+    registered_consumer,
+    subscribe,
+    subscribe_through_checkout,
+    upgrade,
+)
 from tests.support.settings import make_settings
 from tests.support.stripe_wire import (
     MONTH,
@@ -92,8 +102,7 @@ async def test_card_declined_on_attach_is_402_with_stripes_reason_and_nothing_wr
         },
     )
     plan = await create_plan(wire, auth("creator"), new_api_id())
-    headers = auth("consumer")
-    await register(wire, headers)
+    headers = await registered_consumer(wire, auth)
     response = await subscribe(wire, headers, plan, payment_method_id="pm_declined")
     assert response.status_code == 402
     assert response.json()["error"] == "Your card has insufficient funds."
@@ -152,17 +161,8 @@ async def test_upgrade_preview_reads_stripes_prorated_invoice(
             },
         },
     )
-    creator = auth("creator")
-    api_id = new_api_id()
-    basic = await create_plan(wire, creator, api_id, monthly_price="10")
-    pro = await create_plan(wire, creator, api_id, monthly_price="40")
-    headers = await consumer_with_card(wire, auth)
-    created = (await subscribe(wire, headers, basic)).json()
-    response = await wire.get(
-        f"/api/v1/subscriptions/{created['id']}/upgrade/preview",
-        params={"new_pricing_plan_id": pro["id"]},
-        headers=headers,
-    )
+    headers, created, _basic, pro = await on_cheaper_of_two(wire, auth, ("10", "40"), "pm_wire")
+    response = await preview_upgrade(wire, headers, created["id"], pro)
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["amount_due"], body["currency"]) == (1934, "usd")
@@ -179,17 +179,8 @@ async def test_upgrade_changes_the_item_price_with_immediate_proration(
 ) -> None:
     stripe_api.post("/v1/subscriptions").respond(200, json=wire_subscription("active"))
     update = stripe_api.post("/v1/subscriptions/sub_wire").respond(200, json=wire_subscription("active"))
-    creator = auth("creator")
-    api_id = new_api_id()
-    basic = await create_plan(wire, creator, api_id, monthly_price="10")
-    pro = await create_plan(wire, creator, api_id, monthly_price="40")
-    headers = await consumer_with_card(wire, auth)
-    created = (await subscribe(wire, headers, basic)).json()
-    response = await wire.put(
-        f"/api/v1/subscriptions/{created['id']}/upgrade",
-        json={"new_pricing_plan_id": pro["id"]},
-        headers=headers,
-    )
+    headers, created, _basic, pro = await on_cheaper_of_two(wire, auth, ("10", "40"), "pm_wire")
+    response = await upgrade(wire, headers, created["id"], pro)
     assert response.status_code == 200, response.text
     assert response.json()["pricing_plan_id"] == pro["id"]
     sent = form_of(update.calls.last.request)
@@ -214,16 +205,8 @@ async def test_checkout_creates_an_incomplete_subscription_with_the_session_url(
         },
     )
     plan = await create_plan(wire, auth("creator"), new_api_id(), trial_period_days=7)
-    headers = auth("consumer")
-    await register(wire, headers)
-    response = await subscribe(
-        wire,
-        headers,
-        plan,
-        checkout=True,
-        success_url="https://market.example/success",
-        cancel_url="https://market.example/cancel",
-    )
+    headers = await registered_consumer(wire, auth)
+    response = await subscribe_through_checkout(wire, headers, plan)
     assert response.status_code == 201, response.text
     body = response.json()
     assert (body["status"], body["checkout_url"]) == (
@@ -245,8 +228,7 @@ async def test_checkout_creates_an_incomplete_subscription_with_the_session_url(
 
 async def test_checkout_without_urls_is_422_naming_the_field(wire: httpx.AsyncClient, auth: Auth) -> None:
     plan = await create_plan(wire, auth("creator"), new_api_id())
-    headers = auth("consumer")
-    await register(wire, headers)
+    headers = await registered_consumer(wire, auth)
     response = await subscribe(wire, headers, plan, checkout=True, cancel_url="https://m.example/c")
     assert response.status_code == 422
     assert response.json()["details"][0]["field"] == "success_url"
@@ -265,8 +247,7 @@ async def test_portal_session_returns_stripes_url(
             "url": "https://billing.stripe.com/p/session/test_wire",
         },
     )
-    headers = auth("consumer")
-    await register(wire, headers)
+    headers = await registered_consumer(wire, auth)
     response = await wire.post(
         "/api/v1/consumers/portal-session",
         json={"return_url": "https://market.example/account"},
@@ -297,8 +278,7 @@ async def test_card_attached_but_refused_as_default_is_detached_again_and_not_st
         400, json={"error": {"type": "invalid_request_error", "message": "No such PaymentMethod"}}
     )
     detach = stripe_api.post("/v1/payment_methods/pm_wire/detach").respond(200, json=wire_payment_method())
-    headers = auth("consumer")
-    await register(wire, headers)
+    headers = await registered_consumer(wire, auth)
     body = {"payment_method_id": "pm_wire"}
     response = await wire.post("/api/v1/payment-methods", json=body, headers=headers)
     assert response.status_code == 422
@@ -316,11 +296,8 @@ async def tax_wire(
     wired = make_settings(
         database_url=settings.database_url, redis_url=settings.redis_url, stripe_tax_enabled=tax
     )
-    application = create_app(wired)
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as http:
-            yield tax, http
+    async with running(wired) as (_, http):
+        yield tax, http
 
 
 def _checkout_route(stripe_api: respx.MockRouter) -> respx.Route:
@@ -346,17 +323,9 @@ async def test_card_subscriptions_and_upgrades_ask_for_automatic_tax_only_with_s
     preview = stripe_api.post("/v1/invoices/create_preview").respond(
         200, json={"id": "upcoming_in", "object": "invoice", "amount_due": 0, "currency": "usd", "lines": {}}
     )
-    creator = auth("creator")
-    api_id = new_api_id()
-    basic = await create_plan(client, creator, api_id, monthly_price="10")
-    pro = await create_plan(client, creator, api_id, monthly_price="40")
-    headers = await consumer_with_card(client, auth)
-    created = (await subscribe(client, headers, basic)).json()
-    path = f"/api/v1/subscriptions/{created['id']}/upgrade"
-    previewed = await client.get(
-        f"{path}/preview", params={"new_pricing_plan_id": pro["id"]}, headers=headers
-    )
-    upgraded = await client.put(path, json={"new_pricing_plan_id": pro["id"]}, headers=headers)
+    headers, created, _basic, pro = await on_cheaper_of_two(client, auth, ("10", "40"), "pm_wire")
+    previewed = await preview_upgrade(client, headers, created["id"], pro)
+    upgraded = await upgrade(client, headers, created["id"], pro)
 
     assert (previewed.status_code, upgraded.status_code) == (200, 200)
     for route in (create, preview):
@@ -376,16 +345,8 @@ async def test_checkout_always_collects_the_billing_address_and_asks_for_tax_onl
     tax, client = tax_wire
     route = _checkout_route(stripe_api)
     plan = await create_plan(client, auth("creator"), new_api_id())
-    headers = auth("consumer")
-    await register(client, headers)
-    response = await subscribe(
-        client,
-        headers,
-        plan,
-        checkout=True,
-        success_url="https://market.example/success",
-        cancel_url="https://market.example/cancel",
-    )
+    headers = await registered_consumer(client, auth)
+    response = await subscribe_through_checkout(client, headers, plan)
 
     assert response.status_code == 201, response.text
     sent = form_of(route.calls.last.request)

@@ -136,51 +136,80 @@ async def _subscription(engine: AsyncEngine, subscription_id: str) -> Any:
         return (await connection.execute(select(Subscription).filter_by(id=subscription_id))).one()
 
 
-@asynccontextmanager
-async def _paying_subscriber(
-    client: httpx.AsyncClient,
-    stripe_http: httpx.AsyncClient,
-    ctx: Ctx,
-    auth: Auth,
-    settings: Settings,
-    plan: dict[str, Any],
-) -> AsyncIterator[tuple[Timeline, dict[str, Any], dict[str, str]]]:
-    """A new consumer on a new test clock, subscribed to `plan` with a card, and our business time
-    on that clock while the story runs: (timeline, our subscription, the consumer's headers)."""
-    headers = auth("consumer")
-    registered = await register(client, headers)
-    timeline = await Timeline.start(client, stripe_http, ctx, registered["stripe_customer_id"])
-    with clock.use(TestClockTime(settings, timeline.clock_id, refresh_seconds=0)):
-        await add_card(client, headers)
-        subscribed = await subscribe(client, headers, plan)
-        assert subscribed.status_code == 201, subscribed.text
-        await timeline.relay()
-        yield timeline, subscribed.json(), headers
+@dataclass
+class Story:
+    """A paying subscriber on its own test clock: our subscription, its Stripe ids, the headers."""
+
+    timeline: Timeline
+    engine: AsyncEngine
+    subscribed: dict[str, Any]
+    headers: dict[str, str]
+    stripe_id: str
+    first_invoice: str
+
+    async def renewals(self) -> list[Any]:
+        return await _renewals(self.engine, self.subscribed["id"], self.first_invoice)
+
+    async def ours(self) -> Any:
+        return await _subscription(self.engine, self.subscribed["id"])
 
 
-async def test_monthly_renewals_are_invoiced_mirrored_and_paid_once_per_period(
+@dataclass
+class Stack:
+    """The fixtures every story uses: our API, the emulator, the worker and the database."""
+
+    client: httpx.AsyncClient
+    stripe_http: httpx.AsyncClient
+    ctx: Ctx
+    auth: Auth
+    engine: AsyncEngine
+    settings: Settings
+
+    @asynccontextmanager
+    async def paying_subscriber(self, plan: dict[str, Any]) -> AsyncIterator[Story]:
+        """A new consumer on a new test clock, subscribed to `plan` with a card, and our business
+        time on that clock while the story runs."""
+        headers = self.auth("consumer")
+        registered = await register(self.client, headers)
+        timeline = await Timeline.start(
+            self.client, self.stripe_http, self.ctx, registered["stripe_customer_id"]
+        )
+        with clock.use(TestClockTime(self.settings, timeline.clock_id, refresh_seconds=0)):
+            await add_card(self.client, headers)
+            subscribed = await subscribe(self.client, headers, plan)
+            assert subscribed.status_code == 201, subscribed.text
+            await timeline.relay()
+            stripe_id = subscribed.json()["stripe_subscription_id"]
+            first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
+            yield Story(timeline, self.engine, subscribed.json(), headers, stripe_id, first_invoice)
+
+
+@pytest.fixture
+def stack(
     client: httpx.AsyncClient,
     stripe_http: httpx.AsyncClient,
     worker_ctx: Ctx,
     auth: Auth,
     engine: AsyncEngine,
     settings: Settings,
-) -> None:
-    plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="29")
-    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, plan) as story:
-        timeline, subscribed, _ = story
-        stripe_id = subscribed["stripe_subscription_id"]
-        first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
+) -> Stack:
+    return Stack(client, stripe_http, worker_ctx, auth, engine, settings)
+
+
+async def test_monthly_renewals_are_invoiced_mirrored_and_paid_once_per_period(stack: Stack) -> None:
+    plan = await create_plan(stack.client, stack.auth("creator"), new_api_id(), monthly_price="29")
+    async with stack.paying_subscriber(plan) as story:
+        timeline = story.timeline
         ends = []
         for _ in range(3):
-            period_end = int((await timeline.subscription(stripe_id))["current_period_end"])
+            period_end = int((await timeline.subscription(story.stripe_id))["current_period_end"])
             ends.append(period_end)
             await timeline.advance_to(period_end + 2 * HOUR)
 
-        invoices = await _invoices(engine, subscribed["id"])
-        renewals = await _renewals(engine, subscribed["id"], first_invoice)
-        ours = await _subscription(engine, subscribed["id"])
-        stripe_subscription = await timeline.subscription(stripe_id)
+        invoices = await _invoices(stack.engine, story.subscribed["id"])
+        renewals = await story.renewals()
+        ours = await story.ours()
+        stripe_subscription = await timeline.subscription(story.stripe_id)
 
     assert [(i.status, i.amount_due, i.amount_paid, i.currency) for i in invoices] == [
         ("paid", 2900, 2900, "usd")
@@ -198,25 +227,19 @@ async def test_monthly_renewals_are_invoiced_mirrored_and_paid_once_per_period(
 
 
 async def test_usage_metered_in_a_period_is_billed_once_on_that_periods_renewal(
-    client: httpx.AsyncClient,
-    stripe_http: httpx.AsyncClient,
-    worker_ctx: Ctx,
-    auth: Auth,
-    engine: AsyncEngine,
-    settings: Settings,
-    metering: respx.MockRouter,
+    stack: Stack, metering: respx.MockRouter
 ) -> None:
-    plan = await create_plan(client, auth("creator"), new_api_id(), type="pay_per_use", price_per_call="0.25")
-    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, plan) as story:
-        timeline, subscribed, _ = story
-        stripe_id = subscribed["stripe_subscription_id"]
-        first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
-        calls_url = f"http://metering.test/api/v1/usage/subscription/{subscribed['id']}/calls"
+    plan = await create_plan(
+        stack.client, stack.auth("creator"), new_api_id(), type="pay_per_use", price_per_call="0.25"
+    )
+    async with stack.paying_subscriber(plan) as story:
+        timeline = story.timeline
+        calls_url = f"http://metering.test/api/v1/usage/subscription/{story.subscribed['id']}/calls"
         metered = []
         async with httpx.AsyncClient() as http:
             for calls in (1234, 401):
                 start = await timeline.now()
-                period_end = int((await timeline.subscription(stripe_id))["current_period_end"])
+                period_end = int((await timeline.subscription(story.stripe_id))["current_period_end"])
                 # Traffic on two simulated days of the period, counted on the clock's day.
                 await timeline.advance_to(start + 2 * DAY)
                 assert (
@@ -228,10 +251,12 @@ async def test_usage_metered_in_a_period_is_billed_once_on_that_periods_renewal(
                 # The renewal's draft: our worker reports the period's usage before Stripe finalizes it.
                 await timeline.advance_to(period_end)
                 await timeline.advance_to(period_end + 2 * HOUR)
-        renewals = await _renewals(engine, subscribed["id"], first_invoice)
-        async with engine.connect() as connection:
+        renewals = await story.renewals()
+        async with stack.engine.connect() as connection:
             records = (
-                await connection.execute(select(UsageRecord).filter_by(subscription_id=subscribed["id"]))
+                await connection.execute(
+                    select(UsageRecord).filter_by(subscription_id=story.subscribed["id"])
+                )
             ).all()
 
     assert [i.status for i in renewals] == ["paid", "paid"]
@@ -244,34 +269,28 @@ async def test_usage_metered_in_a_period_is_billed_once_on_that_periods_renewal(
     assert sum(r.quantity for r in records) == sum(metered)  # each day recorded once
 
 
-async def test_a_failing_card_goes_past_due_is_retried_on_schedule_then_cancelled(
-    client: httpx.AsyncClient,
-    stripe_http: httpx.AsyncClient,
-    worker_ctx: Ctx,
-    auth: Auth,
-    engine: AsyncEngine,
-    settings: Settings,
-) -> None:
-    plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="19")
-    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, plan) as story:
-        timeline, subscribed, headers = story
-        failing = await add_card(client, headers, "pm_card_chargeCustomerFail")
-        made_default = await client.put(f"/api/v1/payment-methods/{failing['id']}/default", headers=headers)
+async def test_a_failing_card_goes_past_due_is_retried_on_schedule_then_cancelled(stack: Stack) -> None:
+    client, stripe_http = stack.client, stack.stripe_http
+    plan = await create_plan(client, stack.auth("creator"), new_api_id(), monthly_price="19")
+    async with stack.paying_subscriber(plan) as story:
+        timeline = story.timeline
+        failing = await add_card(client, story.headers, "pm_card_chargeCustomerFail")
+        made_default = await client.put(
+            f"/api/v1/payment-methods/{failing['id']}/default", headers=story.headers
+        )
         assert made_default.status_code == 200, made_default.text
         await timeline.relay()
-        stripe_id = subscribed["stripe_subscription_id"]
-        first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
-        period_end = int((await timeline.subscription(stripe_id))["current_period_end"])
+        period_end = int((await timeline.subscription(story.stripe_id))["current_period_end"])
 
         await timeline.advance_to(period_end + 2 * HOUR)
-        after_first = await _subscription(engine, subscribed["id"])
-        (renewal,) = await _renewals(engine, subscribed["id"], first_invoice)
+        after_first = await story.ours()
+        (renewal,) = await story.renewals()
         stripe_invoice = (await stripe_http.get(f"/v1/invoices/{renewal.stripe_invoice_id}")).json()
 
         statuses = []
         for days in (3, 3 + 5, 3 + 5 + 7):
             await timeline.advance_to(period_end + HOUR + days * DAY + 60)
-            statuses.append((await _subscription(engine, subscribed["id"])).status)
+            statuses.append((await story.ours()).status)
         final_invoice = (await stripe_http.get(f"/v1/invoices/{renewal.stripe_invoice_id}")).json()
 
     assert (after_first.status, renewal.status) == ("past_due", "open")
@@ -279,7 +298,7 @@ async def test_a_failing_card_goes_past_due_is_retried_on_schedule_then_cancelle
     assert stripe_invoice["next_payment_attempt"] == period_end + HOUR + 3 * DAY
     assert statuses == ["past_due", "past_due", "cancelled"]
     assert (final_invoice["attempt_count"], final_invoice["next_payment_attempt"]) == (4, None)
-    stripe_subscription = await timeline.subscription(stripe_id)
+    stripe_subscription = await timeline.subscription(story.stripe_id)
     assert stripe_subscription["status"] == "canceled"
 
 
@@ -296,36 +315,30 @@ async def _earnings(engine: AsyncEngine, subscription_id: str) -> dict[str, int]
 
 
 async def test_an_upgrade_mid_period_is_invoiced_prorated_at_once_and_the_next_renewal_at_the_new_price(
-    client: httpx.AsyncClient,
-    stripe_http: httpx.AsyncClient,
-    worker_ctx: Ctx,
-    auth: Auth,
-    engine: AsyncEngine,
-    settings: Settings,
+    stack: Stack,
 ) -> None:
-    creator, api_id = auth("creator"), new_api_id()
+    client = stack.client
+    creator, api_id = stack.auth("creator"), new_api_id()
     basic = await create_plan(client, creator, api_id, name="Basic", monthly_price="30")
     pro = await create_plan(client, creator, api_id, name="Pro", monthly_price="60")
-    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, basic) as story:
-        timeline, subscribed, headers = story
-        stripe_id = subscribed["stripe_subscription_id"]
-        first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
-        period = await timeline.subscription(stripe_id)
+    async with stack.paying_subscriber(basic) as story:
+        timeline = story.timeline
+        period = await timeline.subscription(story.stripe_id)
         start, end = int(period["current_period_start"]), int(period["current_period_end"])
         half = start + (end - start) // 2
         await timeline.advance_to(half)
 
         upgraded = await client.put(
-            f"/api/v1/subscriptions/{subscribed['id']}/upgrade",
+            f"/api/v1/subscriptions/{story.subscribed['id']}/upgrade",
             json={"new_pricing_plan_id": pro["id"]},
-            headers=headers,
+            headers=story.headers,
         )
         assert upgraded.status_code == 200, upgraded.text
         await timeline.relay()
-        (proration,) = await _renewals(engine, subscribed["id"], first_invoice)
+        (proration,) = await story.renewals()
         await timeline.advance_to(end + 2 * HOUR)
-        invoices = await _renewals(engine, subscribed["id"], first_invoice)
-        ours = await _subscription(engine, subscribed["id"])
+        invoices = await story.renewals()
+        ours = await story.ours()
 
     remaining = Decimal(end - half) / Decimal(end - start)
     credit = int((3000 * remaining).to_integral_value(ROUND_HALF_UP))
@@ -338,57 +351,46 @@ async def test_an_upgrade_mid_period_is_invoiced_prorated_at_once_and_the_next_r
     assert int(ours.current_period_start.timestamp()) == end
 
 
-async def test_a_trial_ends_three_days_after_its_warning_with_the_first_invoice_paid(
-    client: httpx.AsyncClient,
-    stripe_http: httpx.AsyncClient,
-    worker_ctx: Ctx,
-    auth: Auth,
-    engine: AsyncEngine,
-    settings: Settings,
-) -> None:
-    plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="15", trial_period_days=10)
-    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, plan) as story:
-        timeline, subscribed, _ = story
-        assert (await _subscription(engine, subscribed["id"])).status == "trial"
-        trial_end = int((await timeline.subscription(subscribed["stripe_subscription_id"]))["trial_end"])
+async def test_a_trial_ends_three_days_after_its_warning_with_the_first_invoice_paid(stack: Stack) -> None:
+    plan = await create_plan(
+        stack.client, stack.auth("creator"), new_api_id(), monthly_price="15", trial_period_days=10
+    )
+    async with stack.paying_subscriber(plan) as story:
+        timeline = story.timeline
+        assert (await story.ours()).status == "trial"
+        trial_end = int((await timeline.subscription(story.stripe_id))["trial_end"])
         await timeline.advance_to(trial_end - 3 * DAY)
-        warned = [e for e in await _all_events(stripe_http, None) if e["type"].endswith("trial_will_end")]
-        assert warned[-1]["data"]["object"]["id"] == subscribed["stripe_subscription_id"]
+        warned = [
+            e for e in await _all_events(stack.stripe_http, None) if e["type"].endswith("trial_will_end")
+        ]
+        assert warned[-1]["data"]["object"]["id"] == story.stripe_id
         assert timeline.outcomes[warned[-1]["id"]] == "processed"
         await timeline.advance_to(trial_end + 2 * HOUR)
-        invoices = await _invoices(engine, subscribed["id"])
-        ours = await _subscription(engine, subscribed["id"])
+        invoices = await _invoices(stack.engine, story.subscribed["id"])
+        ours = await story.ours()
 
     assert ours.status == "active"
     assert [(i.status, i.amount_paid) for i in invoices if i.amount_paid] == [("paid", 1500)]
     assert int(ours.current_period_start.timestamp()) == trial_end
 
 
-async def test_a_lost_dispute_on_a_renewal_takes_back_the_creators_share_of_it(
-    client: httpx.AsyncClient,
-    stripe_http: httpx.AsyncClient,
-    worker_ctx: Ctx,
-    auth: Auth,
-    engine: AsyncEngine,
-    settings: Settings,
-) -> None:
-    plan = await create_plan(client, auth("creator"), new_api_id(), monthly_price="50")
-    async with _paying_subscriber(client, stripe_http, worker_ctx, auth, settings, plan) as story:
-        timeline, subscribed, _ = story
-        stripe_id = subscribed["stripe_subscription_id"]
-        first_invoice = (await timeline.subscription(stripe_id))["latest_invoice"]
+async def test_a_lost_dispute_on_a_renewal_takes_back_the_creators_share_of_it(stack: Stack) -> None:
+    stripe_http, engine = stack.stripe_http, stack.engine
+    plan = await create_plan(stack.client, stack.auth("creator"), new_api_id(), monthly_price="50")
+    async with stack.paying_subscriber(plan) as story:
+        timeline = story.timeline
         await timeline.advance_to(
-            int((await timeline.subscription(stripe_id))["current_period_end"]) + 2 * HOUR
+            int((await timeline.subscription(story.stripe_id))["current_period_end"]) + 2 * HOUR
         )
-        (renewal,) = await _renewals(engine, subscribed["id"], first_invoice)
-        earned = await _earnings(engine, subscribed["id"])
+        (renewal,) = await story.renewals()
+        earned = await _earnings(engine, story.subscribed["id"])
         intent = (await stripe_http.get(f"/v1/invoices/{renewal.stripe_invoice_id}")).json()["payment_intent"]
         charge = (await stripe_http.get(f"/v1/payment_intents/{intent}")).json()["latest_charge"]
         charge_id = charge["id"] if isinstance(charge, dict) else charge
         opened = (await stripe_http.post(f"/v1/test_helpers/charges/{charge_id}/dispute")).json()
         await stripe_http.post(f"/v1/test_helpers/disputes/{opened['id']}/close", data={"status": "lost"})
         await timeline.relay()
-        after = await _earnings(engine, subscribed["id"])
+        after = await _earnings(engine, story.subscribed["id"])
 
     assert earned["charge"] == 2 * 4000  # the first invoice and the renewal, 20% commission off
     assert after["charge"] == earned["charge"]

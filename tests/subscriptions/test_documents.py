@@ -162,16 +162,23 @@ async def _schema_rows(engine: AsyncEngine, consumer_id: uuid.UUID) -> list[Any]
         return list((await session.execute(statement)).all())
 
 
-@pytest.mark.usefixtures("lean_only")
-async def test_subscription_list_json_is_the_schemas_bytes_for_every_shape(
-    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
-) -> None:
+@pytest.fixture
+async def every_shape(engine: AsyncEngine, auth: Auth) -> tuple[dict[str, str], list[Any]]:
+    """A consumer holding a subscription of each shape: (their headers, the rows as the schema's
+    path reads them, newest first)."""
     consumer_row = rows.consumer()
     await rows.add(engine, consumer_row)
     await _every_shape(engine, consumer_row)
-    headers = auth("consumer", user_id=consumer_row.user_id)
     expected = await _schema_rows(engine, consumer_row.id)
     assert len(expected) == 8
+    return auth("consumer", user_id=consumer_row.user_id), expected
+
+
+@pytest.mark.usefixtures("lean_only")
+async def test_subscription_list_json_is_the_schemas_bytes_for_every_shape(
+    client: httpx.AsyncClient, every_shape: tuple[dict[str, str], list[Any]]
+) -> None:
+    headers, expected = every_shape
 
     response = await client.get("/api/v1/subscriptions", headers=headers)
 
@@ -183,16 +190,10 @@ async def test_subscription_list_json_is_the_schemas_bytes_for_every_shape(
 
 @pytest.mark.usefixtures("lean_only")
 async def test_subscription_list_pages_are_the_schemas_bytes_with_the_same_cursor(
-    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+    client: httpx.AsyncClient, every_shape: tuple[dict[str, str], list[Any]]
 ) -> None:
-    consumer_row = rows.consumer()
-    await rows.add(engine, consumer_row)
-    await _every_shape(engine, consumer_row)
-    headers = auth("consumer", user_id=consumer_row.user_id)
-    expected = await _schema_rows(engine, consumer_row.id)
-
+    headers, expected = every_shape
     first = await client.get("/api/v1/subscriptions", params={"limit": 4}, headers=headers)
-    assert len(expected) == 8
     cursor = encode_cursor(expected[3][0])
     second = await client.get("/api/v1/subscriptions", params={"limit": 4, "cursor": cursor}, headers=headers)
 
@@ -206,14 +207,10 @@ async def test_subscription_list_pages_are_the_schemas_bytes_with_the_same_curso
 
 @pytest.mark.usefixtures("lean_only")
 async def test_one_subscription_json_is_the_schemas_bytes_for_every_shape(
-    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+    client: httpx.AsyncClient, every_shape: tuple[dict[str, str], list[Any]]
 ) -> None:
-    consumer_row = rows.consumer()
-    await rows.add(engine, consumer_row)
-    await _every_shape(engine, consumer_row)
-    headers = auth("consumer", user_id=consumer_row.user_id)
-
-    for row in await _schema_rows(engine, consumer_row.id):
+    headers, expected = every_shape
+    for row in expected:
         response = await client.get(f"/api/v1/subscriptions/{row[0].id}", headers=headers)
         assert response.status_code == 200, response.text
         assert response.content == subscription_out(*row).model_dump_json().encode()

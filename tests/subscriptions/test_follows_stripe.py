@@ -14,7 +14,13 @@ from app import clock, metrics
 from app.config import Settings
 from app.models import OutboxMessage, Subscription
 from tests.support.billing_data import event, make_world, subscription_obj
-from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import (
+    Auth,
+    create_plan,
+    new_api_id,
+    stripe_customer_with_card,
+    subscribe,
+)
 from tests.support.stripe_side import billing_price, change_price_at_stripe, on_basic_of_two, price_of_plan
 from tests.support.sync import sync_service
 from tests.support.worker import Ctx, deliver, one, rows
@@ -26,9 +32,7 @@ async def test_a_stripe_cancellation_dated_before_our_own_stamp_still_cancels_an
     client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine, worker_ctx: Ctx
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id())
-    headers = auth("consumer")
-    customer = (await register(client, headers))["stripe_customer_id"]
-    await add_card(client, headers)
+    headers, customer = await stripe_customer_with_card(client, auth)
     created = (await subscribe(client, headers, plan)).json()
     assert created["status"] == "active"
     # Our clock runs 30 s ahead of Stripe's: cancelling at the period's end stamps that time.

@@ -1,26 +1,28 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import respx
-from fastapi import FastAPI
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.config import Settings
 from app.main import create_app
 from app.models import OutboxMessage
 from tests.support.journeys import (
+    CHECKOUT_SUCCESS_URL,
     Auth,
     add_card,
     consumer_with_card,
     create_plan,
     new_api_id,
+    on_cheaper_of_two,
+    preview_upgrade,
     register,
+    registered_consumer,
     subscribe,
+    subscribe_through_checkout,
 )
 
 
@@ -41,8 +43,7 @@ async def test_card_subscribe_upgrade_cancel_issues_and_revokes_the_key(
     api_id = new_api_id()
     basic = await create_plan(client, creator, api_id, name="Basic", monthly_price="9.99", call_limit=1000)
     pro = await create_plan(client, creator, api_id, name="Pro", monthly_price="29")
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     card = await add_card(client, headers)
 
     created = await subscribe(client, headers, basic, payment_method_id=card["id"])
@@ -76,8 +77,7 @@ async def test_fresh_payment_method_from_stripe_js_is_attached_and_made_default(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id())
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     created = await subscribe(client, headers, plan, payment_method_id="pm_card_visa")
     assert created.status_code == 201, created.text
     assert created.json()["status"] == "active"
@@ -90,8 +90,7 @@ async def test_paid_plan_without_any_card_is_422_naming_payment_method_id(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id())
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     response = await subscribe(client, headers, plan)
     assert response.status_code == 422
     assert response.json()["details"][0]["field"] == "payment_method_id"
@@ -101,8 +100,7 @@ async def test_free_plan_is_active_at_once_without_stripe_and_requests_a_key(
     client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id(), type="free", call_limit=100)
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     response = await subscribe(client, headers, plan)
     assert response.status_code == 201
     body = response.json()
@@ -114,8 +112,7 @@ async def test_free_plan_is_active_at_once_without_stripe_and_requests_a_key(
 
 async def test_second_live_subscription_to_the_same_api_is_409(client: httpx.AsyncClient, auth: Auth) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id(), type="free")
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     assert (await subscribe(client, headers, plan)).status_code == 201
     again = await subscribe(client, headers, plan)
     assert again.status_code == 409
@@ -129,8 +126,7 @@ async def test_deactivated_plan_refuses_new_subscriptions_with_409(
     plan = await create_plan(client, creator, new_api_id(), type="free")
     deleted = await client.delete(f"/api/v1/apis/{plan['api_id']}/plans/{plan['id']}", headers=creator)
     assert deleted.status_code == 204
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     response = await subscribe(client, headers, plan)
     assert response.status_code == 409
     assert response.json()["code"] == "plan_inactive"
@@ -141,8 +137,7 @@ async def test_existing_subscription_runs_on_after_its_plan_is_deactivated(
 ) -> None:
     creator = auth("creator")
     plan = await create_plan(client, creator, new_api_id(), type="free")
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     created = (await subscribe(client, headers, plan)).json()
     await client.delete(f"/api/v1/apis/{plan['api_id']}/plans/{plan['id']}", headers=creator)
     fetched = await client.get(f"/api/v1/subscriptions/{created['id']}", headers=headers)
@@ -151,8 +146,7 @@ async def test_existing_subscription_runs_on_after_its_plan_is_deactivated(
 
 async def test_plan_mismatching_api_id_is_404(client: httpx.AsyncClient, auth: Auth) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id(), type="free")
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     response = await client.post(
         "/api/v1/subscriptions", json={"api_id": "other-api", "pricing_plan_id": plan["id"]}, headers=headers
     )
@@ -207,8 +201,7 @@ async def test_cancelling_a_cancelled_subscription_returns_it_unchanged(
     client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id(), type="free")
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     created = (await subscribe(client, headers, plan)).json()
     url = f"/api/v1/subscriptions/{created['id']}/cancel"
     first = await client.put(url, json={"immediately": True}, headers=headers)
@@ -240,8 +233,7 @@ async def test_upgrade_to_another_apis_plan_is_422(client: httpx.AsyncClient, au
     creator = auth("creator")
     mine = await create_plan(client, creator, new_api_id(), type="free")
     other = await create_plan(client, creator, new_api_id(), type="free")
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     created = (await subscribe(client, headers, mine)).json()
     response = await client.put(
         f"/api/v1/subscriptions/{created['id']}/upgrade",
@@ -255,17 +247,8 @@ async def test_upgrade_to_another_apis_plan_is_422(client: httpx.AsyncClient, au
 async def test_upgrade_preview_against_the_emulator_gives_amount_and_lines(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
-    creator = auth("creator")
-    api_id = new_api_id()
-    basic = await create_plan(client, creator, api_id, monthly_price="10")
-    pro = await create_plan(client, creator, api_id, monthly_price="30")
-    headers = await consumer_with_card(client, auth)
-    created = (await subscribe(client, headers, basic)).json()
-    response = await client.get(
-        f"/api/v1/subscriptions/{created['id']}/upgrade/preview",
-        params={"new_pricing_plan_id": pro["id"]},
-        headers=headers,
-    )
+    headers, created, _basic, pro = await on_cheaper_of_two(client, auth)
+    response = await preview_upgrade(client, headers, created["id"], pro)
     assert response.status_code == 200, response.text
     body = response.json()
     assert set(body) == {"amount_due", "currency", "lines", "proration_date"}
@@ -279,8 +262,7 @@ async def test_list_is_paginated_newest_first_with_a_stable_cursor(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
     creator = auth("creator")
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     ids = []
     for _ in range(5):
         plan = await create_plan(client, creator, new_api_id(), type="free")
@@ -301,8 +283,7 @@ async def test_list_is_paginated_newest_first_with_a_stable_cursor(
 
 async def test_list_filters_by_status(client: httpx.AsyncClient, auth: Auth) -> None:
     creator = auth("creator")
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     first_plan = await create_plan(client, creator, new_api_id(), type="free")
     second_plan = await create_plan(client, creator, new_api_id(), type="free")
     kept = (await subscribe(client, headers, first_plan)).json()
@@ -316,31 +297,28 @@ async def test_list_filters_by_status(client: httpx.AsyncClient, auth: Auth) -> 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=101", "cursor=not-a-cursor", "status=paused"])
 async def test_bad_list_parameters_are_422(client: httpx.AsyncClient, auth: Auth, query: str) -> None:
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     response = await client.get(f"/api/v1/subscriptions?{query}", headers=headers)
     assert response.status_code == 422
 
 
-async def test_usage_combines_records_with_the_live_count(
-    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
-) -> None:
+async def _live_usage(client: httpx.AsyncClient, auth: Auth, summary: dict[str, int]) -> dict[str, Any]:
+    """The usage a free plan's subscription (100 calls a month) reports while metering answers
+    `summary`."""
     plan = await create_plan(client, auth("creator"), new_api_id(), type="free", call_limit=100)
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     created = (await subscribe(client, headers, plan)).json()
     with respx.mock(assert_all_called=True) as mock:
         mock.get(url__regex=rf"http://metering\.test/api/v1/usage/subscription/{created['id']}.*").respond(
-            200,
-            json={
-                "subscription_id": created["id"],
-                "summary": {"total_calls": 42, "successful_calls": 40, "failed_calls": 2},
-                "recent_calls": [],
-            },
+            200, json={"subscription_id": created["id"], "summary": summary, "recent_calls": []}
         )
         response = await client.get(f"/api/v1/subscriptions/{created['id']}/usage", headers=headers)
     assert response.status_code == 200, response.text
-    body = response.json()
+    return dict(response.json())
+
+
+async def test_usage_combines_records_with_the_live_count(client: httpx.AsyncClient, auth: Auth) -> None:
+    body = await _live_usage(client, auth, {"total_calls": 42, "successful_calls": 40, "failed_calls": 2})
     assert (body["total_calls"], body["successful_calls"], body["failed_calls"]) == (42, 40, 2)
     # The limit counts successful calls, as the usage worker reports and bills them.
     assert (body["call_limit"], body["remaining_calls"]) == (100, 60)
@@ -349,24 +327,8 @@ async def test_usage_combines_records_with_the_live_count(
     assert (body["estimated_amount"], body["currency"]) == (0, "usd")
 
 
-async def test_usage_over_the_call_limit_says_so(
-    client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
-) -> None:
-    plan = await create_plan(client, auth("creator"), new_api_id(), type="free", call_limit=100)
-    headers = auth("consumer")
-    await register(client, headers)
-    created = (await subscribe(client, headers, plan)).json()
-    with respx.mock(assert_all_called=True) as mock:
-        mock.get(url__regex=rf"http://metering\.test/api/v1/usage/subscription/{created['id']}.*").respond(
-            200,
-            json={
-                "subscription_id": created["id"],
-                "summary": {"total_calls": 101, "successful_calls": 101, "failed_calls": 0},
-                "recent_calls": [],
-            },
-        )
-        response = await client.get(f"/api/v1/subscriptions/{created['id']}/usage", headers=headers)
-    body = response.json()
+async def test_usage_over_the_call_limit_says_so(client: httpx.AsyncClient, auth: Auth) -> None:
+    body = await _live_usage(client, auth, {"total_calls": 101, "successful_calls": 101, "failed_calls": 0})
     assert (body["total_calls"], body["remaining_calls"], body["over_limit"]) == (101, 0, True)
 
 
@@ -400,22 +362,14 @@ async def test_checkout_against_the_emulator_gives_a_page_that_pays_the_session(
     client: httpx.AsyncClient, auth: Auth, settings: Any
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id())
-    headers = auth("consumer")
-    await register(client, headers)
-    response = await subscribe(
-        client,
-        headers,
-        plan,
-        checkout=True,
-        success_url="https://market.example/ok",
-        cancel_url="https://market.example/no",
-    )
+    headers = await registered_consumer(client, auth)
+    response = await subscribe_through_checkout(client, headers, plan)
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["status"] == "incomplete"
     async with httpx.AsyncClient() as browser:
         page = await browser.get(body["checkout_url"], follow_redirects=False)
-        assert (page.status_code, page.headers["location"]) == (302, "https://market.example/ok")
+        assert (page.status_code, page.headers["location"]) == (302, CHECKOUT_SUCCESS_URL)
         session_id = body["checkout_url"].rsplit("/", 1)[1]
         session = await browser.get(
             f"{settings.stripe_api_base}/v1/checkout/sessions/{session_id}",
@@ -430,18 +384,8 @@ async def test_cancelling_a_pending_checkout_expires_the_session(
     client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id())
-    headers = auth("consumer")
-    await register(client, headers)
-    created = (
-        await subscribe(
-            client,
-            headers,
-            plan,
-            checkout=True,
-            success_url="https://m.example/ok",
-            cancel_url="https://m.example/no",
-        )
-    ).json()
+    headers = await registered_consumer(client, auth)
+    created = (await subscribe_through_checkout(client, headers, plan)).json()
     response = await client.put(f"/api/v1/subscriptions/{created['id']}/cancel", headers=headers)
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "cancelled"
@@ -452,8 +396,7 @@ async def test_cancelling_a_pending_checkout_expires_the_session(
 async def test_portal_session_against_the_emulator_returns_a_url(
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     response = await client.post(
         "/api/v1/consumers/portal-session", json={"return_url": "https://market.example/me"}, headers=headers
     )
@@ -477,8 +420,7 @@ async def test_card_needing_authentication_leaves_the_subscription_incomplete_wi
             auth=(settings.stripe_secret_key.get_secret_value(), ""),
         )
     plan = await create_plan(client, auth("creator"), new_api_id())
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     response = await subscribe(client, headers, plan, payment_method_id=created_card.json()["id"])
     assert response.status_code == 201, response.text
     body = response.json()
@@ -493,7 +435,6 @@ async def test_usage_answers_within_the_sibling_budget_when_metering_hangs(
     import asyncio
     import time
 
-    from app.main import create_app
     from tests.support.settings import make_settings
 
     async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -515,8 +456,7 @@ async def test_usage_answers_within_the_sibling_budget_when_metering_hangs(
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
     ):
         plan = await create_plan(http, auth("creator"), new_api_id(), type="free")
-        headers = auth("consumer")
-        await register(http, headers)
+        headers = await registered_consumer(http, auth)
         created = (await subscribe(http, headers, plan)).json()
         started = time.perf_counter()
         response = await http.get(f"/api/v1/subscriptions/{created['id']}/usage", headers=headers)
@@ -524,16 +464,6 @@ async def test_usage_answers_within_the_sibling_budget_when_metering_hangs(
     assert response.status_code == 200
     assert response.json()["live"] is False
     assert elapsed < 2.5
-
-
-@pytest.fixture
-async def taxed_client(settings: Settings, engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
-    """The app against the emulator with STRIPE_TAX_ENABLED."""
-    application: FastAPI = create_app(settings.model_copy(update={"stripe_tax_enabled": True}))
-    async with application.router.lifespan_context(application):
-        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as http:
-            yield http
 
 
 async def test_with_stripe_tax_the_emulator_still_subscribes_upgrades_and_checks_out(
@@ -553,14 +483,7 @@ async def test_with_stripe_tax_the_emulator_still_subscribes_upgrades_and_checks
     assert upgraded.status_code == 200, upgraded.text
     other = auth("consumer", user_id="taxed-checkout")
     await register(taxed_client, other)
-    checkout = await subscribe(
-        taxed_client,
-        other,
-        basic,
-        checkout=True,
-        success_url="https://market.example/ok",
-        cancel_url="https://market.example/no",
-    )
+    checkout = await subscribe_through_checkout(taxed_client, other, basic)
     assert checkout.status_code == 201, checkout.text
     assert checkout.json()["checkout_url"]
 
@@ -569,8 +492,7 @@ async def test_a_subscription_says_its_api_key_is_being_issued_until_the_key_is_
     client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id(), type="free", call_limit=100)
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     created = (await subscribe(client, headers, plan)).json()
     assert (created["api_key_id"], created["api_key_status"]) == (None, "issuing")
     async with engine.begin() as connection:
@@ -589,8 +511,7 @@ async def test_the_dev_sca_test_card_leaves_the_subscription_incomplete_with_a_c
     client: httpx.AsyncClient, auth: Auth
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id())
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     created = await subscribe(client, headers, plan, payment_method_id="pm_card_authenticationRequired")
     assert created.status_code == 201, created.text
     assert created.json()["status"] == "incomplete"

@@ -26,7 +26,13 @@ from app.config import Settings
 from app.models import Subscription
 from app.stripe.test_clocks import TestClockTime
 from tests.support.billing_data import World, invoice_obj, make_world, subscription_obj
-from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import (
+    Auth,
+    create_plan,
+    new_api_id,
+    stripe_customer_with_card,
+    subscribe,
+)
 from tests.support.settings import make_settings
 from tests.support.stripe_payments import PERIOD, T0, refund
 from tests.support.stripe_wire import consumer_with_card
@@ -81,9 +87,7 @@ async def test_a_subscribe_retried_after_its_commit_failed_creates_one_stripe_su
     idempotency_key: str | None,
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id())
-    headers = auth("consumer")
-    customer = (await register(client, headers))["stripe_customer_id"]
-    await add_card(client, headers)
+    headers, customer = await stripe_customer_with_card(client, auth)
     if idempotency_key is not None:
         headers = {**headers, "Idempotency-Key": idempotency_key}
 
@@ -105,9 +109,7 @@ async def test_subscribing_again_after_a_cancellation_is_a_new_stripe_subscripti
     client: httpx.AsyncClient, auth: Auth, stripe_http: httpx.AsyncClient
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id())
-    headers = auth("consumer")
-    customer = (await register(client, headers))["stripe_customer_id"]
-    await add_card(client, headers)
+    headers, customer = await stripe_customer_with_card(client, auth)
     first = (await subscribe(client, headers, plan)).json()
     cancelled = await client.put(
         f"/api/v1/subscriptions/{first['id']}/cancel", json={"immediately": True}, headers=headers
@@ -130,9 +132,7 @@ async def test_sync_reports_the_stripe_subscription_of_a_subscribe_that_was_neve
     settings: Settings,
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id())
-    headers = auth("consumer")
-    customer = (await register(client, headers))["stripe_customer_id"]
-    await add_card(client, headers)
+    headers, customer = await stripe_customer_with_card(client, auth)
     with commit_fails_once_after_stripe_answered():
         assert (await subscribe(client, headers, plan)).status_code == 503
     [orphan] = await _stripe_subscriptions(stripe_http, customer)

@@ -115,3 +115,8 @@ class FakeStripeInvoices:
                 side_effect=lambda _: httpx.Response(200, json=self.invoice("open", **sent))
             ),
         }
+
+
+Routes = dict[str, respx.Route]
+# The `stripe_invoices` fixture: the fake and its routes by name.
+StripeInvoices = tuple[FakeStripeInvoices, Routes]

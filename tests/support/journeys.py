@@ -49,14 +49,47 @@ async def subscribe(
     return await client.post("/api/v1/subscriptions", json=body, headers=headers)
 
 
+# Where Checkout sends the consumer back to, paid or not.
+CHECKOUT_SUCCESS_URL = "https://market.example/ok"
+CHECKOUT_CANCEL_URL = "https://market.example/no"
+
+
+async def subscribe_through_checkout(
+    client: httpx.AsyncClient, headers: dict[str, str], plan: dict[str, Any]
+) -> httpx.Response:
+    """Subscribe as the frontend does for a consumer without a card: through a Checkout page."""
+    return await subscribe(
+        client,
+        headers,
+        plan,
+        checkout=True,
+        success_url=CHECKOUT_SUCCESS_URL,
+        cancel_url=CHECKOUT_CANCEL_URL,
+    )
+
+
+async def registered_consumer(client: httpx.AsyncClient, auth: Auth) -> dict[str, str]:
+    """A new consumer, registered (without a card): its headers."""
+    headers = auth("consumer")
+    await register(client, headers)
+    return headers
+
+
 async def consumer_with_card(
     client: httpx.AsyncClient, auth: Auth, payment_method_id: str = "pm_card_visa"
 ) -> dict[str, str]:
     """A new consumer, registered, with a default card: its headers."""
-    headers = auth("consumer")
-    await register(client, headers)
+    headers = await registered_consumer(client, auth)
     await add_card(client, headers, payment_method_id)
     return headers
+
+
+async def stripe_customer_with_card(client: httpx.AsyncClient, auth: Auth) -> tuple[dict[str, str], str]:
+    """A new consumer, registered, with a default card: (its headers, its Stripe customer id)."""
+    headers = auth("consumer")
+    customer = (await register(client, headers))["stripe_customer_id"]
+    await add_card(client, headers)
+    return headers, str(customer)
 
 
 async def subscribed_consumer(
@@ -67,3 +100,40 @@ async def subscribed_consumer(
     created = await subscribe(client, headers, plan)
     assert created.status_code == 201, created.text
     return headers, dict(created.json())
+
+
+async def on_cheaper_of_two(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    prices: tuple[str, str] = ("10", "30"),
+    payment_method_id: str = "pm_card_visa",
+) -> tuple[dict[str, str], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A consumer with a card subscribed to Basic of an API that also has a dearer Pro: (their
+    headers, the subscription, Basic, Pro) as the API answered them."""
+    creator = auth("creator")
+    api_id = new_api_id()
+    basic = await create_plan(client, creator, api_id, name="Basic", monthly_price=prices[0])
+    pro = await create_plan(client, creator, api_id, name="Pro", monthly_price=prices[1])
+    headers = await consumer_with_card(client, auth, payment_method_id)
+    created = (await subscribe(client, headers, basic)).json()
+    return headers, dict(created), basic, pro
+
+
+async def preview_upgrade(
+    client: httpx.AsyncClient, headers: dict[str, str], subscription_id: str, plan: dict[str, Any]
+) -> httpx.Response:
+    return await client.get(
+        f"/api/v1/subscriptions/{subscription_id}/upgrade/preview",
+        params={"new_pricing_plan_id": plan["id"]},
+        headers=headers,
+    )
+
+
+async def upgrade(
+    client: httpx.AsyncClient, headers: dict[str, str], subscription_id: str, plan: dict[str, Any]
+) -> httpx.Response:
+    return await client.put(
+        f"/api/v1/subscriptions/{subscription_id}/upgrade",
+        json={"new_pricing_plan_id": plan["id"]},
+        headers=headers,
+    )

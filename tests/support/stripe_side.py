@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import PricingPlanVersion, Subscription
-from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import Auth, on_cheaper_of_two
 
 
 def emulator(settings: Settings) -> httpx.AsyncClient:
@@ -59,14 +59,7 @@ async def on_basic_of_two(
 ) -> tuple[dict[str, str], dict[str, Any], dict[str, Any], dict[str, Any]]:
     """A consumer (their headers) subscribed at the emulator to Basic of an API that also has Pro;
     with the subscription and both plans as the API answered them."""
-    creator = auth("creator")
-    api_id = new_api_id()
-    basic = await create_plan(client, creator, api_id, name="Basic", monthly_price="10")
-    pro = await create_plan(client, creator, api_id, name="Pro", monthly_price="30")
-    headers = auth("consumer")
-    await register(client, headers)
-    await add_card(client, headers)
-    created = (await subscribe(client, headers, basic)).json()
+    headers, created, basic, pro = await on_cheaper_of_two(client, auth)
     assert created["status"] == "active", created
     return headers, created, basic, pro
 

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.main import create_app
 from tests.support import journeys
+from tests.support.asgi import api_client
 from tests.support.journeys import Auth
 from tests.support.settings import make_settings
 
@@ -122,8 +123,7 @@ async def wire_app(settings: Settings) -> AsyncIterator[FastAPI]:
 async def wire(
     wire_app: FastAPI, engine: AsyncEngine, stripe_api: respx.MockRouter
 ) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=wire_app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://billing.test") as http:
+    async with api_client(wire_app) as http:
         yield http
 
 

@@ -14,24 +14,23 @@ from app.config import Settings
 from app.sync.ratelimit import RateLimiter
 
 
-def test_sync_prints_a_table_of_what_it_checked(
-    settings: Settings, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def dry_run_output(settings: Settings, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> str:
+    """What `billing sync --dry-run` prints, having succeeded."""
     monkeypatch.setattr(cli_module, "settings_or_exit", lambda: settings)
     result = CliRunner().invoke(cli_module.cli, ["sync", "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert "dry run" in result.output
+    return result.output
+
+
+def test_sync_prints_a_table_of_what_it_checked(dry_run_output: str) -> None:
+    assert "dry run" in dry_run_output
     for resource in ("customers", "subscriptions", "invoices"):
-        assert resource in result.output
+        assert resource in dry_run_output
 
 
-def test_sync_explains_each_column_of_its_table(
-    settings: Settings, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(cli_module, "settings_or_exit", lambda: settings)
-    result = CliRunner().invoke(cli_module.cli, ["sync", "--dry-run"])
-    assert result.exit_code == 0, result.output
-    legend = {line.split(":")[0].strip() for line in result.output.splitlines() if ": " in line}
+def test_sync_explains_each_column_of_its_table(dry_run_output: str) -> None:
+    legend = {line.split(":")[0].strip() for line in dry_run_output.splitlines() if ": " in line}
     assert {column for column, _ in cli_module.SYNC_COLUMNS} <= legend
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,13 +19,23 @@ from app.models import (
     Invoice,
     OutboxMessage,
     PaymentMethod,
-    PricingPlanVersion,
     Subscription,
     SyncRun,
 )
+from tests.support.journeys import Auth, register
+from tests.support.stripe_side import price_of_plan
 from tests.support.sync import sync_service
 
-Auth = Callable[..., dict[str, str]]
+
+async def _default_card_at_stripe(stripe_http: httpx.AsyncClient, customer: str) -> dict[str, Any]:
+    """A card attached to `customer` and made its default at Stripe, behind our back."""
+    card = (
+        await stripe_http.post("/v1/payment_methods/pm_card_visa/attach", data={"customer": customer})
+    ).json()
+    await stripe_http.post(
+        f"/v1/customers/{customer}", data={"invoice_settings[default_payment_method]": card["id"]}
+    )
+    return dict(card)
 
 
 async def _stripe_subscription_with_row(
@@ -39,20 +50,8 @@ async def _stripe_subscription_with_row(
     )
     consumer = (await client.post("/api/v1/consumers/register", headers=auth("consumer"))).json()
     customer = consumer["stripe_customer_id"]
-    card = (
-        await stripe_http.post("/v1/payment_methods/pm_card_visa/attach", data={"customer": customer})
-    ).json()
-    await stripe_http.post(
-        f"/v1/customers/{customer}", data={"invoice_settings[default_payment_method]": card["id"]}
-    )
-    async with engine.connect() as connection:
-        price = (
-            await connection.execute(
-                select(PricingPlanVersion.stripe_price_id).where(
-                    PricingPlanVersion.plan_id == plan.json()["id"]
-                )
-            )
-        ).scalar_one()
+    await _default_card_at_stripe(stripe_http, customer)
+    price = await price_of_plan(engine, plan.json()["id"])
     our_id = uuid.uuid4()
     stripe_sub = (
         await stripe_http.post(
@@ -77,14 +76,18 @@ async def _stripe_subscription_with_row(
     return stripe_sub["id"], our_id
 
 
+@pytest.fixture
+async def behind(
+    client: httpx.AsyncClient, auth: Auth, stripe_http: httpx.AsyncClient, engine: AsyncEngine
+) -> tuple[str, uuid.UUID]:
+    """A subscription Stripe bills (active) that our row still holds as incomplete: (its Stripe id, ours)."""
+    return await _stripe_subscription_with_row(client, auth, stripe_http, engine, "incomplete")
+
+
 async def test_sync_repairs_a_drifted_subscription_and_requests_its_key(
-    client: httpx.AsyncClient,
-    auth: Auth,
-    stripe_http: httpx.AsyncClient,
-    engine: AsyncEngine,
-    settings: Settings,
+    behind: tuple[str, uuid.UUID], engine: AsyncEngine, settings: Settings
 ) -> None:
-    stripe_id, our_id = await _stripe_subscription_with_row(client, auth, stripe_http, engine, "incomplete")
+    stripe_id, our_id = behind
     run = await sync_service(engine, settings).run()
     assert run.status == "completed"
     assert run.report["subscriptions"]["changed"] >= 1
@@ -109,13 +112,9 @@ async def test_sync_repairs_a_drifted_subscription_and_requests_its_key(
 
 
 async def test_dry_run_reports_without_changing(
-    client: httpx.AsyncClient,
-    auth: Auth,
-    stripe_http: httpx.AsyncClient,
-    engine: AsyncEngine,
-    settings: Settings,
+    behind: tuple[str, uuid.UUID], engine: AsyncEngine, settings: Settings
 ) -> None:
-    _, our_id = await _stripe_subscription_with_row(client, auth, stripe_http, engine, "incomplete")
+    _, our_id = behind
     run = await sync_service(engine, settings, dry_run=True).run()
     assert run.report["subscriptions"]["changed"] >= 1
     async with engine.connect() as connection:
@@ -127,14 +126,15 @@ async def test_dry_run_reports_without_changing(
     assert outbox == []
 
 
+@pytest.fixture
+async def consumer(client: httpx.AsyncClient, auth: Auth) -> dict[str, Any]:
+    """A consumer registered through our API, with its Stripe customer."""
+    return await register(client, auth("consumer"))
+
+
 async def test_customer_email_drift_is_repaired(
-    client: httpx.AsyncClient,
-    auth: Auth,
-    stripe_http: httpx.AsyncClient,
-    engine: AsyncEngine,
-    settings: Settings,
+    consumer: dict[str, Any], stripe_http: httpx.AsyncClient, engine: AsyncEngine, settings: Settings
 ) -> None:
-    consumer = (await client.post("/api/v1/consumers/register", headers=auth("consumer"))).json()
     await stripe_http.post(
         f"/v1/customers/{consumer['stripe_customer_id']}", data={"email": "new@example.com"}
     )
@@ -174,20 +174,10 @@ async def test_two_syncs_at_once_run_one(engine: AsyncEngine, settings: Settings
 
 
 async def test_cards_follow_stripe_added_default_and_detached(
-    client: httpx.AsyncClient,
-    auth: Auth,
-    stripe_http: httpx.AsyncClient,
-    engine: AsyncEngine,
-    settings: Settings,
+    consumer: dict[str, Any], stripe_http: httpx.AsyncClient, engine: AsyncEngine, settings: Settings
 ) -> None:
-    consumer = (await client.post("/api/v1/consumers/register", headers=auth("consumer"))).json()
     customer = consumer["stripe_customer_id"]
-    card = (
-        await stripe_http.post("/v1/payment_methods/pm_card_visa/attach", data={"customer": customer})
-    ).json()
-    await stripe_http.post(
-        f"/v1/customers/{customer}", data={"invoice_settings[default_payment_method]": card["id"]}
-    )
+    card = await _default_card_at_stripe(stripe_http, customer)
 
     run = await sync_service(engine, settings).run()
     assert any(card["id"] in d for d in run.report["customers"]["differences"])
@@ -204,13 +194,9 @@ async def test_cards_follow_stripe_added_default_and_detached(
 
 
 async def test_invoices_are_mirrored_and_paid_ones_book_earnings_once(
-    client: httpx.AsyncClient,
-    auth: Auth,
-    stripe_http: httpx.AsyncClient,
-    engine: AsyncEngine,
-    settings: Settings,
+    behind: tuple[str, uuid.UUID], engine: AsyncEngine, settings: Settings
 ) -> None:
-    _, our_id = await _stripe_subscription_with_row(client, auth, stripe_http, engine, "incomplete")
+    _, our_id = behind
     first = await sync_service(engine, settings).run()
     assert first.report["invoices"]["changed"] >= 1
     async with engine.connect() as connection:

@@ -29,7 +29,7 @@ from app.usage.service import UsageService
 from app.usage.windows import day_start
 from app.webhooks.jobs import process_stripe_event
 from tests.support.billing_data import event, invoice_obj, make_world, subscription_obj
-from tests.support.journeys import Auth, create_plan, new_api_id, subscribed_consumer
+from tests.support.journeys import Auth, create_plan, new_api_id, subscribed_consumer, upgrade
 from tests.support.stripe_side import change_price_at_stripe
 from tests.support.sync import sync_service
 from tests.support.usage import METERING, meter_event_api, pay_per_use, usage_windows
@@ -109,6 +109,17 @@ async def cli(*args: str) -> Result:
 def _next_morning(today: date) -> clock.ManualClock:
     """Business time five minutes into the day after `today`, when the cron has counted `today`."""
     return clock.ManualClock(day_start(today + timedelta(days=1)) + timedelta(minutes=5))
+
+
+async def _sent_after_next_morning(
+    services: Services, worker_ctx: Ctx, subscription_id: str, today: date, calls_today: int
+) -> list[str]:
+    """Metering counts `calls_today` for the subscription today; the next morning's aggregation
+    runs: every meter event value sent to Stripe so far."""
+    services.counts.set(subscription_id, today, calls_today)
+    with clock.use(_next_morning(today)):
+        await aggregate_usage(worker_ctx)
+    return [p["payload[value]"] for p in services.sent()]
 
 
 def quarantined_total() -> float:
@@ -347,6 +358,39 @@ async def test_final_invoice_of_a_cancelled_pay_per_use_subscription_carries_eve
 # --- item 4: cancelling now invoices what was used ----------------------------------------------
 
 
+PAY_PER_USE: dict[str, Any] = {"type": "pay_per_use", "price_per_call": "0.01"}
+FLAT: dict[str, Any] = {"monthly_price": "29"}
+
+
+async def _on_flat_with_30_calls_today(
+    client: httpx.AsyncClient, auth: Auth, services: Services
+) -> tuple[dict[str, str], dict[str, Any], dict[str, Any], dict[str, Any], date]:
+    """A consumer on a flat plan whose API also has a pay-per-use one, with 30 calls counted today:
+    (their headers, the subscription, the flat plan, the pay-per-use plan, today)."""
+    headers, created, flat, metered = await _subscribed_to_one_of_two(client, auth, FLAT, PAY_PER_USE)
+    today = datetime.now(UTC).date()
+    services.counts.set(created["id"], today, 30)
+    return headers, created, flat, metered, today
+
+
+async def _assert_only_the_70_after_the_change_are_billed(
+    services: Services, worker_ctx: Ctx, engine: AsyncEngine, subscription_id: str, today: date
+) -> None:
+    """70 more calls today, after the change to pay-per-use: only they are sent, and the day's
+    windows split at the change."""
+    assert await _sent_after_next_morning(services, worker_ctx, subscription_id, today, 100) == ["70"]
+    stored = await usage_windows(engine, uuid.UUID(subscription_id))
+    assert [(w.quantity, w.report_status) for w in stored] == [(30, "unbilled"), (70, "accepted")]
+
+
+async def _plan_changed_at_stripe(
+    settings: Settings, engine: AsyncEngine, subscription_id: str, plan: dict[str, Any]
+) -> dict[str, Any]:
+    """The subscription moved to `plan` at Stripe: the `customer.subscription.updated` event saying so."""
+    snapshot = await change_price_at_stripe(settings, engine, subscription_id, plan["id"])
+    return event("customer.subscription.updated", snapshot, created=int(datetime.now(UTC).timestamp()) + 5)
+
+
 async def _subscribed_to_one_of_two(
     client: httpx.AsyncClient, auth: Auth, subscribed: dict[str, Any], other: dict[str, Any]
 ) -> tuple[dict[str, str], dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -403,11 +447,7 @@ async def test_downgrading_to_free_sends_the_usage_so_far_then_has_stripe_invoic
     )
     services.counts.set(created["id"], datetime.now(UTC).date(), 25)
 
-    changed = await client.put(
-        f"/api/v1/subscriptions/{created['id']}/upgrade",
-        json={"new_pricing_plan_id": free["id"]},
-        headers=headers,
-    )
+    changed = await upgrade(client, headers, created["id"], free)
     assert changed.status_code == 200, changed.text
     to_stripe = [c.request for c in services.mock.calls if c.request.url.host == "127.0.0.1"]
     kinds = [(r.method, r.url.path) for r in to_stripe]
@@ -433,18 +473,12 @@ async def test_calls_on_pay_per_use_before_a_change_to_a_flat_plan_are_billed_an
     today = datetime.now(UTC).date()
     services.counts.set(created["id"], today, 40)
 
-    changed = await client.put(
-        f"/api/v1/subscriptions/{created['id']}/upgrade",
-        json={"new_pricing_plan_id": flat["id"]},
-        headers=headers,
-    )
+    changed = await upgrade(client, headers, created["id"], flat)
     assert changed.status_code == 200, changed.text
     assert [p["payload[value]"] for p in services.sent()] == ["40"]
 
-    services.counts.set(created["id"], today, 100)  # 60 more calls today, on the flat plan
-    with clock.use(_next_morning(today)):
-        await aggregate_usage(worker_ctx)
-    assert [p["payload[value]"] for p in services.sent()] == ["40"]
+    # 60 more calls today, on the flat plan
+    assert await _sent_after_next_morning(services, worker_ctx, created["id"], today, 100) == ["40"]
     stored = await usage_windows(engine, uuid.UUID(created["id"]))
     assert [(w.quantity, w.report_status) for w in stored] == [(40, "accepted"), (60, "unbilled")]
     assert stored[0].window_end == stored[1].window_start
@@ -453,26 +487,13 @@ async def test_calls_on_pay_per_use_before_a_change_to_a_flat_plan_are_billed_an
 async def test_calls_on_a_flat_plan_before_a_change_to_pay_per_use_are_not_billed_per_call(
     client: httpx.AsyncClient, auth: Auth, services: Services, worker_ctx: Ctx, engine: AsyncEngine
 ) -> None:
-    headers, created, _flat, metered = await _subscribed_to_one_of_two(
-        client, auth, {"monthly_price": "29"}, {"type": "pay_per_use", "price_per_call": "0.01"}
-    )
-    today = datetime.now(UTC).date()
-    services.counts.set(created["id"], today, 30)
+    headers, created, _flat, metered, today = await _on_flat_with_30_calls_today(client, auth, services)
 
-    changed = await client.put(
-        f"/api/v1/subscriptions/{created['id']}/upgrade",
-        json={"new_pricing_plan_id": metered["id"]},
-        headers=headers,
-    )
+    changed = await upgrade(client, headers, created["id"], metered)
     assert changed.status_code == 200, changed.text
     assert services.meter_events.call_count == 0
 
-    services.counts.set(created["id"], today, 100)  # 70 more calls today, on pay-per-use
-    with clock.use(_next_morning(today)):
-        await aggregate_usage(worker_ctx)
-    assert [p["payload[value]"] for p in services.sent()] == ["70"]
-    stored = await usage_windows(engine, uuid.UUID(created["id"]))
-    assert [(w.quantity, w.report_status) for w in stored] == [(30, "unbilled"), (70, "accepted")]
+    await _assert_only_the_70_after_the_change_are_billed(services, worker_ctx, engine, created["id"], today)
 
 
 async def test_a_plan_change_made_at_stripe_bills_the_calls_before_it_by_the_plan_they_were_made_on(
@@ -483,14 +504,9 @@ async def test_a_plan_change_made_at_stripe_bills_the_calls_before_it_by_the_pla
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
-    headers, created, flat, metered = await _subscribed_to_one_of_two(
-        client, auth, {"monthly_price": "29"}, {"type": "pay_per_use", "price_per_call": "0.01"}
-    )
-    today = datetime.now(UTC).date()
-    services.counts.set(created["id"], today, 30)
+    headers, created, flat, metered, today = await _on_flat_with_30_calls_today(client, auth, services)
 
-    snapshot = await change_price_at_stripe(settings, engine, created["id"], metered["id"])
-    changed = event("customer.subscription.updated", snapshot, created=int(datetime.now(UTC).timestamp()) + 5)
+    changed = await _plan_changed_at_stripe(settings, engine, created["id"], metered)
     # Until the calls before the change are counted, the plan does not move (the event is retried).
     services.counts.down = True
     with pytest.raises(Retry):
@@ -503,12 +519,7 @@ async def test_a_plan_change_made_at_stripe_bills_the_calls_before_it_by_the_pla
     assert current["pricing_plan"]["id"] == metered["id"]
     assert services.meter_events.call_count == 0
 
-    services.counts.set(created["id"], today, 100)  # 70 more calls today, on pay-per-use
-    with clock.use(_next_morning(today)):
-        await aggregate_usage(worker_ctx)
-    assert [p["payload[value]"] for p in services.sent()] == ["70"]
-    stored = await usage_windows(engine, uuid.UUID(created["id"]))
-    assert [(w.quantity, w.report_status) for w in stored] == [(30, "unbilled"), (70, "accepted")]
+    await _assert_only_the_70_after_the_change_are_billed(services, worker_ctx, engine, created["id"], today)
 
 
 async def test_a_change_at_stripe_from_pay_per_use_to_a_flat_plan_bills_the_calls_made_before_it(
@@ -519,14 +530,11 @@ async def test_a_change_at_stripe_from_pay_per_use_to_a_flat_plan_bills_the_call
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
-    _headers, created, _metered, flat = await _subscribed_to_one_of_two(
-        client, auth, {"type": "pay_per_use", "price_per_call": "0.01"}, {"monthly_price": "29"}
-    )
+    _headers, created, _metered, flat = await _subscribed_to_one_of_two(client, auth, PAY_PER_USE, FLAT)
     today = datetime.now(UTC).date()
     services.counts.set(created["id"], today, 40)
 
-    snapshot = await change_price_at_stripe(settings, engine, created["id"], flat["id"])
-    changed = event("customer.subscription.updated", snapshot, created=int(datetime.now(UTC).timestamp()) + 5)
+    changed = await _plan_changed_at_stripe(settings, engine, created["id"], flat)
     assert await deliver(client, worker_ctx, changed) == "processed"
     assert [p["payload[value]"] for p in services.sent()] == ["40"]
 
@@ -545,11 +553,7 @@ async def test_billing_sync_finding_a_plan_change_made_at_stripe_bills_the_calls
     engine: AsyncEngine,
     settings: Settings,
 ) -> None:
-    headers, created, _flat, metered = await _subscribed_to_one_of_two(
-        client, auth, {"monthly_price": "29"}, {"type": "pay_per_use", "price_per_call": "0.01"}
-    )
-    today = datetime.now(UTC).date()
-    services.counts.set(created["id"], today, 30)
+    headers, created, _flat, metered, today = await _on_flat_with_30_calls_today(client, auth, services)
     await change_price_at_stripe(settings, engine, created["id"], metered["id"])  # no webhook reaches us
 
     async with httpx.AsyncClient() as http:
@@ -560,24 +564,16 @@ async def test_billing_sync_finding_a_plan_change_made_at_stripe_bills_the_calls
     current = (await client.get(f"/api/v1/subscriptions/{created['id']}", headers=headers)).json()
     assert current["pricing_plan"]["id"] == metered["id"]
 
-    services.counts.set(created["id"], today, 100)  # 70 more calls today, on pay-per-use
-    with clock.use(_next_morning(today)):
-        await aggregate_usage(worker_ctx)
-    assert [p["payload[value]"] for p in services.sent()] == ["70"]
+    # 70 more calls today, on pay-per-use
+    assert await _sent_after_next_morning(services, worker_ctx, created["id"], today, 100) == ["70"]
 
 
 async def test_a_plan_change_waits_while_the_usage_until_then_cannot_be_counted(
     client: httpx.AsyncClient, auth: Auth, services: Services, engine: AsyncEngine
 ) -> None:
-    headers, created, metered, flat = await _subscribed_to_one_of_two(
-        client, auth, {"type": "pay_per_use", "price_per_call": "0.01"}, {"monthly_price": "29"}
-    )
+    headers, created, metered, flat = await _subscribed_to_one_of_two(client, auth, PAY_PER_USE, FLAT)
     services.counts.down = True
-    changed = await client.put(
-        f"/api/v1/subscriptions/{created['id']}/upgrade",
-        json={"new_pricing_plan_id": flat["id"]},
-        headers=headers,
-    )
+    changed = await upgrade(client, headers, created["id"], flat)
     assert changed.status_code == 503, changed.text
     assert changed.json()["code"] == "usage_not_counted"
     current = (await client.get(f"/api/v1/subscriptions/{created['id']}", headers=headers)).json()

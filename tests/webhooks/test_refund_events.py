@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import Earning, InvoiceReversal
 from app.webhooks.jobs import process_stripe_event
-from tests.support.billing_data import World, event, make_world
+from tests.support.billing_data import event, make_world
 from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
 from tests.support.stripe_payments import T0, FakePayments, Payments, dispute, refund
 from tests.support.worker import Ctx, deliver, post, truncate
@@ -43,47 +45,57 @@ async def taken_back(engine: AsyncEngine) -> tuple[int, int, int]:
     return (reversed_[0] - back[0], reversed_[1] - back[1], reversed_[2] - back[2])
 
 
-async def _paid_world(engine: AsyncEngine, client: httpx.AsyncClient, ctx: Ctx, payments: Payments) -> World:
+@dataclass
+class Paid:
+    """Invoice in_a1 of an active subscription, paid and booked; events are delivered through our
+    webhook endpoint and worker."""
+
+    client: httpx.AsyncClient
+    ctx: Ctx
+    payments: Payments
+
+    async def deliver(self, payload: dict[str, Any]) -> str | None:
+        return await deliver(self.client, self.ctx, payload)
+
+    async def send(self, kind: str, obj: dict[str, Any], at: int) -> str | None:
+        """Deliver a `kind` event of `obj` that Stripe stamped `at`."""
+        return await self.deliver(event(kind, obj, created=at))
+
+
+@pytest.fixture
+async def paid(
+    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, stripe_payments: Payments
+) -> Paid:
     world = await make_world(engine, status="active")
-    fake, _ = payments
+    fake, _ = stripe_payments
     fake.world = world
-    await deliver(client, ctx, event("invoice.paid", fake.paid("in_a1"), created=T0 + 5))
-    return world
+    await deliver(client, worker_ctx, event("invoice.paid", fake.paid("in_a1"), created=T0 + 5))
+    return Paid(client, worker_ctx, stripe_payments)
 
 
 async def test_a_refund_reverses_the_creators_share_once_whatever_the_repeats(
-    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, stripe_payments: Payments
+    paid: Paid, engine: AsyncEngine
 ) -> None:
-    await _paid_world(engine, client, worker_ctx, stripe_payments)
     created = event("refund.created", refund("in_a1", "re_1", 1000, "pending"), created=T0 + 100)
     succeeded = event("refund.updated", refund("in_a1", "re_1", 1000, "succeeded"), created=T0 + 101)
 
     for _ in range(10):
-        assert await deliver(client, worker_ctx, created) == "processed"
-        assert await deliver(client, worker_ctx, succeeded) == "processed"
+        assert await paid.deliver(created) == "processed"
+        assert await paid.deliver(succeeded) == "processed"
 
     # 1000 of 2900 paid: 1000 of the creator's 2900 gross, 20% of it commission.
     assert await ledger(engine) == {"charge": (2900, 580, 2320), "reversal": (1000, 200, 800)}
-    _, routes = stripe_payments
+    _, routes = paid.payments
     request = routes["invoice_payments"].calls.last.request
     assert request.url.params["payment[type]"] == "payment_intent"
     assert request.url.params["payment[payment_intent]"] == "pi_in_a1"
 
 
 async def test_a_partial_then_a_larger_refund_of_one_invoice_reverse_all_of_it(
-    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, stripe_payments: Payments
+    paid: Paid, engine: AsyncEngine
 ) -> None:
-    await _paid_world(engine, client, worker_ctx, stripe_payments)
-    await deliver(
-        client,
-        worker_ctx,
-        event("refund.created", refund("in_a1", "re_1", 1000, "succeeded"), created=T0 + 100),
-    )
-    await deliver(
-        client,
-        worker_ctx,
-        event("refund.created", refund("in_a1", "re_2", 1900, "succeeded"), created=T0 + 300),
-    )
+    await paid.send("refund.created", refund("in_a1", "re_1", 1000, "succeeded"), T0 + 100)
+    await paid.send("refund.created", refund("in_a1", "re_2", 1900, "succeeded"), T0 + 300)
 
     assert await taken_back(engine) == (2900, 580, 2320)
     async with engine.connect() as connection:
@@ -96,16 +108,13 @@ async def test_a_partial_then_a_larger_refund_of_one_invoice_reverse_all_of_it(
     assert references == ["re_1", "re_2"]
 
 
-async def test_a_failed_refund_gives_the_earnings_back(
-    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, stripe_payments: Payments
-) -> None:
-    await _paid_world(engine, client, worker_ctx, stripe_payments)
+async def test_a_failed_refund_gives_the_earnings_back(paid: Paid, engine: AsyncEngine) -> None:
     pending = event("refund.created", refund("in_a1", "re_1", 2900, "pending"), created=T0 + 100)
     failed = event("refund.failed", refund("in_a1", "re_1", 2900, "failed"), created=T0 + 150)
 
-    await deliver(client, worker_ctx, pending)
+    await paid.deliver(pending)
     assert await taken_back(engine) == (2900, 580, 2320)
-    await deliver(client, worker_ctx, failed)
+    await paid.deliver(failed)
 
     assert await ledger(engine) == {
         "charge": (2900, 580, 2320),
@@ -115,32 +124,30 @@ async def test_a_failed_refund_gives_the_earnings_back(
 
 
 async def test_a_refunds_creation_arriving_after_its_failure_reverses_nothing(
-    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, stripe_payments: Payments
+    paid: Paid, engine: AsyncEngine
 ) -> None:
-    await _paid_world(engine, client, worker_ctx, stripe_payments)
     failed = event("refund.failed", refund("in_a1", "re_1", 2900, "failed"), created=T0 + 150)
     pending = event("refund.created", refund("in_a1", "re_1", 2900, "pending"), created=T0 + 100)
 
     for payload in (failed, pending, failed):
-        await deliver(client, worker_ctx, payload)
+        await paid.deliver(payload)
 
     assert await ledger(engine) == {"charge": (2900, 580, 2320)}
 
 
 async def test_a_dispute_is_reversed_when_opened_and_reinstated_when_won(
-    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, stripe_payments: Payments
+    paid: Paid, engine: AsyncEngine
 ) -> None:
-    await _paid_world(engine, client, worker_ctx, stripe_payments)
     opened = event(
         "charge.dispute.created", dispute("in_a1", "dp_1", 2900, "needs_response"), created=T0 + 200
     )
-    await deliver(client, worker_ctx, opened)
+    await paid.deliver(opened)
     assert await taken_back(engine) == (2900, 580, 2320)
 
     won = event("charge.dispute.closed", dispute("in_a1", "dp_1", 2900, "won"), created=T0 + 900)
-    await deliver(client, worker_ctx, won)
+    await paid.deliver(won)
     stale = event("charge.dispute.updated", dispute("in_a1", "dp_1", 2900, "under_review"), created=T0 + 500)
-    await deliver(client, worker_ctx, stale)  # sent before it was won, delivered after
+    await paid.deliver(stale)  # sent before it was won, delivered after
 
     assert await taken_back(engine) == (0, 0, 0)
     async with engine.connect() as connection:
@@ -149,24 +156,15 @@ async def test_a_dispute_is_reversed_when_opened_and_reinstated_when_won(
 
 
 async def test_a_lost_dispute_stays_reversed_and_an_inquiry_reverses_nothing(
-    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, stripe_payments: Payments
+    paid: Paid, engine: AsyncEngine
 ) -> None:
-    await _paid_world(engine, client, worker_ctx, stripe_payments)
     inquiry = dispute("in_a1", "dp_inquiry", 2900, "warning_needs_response")
-    await deliver(client, worker_ctx, event("charge.dispute.created", inquiry, created=T0 + 200))
+    await paid.send("charge.dispute.created", inquiry, T0 + 200)
     assert await taken_back(engine) == (0, 0, 0)
 
-    await deliver(
-        client,
-        worker_ctx,
-        event("charge.dispute.closed", dispute("in_a1", "dp_2", 2900, "lost"), created=T0 + 900),
-    )
+    await paid.send("charge.dispute.closed", dispute("in_a1", "dp_2", 2900, "lost"), T0 + 900)
     # The `created` of the same dispute, delivered after it closed, changes nothing.
-    await deliver(
-        client,
-        worker_ctx,
-        event("charge.dispute.created", dispute("in_a1", "dp_2", 2900, "needs_response"), created=T0 + 200),
-    )
+    await paid.send("charge.dispute.created", dispute("in_a1", "dp_2", 2900, "needs_response"), T0 + 200)
 
     assert await ledger(engine) == {"charge": (2900, 580, 2320), "reversal": (2900, 580, 2320)}
 
@@ -192,25 +190,21 @@ async def test_a_refund_before_the_paid_invoice_event_fetches_the_invoice_and_bo
 
 
 async def test_a_refund_named_by_its_charge_only_finds_the_payment_intent(
-    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, stripe_payments: Payments
+    paid: Paid, engine: AsyncEngine
 ) -> None:
-    await _paid_world(engine, client, worker_ctx, stripe_payments)
-    _, routes = stripe_payments
+    _, routes = paid.payments
     obj = refund("in_a1", "re_c", 2900, "succeeded", by_charge=True)
 
-    assert await deliver(client, worker_ctx, event("refund.created", obj, created=T0 + 100)) == "processed"
+    assert await paid.send("refund.created", obj, T0 + 100) == "processed"
 
     assert routes["charge"].call_count == 1
     assert await taken_back(engine) == (2900, 580, 2320)
 
 
-async def test_a_refund_of_a_payment_that_paid_no_invoice_is_ignored(
-    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, stripe_payments: Payments
-) -> None:
-    await _paid_world(engine, client, worker_ctx, stripe_payments)
+async def test_a_refund_of_a_payment_that_paid_no_invoice_is_ignored(paid: Paid, engine: AsyncEngine) -> None:
     obj = refund("in_nowhere", "re_x", 500, "succeeded")
 
-    assert await deliver(client, worker_ctx, event("refund.created", obj, created=T0 + 100)) == "ignored"
+    assert await paid.send("refund.created", obj, T0 + 100) == "ignored"
 
     assert await ledger(engine) == {"charge": (2900, 580, 2320)}
 
@@ -301,15 +295,14 @@ async def test_the_dev_emulator_links_a_paid_invoice_to_its_payment_and_refunds_
 
 
 async def test_two_workers_on_two_refunds_of_one_invoice_book_both_exactly(
-    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, stripe_payments: Payments
+    paid: Paid, engine: AsyncEngine
 ) -> None:
-    await _paid_world(engine, client, worker_ctx, stripe_payments)
     first = event("refund.created", refund("in_a1", "re_r1", 1000, "succeeded"), created=T0 + 100)
     second = event("refund.created", refund("in_a1", "re_r2", 1900, "succeeded"), created=T0 + 100)
     for payload in (first, second):
-        await post(client, payload)
+        await post(paid.client, payload)
 
-    outcomes = await asyncio.gather(*(process_stripe_event(worker_ctx, p["id"]) for p in (first, second)))
+    outcomes = await asyncio.gather(*(process_stripe_event(paid.ctx, p["id"]) for p in (first, second)))
 
     assert outcomes == ["processed", "processed"]
     assert await taken_back(engine) == (2900, 580, 2320)
