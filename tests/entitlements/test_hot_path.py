@@ -22,6 +22,7 @@ from app.config import Settings
 from app.dependencies import api_state
 from app.entitlements.schemas import CheckRequest, CheckResult, _lean_check
 from app.entitlements.service import CheckAnswer
+from tests.support.asgi import running
 from tests.support.entitlement_data import (
     GATEWAY,
     PERIOD_END,
@@ -29,7 +30,6 @@ from tests.support.entitlement_data import (
     check_body,
     entitled,
     gateway_settings,
-    running,
 )
 
 SUB = "8c1f3e0a-2b4d-4e6f-8a9b-0c1d2e3f4a5b"

@@ -28,8 +28,10 @@ from app.stripe.test_clocks import TestClockTime
 from tests.support.billing_data import World, invoice_obj, make_world, subscription_obj
 from tests.support.journeys import (
     Auth,
+    add_card,
     create_plan,
     new_api_id,
+    register,
     stripe_customer_with_card,
     subscribe,
 )
