@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import clock
 from app.db.claims import claim_period
+from app.db.runs import settling
 from app.db.unit_of_work import unit_of_work
 from app.errors import Conflict
 from app.models import ReconcileDrift, ReconcileRun
@@ -151,16 +152,12 @@ class ReconcileService:
 
     async def _carry(self, run: ReconcileRun) -> ReconcileRun:
         try:
-            await self._invoices(run)
-            await self._our_invoices(run)
-            await self._stripe_subscriptions(run)
-            await self._our_subscriptions(run)
-            await self._usage(run)
-            run.status = "completed"
-            run.finished_at = clock.now()
-        except BaseException:
-            run.status = "interrupted"
-            raise
+            with settling(run):
+                await self._invoices(run)
+                await self._our_invoices(run)
+                await self._stripe_subscriptions(run)
+                await self._our_subscriptions(run)
+                await self._usage(run)
         finally:
             async with unit_of_work(self._sessionmaker) as session:
                 await session.merge(run)

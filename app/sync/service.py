@@ -29,6 +29,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import clock, metrics
+from app.db.runs import settling
 from app.db.unit_of_work import unit_of_work
 from app.earnings.booking import book_invoice_earnings
 from app.errors import Conflict
@@ -162,13 +163,9 @@ class SyncService:
     async def _run_locked(self) -> SyncRun:
         run = await self._start_or_resume()
         try:
-            for resource, applier in self._appliers.items():
-                await self._sync_list(run, resource, applier)
-            run.status = "completed"
-            run.finished_at = clock.now()
-        except BaseException:
-            run.status = "interrupted"
-            raise
+            with settling(run):
+                for resource, applier in self._appliers.items():
+                    await self._sync_list(run, resource, applier)
         finally:
             await self._save(run)
         return run
