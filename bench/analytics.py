@@ -39,6 +39,7 @@ from app.db.migrate import upgrade
 from app.dev.processes import EmbeddedPostgres
 from app.main import create_app
 from bench.harness import MORE_CONSUMERS_SQL, Figure, bulk_insert
+from tests.support.asgi import get_scope
 
 API_ID = "bench-api"
 CREATOR = "bench-creator"
@@ -175,20 +176,7 @@ def _asyncpg_sql(statement: Any) -> str:
 def asgi_get(app: ASGIApp, path: str, query: str, headers: dict[str, str]) -> Callable[[], Awaitable[bytes]]:
     """A GET sent straight to the ASGI app, as a server delivers it (a fresh scope each time);
     returns the body, raising unless the answer is a 2xx."""
-    base = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": query.encode(),
-        "headers": [(b"host", b"bench")] + [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "server": ("bench", 80),
-        "client": ("127.0.0.1", 1),
-    }
+    scope_headers = [(b"host", b"bench")] + [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     request: Message = {"type": "http.request", "body": b"", "more_body": False}
 
     async def call() -> bytes:
@@ -210,7 +198,7 @@ def asgi_get(app: ASGIApp, path: str, query: str, headers: dict[str, str]) -> Ca
             elif message["type"] == "http.response.body":
                 parts.append(message.get("body", b""))
 
-        await app(dict(base), receive, send)
+        await app(get_scope(path, headers=scope_headers, query=query.encode()), receive, send)
         body = b"".join(parts)
         if not 200 <= status < 300:
             raise RuntimeError(f"GET {path} answered {status}: {body[:200]!r}")
