@@ -1,8 +1,9 @@
 """Webhook ingest (verify + persist + enqueue) against a no-op POST of the same app.
 
 Both run in one process on embedded PostgreSQL and Redis, through the same httpx client over
-ASGI, with the same concurrency, alternating rounds so load from elsewhere on the machine hits
-both alike. The ratio is ingest throughput / no-op throughput (goal >= 0.8).
+ASGI, with the same concurrency (the no-op route matched first, so it pays no more routing than
+the webhook route), alternating rounds so load from elsewhere on the machine hits both alike.
+The ratio is ingest throughput / no-op throughput (goal >= 0.8).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ async def main() -> list[Figure]:
         @app.post("/bench/noop")
         async def noop() -> dict[str, bool]:
             return {"received": True}
+
+        # Matched first, ahead of the webhook route: the baseline pays no more routing than ingest.
+        app.router.routes.insert(0, app.router.routes.pop())
 
         async with client_for(app) as client:
             sample, sample_headers = signed_event()

@@ -11,7 +11,6 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import driver_connection
 from app.models import Api
 from app.models.earning import NEGATIVE_KINDS_SQL
 
@@ -128,15 +127,15 @@ class AnalyticsRepository:
         )
         return [UsageRow(*row) for row in result]
 
-    async def earnings(
-        self, api_id: str, start: datetime, end: datetime, *, caller: str, admin: bool
-    ) -> ApiEarnings | None:
-        """The API's owner and, if `caller` owns the API or is an admin, its earnings rows
-        (`grouping_id`, `currency`, `month`, `plan_id`, `plan_name` and the amounts); None when
-        there is no such API. On the session's own driver connection: one round trip."""
-        driver = await driver_connection(self._session)
-        found: list[Mapping[str, Any]] = await driver.fetch(EARNINGS_SQL, api_id, start, end, caller, admin)
-        if not found:
-            return None
-        rows = [row for row in found if row["grouping_id"] is not None]
-        return ApiEarnings(creator_id=found[0]["creator_id"], rows=rows)
+
+async def api_earnings(
+    connection: Any, api_id: str, start: datetime, end: datetime, *, caller: str, admin: bool
+) -> ApiEarnings | None:
+    """The API's owner and, if `caller` owns the API or is an admin, its earnings rows
+    (`grouping_id`, `currency`, `month`, `plan_id`, `plan_name` and the amounts); None when
+    there is no such API. `connection`: an asyncpg connection; one round trip, kept prepared."""
+    found: list[Mapping[str, Any]] = await connection.fetch(EARNINGS_SQL, api_id, start, end, caller, admin)
+    if not found:
+        return None
+    rows = [row for row in found if row["grouping_id"] is not None]
+    return ApiEarnings(creator_id=found[0]["creator_id"], rows=rows)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Path, Query, Response
 
 from app.analytics.schemas import EarningsReport, UsageReport
 from app.dependencies import Analytics as Service
-from app.dependencies import CreatorOrAdmin
+from app.dependencies import CreatorOrAdmin, Earnings
 from app.http import Day, error_responses
 from app.plans.schemas import ApiId
 
@@ -40,7 +40,7 @@ async def api_usage(
     response_model_by_alias=True,
 )
 async def api_earnings(
-    api_id: ApiIdPath, principal: CreatorOrAdmin, service: Service, date_from: From = None, date_to: To = None
+    api_id: ApiIdPath, principal: CreatorOrAdmin, reader: Earnings, date_from: From = None, date_to: To = None
 ) -> Response:
-    body = await service.earnings(principal, api_id, date_from, date_to)
+    body = await reader.report(principal, api_id, date_from, date_to)
     return Response(body, media_type="application/json")

@@ -10,7 +10,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
-from app.analytics.repository import AnalyticsRepository
+from app.analytics.repository import AnalyticsRepository, api_earnings
 from app.analytics.schemas import (
     TopConsumer,
     UsageCounts,
@@ -101,15 +101,30 @@ class AnalyticsService:
             top_consumers=top,
         )
 
-    async def earnings(
+    async def _owned_api(self, principal: Principal, api_id: str) -> Api:
+        api = await self._repo.get_api(api_id)
+        if api is None:
+            raise NotFound("API not found")
+        _check_owner(principal, api.creator_id)
+        return api
+
+
+class EarningsReader:
+    """The earnings report on a pooled read connection (no session, no ORM: its hot path)."""
+
+    def __init__(self, connection: Any, settings: Settings) -> None:
+        self._connection = connection
+        self._settings = settings
+
+    async def report(
         self, principal: Principal, api_id: str, date_from: date | None, date_to: date | None
     ) -> bytes:
         """Gross, commission and net per currency (never summed across currencies), by month and
         plan: the contract's EarningsReport as JSON, written straight from the query's rows (the
         bytes `EarningsReport` would write; a test compares them)."""
         start, end = date_range(date_from, date_to, clock.today())
-        found = await self._repo.earnings(
-            api_id, *_bounds(start, end), caller=principal.user_id, admin=principal.is_admin
+        found = await api_earnings(
+            self._connection, api_id, *_bounds(start, end), caller=principal.user_id, admin=principal.is_admin
         )
         if found is None:
             raise NotFound("API not found")
@@ -152,13 +167,6 @@ class AnalyticsService:
             "currencies": currencies,
         }
         return orjson.dumps(report)
-
-    async def _owned_api(self, principal: Principal, api_id: str) -> Api:
-        api = await self._repo.get_api(api_id)
-        if api is None:
-            raise NotFound("API not found")
-        _check_owner(principal, api.creator_id)
-        return api
 
 
 def _check_owner(principal: Principal, creator_id: str) -> None:

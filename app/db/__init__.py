@@ -7,6 +7,7 @@ from app.db.session import (
     create_read_sessionmaker,
     create_sessionmaker,
     driver_connection,
+    read_connection,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "create_read_sessionmaker",
     "create_sessionmaker",
     "driver_connection",
+    "read_connection",
 ]

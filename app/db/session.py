@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.util import greenlet_spawn
 
 from app.config import Settings
 
@@ -62,3 +65,15 @@ async def driver_connection(session: AsyncSession) -> Any:
     prepared. For hot statements whose SQLAlchemy cost would exceed the query's own."""
     raw = await (await session.connection()).get_raw_connection()
     return raw.driver_connection
+
+
+@asynccontextmanager
+async def read_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """A pooled asyncpg connection for reads that need no session: checked out of the engine's
+    pool (its timeouts and checks apply) and handed back as it came. Outside a transaction, so
+    each statement stands alone, as in a read session."""
+    pooled = await engine.raw_connection()
+    try:
+        yield pooled.driver_connection
+    finally:
+        await greenlet_spawn(pooled.close)

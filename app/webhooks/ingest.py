@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 PROCESS_JOB = "process_stripe_event"
 MAX_BATCH = 500
 # Batches in flight at once, so a batch waiting on PostgreSQL or Redis does not hold up the next.
-MAX_WRITERS = 4
+MAX_WRITERS = 2
 # After Redis fails or stalls, ingest skips it this long (events stay `pending` for the sweeper).
 REDIS_BACKOFF_SECONDS = 2.0
 

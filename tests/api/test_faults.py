@@ -31,7 +31,7 @@ from app.models import StripeEvent
 from app.resources import Resources
 from app.webhooks.ingest import event_job_id
 from app.webhooks.jobs import CRON_JOBS
-from tests.support.asgi import api_client
+from tests.support.asgi import api_client, get_scope
 from tests.support.billing_data import customer_created
 from tests.support.factories import TokenFactory
 from tests.support.freeze import frozen, postgres_pids, redis_pids
@@ -135,20 +135,8 @@ async def test_frozen_database_answers_503_fast_everywhere_and_loses_nothing(
 
 async def _abandoned_request(app: FastAPI, path: str, token: str) -> None:
     """A request whose client hangs up at once; like uvicorn, the app is told, not cancelled."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"billing.test"), (b"authorization", f"Bearer {token}".encode())],
-        "client": ("127.0.0.1", 50000),
-        "server": ("billing.test", 80),
-    }
+    headers = [(b"host", b"billing.test"), (b"authorization", f"Bearer {token}".encode())]
+    scope = get_scope(path, headers=headers)
     messages = iter([{"type": "http.request", "body": b"", "more_body": False}])
 
     async def receive() -> dict[str, Any]:
