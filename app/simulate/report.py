@@ -7,6 +7,7 @@ for JPY). Any drifting subject fails the run.
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Earning, Invoice, PricingPlanVersion, Subscription
+from app.models import Consumer, Earning, Invoice, PricingPlanVersion, Subscription
 from app.models.earning import NEGATIVE_KINDS
 from app.simulate.driver import RunRecord
 from app.simulate.faults import FaultCounts
@@ -148,12 +149,19 @@ async def build_report(
 
     per_consumer = Check("earnings = collected x (1 - commission) - reversals, per consumer")
     lines = (await session.execute(select(Earning))).scalars().all()
+    # Each line counts for the consumer its invoice billed (by their Stripe customer), whichever
+    # of their subscriptions the line names, or none.
+    billed = select(Invoice.id, Consumer.stripe_customer_id).join(
+        Consumer, Invoice.consumer_id == Consumer.id
+    )
+    customer_of: dict[uuid.UUID, str | None] = {}
+    for billed_id, customer in (await session.execute(billed)).all():
+        customer_of[billed_id] = customer
     net_of: dict[str, int] = defaultdict(int)
     for line in lines:
-        if line.subscription_id is not None:
-            net_of[str(line.subscription_id)] += _sign(line) * line.net_amount
+        net_of[str(customer_of.get(line.invoice_id))] += _sign(line) * line.net_amount
     for key, run in record.consumers.items():
-        got = net_of.get(run.subscription_id, 0)
+        got = net_of.get(run.customer, 0)
         per_consumer.compare(
             key, expected.earned_by.get(key, 0), got, cents=got - expected.earned_by.get(key, 0)
         )
