@@ -463,23 +463,35 @@ def _usage(customer_id: str, price: dict[str, Any], start: int, end: int) -> int
     return int(total)
 
 
-def _usage_amount(price: dict[str, Any], quantity: int) -> tuple[int, str]:
+def _usage_amount(price: dict[str, Any], quantity: int) -> tuple[int, str | None]:
+    """The usage line's amount, and its unit amount (a tiered price's line has none: its tiers
+    price it, as `stripe_extensions.tiered_amount` computes)."""
+    tiers = stripe_extensions.price_tiers(price["id"])
+    if tiers is not None:
+        return stripe_extensions.tiered_amount(tiers, str(price.get("tiers_mode")), quantity), None
     unit = Decimal(str(price.get("unit_amount_decimal") or price.get("unit_amount") or 0))
     return int((unit * quantity).to_integral_value(ROUND_HALF_UP)), format(unit.normalize(), "f")
 
 
-def _usage_item(subscription: Any, item: Any, price: dict[str, Any], window: dict[str, int]) -> Any:
+def _usage_item(
+    subscription: Any, item: Any, price: dict[str, Any], window: dict[str, int], since: int | None = None
+) -> Any:
+    """The pending usage line of a metered item on `price` for `window`; an item that got this
+    price mid-period (a plan change, at `since`, by default the item's) counts its usage from then."""
+    since = getattr(item, "_usage_since", None) if since is None else since
+    if since is not None and since > window["start"]:
+        window = {"start": min(since, window["end"]), "end": window["end"]}
     quantity = _usage(subscription.customer, price, window["start"], window["end"])
     amount, unit = _usage_amount(price, quantity)
     line_item = resources.InvoiceItem(
         subscription=subscription.id,
-        plan=item.plan.id,
+        plan=price["id"],
         amount=amount,
         currency=price.get("currency") or item.plan.currency,
         customer=subscription.customer,
         period_start=window["start"],
         period_end=window["end"],
-        description=f"{quantity} x {price.get('nickname') or item.plan.id} (usage)",
+        description=f"{quantity} x {price.get('nickname') or price['id']} (usage)",
         metadata=dict(price.get("metadata") or {}),
     )
     line_item.quantity = quantity
@@ -780,6 +792,19 @@ def _proration_items(subscription: Any, old_plan: Any, new_plan: Any | None, mom
     return items
 
 
+def _usage_until(subscription: Any, ended: list[tuple[Any, Any, int | None]], moment: int) -> list[Any]:
+    """Usage lines of items whose metered price stopped billing at `moment` (their usage so far)."""
+    period = _period(subscription)
+    lines = []
+    for item, plan, since in ended:
+        price = _price(plan.id)
+        if period is None or price is None or (price.get("recurring") or {}).get("usage_type") != "metered":
+            continue
+        window = {"start": period["start"], "end": min(moment, period["end"])}
+        lines.append(_usage_item(subscription, item, price, window, since=since))
+    return lines
+
+
 async def update_clock_subscription(request: web.Request, subscription: Any) -> web.Response:
     data = dict(await server.get_post_data(request) or {})
     behavior = data.get("proration_behavior", "create_prorations")
@@ -794,17 +819,23 @@ async def update_clock_subscription(request: web.Request, subscription: Any) -> 
     if "metadata" in data and isinstance(data["metadata"], dict):
         subscription.metadata = {**(subscription.metadata or {}), **data["metadata"]}
     if items:
-        if len(items) != 1 or not items[0].get("plan"):
-            raise UserError(400, "The dev emulator changes one item's price at a time")
+        if not items[0].get("plan"):
+            raise UserError(400, "The dev emulator changes the first item's price (items[0][price])")
         item = subscription.items._list[0]
         old_plan, new_plan = item.plan, resources.Plan._api_retrieve(items[0]["plan"])
-        if new_plan.id != old_plan.id:
+        if new_plan.id != old_plan.id or len(items) > 1:
             prorations = (
-                _proration_items(subscription, old_plan, new_plan, moment) if behavior != "none" else []
+                _proration_items(subscription, old_plan, new_plan, moment)
+                if behavior != "none" and new_plan.id != old_plan.id
+                else []
             )
             item.plan = new_plan
+            ended = stripe_extensions.change_other_items(subscription, items[1:], moment)
+            # A metered item deleted or moved to another price bills its usage until now: on
+            # the invoice made now with `always_invoice`, else on the next one (a pending item).
+            usage = _usage_until(subscription, ended, moment)
             _event("customer.subscription.updated", subscription)
-            if behavior == "always_invoice" and prorations:
+            if behavior == "always_invoice" and (prorations or usage):
                 _cycle_invoice(
                     subscription, ended=None, reason="subscription_update", licensed=False, pay_now=True
                 )

@@ -1,7 +1,13 @@
 """Dev-only additions to localstripe for what it lacks, answering in Stripe's documented shapes.
 
 - Prices (`/v1/prices`): backed by a localstripe Plan with the same id, so its subscriptions,
-  invoices and items work with `price` ids as with Stripe (which treats a Plan as a Price).
+  invoices and items work with `price` ids as with Stripe (which treats a Plan as a Price);
+  tiered prices (`billing_scheme=tiered`, `tiers_mode` graduated or volume, `tiers[]`) keep
+  their tiers beside the price (Stripe shows them only when expanded) and bill through them.
+- Subscriptions with several items (a licensed price and metered ones), which localstripe lacks:
+  it makes the first item, the others are added before any event about it leaves; an update
+  may add (`items[][price]`), swap (`items[][id]` and `price`) or delete (`items[][deleted]`)
+  the other items.
 - Billing Meters (`/v1/billing/meters`) and meter events (`/v1/billing/meter_events`), with
   Stripe's identifier de-duplication, and a meter's event summaries per customer and span.
 - Subscriptions and invoice previews sent as today's Stripe takes them (`items[][price]`,
@@ -30,7 +36,8 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, cast
 from urllib.parse import urlencode
@@ -72,14 +79,106 @@ def _tax_behavior(value: Any) -> str:
     return behavior
 
 
+def _decimal(value: Any, field: str) -> Decimal:
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise UserError(400, f"Invalid {field}: a decimal") from None
+    if not amount.is_finite() or amount < 0:
+        raise UserError(400, f"Invalid {field}: a non-negative decimal")
+    return amount
+
+
+def _tiers(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """`tiers[]` of a tiered price as Stripe's `price_tier` objects, checked as Stripe checks them:
+    increasing `up_to`, the last one `inf`, each tier with one of `unit_amount(_decimal)`."""
+    if data.get("tiers_mode") not in ("graduated", "volume"):
+        raise UserError(400, "Missing required param: tiers_mode (graduated or volume)")
+    raw = data.get("tiers")
+    if isinstance(raw, dict):  # tiers[0][...], tiers[1][...] unflattened by index
+        raw = [raw[key] for key in sorted(raw, key=int)]
+    if not isinstance(raw, list) or not raw:
+        raise UserError(400, "Missing required param: tiers")
+    tiers: list[dict[str, Any]] = []
+    previous = 0
+    for number, tier in enumerate(raw):
+        last = number == len(raw) - 1
+        up_to = tier.get("up_to")
+        if (up_to == "inf") != last:
+            raise UserError(400, "Invalid tiers: only the last tier has up_to=inf")
+        bound = None if last else resources.try_convert_to_int(up_to)
+        if bound is not None and (not isinstance(bound, int) or bound <= previous):
+            raise UserError(400, "Invalid tiers: up_to must increase")
+        previous = bound or previous
+        if "unit_amount" in tier and "unit_amount_decimal" in tier:
+            raise UserError(400, "Invalid tiers: pass unit_amount or unit_amount_decimal, not both")
+        unit = _decimal(tier.get("unit_amount_decimal", tier.get("unit_amount", 0)), "tiers[][unit_amount]")
+        flat = _decimal(tier.get("flat_amount_decimal", tier.get("flat_amount", 0)), "tiers[][flat_amount]")
+        tiers.append(
+            {
+                "flat_amount": int(flat) if flat == flat.to_integral_value() else None,
+                "flat_amount_decimal": format(flat.normalize(), "f"),
+                "unit_amount": int(unit) if unit == unit.to_integral_value() else None,
+                "unit_amount_decimal": format(unit.normalize(), "f"),
+                "up_to": bound,
+            }
+        )
+    return tiers
+
+
+def price_tiers(price_id: str) -> list[dict[str, Any]] | None:
+    """A tiered price's tiers (None for a per-unit price)."""
+    found = resources.store.get(f"price_tiers:{price_id}")
+    return cast("list[dict[str, Any]]", found) if found is not None else None
+
+
+def _half_up(value: Decimal) -> int:
+    return int(value.to_integral_value(ROUND_HALF_UP))
+
+
+def tiered_amount(tiers: list[dict[str, Any]], mode: str, quantity: int) -> int:
+    """What Stripe bills for `quantity` units of a tiered price, in minor units.
+
+    Graduated: each tier prices the units that fall in it (`units x unit_amount_decimal`, rounded
+    half up to the minor unit, plus its flat amount when any unit falls in it), and the tiers are
+    summed. Volume: all units at the tier the total falls in.
+    """
+    if mode == "volume":
+        tier = next(t for t in tiers if t["up_to"] is None or quantity <= t["up_to"])
+        flat = Decimal(tier["flat_amount_decimal"]) if quantity else Decimal(0)
+        return _half_up(Decimal(tier["unit_amount_decimal"]) * quantity) + _half_up(flat)
+    total, lower = 0, 0
+    for tier in tiers:
+        upper = tier["up_to"]
+        units = (quantity if upper is None else min(quantity, upper)) - lower
+        if units <= 0:
+            break
+        total += _half_up(Decimal(tier["unit_amount_decimal"]) * units)
+        total += _half_up(Decimal(tier["flat_amount_decimal"]))
+        if upper is None:
+            break
+        lower = upper
+    return total
+
+
 async def create_price(request: web.Request) -> web.Response:
     data = await server.get_post_data(request) or {}
     recurring = data.get("recurring") or {}
     decimal_text = data.get("unit_amount_decimal")
     unit_amount = data.get("unit_amount")
-    if decimal_text is None and unit_amount is None:
+    scheme = data.get("billing_scheme", "per_unit")
+    tiers: list[dict[str, Any]] | None = None
+    if scheme == "tiered":
+        if decimal_text is not None or unit_amount is not None:
+            raise UserError(400, "A tiered price takes its amounts from tiers, not unit_amount")
+        tiers = _tiers(data)
+        amount = Decimal(0)
+    elif scheme != "per_unit":
+        raise UserError(400, "Invalid billing_scheme: per_unit or tiered")
+    elif decimal_text is None and unit_amount is None:
         raise UserError(400, "Missing required param: unit_amount or unit_amount_decimal")
-    amount = Decimal(str(decimal_text if decimal_text is not None else unit_amount))
+    else:
+        amount = Decimal(str(decimal_text if decimal_text is not None else unit_amount))
     usage_type = recurring.get("usage_type", "licensed")
     price_id = _new_id("price_")
     # The localstripe plan bills whole minor units; sub-cent metered prices round there (dev only).
@@ -97,7 +196,7 @@ async def create_price(request: web.Request) -> web.Response:
         "id": price_id,
         "object": "price",
         "active": True,
-        "billing_scheme": "per_unit",
+        "billing_scheme": scheme,
         "created": int(time.time()),
         "currency": data.get("currency"),
         "livemode": False,
@@ -113,12 +212,14 @@ async def create_price(request: web.Request) -> web.Response:
             "usage_type": usage_type,
         },
         "tax_behavior": _tax_behavior(data.get("tax_behavior")),
-        "tiers_mode": None,
+        "tiers_mode": data.get("tiers_mode") if tiers is not None else None,
         "transform_quantity": None,
         "type": "recurring" if recurring else "one_time",
-        "unit_amount": int(amount) if amount == amount.to_integral_value() else None,
-        "unit_amount_decimal": format(amount.normalize(), "f"),
+        "unit_amount": int(amount) if tiers is None and amount == amount.to_integral_value() else None,
+        "unit_amount_decimal": format(amount.normalize(), "f") if tiers is None else None,
     }
+    if tiers is not None:
+        resources.store[f"price_tiers:{price_id}"] = tiers
     return _json(_save("price", price))
 
 
@@ -229,6 +330,79 @@ def _prices_as_plans(items: Any) -> list[dict[str, Any]]:
     return mapped
 
 
+@contextmanager
+def _events_sent() -> Iterator[list[Any]]:
+    """The events localstripe schedules meanwhile (they still leave as usual, later)."""
+    sent: list[Any] = []
+    schedule = resources.schedule_webhook
+
+    def keep(event: Any) -> None:
+        sent.append(event)
+        schedule(event)
+
+    resources.schedule_webhook = keep
+    try:
+        yield sent
+    finally:
+        resources.schedule_webhook = schedule
+
+
+def _add_item(subscription: Any, plan_id: str, *, usage_since: int | None) -> Any:
+    """Another item on the subscription; `usage_since`: its usage counts from then (None: from the
+    period's start)."""
+    item = resources.SubscriptionItem(subscription=subscription.id, plan=plan_id, quantity=1)
+    item._usage_since = usage_since
+    subscription.items._list.append(item)
+    return item
+
+
+def subscribe(items: list[dict[str, Any]], **data: Any) -> Any:
+    """A subscription to several prices: localstripe makes it with the first (the licensed price,
+    billed up front); the others (metered: nothing up front) are added before its events leave,
+    so `customer.subscription.created` shows every item, as Stripe's does."""
+    if not items:
+        raise UserError(400, "Missing required param: items")
+    with _events_sent() as sent:
+        subscription = resources.Subscription._api_create(items=items[:1], **data)
+    for extra in items[1:]:
+        if not extra.get("plan"):
+            raise UserError(400, "Missing required param: items[][price]")
+        resources.Plan._api_retrieve(extra["plan"])
+        _add_item(subscription, extra["plan"], usage_since=None)
+    if len(items) > 1:
+        for event in sent:  # not yet sent: they export their object when they leave
+            if (event.data.get("object") or {}).get("id") == subscription.id:
+                event.data = {"object": subscription._export()}
+    return subscription
+
+
+def change_other_items(
+    subscription: Any, changes: list[dict[str, Any]], moment: int
+) -> list[tuple[Any, Any, int | None]]:
+    """Apply `items[]` changes to the items after the first (add, swap the price, delete); returns
+    (item, plan, usage since) of the prices that stop billing now: deleted items, and swapped ones
+    on their old price."""
+    ended: list[tuple[Any, Any, int | None]] = []
+    for change in changes:
+        found = next((i for i in subscription.items._list[1:] if i.id == change.get("id")), None)
+        if change.get("id") and found is None:
+            raise UserError(400, f"No such subscription item on this subscription: '{change['id']}'")
+        deleted = resources.try_convert_to_bool(change.get("deleted", False)) is True
+        if found is not None and deleted:
+            subscription.items._list.remove(found)
+            ended.append((found, found.plan, getattr(found, "_usage_since", None)))
+        elif found is not None and change.get("plan") and change["plan"] != found.plan.id:
+            ended.append((found, found.plan, getattr(found, "_usage_since", None)))
+            found.plan = resources.Plan._api_retrieve(change["plan"])
+            found._usage_since = moment
+        elif found is None and change.get("plan"):
+            resources.Plan._api_retrieve(change["plan"])
+            _add_item(subscription, change["plan"], usage_since=moment)
+        elif found is None:
+            raise UserError(400, "Missing required param: items[][price] or items[][id]")
+    return ended
+
+
 def _with_confirmation_secret(subscription: Any) -> dict[str, Any]:
     """Export with the first invoice expanded and its `confirmation_secret`, as Stripe does."""
     exported: dict[str, Any] = subscription._export(expand=["latest_invoice"])
@@ -260,9 +434,9 @@ async def create_subscription(request: web.Request, path: dict[str, str]) -> web
     data.pop("automatic_tax", None)
     # localstripe charges the customer's invoice default, which we always set first.
     data.pop("default_payment_method", None)
-    data["items"] = _prices_as_plans(data.get("items"))
+    items = _prices_as_plans(data.pop("items", None))
     trial_days = data.get("trial_period_days")
-    subscription = resources.Subscription._api_create(**data)
+    subscription = subscribe(items, **data)
     if trial_days:
         _start_trial(subscription, int(trial_days))
     return _json(_with_confirmation_secret(subscription))
@@ -274,9 +448,16 @@ async def update_subscription(request: web.Request, path: dict[str, str]) -> web
     data.pop("proration_behavior", None)
     data.pop("payment_behavior", None)
     data.pop("automatic_tax", None)
+    others: list[dict[str, Any]] = []
     if "items" in data:
-        data["items"] = _prices_as_plans(data["items"])
+        items = _prices_as_plans(data["items"])
+        data["items"], others = items[:1], items[1:]
+    kept = resources.Subscription._api_retrieve(path["id"]).items._list[1:]
     subscription = resources.Subscription._api_update(path["id"], **data)
+    for item in kept:  # localstripe rebuilds the items from the first one on a price change
+        if item not in subscription.items._list:
+            subscription.items._list.append(item)
+    change_other_items(subscription, others, int(time.time()))
     return _json(_with_confirmation_secret(subscription))
 
 
@@ -285,7 +466,16 @@ async def create_invoice_preview(request: web.Request, path: dict[str, str]) -> 
     details = dict(data.get("subscription_details") or {})
     details.pop("proration_behavior", None)
     if "items" in details:
-        details["items"] = _prices_as_plans(details["items"])
+        # The items the subscription would have: deleted ones go, an item sent by id alone keeps
+        # its price (localstripe previews from prices only).
+        items = []
+        for item in _prices_as_plans(details["items"]):
+            if resources.try_convert_to_bool(item.pop("deleted", False)) is True:
+                continue
+            if not item.get("plan") and item.get("id"):
+                item["plan"] = resources.SubscriptionItem._api_retrieve(item["id"]).plan.id
+            items.append(item)
+        details["items"] = items
     invoice = resources.Invoice._api_create_preview_invoice(
         customer=data.get("customer"),
         subscription=data.get("subscription"),
@@ -302,11 +492,12 @@ class CheckoutSession(resources.StripeObject):  # type: ignore[misc]
 
     def __init__(self, page_base: str, **data: Any) -> None:
         line_items = data.get("line_items") or []
-        if data.get("mode") != "subscription" or not data.get("customer") or len(line_items) != 1:
-            raise UserError(400, "Dev checkout supports mode=subscription, a customer and one line item")
+        if data.get("mode") != "subscription" or not data.get("customer") or not line_items:
+            raise UserError(400, "Dev checkout supports mode=subscription, a customer and line items")
         resources.Customer._api_retrieve(data["customer"])
-        price = line_items[0].get("price")
-        resources.Plan._api_retrieve(price)
+        prices = [item.get("price") for item in line_items]
+        for price in prices:
+            resources.Plan._api_retrieve(price)
         super().__init__()
         self.mode = "subscription"
         self.customer = data["customer"]
@@ -319,7 +510,7 @@ class CheckoutSession(resources.StripeObject):  # type: ignore[misc]
         self.subscription = None
         self.expires_at = self.created + 86400
         self.url = f"{page_base}/checkout/{self.id}"
-        self._price = price
+        self._prices = prices
         self._subscription_data = data.get("subscription_data") or {}
 
 
@@ -355,9 +546,9 @@ async def pay_checkout_session(request: web.Request, path: dict[str, str]) -> we
             customer.invoice_settings["default_payment_method"] = card.id
         extra = session._subscription_data
         trial_days = extra.get("trial_period_days")
-        subscription = resources.Subscription(
+        subscription = subscribe(
+            [{"plan": price} for price in session._prices],
             customer=session.customer,
-            items=[{"plan": session._price}],
             metadata=extra.get("metadata") or {},
             trial_period_days=int(trial_days) if trial_days else None,
         )

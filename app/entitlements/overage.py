@@ -1,9 +1,15 @@
-"""Overage on the invoice: calls past a plan's included calls, billed once on the period's invoice.
+"""Overage: calls past a plan's included calls, billed once on the period's invoice.
 
-When Stripe drafts the invoice that closes a period, the usage worker has just recorded the
-period's calls; the calls past `call_limit` are added to that draft as one line at the plan's
-overage price. The line is claimed once per (subscription, period) in `job_runs` and sent under
-an idempotency key derived from them, so a repeated or retried event never bills twice.
+A subscription on a plan version with overage carries the version's metered overage price as a
+second item (`Subscription.stripe_overage_item_id`): the usage job reports all its calls to the
+API's meter, and Stripe bills them through the price's graduated tiers (the included calls at 0)
+on the renewal invoice, beside the plan's line. Nothing is added here for those.
+
+Subscriptions made before overage was billed through the meter have no such item; for them (and
+only them) the calls past `call_limit` are added to the renewal draft as one invoice line at the
+plan's overage price, when Stripe drafts it. The line is claimed once per (subscription, period)
+in `job_runs` and sent under an idempotency key derived from them, so a repeated or retried event
+never bills twice. A plan change adds the item, moving such a subscription to the meter.
 """
 
 from __future__ import annotations
@@ -29,10 +35,13 @@ async def bill_overage(
     *,
     calls: int | None = None,
 ) -> int:
-    """Add the period's overage to the draft invoice; returns the calls billed (0: none, or done).
+    """Add the period's overage to the draft invoice of a subscription without the overage item;
+    returns the calls billed (0: none, done, or billed by the meter item).
     `calls`: the period's recorded calls when the caller has read them, else read here."""
     if subscription is None or invoice.status != "draft":
         return 0
+    if subscription.stripe_overage_item_id is not None:
+        return 0  # the meter item bills the overage: an invoice line would bill it twice
     start, end = invoice.period_start, invoice.period_end
     if start is None or end is None or start >= end:
         return 0
@@ -83,7 +92,7 @@ def overage_terms(version: PricingPlanVersion) -> list[PreviewLine]:
         PreviewLine(
             description=(
                 f"Past {version.call_limit:,} included calls a period: {price} {version.currency.upper()} "
-                "per call, billed on the period's invoice"
+                "per call, billed through the API's meter on the period's invoice"
             ),
             amount=0,
             currency=version.currency,

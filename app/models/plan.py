@@ -80,6 +80,9 @@ class PricingPlanVersion(UUIDPk, Base):
     # Set: calls past `call_limit` are allowed and billed at this per-call price (major units).
     overage_price_per_call: Mapped[Decimal | None] = mapped_column(PER_CALL_PRICE)
     stripe_price_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # With overage: the graduated metered price on the API's meter (`call_limit` calls at 0, then
+    # `overage_price_per_call`), the subscription's second item.
+    stripe_overage_price_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
 
     plan: Mapped[PricingPlan] = relationship(back_populates="versions", lazy="raise")

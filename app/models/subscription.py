@@ -87,6 +87,9 @@ class Subscription(UUIDPk, Timestamps, Base):
     status: Mapped[str] = mapped_column(String(24))
     stripe_subscription_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     stripe_subscription_item_id: Mapped[str | None] = mapped_column(String(255))
+    # The item of the plan version's metered overage price (None: no overage, or a subscription
+    # made before overage was billed through the meter, whose overage is an invoice line).
+    stripe_overage_item_id: Mapped[str | None] = mapped_column(String(255))
     stripe_checkout_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     checkout_url: Mapped[str | None] = mapped_column(String(2048))
     api_key_id: Mapped[str | None] = mapped_column(String(255), index=True)

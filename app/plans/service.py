@@ -189,6 +189,8 @@ class PlanService:
         if current.stripe_price_id and current.stripe_price_id != version.stripe_price_id:
             # New subscriptions can no longer buy the old price; existing ones keep billing on it.
             await self._stripe.deactivate_price(current.stripe_price_id)
+        if current.stripe_overage_price_id:
+            await self._stripe.deactivate_price(current.stripe_overage_price_id)
         return plan_out(plan, version)
 
     async def deactivate(self, principal: Principal, api_id: str, plan_id: uuid.UUID) -> None:
@@ -232,13 +234,7 @@ class PlanService:
             )
         meter: str | None = None
         if plan.type == "pay_per_use":
-            if api.stripe_meter_id is None:
-                api.stripe_meter_id = await self._stripe.create_meter(
-                    display_name=f"Calls to {api.api_id}",
-                    event_name=meter_event_name(api.api_id),
-                    idempotency_key=f"meter-create:{api.api_id}",
-                )
-            meter = api.stripe_meter_id
+            meter = await self._meter(api)
             assert version.price_per_call is not None  # noqa: S101  (checked by check_prices)
             unit_amount = minor_decimal(version.price_per_call, version.currency)
         else:
@@ -253,3 +249,30 @@ class PlanService:
             meter=meter,
         )
         version.stripe_price_id = price.id
+        if version.overage_price_per_call is not None and version.call_limit is not None:
+            overage = await self._stripe.create_overage_price(
+                product=api.stripe_product_id,
+                currency=version.currency,
+                meter=await self._meter(api),
+                included=version.call_limit,
+                unit_amount_decimal=minor_decimal(version.overage_price_per_call, version.currency),
+                nickname=f"{plan.name} v{version.version} overage",
+                metadata={
+                    "plan_id": str(plan.id),
+                    "plan_version": str(version.version),
+                    "api_id": api.api_id,
+                    "kind": "overage",
+                },
+                idempotency_key=f"overage-price-create:{plan.id}:v{version.version}",
+            )
+            version.stripe_overage_price_id = overage.id
+
+    async def _meter(self, api: Api) -> str:
+        """The API's Billing Meter (made once): pay-per-use prices and overage prices bill from it."""
+        if api.stripe_meter_id is None:
+            api.stripe_meter_id = await self._stripe.create_meter(
+                display_name=f"Calls to {api.api_id}",
+                event_name=meter_event_name(api.api_id),
+                idempotency_key=f"meter-create:{api.api_id}",
+            )
+        return api.stripe_meter_id

@@ -57,26 +57,69 @@ class CatalogCalls(StripeBase):
         idempotency_key: str,
         meter: str | None = None,
     ) -> StripePrice:
-        """A monthly recurring price; with `meter`, a metered per-unit price billed from that meter.
-
-        Tax-exclusive: any tax Stripe computes is added on top of the price, so the price (what the
-        creator earns on) never contains tax, whatever the account's default tax behavior.
-        """
+        """A monthly recurring price; with `meter`, a metered per-unit price billed from that meter."""
         recurring: dict[str, Any] = {"interval": "month"}
         if meter is not None:
             recurring.update(usage_type="metered", meter=meter)
+        terms = {"unit_amount_decimal": decimal_param(unit_amount_decimal), "recurring": recurring}
+        return await self._create_price(
+            product, currency, terms, nickname, metadata, idempotency_key, meter=meter
+        )
+
+    async def create_overage_price(
+        self,
+        *,
+        product: str,
+        currency: str,
+        meter: str,
+        included: int,
+        unit_amount_decimal: Decimal,
+        nickname: str,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> StripePrice:
+        """A monthly metered price on `meter` in graduated tiers: the first `included` units at 0,
+        then `unit_amount_decimal` (minor units) per unit. Stripe bills a period's whole usage
+        through the tiers, so only the units past `included` cost anything."""
+        terms = {
+            "billing_scheme": "tiered",
+            "tiers_mode": "graduated",
+            "tiers": [
+                {"up_to": included, "unit_amount_decimal": "0"},
+                {"up_to": "inf", "unit_amount_decimal": decimal_param(unit_amount_decimal)},
+            ],
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter},
+        }
+        return await self._create_price(
+            product, currency, terms, nickname, metadata, idempotency_key, meter=meter
+        )
+
+    async def _create_price(
+        self,
+        product: str,
+        currency: str,
+        terms: dict[str, Any],
+        nickname: str,
+        metadata: dict[str, str],
+        idempotency_key: str,
+        *,
+        meter: str | None,
+    ) -> StripePrice:
+        """`POST /v1/prices` with the price's `terms` (amounts, recurring), tax-exclusive: any tax
+        Stripe computes is added on top, so the price (what the creator earns on) never contains
+        tax, whatever the account's default tax behavior."""
+        params: dict[str, Any] = {
+            "product": product,
+            "currency": currency,
+            **terms,
+            "nickname": nickname,
+            "metadata": metadata,
+            "tax_behavior": "exclusive",
+        }
         price = await self._call(
             "prices.create",
             lambda: self._client.v1.prices.create_async(
-                params={
-                    "product": product,
-                    "currency": currency,
-                    "unit_amount_decimal": decimal_param(unit_amount_decimal),  # type: ignore[typeddict-item]
-                    "recurring": recurring,  # type: ignore[typeddict-item]
-                    "nickname": nickname,
-                    "metadata": metadata,
-                    "tax_behavior": "exclusive",
-                },
+                params=params,  # type: ignore[arg-type]
                 options={"idempotency_key": idempotency_key},
             ),
         )

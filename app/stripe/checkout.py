@@ -27,8 +27,10 @@ class CheckoutCalls(StripeBase):
         metadata: dict[str, str],
         idempotency_key: str,
         automatic_tax: bool = False,
+        overage_price_id: str | None = None,
     ) -> StripeCheckoutSession:
-        """A hosted page where the consumer pays for a subscription to `price_id`. The page collects
+        """A hosted page where the consumer pays for a subscription to `price_id` (and its metered
+        overage price, a line without quantity, billed in arrears). The page collects
         the billing name and address and saves them on the (existing) customer; with
         `automatic_tax`, the subscription it starts is taxed on that address."""
         subscription_data: dict[str, Any] = {"metadata": metadata}
@@ -37,7 +39,10 @@ class CheckoutCalls(StripeBase):
         params: dict[str, Any] = {
             "mode": "subscription",
             "customer": customer,
-            "line_items": [{"price": price_id, "quantity": 1}],
+            "line_items": [
+                {"price": price_id, "quantity": 1},
+                *([{"price": overage_price_id}] if overage_price_id is not None else []),
+            ],
             "success_url": success_url,
             "cancel_url": cancel_url,
             "client_reference_id": client_reference_id,

@@ -32,6 +32,10 @@ class StripeSubscriptionState:
     # Its currency and its fixed amount per period over all items (metered prices add 0).
     currency: str | None = None
     fixed_amount: int = 0
+    # A plan with overage has a second item: its metered overage price (the plan's price is the
+    # licensed one).
+    overage_item_id: str | None = None
+    overage_price_id: str | None = None
 
     @classmethod
     def from_payload(cls, obj: dict[str, Any]) -> StripeSubscriptionState:
@@ -42,7 +46,7 @@ class StripeSubscriptionState:
         price as `price` (a legacy `plan` before), an id or the expanded object.
         """
         items = (obj.get("items") or {}).get("data") or []
-        item = items[0] if items else {}
+        item, overage = _plan_and_overage_items(items)
         start = item.get("current_period_start") or obj.get("current_period_start")
         end = item.get("current_period_end") or obj.get("current_period_end")
         return cls(
@@ -62,7 +66,33 @@ class StripeSubscriptionState:
             latest_invoice=stripe_id(obj.get("latest_invoice")),
             currency=_currency(obj, items),
             fixed_amount=sum(_fixed_amount(item) for item in items),
+            overage_item_id=stripe_id(overage.get("id")),
+            overage_price_id=stripe_id(overage.get("price") or overage.get("plan")),
         )
+
+
+def _plan_and_overage_items(items: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The item of the plan's price and the overage item (empty when there is none).
+
+    One item is the plan's, whatever its usage type (a pay-per-use plan's price is metered). Of
+    two, the plan's price is the licensed one and the overage price the metered one; a price that
+    is not expanded cannot tell, so the first item stays the plan's, as we create them.
+    """
+    if not items:
+        return {}, {}
+    if len(items) == 1:
+        return items[0], {}
+    metered = [item for item in items if _usage_type(item) == "metered"]
+    licensed = [item for item in items if _usage_type(item) == "licensed"]
+    if len(metered) == 1 and licensed:
+        return licensed[0], metered[0]
+    return items[0], items[1]
+
+
+def _usage_type(item: dict[str, Any]) -> str | None:
+    price = _price_object(item)
+    usage = (price.get("recurring") or {}).get("usage_type") or price.get("usage_type")
+    return str(usage) if usage else None
 
 
 def _price_object(item: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +165,17 @@ EXPAND_FIRST_PAYMENT = ["latest_invoice.confirmation_secret"]
 AUTOMATIC_TAX = {"enabled": True}
 
 
+def overage_items(item_id: str | None, price_id: str | None) -> list[dict[str, Any]]:
+    """`items[]` that put the overage item on `price_id`: swap it, add it, or delete it (no price)."""
+    if item_id is not None and price_id is not None:
+        return [{"id": item_id, "price": price_id}]
+    if item_id is not None:
+        return [{"id": item_id, "deleted": True}]
+    if price_id is not None:
+        return [{"price": price_id}]
+    return []
+
+
 class SubscriptionCalls(StripeBase):
     async def create_subscription(
         self,
@@ -146,13 +187,18 @@ class SubscriptionCalls(StripeBase):
         metadata: dict[str, str],
         idempotency_key: str,
         automatic_tax: bool = False,
+        overage_price_id: str | None = None,
     ) -> StripeSubscription:
-        """Subscribe the customer to one price. Stripe charges at once (or starts the trial);
+        """Subscribe the customer to one price (and its metered overage price, as a second item:
+        it bills nothing up front). Stripe charges at once (or starts the trial);
         when the card needs authentication the subscription comes back `incomplete`. With
         `automatic_tax`, Stripe Tax adds tax from the customer's location to every invoice."""
+        items: list[dict[str, Any]] = [{"price": price_id}]
+        if overage_price_id is not None:
+            items.append({"price": overage_price_id})  # metered: no quantity
         params: dict[str, Any] = {
             "customer": customer,
-            "items": [{"price": price_id}],
+            "items": items,
             "payment_behavior": "allow_incomplete",
             "metadata": metadata,
             "expand": EXPAND_FIRST_PAYMENT,
@@ -180,10 +226,13 @@ class SubscriptionCalls(StripeBase):
         price_id: str,
         proration_date: int,
         idempotency_key: str,
+        overage_item_id: str | None = None,
+        overage_price_id: str | None = None,
     ) -> StripeSubscription:
-        """Move the subscription's one item to another price; the prorated difference for the rest
+        """Move the subscription's plan item to another price; the prorated difference for the rest
         of the period, as of `proration_date` (what `preview_invoice` showed for that date), is
-        invoiced at once.
+        invoiced at once. The overage item follows the new plan: swapped to `overage_price_id`,
+        added, or deleted (`overage_item_id` without a new price); metered, it prorates nothing.
 
         As a pending update (`pending_if_incomplete`): when that invoice's payment fails, Stripe
         leaves the subscription on its old price and answers with `pending_update` set
@@ -191,7 +240,7 @@ class SubscriptionCalls(StripeBase):
         `automatic_tax`: a subscription keeps the Stripe Tax setting it was created with.
         """
         params: dict[str, Any] = {
-            "items": [{"id": item_id, "price": price_id}],
+            "items": [{"id": item_id, "price": price_id}, *overage_items(overage_item_id, overage_price_id)],
             "proration_behavior": "always_invoice",
             "proration_date": proration_date,
             "payment_behavior": "pending_if_incomplete",
@@ -271,11 +320,14 @@ class SubscriptionCalls(StripeBase):
         item_id: str | None = None,
         proration_date: int | None = None,
         automatic_tax: bool = False,
+        overage_item_id: str | None = None,
+        overage_price_id: str | None = None,
     ) -> StripeInvoicePreview:
-        """The invoice Stripe would issue for moving to `price_id` (with prorations), or for a new
-        subscription to it when there is none."""
+        """The invoice Stripe would issue for moving to `price_id` (with prorations, the overage
+        item following as in `change_subscription_price`), or for a new subscription to it when
+        there is none."""
         item: dict[str, Any] = {"price": price_id}
-        details: dict[str, Any] = {"items": [item]}
+        details: dict[str, Any] = {"items": [item, *overage_items(overage_item_id, overage_price_id)]}
         params: dict[str, Any] = {"customer": customer, "subscription_details": details}
         if automatic_tax:
             params["automatic_tax"] = AUTOMATIC_TAX

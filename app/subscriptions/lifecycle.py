@@ -79,6 +79,8 @@ async def follow_price(subscription: Subscription, price_id: str | None) -> bool
         return False
     found = await _plan_of_price(session, subscription, price_id)
     if found is None:
+        if await _is_overage_price(session, subscription, price_id):
+            return False  # an overage price is never the plan's: nothing to follow or flag
         if subscription.unmatched_stripe_price_id == price_id:
             return False
         subscription.unmatched_stripe_price_id = price_id
@@ -165,6 +167,19 @@ async def _plan_of_price(
     ).one_or_none()
 
 
+async def _is_overage_price(session: AsyncSession, subscription: Subscription, price_id: str) -> bool:
+    """Whether `price_id` is the metered overage price of a plan version of the row's API."""
+    found = await session.scalar(
+        select(PricingPlanVersion.id)
+        .join(PricingPlan, PricingPlan.id == PricingPlanVersion.plan_id)
+        .where(
+            PricingPlanVersion.stripe_overage_price_id == price_id,
+            PricingPlan.api_id == subscription.api_id,
+        )
+    )
+    return found is not None
+
+
 async def apply_stripe_state(
     outbox: Outbox, subscription: Subscription, state: StripeSubscriptionState, *, observed_at: int
 ) -> bool:
@@ -192,6 +207,12 @@ async def apply_stripe_state(
     subscription.stripe_state_at = max(observed_at, last or observed_at)
     subscription.stripe_subscription_id = subscription.stripe_subscription_id or state.id
     subscription.stripe_subscription_item_id = state.item_id or subscription.stripe_subscription_item_id
+    # The overage item follows Stripe's newest snapshot (a plan change adds or removes it); a
+    # same-second one may predate our change, so it only ever adds the item it names.
+    if follows_price:
+        subscription.stripe_overage_item_id = state.overage_item_id
+    else:
+        subscription.stripe_overage_item_id = state.overage_item_id or subscription.stripe_overage_item_id
     subscription.current_period_start = state.current_period_start or subscription.current_period_start
     subscription.current_period_end = state.current_period_end or subscription.current_period_end
     subscription.cancel_at_period_end = state.cancel_at_period_end

@@ -182,6 +182,7 @@ class SubscriptionService:
                 metadata=self._metadata(subscription),
                 idempotency_key=f"checkout-create:{subscription.id}",
                 automatic_tax=self._automatic_tax,
+                overage_price_id=version.stripe_overage_price_id,
             )
             subscription.stripe_checkout_session_id = session.id
             subscription.checkout_url = session.url
@@ -195,6 +196,7 @@ class SubscriptionService:
                 metadata=self._metadata(subscription),
                 idempotency_key=f"sub-create:{subscription.id}",
                 automatic_tax=self._automatic_tax,
+                overage_price_id=version.stripe_overage_price_id,
             )
             client_secret = await self._apply_created(subscription, created)
         await self._repo.flush()
@@ -244,7 +246,7 @@ class SubscriptionService:
             plan, _version = await self._held(subscription)
             # The calls until now go on the final invoice made at once (invoice_now); if they
             # cannot be sent now, the final invoice's draft webhook sends them before it closes.
-            if plan.type == "pay_per_use":
+            if plan.type == "pay_per_use" or subscription.stripe_overage_item_id is not None:
                 await self._usage_until_now(subscription)
             canceled = await self._stripe.cancel_subscription(
                 stripe_id,
@@ -286,8 +288,12 @@ class SubscriptionService:
             return await self._out(subscription)
         consumer = await self._consumers.require_own(principal)
         old_plan, _old_version = await self._held(subscription)
-        # Calls until now are billed by the plan they were made on: per call only on pay-per-use.
-        if "pay_per_use" in (old_plan.type, plan.type) and not await self._usage_until_now(subscription):
+        # Calls until now are billed by the plan they were made on: per call on pay-per-use, and
+        # through the overage item (added, swapped or removed now) on an overage plan.
+        by_meter = "pay_per_use" in (old_plan.type, plan.type) or (
+            subscription.stripe_overage_item_id is not None or version.stripe_overage_price_id is not None
+        )
+        if by_meter and not await self._usage_until_now(subscription):
             raise ServiceUnavailable(
                 "Usage until now could not be counted, try the change again shortly", code="usage_not_counted"
             )
@@ -313,6 +319,7 @@ class SubscriptionService:
                 metadata=self._metadata(subscription, plan, version),
                 idempotency_key=f"sub-create:{tag}",
                 automatic_tax=self._automatic_tax,
+                overage_price_id=version.stripe_overage_price_id,
             )
             subscription.stripe_state_at = None
             client_secret = await self._apply_created(subscription, created)
@@ -327,6 +334,8 @@ class SubscriptionService:
                 proration_date=prorate_at,
                 # One change to one price as of one moment: a retry of it gets Stripe's first answer.
                 idempotency_key=f"sub-change:{subscription.id}:{price_id}:{prorate_at}",
+                overage_item_id=subscription.stripe_overage_item_id,
+                overage_price_id=version.stripe_overage_price_id,
             )
             if updated.change_pending:
                 # Nothing is written: the rollback keeps the row on the plan Stripe still bills.
@@ -336,6 +345,8 @@ class SubscriptionService:
                     code="plan_change_payment_failed",
                 )
             await self._mirror(subscription, updated)
+            # Stripe's answer to this change says which overage item the new plan has (if any).
+            subscription.stripe_overage_item_id = updated.state.overage_item_id
         subscription.pricing_plan_id = plan.id
         subscription.plan_version = version.version
         self._outbox.refresh_entitlement(subscription)
@@ -365,6 +376,8 @@ class SubscriptionService:
             item_id=subscription.stripe_subscription_item_id if stripe_id else None,
             proration_date=proration_date,
             automatic_tax=self._automatic_tax,
+            overage_item_id=subscription.stripe_overage_item_id if stripe_id else None,
+            overage_price_id=version.stripe_overage_price_id,
         )
 
         def moment(value: int | None) -> datetime | None:
@@ -548,6 +561,7 @@ class SubscriptionService:
         """Forget the Stripe subscription a downgrade to free ended, so its late events miss this row."""
         subscription.stripe_subscription_id = None
         subscription.stripe_subscription_item_id = None
+        subscription.stripe_overage_item_id = None
         subscription.stripe_state_at = None
         subscription.trial_end = None
         subscription.cancel_at_period_end = False

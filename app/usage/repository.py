@@ -43,6 +43,13 @@ class MeteredSubscription:
     # The instant it ended (cancelled, or its last period over): no window reaches past it.
     ended_at: datetime | None = None
     metered: bool = True
+    # It has an overage item on the API's meter: all its calls are reported (the tiers bill them).
+    overage_item: bool = False
+
+    @property
+    def bills_calls(self) -> bool:
+        """Its calls go to Stripe's meter: a pay-per-use plan, or an overage plan's meter item."""
+        return self.pay_per_use or self.overage_item
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +214,7 @@ class UsageRepository:
                 Subscription.cancel_at_period_end,
                 _ENDED_AT,
                 _IS_METERED,
+                Subscription.stripe_overage_item_id,
             ),
             only,
             metered_only=metered_only,
@@ -236,6 +244,7 @@ class UsageRepository:
                 current_period_end=row[8],
                 ended_at=ended_at(row[9], row[10], row[11]),
                 metered=bool(row[12]),
+                overage_item=row[13] is not None,
             )
             for row in rows
         ]

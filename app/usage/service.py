@@ -258,7 +258,7 @@ class UsageService:
                 before_successful, before_failed = await earlier_in_day(subscription, cursor)
                 successful = max(usage.successful_calls - before_successful, 0)
                 failed = max(usage.failed_calls - before_failed, 0)
-                billed = subscription.pay_per_use and successful > 0
+                billed = subscription.bills_calls and successful > 0
                 rows.append(
                     {
                         "id": uuid.uuid4(),

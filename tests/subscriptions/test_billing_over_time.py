@@ -27,6 +27,7 @@ from app.config import Settings
 from app.dev.siblings import build_app
 from app.models import Earning, Invoice, Subscription, UsageRecord
 from app.stripe.test_clocks import TestClockTime
+from app.usage.jobs import aggregate_usage
 from app.webhooks.jobs import process_stripe_event
 from tests.support import emulator
 from tests.support.emulator import DAY, HOUR
@@ -395,3 +396,53 @@ async def test_a_lost_dispute_on_a_renewal_takes_back_the_creators_share_of_it(s
     assert earned["charge"] == 2 * 4000  # the first invoice and the renewal, 20% commission off
     assert after["charge"] == earned["charge"]
     assert after["reversal"] == 4000  # the renewal's share, taken back once
+
+
+async def _traffic(story: Story, successful: int) -> None:
+    """`successful` calls today on the story's clock, as the metering service counts them."""
+    url = f"http://metering.test/api/v1/usage/subscription/{story.subscribed['id']}/calls"
+    async with httpx.AsyncClient() as http:
+        assert (await http.post(url, json={"successful": successful, "failed": 2})).status_code == 204
+
+
+async def test_overage_past_the_included_calls_is_billed_through_the_meter_once_on_the_renewal(
+    stack: Stack, metering: respx.MockRouter
+) -> None:
+    plan = await create_plan(
+        stack.client,
+        stack.auth("creator"),
+        new_api_id(),
+        monthly_price="29",
+        call_limit=1000,
+        overage_price_per_call="0.015",
+    )
+    async with stack.paying_subscriber(plan) as story:
+        timeline = story.timeline
+        stripe_subscription = await timeline.subscription(story.stripe_id)
+        ours = await story.ours()
+        start, end = (int(stripe_subscription[k]) for k in ("current_period_start", "current_period_end"))
+        await timeline.advance_to(start + 2 * DAY)
+        await _traffic(story, 800)
+        await timeline.advance_to(start + 9 * DAY)
+        await _traffic(story, 435)  # 1,235 calls: 235 past the 1,000 included
+        await aggregate_usage(stack.ctx)
+        await timeline.advance_to(end)
+        await timeline.advance_to(end + 2 * HOUR)
+        # The usage job and every webhook again: nothing more is billed.
+        await aggregate_usage(stack.ctx)
+        for event in await _all_events(stack.stripe_http, None):
+            if event["data"]["object"].get("customer") == stripe_subscription["customer"]:
+                await send(stack.client, event)
+                await process_stripe_event(stack.ctx, event["id"])
+        (renewal,) = await story.renewals()
+        stripe_renewal = (await stack.stripe_http.get(f"/v1/invoices/{renewal.stripe_invoice_id}")).json()
+
+    metered = [i for i in stripe_subscription["items"]["data"] if i["plan"]["usage_type"] == "metered"]
+    assert [i["id"] for i in metered] == [ours.stripe_overage_item_id]
+    assert len(stripe_subscription["items"]["data"]) == 2
+    # 235 calls past the included ones at 1.5 cents: 352.5, rounded half up as Stripe rounds.
+    lines = sorted((line["quantity"], line["amount"]) for line in renewal.lines)
+    assert lines == [(1, 2900), (1235, 353)]
+    assert (renewal.status, renewal.amount_paid) == ("paid", 2900 + 353)
+    assert stripe_renewal["total"] == 2900 + 353
+    assert not [line for line in renewal.lines if (line.get("description") or "").startswith("Overage")]

@@ -1,0 +1,148 @@
+"""Overage through the API's meter on the wire: the graduated metered price a plan version gets,
+and the second subscription item that subscribing, changing plan and Stripe's snapshots carry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.models import Subscription
+from app.stripe.subscriptions import StripeSubscriptionState
+from tests.support.journeys import Auth, create_plan, new_api_id, subscribe, upgrade
+from tests.support.stripe_wire import MONTH, NOW, consumer_with_card, form_of, wire_subscription
+
+METER = {"id": "mtr_wire", "object": "billing.meter", "event_name": "api_calls_x", "status": "active"}
+
+
+def item(item_id: str, price_id: str, usage_type: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "object": "subscription_item",
+        "current_period_start": NOW,
+        "current_period_end": NOW + MONTH,
+        "quantity": 1,
+        "price": {
+            "id": price_id,
+            "object": "price",
+            "currency": "usd",
+            "unit_amount": 2900 if usage_type == "licensed" else None,
+            "recurring": {"interval": "month", "usage_type": usage_type, "meter": None},
+        },
+    }
+
+
+def with_items(*items: dict[str, Any]) -> dict[str, Any]:
+    return wire_subscription("active", items={"object": "list", "data": list(items)})
+
+
+async def _stored(engine: AsyncEngine, subscription_id: str) -> Any:
+    async with engine.connect() as connection:
+        return (await connection.execute(select(Subscription).filter_by(id=subscription_id))).one()
+
+
+@pytest.mark.parametrize(
+    ("currency", "monthly", "overage", "sent"),
+    [("usd", "29", "0.002", "0.2"), ("jpy", "3000", "0.5", "0.5"), ("jpy", "3000", "3", "3")],
+)
+async def test_an_overage_plan_gets_a_graduated_metered_price_on_the_apis_meter(
+    wire: httpx.AsyncClient,
+    stripe_api: respx.MockRouter,
+    auth: Auth,
+    currency: str,
+    monthly: str,
+    overage: str,
+    sent: str,
+) -> None:
+    meters = stripe_api.post("/v1/billing/meters").respond(200, json=METER)
+    plan = await create_plan(
+        wire,
+        auth("creator"),
+        new_api_id(),
+        currency=currency,
+        monthly_price=monthly,
+        call_limit=1000,
+        overage_price_per_call=overage,
+    )
+    prices = [call.request for call in stripe_api.calls if call.request.url.path == "/v1/prices"]
+    assert len(prices) == 2
+    assert meters.call_count == 1
+    tiered = form_of(prices[1])
+    assert tiered["billing_scheme"] == ["tiered"]
+    assert tiered["tiers_mode"] == ["graduated"]
+    assert (tiered["tiers[0][up_to]"], tiered["tiers[0][unit_amount_decimal]"]) == (["1000"], ["0"])
+    # Minor units per call: 0.002 USD is 0.2 cents; JPY has no minor unit.
+    assert (tiered["tiers[1][up_to]"], tiered["tiers[1][unit_amount_decimal]"]) == (["inf"], [sent])
+    assert tiered["recurring[usage_type]"] == ["metered"]
+    assert tiered["recurring[meter]"] == ["mtr_wire"]
+    assert tiered["currency"] == [currency]
+    assert "unit_amount_decimal" not in tiered
+    assert "tiers[0][unit_amount]" not in tiered
+    assert prices[1].headers["Idempotency-Key"] == f"overage-price-create:{plan['id']}:v1"
+
+
+async def test_subscribing_to_an_overage_plan_adds_its_metered_item_and_mirrors_it(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
+) -> None:
+    stripe_api.post("/v1/billing/meters").respond(200, json=METER)
+    answer = with_items(
+        item("si_wire", "price_wire_1", "licensed"), item("si_over", "price_wire_2", "metered")
+    )
+    route = stripe_api.post("/v1/subscriptions").respond(200, json=answer)
+    plan = await create_plan(
+        wire, auth("creator"), new_api_id(), call_limit=1000, overage_price_per_call="0.01"
+    )
+    headers = await consumer_with_card(wire, auth)
+    response = await subscribe(wire, headers, plan)
+    assert response.status_code == 201, response.text
+    sent = form_of(route.calls.last.request)
+    assert (sent["items[0][price]"], sent["items[1][price]"]) == (["price_wire_1"], ["price_wire_2"])
+    assert "items[1][quantity]" not in sent  # a metered item takes no quantity
+    stored = await _stored(engine, response.json()["id"])
+    assert (stored.stripe_subscription_item_id, stored.stripe_overage_item_id) == ("si_wire", "si_over")
+    assert stored.unmatched_stripe_price_id is None
+
+
+async def test_changing_from_an_overage_plan_to_a_hard_limit_plan_deletes_the_metered_item(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
+) -> None:
+    stripe_api.post("/v1/billing/meters").respond(200, json=METER)
+    both = with_items(item("si_wire", "price_wire_1", "licensed"), item("si_over", "price_wire_2", "metered"))
+    stripe_api.post("/v1/subscriptions").respond(200, json=both)
+    creator, api_id = auth("creator"), new_api_id()
+    overage = await create_plan(wire, creator, api_id, call_limit=1000, overage_price_per_call="0.01")
+    hard = await create_plan(wire, creator, api_id, monthly_price="49", call_limit=5000)
+    headers = await consumer_with_card(wire, auth)
+    created = (await subscribe(wire, headers, overage)).json()
+    update = stripe_api.post("/v1/subscriptions/sub_wire").respond(
+        200, json=with_items(item("si_wire", "price_wire_3", "licensed"))
+    )
+    with respx.mock(assert_all_called=False) as metering:
+        metering.route(host="metering.test").respond(404)
+        metering.route(host="api.stripe.com").pass_through()
+        response = await upgrade(wire, headers, created["id"], hard)
+    assert response.status_code == 200, response.text
+    sent = form_of(update.calls.last.request)
+    assert (sent["items[0][id]"], sent["items[0][price]"]) == (["si_wire"], ["price_wire_3"])
+    assert (sent["items[1][id]"], sent["items[1][deleted]"]) == (["si_over"], ["true"])
+    assert sent["proration_behavior"] == ["always_invoice"]
+    stored = await _stored(engine, created["id"])
+    assert (stored.stripe_overage_item_id, stored.pricing_plan_id.hex) == (None, hard["id"].replace("-", ""))
+
+
+@pytest.mark.parametrize("metered_first", [False, True])
+def test_the_plan_item_is_the_licensed_one_and_the_overage_item_the_metered_one(metered_first: bool) -> None:
+    items = [item("si_plan", "price_plan", "licensed"), item("si_over", "price_over", "metered")]
+    state = StripeSubscriptionState.from_payload(with_items(*(items[::-1] if metered_first else items)))
+    assert (state.item_id, state.price_id) == ("si_plan", "price_plan")
+    assert (state.overage_item_id, state.overage_price_id) == ("si_over", "price_over")
+    assert state.fixed_amount == 2900
+
+
+def test_a_single_metered_item_is_the_plans_own_price() -> None:
+    state = StripeSubscriptionState.from_payload(with_items(item("si_ppu", "price_ppu", "metered")))
+    assert (state.item_id, state.price_id, state.overage_item_id) == ("si_ppu", "price_ppu", None)
