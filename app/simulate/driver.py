@@ -415,6 +415,13 @@ class Driver:
                     body["type"] = "free"
                 elif kind == "metered":
                     body.update(type="pay_per_use", price_per_call=major(plan.per_call, plan.currency))
+                elif kind == "overage":
+                    body.update(
+                        type="subscription",
+                        monthly_price=major(plan.monthly, plan.currency),
+                        call_limit=plan.included,
+                        overage_price_per_call=major(plan.per_call, plan.currency),
+                    )
                 else:
                     body.update(type="subscription", monthly_price=major(plan.monthly, plan.currency))
                 created = await self._call("POST", f"/api/v1/apis/{run.api_id}/plans", run.headers, body)

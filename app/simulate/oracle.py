@@ -3,7 +3,10 @@
 Stripe's rules, as documented, applied to each consumer's story:
 - a subscription's first invoice at once (a metered price bills nothing up front), then one per
   monthly period at its end: the licensed price for the new period, or the metered usage of the
-  period that ended (successful calls x price per call, rounded half up to the minor unit);
+  period that ended (successful calls x price per call, rounded half up to the minor unit); an
+  overage plan bills both on one invoice: its licensed price, and the period's calls through its
+  graduated tiers (the included calls at 0, each further call at the overage price, rounded half
+  up), the same on its final invoice;
 - a plan change mid-period invoices at once the debit for the rest of the period on the new price
   less the credit for it on the old one (each rounded half up); a negative total is customer
   credit that later invoices take first;
@@ -100,6 +103,7 @@ def _consumer_invoices(
         return [], True
     currency = creator.currency
     per_call = creator.plans["metered"].per_call
+    overage = creator.plans["overage"]
     kind: PlanKind = consumer.plan
     price = creator.monthly_price(kind, consumer.joins_at) if kind != "metered" else 0
     credit = 0
@@ -112,9 +116,14 @@ def _consumer_invoices(
         due = max(total, 0) - applied
         invoices.append(ExpectedInvoice(consumer.key, created, reason, total, due, currency, usage))
 
-    def usage_invoice(created: int, reason: str, start: int, end: int) -> None:
+    def usage_invoice(created: int, reason: str, start: int, end: int, licensed: int = 0) -> None:
+        """The usage of [start, end), with `licensed` (the overage plan's price or credit) beside."""
         calls = usage_between(consumer, start, end)
-        bill(created, reason, half_up(per_call * calls), calls)
+        if kind == "overage":
+            past = max(calls - (overage.included or 0), 0)
+            bill(created, reason, licensed + half_up(overage.per_call * past), calls)
+        else:
+            bill(created, reason, licensed + half_up(per_call * calls), calls)
 
     bill(consumer.joins_at, "subscription_create", price, 0 if kind == "metered" else None)
     start, end = consumer.joins_at, add_months(consumer.joins_at, 1)
@@ -137,21 +146,25 @@ def _consumer_invoices(
             elif action.kind == "cancel_at_period_end":
                 cancel_at_end = True
             elif action.kind == "cancel_now":
+                today = action.at - action.at % DAY
+                remaining = Decimal(end - action.at) / Decimal(end - start)
                 if kind == "metered":
-                    today = action.at - action.at % DAY
                     usage_invoice(action.at, "final", start, today)
+                elif kind == "overage":  # the credit for unused time beside the usage so far
+                    usage_invoice(action.at, "final", start, today, -half_up(price * remaining))
                 else:  # the unused time comes back as customer credit, on a final invoice
-                    remaining = Decimal(end - action.at) / Decimal(end - start)
                     bill(action.at, "final", -half_up(price * remaining))
                 return invoices, False
         if end > horizon:
             return invoices, True
         if cancel_at_end:
-            if kind == "metered":
+            if kind in ("metered", "overage"):
                 usage_invoice(end, "final", start, end)
             return invoices, False
         if kind == "metered":
             usage_invoice(end, "subscription_cycle", start, end)
+        elif kind == "overage":
+            usage_invoice(end, "subscription_cycle", start, end, price)
         else:
             bill(end, "subscription_cycle", price)
         start, end = end, add_months(end, 1)

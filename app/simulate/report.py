@@ -103,11 +103,12 @@ async def build_report(
         our_invoices[invoice.stripe_invoice_id] = invoice
         if invoice.subscription_id is not None:
             by_sub[invoice.subscription_id.hex].append(invoice)
-    metered_prices = {
-        str(v.stripe_price_id)
-        for v in (await session.execute(select(PricingPlanVersion))).scalars()
-        if v.price_per_call is not None
-    }
+    metered_prices: set[str] = set()
+    for v in (await session.execute(select(PricingPlanVersion))).scalars():
+        if v.price_per_call is not None:
+            metered_prices.add(str(v.stripe_price_id))
+        if v.stripe_overage_price_id is not None:
+            metered_prices.add(v.stripe_overage_price_id)
     stripe_side = {key: await _stripe_objects(stripe, run.customer) for key, run in record.consumers.items()}
 
     totals = Check("invoices per consumer and period = oracle")

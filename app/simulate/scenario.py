@@ -19,7 +19,7 @@ NOON = 12 * 3600
 ACT_EVERY = 5  # days
 START = datetime(2027, 1, 1, tzinfo=UTC)
 
-PlanKind = Literal["free", "basic", "pro", "metered"]
+PlanKind = Literal["free", "basic", "pro", "metered", "overage"]
 ActionKind = Literal[
     "upgrade", "downgrade", "cancel_at_period_end", "cancel_now", "card_fails", "card_recovers",
     "refund", "dispute",
@@ -28,12 +28,14 @@ ActionKind = Literal[
 
 @dataclass(frozen=True)
 class PlanSpec:
-    """One plan of a creator's API: `monthly` in minor units, `per_call` in minor units per call."""
+    """One plan of a creator's API: `monthly` in minor units, `per_call` in minor units per call
+    (on an overage plan: per call past the `included` calls of a period)."""
 
     kind: PlanKind
     currency: str
     monthly: int = 0
     per_call: Decimal = Decimal(0)
+    included: int | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,15 @@ _PRICES: dict[str, dict[PlanKind, tuple[int, str]]] = {
 }
 
 
+# Overage plans: (monthly price, included calls, minor units per call past them). Consumers make
+# about 600 to 12,000 calls a month, so some periods stay within the included calls, most do not.
+_OVERAGE: dict[str, tuple[int, int, str]] = {
+    "usd": (1500, 3000, "0.5"),
+    "eur": (1400, 3000, "0.45"),
+    "jpy": (1800, 3000, "0.3"),
+}
+
+
 def add_months(moment: int, months: int) -> int:
     """Stripe's monthly step: same day of month, clamped to the month's last day."""
     when = datetime.fromtimestamp(moment, UTC)
@@ -133,6 +144,8 @@ def build_scenario(
             kind: PlanSpec(kind, currency, monthly, Decimal(per_call))
             for kind, (monthly, per_call) in prices.items()
         }
+        monthly, included, per_call = _OVERAGE[currency]
+        plans["overage"] = PlanSpec("overage", currency, monthly, Decimal(per_call), included)
         # Each creator raises the pro price a third of the way in: later changes get the new version.
         grid = action_moments(start, end)
         raise_at = grid[len(grid) // 3]
@@ -142,8 +155,8 @@ def build_scenario(
     people: list[ConsumerSpec] = []
     for n in range(consumers):
         creator = keys[n % len(keys)]
-        kinds: list[PlanKind] = ["free", "basic", "pro", "metered"]
-        plan = rng.choices(kinds, weights=[15, 35, 15, 35])[0]
+        kinds: list[PlanKind] = ["free", "basic", "pro", "metered", "overage"]
+        plan = rng.choices(kinds, weights=[15, 30, 15, 25, 15])[0]
         joins_at = start + rng.randrange(0, 3) * 5 * DAY
         consumer = ConsumerSpec(f"consumer-{n}", creator, plan, joins_at)
         consumer.calls_per_day = (rng.randrange(20, 400), rng.randrange(0, 6))

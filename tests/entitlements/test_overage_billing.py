@@ -1,4 +1,6 @@
-"""Overage past the included calls is billed once, on the draft invoice that closes the period."""
+"""Overage past the included calls is billed once, on the invoice that closes the period: by the
+meter item for subscriptions that have it, by one invoice line on the draft for those made before
+overage was billed through the meter (no item), never both."""
 
 from __future__ import annotations
 
@@ -8,11 +10,11 @@ from decimal import Decimal
 
 import httpx
 import respx
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from app.models import PricingPlanVersion, UsageRecord
+from app.models import PricingPlanVersion, Subscription, UsageRecord
 from app.webhooks.jobs import process_stripe_event
 from tests.support import rows
 from tests.support.billing_data import World, event, invoice_obj, make_world
@@ -75,7 +77,7 @@ def stripe_invoice_items(mock: respx.MockRouter, base: str | None) -> respx.Rout
     return route
 
 
-async def test_overage_is_billed_once_on_the_draft_that_closes_the_period(
+async def test_a_subscription_without_the_meter_item_is_billed_its_overage_once_on_the_draft(
     client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
 ) -> None:
     world = await overage_world(engine, recorded=160)
@@ -103,3 +105,26 @@ async def test_a_period_within_its_included_calls_bills_no_overage(
         items = stripe_invoice_items(mock, settings.stripe_api_base)
         await draft_created(client, worker_ctx, world, f"in_{uuid.uuid4().hex[:10]}")
     assert items.call_count == 0
+
+
+async def test_a_subscription_with_the_meter_item_never_also_gets_the_invoice_line_overage(
+    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
+) -> None:
+    world = await overage_world(engine, recorded=160)
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(Subscription)
+            .where(Subscription.id == world.subscription_id)
+            .values(stripe_overage_item_id="si_overage")
+        )
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(url__startswith="http://metering.test/").respond(404)
+        items = stripe_invoice_items(mock, settings.stripe_api_base)
+        await draft_created(client, worker_ctx, world, f"in_{uuid.uuid4().hex[:10]}")
+        await draft_created(client, worker_ctx, world, f"in_{uuid.uuid4().hex[:10]}")
+    assert items.call_count == 0  # the meter item's tiers bill the 60 calls past the 100 included
+    async with engine.connect() as connection:
+        kept = await connection.scalar(
+            select(Subscription.stripe_overage_item_id).where(Subscription.id == world.subscription_id)
+        )
+    assert kept == "si_overage"

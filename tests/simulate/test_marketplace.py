@@ -4,14 +4,14 @@ oracle it is checked against follows Stripe's billing rules."""
 from __future__ import annotations
 
 import time
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.simulate.faults import FaultRates
-from app.simulate.oracle import expect
+from app.simulate.oracle import expect, usage_between
 from app.simulate.runner import simulate
 from app.simulate.scenario import DAY, NOON, Action, ConsumerSpec, build_scenario
 
@@ -23,7 +23,7 @@ def test_the_same_seed_makes_the_same_marketplace() -> None:
     )
     assert first == again
     assert first != build_scenario(consumers=30, months=3, seed=8)
-    assert {c.plan for c in first.consumers} == {"free", "basic", "pro", "metered"}
+    assert {c.plan for c in first.consumers} == {"free", "basic", "pro", "metered", "overage"}
     assert {a.kind for c in first.consumers for a in c.actions} >= {"upgrade", "cancel_now", "card_fails"}
 
 
@@ -49,6 +49,36 @@ def test_the_oracle_carries_a_downgrade_credit_into_the_next_renewals_and_takes_
     book = expected.creators["creator-usd"]
     assert book.collected == sum(i.amount_paid for i in invoices)
     assert book.earned + book.platform == book.collected  # the credit, used up, was collected once
+
+
+def test_the_oracle_bills_an_overage_plans_price_and_its_calls_past_the_included_ones_on_one_invoice() -> (
+    None
+):
+    scenario = build_scenario(consumers=0, months=2, seed=1)
+    consumer = ConsumerSpec("c-1", "creator-jpy", "overage", scenario.start, calls_per_day=(150, 3))
+    scenario.consumers.append(consumer)
+    plan = scenario.creators["creator-jpy"].plans["overage"]
+    expected = expect(scenario, scenario.end + 3 * 3600)
+
+    first_end = scenario.start + 31 * DAY
+    calls = [
+        usage_between(consumer, scenario.start, first_end),
+        usage_between(consumer, first_end, scenario.end),
+    ]
+    assert calls[0] > (plan.included or 0)  # 150+ calls a day for 31 days: past the 3,000 included
+    invoices = expected.invoices["c-1"]
+    assert [(i.reason, i.usage) for i in invoices] == [
+        ("subscription_create", None),
+        ("subscription_cycle", calls[0]),
+        ("subscription_cycle", calls[1]),
+    ]
+    past = [max(n - (plan.included or 0), 0) for n in calls]
+    # 0.3 yen per call past the included ones, rounded half up to the yen, beside the monthly price.
+    assert [i.total for i in invoices] == [
+        plan.monthly,
+        plan.monthly + int((Decimal("0.3") * past[0]).to_integral_value(ROUND_HALF_UP)),
+        plan.monthly + int((Decimal("0.3") * past[1]).to_integral_value(ROUND_HALF_UP)),
+    ]
 
 
 async def test_a_simulated_quarter_with_faults_reconciles_to_the_cent(

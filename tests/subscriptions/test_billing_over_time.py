@@ -446,3 +446,44 @@ async def test_overage_past_the_included_calls_is_billed_through_the_meter_once_
     assert (renewal.status, renewal.amount_paid) == ("paid", 2900 + 353)
     assert stripe_renewal["total"] == 2900 + 353
     assert not [line for line in renewal.lines if (line.get("description") or "").startswith("Overage")]
+
+
+async def test_a_change_from_an_overage_plan_to_a_hard_limit_plan_removes_the_meter_item_billing_calls_so_far(
+    stack: Stack, metering: respx.MockRouter
+) -> None:
+    creator, api_id = stack.auth("creator"), new_api_id()
+    overage = await create_plan(
+        stack.client, creator, api_id, monthly_price="29", call_limit=1000, overage_price_per_call="0.015"
+    )
+    hard = await create_plan(stack.client, creator, api_id, monthly_price="29", call_limit=5000)
+    async with stack.paying_subscriber(overage) as story:
+        timeline = story.timeline
+        period = await timeline.subscription(story.stripe_id)
+        start, end = int(period["current_period_start"]), int(period["current_period_end"])
+        await timeline.advance_to(start + 2 * DAY)
+        await _traffic(story, 1300)
+        await timeline.advance_to(start + 10 * DAY)
+        changed = await stack.client.put(
+            f"/api/v1/subscriptions/{story.subscribed['id']}/upgrade",
+            json={"new_pricing_plan_id": hard["id"]},
+            headers=story.headers,
+        )
+        assert changed.status_code == 200, changed.text
+        await timeline.relay()
+        (at_once,) = await story.renewals()
+        ours = await story.ours()
+        items = (await timeline.subscription(story.stripe_id))["items"]["data"]
+        await _traffic(story, 700)  # on the hard-limit plan: no overage, nothing per call
+        await timeline.advance_to(end + 2 * HOUR)
+        renewal = next(i for i in await story.renewals() if i.id != at_once.id)
+
+    assert ours.stripe_overage_item_id is None
+    assert ours.pricing_plan_id == uuid.UUID(hard["id"])
+    assert [i["id"] for i in items] == [ours.stripe_subscription_item_id]
+    # The calls until the change, through the tiers: 300 past the 1,000 included at 1.5 cents.
+    lines = sorted((line["quantity"], line["amount"]) for line in at_once.lines)
+    assert [line for line in lines if line[0] > 1] == [(1300, 450)]
+    assert sum(amount for _quantity, amount in lines) == 450
+    assert (at_once.status, at_once.amount_paid) == ("paid", 450)  # same monthly price: prorations net 0
+    assert [(line["quantity"], line["amount"]) for line in renewal.lines] == [(1, 2900)]
+    assert (renewal.status, renewal.amount_paid) == ("paid", 2900)
