@@ -25,9 +25,10 @@ For subscriptions on a clock, a price change with `proration_behavior=always_inv
 credit for unused time and the debit for the rest of the period at once (a negative total becomes
 customer credit, taken by the next invoices), with the usage so far of a metered item the change
 deletes or moves to another price (an item that gets a metered price mid-period counts its usage
-from then); a tiered price's usage line is priced through its tiers; and cancelling with `invoice_now` (and `prorate`)
-issues the final invoice. `POST /v1/test_helpers/charges/{id}/dispute` opens a dispute on a charge
-(`charge.dispute.created`), `POST /v1/test_helpers/disputes/{id}/close` closes it won or lost.
+from then); a tiered price's usage line is priced through its tiers; and cancelling with
+`invoice_now` (and `prorate`) issues the final invoice. `POST /v1/test_helpers/charges/{id}/dispute`
+opens a dispute on a charge (`charge.dispute.created`), `POST /v1/test_helpers/disputes/{id}/close`
+closes it won or lost.
 Subscriptions of customers without a clock keep the emulator's behaviour. Events are signed with
 the real time of delivery (Stripe's signature timestamp), whatever their `created`, and
 `GET /v1/events` lists them newest first, as Stripe does.

@@ -137,16 +137,26 @@ async def moves_plan(subscription: Subscription, price_id: str | None) -> bool:
 
 async def bills_calls_differently(subscription: Subscription, price_id: str | None) -> bool:
     """True when `price_id` is the price of another plan of the row's API and exactly one of that
-    plan and the row's own bills per call: the calls until the change must be counted first."""
+    plan and the row's own bills per call, or either bills overage through the meter (the overage
+    item is added, swapped or deleted): the calls until the change must be counted first."""
     session = async_object_session(subscription)
     if session is None or price_id is None:
         return False
     target = await _plan_of_price(session, subscription, price_id)
     if target is None:
         return False
-    plan_id, _version, plan_type = target
+    plan_id, version, plan_type = target
     if plan_id == subscription.pricing_plan_id:
         return False
+    if subscription.stripe_overage_item_id is not None:
+        return True
+    target_overage = await session.scalar(
+        select(PricingPlanVersion.stripe_overage_price_id).where(
+            PricingPlanVersion.plan_id == plan_id, PricingPlanVersion.version == version
+        )
+    )
+    if target_overage is not None:
+        return True
     current = await session.scalar(
         select(PricingPlan.type).where(PricingPlan.id == subscription.pricing_plan_id)
     )
