@@ -13,7 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.models import Subscription
 from app.stripe.subscriptions import StripeSubscriptionState
-from tests.support.journeys import Auth, create_plan, new_api_id, subscribe, upgrade
+from tests.support.journeys import (
+    Auth,
+    create_plan,
+    new_api_id,
+    registered_consumer,
+    subscribe,
+    subscribe_through_checkout,
+    upgrade,
+)
 from tests.support.stripe_wire import MONTH, NOW, consumer_with_card, form_of, wire_subscription
 
 METER = {"id": "mtr_wire", "object": "billing.meter", "event_name": "api_calls_x", "status": "active"}
@@ -132,6 +140,29 @@ async def test_changing_from_an_overage_plan_to_a_hard_limit_plan_deletes_the_me
     assert sent["proration_behavior"] == ["always_invoice"]
     stored = await _stored(engine, created["id"])
     assert (stored.stripe_overage_item_id, stored.pricing_plan_id.hex) == (None, hard["id"].replace("-", ""))
+
+
+async def test_checkout_for_an_overage_plan_adds_the_metered_price_as_a_line_without_quantity(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth
+) -> None:
+    stripe_api.post("/v1/billing/meters").respond(200, json=METER)
+    route = stripe_api.post("/v1/checkout/sessions").respond(
+        200,
+        json={
+            "id": "cs_test_over",
+            "object": "checkout.session",
+            "url": "https://checkout.stripe.com/c/pay/x",
+        },
+    )
+    plan = await create_plan(
+        wire, auth("creator"), new_api_id(), call_limit=1000, overage_price_per_call="0.01"
+    )
+    response = await subscribe_through_checkout(wire, await registered_consumer(wire, auth), plan)
+    assert response.status_code == 201, response.text
+    sent = form_of(route.calls.last.request)
+    assert (sent["line_items[0][price]"], sent["line_items[0][quantity]"]) == (["price_wire_1"], ["1"])
+    assert sent["line_items[1][price]"] == ["price_wire_2"]
+    assert "line_items[1][quantity]" not in sent
 
 
 @pytest.mark.parametrize("metered_first", [False, True])
