@@ -140,6 +140,7 @@ async def invoice_created(ctx: EventContext, obj: StripeInvoice) -> str:
             run = await ctx.usage.aggregate(only=[invoice.subscription_id])
             if run.unavailable or run.stripe_failures:
                 raise UsageNotReported("usage not yet reported for this invoice (metering or Stripe failed)")
+        # Only a subscription without the overage meter item (made before it) gets an overage line.
         await bill_overage(ctx.session, ctx.stripe, invoice, subscription, calls=calls)
     return "processed"
 
