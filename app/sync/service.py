@@ -29,6 +29,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import clock, metrics
+from app.config import DEFAULT_INVOICE_ISSUER
 from app.db.runs import settling
 from app.db.unit_of_work import unit_of_work
 from app.earnings.booking import book_invoice_earnings
@@ -123,7 +124,7 @@ class SyncService:
         dry_run: bool,
         progress: Progress | None = None,
         repair_orphans: bool = False,
-        invoice_issuer: str | None = None,
+        invoice_issuer: str = DEFAULT_INVOICE_ISSUER,
         usage: UsageService | None = None,
     ) -> None:
         self._engine = engine

@@ -49,7 +49,10 @@ async def _paid_invoice(ctx: EventContext, stripe_invoice_id: str) -> Invoice | 
         return invoice
     fetched_at = clock.timestamp()
     invoice = await sync_invoice(
-        ctx.session, await ctx.stripe.retrieve_invoice(stripe_invoice_id), observed_at=fetched_at
+        ctx.session,
+        await ctx.stripe.retrieve_invoice(stripe_invoice_id),
+        observed_at=fetched_at,
+        issuer=ctx.settings.invoice_issuer_name,
     )
     if invoice is not None:
         await book_invoice_earnings(ctx.session, invoice, ctx.settings.platform_commission)

@@ -61,7 +61,9 @@ async def _mirror_latest_invoice(
     obj = await StripeGateway(settings).retrieve_invoice(invoice_id)
     assert obj.status == "paid", obj
     async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
-        invoice = await sync_invoice(session, obj, observed_at=obj.as_of or 0)
+        invoice = await sync_invoice(
+            session, obj, observed_at=obj.as_of or 0, issuer=settings.invoice_issuer_name
+        )
         assert invoice is not None
         await book_invoice_earnings(session, invoice, settings.platform_commission)
     return invoice_id
