@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import clock
 from app.invoices.lines import stored_line
 from app.invoices.numbering import number_if_final
+from app.invoices.repository import link_earnings
 from app.models import Consumer, Invoice, Subscription
 from app.stripe.invoices import StripeInvoice, StripeInvoiceLine
 
@@ -103,6 +104,10 @@ async def sync_invoice(
     else:
         raise RuntimeError(f"invoice {obj.id} could not be stored")
 
+    if subscription_id is not None and invoice.subscription_id is None:
+        # Mirrored before our row followed its Stripe subscription: the lines booked then, too.
+        invoice.subscription_id = subscription_id
+        await link_earnings(session, subscription_id, invoice_id=invoice.id)
     if is_stale(invoice, obj.status, observed_at):
         return invoice
     invoice.status = obj.status

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_object_session
 
 from app import clock, metrics
 from app.events.types import SUBSCRIPTION_CANCELLED, SUBSCRIPTION_CHANGED, SUBSCRIPTION_CREATED
+from app.invoices.repository import link_to_subscription
 from app.models import PricingPlan, PricingPlanVersion, Subscription
 from app.models.subscription import KEYED, STRIPE_STATUS, TERMINAL
 from app.outbox.service import Outbox
@@ -66,6 +67,19 @@ async def apply_status(outbox: Outbox, subscription: Subscription, new_status: s
         await outbox.publish_event(subscription, SUBSCRIPTION_CHANGED, f"{subscription.id}:{uuid.uuid4()}")
     outbox.refresh_entitlement(subscription)
     return True
+
+
+async def adopt_stripe_subscription(subscription: Subscription, stripe_subscription_id: str) -> None:
+    """Make a row that follows no Stripe subscription yet follow this one, and link to it what was
+    mirrored of that subscription before (invoices whose events came before our commit, as when
+    a subscribe is retried after a crash, and their earnings lines). A no-op on a row that follows one.
+    """
+    if subscription.stripe_subscription_id is not None:
+        return
+    subscription.stripe_subscription_id = stripe_subscription_id
+    session = async_object_session(subscription)
+    if session is not None:
+        await link_to_subscription(session, subscription.id, subscription.consumer_id, stripe_subscription_id)
 
 
 async def follow_price(subscription: Subscription, price_id: str | None) -> bool:
@@ -190,7 +204,7 @@ async def apply_stripe_state(
         subscription.trial_end,
     )
     subscription.stripe_state_at = max(observed_at, last or observed_at)
-    subscription.stripe_subscription_id = subscription.stripe_subscription_id or state.id
+    await adopt_stripe_subscription(subscription, state.id)
     subscription.stripe_subscription_item_id = state.item_id or subscription.stripe_subscription_item_id
     subscription.current_period_start = state.current_period_start or subscription.current_period_start
     subscription.current_period_end = state.current_period_end or subscription.current_period_end

@@ -22,6 +22,7 @@ from app.stripe.invoices import StripeInvoice
 from app.stripe.shapes import StripeCheckoutCompleted, StripeCustomerObject, StripePaymentIntent
 from app.stripe.subscriptions import StripeSubscriptionState
 from app.subscriptions.lifecycle import (
+    adopt_stripe_subscription,
     apply_stripe_state,
     bills_calls_differently,
     follows_price_of,
@@ -199,7 +200,7 @@ async def checkout_completed(ctx: EventContext, obj: StripeCheckoutCompleted) ->
     )
     if subscription is None:
         raise NotYetKnown(f"no subscription of ours for checkout session {obj.id}")
-    subscription.stripe_subscription_id = subscription.stripe_subscription_id or stripe_subscription_id
+    await adopt_stripe_subscription(subscription, stripe_subscription_id)
     # The session does not carry the subscription's state: fetch it, as of now.
     fetched_at = clock.timestamp()
     state = await ctx.stripe.retrieve_subscription(stripe_subscription_id)
