@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -16,8 +15,7 @@ from app.invoices.stripe_sync import sync_invoice
 from app.money import format_amount
 from app.stripe.invoices import StripeInvoice
 from tests.support import rows
-
-Auth = Callable[..., dict[str, str]]
+from tests.support.auth import Auth
 
 SUBSCRIPTION_LINE = {
     "description": "Pro plan (monthly)",

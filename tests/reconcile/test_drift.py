@@ -28,9 +28,10 @@ from app.plans.service import meter_event_name
 from app.reconcile.jobs import publish
 from app.reconcile.service import ReconcileService
 from app.stripe import StripeGateway
+from tests.support.auth import Auth
 from tests.support.billing_data import World, event, make_world, subscription_obj
 from tests.support.earnings import add_plan, booked, paid_invoice, pay
-from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribed_consumer
+from tests.support.journeys import add_card, create_plan, new_api_id, register, subscribed_consumer
 from tests.support.stripe_payments import PERIOD, T0, FakePayments, refund
 from tests.support.worker import Ctx, deliver
 

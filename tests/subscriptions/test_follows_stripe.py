@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import clock, metrics
 from app.config import Settings
 from app.models import OutboxMessage, Subscription
+from tests.support.auth import Auth
 from tests.support.billing_data import event, make_world, subscription_obj
 from tests.support.journeys import (
-    Auth,
     create_plan,
     new_api_id,
     stripe_customer_with_card,

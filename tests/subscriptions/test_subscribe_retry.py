@@ -25,9 +25,9 @@ from app import clock
 from app.config import Settings
 from app.models import Earning, Invoice, Subscription
 from app.stripe.test_clocks import TestClockTime
+from tests.support.auth import Auth
 from tests.support.billing_data import World, invoice_obj, make_world, subscription_obj
 from tests.support.journeys import (
-    Auth,
     add_card,
     create_plan,
     new_api_id,

@@ -15,8 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.models import Earning, Invoice, InvoiceReversal
 from app.webhooks.jobs import process_stripe_event
+from tests.support.auth import Auth
 from tests.support.billing_data import event, make_world
-from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import add_card, create_plan, new_api_id, register, subscribe
 from tests.support.stripe_payments import T0, FakePayments, Payments, dispute, refund
 from tests.support.worker import Ctx, deliver, one, post, truncate
 
