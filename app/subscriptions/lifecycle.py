@@ -7,8 +7,8 @@ Key issuance follows status: entering a live status issues the API key (once), e
 
 Three rules that timestamps alone cannot settle:
 - A terminal Stripe state (canceled, incomplete_expired) of the row's own Stripe subscription is
-  applied whatever its time: Stripe never revives it, and the stamps of snapshots we mirrored
-  from Stripe's answers come from our clock, which may run ahead of Stripe's.
+  applied whatever its time: Stripe never revives it, and a replayed answer of Stripe's is
+  stamped only as new as its own timestamps show.
 - A snapshot without `trial_end` never erases a known one: Stripe keeps a trial's end on the
   subscription once set, so only a stale or partial snapshot lacks it.
 - The plan follows the price Stripe bills: a strictly newer snapshot whose price belongs to
