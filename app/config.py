@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STRIPE_API_VERSION = "2026-10-28.endive"
+DEFAULT_INVOICE_ISSUER = "API Marketplace"
 
 
 class ConfigError(Exception):
@@ -42,7 +43,7 @@ class Settings(BaseSettings):
     # Stripe Tax (`automatic_tax`) on new invoices and subscriptions; needs Stripe Tax set up on the account.
     stripe_tax_enabled: bool = False
     # The issuer printed on the invoices we render ourselves (when Stripe has no PDF).
-    invoice_issuer_name: str = "API Marketplace"
+    invoice_issuer_name: str = DEFAULT_INVOICE_ISSUER
     invoice_issuer_address: str = "1 Market Street, San Francisco, CA 94105, United States"
     invoice_issuer_email: str = "billing@marketplace.example"
     invoice_days_until_due: int = Field(30, ge=0, le=365)

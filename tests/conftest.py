@@ -6,7 +6,7 @@ import asyncio
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from app.db.migrate import upgrade
 from app.dev.processes import EmbeddedPostgres, free_port, redis_server, stripe_emulator
 from app.main import create_app
 from tests.support.asgi import api_client
+from tests.support.auth import Auth, bearer
 from tests.support.factories import TokenFactory
 from tests.support.settings import make_settings
 from tests.support.worker import truncate
@@ -122,10 +123,10 @@ def tokens() -> TokenFactory:
 
 
 @pytest.fixture
-def auth(tokens: TokenFactory) -> Callable[..., dict[str, str]]:
+def auth(tokens: TokenFactory) -> Auth:
     """Authorization headers for a (new, unique by default) user of the given role."""
 
     def headers(role: str = "consumer", user_id: str | None = None, **claims: Any) -> dict[str, str]:
-        return {"Authorization": f"Bearer {tokens.make(role=role, user_id=user_id, **claims)}"}
+        return bearer(tokens.make(role=role, user_id=user_id, **claims))
 
     return headers

@@ -50,6 +50,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from email.utils import formatdate
 from typing import Any, cast
 
 import aiohttp
@@ -1077,19 +1078,28 @@ async def clock_time(request: web.Request, handler: Handler) -> web.StreamRespon
     if moment is None:
         return await handler(request)
     with _at(moment):
-        subscription_path = _SUBSCRIPTION.match(request.path)
-        if subscription_path:
-            subscription = resources.Subscription._api_retrieve(subscription_path["id"])
-            if request.method == "DELETE":
-                return await cancel_clock_subscription(request, subscription)
-            if request.method == "POST":
-                return await update_clock_subscription(request, subscription)
-        if request.method == "POST" and request.path == "/v1/billing/meter_events" and data.get("identifier"):
-            _forget_old_identifier(str(data["identifier"]))
-        response = await handler(request)
-        if request.method == "POST" and request.path == "/v1/billing/meter_events":
-            _remember_meter_event(str(customer), response)
-        return response
+        response = await _serve_on_clock(request, handler, customer, data)
+    # Dated by the clock its objects and events live on, so the answer and the events compare.
+    response.headers["Date"] = formatdate(moment, usegmt=True)
+    return response
+
+
+async def _serve_on_clock(
+    request: web.Request, handler: Handler, customer: object, data: dict[str, Any]
+) -> web.StreamResponse:
+    subscription_path = _SUBSCRIPTION.match(request.path)
+    if subscription_path:
+        subscription = resources.Subscription._api_retrieve(subscription_path["id"])
+        if request.method == "DELETE":
+            return await cancel_clock_subscription(request, subscription)
+        if request.method == "POST":
+            return await update_clock_subscription(request, subscription)
+    if request.method == "POST" and request.path == "/v1/billing/meter_events" and data.get("identifier"):
+        _forget_old_identifier(str(data["identifier"]))
+    response = await handler(request)
+    if request.method == "POST" and request.path == "/v1/billing/meter_events":
+        _remember_meter_event(str(customer), response)
+    return response
 
 
 _stock_subscription_init = resources.Subscription.__init__

@@ -4,10 +4,10 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Consumer, Invoice, PricingPlan, PricingPlanVersion
+from app.models import Consumer, Earning, Invoice, PricingPlan, PricingPlanVersion
 
 
 class InvoiceRepository:
@@ -79,3 +79,36 @@ class InvoiceRepository:
 
     async def get_consumer(self, consumer_id: uuid.UUID) -> Consumer | None:
         return await self._session.get(Consumer, consumer_id)
+
+
+async def link_to_subscription(
+    session: AsyncSession, subscription_id: uuid.UUID, consumer_id: uuid.UUID, stripe_subscription_id: str
+) -> None:
+    """Point at our subscription the consumer's invoices of `stripe_subscription_id` mirrored
+    before any row of ours followed it (their lines name it), and every earnings line of the
+    subscription's invoices that names no subscription. Idempotent: only what names none moves."""
+    await session.execute(
+        update(Invoice)
+        .where(
+            Invoice.consumer_id == consumer_id,
+            Invoice.subscription_id.is_(None),
+            Invoice.lines.contains([{"subscription": stripe_subscription_id}]),
+        )
+        .values(subscription_id=subscription_id)
+    )
+    await link_earnings(session, subscription_id)
+
+
+async def link_earnings(
+    session: AsyncSession, subscription_id: uuid.UUID, *, invoice_id: uuid.UUID | None = None
+) -> None:
+    """Name `subscription_id` on the earnings lines of its invoices (or of `invoice_id` only) that
+    name no subscription: booked while the invoice was not yet linked to it."""
+    invoices = select(Invoice.id).where(Invoice.subscription_id == subscription_id)
+    if invoice_id is not None:
+        invoices = invoices.where(Invoice.id == invoice_id)
+    await session.execute(
+        update(Earning)
+        .where(Earning.subscription_id.is_(None), Earning.invoice_id.in_(invoices))
+        .values(subscription_id=subscription_id)
+    )

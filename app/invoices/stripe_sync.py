@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import clock
 from app.invoices.lines import stored_line
 from app.invoices.numbering import number_if_final
+from app.invoices.repository import link_earnings
 from app.models import Consumer, Invoice, Subscription
 from app.stripe.invoices import StripeInvoice, StripeInvoiceLine
 
@@ -54,12 +55,13 @@ def is_stale(invoice: Invoice, status: str, observed_at: int) -> bool:
 
 
 async def sync_invoice(
-    session: AsyncSession, obj: StripeInvoice, *, observed_at: int, issuer: str | None = None
+    session: AsyncSession, obj: StripeInvoice, *, observed_at: int, issuer: str
 ) -> Invoice | None:
     """Upsert our mirror of the Stripe invoice `obj` seen at `observed_at` (unix s, Stripe's clock).
 
-    With `issuer`, a finalised invoice Stripe gave no number gets the next of that issuer's own
-    sequence. Returns the locked row, or None when the invoice's customer is not one of ours.
+    A finalised invoice Stripe gave no number gets the next of `issuer`'s own sequence (the
+    issuer is required: an invoice first mirrored by any path is numbered alike). Returns the
+    locked row, or None when the invoice's customer is not one of ours.
     """
     consumer_id = (
         await session.execute(select(Consumer.id).where(Consumer.stripe_customer_id == obj.customer))
@@ -102,6 +104,10 @@ async def sync_invoice(
     else:
         raise RuntimeError(f"invoice {obj.id} could not be stored")
 
+    if subscription_id is not None and invoice.subscription_id is None:
+        # Mirrored before our row followed its Stripe subscription: the lines booked then, too.
+        invoice.subscription_id = subscription_id
+        await link_earnings(session, subscription_id, invoice_id=invoice.id)
     if is_stale(invoice, obj.status, observed_at):
         return invoice
     invoice.status = obj.status
@@ -129,6 +135,5 @@ async def sync_invoice(
     invoice.customer_address = obj.customer_address or invoice.customer_address
     invoice.description = obj.description or invoice.description
     invoice.due_date = obj.due_date or invoice.due_date
-    if issuer is not None:
-        await number_if_final(session, invoice, issuer)
+    await number_if_final(session, invoice, issuer)
     return invoice

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 import stripe
 
-from app import metrics
+from app import clock, metrics
 from app.config import Settings
 from app.errors import (
     Conflict,
@@ -65,6 +67,23 @@ def translate_error(exc: stripe.StripeError) -> DomainError:
     if isinstance(exc, stripe.APIConnectionError):
         return UpstreamError("Stripe could not be reached", code="stripe_unreachable")
     return UpstreamError("Stripe failed to answer", code="stripe_error")
+
+
+def answered_at(result: object) -> int | None:
+    """When Stripe answered with `result`, by Stripe's clock: the `Date` of its answer (whole
+    seconds), which no snapshot in the answer is older than. None for an idempotent replay (the
+    body is the first answer's, from a moment the replay does not date). An answer without a
+    `Date` (a test double) is dated by our clock."""
+    response = getattr(result, "last_response", None)
+    headers = {
+        str(name).lower(): str(value) for name, value in (getattr(response, "headers", None) or {}).items()
+    }
+    if headers.get("idempotent-replayed") == "true":
+        return None
+    if "date" in headers:
+        with contextlib.suppress(TypeError, ValueError):
+            return int(parsedate_to_datetime(headers["date"]).timestamp())
+    return clock.timestamp()
 
 
 def stripe_request_id(result: object) -> str | None:

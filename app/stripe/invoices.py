@@ -124,6 +124,8 @@ class StripeInvoice:
     last_transition_at: int | None = None
     # True when Stripe embedded only the first page of its lines (the gateway fetches the rest).
     more_lines: bool = False
+    # An API answer's time by Stripe's clock (`answered_at`); None in an event or a replay.
+    answered_at: int | None = None
 
     @classmethod
     def from_payload(cls, obj: dict[str, Any]) -> StripeInvoice:
@@ -182,7 +184,8 @@ class StripeInvoice:
         """The newest moment, by Stripe's clock, this snapshot shows: its last status transition,
         else its creation. An API answer is at least this new."""
         created = int(self.created.timestamp()) if self.created else None
-        return max((t for t in (created, self.last_transition_at) if t is not None), default=None)
+        stamps = (created, self.last_transition_at, self.answered_at)
+        return max((t for t in stamps if t is not None), default=None)
 
 
 def balance_field(obj: dict[str, Any], name: str) -> int | None:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from app.stripe.base import StripeBase
+from app.stripe.base import StripeBase, answered_at
 from app.stripe.invoices import StripeInvoice
 from app.stripe.payment_methods import StripeCard, card_of
 from app.stripe.shapes import StripeCustomerObject
@@ -29,6 +29,8 @@ class StripePage(Generic[T]):
 
     objects: list[T]
     has_more: bool
+    # When Stripe answered, by its clock (`answered_at`): what the page's snapshots are as of.
+    answered_at: int | None = None
 
 
 class ListingCalls(StripeBase):
@@ -60,7 +62,11 @@ class ListingCalls(StripeBase):
             params["status"] = "all"
         service = getattr(self._client.v1, resource)
         page = await self._call(f"{resource}.list", lambda: service.list_async(params=params))
-        return StripePage(objects=[parse(obj.to_dict()) for obj in page.data], has_more=bool(page.has_more))
+        return StripePage(
+            objects=[parse(obj.to_dict()) for obj in page.data],
+            has_more=bool(page.has_more),
+            answered_at=answered_at(page),
+        )
 
     async def list_customer_cards(self, customer_id: str) -> list[StripeCard]:
         """The cards attached to a customer at Stripe (a customer has few: one page)."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from app.stripe.base import StripeBase
+from app.stripe.base import StripeBase, answered_at
 from app.stripe.invoices import StripeInvoice, StripeInvoiceLine
 from app.stripe.shapes import metadata_of, stripe_id, timestamp
 
@@ -36,6 +36,17 @@ class StripeSubscriptionState:
     # licensed one).
     overage_item_id: str | None = None
     overage_price_id: str | None = None
+    # An API answer's time by Stripe's clock (`answered_at`); None in an event or a replay.
+    answered_at: int | None = None
+
+    @property
+    def as_of(self) -> int | None:
+        """The moment, by Stripe's clock, this snapshot is known to be at least as new as: its
+        answer's time, else the newest of its own timestamps (its creation, its cancellation)."""
+        if self.answered_at is not None:
+            return self.answered_at
+        own = [self.created] + [int(t.timestamp()) for t in (self.canceled_at, self.ended_at) if t]
+        return max((t for t in own if t is not None), default=None)
 
     @classmethod
     def from_payload(cls, obj: dict[str, Any]) -> StripeSubscriptionState:
@@ -152,7 +163,7 @@ def _subscription(stripe_object: Any) -> StripeSubscription:
     # Only an incomplete subscription waits for the consumer (SCA, or another card after a decline).
     needs_action = payload.get("status") == "incomplete"
     return StripeSubscription(
-        state=StripeSubscriptionState.from_payload(payload),
+        state=replace(StripeSubscriptionState.from_payload(payload), answered_at=answered_at(stripe_object)),
         client_secret=intent.get("client_secret") if needs_action else None,
         change_pending=bool(payload.get("pending_update")),
     )

@@ -7,8 +7,8 @@ Key issuance follows status: entering a live status issues the API key (once), e
 
 Three rules that timestamps alone cannot settle:
 - A terminal Stripe state (canceled, incomplete_expired) of the row's own Stripe subscription is
-  applied whatever its time: Stripe never revives it, and the stamps of snapshots we mirrored
-  from Stripe's answers come from our clock, which may run ahead of Stripe's.
+  applied whatever its time: Stripe never revives it, and a replayed answer of Stripe's is
+  stamped only as new as its own timestamps show.
 - A snapshot without `trial_end` never erases a known one: Stripe keeps a trial's end on the
   subscription once set, so only a stale or partial snapshot lacks it.
 - The plan follows the price Stripe bills: a strictly newer snapshot whose price belongs to
@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_object_session
 
 from app import clock, metrics
 from app.events.types import SUBSCRIPTION_CANCELLED, SUBSCRIPTION_CHANGED, SUBSCRIPTION_CREATED
+from app.invoices.repository import link_to_subscription
 from app.models import PricingPlan, PricingPlanVersion, Subscription
 from app.models.subscription import KEYED, STRIPE_STATUS, TERMINAL
 from app.outbox.service import Outbox
@@ -66,6 +67,19 @@ async def apply_status(outbox: Outbox, subscription: Subscription, new_status: s
         await outbox.publish_event(subscription, SUBSCRIPTION_CHANGED, f"{subscription.id}:{uuid.uuid4()}")
     outbox.refresh_entitlement(subscription)
     return True
+
+
+async def adopt_stripe_subscription(subscription: Subscription, stripe_subscription_id: str) -> None:
+    """Make a row that follows no Stripe subscription yet follow this one, and link to it what was
+    mirrored of that subscription before (invoices whose events came before our commit, as when
+    a subscribe is retried after a crash, and their earnings lines). A no-op on a row that follows one.
+    """
+    if subscription.stripe_subscription_id is not None:
+        return
+    subscription.stripe_subscription_id = stripe_subscription_id
+    session = async_object_session(subscription)
+    if session is not None:
+        await link_to_subscription(session, subscription.id, subscription.consumer_id, stripe_subscription_id)
 
 
 async def follow_price(subscription: Subscription, price_id: str | None) -> bool:
@@ -215,7 +229,7 @@ async def apply_stripe_state(
         subscription.trial_end,
     )
     subscription.stripe_state_at = max(observed_at, last or observed_at)
-    subscription.stripe_subscription_id = subscription.stripe_subscription_id or state.id
+    await adopt_stripe_subscription(subscription, state.id)
     subscription.stripe_subscription_item_id = state.item_id or subscription.stripe_subscription_item_id
     # The overage item follows Stripe's newest snapshot (a plan change adds or removes it); a
     # same-second one may predate our change, so it only ever adds the item it names.

@@ -553,7 +553,8 @@ class SubscriptionService:
         return created.client_secret
 
     async def _mirror(self, subscription: Subscription, result: StripeSubscription) -> None:
-        observed = max(clock.timestamp(), subscription.stripe_state_at or 0)
+        """Mirror Stripe's answer to our change as of when Stripe gave it, by Stripe's clock."""
+        observed = result.state.as_of or 0
         await apply_stripe_state(self._outbox, subscription, result.state, observed_at=observed)
 
     @staticmethod

@@ -29,6 +29,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import clock, metrics
+from app.config import DEFAULT_INVOICE_ISSUER
 from app.db.runs import settling
 from app.db.unit_of_work import unit_of_work
 from app.earnings.booking import book_invoice_earnings
@@ -123,7 +124,7 @@ class SyncService:
         dry_run: bool,
         progress: Progress | None = None,
         repair_orphans: bool = False,
-        invoice_issuer: str | None = None,
+        invoice_issuer: str = DEFAULT_INVOICE_ISSUER,
         usage: UsageService | None = None,
     ) -> None:
         self._engine = engine
@@ -221,12 +222,12 @@ class SyncService:
                     await ahead
 
     async def _fetch_page(self, resource: Listable, starting_after: str | None) -> _Fetched:
-        """A page of the list, when Stripe was asked for it (what its snapshots are as of), and for
+        """A page of the list, when Stripe answered it (what its snapshots are as of), and for
         customers their cards too: all of it asked for while the previous page is applied."""
-        fetched_at = clock.timestamp()
         page = await self._limiter.call(
             lambda: self._stripe.list_page(resource, starting_after=starting_after)
         )
+        fetched_at = page.answered_at or 0  # by Stripe's clock; a list is never a replay
         cards = (
             await self._customer_cards([obj.id for obj in page.objects]) if resource == "customers" else {}
         )
@@ -389,7 +390,8 @@ class SyncService:
             report.unknown += 1
             report.note(f"subscription {state.id}: not in our store")
             return
-        if self._fetched_at - created < ORPHAN_GRACE_SECONDS:
+        # Business time, not a snapshot's order: how long ago our subscribe may still be in flight.
+        if clock.timestamp() - created < ORPHAN_GRACE_SECONDS:
             report.unknown += 1
             report.note(f"subscription {state.id}: no row of ours yet (created within the hour); left alone")
             return
@@ -451,7 +453,7 @@ class SyncService:
         ).one_or_none()
         complete = await self._limiter.call(lambda: self._stripe.with_all_lines(listed))
         invoice = await sync_invoice(
-            session, complete, observed_at=clock.timestamp(), issuer=self._invoice_issuer
+            session, complete, observed_at=self._fetched_at, issuer=self._invoice_issuer
         )
         if invoice is None:
             report.unknown += 1

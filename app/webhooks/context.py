@@ -24,13 +24,10 @@ class EventContext:
     outbox: Outbox
     stripe: StripeGateway
     usage: UsageService
+    dunning: DunningService
     settings: Settings
     event_id: str
     created: int
-
-    @property
-    def dunning(self) -> DunningService:
-        return DunningService(self.session, self.outbox)
 
 
 Handler = Callable[[EventContext, dict[str, Any]], Awaitable[str]]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from app import clock
 from app.earnings.booking import book_invoice_earnings
 from app.entitlements.overage import bill_overage
 from app.errors import DomainError
@@ -22,6 +21,7 @@ from app.stripe.invoices import StripeInvoice
 from app.stripe.shapes import StripeCheckoutCompleted, StripeCustomerObject, StripePaymentIntent
 from app.stripe.subscriptions import StripeSubscriptionState
 from app.subscriptions.lifecycle import (
+    adopt_stripe_subscription,
     apply_stripe_state,
     bills_calls_differently,
     follows_price_of,
@@ -60,8 +60,8 @@ async def subscription_changed(ctx: EventContext, state: StripeSubscriptionState
     """customer.subscription.created / updated / deleted: mirror the snapshot.
 
     A snapshot that would move the plan goes by Stripe's current state instead: the event may be
-    older than a plan change we mirrored from Stripe's answer, stamped by our clock, which may run
-    behind Stripe's, so its stamp alone cannot tell which is newer.
+    older than a plan change we mirrored from Stripe's answer in the same second (stamps are whole
+    seconds), or than one whose answer was a replay, so its stamp alone cannot tell which is newer.
     """
     subscription = await find_subscription(
         ctx.session, stripe_subscription_id=state.id, metadata=state.metadata
@@ -200,11 +200,10 @@ async def checkout_completed(ctx: EventContext, obj: StripeCheckoutCompleted) ->
     )
     if subscription is None:
         raise NotYetKnown(f"no subscription of ours for checkout session {obj.id}")
-    subscription.stripe_subscription_id = subscription.stripe_subscription_id or stripe_subscription_id
-    # The session does not carry the subscription's state: fetch it, as of now.
-    fetched_at = clock.timestamp()
+    await adopt_stripe_subscription(subscription, stripe_subscription_id)
+    # The session does not carry the subscription's state: fetch it, as of Stripe's answer.
     state = await ctx.stripe.retrieve_subscription(stripe_subscription_id)
-    await apply_stripe_state(ctx.outbox, subscription, state, observed_at=max(fetched_at, ctx.created))
+    await apply_stripe_state(ctx.outbox, subscription, state, observed_at=max(state.as_of or 0, ctx.created))
     return "processed"
 
 
@@ -218,11 +217,11 @@ async def payment_intent_settled(ctx: EventContext, obj: StripePaymentIntent) ->
     invoice_id = obj.invoice
     if invoice_id is None:
         return "ignored"
-    fetched_at = clock.timestamp()
+    fetched = await ctx.stripe.retrieve_invoice(invoice_id)
     invoice = await sync_invoice(
         ctx.session,
-        await ctx.stripe.retrieve_invoice(invoice_id),
-        observed_at=fetched_at,
+        fetched,
+        observed_at=max(fetched.as_of or 0, ctx.created),
         issuer=ctx.settings.invoice_issuer_name,
     )
     if invoice is None:

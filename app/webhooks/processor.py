@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app import metrics
 from app.config import Settings
 from app.db.unit_of_work import unit_of_work
+from app.dunning.service import DunningService
 from app.outbox.service import Outbox
 from app.stripe import StripeGateway
 from app.usage.service import UsageService
@@ -65,11 +66,13 @@ class EventProcessor:
                 handler = HANDLERS.get(event.type)
                 outcome = "ignored"
                 if handler is not None:
+                    outbox = Outbox(session, self._redis)
                     context = EventContext(
                         session=session,
-                        outbox=Outbox(session, self._redis),
+                        outbox=outbox,
                         stripe=self._stripe,
                         usage=self._usage,
+                        dunning=DunningService(session, outbox),
                         settings=self._settings,
                         event_id=event.id,
                         created=event.stripe_created,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from app import clock
 from app.earnings.booking import book_invoice_earnings
 from app.invoices.stripe_sync import sync_invoice
 from app.models import Invoice
@@ -47,9 +46,12 @@ async def _paid_invoice(ctx: EventContext, stripe_invoice_id: str) -> Invoice | 
     ).scalar_one_or_none()
     if invoice is not None and invoice.status == "paid":
         return invoice
-    fetched_at = clock.timestamp()
+    fetched = await ctx.stripe.retrieve_invoice(stripe_invoice_id)
     invoice = await sync_invoice(
-        ctx.session, await ctx.stripe.retrieve_invoice(stripe_invoice_id), observed_at=fetched_at
+        ctx.session,
+        fetched,
+        observed_at=max(fetched.as_of or 0, ctx.created),
+        issuer=ctx.settings.invoice_issuer_name,
     )
     if invoice is not None:
         await book_invoice_earnings(ctx.session, invoice, ctx.settings.platform_commission)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import httpx
@@ -13,9 +12,8 @@ from app.analytics.schemas import EarningsReport
 from app.models import Earning
 from app.money import split_commission
 from tests.support import rows
+from tests.support.auth import Auth
 from tests.support.rows import RATE
-
-Auth = Callable[..., dict[str, str]]
 
 
 def _through_schema(content: bytes) -> tuple[EarningsReport, bytes]:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -12,9 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.money import split_commission
 from app.payouts.reversals import reverse_invoice_earnings
 from tests.support import rows
+from tests.support.auth import Auth
 from tests.support.rows import RATE
 
-Auth = Callable[..., dict[str, str]]
 MARCH = {"from": "2026-03-01", "to": "2026-03-31"}
 
 

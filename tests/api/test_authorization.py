@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from tests.support.auth import Auth
 from tests.support.journeys import (
-    Auth,
     add_card,
     create_plan,
     new_api_id,

@@ -32,6 +32,7 @@ from app.resources import Resources
 from app.webhooks.ingest import event_job_id
 from app.webhooks.jobs import CRON_JOBS
 from tests.support.asgi import api_client, get_scope
+from tests.support.auth import bearer
 from tests.support.billing_data import customer_created
 from tests.support.factories import TokenFactory
 from tests.support.freeze import frozen, postgres_pids, redis_pids
@@ -91,8 +92,8 @@ async def test_frozen_database_answers_503_fast_everywhere_and_loses_nothing(
     http: httpx.AsyncClient, fault_app: FastAPI, workdir: Path, engine: AsyncEngine
 ) -> None:
     tokens = TokenFactory()
-    consumer = {"Authorization": f"Bearer {tokens.make(role='consumer')}"}
-    creator = {"Authorization": f"Bearer {tokens.make(role='creator')}", "Idempotency-Key": "plan-1"}
+    consumer = bearer(tokens.make(role="consumer"))
+    creator = {**bearer(tokens.make(role="creator")), "Idempotency-Key": "plan-1"}
     # Warm pools: the freeze catches connections in use as well as new ones.
     assert (await http.get("/api/v1/subscriptions", headers=consumer)).status_code == 200
     assert (await send(http, customer_created())).status_code == 200
@@ -152,7 +153,7 @@ async def test_request_abandoned_by_its_client_holds_no_connection(
     http: httpx.AsyncClient, fault_app: FastAPI, workdir: Path
 ) -> None:
     token = TokenFactory().make(role="consumer")
-    assert (await http.get("/api/v1/subscriptions", headers={"Authorization": f"Bearer {token}"})).is_success
+    assert (await http.get("/api/v1/subscriptions", headers=bearer(token))).is_success
     with frozen(postgres_pids(workdir)):
         abandoned = [
             asyncio.create_task(_abandoned_request(fault_app, "/api/v1/subscriptions", token))
@@ -164,7 +165,7 @@ async def test_request_abandoned_by_its_client_holds_no_connection(
     await asyncio.gather(*abandoned, return_exceptions=True)
     assert finished == [True] * 3
     assert checked_out == 0
-    assert (await http.get("/api/v1/subscriptions", headers={"Authorization": f"Bearer {token}"})).is_success
+    assert (await http.get("/api/v1/subscriptions", headers=bearer(token))).is_success
 
 
 @pytest.fixture

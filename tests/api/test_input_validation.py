@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -11,10 +11,10 @@ import pytest
 
 from app.config import Settings
 from tests.support import rows
+from tests.support.auth import Auth, bearer
 from tests.support.factories import TokenFactory, sign_webhook
 from tests.support.journeys import new_api_id
 
-Auth = Callable[..., dict[str, str]]
 NUL = "\x00"
 
 
@@ -135,7 +135,7 @@ async def test_token_claims_the_database_cannot_store_are_401(
     client: httpx.AsyncClient, tokens: TokenFactory, claims: dict[str, Any]
 ) -> None:
     token = tokens.make(**claims)
-    response = await client.post("/api/v1/consumers/register", headers={"Authorization": f"Bearer {token}"})
+    response = await client.post("/api/v1/consumers/register", headers=bearer(token))
     assert response.status_code == 401, response.text
     assert response.json()["code"] == "invalid_token"
 

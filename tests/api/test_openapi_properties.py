@@ -32,6 +32,7 @@ from schemathesis.specs.openapi.checks import (
 from app.config import Settings
 from app.dev.processes import free_port
 from app.main import create_app
+from tests.support.auth import bearer
 from tests.support.factories import TokenFactory
 
 EXAMPLES_PER_OPERATION = 6
@@ -63,7 +64,7 @@ def live_api(settings: Settings) -> Iterator[str]:
 def test_every_operation_answers_as_documented(live_api: str, role: str, mode: GenerationMode) -> None:
     spec = httpx.get(f"{live_api}/openapi.json").json()
     schema = schemathesis.openapi.from_dict(spec)
-    headers = {"Authorization": f"Bearer {TokenFactory().make(role=role, user_id=f'props-{role}')}"}
+    headers = bearer(TokenFactory().make(role=role, user_id=f"props-{role}"))
     httpx.post(f"{live_api}/api/v1/consumers/register", headers=headers, timeout=10)
     failures: list[str] = []
     statuses: list[int] = []

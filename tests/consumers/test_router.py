@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import httpx
 from sqlalchemy import func, select
@@ -9,8 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import Consumer
-
-Auth = Callable[..., dict[str, str]]
+from tests.support.auth import Auth
 
 
 async def _stripe_customer(settings: Settings, customer_id: str) -> httpx.Response:

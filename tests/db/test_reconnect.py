@@ -8,7 +8,7 @@ check that the next requests still get their answer from the database, on new co
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.dependencies import api_state
 from app.main import create_app
+from tests.support.auth import Auth
 from tests.support.settings import make_settings
 
 CONNECTIONS = 3
@@ -66,7 +67,7 @@ async def _terminate(postgres_uri: str, pids: set[int]) -> None:
 
 
 async def test_requests_after_the_server_ended_every_pooled_connection_are_answered(
-    own_app: FastAPI, postgres_uri: str, auth: Callable[..., dict[str, str]]
+    own_app: FastAPI, postgres_uri: str, auth: Auth
 ) -> None:
     engine: AsyncEngine = api_state(own_app).resources.engine
     old = await _pooled_backends(engine)

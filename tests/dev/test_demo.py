@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from datetime import timedelta
 
 import httpx
@@ -16,8 +15,7 @@ from app.config import Settings
 from app.dev.demo import seed
 from app.dev.demo_history import DEMO_CONSUMERS, HISTORY_DAYS
 from app.models import Earning, Invoice, Subscription, UsageRecord
-
-Auth = Callable[..., dict[str, str]]
+from tests.support.auth import Auth
 
 
 async def _counts(engine: AsyncEngine) -> tuple[int, ...]:

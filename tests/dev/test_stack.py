@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from app.dev.processes import EmbeddedPostgres, free_port
+from tests.support.auth import bearer
 from tests.support.dev_stack import STACK_VARS, children_of, dev_stack
 
 
@@ -61,7 +62,7 @@ def test_billing_dev_serves_registers_and_restarts(data_dir: Path) -> None:
     with dev_stack(data_dir, port) as (process, tokens):
         assert httpx.get(f"{base}/health").json() == {"status": "ok"}
         assert httpx.get(f"{base}/ready").status_code == 200
-        headers = {"Authorization": f"Bearer {tokens['consumer']}"}
+        headers = bearer(tokens["consumer"])
         first = httpx.post(f"{base}/api/v1/consumers/register", headers=headers, timeout=10)
         assert first.status_code == 201
         assert first.json()["stripe_customer_id"].startswith("cus_")
@@ -79,7 +80,7 @@ def test_billing_dev_serves_registers_and_restarts(data_dir: Path) -> None:
         process.kill()
         process.wait()
     with dev_stack(data_dir, port) as (process, tokens):
-        headers = {"Authorization": f"Bearer {tokens['consumer']}"}
+        headers = bearer(tokens["consumer"])
         again = httpx.post(f"{base}/api/v1/consumers/register", headers=headers, timeout=10)
         assert again.status_code == 200
         assert again.json() == first.json()
@@ -105,7 +106,7 @@ def test_billing_dev_prints_cards_writes_an_env_file_and_logs_and_shows_demo_his
             check=False,
         )
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
-        creator = {"Authorization": f"Bearer {banner['creator']}"}
+        creator = bearer(banner["creator"])
         usage = httpx.get(f"{base}/api/v1/apis/demo-geocoder/usage", headers=creator, timeout=10).json()
         assert sum(day["calls"] > 0 for day in usage["daily"]) >= 29
         # The API's access log went there (a request's line is written once its response is sent).

@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import clock
 from tests.support import rows
+from tests.support.auth import Auth
 from tests.support.entitlement_data import GATEWAY, PERIOD_START, check_body, entitled
-from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import add_card, create_plan, new_api_id, register, subscribe
 
 pytestmark = pytest.mark.usefixtures("business_time")
 

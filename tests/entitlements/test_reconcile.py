@@ -10,8 +10,8 @@ import respx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.usage.jobs import aggregate_usage
+from tests.support.auth import Auth
 from tests.support.entitlement_data import GATEWAY, check_body, entitled
-from tests.support.journeys import Auth
 from tests.support.usage import Metering
 from tests.support.worker import Ctx
 

@@ -18,10 +18,11 @@ from app.entitlements import keys
 from app.models import MarketplaceEvent
 from app.webhooks.jobs import process_stripe_event
 from tests.support.asgi import running
+from tests.support.auth import Auth
 from tests.support.billing_data import event, invoice_obj, make_world
 from tests.support.dunning import overdue_by
 from tests.support.entitlement_data import GATEWAY, gateway_settings
-from tests.support.journeys import Auth, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import create_plan, new_api_id, register, subscribe
 from tests.support.stripe_payments import PERIOD
 from tests.support.worker import Ctx, send
 

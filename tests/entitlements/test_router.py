@@ -16,6 +16,7 @@ from app import clock
 from app.dependencies import api_state
 from app.entitlements import counters
 from app.models import OutboxMessage, Subscription
+from tests.support.auth import bearer
 from tests.support.entitlement_data import (
     GATEWAY,
     IN_PERIOD,
@@ -62,7 +63,7 @@ async def test_every_configured_service_token_is_accepted_while_rotating(
     response = await http.post(
         "/api/v1/entitlements/check",
         json=check_body(subscription),
-        headers={"Authorization": f"Bearer {OLD_GATEWAY_TOKEN}"},
+        headers=bearer(OLD_GATEWAY_TOKEN),
     )
     assert response.status_code == 200
     assert response.json()["allowed"] is True

@@ -31,6 +31,7 @@ from app.models import MarketplaceEvent, MarketplaceEventDelivery, Subscription
 from app.outbox.service import Outbox
 from app.resources import Resources
 from tests.support.asgi import running
+from tests.support.auth import Auth
 from tests.support.entitlement_data import (
     GATEWAY,
     PERIOD_END,
@@ -38,7 +39,7 @@ from tests.support.entitlement_data import (
     entitled,
     gateway_settings,
 )
-from tests.support.journeys import Auth, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import create_plan, new_api_id, register, subscribe
 
 Ctx = dict[str, Any]
 ENDPOINT = "https://marketplace.test/billing-events"

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -11,8 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.idempotency.store import IN_FLIGHT_LEASE, Claimed, IdempotencyStore, request_fingerprint
 from app.models import Consumer, IdempotencyKey, PricingPlan
+from tests.support.auth import Auth
 
-Auth = Callable[..., dict[str, str]]
 REGISTER = "/api/v1/consumers/register"
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
 
 import httpx
 from sqlalchemy import func, select
@@ -14,10 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import Consumer, Invoice
+from tests.support.auth import Auth
 from tests.support.custom_invoices import BODY, STRIPE_PDF, StripeInvoices, flat_form_of
 from tests.support.stripe_side import emulator
-
-Auth = Callable[..., dict[str, str]]
 
 
 async def test_admin_creates_sends_and_mirrors_a_custom_invoice(

@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.models import Consumer, CustomInvoice, Invoice
+from tests.support.auth import Auth
 from tests.support.custom_invoices import BODY, StripeInvoices
 
-Auth = Callable[..., dict[str, str]]
 StripeAnswer = Callable[[httpx.Request], httpx.Response]
 
 

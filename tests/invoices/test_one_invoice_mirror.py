@@ -19,9 +19,9 @@ from app import clock
 from app.config import Settings
 from app.models import Invoice
 from tests.support import rows
+from tests.support.auth import Auth
 from tests.support.billing_data import event
 from tests.support.custom_invoices import BODY, HOSTED, STRIPE_PDF, FakeStripeInvoices
-from tests.support.journeys import Auth
 from tests.support.sync import sync_service
 from tests.support.worker import Ctx, deliver
 

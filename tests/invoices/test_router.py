@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -16,8 +15,7 @@ from app.invoices.stripe_sync import sync_invoice
 from app.money import format_amount
 from app.stripe.invoices import StripeInvoice
 from tests.support import rows
-
-Auth = Callable[..., dict[str, str]]
+from tests.support.auth import Auth
 
 SUBSCRIPTION_LINE = {
     "description": "Pro plan (monthly)",
@@ -155,10 +153,11 @@ async def test_detail_has_lines_with_plan_period_quantity_price_amount_tax(
     ]
 
 
-async def test_detail_reads_raw_stripe_lines_too(
+async def test_a_mirrored_stripe_line_reads_back_unchanged_in_the_invoice_detail(
     client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
 ) -> None:
     alice = rows.consumer("alice")
+    await rows.add(engine, alice)
     stripe_line = {
         "object": "line_item",
         "amount": 150,
@@ -170,18 +169,16 @@ async def test_detail_reads_raw_stripe_lines_too(
         "taxes": [{"amount": 12}],
         "metadata": {},
     }
-    invoice = rows.invoice(alice, lines=[stripe_line])
-    await rows.add(engine, alice, invoice)
+    obj = _stripe_invoice(str(alice.stripe_customer_id), "open", "INV-1") | {"lines": {"data": [stripe_line]}}
+    await _mirror(engine, obj, "Acme")
+    [listed] = (await client.get("/api/v1/invoices", headers=auth(user_id="alice"))).json()["invoices"]
 
-    line = (await client.get(f"/api/v1/invoices/{invoice.id}", headers=auth(user_id="alice"))).json()[
-        "lines"
-    ][0]
+    detail = await client.get(f"/api/v1/invoices/{listed['id']}", headers=auth(user_id="alice"))
+    [line] = detail.json()["lines"]
 
-    assert line["quantity"] == 1000
-    assert line["unit_amount"] == 0.15
-    assert line["amount"] == 150
-    assert line["tax"] == 12
-    assert line["period_start"] == "2026-03-01T00:00:00Z"
+    assert (line["quantity"], line["unit_amount"], line["amount"], line["tax"]) == (1000, 0.15, 150, 12)
+    assert (line["period_start"], line["period_end"]) == ("2026-03-01T00:00:00Z", "2026-03-31T23:00:00Z")
+    assert line["description"] == "1000 x API calls"
 
 
 async def test_other_consumers_invoice_is_404_everywhere(

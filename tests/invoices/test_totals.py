@@ -9,9 +9,9 @@ import httpx
 from pypdf import PdfReader
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.support.auth import Auth
 from tests.support.billing_data import event, make_world
 from tests.support.earnings import paid_invoice
-from tests.support.journeys import Auth
 from tests.support.stripe_payments import T0
 from tests.support.worker import Ctx, deliver
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -14,10 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.auth import TokenVerifier
 from app.errors import DomainError, Forbidden, Unauthorized
+from tests.support.auth import Auth, bearer
 from tests.support.factories import TokenFactory
 from tests.support.settings import make_settings
-
-Auth = Callable[..., dict[str, str]]
 
 
 def _b64(data: dict[str, Any]) -> str:
@@ -39,26 +37,26 @@ async def test_missing_token_is_401(client: httpx.AsyncClient) -> None:
 
 async def test_expired_token_is_401(client: httpx.AsyncClient, tokens: TokenFactory) -> None:
     token = tokens.make(expires_in=timedelta(minutes=-5))
-    await _assert_401(client, {"Authorization": f"Bearer {token}"}, "token_expired")
+    await _assert_401(client, bearer(token), "token_expired")
 
 
 async def test_wrongly_signed_token_is_401(client: httpx.AsyncClient) -> None:
     token = TokenFactory(secret="another-secret-0123456789abcdef-0123").make()
-    await _assert_401(client, {"Authorization": f"Bearer {token}"}, "invalid_token")
+    await _assert_401(client, bearer(token), "invalid_token")
 
 
 async def test_alg_none_token_is_401(client: httpx.AsyncClient) -> None:
     token = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64({'sub': 'u1', 'exp': 9999999999})}."
-    await _assert_401(client, {"Authorization": f"Bearer {token}"}, "invalid_token")
+    await _assert_401(client, bearer(token), "invalid_token")
 
 
 async def test_token_without_exp_is_401(client: httpx.AsyncClient) -> None:
     token = jwt.encode({"sub": "u1"}, TokenFactory().secret, algorithm="HS256")
-    await _assert_401(client, {"Authorization": f"Bearer {token}"}, "invalid_token")
+    await _assert_401(client, bearer(token), "invalid_token")
 
 
 async def test_garbage_token_is_401(client: httpx.AsyncClient) -> None:
-    await _assert_401(client, {"Authorization": "Bearer not.a.jwt"}, "invalid_token")
+    await _assert_401(client, bearer("not.a.jwt"), "invalid_token")
 
 
 async def test_consumer_on_a_creator_route_is_403(client: httpx.AsyncClient, auth: Auth) -> None:

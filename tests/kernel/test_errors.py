@@ -1,14 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import httpx
 from fastapi import FastAPI
 
 from app.config import Settings
 from app.main import create_app
-
-Auth = Callable[..., dict[str, str]]
+from tests.support.auth import Auth
 
 
 async def test_unknown_route_is_404_in_the_error_format(client: httpx.AsyncClient) -> None:

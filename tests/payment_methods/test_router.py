@@ -8,8 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import PaymentMethod
+from tests.support.auth import Auth
 from tests.support.journeys import (
-    Auth,
     add_card,
     create_plan,
     new_api_id,

@@ -4,7 +4,7 @@ shapes (the emulator has no Connect), with Stripe's idempotency-key replay."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
@@ -21,8 +21,8 @@ from app.payouts.jobs import pay_out_earnings, run_payouts
 from app.payouts.reversals import proportional_shares, reverse_invoice_earnings, reversed_gross
 from app.resources import Resources
 from tests.support import rows
+from tests.support.auth import Auth
 
-Auth = Callable[..., dict[str, str]]
 NOW = datetime.now(UTC)
 OLD = NOW - timedelta(days=20)  # past the 14-day refund window
 RECENT = NOW - timedelta(days=2)

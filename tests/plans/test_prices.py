@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.money import THREE_DECIMAL, chargeable_problem, is_chargeable
 from tests.support import rows
-from tests.support.journeys import Auth, create_plan, new_api_id
+from tests.support.auth import Auth
+from tests.support.journeys import create_plan, new_api_id
 from tests.support.stripe_side import price_of_plan
 from tests.support.stripe_wire import form_of
 

@@ -5,7 +5,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.journeys import Auth, create_plan, new_api_id
+from tests.support.auth import Auth
+from tests.support.journeys import create_plan, new_api_id
 
 
 @pytest.mark.parametrize(

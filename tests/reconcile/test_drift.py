@@ -28,9 +28,10 @@ from app.plans.service import meter_event_name
 from app.reconcile.jobs import publish
 from app.reconcile.service import ReconcileService
 from app.stripe import StripeGateway
+from tests.support.auth import Auth
 from tests.support.billing_data import World, event, make_world, subscription_obj
 from tests.support.earnings import add_plan, booked, paid_invoice, pay
-from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribed_consumer
+from tests.support.journeys import add_card, create_plan, new_api_id, register, subscribed_consumer
 from tests.support.stripe_payments import PERIOD, T0, FakePayments, refund
 from tests.support.worker import Ctx, deliver
 
@@ -61,7 +62,9 @@ async def _mirror_latest_invoice(
     obj = await StripeGateway(settings).retrieve_invoice(invoice_id)
     assert obj.status == "paid", obj
     async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
-        invoice = await sync_invoice(session, obj, observed_at=obj.as_of or 0)
+        invoice = await sync_invoice(
+            session, obj, observed_at=obj.as_of or 0, issuer=settings.invoice_issuer_name
+        )
         assert invoice is not None
         await book_invoice_earnings(session, invoice, settings.platform_commission)
     return invoice_id

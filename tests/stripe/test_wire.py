@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.models import PaymentMethod, Subscription
 from tests.support.asgi import running
+from tests.support.auth import Auth
 from tests.support.journeys import (
-    Auth,
     create_plan,
     new_api_id,
     on_cheaper_of_two,

@@ -30,8 +30,9 @@ from app.stripe.test_clocks import TestClockTime
 from app.usage.jobs import aggregate_usage
 from app.webhooks.jobs import process_stripe_event
 from tests.support import emulator
+from tests.support.auth import Auth
 from tests.support.emulator import DAY, HOUR
-from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import add_card, create_plan, new_api_id, register, subscribe
 from tests.support.worker import Ctx, send
 
 

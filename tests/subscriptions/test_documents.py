@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -19,9 +18,8 @@ from app.subscriptions import documents
 from app.subscriptions.schemas import SubscriptionList
 from app.subscriptions.service import subscription_out
 from tests.support import rows
+from tests.support.auth import Auth
 from tests.support.rows import T0
-
-Auth = Callable[..., dict[str, str]]
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.main import create_app
 from app.models import OutboxMessage
+from tests.support.auth import Auth
 from tests.support.journeys import (
     CHECKOUT_SUCCESS_URL,
-    Auth,
     add_card,
     consumer_with_card,
     create_plan,

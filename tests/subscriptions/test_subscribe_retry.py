@@ -23,11 +23,11 @@ from typer.testing import CliRunner, Result
 from app import cli as cli_module
 from app import clock
 from app.config import Settings
-from app.models import Subscription
+from app.models import Earning, Invoice, Subscription
 from app.stripe.test_clocks import TestClockTime
+from tests.support.auth import Auth
 from tests.support.billing_data import World, invoice_obj, make_world, subscription_obj
 from tests.support.journeys import (
-    Auth,
     add_card,
     create_plan,
     new_api_id,
@@ -105,6 +105,56 @@ async def test_a_subscribe_retried_after_its_commit_failed_creates_one_stripe_su
     [only] = await _stripe_subscriptions(stripe_http, customer)
     assert only["id"] == retried.json()["stripe_subscription_id"]
     assert await _rows(engine) == 1
+
+
+async def _events_of(stripe_http: httpx.AsyncClient, object_id: str) -> list[dict[str, Any]]:
+    """The emulator's events about `object_id`, oldest first."""
+    listed = (await stripe_http.get("/v1/events", params={"limit": 100})).json()["data"]
+    return [e for e in reversed(listed) if e["data"]["object"].get("id") == object_id]
+
+
+async def test_every_earnings_line_of_a_subscriptions_invoice_names_that_subscription(
+    client: httpx.AsyncClient,
+    auth: Auth,
+    stripe_http: httpx.AsyncClient,
+    worker_ctx: Ctx,
+    engine: AsyncEngine,
+) -> None:
+    plan = await create_plan(client, auth("creator"), new_api_id())
+    headers, customer = await stripe_customer_with_card(client, auth)
+    # On a test clock the emulator sends the first invoice's `invoice.paid`, as Stripe does.
+    made = await stripe_http.post(
+        "/v1/test_helpers/test_clocks", data={"frozen_time": int(time.time()), "customer": customer}
+    )
+    assert made.status_code == 200, made.text
+    with commit_fails_once_after_stripe_answered():
+        assert (await subscribe(client, headers, plan)).status_code == 503
+    [stripe_subscription] = await _stripe_subscriptions(stripe_http, customer)
+    latest = stripe_subscription["latest_invoice"]
+    invoice_id = latest if isinstance(latest, str) else latest["id"]
+    # Stripe's invoice events arrive before the client's retry: no row of ours follows the
+    # Stripe subscription yet, and the paid invoice books its earnings all the same.
+    invoice_events = await _events_of(stripe_http, invoice_id)
+    assert "invoice.paid" in [e["type"] for e in invoice_events]
+    for sent in invoice_events:
+        await deliver(client, worker_ctx, sent)
+
+    retried = await subscribe(client, headers, plan)
+    assert retried.status_code == 201, retried.text
+    ours = retried.json()["id"]
+    assert await _subscriptions_named(engine) == ([ours], [("charge", ours)])
+
+    for sent in invoice_events:  # repeats after the retry adopted the subscription change nothing
+        await deliver(client, worker_ctx, {**sent, "id": f"{sent['id']}_again"})
+    assert await _subscriptions_named(engine) == ([ours], [("charge", ours)])
+
+
+async def _subscriptions_named(engine: AsyncEngine) -> tuple[list[str], list[tuple[str, str]]]:
+    """The subscription each invoice names, and (kind, subscription) of each earnings line."""
+    async with engine.connect() as connection:
+        invoices = (await connection.execute(select(Invoice.subscription_id))).scalars().all()
+        lines = (await connection.execute(select(Earning.kind, Earning.subscription_id))).all()
+    return [str(s) for s in invoices], [(kind, str(s)) for kind, s in lines]
 
 
 async def test_subscribing_again_after_a_cancellation_is_a_new_stripe_subscription(

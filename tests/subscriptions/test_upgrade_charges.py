@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import clock
 from app.models import Subscription
-from tests.support.journeys import Auth, create_plan, new_api_id, subscribe
+from tests.support.auth import Auth
+from tests.support.journeys import create_plan, new_api_id, subscribe
 from tests.support.stripe_wire import MONTH, NOW, consumer_with_card, form_of, wire_subscription
 
 BASIC, PRO = 1000, 40000  # monthly, in cents

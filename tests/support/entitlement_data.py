@@ -13,10 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.models import Subscription
 from tests.support import rows
+from tests.support.auth import bearer
 
 GATEWAY_TOKEN = "gw-token-current-0123456789"
 OLD_GATEWAY_TOKEN = "gw-token-previous-0123456789"
-GATEWAY = {"Authorization": f"Bearer {GATEWAY_TOKEN}"}
+GATEWAY = bearer(GATEWAY_TOKEN)
 PERIOD_START = datetime.fromisoformat("2026-03-10T12:00:00+00:00")
 PERIOD_END = datetime.fromisoformat("2026-04-10T12:00:00+00:00")
 # Business time in the entitlement tests (their `business_time` fixture), unless a test moves it.

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-Auth = Callable[..., dict[str, str]]
+from tests.support.auth import Auth as Auth  # also importable from here, as before
 
 
 def new_api_id() -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from email.utils import formatdate
 from typing import Any
 
 import httpx
@@ -24,6 +25,8 @@ class FakePayments:
     def __init__(self) -> None:
         self.world: World | None = None
         self.invoices: dict[str, dict[str, Any]] = {}
+        # The `Date` (unix s, Stripe's clock) its invoice answers carry; None sends none.
+        self.answered_at: int | None = None
 
     def paid(self, invoice_id: str, **fields: Any) -> dict[str, Any]:
         assert self.world is not None
@@ -35,6 +38,9 @@ class FakePayments:
         """Stripe's current state of an invoice, as a re-fetch answers it."""
         self.invoices[invoice["id"]] = invoice
         return invoice
+
+    def _dated(self) -> dict[str, str]:
+        return stripe_date(self.answered_at) if self.answered_at is not None else {}
 
     def install(self, mock: respx.MockRouter) -> dict[str, respx.Route]:
         def invoice_payments(request: httpx.Request) -> httpx.Response:
@@ -64,7 +70,9 @@ class FakePayments:
         return {
             "invoice_payments": mock.get("/v1/invoice_payments").mock(side_effect=invoice_payments),
             "invoice": mock.get(url__regex=r"/v1/invoices/(?P<invoice>in_\w+)$").mock(
-                side_effect=lambda request, invoice: httpx.Response(200, json=self.invoices[invoice])
+                side_effect=lambda request, invoice: httpx.Response(
+                    200, json=self.invoices[invoice], headers=self._dated()
+                )
             ),
             "charge": mock.get(url__regex=r"/v1/charges/ch_(?P<invoice>\w+)$").mock(
                 side_effect=lambda request, invoice: httpx.Response(
@@ -81,6 +89,11 @@ class FakePayments:
 
 
 Payments = tuple[FakePayments, dict[str, respx.Route]]
+
+
+def stripe_date(moment: int) -> dict[str, str]:
+    """The `Date` header of an answer Stripe gave at `moment` (unix s)."""
+    return {"Date": formatdate(moment, usegmt=True)}
 
 
 @contextmanager

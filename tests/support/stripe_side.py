@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.models import PricingPlanVersion, Subscription
-from tests.support.journeys import Auth, on_cheaper_of_two
+from tests.support.auth import Auth
+from tests.support.journeys import on_cheaper_of_two
 
 
 def emulator(settings: Settings) -> httpx.AsyncClient:

@@ -19,7 +19,7 @@ from app.config import Settings
 from app.main import create_app
 from tests.support import journeys
 from tests.support.asgi import api_client
-from tests.support.journeys import Auth
+from tests.support.auth import Auth
 from tests.support.settings import make_settings
 
 NOW = 1_770_000_000

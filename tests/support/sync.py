@@ -16,4 +16,5 @@ def sync_service(
     return SyncService(
         engine, async_sessionmaker(engine, expire_on_commit=False), StripeGateway(settings), None,
         rate_per_second=1000, commission=settings.platform_commission, dry_run=dry_run, usage=usage,
+        invoice_issuer=settings.invoice_issuer_name,
     )  # fmt: skip

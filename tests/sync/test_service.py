@@ -22,7 +22,8 @@ from app.models import (
     Subscription,
     SyncRun,
 )
-from tests.support.journeys import Auth, register
+from tests.support.auth import Auth
+from tests.support.journeys import register
 from tests.support.stripe_side import price_of_plan
 from tests.support.sync import sync_service
 

@@ -28,8 +28,9 @@ from app.usage.jobs import aggregate_usage
 from app.usage.service import UsageService
 from app.usage.windows import day_start
 from app.webhooks.jobs import process_stripe_event
+from tests.support.auth import Auth
 from tests.support.billing_data import event, invoice_obj, make_world, subscription_obj
-from tests.support.journeys import Auth, create_plan, new_api_id, subscribed_consumer, upgrade
+from tests.support.journeys import create_plan, new_api_id, subscribed_consumer, upgrade
 from tests.support.stripe_side import change_price_at_stripe
 from tests.support.sync import sync_service
 from tests.support.usage import METERING, meter_event_api, pay_per_use, usage_windows

@@ -13,12 +13,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
-from app.models import Earning, InvoiceReversal
+from app.models import Earning, Invoice, InvoiceReversal
 from app.webhooks.jobs import process_stripe_event
+from tests.support.auth import Auth
 from tests.support.billing_data import event, make_world
-from tests.support.journeys import Auth, add_card, create_plan, new_api_id, register, subscribe
+from tests.support.journeys import add_card, create_plan, new_api_id, register, subscribe
 from tests.support.stripe_payments import T0, FakePayments, Payments, dispute, refund
-from tests.support.worker import Ctx, deliver, post, truncate
+from tests.support.worker import Ctx, deliver, one, post, truncate
 
 
 def _id(value: Any) -> str:
@@ -187,6 +188,21 @@ async def test_a_refund_before_the_paid_invoice_event_fetches_the_invoice_and_bo
 
     # 1450 of 2900: half the gross; the charge is booked once, by whichever event came first.
     assert await ledger(engine) == {"charge": (2900, 580, 2320), "reversal": (1450, 290, 1160)}
+
+
+async def test_an_invoice_first_seen_through_a_refund_gets_a_number_from_our_sequence(
+    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, stripe_payments: Payments
+) -> None:
+    world = await make_world(engine, status="active")
+    fake, _ = stripe_payments
+    fake.world = world
+    fake.register({**fake.paid("in_unnumbered"), "number": None})  # Stripe gave it no number
+
+    refunded = event("refund.created", refund("in_unnumbered", "re_n", 1000, "succeeded"), created=T0 + 100)
+    assert await deliver(client, worker_ctx, refunded) == "processed"
+
+    invoice = await one(engine, Invoice, stripe_invoice_id="in_unnumbered")
+    assert invoice.number == "INV-000001"
 
 
 async def test_a_refund_named_by_its_charge_only_finds_the_payment_intent(

@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import clock
 from app.config import Settings
 from app.models import Subscription
+from tests.support.auth import Auth
 from tests.support.billing_data import event
-from tests.support.journeys import Auth
 from tests.support.stripe_side import billing_price, on_basic_of_two, price_of_plan, stripe_object
 from tests.support.worker import Ctx, deliver, one
 
