@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVarTuple
 
 import asyncpg
-from sqlalchemy import Select, Uuid, and_, any_, bindparam, func, or_, select, update
+from sqlalchemy import Select, Uuid, and_, any_, bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -134,8 +134,10 @@ _PERIOD_CALLS = f"""
 # records or re-queues windows shares it. A window recorded meanwhile is then either seen by the
 # pass (which then settles with it, or not at all) or un-settles the period after the pass commits.
 _SETTLEMENT_LOCK = 0x7573_6167_6573  # "usages"
-_LOCK_SETTLEMENTS = "SELECT pg_advisory_xact_lock($1)"
-_SHARE_SETTLEMENTS = "SELECT pg_advisory_xact_lock_shared($1)"
+# Taken through SQLAlchemy, not the driver: that begins the session's transaction on the
+# connection (the driver's statements after it run inside; alone they would each commit).
+_LOCK_SETTLEMENTS = text("SELECT pg_advisory_xact_lock(:key)")
+_SHARE_SETTLEMENTS = text("SELECT pg_advisory_xact_lock_shared(:key)")
 
 # A window still to send that is billed in the period or before it holds the period back (one
 # billed in the next period, e.g. the closing day's, does not); quarantined windows do not.
@@ -359,7 +361,7 @@ class UsageRepository:
         return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
 
     async def _share_settlements(self) -> None:
-        await (await driver_connection(self._session)).execute(_SHARE_SETTLEMENTS, _SETTLEMENT_LOCK)
+        await self._session.execute(_SHARE_SETTLEMENTS, {"key": _SETTLEMENT_LOCK})
 
     async def _unsettle(self, window_ends: dict[uuid.UUID, datetime]) -> None:
         """Un-settle the periods these windows (subscription -> the window's end) are billed in or before."""
@@ -374,9 +376,8 @@ class UsageRepository:
         how many were newly settled. Run alone among the writers of windows (an advisory lock)."""
         if not periods:
             return 0
-        connection = await driver_connection(self._session)
-        await connection.execute(_LOCK_SETTLEMENTS, _SETTLEMENT_LOCK)
-        status: str = await connection.execute(
+        await self._session.execute(_LOCK_SETTLEMENTS, {"key": _SETTLEMENT_LOCK})
+        status: str = await (await driver_connection(self._session)).execute(
             _SETTLE_PERIODS,
             [p.subscription_id for p in periods],
             [p.period_start for p in periods],

@@ -25,7 +25,7 @@ from app.usage.windows import DAY, covers_period, day_start, meter_event_identif
 from app.webhooks.jobs import process_stripe_event
 from tests.support.billing_data import event, invoice_obj, make_world
 from tests.support.factories import sign_webhook
-from tests.support.usage import Metering, meter_event_api, pay_per_use, usage_windows
+from tests.support.usage import Metering, closing_pay_per_use, meter_event_api, pay_per_use, usage_windows
 from tests.support.worker import Ctx, send
 
 
@@ -347,13 +347,7 @@ async def test_a_period_is_settled_only_once_every_window_billed_in_it_is_record
         Metering(mock)
         meter_events = mock.post(f"{settings.stripe_api_base}/v1/billing/meter_events")
         meter_events.side_effect = meter_event_api({}, fail_calls={2})
-        world = await pay_per_use(engine, started_at=start)
-        async with engine.begin() as connection:
-            await connection.execute(
-                update(Subscription)
-                .where(Subscription.id == world.subscription_id)
-                .values(current_period_start=start, current_period_end=now)
-            )
+        world = await closing_pay_per_use(engine, start, now)
         assert await settled(engine, world.subscription_id, start, now) is None  # nothing recorded
         assert await aggregate_usage(worker_ctx) == outcome(recorded=3, reported=2, stripe_failures=1)
         assert await settled(engine, world.subscription_id, start, now) is None  # one window unsent
