@@ -52,7 +52,7 @@ from app.usage.windows import DAY, covers_period, day_start, meter_event_identif
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 2_000
+BATCH_SIZE = 5_000
 # Stripe accepts meter events up to 35 days old; older windows are not fetched.
 MAX_BACKFILL_DAYS = 35
 METERING_CONCURRENCY = 8
