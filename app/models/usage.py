@@ -60,3 +60,23 @@ class UsageRecord(UUIDPk, Base):
     quarantined_at: Mapped[datetime | None]
     reported_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=clock.now)
+
+
+class UsagePeriodSettlement(Base):
+    """A subscription's billing period whose usage is settled: every window billed in it was
+    recorded and none was left to send when the usage job's period-close pass checked, with the
+    period's calls. Recording or re-queueing a window billed in it (or earlier) deletes the row."""
+
+    __tablename__ = "usage_period_settlements"
+    __table_args__ = (CheckConstraint("period_end > period_start", name="period_ordered"),)
+
+    # No foreign key: checking one locks each settled subscription's row, which costs the
+    # period-close pass as much as summing the period (subscriptions are never deleted).
+    subscription_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(primary_key=True)
+    period_end: Mapped[datetime] = mapped_column(primary_key=True)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    # Where the subscription's windows stopped when it was settled: a draft checks again whether
+    # they cover the period, for a subscription that has since come to end with its period.
+    covered_through: Mapped[datetime]
+    settled_at: Mapped[datetime] = mapped_column(default=clock.now)

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVarTuple
 
 import asyncpg
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import Select, Uuid, and_, any_, bindparam, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
 from app.db import driver_connection
-from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription, UsageRecord
+from app.models import (
+    Consumer,
+    PricingPlan,
+    PricingPlanVersion,
+    Subscription,
+    UsagePeriodSettlement,
+    UsageRecord,
+)
 from app.models.subscription import LIVE_STATUSES
-from app.usage.windows import covers_period, event_instant
+from app.usage.windows import covers_period, event_instant, may_end_early
 
 _Ts = TypeVarTuple("_Ts")
 # A cancelled subscription is still read until its last window is in (at most this long after).
@@ -43,6 +52,10 @@ class MeteredSubscription:
     # The instant it ended (cancelled, or its last period over): no window reaches past it.
     ended_at: datetime | None = None
     metered: bool = True
+    # Its windows may stop before its period's end (`app.usage.windows.covers_period`).
+    may_end_early: bool = False
+    # Its current period is settled already (a row in usage_period_settlements).
+    settled: bool = False
     # It has an overage item on the API's meter: all its calls are reported (the tiers bill them).
     overage_item: bool = False
 
@@ -124,20 +137,60 @@ _PERIOD_CALLS = f"""
     WHERE t.calls IS NOT NULL
 """  # noqa: S608 (constant SQL)
 
-# What a renewal draft must know, in one statement of three index probes: where the
-# subscription's windows stop (its last window, by the key backwards), whether a window of the
-# period is still to send (the partial index of unsent windows) and the period's calls.
-_PERIOD_SETTLED = f"""
-    SELECT
-      (SELECT r.window_end FROM usage_records r WHERE r.subscription_id = p.subscription_id
-       ORDER BY r.window_start DESC LIMIT 1),
-      EXISTS (SELECT FROM usage_records r
-              WHERE r.subscription_id = p.subscription_id AND r.window_start < p.period_end
-                AND r.meter_event_identifier IS NOT NULL AND r.reported_at IS NULL
-                AND r.report_status IN ('pending', 'unbilled')),
-      ({_PERIOD_SUM})
-    FROM (SELECT $1::uuid, $2::timestamptz, $3::timestamptz) AS p(subscription_id, period_start, period_end)
+# The period-close pass and the writers of windows exclude each other on this advisory lock
+# (transaction-scoped): the pass holds it alone while it settles a batch, every transaction that
+# records or re-queues windows shares it. A window recorded meanwhile is then either seen by the
+# pass (which then settles with it, or not at all) or un-settles the period after the pass commits.
+_SETTLEMENT_LOCK = 0x7573_6167_6573  # "usages"
+# Taken through SQLAlchemy, not the driver: that begins the session's transaction on the
+# connection (the driver's statements after it run inside; alone they would each commit).
+_LOCK_SETTLEMENTS = text("SELECT pg_advisory_xact_lock(:key)")
+_SHARE_SETTLEMENTS = text("SELECT pg_advisory_xact_lock_shared(:key)")
+
+# A window still to send that is billed in the period or before it holds the period back (one
+# billed in the next period, e.g. the closing day's, does not); quarantined windows do not.
+_UNSENT_BEFORE = """
+    SELECT FROM usage_records r
+    WHERE r.subscription_id = p.subscription_id AND r.window_start < p.period_end
+      AND r.window_end - interval '1 second' < p.period_end
+      AND r.meter_event_identifier IS NOT NULL AND r.reported_at IS NULL
+      AND r.report_status IN ('pending', 'unbilled')
+"""
+# Settle a batch's periods in one statement: per period one probe of the unsent windows' partial
+# index and one range of the covering (subscription, window start) index for the sum, both
+# correlated to the period (MATERIALIZED keeps the probe per period: as an anti join the planner
+# may scan every unsent window of the table once per period). A period settled already is kept.
+_SETTLE_PERIODS = f"""
+    WITH checked AS MATERIALIZED (
+      SELECT p.subscription_id, p.period_start, p.period_end, p.covered_through,
+             EXISTS ({_UNSENT_BEFORE}) AS unsent,
+             ({_PERIOD_SUM}) AS calls
+      FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[])
+           AS p(subscription_id, period_start, period_end, covered_through)
+    )
+    INSERT INTO usage_period_settlements (subscription_id, period_start, period_end, calls,
+                                          covered_through, settled_at)
+    SELECT subscription_id, period_start, period_end, coalesce(calls, 0), covered_through, $5
+    FROM checked
+    WHERE NOT unsent
+    ON CONFLICT DO NOTHING
 """  # noqa: S608 (constant SQL)
+# A window recorded or sent again un-settles the periods it is billed in or before.
+_UNSETTLE = """
+    DELETE FROM usage_period_settlements s
+    USING unnest($1::uuid[], $2::timestamptz[]) AS w(subscription_id, window_end)
+    WHERE s.subscription_id = w.subscription_id AND w.window_end - interval '1 second' < s.period_end
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodToSettle:
+    subscription_id: uuid.UUID
+    period_start: datetime
+    period_end: datetime
+    # Where its windows stop: they cover the period (`covers_period`).
+    covered_through: datetime
+
 
 # Windows to send: pending ones, and (for one rollout) those the previous release wrote with an
 # identifier, which the column's default marks `unbilled`.
@@ -146,8 +199,28 @@ _SENDABLE = and_(
     UsageRecord.reported_at.is_(None),
     UsageRecord.report_status.in_(("pending", "unbilled")),
 )
+_UUIDS = ARRAY(Uuid())
+_ASYNCPG = postgresql_asyncpg.dialect()  # type: ignore[no-untyped-call]
 _ENDED_AT = func.coalesce(Subscription.expires_at, Subscription.cancelled_at)
 _IS_METERED = or_(PricingPlan.type == "pay_per_use", PricingPlanVersion.call_limit.is_not(None))
+
+
+def settled_calls(
+    calls: int | None, covered_through: datetime | None, end: datetime, *, may_end_early: bool
+) -> int | None:
+    """A settlement's calls for a draft of the period ending at `end` (None: no settlement, or
+    the windows it saw no longer cover the period for the subscription as it is now)."""
+    if calls is None or not covers_period(covered_through, end, may_end_early=may_end_early):
+        return None
+    return int(calls)
+
+
+def _earliest_ends(windows: Iterable[tuple[uuid.UUID, datetime]]) -> dict[uuid.UUID, datetime]:
+    """Each subscription's earliest window end: that window is billed no later than its others."""
+    earliest: dict[uuid.UUID, datetime] = {}
+    for subscription_id, window_end in windows:
+        earliest[subscription_id] = min(earliest.get(subscription_id, window_end), window_end)
+    return earliest
 
 
 def _readable(
@@ -199,6 +272,15 @@ class UsageRepository:
             .limit(1)
             .scalar_subquery()
         )
+        settled = (
+            select(UsagePeriodSettlement.calls)
+            .where(
+                UsagePeriodSettlement.subscription_id == Subscription.id,
+                UsagePeriodSettlement.period_start == Subscription.current_period_start,
+                UsagePeriodSettlement.period_end == Subscription.current_period_end,
+            )
+            .exists()
+        )
         statement = _readable(
             select(
                 Subscription.id,
@@ -214,6 +296,7 @@ class UsageRepository:
                 Subscription.cancel_at_period_end,
                 _ENDED_AT,
                 _IS_METERED,
+                settled,
                 Subscription.stripe_overage_item_id,
             ),
             only,
@@ -222,7 +305,11 @@ class UsageRepository:
         statement = statement.order_by(Subscription.id).limit(limit)
         if after is not None:
             statement = statement.where(Subscription.id > after)
-        rows = (await self._session.execute(statement)).all()
+        # Thousands of rows a batch: on the driver, where decoding them costs a fraction of
+        # SQLAlchemy's result rows (the statement is still built, and rendered, by SQLAlchemy).
+        compiled = statement.compile(dialect=_ASYNCPG, compile_kwargs={"render_postcompile": True})
+        parameters = [compiled.params[name] for name in compiled.positiontup or ()]
+        rows = await (await driver_connection(self._session)).fetch(str(compiled), *parameters)
         now = clock.now()
 
         def ended_at(status: str, at_period_end: bool, end: datetime | None) -> datetime | None:
@@ -244,7 +331,9 @@ class UsageRepository:
                 current_period_end=row[8],
                 ended_at=ended_at(row[9], row[10], row[11]),
                 metered=bool(row[12]),
-                overage_item=row[13] is not None,
+                may_end_early=may_end_early(row[9], row[10]),
+                settled=bool(row[13]),
+                overage_item=row[14] is not None,
             )
             for row in rows
         ]
@@ -279,6 +368,7 @@ class UsageRepository:
             return 0
         values = [[row[name] for row in rows] for name in _RECORD_COLUMNS]
         created_at = clock.now()
+        await self._share_settlements()
         try:
             async with self._session.begin_nested():  # a savepoint: a duplicate undoes only this
                 status: str = await (await driver_connection(self._session)).execute(
@@ -288,6 +378,34 @@ class UsageRepository:
             status = await (await driver_connection(self._session)).execute(
                 _INSERT_NEW_RECORDS, *values, created_at
             )
+        await self._unsettle(_earliest_ends((row["subscription_id"], row["window_end"]) for row in rows))
+        return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
+
+    async def _share_settlements(self) -> None:
+        await self._session.execute(_SHARE_SETTLEMENTS, {"key": _SETTLEMENT_LOCK})
+
+    async def _unsettle(self, window_ends: dict[uuid.UUID, datetime]) -> None:
+        """Un-settle the periods these windows (subscription -> the window's end) are billed in or before."""
+        if window_ends:
+            await (await driver_connection(self._session)).execute(
+                _UNSETTLE, list(window_ends), list(window_ends.values())
+            )
+
+    async def settle_periods(self, periods: Sequence[PeriodToSettle], at: datetime) -> int:
+        """Settle these periods whose windows are all recorded, unless a window billed in one (or
+        before it) is still to send: each with its calls, in one statement for the batch; returns
+        how many were newly settled. Run alone among the writers of windows (an advisory lock)."""
+        if not periods:
+            return 0
+        await self._session.execute(_LOCK_SETTLEMENTS, {"key": _SETTLEMENT_LOCK})
+        status: str = await (await driver_connection(self._session)).execute(
+            _SETTLE_PERIODS,
+            [p.subscription_id for p in periods],
+            [p.period_start for p in periods],
+            [p.period_end for p in periods],
+            [p.covered_through for p in periods],
+            at,
+        )
         return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
 
     async def period_calls(
@@ -301,20 +419,38 @@ class UsageRepository:
         )
         return {row[0]: int(row[1]) for row in rows}
 
-    async def settled_period_calls(
-        self, subscription: Subscription, start: datetime, end: datetime
-    ) -> int | None:
-        """The calls of the subscription's period [start, end) once the period is settled: every
-        window billed in it recorded and none left to send. None while not: a run of the usage
-        job (`UsageService.aggregate`) has windows to record or send for it."""
-        row = await (await driver_connection(self._session)).fetchrow(
-            _PERIOD_SETTLED, subscription.id, start, end
+    async def draft_subscription(
+        self, subscription_id: uuid.UUID, start: datetime | None, end: datetime | None
+    ) -> tuple[Subscription | None, int | None]:
+        """The subscription a draft invoice of the period [start, end) bills, locked as event
+        handlers lock it (FOR NO KEY UPDATE), with the period's calls when the period is settled
+        (None while not: the usage job has windows to record or send for it), in one statement.
+
+        Settled: the period-close pass found every window billed in it recorded and sent, and
+        the windows it saw still cover the period for the subscription as it is now (one that
+        has since come to end with its period has a last, partial window billed in it)."""
+        lock = {"key_share": True}
+        if start is None or end is None:
+            return await self._session.get(Subscription, subscription_id, with_for_update=lock), None
+        statement = (
+            select(Subscription, UsagePeriodSettlement.calls, UsagePeriodSettlement.covered_through)
+            .outerjoin(
+                UsagePeriodSettlement,
+                and_(
+                    UsagePeriodSettlement.subscription_id == Subscription.id,
+                    UsagePeriodSettlement.period_start == start,
+                    UsagePeriodSettlement.period_end == end,
+                ),
+            )
+            .where(Subscription.id == subscription_id)
+            .with_for_update(key_share=True, of=Subscription)
         )
-        last_window_end, unsent, calls = row if row is not None else (None, False, None)
-        may_end_early = subscription.status == "cancelled" or subscription.cancel_at_period_end
-        if unsent or not covers_period(last_window_end, end, may_end_early=may_end_early):
-            return None
-        return int(calls or 0)
+        row = (await self._session.execute(statement)).one_or_none()
+        if row is None:
+            return None, None
+        subscription, calls, covered_through = row
+        ends_early = may_end_early(subscription.status, subscription.cancel_at_period_end)
+        return subscription, settled_calls(calls, covered_through, end, may_end_early=ends_early)
 
     async def subscriptions(self, ids: Sequence[uuid.UUID]) -> list[Subscription]:
         if not ids:
@@ -353,7 +489,8 @@ class UsageRepository:
             .join(Subscription, Subscription.id == UsageRecord.subscription_id)
             .join(Consumer, Consumer.id == Subscription.consumer_id)
             .where(
-                UsageRecord.subscription_id.in_(subscription_ids),
+                # One array parameter, not one per subscription of a batch of thousands.
+                UsageRecord.subscription_id == any_(bindparam("ids", list(subscription_ids), _UUIDS)),
                 _SENDABLE,
                 Consumer.stripe_customer_id.is_not(None),
             )
@@ -462,6 +599,7 @@ class UsageRepository:
             if window_id is not None
             else UsageRecord.subscription_id == subscription_id
         )
+        await self._share_settlements()
         result = await self._session.execute(
             update(UsageRecord)
             .where(condition, UsageRecord.report_status == "quarantined")
@@ -473,6 +611,8 @@ class UsageRepository:
                 report_error=None,
                 quarantined_at=None,
             )
-            .returning(UsageRecord.subscription_id)
+            .returning(UsageRecord.subscription_id, UsageRecord.window_end)
         )
-        return sorted(set(result.scalars().all()))
+        earliest = _earliest_ends((row[0], row[1]) for row in result.all())
+        await self._unsettle(earliest)
+        return sorted(earliest)

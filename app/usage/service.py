@@ -41,12 +41,18 @@ from app.periods import usage_period
 from app.plans.service import meter_event_name
 from app.stripe import StripeGateway
 from app.stripe.meters import MeterEventRefused
-from app.usage.repository import MeteredSubscription, Quarantined, Unreported, UsageRepository
-from app.usage.windows import DAY, day_start, meter_event_identifier, window_boundary
+from app.usage.repository import (
+    MeteredSubscription,
+    PeriodToSettle,
+    Quarantined,
+    Unreported,
+    UsageRepository,
+)
+from app.usage.windows import DAY, covers_period, day_start, meter_event_identifier, window_boundary
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 100
+BATCH_SIZE = 5_000
 # Stripe accepts meter events up to 35 days old; older windows are not fetched.
 MAX_BACKFILL_DAYS = 35
 METERING_CONCURRENCY = 8
@@ -92,6 +98,8 @@ class UsageRun:
     quarantined: int = 0
     # Subscriptions newly flagged over their plan's call limit in their current period.
     over_limit: int = 0
+    # Periods the period-close pass newly settled (every window billed in them recorded and sent).
+    settled: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +112,45 @@ class Span:
     stop: datetime | None = None
     # Backfill: every day of the span again (present windows are kept), not from the last window.
     from_oldest: bool = False
+
+
+def _first_window(subscription: MeteredSubscription, chosen: Span) -> tuple[datetime, datetime | None]:
+    """Where the subscription's next window to record starts, and the instant its windows stop
+    at (None: none, they go on day by day)."""
+    cursor = day_start(max(subscription.started_at.astimezone(UTC).date(), chosen.oldest_day))
+    if subscription.last_window_end is not None and not chosen.from_oldest:
+        cursor = max(cursor, subscription.last_window_end)
+    stops = [window_boundary(t) for t in (chosen.stop, subscription.ended_at) if t is not None]
+    return cursor, min(stops) if stops else None
+
+
+def _window_end(cursor: datetime, stop: datetime | None, last_day: date) -> datetime | None:
+    """Where the window starting at `cursor` ends, or None when none is due there: its day has
+    not ended (past `last_day`), or the windows have reached `stop`."""
+    if stop is not None and cursor >= stop:
+        return None
+    day = cursor.astimezone(UTC).date()
+    midnight = day_start(day + DAY)
+    if stop is not None and stop < midnight:
+        return stop
+    return midnight if day <= last_day else None
+
+
+def _period_to_settle(
+    subscription: MeteredSubscription, recorded_to: datetime | None
+) -> PeriodToSettle | None:
+    """The subscription's current period, to settle if its windows (up to `recorded_to` when
+    this run recorded some) now cover it; None when it is not metered, has no period, or is
+    settled already and this run recorded nothing that could un-settle it."""
+    start, end = subscription.current_period_start, subscription.current_period_end
+    if not subscription.metered or start is None or end is None or start >= end:
+        return None
+    if subscription.settled and recorded_to is None:
+        return None
+    ends = [t for t in (subscription.last_window_end, recorded_to) if t is not None]
+    if not ends or not covers_period(max(ends), end, may_end_early=subscription.may_end_early):
+        return None
+    return PeriodToSettle(subscription.id, start, end, covered_through=max(ends))
 
 
 class UsageService:
@@ -207,10 +254,11 @@ class UsageService:
                 )
             if not batch:
                 return run
-            await self._record(batch, span, run)
+            last_windows = await self._record(batch, span, run)
             # Every subscription's: windows billed on a plan it has since left are still sent.
             await self._report([s.id for s in batch], run)
             await self._flag_overruns([s for s in batch if s.call_limit is not None], clock.now(), run)
+            await self._settle(batch, last_windows, run)
             run.subscriptions += len(batch)
             if on_batch is not None:
                 on_batch(len(batch))
@@ -221,7 +269,9 @@ class UsageService:
         batch: list[MeteredSubscription],
         span: Callable[[MeteredSubscription], Span],
         run: UsageRun,
-    ) -> None:
+    ) -> dict[uuid.UUID, datetime]:
+        """Record the batch's windows to record; returns where the windows of those that got
+        new ones now stop."""
         gate = asyncio.Semaphore(METERING_CONCURRENCY)
 
         async def earlier_in_day(subscription: MeteredSubscription, start: datetime) -> tuple[int, int]:
@@ -231,23 +281,12 @@ class UsageService:
             async with self._sessionmaker() as session:
                 return await UsageRepository(session).day_so_far(subscription.id, midnight, start)
 
-        async def windows_of(subscription: MeteredSubscription) -> list[dict[str, Any]]:
-            chosen = span(subscription)
-            cursor = day_start(max(subscription.started_at.astimezone(UTC).date(), chosen.oldest_day))
-            if subscription.last_window_end is not None and not chosen.from_oldest:
-                cursor = max(cursor, subscription.last_window_end)
-            stops = [window_boundary(t) for t in (chosen.stop, subscription.ended_at) if t is not None]
-            stop = min(stops) if stops else None
+        async def windows_of(
+            subscription: MeteredSubscription, last_day: date, cursor: datetime, stop: datetime | None
+        ) -> list[dict[str, Any]]:
             rows: list[dict[str, Any]] = []
-            while stop is None or cursor < stop:
+            while (end := _window_end(cursor, stop, last_day)) is not None:
                 day = cursor.astimezone(UTC).date()
-                midnight = day_start(day + DAY)
-                if stop is not None and stop < midnight:
-                    end = stop
-                elif day <= chosen.last_day:
-                    end = midnight
-                else:
-                    break
                 try:
                     async with gate:
                         usage = await self._metering.subscription_usage(subscription.id, day, day)
@@ -277,13 +316,21 @@ class UsageService:
                 cursor = end
             return rows
 
-        per_subscription = await asyncio.gather(*(windows_of(s) for s in batch))
+        due = []
+        for subscription in batch:
+            chosen = span(subscription)
+            cursor, stop = _first_window(subscription, chosen)
+            # Most have nothing due (at a period's close, all of them): no task for those.
+            if _window_end(cursor, stop, chosen.last_day) is not None:
+                due.append(windows_of(subscription, chosen.last_day, cursor, stop))
+        per_subscription = await asyncio.gather(*due)
         rows = [row for rows in per_subscription for row in rows]
         run.fetched += len(rows)
         if not rows:  # nothing new (the usual case at a period's close): no transaction
-            return
+            return {}
         async with unit_of_work(self._sessionmaker) as session:
             run.recorded += await UsageRepository(session).insert_records(rows)
+        return {rows[-1]["subscription_id"]: rows[-1]["window_end"] for rows in per_subscription if rows}
 
     async def _report(self, subscription_ids: list[uuid.UUID], run: UsageRun) -> None:
         """Send the pending windows of these subscriptions, each on its own, and record each
@@ -337,6 +384,25 @@ class UsageService:
         run.reported += len(accepted)
         run.quarantined += len(refused) + len(expired)
         run.stripe_failures += len(failed) + in_flight
+
+    async def _settle(
+        self, batch: list[MeteredSubscription], last_windows: dict[uuid.UUID, datetime], run: UsageRun
+    ) -> None:
+        """The period-close pass over a batch: settle, in one statement, the current periods of
+        its metered subscriptions whose windows now cover them (every window billed in the period
+        recorded), unless a window billed in one is still to send. A period settled already
+        (and not un-settled by a window this run recorded), or one whose windows metering could
+        not give yet, is left as it is."""
+        unavailable = set(run.unavailable)
+        periods = [
+            period
+            for s in batch
+            if s.id not in unavailable and (period := _period_to_settle(s, last_windows.get(s.id)))
+        ]
+        if not periods:
+            return
+        async with unit_of_work(self._sessionmaker) as session:
+            run.settled += await UsageRepository(session).settle_periods(periods, clock.now())
 
     async def _flag_overruns(self, batch: list[MeteredSubscription], now: datetime, run: UsageRun) -> None:
         """Flag, once per (subscription, period), the recorded calls going over the call limit:

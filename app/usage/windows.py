@@ -59,6 +59,11 @@ def period_days(start: datetime, end: datetime) -> tuple[date, date]:
     return first, last
 
 
+def may_end_early(status: str, cancel_at_period_end: bool) -> bool:
+    """Whether a subscription's windows may stop before its period's end (see `covers_period`)."""
+    return status == "cancelled" or cancel_at_period_end
+
+
 def covers_period(last_window_end: datetime | None, end: datetime, *, may_end_early: bool) -> bool:
     """Whether windows recorded up to `last_window_end` (a subscription's windows follow one
     another from its first) hold every window billed before `end`: the next window would be

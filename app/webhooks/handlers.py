@@ -129,13 +129,14 @@ async def _invoice_subscription(ctx: EventContext, invoice: Invoice) -> Subscrip
 async def invoice_created(ctx: EventContext, obj: StripeInvoice) -> str:
     """Mirror the draft, and report the subscription's usage before Stripe finalises it.
 
-    At a period's close the usage job has usually settled the period already (every window
-    recorded and sent): one lookup says so, and gives the period's calls. Otherwise the usage
-    job runs for this subscription now."""
+    At a period's close the usage job's period-close pass has usually settled the period already
+    (every window recorded and sent): the settlement comes with the subscription row the handler
+    loads, and gives the period's calls. Otherwise the usage job runs for this subscription now."""
     invoice = await _mirror_invoice(ctx, obj, ctx.created)
     if obj.status == "draft" and invoice.subscription_id is not None:
-        subscription = await _invoice_subscription(ctx, invoice)
-        calls = await _settled_calls(ctx, invoice, subscription)
+        subscription, calls = await UsageRepository(ctx.session).draft_subscription(
+            invoice.subscription_id, invoice.period_start, invoice.period_end
+        )
         if calls is None:
             run = await ctx.usage.aggregate(only=[invoice.subscription_id])
             if run.unavailable or run.stripe_failures:
@@ -143,15 +144,6 @@ async def invoice_created(ctx: EventContext, obj: StripeInvoice) -> str:
         # Only a subscription without the overage meter item (made before it) gets an overage line.
         await bill_overage(ctx.session, ctx.stripe, invoice, subscription, calls=calls)
     return "processed"
-
-
-async def _settled_calls(
-    ctx: EventContext, invoice: Invoice, subscription: Subscription | None
-) -> int | None:
-    start, end = invoice.period_start, invoice.period_end
-    if subscription is None or start is None or end is None:
-        return None
-    return await UsageRepository(ctx.session).settled_period_calls(subscription, start, end)
 
 
 async def invoice_finalized(ctx: EventContext, obj: StripeInvoice) -> str:

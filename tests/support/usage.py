@@ -11,10 +11,10 @@ from typing import Any
 
 import httpx
 import respx
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.models import UsageRecord
+from app.models import Subscription, UsageRecord
 from tests.support.billing_data import World, make_world
 
 METERING = "http://metering.test"
@@ -119,6 +119,18 @@ async def pay_per_use(
         started_at=started_at if started_at is not None else datetime.now(UTC) - timedelta(days=days_ago),
         **extra,
     )
+
+
+async def closing_pay_per_use(engine: AsyncEngine, start: datetime, end: datetime) -> World:
+    """A pay-per-use subscription started at `start`, in its current period [start, end)."""
+    world = await pay_per_use(engine, started_at=start)
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(Subscription)
+            .where(Subscription.id == world.subscription_id)
+            .values(current_period_start=start, current_period_end=end)
+        )
+    return world
 
 
 async def usage_windows(engine: AsyncEngine, subscription_id: uuid.UUID | None = None) -> list[Any]:

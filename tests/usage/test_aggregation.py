@@ -25,7 +25,7 @@ from app.usage.windows import DAY, covers_period, day_start, meter_event_identif
 from app.webhooks.jobs import process_stripe_event
 from tests.support.billing_data import event, invoice_obj, make_world
 from tests.support.factories import sign_webhook
-from tests.support.usage import Metering, meter_event_api, pay_per_use, usage_windows
+from tests.support.usage import Metering, closing_pay_per_use, meter_event_api, pay_per_use, usage_windows
 from tests.support.worker import Ctx, send
 
 
@@ -324,10 +324,11 @@ async def test_a_batch_with_windows_already_recorded_adds_only_the_new_ones_with
 
 
 async def settled(engine: AsyncEngine, world_id: uuid.UUID, start: datetime, end: datetime) -> int | None:
+    """The period's calls as a renewal draft of [start, end) finds them settled, else None."""
     async with async_sessionmaker(engine)() as session:
-        subscription = await session.get(Subscription, world_id)
+        subscription, calls = await UsageRepository(session).draft_subscription(world_id, start, end)
         assert subscription is not None
-        return await UsageRepository(session).settled_period_calls(subscription, start, end)
+        return calls
 
 
 async def period_sum(engine: AsyncEngine, world_id: uuid.UUID, start: datetime, end: datetime) -> int:
@@ -338,15 +339,15 @@ async def period_sum(engine: AsyncEngine, world_id: uuid.UUID, start: datetime, 
 async def test_a_period_is_settled_only_once_every_window_billed_in_it_is_recorded_and_sent(
     worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
 ) -> None:
-    """What a renewal draft relies on to skip the usage job: the lookup answers only when the
-    job has nothing left to record or send for the period, and then with the period's sum."""
+    """What a renewal draft relies on to skip the usage job: the usage job's period-close pass
+    settles the period only when it has nothing left to record or send for it, with its sum."""
     now = datetime(2026, 11, 20, 14, 37, tzinfo=UTC)
     start = now - timedelta(days=3)
     with clock.use(clock.ManualClock(now)), respx.mock(assert_all_called=False) as mock:
         Metering(mock)
         meter_events = mock.post(f"{settings.stripe_api_base}/v1/billing/meter_events")
         meter_events.side_effect = meter_event_api({}, fail_calls={2})
-        world = await pay_per_use(engine, started_at=start)
+        world = await closing_pay_per_use(engine, start, now)
         assert await settled(engine, world.subscription_id, start, now) is None  # nothing recorded
         assert await aggregate_usage(worker_ctx) == outcome(recorded=3, reported=2, stripe_failures=1)
         assert await settled(engine, world.subscription_id, start, now) is None  # one window unsent
