@@ -62,8 +62,15 @@ def create_read_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSes
 
 async def driver_connection(session: AsyncSession) -> Any:
     """The session's own asyncpg connection: same transaction, and asyncpg keeps each statement
-    prepared. For hot statements whose SQLAlchemy cost would exceed the query's own."""
+    prepared. For hot statements whose SQLAlchemy cost would exceed the query's own.
+
+    SQLAlchemy's driver adapter sends BEGIN lazily, with the session's first statement through
+    it; a statement sent on the driver before that would run (and commit) on its own. So the
+    transaction is begun here, as that first statement would begin it (a no-op in autocommit)."""
     raw = await (await session.connection()).get_raw_connection()
+    adapted = raw.dbapi_connection
+    if adapted is not None and adapted._transaction is None:
+        await adapted._start_transaction()
     return raw.driver_connection
 
 
