@@ -40,7 +40,7 @@ from app.webhooks.jobs import process_stripe_event
 from app.worker.context import job_context
 from app.worker.settings import WorkerSettings
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int, int], None]  # (steps done, steps in all, simulated moment reached)
 RETRYABLE = frozenset({409, 500, 502, 503, 504})
 # Stripe redelivers an event our endpoint did not take (over days; here, within the step).
 WEBHOOK_ATTEMPTS = 6
@@ -164,7 +164,7 @@ class Driver:
             await self._step(moment)
             self.record.steps = done
             if progress is not None:
-                progress(done, len(moments))
+                progress(done, len(moments), moment)
         return self.record
 
     # ---- one step ---------------------------------------------------------------------------
@@ -504,22 +504,31 @@ class Driver:
             raise SimulationError(f"{kind} of {charge_id}: {answer.text}")
 
     async def _send_traffic(self, moment: int) -> None:
-        """Each consumer's calls of every day up to today, served by the metering stand-in."""
+        """Each consumer's calls of every day up to today, served by the metering stand-in (one
+        request for all of them: the stand-in counts each subscription's day as its own)."""
         today = datetime.fromtimestamp(moment, UTC).date()
         last_day = datetime.fromtimestamp(self._scenario.end - DAY, UTC).date()
+        calls: list[dict[str, Any]] = []
         for run in self.record.consumers.values():
             day = run.traffic_until + timedelta(days=1) if run.traffic_until else self._first_day(run)
             while day <= min(today, last_day):
                 successful, failed = run.spec.calls_on(day)
                 if successful or failed:
-                    answer = await self._stack.siblings.post(
-                        f"/api/v1/usage/subscription/{run.subscription_id}/calls",
-                        json={"day": day.isoformat(), "successful": successful, "failed": failed},
+                    calls.append(
+                        {
+                            "subscription_id": run.subscription_id,
+                            "day": day.isoformat(),
+                            "successful": successful,
+                            "failed": failed,
+                        }
                     )
-                    if answer.status_code != 204:
-                        raise SimulationError(f"metering stand-in answered {answer.status_code}")
                 run.traffic_until = day
                 day += timedelta(days=1)
+        if not calls:
+            return
+        answer = await self._stack.siblings.post("/api/v1/usage/calls", json={"calls": calls})
+        if answer.status_code != 204:
+            raise SimulationError(f"metering stand-in answered {answer.status_code}")
 
     @staticmethod
     def _first_day(run: ConsumerRun) -> date:
