@@ -22,6 +22,7 @@ def indexed_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[resources.Store]:
         monkeypatch.setattr(resources.Store, name, getattr(resources.Store, name))
     monkeypatch.setattr(resources.StripeObject, "_api_list_all", resources.StripeObject._api_list_all)
     monkeypatch.setattr(resources.Store, "dump_to_disk", lambda store: None)
+    monkeypatch.setattr(resources, "schedule_webhook", lambda event: None)  # no emulator: nothing to post
     saved = dict(resources.store)
     install_store_index()
     resources.store.clear()
