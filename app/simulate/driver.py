@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import jwt
@@ -47,7 +48,7 @@ WEBHOOK_ATTEMPTS = 6
 WEBHOOK_BACKOFF_SECONDS = 0.1
 WEBHOOK_POSTS = 8  # webhook deliveries in flight at once
 CLIENTS = 8  # consumers and creators acting at the same moment, in flight at once
-T = TypeVar("T")
+log = logging.getLogger("app.simulate")
 
 
 class SimulationError(RuntimeError):
@@ -96,6 +97,7 @@ class RunRecord:
     steps: int = 0
     webhooks: int = 0
     webhooks_redelivered: int = 0  # deliveries our endpoint answered 5xx, sent again as Stripe does
+    jobs_failed: int = 0  # worker jobs that failed (not a fault injected), their work done later
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per part of the run
 
     @contextmanager
@@ -247,7 +249,8 @@ class Driver:
             if self._aggregated_at != now:  # the cron runs every few minutes: once per moment here
                 self._aggregated_at = now
                 with timed("usage job"):
-                    await self._job(partial(aggregate_usage, ctx))
+                    if not await self._job(partial(aggregate_usage, ctx)):
+                        self._aggregated_at = None  # the cron runs again minutes later: next pass
 
         await asyncio.gather(events(), usage())
         with timed("webhooks"):
@@ -263,10 +266,22 @@ class Driver:
             with timed("key delivery and dunning jobs"):
                 await self._deliver_outbox()
 
-    async def _job(self, job: Callable[[], Awaitable[T]]) -> T:
-        """One job on the worker, faulted, waiting for a free slot as arq's `max_jobs` does."""
+    async def _job(self, job: Callable[[], Awaitable[object]]) -> bool:
+        """One job on the worker, faulted, waiting for a free slot as arq's `max_jobs` does; False
+        when it failed (say no database connection came free in time on a loaded machine): as arq
+        does, the failure is logged and the worker goes on, and what the job had to do is still
+        there for the next run of it (the event stays pending, the outbox message too, and the
+        usage cron runs again at the next pass)."""
         async with self._jobs:
-            return await self._faults.run_job(job)
+            try:
+                await self._faults.run_job(job)
+            except (Retry, SimulationError):
+                raise
+            except Exception:
+                self.record.jobs_failed += 1
+                log.warning("worker job failed; a later run takes its work up", exc_info=True)
+                return False
+            return True
 
     async def _event_job(self, event_id: str, attempt: int = 1) -> None:
         """The event's job; one that asks to be retried (arq's `Retry`, e.g. while the usage cron

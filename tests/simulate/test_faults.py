@@ -1,12 +1,18 @@
-"""The simulation's injected crashes are counted, not logged as the API's unhandled errors."""
+"""The simulation's injected crashes are counted, not logged as the API's unhandled errors, and a
+worker job that fails is counted while the worker goes on."""
 
 from __future__ import annotations
 
 import logging
+from random import Random
+from typing import cast
 
 import pytest
+from arq import Retry
 
-from app.simulate.faults import API_LOGGER, SimulatedCrash, commit_crashes
+from app.simulate.driver import Driver, Stack
+from app.simulate.faults import API_LOGGER, FaultRates, Faults, SimulatedCrash, commit_crashes
+from app.simulate.scenario import build_scenario
 
 
 def _unhandled(exc: BaseException) -> None:
@@ -26,3 +32,24 @@ def test_an_injected_crash_is_not_logged_as_an_unhandled_error_while_a_run_injec
     assert len(logged) == 2
     assert isinstance(logged[0], RuntimeError)
     assert logged[1] is crash
+
+
+async def test_a_failing_worker_job_is_counted_and_the_worker_goes_on_as_arq_does() -> None:
+    faults = Faults(FaultRates.none(), Random(1))  # noqa: S311 - reproducible, not secret
+    driver = Driver(cast("Stack", None), build_scenario(consumers=0, months=1, seed=1), faults)
+
+    async def no_connection_in_time() -> None:
+        raise TimeoutError("QueuePool limit of size 5 overflow 5 reached, connection timed out")
+
+    async def works() -> int:
+        return 1
+
+    async def asks_for_a_retry() -> None:
+        raise Retry(defer=1)
+
+    assert await driver._job(no_connection_in_time) is False
+    assert await driver._job(works) is True
+    assert driver.record.jobs_failed == 1
+    with pytest.raises(Retry):  # a retry is arq's to schedule, not a failure
+        await driver._job(asks_for_a_retry)
+    assert driver.record.jobs_failed == 1
