@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import jwt
@@ -49,6 +49,8 @@ WEBHOOK_BACKOFF_SECONDS = 0.1
 WEBHOOK_POSTS = 8  # webhook deliveries in flight at once
 CLIENTS = 8  # consumers and creators acting at the same moment, in flight at once
 log = logging.getLogger("app.simulate")
+T = TypeVar("T")
+USAGE_RUNS_PER_MOMENT = 5  # the usage cron's runs in the minutes of one moment, until all is sent
 
 
 class SimulationError(RuntimeError):
@@ -245,12 +247,8 @@ class Driver:
                 await self._retry_pending_events()
 
         async def usage() -> None:
-            now = self._stack.business.now()
-            if self._aggregated_at != now:  # the cron runs every few minutes: once per moment here
-                self._aggregated_at = now
-                with timed("usage job"):
-                    if not await self._job(partial(aggregate_usage, ctx)):
-                        self._aggregated_at = None  # the cron runs again minutes later: next pass
+            with timed("usage job"):
+                await self._usage_cron()
 
         await asyncio.gather(events(), usage())
         with timed("webhooks"):
@@ -266,22 +264,37 @@ class Driver:
             with timed("key delivery and dunning jobs"):
                 await self._deliver_outbox()
 
-    async def _job(self, job: Callable[[], Awaitable[object]]) -> bool:
-        """One job on the worker, faulted, waiting for a free slot as arq's `max_jobs` does; False
+    async def _usage_cron(self) -> None:
+        """The usage cron, once per moment: it runs every few minutes, so windows a run could not
+        send (Stripe down, metering slow) are sent by the next runs minutes later, not days later
+        when the next moment comes (past Stripe's 24 h replay memory they would be quarantined)."""
+        now = self._stack.business.now()
+        if self._aggregated_at == now:
+            return
+        self._aggregated_at = now
+        for _ in range(USAGE_RUNS_PER_MOMENT):
+            outcome = await self._job(partial(aggregate_usage, self._stack.worker))
+            if outcome is None:
+                self._aggregated_at = None  # failed: run again at the next pass
+                return
+            if not outcome["stripe_failures"] and not outcome["unavailable"]:
+                return
+
+    async def _job(self, job: Callable[[], Awaitable[T]]) -> T | None:
+        """One job on the worker, faulted, waiting for a free slot as arq's `max_jobs` does; None
         when it failed (say no database connection came free in time on a loaded machine): as arq
         does, the failure is logged and the worker goes on, and what the job had to do is still
         there for the next run of it (the event stays pending, the outbox message too, and the
         usage cron runs again at the next pass)."""
         async with self._jobs:
             try:
-                await self._faults.run_job(job)
+                return await self._faults.run_job(job)
             except (Retry, SimulationError):
                 raise
             except Exception:
                 self.record.jobs_failed += 1
                 log.warning("worker job failed; a later run takes its work up", exc_info=True)
-                return False
-            return True
+                return None
 
     async def _event_job(self, event_id: str, attempt: int = 1) -> None:
         """The event's job; one that asks to be retried (arq's `Retry`, e.g. while the usage cron

@@ -4,12 +4,16 @@ worker job that fails is counted while the worker goes on."""
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from random import Random
+from types import SimpleNamespace
 from typing import cast
 
 import pytest
 from arq import Retry
 
+from app import clock
+from app.simulate import driver as driver_module
 from app.simulate.driver import Driver, Stack
 from app.simulate.faults import API_LOGGER, FaultRates, Faults, SimulatedCrash, commit_crashes
 from app.simulate.scenario import build_scenario
@@ -38,7 +42,7 @@ async def test_a_failing_worker_job_is_counted_and_the_worker_goes_on_as_arq_doe
     faults = Faults(FaultRates.none(), Random(1))  # noqa: S311 - reproducible, not secret
     driver = Driver(cast("Stack", None), build_scenario(consumers=0, months=1, seed=1), faults)
 
-    async def no_connection_in_time() -> None:
+    async def no_connection_in_time() -> int:
         raise TimeoutError("QueuePool limit of size 5 overflow 5 reached, connection timed out")
 
     async def works() -> int:
@@ -47,9 +51,31 @@ async def test_a_failing_worker_job_is_counted_and_the_worker_goes_on_as_arq_doe
     async def asks_for_a_retry() -> None:
         raise Retry(defer=1)
 
-    assert await driver._job(no_connection_in_time) is False
-    assert await driver._job(works) is True
+    assert await driver._job(no_connection_in_time) is None
+    assert await driver._job(works) == 1
     assert driver.record.jobs_failed == 1
     with pytest.raises(Retry):  # a retry is arq's to schedule, not a failure
         await driver._job(asks_for_a_retry)
     assert driver.record.jobs_failed == 1
+
+
+async def test_the_usage_cron_runs_again_within_the_moment_until_every_window_is_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    outcomes = [{"stripe_failures": 2, "unavailable": 0}, {"stripe_failures": 0, "unavailable": 0}]
+    runs: list[object] = []
+
+    async def aggregate_usage(ctx: object) -> dict[str, int]:
+        runs.append(ctx)
+        return outcomes[len(runs) - 1]
+
+    monkeypatch.setattr(driver_module, "aggregate_usage", aggregate_usage)
+    business = clock.ManualClock(datetime(2027, 1, 1, tzinfo=UTC))
+    stack = cast("Stack", SimpleNamespace(worker={}, business=business))
+    faults = Faults(FaultRates.none(), Random(1))  # noqa: S311 - reproducible, not secret
+    driver = Driver(stack, build_scenario(consumers=0, months=1, seed=1), faults)
+
+    await driver._usage_cron()
+    assert len(runs) == 2  # the windows Stripe failed are sent minutes later, in the same moment
+    await driver._usage_cron()
+    assert len(runs) == 2  # once all is sent, the cron has nothing more to do at this moment
