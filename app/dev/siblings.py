@@ -1,9 +1,10 @@
 """Dev-only stand-ins for the API key and metering services, in the shapes of CONTRACT.md.
 
 `billing dev` runs this when API_KEY_SERVICE_URL / METERING_SERVICE_URL are unset. State is in
-memory; `POST /api/v1/usage/subscription/{id}/calls` lets a demo record traffic, counted on the
-business clock's day (BILLING_CLOCK, as for the API and the worker) when it names none. It is also
-a demo marketplace endpoint for our events: `POST /marketplace/events` checks the signature
+memory; `POST /api/v1/usage/subscription/{id}/calls` lets a demo record traffic (and
+`POST /api/v1/usage/calls` many subscriptions' at once), counted on the business clock's day
+(BILLING_CLOCK, as for the API and the worker) when it names none. It is also a demo marketplace
+endpoint for our events: `POST /marketplace/events` checks the signature
 (secret `DEV_MARKETPLACE_SECRET`), `GET /marketplace/events` lists what arrived.
 """
 
@@ -37,6 +38,14 @@ class CallsRequest(BaseModel):
     day: date | None = None
     successful: int = Field(0, ge=0)
     failed: int = Field(0, ge=0)
+
+
+class SubscriptionCalls(CallsRequest):
+    subscription_id: str
+
+
+class BulkCallsRequest(BaseModel):
+    calls: list[SubscriptionCalls]
 
 
 def build_app() -> FastAPI:
@@ -76,6 +85,15 @@ def build_app() -> FastAPI:
         counts = calls[subscription_id][body.day or clock.today()]
         counts[0] += body.successful
         counts[1] += body.failed
+        return Response(status_code=204)
+
+    @app.post("/api/v1/usage/calls", status_code=204)
+    async def record_many_calls(body: BulkCallsRequest) -> Response:
+        """Many subscriptions' traffic at once (a simulation's day of calls in one request)."""
+        for item in body.calls:
+            counts = calls[item.subscription_id][item.day or clock.today()]
+            counts[0] += item.successful
+            counts[1] += item.failed
         return Response(status_code=204)
 
     @app.get("/api/v1/usage/subscription/{subscription_id}")

@@ -61,6 +61,7 @@ from localstripe.webhooks import schedule_webhook
 
 from app.dev import stripe_extensions
 from app.dev.stripe_extensions import _next_number, _with_confirmation_secret
+from app.dev.stripe_store import objects_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -201,7 +202,7 @@ async def retrieve_clock(request: web.Request) -> web.Response:
 
 
 async def list_clocks(request: web.Request) -> web.Response:
-    clocks = [obj for key, obj in resources.store.items() if key.startswith("test_clock:")]
+    clocks = list(objects_of("test_clock"))
     clocks.sort(key=lambda c: c["created"], reverse=True)
     return _json({"object": "list", "url": "/v1/test_helpers/test_clocks", "has_more": False, "data": clocks})
 

@@ -19,6 +19,7 @@ def main() -> None:
 
     from app.dev.stripe_clock import install_test_clocks
     from app.dev.stripe_extensions import install_extensions
+    from app.dev.stripe_store import install_store_index
 
     data_file: Path | None = args.data_file
 
@@ -37,6 +38,7 @@ def main() -> None:
     # The stock store writes /tmp/localstripe.pickle on every request; ours writes our file or nothing.
     resources.Store.try_load_from_disk = load
     resources.Store.dump_to_disk = dump
+    install_store_index()
     resources.store.try_load_from_disk()
     install_extensions(server.app)
     install_test_clocks(server.app)

@@ -47,6 +47,8 @@ from localstripe import resources, server
 from localstripe.errors import UserError
 from localstripe.webhooks import schedule_webhook
 
+from app.dev.stripe_store import objects_of
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Override = Callable[[web.Request, dict[str, str]], Awaitable[web.StreamResponse]]
 
@@ -300,8 +302,8 @@ async def list_meter_event_summaries(request: web.Request) -> web.Response:
     if start % 60 or end % 60:
         raise UserError(400, "start_time and end_time must be aligned with minute boundaries")
     total = Decimal(0)
-    for key, event in list(resources.store.items()):
-        if not str(key).startswith("meter_event:") or event["event_name"] != meter["event_name"]:
+    for event in objects_of("meter_event"):
+        if event["event_name"] != meter["event_name"]:
             continue
         payload = event["payload"]
         if payload.get("stripe_customer_id") == customer and start <= int(event["timestamp"]) < end:

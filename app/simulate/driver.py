@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -40,14 +41,16 @@ from app.webhooks.jobs import process_stripe_event
 from app.worker.context import job_context
 from app.worker.settings import WorkerSettings
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int, int], None]  # (steps done, steps in all, simulated moment reached)
 RETRYABLE = frozenset({409, 500, 502, 503, 504})
 # Stripe redelivers an event our endpoint did not take (over days; here, within the step).
 WEBHOOK_ATTEMPTS = 6
 WEBHOOK_BACKOFF_SECONDS = 0.1
 WEBHOOK_POSTS = 8  # webhook deliveries in flight at once
 CLIENTS = 8  # consumers and creators acting at the same moment, in flight at once
+log = logging.getLogger("app.simulate")
 T = TypeVar("T")
+USAGE_RUNS_PER_MOMENT = 5  # the usage cron's runs in the minutes of one moment, until all is sent
 
 
 class SimulationError(RuntimeError):
@@ -96,6 +99,7 @@ class RunRecord:
     steps: int = 0
     webhooks: int = 0
     webhooks_redelivered: int = 0  # deliveries our endpoint answered 5xx, sent again as Stripe does
+    jobs_failed: int = 0  # worker jobs that failed (not a fault injected), their work done later
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per part of the run
 
     @contextmanager
@@ -164,7 +168,7 @@ class Driver:
             await self._step(moment)
             self.record.steps = done
             if progress is not None:
-                progress(done, len(moments))
+                progress(done, len(moments), moment)
         return self.record
 
     # ---- one step ---------------------------------------------------------------------------
@@ -243,11 +247,8 @@ class Driver:
                 await self._retry_pending_events()
 
         async def usage() -> None:
-            now = self._stack.business.now()
-            if self._aggregated_at != now:  # the cron runs every few minutes: once per moment here
-                self._aggregated_at = now
-                with timed("usage job"):
-                    await self._job(partial(aggregate_usage, ctx))
+            with timed("usage job"):
+                await self._usage_cron()
 
         await asyncio.gather(events(), usage())
         with timed("webhooks"):
@@ -263,10 +264,37 @@ class Driver:
             with timed("key delivery and dunning jobs"):
                 await self._deliver_outbox()
 
-    async def _job(self, job: Callable[[], Awaitable[T]]) -> T:
-        """One job on the worker, faulted, waiting for a free slot as arq's `max_jobs` does."""
+    async def _usage_cron(self) -> None:
+        """The usage cron, once per moment: it runs every few minutes, so windows a run could not
+        send (Stripe down, metering slow) are sent by the next runs minutes later, not days later
+        when the next moment comes (past Stripe's 24 h replay memory they would be quarantined)."""
+        now = self._stack.business.now()
+        if self._aggregated_at == now:
+            return
+        self._aggregated_at = now
+        for _ in range(USAGE_RUNS_PER_MOMENT):
+            outcome = await self._job(partial(aggregate_usage, self._stack.worker))
+            if outcome is None:
+                self._aggregated_at = None  # failed: run again at the next pass
+                return
+            if not outcome["stripe_failures"] and not outcome["unavailable"]:
+                return
+
+    async def _job(self, job: Callable[[], Awaitable[T]]) -> T | None:
+        """One job on the worker, faulted, waiting for a free slot as arq's `max_jobs` does; None
+        when it failed (say no database connection came free in time on a loaded machine): as arq
+        does, the failure is logged and the worker goes on, and what the job had to do is still
+        there for the next run of it (the event stays pending, the outbox message too, and the
+        usage cron runs again at the next pass)."""
         async with self._jobs:
-            return await self._faults.run_job(job)
+            try:
+                return await self._faults.run_job(job)
+            except (Retry, SimulationError):
+                raise
+            except Exception:
+                self.record.jobs_failed += 1
+                log.warning("worker job failed; a later run takes its work up", exc_info=True)
+                return None
 
     async def _event_job(self, event_id: str, attempt: int = 1) -> None:
         """The event's job; one that asks to be retried (arq's `Retry`, e.g. while the usage cron
@@ -511,22 +539,31 @@ class Driver:
             raise SimulationError(f"{kind} of {charge_id}: {answer.text}")
 
     async def _send_traffic(self, moment: int) -> None:
-        """Each consumer's calls of every day up to today, served by the metering stand-in."""
+        """Each consumer's calls of every day up to today, served by the metering stand-in (one
+        request for all of them: the stand-in counts each subscription's day as its own)."""
         today = datetime.fromtimestamp(moment, UTC).date()
         last_day = datetime.fromtimestamp(self._scenario.end - DAY, UTC).date()
+        calls: list[dict[str, Any]] = []
         for run in self.record.consumers.values():
             day = run.traffic_until + timedelta(days=1) if run.traffic_until else self._first_day(run)
             while day <= min(today, last_day):
                 successful, failed = run.spec.calls_on(day)
                 if successful or failed:
-                    answer = await self._stack.siblings.post(
-                        f"/api/v1/usage/subscription/{run.subscription_id}/calls",
-                        json={"day": day.isoformat(), "successful": successful, "failed": failed},
+                    calls.append(
+                        {
+                            "subscription_id": run.subscription_id,
+                            "day": day.isoformat(),
+                            "successful": successful,
+                            "failed": failed,
+                        }
                     )
-                    if answer.status_code != 204:
-                        raise SimulationError(f"metering stand-in answered {answer.status_code}")
                 run.traffic_until = day
                 day += timedelta(days=1)
+        if not calls:
+            return
+        answer = await self._stack.siblings.post("/api/v1/usage/calls", json={"calls": calls})
+        if answer.status_code != 204:
+            raise SimulationError(f"metering stand-in answered {answer.status_code}")
 
     @staticmethod
     def _first_day(run: ConsumerRun) -> date:

@@ -50,6 +50,7 @@ class Report:
     webhooks: int
     seconds: dict[str, float] = field(default_factory=dict)
     webhooks_redelivered: int = 0
+    jobs_failed: int = 0
 
     @property
     def clean(self) -> bool:
@@ -73,7 +74,8 @@ class Report:
         console.print(money)
         faults = Table(
             title=f"Faults injected ({self.steps} steps, {self.webhooks} webhook deliveries,"
-            f" {self.webhooks_redelivered} sent again after a 5xx)"
+            f" {self.webhooks_redelivered} sent again after a 5xx, {self.jobs_failed} worker jobs"
+            " failed and taken up by a later run)"
         )
         faults.add_column("fault")
         faults.add_column("count", justify="right")
@@ -184,6 +186,7 @@ async def build_report(
         record.webhooks,
         record.seconds,
         record.webhooks_redelivered,
+        record.jobs_failed,
     )
 
 
