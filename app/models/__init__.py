@@ -14,7 +14,7 @@ from app.models.plan import Api, PricingPlan, PricingPlanVersion
 from app.models.reconcile import ReconcileDrift, ReconcileRun, ReconcileSeen
 from app.models.subscription import Subscription
 from app.models.sync_run import SyncRun
-from app.models.usage import UsageRecord
+from app.models.usage import UsageDay, UsageRecord
 
 __all__ = [
     "Api",
@@ -40,5 +40,6 @@ __all__ = [
     "StripeEvent",
     "Subscription",
     "SyncRun",
+    "UsageDay",
     "UsageRecord",
 ]
