@@ -191,14 +191,19 @@ def test_migrate_check_with_wait_replaces_a_connection_the_server_ended_between_
     assert gate.poll() is None
 
     async def end_its_connections() -> int:
+        """End the gate's connection once it has one (a slow start under load opens it later)."""
         connection = await asyncpg.connect(postgres_uri.replace("postgresql://", "postgres://"))
         try:
-            ended = await connection.fetch(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
-            )
+            for _ in range(300):
+                ended = await connection.fetch(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+                )
+                if ended:
+                    return len(ended)
+                await asyncio.sleep(0.1)
         finally:
             await connection.close()
-        return len(ended)
+        return 0
 
     # The poll's pooled connection, ended by the server (a restart, an idle timeout): with no
     # pre-ping the next checkout sees it closed and opens a new one.
