@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
+from app.analytics.router import EarningsRoute
 from app.analytics.router import router as analytics_router
 from app.config import Settings, get_settings
 from app.consumers.router import router as consumers_router
@@ -189,6 +190,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks_router)
     app.include_router(api)
     app.include_router(health_router)
+    # Ahead of every route: the earnings report's path, answered without the routing walk.
+    app.router.routes.insert(0, EarningsRoute(API_PREFIX))
     describe_parameters(app)
     return app
 

@@ -165,7 +165,9 @@ def _check_path_and_query(scope: Scope) -> None:
         except InvalidInput as exc:
             raise InvalidInput(_path_param_name(scope, segment), exc.message) from None
     query = scope.get("query_string", b"")
-    if query:
+    # Without an escape or a NUL the decoded text is the bytes themselves, none longer than the
+    # whole: nothing to refuse, nothing to parse.
+    if query and (len(query) > MAX_PARAM_CHARS or b"%" in query or b"\x00" in query):
         for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True, encoding="utf-8"):
             check_text(_key_name(name), name, MAX_PARAM_CHARS)
             check_text(_key_name(name), value, MAX_PARAM_CHARS)

@@ -14,9 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.models import Api
 from app.models.earning import NEGATIVE_KINDS_SQL
 
-# One statement, one (parallel) scan of the API's usage rows: first reduced to (day, subscription),
-# then the total, each day, each plan and each consumer (GROUPING SETS), of which only the top
-# consumers leave the database.
+# One statement over the API's daily sums (`usage_days`, one row per subscription and UTC day,
+# kept from the windows by triggers): the total, each day, each plan and each consumer (GROUPING
+# SETS), of which only the top consumers leave the database. `start` and `end` are midnights (UTC),
+# so the days from the one of `start` up to the one of `end` hold exactly the windows starting
+# in [start, end).
 USAGE_SQL = text(
     """
     SELECT grouping_id, day, plan_id, plan.name AS plan_name, consumer_id, calls, successful_calls,
@@ -35,15 +37,11 @@ USAGE_SQL = text(
                    ORDER BY SUM(per.calls) DESC, s.consumer_id
                ) AS position
         FROM (
-            SELECT (u.window_start AT TIME ZONE 'UTC')::date AS day,
-                   u.subscription_id,
-                   SUM(u.quantity) AS calls,
-                   SUM(u.successful_calls) AS successful_calls,
-                   SUM(u.failed_calls) AS failed_calls
-            FROM usage_records u
-            WHERE u.subscription_id IN (SELECT id FROM subscriptions WHERE api_id = :api_id)
-              AND u.window_start >= :start AND u.window_start < :end
-            GROUP BY 1, 2
+            SELECT d.day, d.subscription_id, d.calls, d.successful_calls, d.failed_calls
+            FROM usage_days d
+            WHERE d.subscription_id IN (SELECT id FROM subscriptions WHERE api_id = :api_id)
+              AND d.day >= (CAST(:start AS timestamptz) AT TIME ZONE 'UTC')::date
+              AND d.day < (CAST(:end AS timestamptz) AT TIME ZONE 'UTC')::date
         ) per
         JOIN subscriptions s ON s.id = per.subscription_id
         GROUP BY GROUPING SETS ((), (per.day), (s.pricing_plan_id), (s.consumer_id))

@@ -1,12 +1,20 @@
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import date
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import TypeAdapter, ValidationError
+from starlette.routing import BaseRoute, Match, NoMatchFound
+from starlette.types import Receive, Scope, Send
 
 from app.analytics.schemas import EarningsReport, UsageReport
+from app.analytics.service import EarningsReader
+from app.db import read_connection
 from app.dependencies import Analytics as Service
-from app.dependencies import CreatorOrAdmin, Earnings
+from app.dependencies import BearerPrincipal, CreatorOrAdmin, Earnings, api_state
 from app.http import Day, error_responses
 from app.plans.schemas import ApiId
 
@@ -44,3 +52,73 @@ async def api_earnings(
 ) -> Response:
     body = await reader.report(principal, api_id, date_from, date_to)
     return Response(body, media_type="application/json")
+
+
+_EARNINGS_TAIL = "/earnings"
+_API_ID: TypeAdapter[str] = TypeAdapter(ApiId)
+_DAY: TypeAdapter[date | None] = TypeAdapter(Day | None)
+_JSON_HEADERS = (b"content-type", b"application/json")
+
+
+class EarningsRoute(BaseRoute):
+    """`GET {prefix}/apis/{api_id}/earnings` answered as the route above answers it, without
+    FastAPI's routing walk and parameter resolution: its path is measured against its bare SQL
+    (bench/analytics.py), and those cost a third of it. Matched ahead of every route. The same
+    bearer check, the same types for `api_id`, `from` and `to` (a bad one is the same 422 naming
+    it), the same reader; the declared route documents it (a test compares the two answers)."""
+
+    def __init__(self, prefix: str) -> None:
+        self._head = f"{prefix}{router.prefix.split('{', 1)[0]}"
+        self.path = f"{prefix}{router.prefix}{_EARNINGS_TAIL}"  # the template metrics and logs name
+        self.path_format = self.path
+        self._principal = BearerPrincipal("creator", "admin")
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            path: str = scope["path"]
+            if path.startswith(self._head) and path.endswith(_EARNINGS_TAIL):
+                api_id = path[len(self._head) : -len(_EARNINGS_TAIL)]
+                if api_id and "/" not in api_id:
+                    return Match.FULL, {"path_params": {"api_id": api_id}, "route": self}
+        return Match.NONE, {}
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
+        raise NoMatchFound(name, path_params)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        principal = await self._principal(Request(scope, receive))
+        api_id, date_from, date_to = _earnings_parameters(scope)
+        resources = api_state(scope["app"]).resources
+        async with read_connection(resources.engine) as connection:
+            reader = EarningsReader(connection, resources.settings)
+            body = await reader.report(principal, api_id, date_from, date_to)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode()), _JSON_HEADERS],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _earnings_parameters(scope: Scope) -> tuple[str, date | None, date | None]:
+    """`api_id`, `from` and `to` validated by their declared types (the last of a repeated query
+    parameter counts, an empty one is invalid, as FastAPI reads them); every error at once."""
+    query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+    errors: list[dict[str, Any]] = []
+    api_id = scope["path_params"]["api_id"]
+    try:
+        api_id = _API_ID.validate_python(api_id)
+    except ValidationError as exc:
+        errors.extend({**e, "loc": ("path", "api_id", *e["loc"])} for e in exc.errors(include_url=False))
+    days: list[date | None] = []
+    for name in ("from", "to"):
+        raw = query.get(name)
+        try:
+            days.append(None if raw is None else _DAY.validate_python(raw))
+        except ValidationError as exc:
+            errors.extend({**e, "loc": ("query", name, *e["loc"])} for e in exc.errors(include_url=False))
+    if errors:
+        raise RequestValidationError(errors)
+    return api_id, days[0], days[1]

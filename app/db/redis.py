@@ -4,7 +4,7 @@ enqueue for many jobs in one Redis round trip, for hot paths.
 `ArqRedis.enqueue_job` uses WATCH / EXISTS / MULTI (three round trips on a dedicated
 connection per job). This Lua script does the same atomically per job: nothing if a job or a
 result with the id exists, else the serialized job with its expiry and its place in the queue.
-The job is exactly what arq writes, so any arq worker runs it. A pipeline sends many at once.
+The job is exactly what arq writes, so any arq worker runs it. One call carries a whole batch.
 """
 
 from __future__ import annotations
@@ -41,11 +41,20 @@ def create_entitlements_redis(settings: Settings) -> EntitlementsRedis:
     return EntitlementsRedis(pool, PipelinedRedis(settings.redis_url, timeout=timeout))
 
 
+# KEYS: the queue, then each job's key and result key; ARGV: the jobs' expiry (ms), their score,
+# then each job's serialized bytes and id. Returns 1 per job it enqueued, 0 per job that existed.
 _ENQUEUE_UNIQUE = """
-if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
-redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
-return 1
+local added = {}
+for i = 1, (#KEYS - 1) / 2 do
+  if redis.call('exists', KEYS[2 * i], KEYS[2 * i + 1]) > 0 then
+    added[i] = 0
+  else
+    redis.call('psetex', KEYS[2 * i], ARGV[1], ARGV[2 * i + 1])
+    redis.call('zadd', KEYS[1], ARGV[2], ARGV[2 * i + 2])
+    added[i] = 1
+  end
+end
+return added
 """
 _ENQUEUE_UNIQUE_SHA = hashlib.sha1(_ENQUEUE_UNIQUE.encode(), usedforsecurity=False).hexdigest()
 
@@ -53,7 +62,8 @@ _ENQUEUE_UNIQUE_SHA = hashlib.sha1(_ENQUEUE_UNIQUE.encode(), usedforsecurity=Fal
 async def enqueue_unique_many(
     redis: ArqRedis, function: str, jobs: Sequence[tuple[str, tuple[Any, ...]]]
 ) -> list[bool]:
-    """Enqueue `function(*args)` as job `job_id` for each (job_id, args) unless that job exists.
+    """Enqueue `function(*args)` as job `job_id` for each (job_id, args) unless that job exists,
+    all in one script call (one round trip, one command for Redis to run).
 
     Returns, per job, whether this call enqueued it.
     """
@@ -70,9 +80,10 @@ async def enqueue_unique_many(
 async def _send(redis: ArqRedis, function: str, jobs: Sequence[tuple[str, tuple[Any, ...]]]) -> list[bool]:
     queue = redis.default_queue_name or default_queue_name
     now = timestamp_ms()
-    async with redis.pipeline(transaction=False) as pipe:
-        for job_id, args in jobs:
-            job = serialize_job(function, args, {}, None, now, serializer=redis.job_serializer)
-            keys = [job_key_prefix + job_id, result_key_prefix + job_id, queue]
-            pipe.evalsha(_ENQUEUE_UNIQUE_SHA, len(keys), *keys, expires_extra_ms, job, now, job_id)  # type: ignore[arg-type]
-        return [bool(added) for added in await pipe.execute()]
+    keys: list[Any] = [queue]
+    args: list[Any] = [expires_extra_ms, now]
+    for job_id, job_args in jobs:
+        keys += (job_key_prefix + job_id, result_key_prefix + job_id)
+        args += (serialize_job(function, job_args, {}, None, now, serializer=redis.job_serializer), job_id)
+    added = await redis.evalsha(_ENQUEUE_UNIQUE_SHA, len(keys), *keys, *args)  # type: ignore[misc]
+    return [bool(flag) for flag in added]

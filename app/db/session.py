@@ -46,6 +46,15 @@ def drop_closed_on_checkout(
         raise exc.DisconnectionError("the pooled connection was closed")
 
 
+def create_probe_engine(database_url: str, *, connect_timeout: float) -> AsyncEngine:
+    """A small engine for a command that polls a database with only its URL (`billing migrate
+    --check --wait`): the engines' rule (no pre-ping, a closed connection dropped on checkout),
+    connecting bounded by `connect_timeout`."""
+    engine = create_async_engine(database_url, pool_size=1, connect_args={"timeout": connect_timeout})
+    event.listen(engine.sync_engine, "checkout", drop_closed_on_checkout)
+    return engine
+
+
 def create_job_engine(settings: Settings) -> AsyncEngine:
     """The engine of worker jobs and commands: same pool, longer statements (bulk work, sync)."""
     return create_engine(settings, command_timeout=settings.db_worker_command_timeout_seconds)

@@ -11,10 +11,11 @@ from urllib.parse import urlsplit
 from alembic.script import ScriptDirectory
 from sqlalchemy import make_url, text
 from sqlalchemy.exc import ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import ConfigError, Settings, load_settings
 from app.db.migrate import alembic_config
+from app.db.session import create_probe_engine
 from app.errors import DomainError
 from app.resources import Resources, opened
 
@@ -98,7 +99,7 @@ async def migration_state(engine: AsyncEngine, database_url: str) -> str:
 
 async def wait_for_head(database_url: str, timeout_seconds: float, poll_seconds: float = 2.0) -> str:
     """Poll until the database is migrated to head (an init container's gate); CheckFailed on timeout."""
-    engine = create_async_engine(database_url, pool_pre_ping=True)
+    engine = create_probe_engine(database_url, connect_timeout=TIMEOUT_SECONDS)
     deadline = time.monotonic() + timeout_seconds
     try:
         while True:

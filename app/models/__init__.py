@@ -14,7 +14,7 @@ from app.models.plan import Api, PricingPlan, PricingPlanVersion
 from app.models.reconcile import ReconcileDrift, ReconcileRun, ReconcileSeen
 from app.models.subscription import Subscription
 from app.models.sync_run import SyncRun
-from app.models.usage import UsagePeriodSettlement, UsageRecord
+from app.models.usage import UsageDay, UsagePeriodSettlement, UsageRecord
 
 __all__ = [
     "Api",
@@ -40,6 +40,7 @@ __all__ = [
     "StripeEvent",
     "Subscription",
     "SyncRun",
+    "UsageDay",
     "UsagePeriodSettlement",
     "UsageRecord",
 ]

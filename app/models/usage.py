@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
@@ -80,3 +80,22 @@ class UsagePeriodSettlement(Base):
     # they cover the period, for a subscription that has since come to end with its period.
     covered_through: Mapped[datetime]
     settled_at: Mapped[datetime] = mapped_column(default=clock.now)
+
+
+class UsageDay(Base):
+    """A subscription's windows summed per UTC day (the day of each window's start): what the
+    creator's usage report reads, so its cost follows the days asked for, not the windows.
+
+    Kept by triggers on `usage_records` (migration 0014) for every insert, update, delete and
+    truncate whoever runs it, in the same transaction; a day whose windows are all gone is
+    removed. No foreign key of its own: it follows `usage_records` (whose rows go with their
+    subscription), so a key check per upserted day would only repeat that one."""
+
+    __tablename__ = "usage_days"
+
+    subscription_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    day: Mapped[date] = mapped_column(primary_key=True)
+    windows: Mapped[int]
+    calls: Mapped[int] = mapped_column(BigInteger)
+    successful_calls: Mapped[int] = mapped_column(BigInteger)
+    failed_calls: Mapped[int] = mapped_column(BigInteger)

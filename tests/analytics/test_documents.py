@@ -6,8 +6,11 @@ from datetime import UTC, datetime
 
 import httpx
 import orjson
+import pytest
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.analytics.router import EarningsRoute
 from app.analytics.schemas import EarningsReport
 from app.models import Earning
 from app.money import split_commission
@@ -121,3 +124,87 @@ async def test_earnings_of_an_api_without_earnings_is_the_schemas_empty_report(
         "currencies": [],
     }
     assert response.content == _through_schema(response.content)[1]
+
+
+# (role, user id) of the caller, or None for no token; the query string.
+ASKED = [
+    (("creator", "creator-docs"), "from=2026-03-01&to=2026-04-30"),
+    (("admin", None), "from=2026-03-01"),
+    (("creator", "creator-docs"), ""),
+    (("creator", "creator-docs"), "to=2026-04-30&unknown=1"),
+    (("creator", "creator-docs"), "from=2026-02-01&from=2026-03-01&to=2026-04-30"),
+    (("creator", "creator-docs"), "from=2026-03-10&to=2026-03-01"),
+    (("creator", "creator-docs"), "from=2025-01-01&to=2026-03-01"),
+    (("creator", "creator-docs"), "from=2026-02-30&to=soon"),
+    (("creator", "creator-docs"), "from="),
+    (("creator", "creator-docs"), "to=1999-12-31"),
+    (("creator", "creator-docs"), "to=2026-04-30T10:00:00"),
+    (("creator", "creator-2"), "from=2026-03-01"),
+    (("consumer", "creator-docs"), "from=2026-03-01"),
+    (("consumer", "creator-docs"), "from=soon"),
+    (None, "from=2026-03-01"),
+]
+PATHS = ["docs-api", "no-such-api", "bad!id", "x" * 65, "docs-api/extra"]
+
+
+async def test_the_lean_earnings_route_answers_byte_for_byte_what_the_declared_route_answers(
+    app: FastAPI, client: httpx.AsyncClient, auth: Auth, engine: AsyncEngine
+) -> None:
+    """The route matched ahead of the others (no routing walk, parameters read by hand) and the
+    FastAPI route it stands in for: the same status, headers and bytes for good and bad
+    requests alike (422s naming the field, 401, 403 for another creator or a consumer, 404)."""
+    await _seed(engine)
+    lean = app.router.routes[0]
+    assert isinstance(lean, EarningsRoute)
+
+    async def answers() -> list[tuple[int, str | None, bytes]]:
+        seen = []
+        for api_id in PATHS:
+            for caller, query in ASKED:
+                headers = {"x-request-id": "compare"}
+                if caller is not None:
+                    headers |= auth(caller[0], user_id=caller[1])
+                response = await client.get(f"/api/v1/apis/{api_id}/earnings?{query}", headers=headers)
+                seen.append((response.status_code, response.headers.get("content-type"), response.content))
+        return seen
+
+    with_lean = await answers()
+    app.router.routes.remove(lean)
+    try:
+        declared = await answers()
+    finally:
+        app.router.routes.insert(0, lean)
+
+    assert with_lean == declared
+    statuses = {status for status, _, _ in with_lean}
+    assert statuses == {200, 401, 403, 404, 422}
+    named = {
+        detail["field"]
+        for status, _, body in with_lean
+        if status == 422
+        for detail in orjson.loads(body)["details"]
+    }
+    assert named == {"api_id", "from", "to"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "matched"),
+    [
+        ("GET", "/api/v1/apis/docs-api/earnings", True),
+        ("GET", "/api/v1/apis/a_b-9/earnings", True),
+        ("POST", "/api/v1/apis/docs-api/earnings", False),
+        ("GET", "/api/v1/apis//earnings", False),
+        ("GET", "/api/v1/apis/a/b/earnings", False),
+        ("GET", "/api/v1/apis/docs-api/usage", False),
+        ("GET", "/api/v1/apis/docs-api/earnings/", False),
+    ],
+)
+def test_the_lean_earnings_route_matches_only_a_get_of_an_apis_earnings(
+    app: FastAPI, method: str, path: str, matched: bool
+) -> None:
+    """Anything else goes on to the declared routes (a POST is their 405, a trailing slash
+    their redirect)."""
+    lean = app.router.routes[0]
+    assert isinstance(lean, EarningsRoute)
+    match, _ = lean.matches({"type": "http", "method": method, "path": path})
+    assert (match.name == "FULL") is matched

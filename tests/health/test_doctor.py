@@ -175,3 +175,40 @@ def test_migrate_check_with_wait_returns_once_the_migration_job_has_run(postgres
     out, _ = gate.communicate(timeout=30)
     assert gate.returncode == 0
     assert out.strip() == f"at head {HEAD}"
+
+
+def test_migrate_check_with_wait_replaces_a_connection_the_server_ended_between_polls(
+    postgres_uri: str,
+) -> None:
+    import asyncio
+
+    import asyncpg
+
+    url = _fresh_database(postgres_uri)
+    name = url.split("?", 1)[0].rsplit("/", 1)[1]
+    gate = _migrate_check(url, "--wait", "60")
+    time.sleep(1.5)
+    assert gate.poll() is None
+
+    async def end_its_connections() -> int:
+        """End the gate's connection once it has one (a slow start under load opens it later)."""
+        connection = await asyncpg.connect(postgres_uri.replace("postgresql://", "postgres://"))
+        try:
+            for _ in range(300):
+                ended = await connection.fetch(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+                )
+                if ended:
+                    return len(ended)
+                await asyncio.sleep(0.1)
+        finally:
+            await connection.close()
+        return 0
+
+    # The poll's pooled connection, ended by the server (a restart, an idle timeout): with no
+    # pre-ping the next checkout sees it closed and opens a new one.
+    assert asyncio.run(end_its_connections()) >= 1
+    upgrade(url)
+    out, err = gate.communicate(timeout=30)
+    assert gate.returncode == 0, err
+    assert out.strip() == f"at head {HEAD}"

@@ -201,3 +201,30 @@ async def test_concurrent_deliveries_of_one_event_store_it_once(
     assert {r.status_code for r in responses} == {200}
     assert sorted(e.id for e in await stored_events(engine)) == sorted(p["id"] for p in [payload, *others])
     assert await arq_redis.exists(*(f"arq:job:{event_job_id(p['id'])}" for p in [payload, *others])) == 6
+
+
+async def test_one_enqueue_call_adds_each_new_job_once_and_skips_jobs_or_results_that_exist(
+    arq_redis: ArqRedis,
+) -> None:
+    from arq.constants import default_queue_name, result_key_prefix
+    from arq.jobs import Job, JobStatus
+
+    from app.db.redis import enqueue_unique_many
+    from app.webhooks.ingest import PROCESS_JOB
+
+    ids = [f"evt_{uuid.uuid4().hex}" for _ in range(4)]
+    jobs = [(event_job_id(i), (i,)) for i in ids]
+    await arq_redis.set(result_key_prefix + jobs[3][0], b"done before")  # a job that already ran
+
+    assert await enqueue_unique_many(arq_redis, PROCESS_JOB, jobs[:2]) == [True, True]
+    assert await enqueue_unique_many(arq_redis, PROCESS_JOB, jobs) == [False, False, True, False]
+
+    # The queue is shared with other tests: only these jobs' places in it are asked.
+    places = [await arq_redis.zscore(default_queue_name, job_id) for job_id, _ in jobs]
+    assert [place is not None for place in places] == [True, True, True, False]
+    for job_id, args in jobs[:3]:
+        job = Job(job_id, arq_redis)
+        assert await job.status() == JobStatus.queued
+        info = await job.info()
+        assert info is not None
+        assert (info.function, info.args) == (PROCESS_JOB, args)
