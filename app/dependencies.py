@@ -145,6 +145,14 @@ def require_role(*roles: Role) -> Any:
 
 
 CurrentUser = Annotated[Principal, Depends(BearerPrincipal())]
+
+
+async def get_request_key(request: Request) -> str | None:
+    """The request's Idempotency-Key (checked by the idempotency middleware), if it sent one."""
+    return request.headers.get("idempotency-key")
+
+
+RequestKey = Annotated[str | None, Depends(get_request_key)]
 CreatorOrAdmin = Annotated[Principal, require_role("creator", "admin")]
 AdminOnly = Annotated[Principal, require_role("admin")]
 

@@ -90,6 +90,9 @@ class Subscription(UUIDPk, Timestamps, Base):
     # The item of the plan version's metered overage price (None: no overage, or a subscription
     # made before overage was billed through the meter, whose overage is an invoice line).
     stripe_overage_item_id: Mapped[str | None] = mapped_column(String(255))
+    # A digest of the Idempotency-Key of the subscribe that made it (`request_key_digest`): its
+    # retry, after a commit whose answer was lost, answers this row instead of 409.
+    request_key_digest: Mapped[str | None] = mapped_column(String(64))
     stripe_checkout_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     checkout_url: Mapped[str | None] = mapped_column(String(2048))
     api_key_id: Mapped[str | None] = mapped_column(String(255), index=True)

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response, status
 
-from app.dependencies import CurrentUser
+from app.dependencies import CurrentUser, RequestKey
 from app.dependencies import SubscriptionReader as Reader
 from app.dependencies import Subscriptions as Service
 from app.http import error_responses
@@ -45,9 +45,9 @@ CHANGE_CONFLICTS = (
     ),
 )
 async def create_subscription(
-    body: SubscriptionCreate, principal: CurrentUser, service: Service
+    body: SubscriptionCreate, principal: CurrentUser, service: Service, request_key: RequestKey
 ) -> SubscriptionOut:
-    return await service.create(principal, body)
+    return await service.create(principal, body, request_key=request_key)
 
 
 # The two reads answer JSON the service has already written (the schema's bytes, see

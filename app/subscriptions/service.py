@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -69,6 +70,11 @@ def subscription_id_for(
     instead of a second subscription.
     """
     return uuid.uuid5(SUBSCRIPTION_IDS, f"{consumer_id}:{api_id}:{plan_id}:{version}:{earlier}")
+
+
+def request_key_digest(consumer_id: uuid.UUID, key: str) -> str:
+    """What a subscription keeps of the Idempotency-Key that made it: a digest, scoped to its consumer."""
+    return hashlib.sha256(f"{consumer_id}:{key}".encode()).hexdigest()
 
 
 # Records a subscription's usage windows up to an instant and sends them to Stripe; True when
@@ -142,9 +148,15 @@ class SubscriptionService:
         self._outbox = outbox
         self._metering = metering
 
-    async def create(self, principal: Principal, data: SubscriptionCreate) -> SubscriptionOut:
+    async def create(
+        self, principal: Principal, data: SubscriptionCreate, *, request_key: str | None = None
+    ) -> SubscriptionOut:
         """Subscribe the caller to a plan: free plans start at once; paid ones through Stripe with a
-        stored (or just attached) card, or through a Stripe Checkout page with `checkout`."""
+        stored (or just attached) card, or through a Stripe Checkout page with `checkout`.
+
+        A second live subscription to the API is 409, except for the retry of the very subscribe
+        that made the live one (same Idempotency-Key): its commit went through but its answer was
+        lost, so it answers the subscription it made, as the first attempt would have."""
         consumer = await self._consumers.require_own(principal)
         plan, version = await self._sellable_plan(data.pricing_plan_id, api_id=data.api_id)
         if data.checkout:
@@ -153,7 +165,11 @@ class SubscriptionService:
             for field in ("success_url", "cancel_url"):
                 if getattr(data, field) is None:
                     raise InvalidField(field, "required with checkout")
-        if await self._repo.live_on_api(consumer.id, data.api_id) is not None:
+        digest = request_key_digest(consumer.id, request_key) if request_key is not None else None
+        live = await self._repo.live_on_api(consumer.id, data.api_id)
+        if live is not None:
+            if digest is not None and live.request_key_digest == digest and live.pricing_plan_id == plan.id:
+                return await self._out(live)
             raise Conflict("You already have a live subscription to this API", code="already_subscribed")
         earlier = await self._repo.count_on_api(consumer.id, plan.api_id)
         subscription = Subscription(
@@ -165,6 +181,7 @@ class SubscriptionService:
             status="incomplete",
             started_at=clock.now(),
             cancel_at_period_end=False,
+            request_key_digest=digest,
         )
         await self._insert(subscription)
         client_secret: str | None = None

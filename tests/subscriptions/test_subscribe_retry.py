@@ -69,6 +69,33 @@ def commit_fails_once_after_stripe_answered() -> Iterator[None]:
     assert failed, "no commit failed"
 
 
+@contextmanager
+def commit_goes_through_but_its_answer_is_lost() -> Iterator[None]:
+    """The next commit of a session that wrote a subscription Stripe created is made, but the
+    caller sees it fail, as when the database's reply to our COMMIT never arrives."""
+    lost = False
+
+    def note_stripe_answer(session: Session, _context: object) -> None:
+        changed = session.new | session.dirty
+        if any(isinstance(obj, Subscription) and obj.stripe_subscription_id for obj in changed):
+            session.info["stripe_answered"] = True
+
+    def lose_answer(session: Session) -> None:
+        nonlocal lost
+        if session.info.pop("stripe_answered", False) and not lost:
+            lost = True
+            raise OperationalError("COMMIT", {}, ConnectionResetError("reply to COMMIT lost (injected)"))
+
+    event.listen(Session, "after_flush", note_stripe_answer)
+    event.listen(Session, "after_commit", lose_answer)
+    try:
+        yield
+    finally:
+        event.remove(Session, "after_commit", lose_answer)
+        event.remove(Session, "after_flush", note_stripe_answer)
+    assert lost, "no commit answer was lost"
+
+
 async def _stripe_subscriptions(stripe_http: httpx.AsyncClient, customer: str) -> list[dict[str, Any]]:
     listed = await stripe_http.get("/v1/subscriptions", params={"customer": customer, "status": "all"})
     assert listed.status_code == 200, listed.text
@@ -440,3 +467,34 @@ async def _newest_event(stripe_http: httpx.AsyncClient, kind: str) -> dict[str, 
 async def _charges(stripe_http: httpx.AsyncClient, customer: str) -> list[tuple[str, int]]:
     listed = (await stripe_http.get("/v1/charges", params={"customer": customer, "limit": 100})).json()
     return sorted((c["id"], int(c["amount"])) for c in listed["data"] if c["paid"])
+
+
+async def test_a_subscribe_retried_after_its_commit_answer_was_lost_answers_the_subscription_it_made(
+    client: httpx.AsyncClient, auth: Auth, stripe_http: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    creator, api_id = auth("creator"), new_api_id()
+    plan = await create_plan(client, creator, api_id, name="Basic", monthly_price="10")
+    other = await create_plan(client, creator, api_id, name="Pro", monthly_price="30")
+    headers, customer = await stripe_customer_with_card(client, auth)
+    keyed = {**headers, "Idempotency-Key": "subscribe-once"}
+
+    with commit_goes_through_but_its_answer_is_lost():
+        failed = await subscribe(client, keyed, plan)
+    assert failed.status_code == 503, failed.text  # the caller cannot tell: it tries again
+    assert await _rows(engine) == 1
+
+    retried = await subscribe(client, keyed, plan)
+    assert retried.status_code == 201, retried.text
+    [only] = await _stripe_subscriptions(stripe_http, customer)
+    assert retried.json()["stripe_subscription_id"] == only["id"]
+    assert await _rows(engine) == 1
+    # Any other subscribe to the API is still refused: without the key, with another key, or
+    # the same key asking for another plan.
+    for again in (
+        await subscribe(client, headers, plan),
+        await subscribe(client, {**headers, "Idempotency-Key": "another"}, plan),
+        await subscribe(client, {**headers, "Idempotency-Key": "subscribe-once"}, other),
+    ):
+        assert again.status_code in (409, 422), again.text
+        assert again.json()["code"] in ("already_subscribed", "idempotency_key_reused")
+    assert await _rows(engine) == 1
