@@ -43,8 +43,9 @@ from app.worker.settings import WorkerSettings
 
 Progress = Callable[[int, int, int], None]  # (steps done, steps in all, simulated moment reached)
 RETRYABLE = frozenset({409, 500, 502, 503, 504})
-# Stripe redelivers an event our endpoint did not take (over days; here, within the step).
-WEBHOOK_ATTEMPTS = 6
+# Stripe redelivers an event our endpoint did not take (over days; here, within the step): ten
+# attempts wait out about 100 s of a database too busy to store it, as a loaded machine has.
+WEBHOOK_ATTEMPTS = 10
 WEBHOOK_BACKOFF_SECONDS = 0.1
 WEBHOOK_POSTS = 8  # webhook deliveries in flight at once
 CLIENTS = 8  # consumers and creators acting at the same moment, in flight at once
