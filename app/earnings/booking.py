@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -122,12 +122,23 @@ async def _plan_sums(session: AsyncSession, invoice: Invoice) -> dict[uuid.UUID,
     price_ids = {str(line["price_id"]) for line in invoice.lines if line.get("price_id")}
     plan_of_price: dict[str, uuid.UUID] = {}
     if price_ids:
+        # A version bills through two prices: its plan's, and its metered overage price.
         prices = await session.execute(
-            select(PricingPlanVersion.stripe_price_id, PricingPlanVersion.plan_id).where(
-                PricingPlanVersion.stripe_price_id.in_(price_ids)
+            select(
+                PricingPlanVersion.stripe_price_id,
+                PricingPlanVersion.stripe_overage_price_id,
+                PricingPlanVersion.plan_id,
+            ).where(
+                or_(
+                    PricingPlanVersion.stripe_price_id.in_(price_ids),
+                    PricingPlanVersion.stripe_overage_price_id.in_(price_ids),
+                )
             )
         )
-        plan_of_price = {str(price): plan for price, plan in prices.all()}
+        for price, overage_price, plan in prices.all():
+            for billed in (price, overage_price):
+                if billed is not None:
+                    plan_of_price[str(billed)] = plan
     fallback_plan: uuid.UUID | None = None
     if invoice.subscription_id is not None:
         fallback_plan = (

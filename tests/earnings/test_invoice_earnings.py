@@ -4,10 +4,13 @@ balance counted once, never more than the consumer paid (signed `invoice.paid` e
 from __future__ import annotations
 
 import random
+from decimal import Decimal
 
 import httpx
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app.models import PricingPlanVersion
 from tests.support.billing_data import event, make_world
 from tests.support.earnings import add_plan, booked, paid_invoice, pay, signed_earned
 from tests.support.stripe_payments import T0, Payments, refund
@@ -173,3 +176,32 @@ async def test_earnings_never_exceed_amount_collected(
         assert signed_earned(on_invoice) <= collected, (month, lines, invoice)
         assert all(g == c + n for _, _, g, c, n in await booked(engine))
         assert signed_earned(await booked(engine)) <= cash - refunded, (month, lines)
+
+
+async def test_an_overage_line_is_booked_for_the_plan_whose_overage_price_billed_it(
+    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, stripe_payments: Payments
+) -> None:
+    """A plan change bills the old plan's overage on the change's invoice: those calls were made
+    on the old plan, so its creator line is the old plan's, not the plan the subscription is on now."""
+    world = await make_world(engine, status="active", monthly_amount=1000)
+    metered, metered_price = await add_plan(engine, world, "Metered", 500)
+    overage_price = f"price_overage_{metered.hex[:8]}"
+    async with AsyncSession(engine) as session, session.begin():
+        await session.execute(
+            update(PricingPlanVersion)
+            .where(PricingPlanVersion.plan_id == metered)
+            .values(
+                call_limit=1000,
+                overage_price_per_call=Decimal("0.01"),
+                stripe_overage_price_id=overage_price,
+            )
+        )
+    fake, _ = stripe_payments
+    lines = [(-250, metered_price), (700, overage_price), (500, world.price)]
+    change = paid_invoice(world, "in_change1", lines)
+
+    await pay(client, worker_ctx, fake, change, T0 + 10)
+
+    booked_lines = await booked(engine, "in_change1")
+    by_plan = {plan: gross for kind, plan, gross, _, _ in booked_lines if kind == "charge"}
+    assert by_plan == {metered: 450, world.plan_id: 500}
