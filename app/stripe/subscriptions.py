@@ -249,12 +249,17 @@ class SubscriptionCalls(StripeBase):
         leaves the subscription on its old price and answers with `pending_update` set
         (`payment_error` then holds Stripe's reason when it gave one). Pending updates take no
         `automatic_tax`: a subscription keeps the Stripe Tax setting it was created with.
+
+        A pending update may only change items' prices and quantities, so a change that adds or
+        deletes the overage item is sent with `error_if_incomplete`: when its payment fails,
+        Stripe changes nothing and answers with a card error (402 `PaymentRequired`, Stripe's message).
         """
+        adds_or_deletes_an_item = (overage_item_id is None) != (overage_price_id is None)
         params: dict[str, Any] = {
             "items": [{"id": item_id, "price": price_id}, *overage_items(overage_item_id, overage_price_id)],
             "proration_behavior": "always_invoice",
             "proration_date": proration_date,
-            "payment_behavior": "pending_if_incomplete",
+            "payment_behavior": "error_if_incomplete" if adds_or_deletes_an_item else "pending_if_incomplete",
             "expand": EXPAND_FIRST_PAYMENT,
         }
         updated = await self._call(

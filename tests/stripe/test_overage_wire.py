@@ -138,8 +138,42 @@ async def test_changing_from_an_overage_plan_to_a_hard_limit_plan_deletes_the_me
     assert (sent["items[0][id]"], sent["items[0][price]"]) == (["si_wire"], ["price_wire_3"])
     assert (sent["items[1][id]"], sent["items[1][deleted]"]) == (["si_over"], ["true"])
     assert sent["proration_behavior"] == ["always_invoice"]
+    # A pending update may not delete an item: the change is paid at once or not made.
+    assert sent["payment_behavior"] == ["error_if_incomplete"]
     stored = await _stored(engine, created["id"])
     assert (stored.stripe_overage_item_id, stored.pricing_plan_id.hex) == (None, hard["id"].replace("-", ""))
+
+
+async def test_a_declined_change_that_deletes_the_metered_item_is_402_and_keeps_the_plan(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
+) -> None:
+    stripe_api.post("/v1/billing/meters").respond(200, json=METER)
+    both = with_items(item("si_wire", "price_wire_1", "licensed"), item("si_over", "price_wire_2", "metered"))
+    stripe_api.post("/v1/subscriptions").respond(200, json=both)
+    creator, api_id = auth("creator"), new_api_id()
+    overage = await create_plan(wire, creator, api_id, call_limit=1000, overage_price_per_call="0.01")
+    hard = await create_plan(wire, creator, api_id, monthly_price="49", call_limit=5000)
+    headers = await consumer_with_card(wire, auth)
+    created = (await subscribe(wire, headers, overage)).json()
+    declined = {
+        "error": {
+            "type": "card_error",
+            "code": "card_declined",
+            "decline_code": "insufficient_funds",
+            "message": "Your card has insufficient funds.",
+        }
+    }
+    stripe_api.post("/v1/subscriptions/sub_wire").respond(402, json=declined)
+    with respx.mock(assert_all_called=False) as metering:
+        metering.route(host="metering.test").respond(404)
+        metering.route(host="api.stripe.com").pass_through()
+        response = await upgrade(wire, headers, created["id"], hard)
+    assert response.status_code == 402, response.text  # as any card error Stripe answers a change with
+    body = response.json()
+    assert (body["code"], body["error"]) == ("card_declined", "Your card has insufficient funds.")
+    stored = await _stored(engine, created["id"])
+    assert stored.stripe_overage_item_id == "si_over"
+    assert str(stored.pricing_plan_id) == overage["id"]
 
 
 async def test_checkout_for_an_overage_plan_adds_the_metered_price_as_a_line_without_quantity(
