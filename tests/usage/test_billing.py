@@ -556,6 +556,9 @@ async def test_billing_sync_finding_a_plan_change_made_at_stripe_bills_the_calls
 ) -> None:
     headers, created, _flat, metered, today = await _on_flat_with_30_calls_today(client, auth, services)
     await change_price_at_stripe(settings, engine, created["id"], metered["id"])  # no webhook reaches us
+    # Snapshots are dated by Stripe's answers, in whole seconds: sync's read must come a second
+    # after the subscribe's answer to be the newer one, whatever our own clock says.
+    await asyncio.sleep(1.1)
 
     async with httpx.AsyncClient() as http:
         sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
