@@ -26,9 +26,12 @@ import aiohttp
 from aiohttp import web
 from sqlalchemy import event
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 T = TypeVar("T")
 API_LOGGER = "app.http"  # where the API logs an unhandled error
+# Where SQLAlchemy's pool of an async engine logs a connection it could not close.
+POOL_LOGGER = f"{AsyncAdaptedQueuePool.__module__}.{AsyncAdaptedQueuePool.__name__}"
 
 # Set (to a one-element list) while a request whose commit must fail runs; cleared once it failed.
 _crash_armed: ContextVar[list[bool] | None] = ContextVar("simulate_crash_armed", default=None)
@@ -135,15 +138,24 @@ def not_an_injected_crash(record: logging.LogRecord) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], SimulatedCrash))
 
 
+def not_a_killed_jobs_close(record: logging.LogRecord) -> bool:
+    """A logging filter: a job the run killed while its connection was being closed makes the
+    pool log the close the kill cancelled; the kill is counted in the faults table instead."""
+    return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
 @contextmanager
 def commit_crashes() -> Iterator[None]:
-    """Listen for armed requests while a simulation runs."""
-    api_log = logging.getLogger(API_LOGGER)
+    """Listen for armed requests while a simulation runs, and log the injected faults only in
+    the faults table."""
+    api_log, pool_log = logging.getLogger(API_LOGGER), logging.getLogger(POOL_LOGGER)
     event.listen(Session, "before_commit", crashed_requests_listener)
     api_log.addFilter(not_an_injected_crash)
+    pool_log.addFilter(not_a_killed_jobs_close)
     try:
         yield
     finally:
+        pool_log.removeFilter(not_a_killed_jobs_close)
         api_log.removeFilter(not_an_injected_crash)
         event.remove(Session, "before_commit", crashed_requests_listener)
 

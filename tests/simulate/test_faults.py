@@ -1,8 +1,9 @@
-"""The simulation's injected crashes are counted, not logged as the API's unhandled errors, and a
+"""The simulation's injected crashes and killed jobs are counted, not logged as errors, and a
 worker job that fails is counted while the worker goes on."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from random import Random
@@ -11,6 +12,7 @@ from typing import cast
 
 import pytest
 from arq import Retry
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from app import clock
 from app.simulate import driver as driver_module
@@ -36,6 +38,28 @@ def test_an_injected_crash_is_not_logged_as_an_unhandled_error_while_a_run_injec
     assert len(logged) == 2
     assert isinstance(logged[0], RuntimeError)
     assert logged[1] is crash
+
+
+async def test_a_killed_jobs_cancelled_connection_close_is_not_logged_while_a_run_kills_jobs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = create_async_engine("postgresql+asyncpg://billing@127.0.0.1:9/unused")
+    pool_log = engine.sync_engine.pool.logger  # the logger a close that failed is logged to
+    try:
+        assert isinstance(pool_log, logging.Logger)
+
+        def close_failed(exc: BaseException) -> None:
+            pool_log.error("Exception closing connection %r", "conn", exc_info=exc)
+
+        with caplog.at_level(logging.ERROR, logger=pool_log.name), commit_crashes():
+            close_failed(asyncio.CancelledError())
+            close_failed(OSError("connection reset by peer"))
+        close_failed(asyncio.CancelledError())  # outside a run nothing is filtered
+    finally:
+        await engine.dispose()
+
+    logged = [r.exc_info[1] for r in caplog.records if r.exc_info]
+    assert [type(exc) for exc in logged] == [OSError, asyncio.CancelledError]
 
 
 async def test_a_failing_worker_job_is_counted_and_the_worker_goes_on_as_arq_does() -> None:
