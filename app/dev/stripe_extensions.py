@@ -13,7 +13,8 @@
 - Subscriptions and invoice previews sent as today's Stripe takes them (`items[][price]`,
   `default_payment_method`, `proration_behavior`, `trial_period_days`, the
   `latest_invoice.confirmation_secret` expansion), translated onto localstripe's plan-based ones;
-  a repeated Idempotency-Key on a subscription create replays the first answer as Stripe does.
+  a repeated Idempotency-Key on a subscription or customer create replays the first answer as
+  Stripe does (a repeat sent while the first runs waits for its answer).
 - Checkout Sessions (`/v1/checkout/sessions`) whose `url` is a dev page that pays the session
   (subscription created, `checkout.session.completed` sent), and billing-portal sessions.
 - Connect: Express accounts (`/v1/accounts`), onboarding links (`/v1/account_links`; opening the
@@ -33,6 +34,7 @@ Objects are kept in localstripe's store, so they persist with it.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -810,8 +812,9 @@ async def send_invoice(request: web.Request) -> web.Response:
 
 # Stripe replays the first answer to a request repeated with the same Idempotency-Key.
 _REPLAYED = re.compile(
-    r"^/v1/(invoices|invoiceitems|subscriptions|billing/meter_events|invoices/in_\w+/(finalize|send))$"
+    r"^/v1/(customers|invoices|invoiceitems|subscriptions|billing/meter_events|invoices/in_\w+/(finalize|send))$"
 )
+_IN_FLIGHT = web.AppKey("idempotency_in_flight", dict[str, asyncio.Event])
 
 
 @web.middleware
@@ -819,6 +822,11 @@ async def idempotent_replay(request: web.Request, handler: Handler) -> web.Strea
     key = request.headers.get("Idempotency-Key")
     if request.method != "POST" or not key or not _REPLAYED.match(request.path):
         return await handler(request)
+    # A key whose first request is still running: Stripe answers 409 idempotency_key_in_use, which
+    # its SDKs retry until the first answer is replayed; the emulator waits for that answer.
+    in_flight = request.app[_IN_FLIGHT]
+    while key in in_flight:
+        await in_flight[key].wait()
     first = resources.store.get(f"idempotency:{key}")
     if first is not None:
         if first["path"] != request.path:
@@ -826,9 +834,14 @@ async def idempotent_replay(request: web.Request, handler: Handler) -> web.Strea
         return web.Response(
             text=first["body"], content_type="application/json", headers={"Idempotent-Replayed": "true"}
         )
-    response = await handler(request)
-    if response.status == 200 and isinstance(response, web.Response) and response.text is not None:
-        resources.store[f"idempotency:{key}"] = {"path": request.path, "body": response.text}
+    done = in_flight[key] = asyncio.Event()
+    try:
+        response = await handler(request)
+        if response.status == 200 and isinstance(response, web.Response) and response.text is not None:
+            resources.store[f"idempotency:{key}"] = {"path": request.path, "body": response.text}
+    finally:
+        del in_flight[key]
+        done.set()
     return response
 
 
@@ -989,6 +1002,7 @@ def install_extensions(app: web.Application) -> None:
     _add_test_cards()
     _snapshot_customer_on_invoices()
     app.middlewares.insert(1, hosted_pages)  # after the error middleware, before auth
+    app[_IN_FLIGHT] = {}
     app.middlewares.append(idempotent_replay)
     app.middlewares.append(stripe_today)
     app.router.add_post("/v1/checkout/sessions", create_checkout_session)
