@@ -26,7 +26,8 @@
 - One-off invoices as today's Stripe makes them: a draft that excludes pending items
   (`collection_method`, `days_until_due`), invoice items added to it by id (`quantity` and
   `unit_amount_decimal` or `unit_amount`), finalize and send, with `invoice.created`,
-  `invoiceitem.created`, `invoice.finalized` and `invoice.sent`; a repeated Idempotency-Key on
+  `invoiceitem.created`, `invoice.finalized` and `invoice.sent`; invoice items listed as Stripe
+  lists them (pending and invoiced, by customer); a repeated Idempotency-Key on
   these calls replays the first answer as Stripe does. The emulator renders no PDF and has no
   hosted invoice page: `invoice_pdf` and `hosted_invoice_url` stay null.
 Objects are kept in localstripe's store, so they persist with it.
@@ -763,6 +764,26 @@ async def create_invoice_item(request: web.Request, path: dict[str, str]) -> web
     return _json(item._export())
 
 
+async def list_invoice_items(request: web.Request, path: dict[str, str]) -> web.Response:
+    """Invoice items as Stripe lists them: pending and invoiced ones alike (localstripe lists only
+    pending ones), newest first, by `customer`, `invoice` and `pending`, paged by `starting_after`."""
+    query = request.query
+    pending = resources.try_convert_to_bool(query["pending"]) if "pending" in query else None
+    items = [
+        item
+        for item in reversed(list(objects_of("invoiceitem")))
+        if query.get("customer") in (None, item.customer)
+        and query.get("invoice") in (None, item.invoice)
+        and pending in (None, item.invoice is None)
+    ]
+    if query.get("starting_after"):
+        ids = [item.id for item in items]
+        items = items[ids.index(query["starting_after"]) + 1 :] if query["starting_after"] in ids else []
+    limit = resources.try_convert_to_int(query.get("limit", 10))
+    data = [item._export() for item in items[:limit]]
+    return _json({"object": "list", "url": "/v1/invoiceitems", "has_more": len(items) > limit, "data": data})
+
+
 def _next_number(customer_id: str) -> str:
     """Stripe's per-customer numbering: the customer's invoice prefix, then a sequence (a count
     kept per customer: counting its numbered invoices in the store would read the whole store)."""
@@ -853,6 +874,7 @@ _OVERRIDES: list[tuple[str, re.Pattern[str], Override]] = [
     ("POST", re.compile(r"^/v1/invoices/create_preview$"), create_invoice_preview),
     ("POST", re.compile(r"^/v1/invoices$"), create_invoice),
     ("POST", re.compile(r"^/v1/invoiceitems$"), create_invoice_item),
+    ("GET", re.compile(r"^/v1/invoiceitems$"), list_invoice_items),
 ]
 
 
