@@ -466,6 +466,15 @@ async def update_subscription(request: web.Request, path: dict[str, str]) -> web
     return _json(_with_confirmation_secret(subscription))
 
 
+async def retrieve_subscription(request: web.Request, path: dict[str, str]) -> web.Response:
+    """A subscription, with `latest_invoice.confirmation_secret` expanded when asked, as Stripe does."""
+    subscription = resources.Subscription._api_retrieve(path["id"])
+    expand = [value for key, value in request.query.items() if key.startswith("expand")]
+    if "latest_invoice.confirmation_secret" in expand:
+        return _json(_with_confirmation_secret(subscription))
+    return _json(subscription._export(expand=expand or None))
+
+
 async def create_invoice_preview(request: web.Request, path: dict[str, str]) -> web.Response:
     data = dict(await server.get_post_data(request) or {})
     details = dict(data.get("subscription_details") or {})
@@ -871,6 +880,7 @@ _OVERRIDES: list[tuple[str, re.Pattern[str], Override]] = [
     ("POST", re.compile(r"^/v1/refunds$"), create_refund),
     ("POST", re.compile(r"^/v1/subscriptions$"), create_subscription),
     ("POST", re.compile(r"^/v1/subscriptions/(?P<id>sub_\w+)$"), update_subscription),
+    ("GET", re.compile(r"^/v1/subscriptions/(?P<id>sub_\w+)$"), retrieve_subscription),
     ("POST", re.compile(r"^/v1/invoices/create_preview$"), create_invoice_preview),
     ("POST", re.compile(r"^/v1/invoices$"), create_invoice),
     ("POST", re.compile(r"^/v1/invoiceitems$"), create_invoice_item),

@@ -169,7 +169,7 @@ class SubscriptionService:
         live = await self._repo.live_on_api(consumer.id, data.api_id)
         if live is not None:
             if digest is not None and live.request_key_digest == digest and live.pricing_plan_id == plan.id:
-                return await self._out(live)
+                return await self._replayed(live)
             raise Conflict("You already have a live subscription to this API", code="already_subscribed")
         earlier = await self._repo.count_on_api(consumer.id, plan.api_id)
         subscription = Subscription(
@@ -516,6 +516,15 @@ class SubscriptionService:
         if found is None:  # the foreign key makes this impossible
             raise NotFound("Plan not found")
         return found
+
+    async def _replayed(self, subscription: Subscription) -> SubscriptionOut:
+        """What the subscribe that made `subscription` answered: with the first payment's client
+        secret while it is incomplete (Stripe keeps it; our row does not)."""
+        client_secret = None
+        if subscription.status == "incomplete" and subscription.stripe_subscription_id is not None:
+            client_secret = await self._stripe.payment_client_secret(subscription.stripe_subscription_id)
+        plan, version = await self._held(subscription)
+        return subscription_out(subscription, plan, version, client_secret=client_secret)
 
     async def _out(self, subscription: Subscription) -> SubscriptionOut:
         plan, version = await self._held(subscription)

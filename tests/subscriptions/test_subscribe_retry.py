@@ -32,6 +32,7 @@ from tests.support.journeys import (
     create_plan,
     new_api_id,
     register,
+    registered_consumer,
     stripe_customer_with_card,
     subscribe,
 )
@@ -475,3 +476,28 @@ async def test_a_subscribe_retried_after_its_commit_answer_was_lost_answers_the_
         assert again.status_code in (409, 422), again.text
         assert again.json()["code"] in ("already_subscribed", "idempotency_key_reused")
     assert await _rows(engine) == 1
+
+
+async def test_an_incomplete_subscribe_retried_after_its_commit_answer_was_lost_answers_its_client_secret(
+    client: httpx.AsyncClient, auth: Auth, stripe_http: httpx.AsyncClient
+) -> None:
+    plan = await create_plan(client, auth("creator"), new_api_id())
+    keyed = {**await registered_consumer(client, auth), "Idempotency-Key": "subscribe-sca"}
+    needs_authentication = {"payment_method_id": "pm_card_authenticationRequired"}
+
+    with commit_fails_once_after_stripe_answered("after_commit"):
+        failed = await subscribe(client, keyed, plan, **needs_authentication)
+    assert failed.status_code == 503, failed.text
+
+    retried = await subscribe(client, keyed, plan, **needs_authentication)
+    assert retried.status_code == 201, retried.text
+    body = retried.json()
+    assert body["status"] == "incomplete"
+    # The secret of the PaymentIntent the consumer still has to confirm, as the first answer had it.
+    stripe_subscription = (
+        await stripe_http.get(f"/v1/subscriptions/{body['stripe_subscription_id']}")
+    ).json()
+    invoice = (await stripe_http.get(f"/v1/invoices/{stripe_subscription['latest_invoice']}")).json()
+    intent = (await stripe_http.get(f"/v1/payment_intents/{invoice['payment_intent']}")).json()
+    assert body["client_secret"] == intent["client_secret"]
+    assert body["client_secret"]
