@@ -6,6 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import Principal
 from app.consumers.repository import ConsumerRepository
+from app.db.unit_of_work import release_connection
 from app.errors import NotFound
 from app.models import Consumer
 from app.stripe import StripeGateway
@@ -20,26 +21,31 @@ def consumer_id_for(user_id: str) -> uuid.UUID:
 
 class ConsumerService:
     def __init__(self, session: AsyncSession, stripe: StripeGateway) -> None:
+        self._session = session
         self._repo = ConsumerRepository(session)
         self._stripe = stripe
 
     async def register(self, principal: Principal) -> tuple[Consumer, bool]:
         """Create the caller's consumer and Stripe customer, or return the existing one.
 
-        Returns the consumer and whether this call created it. Concurrent calls for one user
-        serialise on the consumer row, so only one Stripe customer is ever created.
+        Returns the consumer and whether this call created it. The Stripe customer is created
+        before the row is written, with no database connection held meanwhile; concurrent calls
+        for one user send one idempotency key (the consumer id derives from the user id), so
+        Stripe creates one customer and every call stores that one.
         """
-        consumer_id = consumer_id_for(principal.user_id)
-        created = await self._repo.insert_if_absent(consumer_id, principal.user_id, principal.email)
-        consumer = await self._repo.get_by_user_for_update(principal.user_id)
-        if consumer.stripe_customer_id is None:
-            customer = await self._stripe.create_customer(
-                email=consumer.email,
-                metadata={"user_id": principal.user_id, "consumer_id": str(consumer.id)},
-                idempotency_key=f"customer-create:{consumer.id}",
-            )
-            consumer.stripe_customer_id = customer.id
-        return consumer, created
+        consumer = await self._repo.get_by_user(principal.user_id)
+        if consumer is not None and consumer.stripe_customer_id is not None:
+            return consumer, False
+        consumer_id = consumer.id if consumer is not None else consumer_id_for(principal.user_id)
+        email = consumer.email if consumer is not None else principal.email
+        # Stripe may take a while: no pooled connection (nor lock) is held while it answers.
+        await release_connection(self._session)
+        customer = await self._stripe.create_customer(
+            email=email,
+            metadata={"user_id": principal.user_id, "consumer_id": str(consumer_id)},
+            idempotency_key=f"customer-create:{consumer_id}",
+        )
+        return await self._repo.save_with_customer(consumer_id, principal.user_id, email, customer.id)
 
     async def get(self, principal: Principal, consumer_id: uuid.UUID) -> Consumer:
         """The consumer, if it is the caller's own or the caller is an admin."""

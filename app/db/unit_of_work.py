@@ -57,3 +57,15 @@ async def unit_of_work(
             return
         await session.commit()
         await _run_hooks(session)
+
+
+async def release_connection(session: AsyncSession) -> None:
+    """End a transaction that has only read, so that its pooled connection serves other requests
+    while this one waits on a slow call outside the database (Stripe); the session's next
+    statement begins a new transaction on a connection checked out then.
+
+    Objects the session loaded are expired by it: read what is needed before. A session with
+    pending writes or after-commit hooks is refused, as ending it would drop them."""
+    if session.new or session.dirty or session.deleted or session.info.get(_HOOKS):
+        raise RuntimeError("release_connection: the transaction holds work that is not committed")
+    await session.rollback()

@@ -523,6 +523,13 @@ class CycleInvoice(resources.Invoice):  # type: ignore[misc]
             customer=subscription.customer, subscription=subscription.id, items=items, simulation=True
         )
         customer = resources.Customer._api_retrieve(subscription.customer)
+        # A pending item made for another subscription of the customer waits for that one's invoice.
+        self.lines._list = [
+            line
+            for line in self.lines._list
+            if line.type != "invoiceitem"
+            or resources.InvoiceItem._api_retrieve(line.invoice_item).subscription in (None, subscription.id)
+        ]
         for line in self.lines._list:  # claim the pending items it took, as a real invoice does
             if line.type == "invoiceitem":
                 resources.InvoiceItem._api_retrieve(line.invoice_item).invoice = self.id

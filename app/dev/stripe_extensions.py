@@ -13,7 +13,8 @@
 - Subscriptions and invoice previews sent as today's Stripe takes them (`items[][price]`,
   `default_payment_method`, `proration_behavior`, `trial_period_days`, the
   `latest_invoice.confirmation_secret` expansion), translated onto localstripe's plan-based ones;
-  a repeated Idempotency-Key on a subscription create replays the first answer as Stripe does.
+  a repeated Idempotency-Key on a subscription or customer create replays the first answer as
+  Stripe does (a repeat sent while the first runs waits for its answer).
 - Checkout Sessions (`/v1/checkout/sessions`) whose `url` is a dev page that pays the session
   (subscription created, `checkout.session.completed` sent), and billing-portal sessions.
 - Connect: Express accounts (`/v1/accounts`), onboarding links (`/v1/account_links`; opening the
@@ -25,7 +26,8 @@
 - One-off invoices as today's Stripe makes them: a draft that excludes pending items
   (`collection_method`, `days_until_due`), invoice items added to it by id (`quantity` and
   `unit_amount_decimal` or `unit_amount`), finalize and send, with `invoice.created`,
-  `invoiceitem.created`, `invoice.finalized` and `invoice.sent`; a repeated Idempotency-Key on
+  `invoiceitem.created`, `invoice.finalized` and `invoice.sent`; invoice items listed as Stripe
+  lists them (pending and invoiced, by customer); a repeated Idempotency-Key on
   these calls replays the first answer as Stripe does. The emulator renders no PDF and has no
   hosted invoice page: `invoice_pdf` and `hosted_invoice_url` stay null.
 Objects are kept in localstripe's store, so they persist with it.
@@ -33,6 +35,7 @@ Objects are kept in localstripe's store, so they persist with it.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -463,6 +466,15 @@ async def update_subscription(request: web.Request, path: dict[str, str]) -> web
     return _json(_with_confirmation_secret(subscription))
 
 
+async def retrieve_subscription(request: web.Request, path: dict[str, str]) -> web.Response:
+    """A subscription, with `latest_invoice.confirmation_secret` expanded when asked, as Stripe does."""
+    subscription = resources.Subscription._api_retrieve(path["id"])
+    expand = [value for key, value in request.query.items() if key.startswith("expand")]
+    if "latest_invoice.confirmation_secret" in expand:
+        return _json(_with_confirmation_secret(subscription))
+    return _json(subscription._export(expand=expand or None))
+
+
 async def create_invoice_preview(request: web.Request, path: dict[str, str]) -> web.Response:
     data = dict(await server.get_post_data(request) or {})
     details = dict(data.get("subscription_details") or {})
@@ -761,6 +773,26 @@ async def create_invoice_item(request: web.Request, path: dict[str, str]) -> web
     return _json(item._export())
 
 
+async def list_invoice_items(request: web.Request, path: dict[str, str]) -> web.Response:
+    """Invoice items as Stripe lists them: pending and invoiced ones alike (localstripe lists only
+    pending ones), newest first, by `customer`, `invoice` and `pending`, paged by `starting_after`."""
+    query = request.query
+    pending = resources.try_convert_to_bool(query["pending"]) if "pending" in query else None
+    items = [
+        item
+        for item in reversed(list(objects_of("invoiceitem")))
+        if query.get("customer") in (None, item.customer)
+        and query.get("invoice") in (None, item.invoice)
+        and pending in (None, item.invoice is None)
+    ]
+    if query.get("starting_after"):
+        ids = [item.id for item in items]
+        items = items[ids.index(query["starting_after"]) + 1 :] if query["starting_after"] in ids else []
+    limit = resources.try_convert_to_int(query.get("limit", 10))
+    data = [item._export() for item in items[:limit]]
+    return _json({"object": "list", "url": "/v1/invoiceitems", "has_more": len(items) > limit, "data": data})
+
+
 def _next_number(customer_id: str) -> str:
     """Stripe's per-customer numbering: the customer's invoice prefix, then a sequence (a count
     kept per customer: counting its numbered invoices in the store would read the whole store)."""
@@ -810,8 +842,9 @@ async def send_invoice(request: web.Request) -> web.Response:
 
 # Stripe replays the first answer to a request repeated with the same Idempotency-Key.
 _REPLAYED = re.compile(
-    r"^/v1/(invoices|invoiceitems|subscriptions|billing/meter_events|invoices/in_\w+/(finalize|send))$"
+    r"^/v1/(customers|invoices|invoiceitems|subscriptions|billing/meter_events|invoices/in_\w+/(finalize|send))$"
 )
+_IN_FLIGHT = web.AppKey("idempotency_in_flight", dict[str, asyncio.Event])
 
 
 @web.middleware
@@ -819,6 +852,11 @@ async def idempotent_replay(request: web.Request, handler: Handler) -> web.Strea
     key = request.headers.get("Idempotency-Key")
     if request.method != "POST" or not key or not _REPLAYED.match(request.path):
         return await handler(request)
+    # A key whose first request is still running: Stripe answers 409 idempotency_key_in_use, which
+    # its SDKs retry until the first answer is replayed; the emulator waits for that answer.
+    in_flight = request.app[_IN_FLIGHT]
+    while key in in_flight:
+        await in_flight[key].wait()
     first = resources.store.get(f"idempotency:{key}")
     if first is not None:
         if first["path"] != request.path:
@@ -826,9 +864,14 @@ async def idempotent_replay(request: web.Request, handler: Handler) -> web.Strea
         return web.Response(
             text=first["body"], content_type="application/json", headers={"Idempotent-Replayed": "true"}
         )
-    response = await handler(request)
-    if response.status == 200 and isinstance(response, web.Response) and response.text is not None:
-        resources.store[f"idempotency:{key}"] = {"path": request.path, "body": response.text}
+    done = in_flight[key] = asyncio.Event()
+    try:
+        response = await handler(request)
+        if response.status == 200 and isinstance(response, web.Response) and response.text is not None:
+            resources.store[f"idempotency:{key}"] = {"path": request.path, "body": response.text}
+    finally:
+        del in_flight[key]
+        done.set()
     return response
 
 
@@ -837,9 +880,11 @@ _OVERRIDES: list[tuple[str, re.Pattern[str], Override]] = [
     ("POST", re.compile(r"^/v1/refunds$"), create_refund),
     ("POST", re.compile(r"^/v1/subscriptions$"), create_subscription),
     ("POST", re.compile(r"^/v1/subscriptions/(?P<id>sub_\w+)$"), update_subscription),
+    ("GET", re.compile(r"^/v1/subscriptions/(?P<id>sub_\w+)$"), retrieve_subscription),
     ("POST", re.compile(r"^/v1/invoices/create_preview$"), create_invoice_preview),
     ("POST", re.compile(r"^/v1/invoices$"), create_invoice),
     ("POST", re.compile(r"^/v1/invoiceitems$"), create_invoice_item),
+    ("GET", re.compile(r"^/v1/invoiceitems$"), list_invoice_items),
 ]
 
 
@@ -989,6 +1034,7 @@ def install_extensions(app: web.Application) -> None:
     _add_test_cards()
     _snapshot_customer_on_invoices()
     app.middlewares.insert(1, hosted_pages)  # after the error middleware, before auth
+    app[_IN_FLIGHT] = {}
     app.middlewares.append(idempotent_replay)
     app.middlewares.append(stripe_today)
     app.router.add_post("/v1/checkout/sessions", create_checkout_session)

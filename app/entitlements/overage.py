@@ -10,9 +10,19 @@ only them) the calls past `call_limit` are added to the renewal draft as one inv
 plan's overage price, when Stripe drafts it. The line is claimed once per (subscription, period)
 in `job_runs` and sent under an idempotency key derived from them, so a repeated or retried event
 never bills twice. A plan change adds the item, moving such a subscription to the meter.
+
+A plan change mid-period of such a subscription first bills the overage so far, on the plan it
+was made on, as a pending invoice item of the subscription (the change's invoice carries it):
+otherwise the line at the period's close would price it by the plan then, or (after a move to a
+plan with the meter item) never bill it. Stripe's own record of those items is the mark of what
+is billed: the close line, and a later change, bill only the calls past the included ones that
+they do not hold. So each such call is billed once across any number of changes, a change whose
+Stripe call failed after its item was made (the item stays, and is counted), and redeliveries.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,6 +35,98 @@ from app.subscriptions.schemas import PreviewLine
 from app.usage.repository import UsageRepository
 
 OVERAGE_JOB = "overage_invoice_line"
+BILLED_AT_CHANGE = "overage_before_change"  # the `kind` in the metadata of a change's overage item
+
+
+async def _billed_at_changes(
+    stripe: StripeGateway, customer: str, subscription: Subscription, start: datetime
+) -> int:
+    """The period's overage calls that plan changes have billed, as Stripe holds their items."""
+    return await stripe.invoice_item_quantities(
+        customer=customer,
+        metadata={
+            "subscription_id": str(subscription.id),
+            "period_start": start.isoformat(),
+            "kind": BILLED_AT_CHANGE,
+        },
+    )
+
+
+async def bill_overage_before_change(
+    session: AsyncSession, stripe: StripeGateway, subscription: Subscription, customer: str, *, change: str
+) -> int:
+    """Bill the overage a subscription without the overage item has run up in its period so far,
+    on the plan it is on, as a pending invoice item of the subscription, before a plan change
+    (whose invoice carries it); returns the calls billed now. Calls that an earlier change of the
+    period billed are not billed again; `change` names this change of this subscription (its
+    retries send the same).
+    The period's recorded calls must be counted until now before."""
+    if subscription.stripe_overage_item_id is not None or subscription.stripe_subscription_id is None:
+        return 0
+    start, end = subscription.current_period_start, subscription.current_period_end
+    version = await _version_held(session, subscription)
+    if start is None or end is None or version is None:
+        return 0
+    if version.overage_price_per_call is None or version.call_limit is None:
+        return 0
+    recorded = await UsageRepository(session).period_calls([(subscription.id, start, end)])
+    over = recorded.get(subscription.id, 0) - version.call_limit
+    if over <= 0:
+        return 0
+    billed = await _billed_at_changes(stripe, customer, subscription, start)
+    calls = over - billed
+    if calls <= 0:
+        return 0
+    await _add_overage_item(
+        stripe,
+        customer,
+        subscription,
+        version,
+        start,
+        calls,
+        description=f"Overage until a plan change: {calls} calls past the {version.call_limit} included",
+        kind=BILLED_AT_CHANGE,
+        # What is billed already is part of the key: a retry after more calls bills only those.
+        idempotency_key=f"overage-change:{change}:{int(start.timestamp())}:{billed}",
+    )
+    return calls
+
+
+async def _add_overage_item(
+    stripe: StripeGateway,
+    customer: str,
+    subscription: Subscription,
+    version: PricingPlanVersion,
+    start: datetime,
+    calls: int,
+    *,
+    description: str,
+    kind: str,
+    idempotency_key: str,
+    invoice: str | None = None,
+) -> None:
+    """`calls` at the version's overage price: a line on the draft `invoice`, or (None) a
+    pending item of the subscription, which Stripe puts on its next invoice."""
+    assert version.overage_price_per_call is not None  # noqa: S101  (the callers checked it)
+    await stripe.add_invoice_item(
+        customer=customer,
+        invoice=invoice,
+        subscription=None if invoice is not None else subscription.stripe_subscription_id,
+        currency=version.currency,
+        description=description,
+        quantity=calls,
+        unit_amount_decimal=minor_decimal(version.overage_price_per_call, version.currency),
+        metadata={"subscription_id": str(subscription.id), "period_start": start.isoformat(), "kind": kind},
+        idempotency_key=idempotency_key,
+    )
+
+
+async def _version_held(session: AsyncSession, subscription: Subscription) -> PricingPlanVersion | None:
+    statement = select(PricingPlanVersion).where(
+        PricingPlanVersion.plan_id == subscription.pricing_plan_id,
+        PricingPlanVersion.version == subscription.plan_version,
+    )
+    return (await session.execute(statement)).scalar_one_or_none()
 
 
 async def bill_overage(
@@ -45,14 +147,7 @@ async def bill_overage(
     start, end = invoice.period_start, invoice.period_end
     if start is None or end is None or start >= end:
         return 0
-    version = (
-        await session.execute(
-            select(PricingPlanVersion).where(
-                PricingPlanVersion.plan_id == subscription.pricing_plan_id,
-                PricingPlanVersion.version == subscription.plan_version,
-            )
-        )
-    ).scalar_one_or_none()
+    version = await _version_held(session, subscription)
     if version is None or version.overage_price_per_call is None or version.call_limit is None:
         return 0
     if calls is None:
@@ -66,19 +161,20 @@ async def bill_overage(
     consumer = await session.get(Consumer, subscription.consumer_id)
     if consumer is None or consumer.stripe_customer_id is None:
         return 0
-    await stripe.add_invoice_item(
-        customer=consumer.stripe_customer_id,
-        invoice=invoice.stripe_invoice_id,
-        currency=version.currency,
+    over -= await _billed_at_changes(stripe, consumer.stripe_customer_id, subscription, start)
+    if over <= 0:
+        return 0
+    await _add_overage_item(
+        stripe,
+        consumer.stripe_customer_id,
+        subscription,
+        version,
+        start,
+        over,
         description=f"Overage: {over} calls past the {version.call_limit} included",
-        quantity=over,
-        unit_amount_decimal=minor_decimal(version.overage_price_per_call, version.currency),
-        metadata={
-            "subscription_id": str(subscription.id),
-            "period_start": start.isoformat(),
-            "kind": "overage",
-        },
+        kind="overage",
         idempotency_key=f"overage:{subscription.id}:{int(start.timestamp())}",
+        invoice=invoice.stripe_invoice_id,
     )
     return over
 

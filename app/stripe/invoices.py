@@ -252,30 +252,59 @@ class InvoiceCalls(StripeBase):
         self,
         *,
         customer: str,
-        invoice: str,
+        invoice: str | None,
         currency: str,
         description: str,
         quantity: int,
         unit_amount_decimal: Decimal,
         metadata: dict[str, str],
         idempotency_key: str,
+        subscription: str | None = None,
     ) -> str:
+        """An invoice item on the draft `invoice`; or, with `invoice` None, a pending item that
+        Stripe puts on the next invoice of `subscription` (of the customer, without one)."""
+        params: dict[str, Any] = {
+            "customer": customer,
+            "currency": currency,
+            "description": description,
+            "quantity": quantity,
+            "unit_amount_decimal": decimal_param(unit_amount_decimal),
+            "metadata": metadata,
+        }
+        if invoice is not None:
+            params["invoice"] = invoice
+        if subscription is not None:
+            params["subscription"] = subscription
         item = await self._call(
             "invoiceitems.create",
             lambda: self._client.v1.invoice_items.create_async(
-                params={  # type: ignore[arg-type]
-                    "customer": customer,
-                    "invoice": invoice,
-                    "currency": currency,
-                    "description": description,
-                    "quantity": quantity,
-                    "unit_amount_decimal": decimal_param(unit_amount_decimal),
-                    "metadata": metadata,
-                },
+                params=params,  # type: ignore[arg-type]
                 options={"idempotency_key": idempotency_key},
             ),
         )
         return item.id
+
+    async def invoice_item_quantities(self, *, customer: str, metadata: dict[str, str]) -> int:
+        """The summed quantity of the customer's invoice items (pending or invoiced) whose
+        metadata holds all of `metadata`: what Stripe has been asked to bill, as Stripe keeps it."""
+        total = 0
+        starting_after: str | None = None
+        while True:
+            params: dict[str, Any] = {"customer": customer, "limit": 100}
+            if starting_after is not None:
+                params["starting_after"] = starting_after
+            page = await self._call(
+                "invoiceitems.list",
+                lambda params=params: self._client.v1.invoice_items.list_async(params=params),  # type: ignore[misc]
+            )
+            for item in page.data:
+                data = item.to_dict()
+                held = data.get("metadata") or {}
+                if all(held.get(key) == value for key, value in metadata.items()):
+                    total += int(data.get("quantity") or 0)
+            if not page.has_more or not page.data:
+                return total
+            starting_after = page.data[-1].id
 
     async def finalize_invoice(self, invoice_id: str, *, idempotency_key: str) -> StripeInvoice:
         invoice = await self._call(

@@ -229,6 +229,18 @@ class SubscriptionCalls(StripeBase):
         )
         return _subscription(created)
 
+    async def payment_client_secret(self, subscription_id: str) -> str | None:
+        """The client secret of the first payment an incomplete subscription waits for (None once
+        it waits for nothing), as `create_subscription` answered it."""
+        retrieved = await self._call(
+            "subscriptions.retrieve",
+            lambda: self._client.v1.subscriptions.retrieve_async(
+                subscription_id,
+                params={"expand": EXPAND_FIRST_PAYMENT},
+            ),
+        )
+        return _subscription(retrieved).client_secret
+
     async def change_subscription_price(
         self,
         subscription_id: str,

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import clock
 from app.auth import Principal
 from app.consumers.service import ConsumerService, consumer_id_for
-from app.entitlements.overage import overage_terms
+from app.entitlements.overage import bill_overage_before_change, overage_terms
 from app.entitlements.snapshot import overage_amount
 from app.errors import Conflict, InvalidField, NotFound, PaymentRequired, ServiceUnavailable
 from app.events.types import SUBSCRIPTION_CHANGED
@@ -169,7 +169,7 @@ class SubscriptionService:
         live = await self._repo.live_on_api(consumer.id, data.api_id)
         if live is not None:
             if digest is not None and live.request_key_digest == digest and live.pricing_plan_id == plan.id:
-                return await self._out(live)
+                return await self._replayed(live)
             raise Conflict("You already have a live subscription to this API", code="already_subscribed")
         earlier = await self._repo.count_on_api(consumer.id, plan.api_id)
         subscription = Subscription(
@@ -304,13 +304,17 @@ class SubscriptionService:
         if _holds(subscription, plan, version):
             return await self._out(subscription)
         consumer = await self._consumers.require_own(principal)
-        old_plan, _old_version = await self._held(subscription)
+        old_plan, old_version = await self._held(subscription)
         # Calls until now are billed by the plan they were made on: per call on pay-per-use, and
         # through the overage item (added, swapped or removed now) on an overage plan.
         by_meter = "pay_per_use" in (old_plan.type, plan.type) or (
             subscription.stripe_overage_item_id is not None or version.stripe_overage_price_id is not None
         )
-        if by_meter and not await self._usage_until_now(subscription):
+        # Without the item (a subscription made before it), by an invoice item made before the change.
+        by_line = (
+            subscription.stripe_overage_item_id is None and old_version.overage_price_per_call is not None
+        )
+        if (by_meter or by_line) and not await self._usage_until_now(subscription):
             raise ServiceUnavailable(
                 "Usage until now could not be counted, try the change again shortly", code="usage_not_counted"
             )
@@ -344,6 +348,9 @@ class SubscriptionService:
             if subscription.stripe_subscription_item_id is None:
                 raise Conflict("The Stripe subscription is not mirrored yet, try again", code="not_synced")
             price_id = self._price(version)
+            await bill_overage_before_change(
+                self._session, self._stripe, subscription, self._customer(consumer), change=tag
+            )
             updated = await self._stripe.change_subscription_price(
                 stripe_id,
                 item_id=subscription.stripe_subscription_item_id,
@@ -509,6 +516,15 @@ class SubscriptionService:
         if found is None:  # the foreign key makes this impossible
             raise NotFound("Plan not found")
         return found
+
+    async def _replayed(self, subscription: Subscription) -> SubscriptionOut:
+        """What the subscribe that made `subscription` answered: with the first payment's client
+        secret while it is incomplete (Stripe keeps it; our row does not)."""
+        client_secret = None
+        if subscription.status == "incomplete" and subscription.stripe_subscription_id is not None:
+            client_secret = await self._stripe.payment_client_secret(subscription.stripe_subscription_id)
+        plan, version = await self._held(subscription)
+        return subscription_out(subscription, plan, version, client_secret=client_secret)
 
     async def _out(self, subscription: Subscription) -> SubscriptionOut:
         plan, version = await self._held(subscription)

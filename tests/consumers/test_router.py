@@ -3,12 +3,17 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import respx
+from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 from app.config import Settings
+from app.dependencies import api_state
 from app.models import Consumer
 from tests.support.auth import Auth
+from tests.support.stripe_wire import wire_customer
 
 
 async def _stripe_customer(settings: Settings, customer_id: str) -> httpx.Response:
@@ -129,3 +134,23 @@ async def test_me_returns_the_callers_consumer_and_404_before_registering(
     me = await client.get("/api/v1/consumers/me", headers=headers)
     assert me.status_code == 200
     assert me.json() == registered.json()
+
+
+async def test_register_holds_no_pooled_connection_while_stripe_creates_the_customer(
+    wire_app: FastAPI, wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth
+) -> None:
+    # A registration waiting on Stripe must not keep a database connection from other requests
+    # (under load that starved the pool: 503 after the 1 s checkout timeout).
+    lent_while_stripe_answered: list[int] = []
+
+    def create_customer(request: httpx.Request) -> httpx.Response:
+        pool = api_state(wire_app).resources.engine.pool
+        assert isinstance(pool, QueuePool)
+        lent_while_stripe_answered.append(pool.checkedout())
+        return httpx.Response(200, json=wire_customer("cus_slow"))
+
+    stripe_api.post("/v1/customers").mock(side_effect=create_customer)
+    response = await wire.post("/api/v1/consumers/register", headers=auth("consumer"))
+    assert response.status_code == 201
+    assert response.json()["stripe_customer_id"] == "cus_slow"
+    assert lent_while_stripe_answered == [0]

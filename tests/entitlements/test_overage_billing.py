@@ -57,21 +57,30 @@ async def draft_created(client: httpx.AsyncClient, ctx: Ctx, world: World, invoi
 
 
 def stripe_invoice_items(mock: respx.MockRouter, base: str | None) -> respx.Route:
+    """Stripe's invoice items: the create route (returned), and the list of those it made."""
+    made: list[dict[str, object]] = []
+
     def answer(request: httpx.Request) -> httpx.Response:
         form = httpx.QueryParams(request.content.decode())
-        return httpx.Response(
-            200,
-            json={
+        made.insert(
+            0,
+            {
                 "id": f"ii_{uuid.uuid4().hex[:14]}",
                 "object": "invoiceitem",
-                "invoice": form["invoice"],
+                "invoice": form.get("invoice"),
                 "currency": form["currency"],
                 "quantity": int(form["quantity"]),
                 "unit_amount_decimal": form["unit_amount_decimal"],
                 "description": form["description"],
+                "metadata": {k[9:-1]: v for k, v in form.multi_items() if k.startswith("metadata[")},
             },
         )
+        return httpx.Response(200, json=made[0])
 
+    listing = {"object": "list", "url": "/v1/invoiceitems", "has_more": False}
+    mock.get(f"{base}/v1/invoiceitems").mock(
+        side_effect=lambda _: httpx.Response(200, json={**listing, "data": made})
+    )
     route = mock.post(f"{base}/v1/invoiceitems")
     route.side_effect = answer
     return route

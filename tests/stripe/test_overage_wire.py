@@ -3,6 +3,10 @@ and the second subscription item that subscribing, changing plan and Stripe's sn
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -11,8 +15,9 @@ import respx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.models import Subscription
+from app.models import Subscription, UsageRecord
 from app.stripe.subscriptions import StripeSubscriptionState
+from tests.support import rows
 from tests.support.journeys import (
     Auth,
     create_plan,
@@ -46,6 +51,10 @@ def item(item_id: str, price_id: str, usage_type: str) -> dict[str, Any]:
 
 def with_items(*items: dict[str, Any]) -> dict[str, Any]:
     return wire_subscription("active", items={"object": "list", "data": list(items)})
+
+
+BOTH_ITEMS = (item("si_wire", "price_wire_1", "licensed"), item("si_over", "price_wire_2", "metered"))
+HARD_LIMIT = {"monthly_price": "49", "call_limit": 5000}
 
 
 async def _stored(engine: AsyncEngine, subscription_id: str) -> Any:
@@ -115,24 +124,56 @@ async def test_subscribing_to_an_overage_plan_adds_its_metered_item_and_mirrors_
     assert stored.unmatched_stripe_price_id is None
 
 
+@dataclass
+class PlanChange:
+    """A consumer subscribed on the wire to an overage plan of an API that has a second plan."""
+
+    wire: httpx.AsyncClient
+    headers: dict[str, str]
+    subscription_id: str
+    overage: dict[str, Any]
+    other: dict[str, Any]
+
+    async def change(self) -> httpx.Response:
+        """Move to the other plan (the metering service has no usage to add)."""
+        with respx.mock(assert_all_called=False) as metering:
+            metering.route(host="metering.test").respond(404)
+            metering.route(host="api.stripe.com").pass_through()
+            return await upgrade(self.wire, self.headers, self.subscription_id, self.other)
+
+
+async def subscribed_for_a_change(
+    wire: httpx.AsyncClient,
+    stripe_api: respx.MockRouter,
+    auth: Auth,
+    other: dict[str, Any],
+    *,
+    items: tuple[dict[str, Any], ...] = BOTH_ITEMS,
+    before_subscribing: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+) -> PlanChange:
+    """An overage plan and a plan on `other`'s terms for one API, and a consumer with a card
+    subscribed to the first, Stripe answering with `items`."""
+    stripe_api.post("/v1/billing/meters").respond(200, json=METER)
+    stripe_api.post("/v1/subscriptions").respond(200, json=with_items(*items))
+    creator, api_id = auth("creator"), new_api_id()
+    overage = await create_plan(wire, creator, api_id, call_limit=1000, overage_price_per_call="0.01")
+    target = await create_plan(wire, creator, api_id, **other)
+    if before_subscribing is not None:
+        await before_subscribing(overage)
+    headers = await consumer_with_card(wire, auth)
+    created = await subscribe(wire, headers, overage)
+    assert created.status_code == 201, created.text
+    return PlanChange(wire, headers, created.json()["id"], overage, target)
+
+
 async def test_changing_from_an_overage_plan_to_a_hard_limit_plan_deletes_the_metered_item(
     wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
 ) -> None:
-    stripe_api.post("/v1/billing/meters").respond(200, json=METER)
-    both = with_items(item("si_wire", "price_wire_1", "licensed"), item("si_over", "price_wire_2", "metered"))
-    stripe_api.post("/v1/subscriptions").respond(200, json=both)
-    creator, api_id = auth("creator"), new_api_id()
-    overage = await create_plan(wire, creator, api_id, call_limit=1000, overage_price_per_call="0.01")
-    hard = await create_plan(wire, creator, api_id, monthly_price="49", call_limit=5000)
-    headers = await consumer_with_card(wire, auth)
-    created = (await subscribe(wire, headers, overage)).json()
+    story = await subscribed_for_a_change(wire, stripe_api, auth, HARD_LIMIT)
     update = stripe_api.post("/v1/subscriptions/sub_wire").respond(
         200, json=with_items(item("si_wire", "price_wire_3", "licensed"))
     )
-    with respx.mock(assert_all_called=False) as metering:
-        metering.route(host="metering.test").respond(404)
-        metering.route(host="api.stripe.com").pass_through()
-        response = await upgrade(wire, headers, created["id"], hard)
+    response = await story.change()
     assert response.status_code == 200, response.text
     sent = form_of(update.calls.last.request)
     assert (sent["items[0][id]"], sent["items[0][price]"]) == (["si_wire"], ["price_wire_3"])
@@ -140,21 +181,17 @@ async def test_changing_from_an_overage_plan_to_a_hard_limit_plan_deletes_the_me
     assert sent["proration_behavior"] == ["always_invoice"]
     # A pending update may not delete an item: the change is paid at once or not made.
     assert sent["payment_behavior"] == ["error_if_incomplete"]
-    stored = await _stored(engine, created["id"])
-    assert (stored.stripe_overage_item_id, stored.pricing_plan_id.hex) == (None, hard["id"].replace("-", ""))
+    stored = await _stored(engine, story.subscription_id)
+    assert (stored.stripe_overage_item_id, stored.pricing_plan_id.hex) == (
+        None,
+        story.other["id"].replace("-", ""),
+    )
 
 
 async def test_a_declined_change_that_deletes_the_metered_item_is_402_and_keeps_the_plan(
     wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
 ) -> None:
-    stripe_api.post("/v1/billing/meters").respond(200, json=METER)
-    both = with_items(item("si_wire", "price_wire_1", "licensed"), item("si_over", "price_wire_2", "metered"))
-    stripe_api.post("/v1/subscriptions").respond(200, json=both)
-    creator, api_id = auth("creator"), new_api_id()
-    overage = await create_plan(wire, creator, api_id, call_limit=1000, overage_price_per_call="0.01")
-    hard = await create_plan(wire, creator, api_id, monthly_price="49", call_limit=5000)
-    headers = await consumer_with_card(wire, auth)
-    created = (await subscribe(wire, headers, overage)).json()
+    story = await subscribed_for_a_change(wire, stripe_api, auth, HARD_LIMIT)
     declined = {
         "error": {
             "type": "card_error",
@@ -164,16 +201,81 @@ async def test_a_declined_change_that_deletes_the_metered_item_is_402_and_keeps_
         }
     }
     stripe_api.post("/v1/subscriptions/sub_wire").respond(402, json=declined)
-    with respx.mock(assert_all_called=False) as metering:
-        metering.route(host="metering.test").respond(404)
-        metering.route(host="api.stripe.com").pass_through()
-        response = await upgrade(wire, headers, created["id"], hard)
+    response = await story.change()
     assert response.status_code == 402, response.text  # as any card error Stripe answers a change with
     body = response.json()
     assert (body["code"], body["error"]) == ("card_declined", "Your card has insufficient funds.")
-    stored = await _stored(engine, created["id"])
+    stored = await _stored(engine, story.subscription_id)
     assert stored.stripe_overage_item_id == "si_over"
-    assert str(stored.pricing_plan_id) == overage["id"]
+    assert str(stored.pricing_plan_id) == story.overage["id"]
+
+
+async def test_a_change_of_a_subscription_without_the_metered_item_first_bills_its_overage_as_a_pending_item(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
+) -> None:
+    async def made_before_the_meter_item(plan: dict[str, Any]) -> None:
+        await rows.made_before_the_overage_meter_item(engine, plan["id"])
+
+    story = await subscribed_for_a_change(
+        wire,
+        stripe_api,
+        auth,
+        {"monthly_price": "29", "call_limit": 1000, "overage_price_per_call": "0.02"},
+        items=(item("si_wire", "price_wire_1", "licensed"),),
+        before_subscribing=made_before_the_meter_item,
+    )
+    day = datetime.fromtimestamp(NOW + 86400, UTC)
+    await rows.add(
+        engine,
+        UsageRecord(
+            subscription_id=uuid.UUID(story.subscription_id),
+            window_start=day,
+            window_end=day + timedelta(days=1),
+            quantity=1200,
+            successful_calls=1200,
+            failed_calls=0,
+        ),
+    )
+    listed = stripe_api.get("/v1/invoiceitems").respond(
+        200, json={"object": "list", "url": "/v1/invoiceitems", "has_more": False, "data": []}
+    )
+    pending = stripe_api.post("/v1/invoiceitems").respond(
+        200, json={"id": "ii_wire", "object": "invoiceitem", "invoice": None, "quantity": 200}
+    )
+    update = stripe_api.post("/v1/subscriptions/sub_wire").respond(
+        200,
+        json=with_items(
+            item("si_wire", "price_wire_3", "licensed"), item("si_over", "price_wire_4", "metered")
+        ),
+    )
+    stored_before = await _stored(engine, story.subscription_id)
+    response = await story.change()
+    assert response.status_code == 200, response.text
+    assert listed.calls.last.request.url.params["customer"] == "cus_wire"
+    sent = form_of(pending.calls.last.request)
+    period_start = datetime.fromtimestamp(NOW, UTC).isoformat()
+    assert sent == {
+        "customer": ["cus_wire"],
+        "subscription": ["sub_wire"],
+        "currency": ["usd"],
+        "description": ["Overage until a plan change: 200 calls past the 1000 included"],
+        "quantity": ["200"],
+        "unit_amount_decimal": ["1"],  # 0.01 USD a call, the plan the calls were made on
+        "metadata[subscription_id]": [story.subscription_id],
+        "metadata[period_start]": [period_start],
+        "metadata[kind]": ["overage_before_change"],
+    }
+    changed_at = int(stored_before.updated_at.timestamp() * 1_000_000)
+    assert pending.calls.last.request.headers["Idempotency-Key"] == (
+        f"overage-change:{story.subscription_id}:{changed_at}:{NOW}:0"
+    )
+    # Before the change, so that the invoice Stripe makes for the change carries it.
+    sent_in_order = [(call.request.method, call.request.url.path) for call in stripe_api.calls]
+    assert sent_in_order.index(("POST", "/v1/invoiceitems")) < sent_in_order.index(
+        ("POST", "/v1/subscriptions/sub_wire")
+    )
+    assert form_of(update.calls.last.request)["items[1][price]"] == ["price_wire_4"]
+    assert (await _stored(engine, story.subscription_id)).stripe_overage_item_id == "si_over"
 
 
 async def test_checkout_for_an_overage_plan_adds_the_metered_price_as_a_line_without_quantity(

@@ -29,7 +29,7 @@ from app.models import Earning, Invoice, Subscription, UsageRecord
 from app.stripe.test_clocks import TestClockTime
 from app.usage.jobs import aggregate_usage
 from app.webhooks.jobs import process_stripe_event
-from tests.support import emulator
+from tests.support import emulator, rows
 from tests.support.auth import Auth
 from tests.support.emulator import DAY, HOUR
 from tests.support.journeys import add_card, create_plan, new_api_id, register, subscribe
@@ -330,13 +330,7 @@ async def test_an_upgrade_mid_period_is_invoiced_prorated_at_once_and_the_next_r
         half = start + (end - start) // 2
         await timeline.advance_to(half)
 
-        upgraded = await client.put(
-            f"/api/v1/subscriptions/{story.subscribed['id']}/upgrade",
-            json={"new_pricing_plan_id": pro["id"]},
-            headers=story.headers,
-        )
-        assert upgraded.status_code == 200, upgraded.text
-        await timeline.relay()
+        await _change_plan(stack, story, pro)
         (proration,) = await story.renewals()
         await timeline.advance_to(end + 2 * HOUR)
         invoices = await story.renewals()
@@ -399,6 +393,25 @@ async def test_a_lost_dispute_on_a_renewal_takes_back_the_creators_share_of_it(s
     assert after["reversal"] == 4000  # the renewal's share, taken back once
 
 
+async def _change_plan(stack: Stack, story: Story, plan: dict[str, Any]) -> None:
+    """The subscriber moves to `plan` (200), and the events of the change are relayed."""
+    changed = await stack.client.put(
+        f"/api/v1/subscriptions/{story.subscribed['id']}/upgrade",
+        json={"new_pricing_plan_id": plan["id"]},
+        headers=story.headers,
+    )
+    assert changed.status_code == 200, changed.text
+    await story.timeline.relay()
+
+
+async def _redeliver_every_event_of(stack: Stack, customer: str) -> None:
+    """Stripe sends every event about the customer again, and the worker runs each again."""
+    for event in await _all_events(stack.stripe_http, None):
+        if event["data"]["object"].get("customer") == customer:
+            await send(stack.client, event)
+            await process_stripe_event(stack.ctx, event["id"])
+
+
 async def _traffic(story: Story, successful: int) -> None:
     """`successful` calls today on the story's clock, as the metering service counts them."""
     url = f"http://metering.test/api/v1/usage/subscription/{story.subscribed['id']}/calls"
@@ -431,10 +444,7 @@ async def test_overage_past_the_included_calls_is_billed_through_the_meter_once_
         await timeline.advance_to(end + 2 * HOUR)
         # The usage job and every webhook again: nothing more is billed.
         await aggregate_usage(stack.ctx)
-        for event in await _all_events(stack.stripe_http, None):
-            if event["data"]["object"].get("customer") == stripe_subscription["customer"]:
-                await send(stack.client, event)
-                await process_stripe_event(stack.ctx, event["id"])
+        await _redeliver_every_event_of(stack, stripe_subscription["customer"])
         (renewal,) = await story.renewals()
         stripe_renewal = (await stack.stripe_http.get(f"/v1/invoices/{renewal.stripe_invoice_id}")).json()
 
@@ -464,13 +474,7 @@ async def test_a_change_from_an_overage_plan_to_a_hard_limit_plan_removes_the_me
         await timeline.advance_to(start + 2 * DAY)
         await _traffic(story, 1300)
         await timeline.advance_to(start + 10 * DAY)
-        changed = await stack.client.put(
-            f"/api/v1/subscriptions/{story.subscribed['id']}/upgrade",
-            json={"new_pricing_plan_id": hard["id"]},
-            headers=story.headers,
-        )
-        assert changed.status_code == 200, changed.text
-        await timeline.relay()
+        await _change_plan(stack, story, hard)
         (at_once,) = await story.renewals()
         ours = await story.ours()
         items = (await timeline.subscription(story.stripe_id))["items"]["data"]
@@ -488,3 +492,83 @@ async def test_a_change_from_an_overage_plan_to_a_hard_limit_plan_removes_the_me
     assert (at_once.status, at_once.amount_paid) == ("paid", 450)  # same monthly price: prorations net 0
     assert [(line["quantity"], line["amount"]) for line in renewal.lines] == [(1, 2900)]
     assert (renewal.status, renewal.amount_paid) == ("paid", 2900)
+
+
+def _overage_lines(invoices: list[Any]) -> list[tuple[int, int]]:
+    """(quantity, amount) of the overage invoice lines on `invoices` (the meter's usage aside)."""
+    return [
+        (line["quantity"], line["amount"])
+        for invoice in invoices
+        for line in invoice.lines
+        if (line.get("description") or "").startswith("Overage")
+    ]
+
+
+async def _legacy_overage_change(
+    stack: Stack, target: dict[str, Any], *, before: int, after: int, older_target: bool = False
+) -> tuple[Story, list[Any], list[Any]]:
+    """A subscription made before the overage meter item (1,000 calls included, 1.5 cents past
+    them) with `before` calls, then a change to `target` (`older_target`: a plan made before the
+    item too) on day 10, retried, then `after` calls
+    and the renewal, with every webhook redelivered: the story, the invoices made at the change
+    and all the invoices after the first."""
+    creator, api_id = stack.auth("creator"), new_api_id()
+    legacy = await create_plan(
+        stack.client, creator, api_id, monthly_price="29", call_limit=1000, overage_price_per_call="0.015"
+    )
+    await rows.made_before_the_overage_meter_item(stack.engine, legacy["id"])
+    target = await create_plan(stack.client, creator, api_id, **target)
+    if older_target:
+        await rows.made_before_the_overage_meter_item(stack.engine, target["id"])
+    async with stack.paying_subscriber(legacy) as story:
+        timeline = story.timeline
+        period = await timeline.subscription(story.stripe_id)
+        assert len(period["items"]["data"]) == 1  # no overage meter item
+        start, end = int(period["current_period_start"]), int(period["current_period_end"])
+        await timeline.advance_to(start + 2 * DAY)
+        await _traffic(story, before)
+        await timeline.advance_to(start + 10 * DAY)
+        for _ in range(2):  # the change, and the change again (its answer was lost)
+            await _change_plan(stack, story, target)
+        at_change = await story.renewals()
+        await timeline.advance_to(start + 12 * DAY)
+        await _traffic(story, after)
+        await aggregate_usage(stack.ctx)
+        await timeline.advance_to(end)
+        await timeline.advance_to(end + 2 * HOUR)
+        await _redeliver_every_event_of(stack, period["customer"])
+        await aggregate_usage(stack.ctx)
+        return story, at_change, await story.renewals()
+
+
+async def test_an_older_subscription_moved_to_a_meter_item_plan_is_billed_its_overage_until_then_once(
+    stack: Stack, metering: respx.MockRouter
+) -> None:
+    metered = {"monthly_price": "29", "call_limit": 1000, "overage_price_per_call": "0.015"}
+    story, at_change, invoices = await _legacy_overage_change(stack, metered, before=1200, after=300)
+
+    ours = await story.ours()
+    assert ours.stripe_overage_item_id is not None
+    # 200 calls past the 1,000 included, at 1.5 cents, on the invoice the change made.
+    assert _overage_lines(at_change) == [(200, 300)]
+    assert [i.status for i in at_change] == ["paid"]
+    # Nothing more at the renewal: the 300 calls after the change are within the meter's 1,000.
+    assert _overage_lines(invoices) == [(200, 300)]
+    assert all(i.status == "paid" for i in invoices)
+
+
+async def test_an_older_subscription_changing_plan_mid_period_bills_each_call_past_the_included_once(
+    stack: Stack, metering: respx.MockRouter
+) -> None:
+    # Another plan of the same kind (no meter item), at 2 cents past the same 1,000 calls.
+    older = {"monthly_price": "29", "call_limit": 1000, "overage_price_per_call": "0.02"}
+    story, at_change, invoices = await _legacy_overage_change(
+        stack, older, before=1200, after=300, older_target=True
+    )
+
+    ours = await story.ours()
+    assert ours.stripe_overage_item_id is None
+    # Until the change, on the plan then: 200 at 1.5 cents; at the close, the 300 more at 2 cents.
+    assert _overage_lines(at_change) == [(200, 300)]
+    assert sorted(_overage_lines(invoices)) == [(200, 300), (300, 600)]
+    assert all(i.status == "paid" for i in invoices)

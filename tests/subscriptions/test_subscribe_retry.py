@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs
 
 import httpx
@@ -32,6 +32,7 @@ from tests.support.journeys import (
     create_plan,
     new_api_id,
     register,
+    registered_consumer,
     stripe_customer_with_card,
     subscribe,
 )
@@ -43,9 +44,13 @@ from tests.support.worker import Ctx, deliver
 
 
 @contextmanager
-def commit_fails_once_after_stripe_answered() -> Iterator[None]:
-    """The next commit of a session that wrote a subscription Stripe created fails, as when the
-    database goes away between Stripe's answer and our commit."""
+def commit_fails_once_after_stripe_answered(
+    session_event: Literal["before_commit", "after_commit"],
+) -> Iterator[None]:
+    """The next commit of a session that wrote a subscription Stripe created raises, at
+    `session_event`: `before_commit`, the commit is not made (the database went away between
+    Stripe's answer and our commit); `after_commit`, it is made but the caller sees it fail (the
+    database's reply to our COMMIT never arrived)."""
     failed = False
 
     def note_stripe_answer(session: Session, _context: object) -> None:
@@ -57,43 +62,16 @@ def commit_fails_once_after_stripe_answered() -> Iterator[None]:
         nonlocal failed
         if session.info.pop("stripe_answered", False) and not failed:
             failed = True
-            raise OperationalError("COMMIT", {}, ConnectionResetError("connection lost (injected)"))
+            raise OperationalError("COMMIT", {}, ConnectionResetError(f"{session_event} failed (injected)"))
 
     event.listen(Session, "after_flush", note_stripe_answer)
-    event.listen(Session, "before_commit", fail)
+    event.listen(Session, session_event, fail)
     try:
         yield
     finally:
-        event.remove(Session, "before_commit", fail)
+        event.remove(Session, session_event, fail)
         event.remove(Session, "after_flush", note_stripe_answer)
-    assert failed, "no commit failed"
-
-
-@contextmanager
-def commit_goes_through_but_its_answer_is_lost() -> Iterator[None]:
-    """The next commit of a session that wrote a subscription Stripe created is made, but the
-    caller sees it fail, as when the database's reply to our COMMIT never arrives."""
-    lost = False
-
-    def note_stripe_answer(session: Session, _context: object) -> None:
-        changed = session.new | session.dirty
-        if any(isinstance(obj, Subscription) and obj.stripe_subscription_id for obj in changed):
-            session.info["stripe_answered"] = True
-
-    def lose_answer(session: Session) -> None:
-        nonlocal lost
-        if session.info.pop("stripe_answered", False) and not lost:
-            lost = True
-            raise OperationalError("COMMIT", {}, ConnectionResetError("reply to COMMIT lost (injected)"))
-
-    event.listen(Session, "after_flush", note_stripe_answer)
-    event.listen(Session, "after_commit", lose_answer)
-    try:
-        yield
-    finally:
-        event.remove(Session, "after_commit", lose_answer)
-        event.remove(Session, "after_flush", note_stripe_answer)
-    assert lost, "no commit answer was lost"
+    assert failed, f"no commit failed at {session_event}"
 
 
 async def _stripe_subscriptions(stripe_http: httpx.AsyncClient, customer: str) -> list[dict[str, Any]]:
@@ -120,7 +98,7 @@ async def test_a_subscribe_retried_after_its_commit_failed_creates_one_stripe_su
     if idempotency_key is not None:
         headers = {**headers, "Idempotency-Key": idempotency_key}
 
-    with commit_fails_once_after_stripe_answered():
+    with commit_fails_once_after_stripe_answered("before_commit"):
         failed = await subscribe(client, headers, plan)
     assert failed.status_code == 503, failed.text  # the lost connection: try again
     assert await _rows(engine) == 0
@@ -154,7 +132,7 @@ async def test_every_earnings_line_of_a_subscriptions_invoice_names_that_subscri
         "/v1/test_helpers/test_clocks", data={"frozen_time": int(time.time()), "customer": customer}
     )
     assert made.status_code == 200, made.text
-    with commit_fails_once_after_stripe_answered():
+    with commit_fails_once_after_stripe_answered("before_commit"):
         assert (await subscribe(client, headers, plan)).status_code == 503
     [stripe_subscription] = await _stripe_subscriptions(stripe_http, customer)
     latest = stripe_subscription["latest_invoice"]
@@ -212,7 +190,7 @@ async def test_sync_reports_the_stripe_subscription_of_a_subscribe_that_was_neve
 ) -> None:
     plan = await create_plan(client, auth("creator"), new_api_id())
     headers, customer = await stripe_customer_with_card(client, auth)
-    with commit_fails_once_after_stripe_answered():
+    with commit_fails_once_after_stripe_answered("before_commit"):
         assert (await subscribe(client, headers, plan)).status_code == 503
     [orphan] = await _stripe_subscriptions(stripe_http, customer)
 
@@ -439,7 +417,7 @@ async def test_an_upgrade_retried_after_its_commit_failed_answers_the_subscripti
     body = {"new_pricing_plan_id": pro["id"]}
 
     with clock.use(TestClockTime(settings, clock_id, refresh_seconds=0)):
-        with commit_fails_once_after_stripe_answered():
+        with commit_fails_once_after_stripe_answered("before_commit"):
             failed = await client.put(url, json=body, headers=headers)
         assert failed.status_code == 503, failed.text
         # Stripe made the change; its webhook moves our row before the client tries again.
@@ -478,7 +456,7 @@ async def test_a_subscribe_retried_after_its_commit_answer_was_lost_answers_the_
     headers, customer = await stripe_customer_with_card(client, auth)
     keyed = {**headers, "Idempotency-Key": "subscribe-once"}
 
-    with commit_goes_through_but_its_answer_is_lost():
+    with commit_fails_once_after_stripe_answered("after_commit"):
         failed = await subscribe(client, keyed, plan)
     assert failed.status_code == 503, failed.text  # the caller cannot tell: it tries again
     assert await _rows(engine) == 1
@@ -498,3 +476,28 @@ async def test_a_subscribe_retried_after_its_commit_answer_was_lost_answers_the_
         assert again.status_code in (409, 422), again.text
         assert again.json()["code"] in ("already_subscribed", "idempotency_key_reused")
     assert await _rows(engine) == 1
+
+
+async def test_an_incomplete_subscribe_retried_after_its_commit_answer_was_lost_answers_its_client_secret(
+    client: httpx.AsyncClient, auth: Auth, stripe_http: httpx.AsyncClient
+) -> None:
+    plan = await create_plan(client, auth("creator"), new_api_id())
+    keyed = {**await registered_consumer(client, auth), "Idempotency-Key": "subscribe-sca"}
+    needs_authentication = {"payment_method_id": "pm_card_authenticationRequired"}
+
+    with commit_fails_once_after_stripe_answered("after_commit"):
+        failed = await subscribe(client, keyed, plan, **needs_authentication)
+    assert failed.status_code == 503, failed.text
+
+    retried = await subscribe(client, keyed, plan, **needs_authentication)
+    assert retried.status_code == 201, retried.text
+    body = retried.json()
+    assert body["status"] == "incomplete"
+    # The secret of the PaymentIntent the consumer still has to confirm, as the first answer had it.
+    stripe_subscription = (
+        await stripe_http.get(f"/v1/subscriptions/{body['stripe_subscription_id']}")
+    ).json()
+    invoice = (await stripe_http.get(f"/v1/invoices/{stripe_subscription['latest_invoice']}")).json()
+    intent = (await stripe_http.get(f"/v1/payment_intents/{invoice['payment_intent']}")).json()
+    assert body["client_secret"] == intent["client_secret"]
+    assert body["client_secret"]

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.consumers.service import consumer_id_for
@@ -24,6 +25,17 @@ from app.models import (
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 # The commission the earnings rows of these tests are booked at (the platform's default).
 RATE = Decimal("0.20")
+
+
+async def made_before_the_overage_meter_item(engine: AsyncEngine, plan_id: str) -> None:
+    """Makes an overage plan's versions as they were before overage was billed through a meter
+    item: subscriptions made on them get no such item (their overage is an invoice line)."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(PricingPlanVersion)
+            .where(PricingPlanVersion.plan_id == uuid.UUID(plan_id))
+            .values(stripe_overage_price_id=None)
+        )
 
 
 async def add(engine: AsyncEngine, *rows: object) -> None:
