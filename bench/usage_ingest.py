@@ -154,16 +154,21 @@ async def main() -> list[Figure]:
         sessionmaker_10x = async_sessionmaker(engine_10x, expire_on_commit=False)
         batches = windows(ids)  # no ids in the rows: every pass can write the same ones
 
+        wal_bytes: dict[bool, list[float]] = {False: [], True: []}  # WAL per row: at 1x, at 10x
+
         async def insert(
             sessions: async_sessionmaker[AsyncSession], chunk: list[list[dict[str, Any]]]
         ) -> float:
             await connection.execute("CHECKPOINT")
+            wal_before = await connection.fetchval("SELECT pg_current_wal_lsn()")
             started = time.perf_counter()
             written = 0
             for rows in chunk:
                 async with sessions.begin() as session:
                     written += await UsageRepository(session).insert_records(rows)
             elapsed = time.perf_counter() - started
+            wal = await connection.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)", wal_before)
+            wal_bytes[sessions is sessionmaker_10x].append(float(wal) / written)
             assert written == sum(len(rows) for rows in chunk), written
             # A rerun of a batch adds nothing: the path stays idempotent.
             async with sessions.begin() as session:
@@ -224,6 +229,12 @@ async def main() -> list[Figure]:
         f"windows into one table) against {rows * GROWTH / seconds_1x:.0f} rows/s for its paired 1x passes: "
         f"cost per row {growth:.2f}x (goal <= {GROWTH_GOAL}; chunk / its 1x pass: "
         f"{', '.join(f'{b / a:.2f}' for a, b in pairs)})"
+    )
+    # The work behind the cost, free of the machine's load: WAL written per row (page images
+    # after each checkpoint included), median of the passes.
+    print(
+        f"WAL per row: {statistics.median(wal_bytes[False]):.0f} bytes at 1x, "
+        f"{statistics.median(wal_bytes[True]):.0f} bytes at 10x"
     )
     return [
         Figure("usage ingest / bare INSERT ... unnest", ratio, GOAL, at_least=True, detail=f"{rows:,} rows"),
