@@ -161,7 +161,6 @@ async def _history(
         .values(
             [
                 {
-                    "id": uuid.uuid4(),
                     "subscription_id": subscription.id,
                     "window_start": day,
                     "window_end": day + timedelta(days=1),

@@ -7,7 +7,7 @@ from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, T
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app import clock
-from app.db.base import Base, UUIDPk
+from app.db.base import Base
 from app.models.types import enum_check, non_negative
 
 # How a window stands with Stripe: `unbilled` (not sent: a flat plan, or no calls), `pending`
@@ -17,7 +17,7 @@ from app.models.types import enum_check, non_negative
 REPORT_STATUSES = ("unbilled", "pending", "accepted", "quarantined")
 
 
-class UsageRecord(UUIDPk, Base):
+class UsageRecord(Base):
     """Calls of one subscription in one window, as counted by the metering service."""
 
     __tablename__ = "usage_records"
@@ -41,6 +41,9 @@ class UsageRecord(UUIDPk, Base):
         ),
     )
 
+    # Time-ordered, given by the database (migration 0018): new windows go to the right edge of
+    # the primary key's index, not to random pages of it.
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=text("uuidv7()"))
     subscription_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"))
     window_start: Mapped[datetime]
     window_end: Mapped[datetime]

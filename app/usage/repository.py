@@ -90,7 +90,6 @@ class Quarantined:
 
 
 _RECORD_COLUMNS = (
-    "id",
     "subscription_id",
     "window_start",
     "window_end",
@@ -100,17 +99,19 @@ _RECORD_COLUMNS = (
     "meter_event_identifier",
     "report_status",
 )
-# The windows of a batch, as one array per column; `created_at` last. No conflict handling here:
+# The windows of a batch, as one array per column; `created_at` last. Each id is the column's
+# default, a time-ordered uuidv7 (migration 0018): the batch's keys go to the right edge of the
+# primary key's index, however large the table. No conflict handling here:
 # a window is new unless a run is repeated or two runs overlap, so the plain insert (whose
 # unique indexes refuse a duplicate anyway) is tried first and the speculative ON CONFLICT
 # insert, which costs about a third more per row, only when that insert met a duplicate.
 _INSERT_RECORDS = """
-    INSERT INTO usage_records (id, subscription_id, window_start, window_end, quantity,
-                               successful_calls, failed_calls, meter_event_identifier, report_status,
-                               report_attempt, created_at)
-    SELECT *, 0, $10
-    FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[], $5::bigint[],
-                $6::bigint[], $7::bigint[], $8::text[], $9::text[])
+    INSERT INTO usage_records (subscription_id, window_start, window_end, quantity, successful_calls,
+                               failed_calls, meter_event_identifier, report_status, report_attempt,
+                               created_at)
+    SELECT *, 0, $9
+    FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::bigint[], $5::bigint[],
+                $6::bigint[], $7::text[], $8::text[])
 """
 # No conflict target: a concurrent run may collide on the window or on its identifier (the same thing).
 _INSERT_NEW_RECORDS = _INSERT_RECORDS + "ON CONFLICT DO NOTHING"
@@ -359,6 +360,7 @@ class UsageRepository:
 
     async def insert_records(self, rows: list[dict[str, Any]]) -> int:
         """Insert the windows not yet recorded (a rerun adds nothing); returns how many were new.
+        Each row names a window's columns but its id, which the database gives (time-ordered).
 
         One statement per batch whatever its size: the rows travel as one array per column and
         are unnested by PostgreSQL (a VALUES list costs a bound parameter per cell), on the

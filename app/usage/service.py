@@ -300,7 +300,6 @@ class UsageService:
                 billed = subscription.bills_calls and successful > 0
                 rows.append(
                     {
-                        "id": uuid.uuid4(),
                         "subscription_id": subscription.id,
                         "window_start": cursor,
                         "window_end": end,

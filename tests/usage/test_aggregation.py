@@ -279,6 +279,26 @@ async def test_a_slow_meter_event_answer_holds_up_no_other_window(
     assert len(accepted) == 3
 
 
+def daily_windows(subscription_id: uuid.UUID, first_day: datetime, days: range) -> list[dict[str, Any]]:
+    """Rows of `insert_records`: one pending window a day, from `first_day` on."""
+    rows = []
+    for n in days:
+        start = first_day + timedelta(days=n)
+        rows.append(
+            {
+                "subscription_id": subscription_id,
+                "window_start": start,
+                "window_end": start + timedelta(days=1),
+                "quantity": 10 + n,
+                "successful_calls": 10 + n,
+                "failed_calls": 0,
+                "meter_event_identifier": meter_event_identifier(subscription_id, start),
+                "report_status": "pending",
+            }
+        )
+    return rows
+
+
 async def test_a_batch_with_windows_already_recorded_adds_only_the_new_ones_within_its_transaction(
     engine: AsyncEngine,
 ) -> None:
@@ -286,23 +306,7 @@ async def test_a_batch_with_windows_already_recorded_adds_only_the_new_ones_with
     first_day = day_start(datetime.now(UTC)) - timedelta(days=5)
 
     def windows(days: range) -> list[dict[str, Any]]:
-        rows = []
-        for n in days:
-            start = first_day + timedelta(days=n)
-            rows.append(
-                {
-                    "id": uuid.uuid4(),
-                    "subscription_id": world.subscription_id,
-                    "window_start": start,
-                    "window_end": start + timedelta(days=1),
-                    "quantity": 10 + n,
-                    "successful_calls": 10 + n,
-                    "failed_calls": 0,
-                    "meter_event_identifier": meter_event_identifier(world.subscription_id, start),
-                    "report_status": "pending",
-                }
-            )
-        return rows
+        return daily_windows(world.subscription_id, first_day, days)
 
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
     async with sessionmaker.begin() as session:
@@ -321,6 +325,23 @@ async def test_a_batch_with_windows_already_recorded_adds_only_the_new_ones_with
             select(Subscription.api_key_id).where(Subscription.id == world.subscription_id)
         )
     assert kept == "key_kept"
+
+
+async def test_windows_recorded_later_get_ids_that_sort_after_the_earlier_ones(engine: AsyncEngine) -> None:
+    """Ids are time-ordered (uuidv7, given by the database): the primary key's index grows at its
+    right edge, so a batch's inserts touch a few pages of it however large the table is."""
+    world = await pay_per_use(engine, days_ago=6)
+    first_day = day_start(datetime.now(UTC)) - timedelta(days=5)
+    sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+    for days in (range(3), range(3, 5)):  # two runs of the worker, one batch each
+        async with sessionmaker.begin() as session:
+            await UsageRepository(session).insert_records(
+                daily_windows(world.subscription_id, first_day, days)
+            )
+    ids = [r.id for r in await usage_windows(engine, world.subscription_id)]  # by window start
+    assert len(ids) == 5
+    assert {i.version for i in ids} == {7}
+    assert ids == sorted(ids)
 
 
 async def settled(engine: AsyncEngine, world_id: uuid.UUID, start: datetime, end: datetime) -> int | None:

@@ -37,7 +37,6 @@ def _windows(subscription_id: uuid.UUID, first: datetime, hours: int) -> list[di
     """Hourly windows from `first` (across midnight when it is late in the day)."""
     return [
         {
-            "id": uuid.uuid4(),
             "subscription_id": subscription_id,
             "window_start": first + timedelta(hours=h),
             "window_end": first + timedelta(hours=h + 1),
