@@ -9,7 +9,22 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVarTuple
 
 import asyncpg
-from sqlalchemy import Select, Uuid, and_, any_, bindparam, func, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    Integer,
+    Select,
+    Uuid,
+    and_,
+    any_,
+    bindparam,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -41,9 +56,7 @@ UNANSWERED = (
 @dataclass(frozen=True, slots=True)
 class MeteredSubscription:
     id: uuid.UUID
-    api_id: str
     pay_per_use: bool
-    stripe_customer_id: str | None
     started_at: datetime
     last_window_end: datetime | None
     call_limit: int | None
@@ -224,10 +237,16 @@ def _earliest_ends(windows: Iterable[tuple[uuid.UUID, datetime]]) -> dict[uuid.U
 
 
 def _readable(
-    statement: Select[*_Ts], only: Sequence[uuid.UUID] | None, *, metered_only: bool = True
+    statement: Select[*_Ts],
+    only: Sequence[uuid.UUID] | None,
+    *,
+    metered_only: bool = True,
+    ended_since: ColumnElement[datetime] | None = None,
 ) -> Select[*_Ts]:
-    """Live subscriptions, and cancelled ones lately ended (their last windows may be missing);
-    with `metered_only`, only those on a pay-per-use plan or a plan version with a call limit."""
+    """Live subscriptions, and cancelled ones lately ended (their last windows may be missing:
+    since `ended_since`, by default ENDED_LOOKBACK ago); with `metered_only`, only those on a
+    pay-per-use plan or a plan version with a call limit."""
+    since = ended_since if ended_since is not None else literal(clock.now() - ENDED_LOOKBACK)
     statement = (
         statement.join(PricingPlan, PricingPlan.id == Subscription.pricing_plan_id)
         .join(
@@ -239,7 +258,7 @@ def _readable(
         .where(
             or_(
                 Subscription.status.in_(LIVE_STATUSES),
-                and_(Subscription.status == "cancelled", clock.now() - ENDED_LOOKBACK <= _ENDED_AT),
+                and_(Subscription.status == "cancelled", since <= _ENDED_AT),
             )
         )
     )
@@ -248,6 +267,113 @@ def _readable(
     if only is not None:
         statement = statement.where(Subscription.id.in_(only))
     return statement
+
+
+@dataclass(frozen=True, slots=True)
+class _DriverStatement:
+    """A statement built with SQLAlchemy and compiled once, to run on the driver: its SQL and
+    its parameters in order (those built with None are given per call, the others keep the
+    values they were built with)."""
+
+    sql: str
+    names: tuple[str, ...]
+    built: dict[str, Any]
+
+    @classmethod
+    def compile(cls, statement: Select[*tuple[Any, ...]]) -> _DriverStatement:
+        compiled = statement.compile(dialect=_ASYNCPG, compile_kwargs={"render_postcompile": True})
+        return cls(str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
+
+    def args(self, given: dict[str, Any]) -> list[Any]:
+        return [given[name] if self.built[name] is None else self.built[name] for name in self.names]
+
+
+# Before every subscription id (they are random UUIDs, never the nil one): the first batch's `after`.
+_BEFORE_ANY_ID = uuid.UUID(int=0)
+
+
+def _metered_statement(*, only: bool, metered_only: bool) -> _DriverStatement:
+    """`metered_subscriptions`' statement: after :after by id, :limit of them, cancelled ones
+    ended since :ended_since, with `only` those of :only."""
+    # A subscription's windows follow one another without overlap, so the one starting last
+    # ends last: read from the (subscription, window start) key backwards, one entry.
+    last_window = (
+        select(UsageRecord.window_end)
+        .where(UsageRecord.subscription_id == Subscription.id)
+        .order_by(UsageRecord.window_start.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    settled = (
+        select(UsagePeriodSettlement.calls)
+        .where(
+            UsagePeriodSettlement.subscription_id == Subscription.id,
+            UsagePeriodSettlement.period_start == Subscription.current_period_start,
+            UsagePeriodSettlement.period_end == Subscription.current_period_end,
+        )
+        .exists()
+    )
+    statement = _readable(
+        select(
+            Subscription.id,
+            PricingPlan.type,
+            Subscription.started_at,
+            last_window,
+            PricingPlanVersion.call_limit,
+            Subscription.current_period_start,
+            Subscription.current_period_end,
+            Subscription.status,
+            Subscription.cancel_at_period_end,
+            _ENDED_AT,
+            _IS_METERED,
+            settled,
+            Subscription.stripe_overage_item_id,
+        ),
+        None,
+        metered_only=metered_only,
+        ended_since=bindparam("ended_since", None, type_=DateTime(timezone=True)),
+    )
+    statement = (
+        statement.where(Subscription.id > bindparam("after", None, type_=Uuid()))
+        .order_by(Subscription.id)
+        .limit(bindparam("limit", None, type_=Integer()))
+    )
+    if only:
+        statement = statement.where(Subscription.id == any_(bindparam("only", None, type_=_UUIDS)))
+    return _DriverStatement.compile(statement)
+
+
+_METERED_SQL = {
+    (only, metered_only): _metered_statement(only=only, metered_only=metered_only)
+    for only in (False, True)
+    for metered_only in (False, True)
+}
+
+
+# The pending windows of a batch's subscriptions (:ids), to claim for sending.
+_CLAIM_SQL = _DriverStatement.compile(
+    select(
+        UsageRecord.id,
+        UsageRecord.subscription_id,
+        Subscription.api_id,
+        Consumer.stripe_customer_id,
+        UsageRecord.quantity,
+        UsageRecord.meter_event_identifier,
+        UsageRecord.window_end,
+        UsageRecord.report_attempt,
+        UsageRecord.report_first_sent_at,
+        UsageRecord.report_last_sent_at,
+    )
+    .join(Subscription, Subscription.id == UsageRecord.subscription_id)
+    .join(Consumer, Consumer.id == Subscription.consumer_id)
+    .where(
+        UsageRecord.subscription_id == any_(bindparam("ids", None, _UUIDS)),
+        _SENDABLE,
+        Consumer.stripe_customer_id.is_not(None),
+    )
+    .order_by(UsageRecord.window_start)
+    .with_for_update(of=UsageRecord, skip_locked=True)
+)
 
 
 class UsageRepository:
@@ -263,53 +389,14 @@ class UsageRepository:
         metered_only: bool = True,
     ) -> list[MeteredSubscription]:
         """Subscriptions to record windows for, by id after `after`, with where their windows stop."""
-        # A subscription's windows follow one another without overlap, so the one starting last
-        # ends last: read from the (subscription, window start) key backwards, one entry.
-        last_window = (
-            select(UsageRecord.window_end)
-            .where(UsageRecord.subscription_id == Subscription.id)
-            .order_by(UsageRecord.window_start.desc())
-            .limit(1)
-            .scalar_subquery()
-        )
-        settled = (
-            select(UsagePeriodSettlement.calls)
-            .where(
-                UsagePeriodSettlement.subscription_id == Subscription.id,
-                UsagePeriodSettlement.period_start == Subscription.current_period_start,
-                UsagePeriodSettlement.period_end == Subscription.current_period_end,
-            )
-            .exists()
-        )
-        statement = _readable(
-            select(
-                Subscription.id,
-                Subscription.api_id,
-                PricingPlan.type,
-                Consumer.stripe_customer_id,
-                Subscription.started_at,
-                last_window,
-                PricingPlanVersion.call_limit,
-                Subscription.current_period_start,
-                Subscription.current_period_end,
-                Subscription.status,
-                Subscription.cancel_at_period_end,
-                _ENDED_AT,
-                _IS_METERED,
-                settled,
-                Subscription.stripe_overage_item_id,
-            ),
-            only,
-            metered_only=metered_only,
-        )
-        statement = statement.order_by(Subscription.id).limit(limit)
-        if after is not None:
-            statement = statement.where(Subscription.id > after)
+        statement = _METERED_SQL[only is not None, metered_only]
+        given: dict[str, Any] = {"after": after or _BEFORE_ANY_ID, "limit": limit}
+        given["ended_since"] = clock.now() - ENDED_LOOKBACK
+        if only is not None:
+            given["only"] = list(only)
         # Thousands of rows a batch: on the driver, where decoding them costs a fraction of
-        # SQLAlchemy's result rows (the statement is still built, and rendered, by SQLAlchemy).
-        compiled = statement.compile(dialect=_ASYNCPG, compile_kwargs={"render_postcompile": True})
-        parameters = [compiled.params[name] for name in compiled.positiontup or ()]
-        rows = await (await driver_connection(self._session)).fetch(str(compiled), *parameters)
+        # SQLAlchemy's result rows.
+        rows = await (await driver_connection(self._session)).fetch(statement.sql, *statement.args(given))
         now = clock.now()
 
         def ended_at(status: str, at_period_end: bool, end: datetime | None) -> datetime | None:
@@ -321,19 +408,17 @@ class UsageRepository:
         return [
             MeteredSubscription(
                 id=row[0],
-                api_id=row[1],
-                pay_per_use=row[2] == "pay_per_use",
-                stripe_customer_id=row[3],
-                started_at=row[4],
-                last_window_end=row[5],
-                call_limit=row[6],
-                current_period_start=row[7],
-                current_period_end=row[8],
-                ended_at=ended_at(row[9], row[10], row[11]),
-                metered=bool(row[12]),
-                may_end_early=may_end_early(row[9], row[10]),
-                settled=bool(row[13]),
-                overage_item=row[14] is not None,
+                pay_per_use=row[1] == "pay_per_use",
+                started_at=row[2],
+                last_window_end=row[3],
+                call_limit=row[4],
+                current_period_start=row[5],
+                current_period_end=row[6],
+                ended_at=ended_at(row[7], row[8], row[9]),
+                metered=bool(row[10]),
+                may_end_early=may_end_early(row[7], row[8]),
+                settled=bool(row[11]),
+                overage_item=row[12] is not None,
             )
             for row in rows
         ]
@@ -473,34 +558,13 @@ class UsageRepository:
         only an operator may send them again); and how many another run is sending (sent less
         than `lease` ago), left alone.
         """
-        statement = (
-            select(
-                UsageRecord.id,
-                UsageRecord.subscription_id,
-                Subscription.api_id,
-                Consumer.stripe_customer_id,
-                UsageRecord.quantity,
-                UsageRecord.meter_event_identifier,
-                UsageRecord.window_end,
-                UsageRecord.report_attempt,
-                UsageRecord.report_first_sent_at,
-                UsageRecord.report_last_sent_at,
-            )
-            .join(Subscription, Subscription.id == UsageRecord.subscription_id)
-            .join(Consumer, Consumer.id == Subscription.consumer_id)
-            .where(
-                # One array parameter, not one per subscription of a batch of thousands.
-                UsageRecord.subscription_id == any_(bindparam("ids", list(subscription_ids), _UUIDS)),
-                _SENDABLE,
-                Consumer.stripe_customer_id.is_not(None),
-            )
-            .order_by(UsageRecord.window_start)
-            .with_for_update(of=UsageRecord, skip_locked=True)
-        )
+        # On the driver: the batch's ids travel as one array, encoded by asyncpg.
+        arguments = _CLAIM_SQL.args({"ids": list(subscription_ids)})
+        rows = await (await driver_connection(self._session)).fetch(_CLAIM_SQL.sql, *arguments)
         to_send: list[Unreported] = []
         expired: list[uuid.UUID] = []
         in_flight = 0
-        for row in (await self._session.execute(statement)).all():
+        for row in rows:
             first_sent, last_sent = row[8], row[9]
             if last_sent is not None and last_sent > now - lease:
                 in_flight += 1

@@ -262,6 +262,8 @@ class UsageService:
             run.subscriptions += len(batch)
             if on_batch is not None:
                 on_batch(len(batch))
+            if len(batch) < BATCH_SIZE:  # the last batch: no need to ask for the next
+                return run
             after = batch[-1].id
 
     async def _record(
