@@ -13,6 +13,7 @@ from sqlalchemy import (
     ColumnElement,
     DateTime,
     Integer,
+    Interval,
     Select,
     Uuid,
     and_,
@@ -20,9 +21,11 @@ from sqlalchemy import (
     bindparam,
     func,
     literal,
+    literal_column,
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -69,6 +72,11 @@ class MeteredSubscription:
     may_end_early: bool = False
     # Its current period is settled already (a row in usage_period_settlements).
     settled: bool = False
+    # Its current period's calls so far (windows billed in it), and whether a window billed in
+    # it or before is still to send (one billed in the next period, e.g. the closing day's, is
+    # not counted; a quarantined one is not to send).
+    period_calls: int = 0
+    period_unsent: bool = False
     # It has an overage item on the API's meter: all its calls are reported (the tiers bill them).
     overage_item: bool = False
 
@@ -151,43 +159,24 @@ _PERIOD_CALLS = f"""
 """  # noqa: S608 (constant SQL)
 
 # The period-close pass and the writers of windows exclude each other on this advisory lock
-# (transaction-scoped): the pass holds it alone while it settles a batch, every transaction that
-# records or re-queues windows shares it. A window recorded meanwhile is then either seen by the
-# pass (which then settles with it, or not at all) or un-settles the period after the pass commits.
+# (transaction-scoped): the pass holds it alone while it reads a batch and settles what it found
+# ready, every transaction that records or re-queues windows shares it. A window recorded
+# meanwhile is then either seen by the pass (which then settles with it, or not at all) or
+# un-settles the period after the pass commits.
 _SETTLEMENT_LOCK = 0x7573_6167_6573  # "usages"
 # Taken through SQLAlchemy, not the driver: that begins the session's transaction on the
 # connection (the driver's statements after it run inside; alone they would each commit).
 _LOCK_SETTLEMENTS = text("SELECT pg_advisory_xact_lock(:key)")
 _SHARE_SETTLEMENTS = text("SELECT pg_advisory_xact_lock_shared(:key)")
 
-# A window still to send that is billed in the period or before it holds the period back (one
-# billed in the next period, e.g. the closing day's, does not); quarantined windows do not.
-_UNSENT_BEFORE = """
-    SELECT FROM usage_records r
-    WHERE r.subscription_id = p.subscription_id AND r.window_start < p.period_end
-      AND r.window_end - interval '1 second' < p.period_end
-      AND r.meter_event_identifier IS NOT NULL AND r.reported_at IS NULL
-      AND r.report_status IN ('pending', 'unbilled')
-"""
-# Settle a batch's periods in one statement: per period one probe of the unsent windows' partial
-# index and one range of the covering (subscription, window start) index for the sum, both
-# correlated to the period (MATERIALIZED keeps the probe per period: as an anti join the planner
-# may scan every unsent window of the table once per period). A period settled already is kept.
-_SETTLE_PERIODS = f"""
-    WITH checked AS MATERIALIZED (
-      SELECT p.subscription_id, p.period_start, p.period_end, p.covered_through,
-             EXISTS ({_UNSENT_BEFORE}) AS unsent,
-             ({_PERIOD_SUM}) AS calls
-      FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[])
-           AS p(subscription_id, period_start, period_end, covered_through)
-    )
+# A batch's settled periods with their calls, one array per column; a period settled already is kept.
+_SETTLE = """
     INSERT INTO usage_period_settlements (subscription_id, period_start, period_end, calls,
                                           covered_through, settled_at)
-    SELECT subscription_id, period_start, period_end, coalesce(calls, 0), covered_through, $5
-    FROM checked
-    WHERE NOT unsent
+    SELECT *, $6
+    FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::bigint[], $5::timestamptz[])
     ON CONFLICT DO NOTHING
-"""  # noqa: S608 (constant SQL)
+"""
 # A window recorded or sent again un-settles the periods it is billed in or before.
 _UNSETTLE = """
     DELETE FROM usage_period_settlements s
@@ -201,6 +190,7 @@ class PeriodToSettle:
     subscription_id: uuid.UUID
     period_start: datetime
     period_end: datetime
+    calls: int
     # Where its windows stop: they cover the period (`covers_period`).
     covered_through: datetime
 
@@ -213,6 +203,8 @@ _SENDABLE = and_(
     UsageRecord.report_status.in_(("pending", "unbilled")),
 )
 _UUIDS = ARRAY(Uuid())
+_ONE_DAY = literal_column("interval '1 day'", Interval())
+_ONE_SECOND = literal_column("interval '1 second'", Interval())  # a window's meter event: its last second
 _ASYNCPG = postgresql_asyncpg.dialect()  # type: ignore[no-untyped-call]
 _ENDED_AT = func.coalesce(Subscription.expires_at, Subscription.cancelled_at)
 _IS_METERED = or_(PricingPlan.type == "pay_per_use", PricingPlanVersion.call_limit.is_not(None))
@@ -295,14 +287,41 @@ _BEFORE_ANY_ID = uuid.UUID(int=0)
 def _metered_statement(*, only: bool, metered_only: bool) -> _DriverStatement:
     """`metered_subscriptions`' statement: after :after by id, :limit of them, cancelled ones
     ended since :ended_since, with `only` those of :only."""
-    # A subscription's windows follow one another without overlap, so the one starting last
-    # ends last: read from the (subscription, window start) key backwards, one entry.
+    # A window belongs to the period holding its meter event's instant (app.usage.windows: its
+    # last second). A subscription's windows follow one another without overlap, so the one
+    # starting last ends last: one range of the (subscription, window start) key, from the day
+    # before its period, gives both the period's calls and where its windows stop; only a
+    # subscription with no window since then is read backwards from its key, one entry.
+    stamp = UsageRecord.window_end - _ONE_SECOND
+    since_period = (
+        select(
+            func.max(UsageRecord.window_end).label("last_end"),
+            func.sum(UsageRecord.quantity)
+            .filter(stamp >= Subscription.current_period_start, stamp < Subscription.current_period_end)
+            .label("calls"),
+        )
+        .where(
+            UsageRecord.subscription_id == Subscription.id,
+            UsageRecord.window_start >= Subscription.current_period_start - _ONE_DAY,
+        )
+        .lateral("since_period")
+    )
     last_window = (
         select(UsageRecord.window_end)
         .where(UsageRecord.subscription_id == Subscription.id)
         .order_by(UsageRecord.window_start.desc())
         .limit(1)
         .scalar_subquery()
+    )
+    unsent = (
+        select(UsageRecord.id)
+        .where(
+            UsageRecord.subscription_id == Subscription.id,
+            _SENDABLE,
+            UsageRecord.window_start < Subscription.current_period_end,
+            stamp < Subscription.current_period_end,
+        )
+        .exists()
     )
     settled = (
         select(UsagePeriodSettlement.calls)
@@ -318,7 +337,7 @@ def _metered_statement(*, only: bool, metered_only: bool) -> _DriverStatement:
             Subscription.id,
             PricingPlan.type,
             Subscription.started_at,
-            last_window,
+            func.coalesce(since_period.c.last_end, last_window),
             PricingPlanVersion.call_limit,
             Subscription.current_period_start,
             Subscription.current_period_end,
@@ -328,13 +347,16 @@ def _metered_statement(*, only: bool, metered_only: bool) -> _DriverStatement:
             _IS_METERED,
             settled,
             Subscription.stripe_overage_item_id,
+            since_period.c.calls,
+            unsent,
         ),
         None,
         metered_only=metered_only,
         ended_since=bindparam("ended_since", None, type_=DateTime(timezone=True)),
     )
     statement = (
-        statement.where(Subscription.id > bindparam("after", None, type_=Uuid()))
+        statement.outerjoin(since_period, true())
+        .where(Subscription.id > bindparam("after", None, type_=Uuid()))
         .order_by(Subscription.id)
         .limit(bindparam("limit", None, type_=Integer()))
     )
@@ -419,6 +441,8 @@ class UsageRepository:
                 may_end_early=may_end_early(row[7], row[8]),
                 settled=bool(row[11]),
                 overage_item=row[12] is not None,
+                period_calls=int(row[13] or 0),
+                period_unsent=bool(row[14]),
             )
             for row in rows
         ]
@@ -476,18 +500,23 @@ class UsageRepository:
                 _UNSETTLE, list(window_ends), list(window_ends.values())
             )
 
+    async def lock_settlements(self) -> None:
+        """Hold the settlement lock alone until the transaction ends: no window is recorded or
+        re-queued meanwhile, so what this transaction reads of the windows stays true."""
+        await self._session.execute(_LOCK_SETTLEMENTS, {"key": _SETTLEMENT_LOCK})
+
     async def settle_periods(self, periods: Sequence[PeriodToSettle], at: datetime) -> int:
-        """Settle these periods whose windows are all recorded, unless a window billed in one (or
-        before it) is still to send: each with its calls, in one statement for the batch; returns
-        how many were newly settled. Run alone among the writers of windows (an advisory lock)."""
+        """Record these periods as settled with their calls, in one statement; returns how many
+        were newly settled. The caller holds the settlement lock (`lock_settlements`) since it
+        read what it settles."""
         if not periods:
             return 0
-        await self._session.execute(_LOCK_SETTLEMENTS, {"key": _SETTLEMENT_LOCK})
         status: str = await (await driver_connection(self._session)).execute(
-            _SETTLE_PERIODS,
+            _SETTLE,
             [p.subscription_id for p in periods],
             [p.period_start for p in periods],
             [p.period_end for p in periods],
+            [p.calls for p in periods],
             [p.covered_through for p in periods],
             at,
         )
