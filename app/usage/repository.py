@@ -185,16 +185,6 @@ _UNSETTLE = """
 """
 
 
-@dataclass(frozen=True, slots=True)
-class PeriodToSettle:
-    subscription_id: uuid.UUID
-    period_start: datetime
-    period_end: datetime
-    calls: int
-    # Where its windows stop: they cover the period (`covers_period`).
-    covered_through: datetime
-
-
 # Windows to send: pending ones, and (for one rollout) those the previous release wrote with an
 # identifier, which the column's default marks `unbilled`.
 _SENDABLE = and_(
@@ -505,19 +495,19 @@ class UsageRepository:
         re-queued meanwhile, so what this transaction reads of the windows stays true."""
         await self._session.execute(_LOCK_SETTLEMENTS, {"key": _SETTLEMENT_LOCK})
 
-    async def settle_periods(self, periods: Sequence[PeriodToSettle], at: datetime) -> int:
-        """Record these periods as settled with their calls, in one statement; returns how many
-        were newly settled. The caller holds the settlement lock (`lock_settlements`) since it
-        read what it settles."""
-        if not periods:
+    async def settle_periods(self, ready: Sequence[MeteredSubscription], at: datetime) -> int:
+        """Record the current periods of these subscriptions as settled, each with the calls and
+        the last window read with it, in one statement; returns how many were newly settled.
+        The caller holds the settlement lock (`lock_settlements`) since it read them."""
+        if not ready:
             return 0
         status: str = await (await driver_connection(self._session)).execute(
             _SETTLE,
-            [p.subscription_id for p in periods],
-            [p.period_start for p in periods],
-            [p.period_end for p in periods],
-            [p.calls for p in periods],
-            [p.covered_through for p in periods],
+            [s.id for s in ready],
+            [s.current_period_start for s in ready],
+            [s.current_period_end for s in ready],
+            [s.period_calls for s in ready],
+            [s.last_window_end for s in ready],
             at,
         )
         return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"

@@ -43,7 +43,6 @@ from app.stripe import StripeGateway
 from app.stripe.meters import MeterEventRefused
 from app.usage.repository import (
     MeteredSubscription,
-    PeriodToSettle,
     Quarantined,
     Unreported,
     UsageRepository,
@@ -136,19 +135,15 @@ def _window_end(cursor: datetime, stop: datetime | None, last_day: date) -> date
     return midnight if day <= last_day else None
 
 
-def _period_to_settle(subscription: MeteredSubscription) -> PeriodToSettle | None:
-    """The subscription's current period, to settle as it was read: its windows cover it and
-    none billed in it (or before) is left to send; None when it is not metered, has no period,
-    or is settled already."""
+def _ready_to_settle(subscription: MeteredSubscription) -> bool:
+    """Whether the subscription's current period is to settle as it was read: metered, not
+    settled yet, its windows cover it and none billed in it (or before) is left to send."""
     start, end = subscription.current_period_start, subscription.current_period_end
     if not subscription.metered or start is None or end is None or start >= end:
-        return None
-    last = subscription.last_window_end
-    if subscription.settled or subscription.period_unsent or last is None:
-        return None
-    if not covers_period(last, end, may_end_early=subscription.may_end_early):
-        return None
-    return PeriodToSettle(subscription.id, start, end, subscription.period_calls, covered_through=last)
+        return False
+    if subscription.settled or subscription.period_unsent:
+        return False
+    return covers_period(subscription.last_window_end, end, may_end_early=subscription.may_end_early)
 
 
 class UsageService:
@@ -280,7 +275,7 @@ class UsageService:
     ) -> list[MeteredSubscription]:
         """The period-close pass: read a batch of subscriptions alone among the writers of
         windows (the settlement lock), and settle in the same transaction every current period
-        the read found ready (`_period_to_settle`), with the calls it read. A window recorded or
+        the read found ready (`_ready_to_settle`), with the calls it read. A window recorded or
         re-queued meanwhile waits for the commit, and then un-settles the period."""
         async with unit_of_work(self._sessionmaker) as session:
             repo = UsageRepository(session)
@@ -288,9 +283,9 @@ class UsageService:
             batch = await repo.metered_subscriptions(
                 after=after, limit=limit, only=only, metered_only=metered_only
             )
-            periods = [period for s in batch if (period := _period_to_settle(s)) is not None]
-            if periods:
-                run.settled += await repo.settle_periods(periods, clock.now())
+            ready = [s for s in batch if _ready_to_settle(s)]
+            if ready:
+                run.settled += await repo.settle_periods(ready, clock.now())
         return batch
 
     async def _record(
