@@ -8,14 +8,15 @@ each (10,000,000 usage_records at the default, every one already reported to Str
 INSERT ... SELECT generate_series), all of them closing the same 30-day period, an hour ago. Ours
 is the code that runs because that period closed, timed end to end:
   - the usage job's pass, run as the worker runs it (`UsageService.aggregate()`, no stand-in),
-    with its period-close pass: per batch of BATCH_SIZE subscriptions, `metered_subscriptions`
-    (each one's last window and whether its current period is settled, one statement), the
-    windows to record (none: every ended day is in, so the metering service is never asked),
-    `claim_pending` (none left to send, so Stripe is never called), the call-limit check (no
-    call-limited plan here) and `settle_periods`: one INSERT ... SELECT for the batch that checks
-    no window billed in a period is left to send, sums each period's calls and records them in
-    usage_period_settlements (the settlements of the previous round are truncated first, untimed,
-    so every round settles all N periods);
+    with its period-close pass: per batch of BATCH_SIZE subscriptions, one transaction that
+    takes the settlement lock alone, reads the batch (`metered_subscriptions`: per subscription
+    one range of the windows' key from the day before its period, giving its period's calls
+    and where its windows stop, and one probe each of its unsent windows and its settlement)
+    and settles every period it found ready in one INSERT into usage_period_settlements; then
+    the windows to record (none: every ended day is in, so the metering service is never
+    asked), `claim_pending` (none left to send, so Stripe is never called) and the call-limit
+    check (no call-limited plan here). The settlements of the previous round are truncated
+    first, untimed, so every round settles all N periods;
   - then every renewal draft's confirmation, as `invoice.created` makes it: the settlement comes
     joined to the subscription row the handler loads and locks anyway (`draft_subscription`),
     and `settled_calls` decides from it. The join's work for all N drafts (the subscription row
@@ -25,7 +26,8 @@ is the code that runs because that period closed, timed end to end:
     `draft_subscription` itself, each in its own transaction (untimed), and must agree.
 Excluded: mirroring the invoice from Stripe's payload (the same for a draft with or without
 usage), and the overage line (`bill_overage`), which moves to the Stripe meter: after that a
-settled draft has no overage work.
+settled draft has no overage work. Also printed, not in the figure: the same pass once every
+period is settled (what the pass costs without settling anything).
 The baseline is the bare `SELECT subscription_id, sum(quantity) FROM usage_records WHERE
 window_start in the period GROUP BY subscription_id`, once, on one asyncpg connection. The calls
 the close settled, and those the drafts confirm, must equal the baseline's. Rounds alternate on
@@ -47,8 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from app import clock
 from app.config import Settings
 from app.stripe import StripeGateway
-from app.usage.repository import _SETTLE_PERIODS as SETTLE_SQL
-from app.usage.repository import UsageRepository, settled_calls
+from app.usage.repository import _BEFORE_ANY_ID, _METERED_SQL, ENDED_LOOKBACK, UsageRepository, settled_calls
 from app.usage.service import BATCH_SIZE, UsageService
 from app.usage.windows import may_end_early
 from app.worker.settings import WorkerSettings
@@ -63,6 +64,7 @@ ROUNDS = 3
 START = datetime(2025, 1, 1, tzinfo=UTC)
 PERIOD_END = START + timedelta(days=DAYS)
 PERIOD_START = PERIOD_END - timedelta(days=30)
+CLOSED_AT = PERIOD_END + timedelta(hours=1)  # when the close runs
 
 RECORDS_SQL = """
 INSERT INTO usage_records (id, subscription_id, window_start, window_end, quantity,
@@ -187,28 +189,25 @@ async def main() -> list[Figure]:
         assert count == subscriptions * DAYS, count
         print(f"  {count:,} usage rows in {time.perf_counter() - seeding:.0f}s", flush=True)
         ids = [r[0] for r in await connection.fetch("SELECT id FROM subscriptions ORDER BY id")]
-        batch = ids[:BATCH_SIZE]
-        settle_args = (
-            batch,
-            [PERIOD_START] * len(batch),
-            [PERIOD_END] * len(batch),
-            [PERIOD_END] * len(batch),
+        batch_sql = _METERED_SQL[False, True]
+        batch_args = batch_sql.args(
+            {"after": _BEFORE_ANY_ID, "limit": BATCH_SIZE, "ended_since": CLOSED_AT - ENDED_LOOKBACK}
         )
         for name, sql, args in (
             ("bare GROUP BY", BARE_SQL, (PERIOD_START, PERIOD_END)),
-            (f"settle_periods (a batch of {len(batch):,})", SETTLE_SQL, (*settle_args, PERIOD_END)),
+            (f"the usage job's batch read (the first {BATCH_SIZE:,})", batch_sql.sql, tuple(batch_args)),
             (f"the drafts' confirmations ({len(ids):,})", CONFIRM_SQL, (ids, PERIOD_START, PERIOD_END)),
         ):
             explained = connection.transaction()
             await explained.start()
             plan = await connection.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *args)
-            await explained.rollback()  # the settle statement's rows go
+            await explained.rollback()
             print(f"  EXPLAIN {name}:\n    " + "\n    ".join(row[0] for row in plan), flush=True)
         engine = create_async_engine(settings.database_url, pool_size=WorkerSettings.max_jobs)
         sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
         timings: list[tuple[float, float, float]] = []
         settled_job = 0.0
-        with clock.use(clock.ManualClock(PERIOD_END + timedelta(hours=1))):
+        with clock.use(clock.ManualClock(CLOSED_AT)):
             await bare(connection)  # warm the table's pages
             for _ in range(rounds):
                 await connection.execute("TRUNCATE usage_period_settlements")

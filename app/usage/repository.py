@@ -9,7 +9,25 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVarTuple
 
 import asyncpg
-from sqlalchemy import Select, Uuid, and_, any_, bindparam, func, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    Integer,
+    Interval,
+    Select,
+    Uuid,
+    and_,
+    any_,
+    bindparam,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -41,9 +59,7 @@ UNANSWERED = (
 @dataclass(frozen=True, slots=True)
 class MeteredSubscription:
     id: uuid.UUID
-    api_id: str
     pay_per_use: bool
-    stripe_customer_id: str | None
     started_at: datetime
     last_window_end: datetime | None
     call_limit: int | None
@@ -56,6 +72,11 @@ class MeteredSubscription:
     may_end_early: bool = False
     # Its current period is settled already (a row in usage_period_settlements).
     settled: bool = False
+    # Its current period's calls so far (windows billed in it), and whether a window billed in
+    # it or before is still to send (one billed in the next period, e.g. the closing day's, is
+    # not counted; a quarantined one is not to send).
+    period_calls: int = 0
+    period_unsent: bool = False
     # It has an overage item on the API's meter: all its calls are reported (the tiers bill them).
     overage_item: bool = False
 
@@ -139,58 +160,30 @@ _PERIOD_CALLS = f"""
 """  # noqa: S608 (constant SQL)
 
 # The period-close pass and the writers of windows exclude each other on this advisory lock
-# (transaction-scoped): the pass holds it alone while it settles a batch, every transaction that
-# records or re-queues windows shares it. A window recorded meanwhile is then either seen by the
-# pass (which then settles with it, or not at all) or un-settles the period after the pass commits.
+# (transaction-scoped): the pass holds it alone while it reads a batch and settles what it found
+# ready, every transaction that records or re-queues windows shares it. A window recorded
+# meanwhile is then either seen by the pass (which then settles with it, or not at all) or
+# un-settles the period after the pass commits.
 _SETTLEMENT_LOCK = 0x7573_6167_6573  # "usages"
 # Taken through SQLAlchemy, not the driver: that begins the session's transaction on the
 # connection (the driver's statements after it run inside; alone they would each commit).
 _LOCK_SETTLEMENTS = text("SELECT pg_advisory_xact_lock(:key)")
 _SHARE_SETTLEMENTS = text("SELECT pg_advisory_xact_lock_shared(:key)")
 
-# A window still to send that is billed in the period or before it holds the period back (one
-# billed in the next period, e.g. the closing day's, does not); quarantined windows do not.
-_UNSENT_BEFORE = """
-    SELECT FROM usage_records r
-    WHERE r.subscription_id = p.subscription_id AND r.window_start < p.period_end
-      AND r.window_end - interval '1 second' < p.period_end
-      AND r.meter_event_identifier IS NOT NULL AND r.reported_at IS NULL
-      AND r.report_status IN ('pending', 'unbilled')
-"""
-# Settle a batch's periods in one statement: per period one probe of the unsent windows' partial
-# index and one range of the covering (subscription, window start) index for the sum, both
-# correlated to the period (MATERIALIZED keeps the probe per period: as an anti join the planner
-# may scan every unsent window of the table once per period). A period settled already is kept.
-_SETTLE_PERIODS = f"""
-    WITH checked AS MATERIALIZED (
-      SELECT p.subscription_id, p.period_start, p.period_end, p.covered_through,
-             EXISTS ({_UNSENT_BEFORE}) AS unsent,
-             ({_PERIOD_SUM}) AS calls
-      FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[])
-           AS p(subscription_id, period_start, period_end, covered_through)
-    )
+# A batch's settled periods with their calls, one array per column; a period settled already is kept.
+_SETTLE = """
     INSERT INTO usage_period_settlements (subscription_id, period_start, period_end, calls,
                                           covered_through, settled_at)
-    SELECT subscription_id, period_start, period_end, coalesce(calls, 0), covered_through, $5
-    FROM checked
-    WHERE NOT unsent
+    SELECT *, $6
+    FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::bigint[], $5::timestamptz[])
     ON CONFLICT DO NOTHING
-"""  # noqa: S608 (constant SQL)
+"""
 # A window recorded or sent again un-settles the periods it is billed in or before.
 _UNSETTLE = """
     DELETE FROM usage_period_settlements s
     USING unnest($1::uuid[], $2::timestamptz[]) AS w(subscription_id, window_end)
     WHERE s.subscription_id = w.subscription_id AND w.window_end - interval '1 second' < s.period_end
 """
-
-
-@dataclass(frozen=True, slots=True)
-class PeriodToSettle:
-    subscription_id: uuid.UUID
-    period_start: datetime
-    period_end: datetime
-    # Where its windows stop: they cover the period (`covers_period`).
-    covered_through: datetime
 
 
 # Windows to send: pending ones, and (for one rollout) those the previous release wrote with an
@@ -201,6 +194,8 @@ _SENDABLE = and_(
     UsageRecord.report_status.in_(("pending", "unbilled")),
 )
 _UUIDS = ARRAY(Uuid())
+_ONE_DAY = literal_column("interval '1 day'", Interval())
+_ONE_SECOND = literal_column("interval '1 second'", Interval())  # a window's meter event: its last second
 _ASYNCPG = postgresql_asyncpg.dialect()  # type: ignore[no-untyped-call]
 _ENDED_AT = func.coalesce(Subscription.expires_at, Subscription.cancelled_at)
 _IS_METERED = or_(PricingPlan.type == "pay_per_use", PricingPlanVersion.call_limit.is_not(None))
@@ -225,10 +220,16 @@ def _earliest_ends(windows: Iterable[tuple[uuid.UUID, datetime]]) -> dict[uuid.U
 
 
 def _readable(
-    statement: Select[*_Ts], only: Sequence[uuid.UUID] | None, *, metered_only: bool = True
+    statement: Select[*_Ts],
+    only: Sequence[uuid.UUID] | None,
+    *,
+    metered_only: bool = True,
+    ended_since: ColumnElement[datetime] | None = None,
 ) -> Select[*_Ts]:
-    """Live subscriptions, and cancelled ones lately ended (their last windows may be missing);
-    with `metered_only`, only those on a pay-per-use plan or a plan version with a call limit."""
+    """Live subscriptions, and cancelled ones lately ended (their last windows may be missing:
+    since `ended_since`, by default ENDED_LOOKBACK ago); with `metered_only`, only those on a
+    pay-per-use plan or a plan version with a call limit."""
+    since = ended_since if ended_since is not None else literal(clock.now() - ENDED_LOOKBACK)
     statement = (
         statement.join(PricingPlan, PricingPlan.id == Subscription.pricing_plan_id)
         .join(
@@ -240,7 +241,7 @@ def _readable(
         .where(
             or_(
                 Subscription.status.in_(LIVE_STATUSES),
-                and_(Subscription.status == "cancelled", clock.now() - ENDED_LOOKBACK <= _ENDED_AT),
+                and_(Subscription.status == "cancelled", since <= _ENDED_AT),
             )
         )
     )
@@ -249,6 +250,143 @@ def _readable(
     if only is not None:
         statement = statement.where(Subscription.id.in_(only))
     return statement
+
+
+@dataclass(frozen=True, slots=True)
+class _DriverStatement:
+    """A statement built with SQLAlchemy and compiled once, to run on the driver: its SQL and
+    its parameters in order (those built with None are given per call, the others keep the
+    values they were built with)."""
+
+    sql: str
+    names: tuple[str, ...]
+    built: dict[str, Any]
+
+    @classmethod
+    def compile(cls, statement: Select[*tuple[Any, ...]]) -> _DriverStatement:
+        compiled = statement.compile(dialect=_ASYNCPG, compile_kwargs={"render_postcompile": True})
+        return cls(str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
+
+    def args(self, given: dict[str, Any]) -> list[Any]:
+        return [given[name] if self.built[name] is None else self.built[name] for name in self.names]
+
+
+# Before every subscription id (they are random UUIDs, never the nil one): the first batch's `after`.
+_BEFORE_ANY_ID = uuid.UUID(int=0)
+
+
+def _metered_statement(*, only: bool, metered_only: bool) -> _DriverStatement:
+    """`metered_subscriptions`' statement: after :after by id, :limit of them, cancelled ones
+    ended since :ended_since, with `only` those of :only."""
+    # A window belongs to the period holding its meter event's instant (app.usage.windows: its
+    # last second). A subscription's windows follow one another without overlap, so the one
+    # starting last ends last: one range of the (subscription, window start) key, from the day
+    # before its period, gives both the period's calls and where its windows stop; only a
+    # subscription with no window since then is read backwards from its key, one entry.
+    stamp = UsageRecord.window_end - _ONE_SECOND
+    since_period = (
+        select(
+            func.max(UsageRecord.window_end).label("last_end"),
+            func.sum(UsageRecord.quantity)
+            .filter(stamp >= Subscription.current_period_start, stamp < Subscription.current_period_end)
+            .label("calls"),
+        )
+        .where(
+            UsageRecord.subscription_id == Subscription.id,
+            UsageRecord.window_start >= Subscription.current_period_start - _ONE_DAY,
+        )
+        .lateral("since_period")
+    )
+    last_window = (
+        select(UsageRecord.window_end)
+        .where(UsageRecord.subscription_id == Subscription.id)
+        .order_by(UsageRecord.window_start.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    unsent = (
+        select(UsageRecord.id)
+        .where(
+            UsageRecord.subscription_id == Subscription.id,
+            _SENDABLE,
+            UsageRecord.window_start < Subscription.current_period_end,
+            stamp < Subscription.current_period_end,
+        )
+        .exists()
+    )
+    settled = (
+        select(UsagePeriodSettlement.calls)
+        .where(
+            UsagePeriodSettlement.subscription_id == Subscription.id,
+            UsagePeriodSettlement.period_start == Subscription.current_period_start,
+            UsagePeriodSettlement.period_end == Subscription.current_period_end,
+        )
+        .exists()
+    )
+    statement = _readable(
+        select(
+            Subscription.id,
+            PricingPlan.type,
+            Subscription.started_at,
+            func.coalesce(since_period.c.last_end, last_window),
+            PricingPlanVersion.call_limit,
+            Subscription.current_period_start,
+            Subscription.current_period_end,
+            Subscription.status,
+            Subscription.cancel_at_period_end,
+            _ENDED_AT,
+            _IS_METERED,
+            settled,
+            Subscription.stripe_overage_item_id,
+            since_period.c.calls,
+            unsent,
+        ),
+        None,
+        metered_only=metered_only,
+        ended_since=bindparam("ended_since", None, type_=DateTime(timezone=True)),
+    )
+    statement = (
+        statement.outerjoin(since_period, true())
+        .where(Subscription.id > bindparam("after", None, type_=Uuid()))
+        .order_by(Subscription.id)
+        .limit(bindparam("limit", None, type_=Integer()))
+    )
+    if only:
+        statement = statement.where(Subscription.id == any_(bindparam("only", None, type_=_UUIDS)))
+    return _DriverStatement.compile(statement)
+
+
+_METERED_SQL = {
+    (only, metered_only): _metered_statement(only=only, metered_only=metered_only)
+    for only in (False, True)
+    for metered_only in (False, True)
+}
+
+
+# The pending windows of a batch's subscriptions (:ids), to claim for sending.
+_CLAIM_SQL = _DriverStatement.compile(
+    select(
+        UsageRecord.id,
+        UsageRecord.subscription_id,
+        Subscription.api_id,
+        Consumer.stripe_customer_id,
+        UsageRecord.quantity,
+        UsageRecord.meter_event_identifier,
+        UsageRecord.window_end,
+        UsageRecord.report_attempt,
+        UsageRecord.report_first_sent_at,
+        UsageRecord.report_last_sent_at,
+    )
+    .join(Subscription, Subscription.id == UsageRecord.subscription_id)
+    .join(Consumer, Consumer.id == Subscription.consumer_id)
+    .where(
+        UsageRecord.subscription_id == any_(bindparam("ids", None, _UUIDS)),
+        _SENDABLE,
+        Consumer.stripe_customer_id.is_not(None),
+    )
+    .order_by(UsageRecord.window_start)
+    .with_for_update(of=UsageRecord, skip_locked=True)
+)
 
 
 class UsageRepository:
@@ -264,53 +402,14 @@ class UsageRepository:
         metered_only: bool = True,
     ) -> list[MeteredSubscription]:
         """Subscriptions to record windows for, by id after `after`, with where their windows stop."""
-        # A subscription's windows follow one another without overlap, so the one starting last
-        # ends last: read from the (subscription, window start) key backwards, one entry.
-        last_window = (
-            select(UsageRecord.window_end)
-            .where(UsageRecord.subscription_id == Subscription.id)
-            .order_by(UsageRecord.window_start.desc())
-            .limit(1)
-            .scalar_subquery()
-        )
-        settled = (
-            select(UsagePeriodSettlement.calls)
-            .where(
-                UsagePeriodSettlement.subscription_id == Subscription.id,
-                UsagePeriodSettlement.period_start == Subscription.current_period_start,
-                UsagePeriodSettlement.period_end == Subscription.current_period_end,
-            )
-            .exists()
-        )
-        statement = _readable(
-            select(
-                Subscription.id,
-                Subscription.api_id,
-                PricingPlan.type,
-                Consumer.stripe_customer_id,
-                Subscription.started_at,
-                last_window,
-                PricingPlanVersion.call_limit,
-                Subscription.current_period_start,
-                Subscription.current_period_end,
-                Subscription.status,
-                Subscription.cancel_at_period_end,
-                _ENDED_AT,
-                _IS_METERED,
-                settled,
-                Subscription.stripe_overage_item_id,
-            ),
-            only,
-            metered_only=metered_only,
-        )
-        statement = statement.order_by(Subscription.id).limit(limit)
-        if after is not None:
-            statement = statement.where(Subscription.id > after)
+        statement = _METERED_SQL[only is not None, metered_only]
+        given: dict[str, Any] = {"after": after or _BEFORE_ANY_ID, "limit": limit}
+        given["ended_since"] = clock.now() - ENDED_LOOKBACK
+        if only is not None:
+            given["only"] = list(only)
         # Thousands of rows a batch: on the driver, where decoding them costs a fraction of
-        # SQLAlchemy's result rows (the statement is still built, and rendered, by SQLAlchemy).
-        compiled = statement.compile(dialect=_ASYNCPG, compile_kwargs={"render_postcompile": True})
-        parameters = [compiled.params[name] for name in compiled.positiontup or ()]
-        rows = await (await driver_connection(self._session)).fetch(str(compiled), *parameters)
+        # SQLAlchemy's result rows.
+        rows = await (await driver_connection(self._session)).fetch(statement.sql, *statement.args(given))
         now = clock.now()
 
         def ended_at(status: str, at_period_end: bool, end: datetime | None) -> datetime | None:
@@ -322,19 +421,19 @@ class UsageRepository:
         return [
             MeteredSubscription(
                 id=row[0],
-                api_id=row[1],
-                pay_per_use=row[2] == "pay_per_use",
-                stripe_customer_id=row[3],
-                started_at=row[4],
-                last_window_end=row[5],
-                call_limit=row[6],
-                current_period_start=row[7],
-                current_period_end=row[8],
-                ended_at=ended_at(row[9], row[10], row[11]),
-                metered=bool(row[12]),
-                may_end_early=may_end_early(row[9], row[10]),
-                settled=bool(row[13]),
-                overage_item=row[14] is not None,
+                pay_per_use=row[1] == "pay_per_use",
+                started_at=row[2],
+                last_window_end=row[3],
+                call_limit=row[4],
+                current_period_start=row[5],
+                current_period_end=row[6],
+                ended_at=ended_at(row[7], row[8], row[9]),
+                metered=bool(row[10]),
+                may_end_early=may_end_early(row[7], row[8]),
+                settled=bool(row[11]),
+                overage_item=row[12] is not None,
+                period_calls=int(row[13] or 0),
+                period_unsent=bool(row[14]),
             )
             for row in rows
         ]
@@ -393,19 +492,24 @@ class UsageRepository:
                 _UNSETTLE, list(window_ends), list(window_ends.values())
             )
 
-    async def settle_periods(self, periods: Sequence[PeriodToSettle], at: datetime) -> int:
-        """Settle these periods whose windows are all recorded, unless a window billed in one (or
-        before it) is still to send: each with its calls, in one statement for the batch; returns
-        how many were newly settled. Run alone among the writers of windows (an advisory lock)."""
-        if not periods:
-            return 0
+    async def lock_settlements(self) -> None:
+        """Hold the settlement lock alone until the transaction ends: no window is recorded or
+        re-queued meanwhile, so what this transaction reads of the windows stays true."""
         await self._session.execute(_LOCK_SETTLEMENTS, {"key": _SETTLEMENT_LOCK})
+
+    async def settle_periods(self, ready: Sequence[MeteredSubscription], at: datetime) -> int:
+        """Record the current periods of these subscriptions as settled, each with the calls and
+        the last window read with it, in one statement; returns how many were newly settled.
+        The caller holds the settlement lock (`lock_settlements`) since it read them."""
+        if not ready:
+            return 0
         status: str = await (await driver_connection(self._session)).execute(
-            _SETTLE_PERIODS,
-            [p.subscription_id for p in periods],
-            [p.period_start for p in periods],
-            [p.period_end for p in periods],
-            [p.covered_through for p in periods],
+            _SETTLE,
+            [s.id for s in ready],
+            [s.current_period_start for s in ready],
+            [s.current_period_end for s in ready],
+            [s.period_calls for s in ready],
+            [s.last_window_end for s in ready],
             at,
         )
         return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
@@ -475,34 +579,13 @@ class UsageRepository:
         only an operator may send them again); and how many another run is sending (sent less
         than `lease` ago), left alone.
         """
-        statement = (
-            select(
-                UsageRecord.id,
-                UsageRecord.subscription_id,
-                Subscription.api_id,
-                Consumer.stripe_customer_id,
-                UsageRecord.quantity,
-                UsageRecord.meter_event_identifier,
-                UsageRecord.window_end,
-                UsageRecord.report_attempt,
-                UsageRecord.report_first_sent_at,
-                UsageRecord.report_last_sent_at,
-            )
-            .join(Subscription, Subscription.id == UsageRecord.subscription_id)
-            .join(Consumer, Consumer.id == Subscription.consumer_id)
-            .where(
-                # One array parameter, not one per subscription of a batch of thousands.
-                UsageRecord.subscription_id == any_(bindparam("ids", list(subscription_ids), _UUIDS)),
-                _SENDABLE,
-                Consumer.stripe_customer_id.is_not(None),
-            )
-            .order_by(UsageRecord.window_start)
-            .with_for_update(of=UsageRecord, skip_locked=True)
-        )
+        # On the driver: the batch's ids travel as one array, encoded by asyncpg.
+        arguments = _CLAIM_SQL.args({"ids": list(subscription_ids)})
+        rows = await (await driver_connection(self._session)).fetch(_CLAIM_SQL.sql, *arguments)
         to_send: list[Unreported] = []
         expired: list[uuid.UUID] = []
         in_flight = 0
-        for row in (await self._session.execute(statement)).all():
+        for row in rows:
             first_sent, last_sent = row[8], row[9]
             if last_sent is not None and last_sent > now - lease:
                 in_flight += 1

@@ -43,7 +43,6 @@ from app.stripe import StripeGateway
 from app.stripe.meters import MeterEventRefused
 from app.usage.repository import (
     MeteredSubscription,
-    PeriodToSettle,
     Quarantined,
     Unreported,
     UsageRepository,
@@ -136,21 +135,15 @@ def _window_end(cursor: datetime, stop: datetime | None, last_day: date) -> date
     return midnight if day <= last_day else None
 
 
-def _period_to_settle(
-    subscription: MeteredSubscription, recorded_to: datetime | None
-) -> PeriodToSettle | None:
-    """The subscription's current period, to settle if its windows (up to `recorded_to` when
-    this run recorded some) now cover it; None when it is not metered, has no period, or is
-    settled already and this run recorded nothing that could un-settle it."""
+def _ready_to_settle(subscription: MeteredSubscription) -> bool:
+    """Whether the subscription's current period is to settle as it was read: metered, not
+    settled yet, its windows cover it and none billed in it (or before) is left to send."""
     start, end = subscription.current_period_start, subscription.current_period_end
     if not subscription.metered or start is None or end is None or start >= end:
-        return None
-    if subscription.settled and recorded_to is None:
-        return None
-    ends = [t for t in (subscription.last_window_end, recorded_to) if t is not None]
-    if not ends or not covers_period(max(ends), end, may_end_early=subscription.may_end_early):
-        return None
-    return PeriodToSettle(subscription.id, start, end, covered_through=max(ends))
+        return False
+    if subscription.settled or subscription.period_unsent:
+        return False
+    return covers_period(subscription.last_window_end, end, may_end_early=subscription.may_end_early)
 
 
 class UsageService:
@@ -248,21 +241,52 @@ class UsageService:
         run = UsageRun()
         after: uuid.UUID | None = None
         while True:
-            async with self._sessionmaker() as session:
-                batch = await UsageRepository(session).metered_subscriptions(
-                    after=after, limit=BATCH_SIZE, only=only, metered_only=metered_only
-                )
+            batch = await self._read_batch(
+                run, after=after, limit=BATCH_SIZE, only=only, metered_only=metered_only
+            )
             if not batch:
                 return run
             last_windows = await self._record(batch, span, run)
             # Every subscription's: windows billed on a plan it has since left are still sent.
             await self._report([s.id for s in batch], run)
             await self._flag_overruns([s for s in batch if s.call_limit is not None], clock.now(), run)
-            await self._settle(batch, last_windows, run)
+            # Read again those whose periods this run may have made ready: windows recorded, or
+            # windows to send that are now sent or quarantined.
+            changed = [s.id for s in batch if s.id in last_windows or s.period_unsent]
+            if changed:
+                await self._read_batch(
+                    run, after=None, limit=len(changed), only=changed, metered_only=metered_only
+                )
             run.subscriptions += len(batch)
             if on_batch is not None:
                 on_batch(len(batch))
+            if len(batch) < BATCH_SIZE:  # the last batch: no need to ask for the next
+                return run
             after = batch[-1].id
+
+    async def _read_batch(
+        self,
+        run: UsageRun,
+        *,
+        after: uuid.UUID | None,
+        limit: int,
+        only: Sequence[uuid.UUID] | None,
+        metered_only: bool,
+    ) -> list[MeteredSubscription]:
+        """The period-close pass: read a batch of subscriptions alone among the writers of
+        windows (the settlement lock), and settle in the same transaction every current period
+        the read found ready (`_ready_to_settle`), with the calls it read. A window recorded or
+        re-queued meanwhile waits for the commit, and then un-settles the period."""
+        async with unit_of_work(self._sessionmaker) as session:
+            repo = UsageRepository(session)
+            await repo.lock_settlements()
+            batch = await repo.metered_subscriptions(
+                after=after, limit=limit, only=only, metered_only=metered_only
+            )
+            ready = [s for s in batch if _ready_to_settle(s)]
+            if ready:
+                run.settled += await repo.settle_periods(ready, clock.now())
+        return batch
 
     async def _record(
         self,
@@ -383,25 +407,6 @@ class UsageService:
         run.reported += len(accepted)
         run.quarantined += len(refused) + len(expired)
         run.stripe_failures += len(failed) + in_flight
-
-    async def _settle(
-        self, batch: list[MeteredSubscription], last_windows: dict[uuid.UUID, datetime], run: UsageRun
-    ) -> None:
-        """The period-close pass over a batch: settle, in one statement, the current periods of
-        its metered subscriptions whose windows now cover them (every window billed in the period
-        recorded), unless a window billed in one is still to send. A period settled already
-        (and not un-settled by a window this run recorded), or one whose windows metering could
-        not give yet, is left as it is."""
-        unavailable = set(run.unavailable)
-        periods = [
-            period
-            for s in batch
-            if s.id not in unavailable and (period := _period_to_settle(s, last_windows.get(s.id)))
-        ]
-        if not periods:
-            return
-        async with unit_of_work(self._sessionmaker) as session:
-            run.settled += await UsageRepository(session).settle_periods(periods, clock.now())
 
     async def _flag_overruns(self, batch: list[MeteredSubscription], now: datetime, run: UsageRun) -> None:
         """Flag, once per (subscription, period), the recorded calls going over the call limit:

@@ -136,6 +136,24 @@ async def test_on_demand_run_covers_only_the_given_subscription(
     assert [r.subscription_id for r in await usage_windows(engine)] == [world.subscription_id]
 
 
+async def test_a_cancelled_subscription_is_read_until_its_last_windows_are_in_and_then_left_alone(
+    worker_ctx: Ctx, engine: AsyncEngine, stripe_and_metering: tuple[Metering, respx.Route]
+) -> None:
+    now = datetime.now(UTC)
+    lately = await pay_per_use(engine, days_ago=50)
+    long_ago = await pay_per_use(engine, days_ago=50)
+    async with engine.begin() as connection:
+        for world, days in ((lately, 10), (long_ago, 40)):
+            await connection.execute(
+                update(Subscription)
+                .where(Subscription.id == world.subscription_id)
+                .values(status="cancelled", cancelled_at=now - timedelta(days=days))
+            )
+    result = await aggregate_usage(worker_ctx)
+    assert result["recorded"] > 0
+    assert {r.subscription_id for r in await usage_windows(engine)} == {lately.subscription_id}
+
+
 async def test_draft_invoice_waits_for_usage_until_metering_answers(
     client: httpx.AsyncClient,
     worker_ctx: Ctx,

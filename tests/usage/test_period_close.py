@@ -4,6 +4,7 @@ period confirms it from the settlement alone, and a draft of any other runs the 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,17 +15,17 @@ import httpx
 import pytest
 import respx
 from arq import Retry
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 import app.usage.service as usage_service
 from app import clock
 from app.config import Settings
-from app.models import UsagePeriodSettlement
+from app.models import Subscription, UsagePeriodSettlement
 from app.stripe import StripeGateway
 from app.usage.repository import UsageRepository
 from app.usage.service import UsageRun, UsageService
-from app.usage.windows import event_instant, in_period
+from app.usage.windows import DAY, day_start, event_instant, in_period
 from app.webhooks.jobs import process_stripe_event
 from tests.support.billing_data import World, event, invoice_obj
 from tests.support.usage import Metering, closing_pay_per_use, meter_event_api, usage_windows
@@ -232,3 +233,82 @@ async def test_a_period_close_killed_mid_pass_resumes_where_it_stopped(
         assert settled[world.subscription_id].calls == await recorded_calls(engine, world, START, NOW)
     # Every window went to Stripe once, the third subscription's on the resumed run.
     assert stripe.meter_events.call_count == 9
+
+
+async def test_no_window_is_recorded_while_the_period_close_reads_a_batch_and_settles_it(
+    engine: AsyncEngine, settings: Settings, stripe: Stripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pass settles from what it read, so a writer of windows must wait for its commit
+    (and then un-settles what its window is billed in)."""
+    world = await closing_subscription(engine)
+    read = UsageRepository.metered_subscriptions
+    reading, release = asyncio.Event(), asyncio.Event()
+
+    async def held_after_reading(self: UsageRepository, **options: Any) -> Any:
+        batch = await read(self, **options)
+        reading.set()
+        await release.wait()
+        return batch
+
+    async def record_a_window() -> None:
+        tomorrow = NOW.replace(hour=0, minute=0) + timedelta(days=1)
+        window = {
+            "id": uuid.uuid4(),
+            "subscription_id": world.subscription_id,
+            "window_start": tomorrow,
+            "window_end": tomorrow + timedelta(hours=1),
+            "quantity": 7,
+            "successful_calls": 7,
+            "failed_calls": 0,
+            "meter_event_identifier": None,
+            "report_status": "unbilled",
+        }
+        async with async_sessionmaker(engine).begin() as session:
+            await UsageRepository(session).insert_records([window])
+
+    monkeypatch.setattr(UsageRepository, "metered_subscriptions", held_after_reading)
+    job = asyncio.create_task(usage_job(engine, settings))
+    await asyncio.wait_for(reading.wait(), 30)
+    writer = asyncio.create_task(record_a_window())
+    await asyncio.sleep(0.5)
+    assert not writer.done()  # waits for the pass's batch transaction
+    release.set()
+    assert (await job).settled == 1
+    await writer
+    settled = (await settlements(engine))[world.subscription_id]
+    assert settled.calls == await recorded_calls(engine, world, START, NOW) > 0
+
+
+async def test_a_periods_calls_and_what_holds_it_are_the_windows_billed_in_it_not_those_around_it(
+    engine: AsyncEngine, settings: Settings, stripe: Stripe
+) -> None:
+    """The windows on either side of a period (the day before it began, the closing day after
+    it ended) are read with it: neither counts in its calls, and one left unsent does not hold it."""
+    start = day_start(START.date())  # a period that began at midnight, after a renewal
+    world = await closing_pay_per_use(engine, start - 2 * DAY, NOW)
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(Subscription)
+            .where(Subscription.id == world.subscription_id)
+            .values(current_period_start=start)
+        )
+    closing_day = NOW.strftime("%Y%m%d")
+    answer = meter_event_api({})
+
+    def failing_the_closing_day(request: httpx.Request) -> httpx.Response:
+        form = httpx.QueryParams(request.content.decode())
+        if form["identifier"].endswith(closing_day):
+            return httpx.Response(500, json={"error": {"type": "api_error", "message": "try again"}})
+        response: httpx.Response = answer(request)
+        return response
+
+    stripe.meter_events.side_effect = failing_the_closing_day
+    with clock.use(clock.ManualClock(NOW + DAY)):  # the closing day has ended; no renewal yet
+        run = await usage_job(engine, settings)
+    assert (run.stripe_failures, run.settled) == (1, 1)
+    windows = await usage_windows(engine, world.subscription_id)
+    billed_around = [w for w in windows if not in_period(event_instant(w.window_end), start, NOW)]
+    assert [w.window_start for w in billed_around] == [start - 2 * DAY, start - DAY, day_start(NOW.date())]
+    assert all(w.quantity > 0 for w in billed_around)
+    calls = (await settlements(engine))[world.subscription_id].calls
+    assert calls == await recorded_calls(engine, world, start, NOW) > 0
