@@ -53,7 +53,9 @@ class EventIngest:
             writer = asyncio.create_task(self._write())
             self._writers.add(writer)
             writer.add_done_callback(self._writers.discard)
-        return await asyncio.shield(future)
+        # Not shielded: a delivery cancelled while waiting only cancels its own future (the
+        # writer skips futures already done); its event is stored with the batch all the same.
+        return await future
 
     async def drain(self) -> None:
         """Wait for the batches in flight (at shutdown)."""

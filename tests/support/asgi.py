@@ -3,15 +3,18 @@ that skip an HTTP client, with an HTTP GET's scope as a server hands it to the a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from fastapi import FastAPI
+from starlette.routing import BaseRoute
 
 from app.config import Settings
 from app.main import create_app
+
+T = TypeVar("T")
 
 
 def api_client(app: FastAPI) -> httpx.AsyncClient:
@@ -44,3 +47,18 @@ def get_scope(path: str, *, headers: list[tuple[bytes, bytes]], query: bytes = b
         "client": ("127.0.0.1", 50000),
         "server": ("billing.test", 80),
     }
+
+
+async def lean_and_declared(
+    app: FastAPI, lean: BaseRoute, answers: Callable[[], Awaitable[list[T]]]
+) -> tuple[list[T], list[T]]:
+    """`answers()` with the lean route in its place ahead of the declared routes, then without
+    it (the declared route it stands in for answers), for tests that compare the two."""
+    with_lean = await answers()
+    place = app.router.routes.index(lean)
+    app.router.routes.remove(lean)
+    try:
+        declared = await answers()
+    finally:
+        app.router.routes.insert(place, lean)
+    return with_lean, declared
