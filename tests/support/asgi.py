@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import httpx
+import orjson
 from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
@@ -62,3 +63,21 @@ async def lean_and_declared(
     finally:
         app.router.routes.insert(place, lean)
     return with_lean, declared
+
+
+def matched_by(route: BaseRoute, methods: tuple[str, ...], paths: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Which of every (method, path) the route matches in full."""
+    asked = [(method, path) for method in methods for path in paths]
+    return [
+        (m, p) for m, p in asked if route.matches({"type": "http", "method": m, "path": p})[0].name == "FULL"
+    ]
+
+
+def fields_named(answers: list[tuple[int, Any, bytes]]) -> set[str]:
+    """The fields the 422s among (status, headers, body) answers name."""
+    return {
+        detail["field"]
+        for status, _, body in answers
+        if status == 422
+        for detail in orjson.loads(body)["details"]
+    }
