@@ -27,8 +27,10 @@ from app.invoices.router import router as invoices_router
 from app.logging import configure_logging
 from app.payment_methods.router import router as payment_methods_router
 from app.plans.router import router as plans_router
+from app.subscriptions.router import SubscriptionListRoute
 from app.subscriptions.router import router as subscriptions_router
 from app.validation import InputGuardMiddleware
+from app.webhooks.router import StripeWebhookRoute
 from app.webhooks.router import router as webhooks_router
 
 API_PREFIX = "/api/v1"
@@ -190,6 +192,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks_router)
     app.include_router(api)
     app.include_router(health_router)
+    # Ahead of the declared routes: the subscription list and Stripe's deliveries, answered
+    # without the routing walk.
+    app.router.routes.insert(0, SubscriptionListRoute(API_PREFIX))
+    app.router.routes.insert(0, StripeWebhookRoute())
     # Ahead of every route: the earnings report's path, answered without the routing walk.
     app.router.routes.insert(0, EarningsRoute(API_PREFIX))
     describe_parameters(app)

@@ -2,10 +2,8 @@ from __future__ import annotations
 
 from datetime import date
 from typing import Annotated, Any
-from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
@@ -15,7 +13,7 @@ from app.analytics.service import EarningsReader
 from app.db import read_connection
 from app.dependencies import Analytics as Service
 from app.dependencies import BearerPrincipal, CreatorOrAdmin, Earnings, api_state
-from app.http import Day, error_responses
+from app.http import Day, error_responses, query_parameters
 from app.plans.schemas import ApiId
 
 router = APIRouter(prefix="/apis/{api_id}", tags=["analytics"])
@@ -105,20 +103,11 @@ class EarningsRoute(BaseRoute):
 def _earnings_parameters(scope: Scope) -> tuple[str, date | None, date | None]:
     """`api_id`, `from` and `to` validated by their declared types (the last of a repeated query
     parameter counts, an empty one is invalid, as FastAPI reads them); every error at once."""
-    query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
     errors: list[dict[str, Any]] = []
     api_id = scope["path_params"]["api_id"]
     try:
         api_id = _API_ID.validate_python(api_id)
     except ValidationError as exc:
         errors.extend({**e, "loc": ("path", "api_id", *e["loc"])} for e in exc.errors(include_url=False))
-    days: list[date | None] = []
-    for name in ("from", "to"):
-        raw = query.get(name)
-        try:
-            days.append(None if raw is None else _DAY.validate_python(raw))
-        except ValidationError as exc:
-            errors.extend({**e, "loc": ("query", name, *e["loc"])} for e in exc.errors(include_url=False))
-    if errors:
-        raise RequestValidationError(errors)
-    return api_id, days[0], days[1]
+    date_from, date_to = query_parameters(scope, {"from": (_DAY, None), "to": (_DAY, None)}, errors)
+    return api_id, date_from, date_to

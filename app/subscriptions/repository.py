@@ -87,6 +87,24 @@ _RECORDED_USAGE_SQL = str(
 )
 
 
+async def fetch_page(
+    connection: Any,
+    consumer_id: uuid.UUID,
+    *,
+    status: str | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Mapping[str, Any]]:
+    """`SubscriptionRepository.page_rows` on any asyncpg connection (a session's, or a pooled read
+    connection for the list's lean route)."""
+    sql, names = _PAGE_SQL[(status is not None, after is not None)]
+    params: dict[str, object] = {"consumer_id": consumer_id, "limit": limit, "status": status}
+    if after is not None:
+        params["after_created_at"], params["after_id"] = after
+    rows: list[Mapping[str, Any]] = await connection.fetch(sql, *(params[name] for name in names))
+    return rows
+
+
 class SubscriptionRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -132,14 +150,8 @@ class SubscriptionRepository:
         """A page of the consumer's subscriptions with the plan version each holds, in one query,
         as plain driver rows (the columns `subscription_document` reads): a list is read-only, and
         this is the hottest read path."""
-        sql, names = _PAGE_SQL[(status is not None, after is not None)]
-        params: dict[str, object] = {"consumer_id": consumer_id, "limit": limit, "status": status}
-        if after is not None:
-            params["after_created_at"], params["after_id"] = after
-        rows: list[Mapping[str, Any]] = await (await driver_connection(self._session)).fetch(
-            sql, *(params[name] for name in names)
-        )
-        return rows
+        connection = await driver_connection(self._session)
+        return await fetch_page(connection, consumer_id, status=status, after=after, limit=limit)
 
     async def owned_row(self, subscription_id: uuid.UUID, consumer_id: uuid.UUID) -> Mapping[str, Any] | None:
         """The consumer's subscription with its held plan version, as `page_rows` gives them."""

@@ -5,7 +5,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import clock
 from app.auth import Principal
 from app.consumers.service import ConsumerService, consumer_id_for
+from app.db import driver_connection
 from app.entitlements.overage import bill_overage_before_change, overage_terms
 from app.entitlements.snapshot import overage_amount
 from app.errors import Conflict, InvalidField, NotFound, PaymentRequired, ServiceUnavailable
@@ -31,7 +32,7 @@ from app.stripe import StripeGateway
 from app.stripe.subscriptions import StripeSubscription
 from app.subscriptions.documents import dumps, subscription_document
 from app.subscriptions.lifecycle import apply_status, apply_stripe_state
-from app.subscriptions.repository import SubscriptionRepository
+from app.subscriptions.repository import SubscriptionRepository, fetch_page
 from app.subscriptions.schemas import (
     PreviewLine,
     SubscriptionCreate,
@@ -122,6 +123,24 @@ def subscription_out(
         client_secret=client_secret,
         checkout_url=subscription.checkout_url if subscription.status == "incomplete" else None,
     )
+
+
+async def subscription_page(
+    connection: Any, principal: Principal, *, status: str | None, cursor: str | None, limit: int
+) -> bytes:
+    """`SubscriptionService.list` on any asyncpg connection: the list's lean route reads it on a
+    pooled read connection, without a session or the service's collaborators."""
+    after = decode_cursor(cursor) if cursor else None
+    # The consumer id derives from the user id: no lookup; an unregistered user has no rows.
+    rows = await fetch_page(
+        connection, consumer_id_for(principal.user_id), status=status, after=after, limit=limit + 1
+    )
+    page = rows[:limit]
+    next_cursor = (
+        encode_cursor(PageKey(page[-1]["created_at"], page[-1]["id"])) if len(rows) > limit else None
+    )
+    document = {"subscriptions": [subscription_document(row) for row in page], "next_cursor": next_cursor}
+    return dumps(document, SubscriptionList)
 
 
 class SubscriptionService:
@@ -224,17 +243,8 @@ class SubscriptionService:
     ) -> bytes:
         """The caller's subscriptions, newest first, a page at a time: the contract's
         SubscriptionList as JSON (the lean path of `app.subscriptions.documents`)."""
-        after = decode_cursor(cursor) if cursor else None
-        # The consumer id derives from the user id: no lookup; an unregistered user has no rows.
-        rows = await self._repo.page_rows(
-            consumer_id_for(principal.user_id), status=status, after=after, limit=limit + 1
-        )
-        page = rows[:limit]
-        next_cursor = (
-            encode_cursor(PageKey(page[-1]["created_at"], page[-1]["id"])) if len(rows) > limit else None
-        )
-        document = {"subscriptions": [subscription_document(row) for row in page], "next_cursor": next_cursor}
-        return dumps(document, SubscriptionList)
+        connection = await driver_connection(self._session)
+        return await subscription_page(connection, principal, status=status, cursor=cursor, limit=limit)
 
     async def get(self, principal: Principal, subscription_id: uuid.UUID) -> bytes:
         """The caller's subscription as the contract's Subscription JSON; anybody else's is a 404."""

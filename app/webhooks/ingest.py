@@ -37,23 +37,37 @@ def event_job_id(event_id: str) -> str:
 
 
 class EventIngest:
-    def __init__(self, store: EventStore, redis: ArqRedis | None, *, enqueue_timeout: float = 0.5) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        redis: ArqRedis | None,
+        *,
+        enqueue_timeout: float = 0.5,
+        max_writers: int = MAX_WRITERS,
+    ) -> None:
         self._store = store
         self._redis = redis
         self._enqueue_timeout = enqueue_timeout
+        self._max_writers = max_writers
         self._redis_retry_at = 0.0  # after a failed enqueue, Redis is left alone until then
         self._waiting: list[tuple[IncomingEvent, asyncio.Future[bool]]] = []
         self._writers: set[asyncio.Task[None]] = set()
+        # Writers still looking at `_waiting`: one that has found it empty is no longer counted,
+        # though its task is not done yet (a delivery arriving then starts a writer of its own).
+        self._writing = 0
 
     async def submit(self, event: IncomingEvent) -> bool:
         """Store the event and enqueue its job; True if this delivery stored it first."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.append((event, future))
-        if len(self._writers) < MAX_WRITERS:
+        if self._writing < self._max_writers:
+            self._writing += 1
             writer = asyncio.create_task(self._write())
             self._writers.add(writer)
             writer.add_done_callback(self._writers.discard)
-        return await asyncio.shield(future)
+        # Not shielded: a delivery cancelled while waiting only cancels its own future (the
+        # writer skips futures already done); its event is stored with the batch all the same.
+        return await future
 
     async def drain(self) -> None:
         """Wait for the batches in flight (at shutdown)."""
@@ -61,6 +75,14 @@ class EventIngest:
             await asyncio.gather(*self._writers)
 
     async def _write(self) -> None:
+        try:
+            await self._write_batches()
+        finally:
+            # Nothing awaited between the loop finding `_waiting` empty and this: no delivery can
+            # have been added to it meanwhile counting on this writer.
+            self._writing -= 1
+
+    async def _write_batches(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
             try:

@@ -15,6 +15,7 @@ from app.analytics.schemas import EarningsReport
 from app.models import Earning
 from app.money import split_commission
 from tests.support import rows
+from tests.support.asgi import fields_named, lean_and_declared
 from tests.support.auth import Auth
 from tests.support.rows import RATE
 
@@ -168,23 +169,12 @@ async def test_the_lean_earnings_route_answers_byte_for_byte_what_the_declared_r
                 seen.append((response.status_code, response.headers.get("content-type"), response.content))
         return seen
 
-    with_lean = await answers()
-    app.router.routes.remove(lean)
-    try:
-        declared = await answers()
-    finally:
-        app.router.routes.insert(0, lean)
+    with_lean, declared = await lean_and_declared(app, lean, answers)
 
     assert with_lean == declared
     statuses = {status for status, _, _ in with_lean}
     assert statuses == {200, 401, 403, 404, 422}
-    named = {
-        detail["field"]
-        for status, _, body in with_lean
-        if status == 422
-        for detail in orjson.loads(body)["details"]
-    }
-    assert named == {"api_id", "from", "to"}
+    assert fields_named(with_lean) == {"api_id", "from", "to"}
 
 
 @pytest.mark.parametrize(

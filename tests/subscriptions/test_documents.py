@@ -9,16 +9,20 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.models import Consumer, PricingPlan, PricingPlanVersion, Subscription
 from app.pagination import encode_cursor
 from app.subscriptions import documents
+from app.subscriptions.router import SubscriptionListRoute
 from app.subscriptions.schemas import SubscriptionList
 from app.subscriptions.service import subscription_out
 from tests.support import rows
-from tests.support.auth import Auth
+from tests.support.asgi import fields_named, lean_and_declared, matched_by
+from tests.support.auth import Auth, bearer
+from tests.support.factories import TokenFactory
 from tests.support.rows import T0
 
 
@@ -248,3 +252,73 @@ async def test_another_consumers_subscription_is_404_on_the_lean_path(
     assert response.status_code == 404
     assert response.json()["code"] == "not_found"
     assert listed.json() == {"subscriptions": [], "next_cursor": None}
+
+
+LIST_QUERIES = [
+    "",
+    "status=active",
+    "status=cancelled",
+    "limit=3",
+    "limit=3&limit=100",
+    "limit=0",
+    "limit=101",
+    "limit=abc",
+    "limit=",
+    "status=bogus",
+    "status=",
+    "status=bogus&limit=0&cursor=" + "x" * 201,
+    "cursor=",
+    "cursor=not-a-cursor",
+    "unknown=1",
+]
+
+
+async def test_the_lean_list_route_answers_byte_for_byte_what_the_declared_route_answers(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    auth: Auth,
+    tokens: TokenFactory,
+    every_shape: tuple[dict[str, str], list[Any]],
+) -> None:
+    """The list's route matched ahead of the others (no routing walk, parameters read by hand, a
+    pooled read connection) and the declared route it stands in for: the same status, headers and
+    bytes for good and bad requests alike (pages and their cursors, 422s naming each bad query
+    parameter, 401 without or with a bad token, another caller's empty list)."""
+    lean = app.router.routes[2]
+    assert isinstance(lean, SubscriptionListRoute)
+    owner, expected = every_shape
+    cursor = encode_cursor(expected[3][0])
+    callers = [owner, auth("creator"), {}, {"Authorization": "Bearer not-a-jwt"}]
+    callers.append(bearer(tokens.make(expires_in=timedelta(minutes=-1))))
+    queries = [*LIST_QUERIES, f"limit=4&cursor={cursor}", f"status=active&limit=2&cursor={cursor}"]
+
+    async def answers() -> list[tuple[int, list[tuple[str, str]], bytes]]:
+        seen = []
+        for caller in callers:
+            for query in queries:
+                headers = {"x-request-id": "compare", **caller}
+                response = await client.get(f"/api/v1/subscriptions?{query}", headers=headers)
+                seen.append((response.status_code, response.headers.multi_items(), response.content))
+        return seen
+
+    with_lean, declared = await lean_and_declared(app, lean, answers)
+
+    assert with_lean == declared
+    assert {status for status, _, _ in with_lean} == {200, 401, 422}
+    assert fields_named(with_lean) == {"status", "limit", "cursor"}
+    assert (
+        with_lean[0][2]
+        == SubscriptionList(subscriptions=[subscription_out(*row) for row in expected], next_cursor=None)
+        .model_dump_json()
+        .encode()
+    )
+
+
+def test_the_lean_list_route_matches_only_a_get_of_the_list(app: FastAPI) -> None:
+    """Anything else goes on to the declared routes (a POST subscribes, a trailing slash is
+    their redirect, a subscription's id its own route)."""
+    lean = app.router.routes[2]
+    assert isinstance(lean, SubscriptionListRoute)
+    base = "/api/v1/subscriptions"
+    paths = (base, base + "/", base + "/x", "/subscriptions")
+    assert matched_by(lean, ("GET", "POST", "HEAD"), paths) == [("GET", base)]

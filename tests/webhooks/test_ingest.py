@@ -12,16 +12,20 @@ import httpx
 import orjson
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
+from app.dependencies import api_state
 from app.dev.processes import free_port
 from app.main import create_app
 from app.models import StripeEvent
 from app.resources import Resources
 from app.webhooks.ingest import event_job_id
 from app.webhooks.jobs import enqueue_pending_stripe_events
+from app.webhooks.router import StripeWebhookRoute
+from tests.support.asgi import lean_and_declared, matched_by
 from tests.support.factories import sign_webhook
 from tests.support.settings import make_settings
 
@@ -228,3 +232,55 @@ async def test_one_enqueue_call_adds_each_new_job_once_and_skips_jobs_or_results
         info = await job.info()
         assert info is not None
         assert (info.function, info.args) == (PROCESS_JOB, args)
+
+
+async def test_the_lean_webhook_route_answers_byte_for_byte_what_the_declared_route_answers(
+    app: FastAPI, client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """The route matched ahead of the declared ones (no routing walk, no request object) and
+    the FastAPI route it stands in for: the same status, headers and bytes for a new event, a
+    duplicate, bad signatures, bad bodies, a wrong method and while not accepting webhooks."""
+    lean = app.router.routes[1]
+    assert isinstance(lean, StripeWebhookRoute)
+    new, duplicate = event(), event()
+    await post_signed(client, duplicate)
+    stamp = int(time.time())
+    requests: list[tuple[str, bytes, str]] = [  # method, body, Stripe-Signature ("": none)
+        ("POST", *sign_webhook(new)),
+        ("POST", *sign_webhook(duplicate)),
+        ("POST", orjson.dumps(event()), ""),
+        ("POST", orjson.dumps(event()), f"t={stamp},v1={'0' * 64}"),
+        ("POST", *sign_webhook(b"{not json")),
+        ("POST", *sign_webhook(b"[1, 2]")),
+        ("PUT", *sign_webhook(event())),
+    ]
+
+    async def answers() -> list[tuple[int, list[tuple[str, str]], bytes]]:
+        seen = []
+        for method, body, signature in requests:
+            headers = {"x-request-id": "compare", **({"Stripe-Signature": signature} if signature else {})}
+            response = await client.request(method, URL, content=body, headers=headers)
+            seen.append((response.status_code, response.headers.multi_items(), response.content))
+        state = api_state(app)
+        service, state.webhooks = state.webhooks, None
+        try:
+            response = await client.post(URL, content=requests[0][1], headers={"x-request-id": "compare"})
+        finally:
+            state.webhooks = service
+        seen.append((response.status_code, response.headers.multi_items(), response.content))
+        return seen
+
+    with_lean, declared = await lean_and_declared(app, lean, answers)
+
+    assert with_lean == declared
+    assert [status for status, _, _ in with_lean] == [200, 200, 400, 400, 400, 400, 405, 503]
+    assert with_lean[0][2] == b'{"received":true}'
+    assert sorted(e.id for e in await stored_events(engine)) == sorted([new["id"], duplicate["id"]])
+
+
+def test_the_lean_webhook_route_matches_only_a_post_to_the_webhook_path(app: FastAPI) -> None:
+    """Another method goes on to the declared route (its 405), another path to the other routes."""
+    lean = app.router.routes[1]
+    assert isinstance(lean, StripeWebhookRoute)
+    paths = (URL, URL + "/", URL + "x", "/api/v1" + URL)
+    assert matched_by(lean, ("POST", "GET", "PUT"), paths) == [("POST", URL)]

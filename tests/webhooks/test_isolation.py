@@ -70,3 +70,33 @@ async def test_a_batch_postgresql_refuses_is_stored_event_by_event(
     assert isinstance(results[2], InvalidEvent)
     assert [r for i, r in enumerate(results) if i != 2] == [True] * 5
     assert await _stored_ids(engine) == {p["id"] for p in good}
+
+
+@pytest.mark.parametrize("writers", [1, 2])
+async def test_a_delivery_arriving_as_the_last_writers_finish_is_still_stored(
+    settings: Settings, engine: AsyncEngine, writers: int
+) -> None:
+    """Each delivery resubmits the moment its own answer comes back, as a client in a loop does:
+    it lands while the writer that answered is finishing, and must start (or find) a writer
+    rather than wait for a delivery that may never come."""
+    timeouts = DbTimeouts(connect=5, command=5, checkout=5)
+    store = await EventStore.open(settings.database_url, max_size=2, timeouts=timeouts)
+    ingest = EventIngest(store, None, max_writers=writers)
+    payloads = [customer_created() for _ in range(6 * writers)]
+
+    async def deliver_in_turn(mine: list[dict[str, Any]]) -> list[bool]:
+        return [
+            await ingest.submit(
+                IncomingEvent(p["id"], p["type"], None, p["created"], False, orjson.dumps(p).decode())
+            )
+            for p in mine
+        ]
+
+    try:
+        lanes = [payloads[n::writers] for n in range(writers)]
+        answers = await asyncio.wait_for(asyncio.gather(*(deliver_in_turn(lane) for lane in lanes)), 10)
+        await ingest.drain()
+    finally:
+        await store.close()
+    assert answers == [[True] * 6] * writers
+    assert await _stored_ids(engine) == {p["id"] for p in payloads}
