@@ -10,7 +10,7 @@ rows), written in the usage worker's batches: `app.usage.service.BATCH_SIZE` sub
     periods un-settled; idempotent: a rerun adds nothing, checked outside the clock);
   - baseline: the same rows, same batches, as one bare `INSERT ... SELECT FROM unnest(...)` per
     batch over asyncpg (no lock, no savepoint, no conflict handling, nothing returned).
-Both leave the id to the column's default (a time-ordered uuidv7, migration 0018), as the worker
+Both leave the id to the column's default (a time-ordered uuidv7, migration 0016), as the worker
 does. The table is emptied and checkpointed before each pass; rounds run in ABBA order so outside
 load hits both alike. The figure is ours rows/s / baseline rows/s, median of the rounds (goal
 >= 0.9x).

@@ -41,7 +41,7 @@ class UsageRecord(Base):
         ),
     )
 
-    # Time-ordered, given by the database (migration 0018): new windows go to the right edge of
+    # Time-ordered, given by the database (migration 0016): new windows go to the right edge of
     # the primary key's index, not to random pages of it.
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=text("uuidv7()"))
     subscription_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"))

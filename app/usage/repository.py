@@ -121,7 +121,7 @@ _RECORD_COLUMNS = (
     "report_status",
 )
 # The windows of a batch, as one array per column; `created_at` last. Each id is the column's
-# default, a time-ordered uuidv7 (migration 0018): the batch's keys go to the right edge of the
+# default, a time-ordered uuidv7 (migration 0016): the batch's keys go to the right edge of the
 # primary key's index, however large the table. No conflict handling here:
 # a window is new unless a run is repeated or two runs overlap, so the plain insert (whose
 # unique indexes refuse a duplicate anyway) is tried first and the speculative ON CONFLICT

@@ -8,7 +8,7 @@ with its millisecond and grows within a connection: new windows go to the right 
 index, a few pages whatever the table's size. The writers no longer send an id; the column's
 default (PostgreSQL 18's `uuidv7()`) gives it. Existing ids stay as they are.
 
-Revision ID: 0018
+Revision ID: 0016
 Revises: 0015
 Create Date: 2026-12-01 16:30:00
 """
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0018"
+revision: str = "0016"
 down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
