@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,6 +26,7 @@ from app.invoices.router import router as invoices_router
 from app.logging import configure_logging
 from app.payment_methods.router import router as payment_methods_router
 from app.plans.router import router as plans_router
+from app.resources import freeze_startup_heap
 from app.subscriptions.router import SubscriptionListRoute
 from app.subscriptions.router import router as subscriptions_router
 from app.validation import InputGuardMiddleware
@@ -144,10 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The composition root: every client of the process, read by the typed dependencies.
         state = ApiState.open(settings)
         app.state.api = state
-        # Everything loaded so far lives as long as the process: keep the collector off it,
-        # so full collections stay short and do not show up as latency spikes.
-        gc.collect()
-        gc.freeze()
+        freeze_startup_heap()
         try:
             yield
         finally:

@@ -14,7 +14,7 @@ from app.metrics import instrument_worker, serve_worker_metrics
 from app.outbox import jobs as outbox_jobs
 from app.payouts import jobs as payout_jobs
 from app.reconcile import jobs as reconcile_jobs
-from app.resources import Resources
+from app.resources import Resources, freeze_startup_heap
 from app.usage import jobs as usage_jobs
 from app.webhooks import jobs as webhook_jobs
 from app.worker.context import RESOURCES, job_context
@@ -38,6 +38,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     configure_logging(settings.log_level)
     ctx[RESOURCES] = Resources.open(settings, jobs=True)
     ctx["stop_metrics"] = serve_worker_metrics(settings.host, settings.worker_metrics_port)
+    freeze_startup_heap()
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
