@@ -21,6 +21,9 @@ _INSERT_EVENTS = (
     "SELECT e.id, e.type, e.api_version, e.created, e.livemode, e.payload::jsonb, 'pending', 0, now() "
     "FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bool[], $6::text[]) "
     "AS e(id, type, api_version, created, livemode, payload) "
+    # An event stored already is left out before the insert: its row may be changed by a job
+    # that has not committed yet, and the insert's own check of the key would wait for that job.
+    "WHERE NOT EXISTS (SELECT 1 FROM stripe_events s WHERE s.id = e.id) "
     "ON CONFLICT (id) DO NOTHING RETURNING id"
 )
 

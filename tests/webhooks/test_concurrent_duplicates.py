@@ -1,5 +1,6 @@
-"""Two batches holding the same events in different orders are stored side by side: one waits for
-the other and stores nothing twice, instead of the two deadlocking (both answered 503)."""
+"""A redelivery never holds its batch back: two batches holding the same events in different orders
+are stored side by side (one waits for the other, nothing stored twice, no deadlock), and an event
+whose job has changed its row but not committed is left out without waiting for that job."""
 
 from __future__ import annotations
 
@@ -69,6 +70,38 @@ async def test_batches_of_the_same_events_in_opposite_orders_store_each_once_wit
     everything_but_the_middle = {e.id for e in events} - {middle.id}
     assert stored[0] | stored[1] == everything_but_the_middle
     assert not stored[0] & stored[1]
+    async with engine.connect() as connection:
+        rows = (await connection.execute(select(StripeEvent.id))).scalars().all()
+    assert sorted(rows) == sorted(e.id for e in events)
+
+
+async def test_a_redelivered_event_whose_job_has_not_committed_does_not_hold_back_its_batch(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    payloads = [customer_created(id=f"evt_busy_{n:03}") for n in range(6)]
+    events = [
+        IncomingEvent(p["id"], p["type"], None, p["created"], False, orjson.dumps(p).decode())
+        for p in payloads
+    ]
+    busy, new = events[0], events[1:]
+    store = await EventStore.open(
+        settings.database_url, max_size=2, timeouts=DbTimeouts(connect=5, command=2, checkout=5)
+    )
+    job = await asyncpg.connect(asyncpg_dsn(settings.database_url))
+    try:
+        assert await store.insert_new([busy]) == {busy.id}
+        # The event's job has changed its row and not committed yet (it waits on Stripe, or was
+        # killed and its connection is not closed yet) when Stripe delivers the event again.
+        processing = job.transaction()
+        await processing.start()
+        await job.execute("UPDATE stripe_events SET attempts = attempts + 1 WHERE id = $1", busy.id)
+        stored = await store.insert_new(events)
+        await processing.rollback()
+    finally:
+        await job.close()
+        await store.close()
+
+    assert stored == {e.id for e in new}
     async with engine.connect() as connection:
         rows = (await connection.execute(select(StripeEvent.id))).scalars().all()
     assert sorted(rows) == sorted(e.id for e in events)
