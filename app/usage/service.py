@@ -52,6 +52,9 @@ from app.usage.windows import DAY, covers_period, day_start, meter_event_identif
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 5_000
+# Periods found ready settled per transaction holding the settlement lock alone: the writers of
+# windows (a plan change's flush among them) wait at most for one such read of this many.
+SETTLE_BATCH = 1_000
 # Stripe accepts meter events up to 35 days old; older windows are not fetched.
 MAX_BACKFILL_DAYS = 35
 METERING_CONCURRENCY = 8
@@ -281,8 +284,8 @@ class UsageService:
                 after=after, limit=limit, only=only, metered_only=metered_only
             )
         ready = [s.id for s in batch if _ready_to_settle(s)]
-        if ready:
-            run.settled += await self._settle(ready, metered_only=metered_only)
+        for start in range(0, len(ready), SETTLE_BATCH):
+            run.settled += await self._settle(ready[start : start + SETTLE_BATCH], metered_only=metered_only)
         return batch
 
     async def _settle(self, ids: list[uuid.UUID], *, metered_only: bool) -> int:

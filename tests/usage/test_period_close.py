@@ -188,9 +188,10 @@ async def test_a_window_left_unsent_holds_the_settlement_and_a_quarantined_one_d
 
 
 async def test_the_period_close_run_twice_settles_each_period_once_and_changes_nothing(
-    engine: AsyncEngine, settings: Settings, stripe: Stripe
+    engine: AsyncEngine, settings: Settings, stripe: Stripe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     worlds = [await closing_subscription(engine) for _ in range(3)]
+    monkeypatch.setattr(usage_service, "SETTLE_BATCH", 2)  # a batch's ready periods settled in two parts
     first = await usage_job(engine, settings)
     assert first.settled == 3
     settled = await settlements(engine)
