@@ -52,6 +52,9 @@ from app.usage.windows import DAY, covers_period, day_start, meter_event_identif
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 5_000
+# Periods found ready settled per transaction holding the settlement lock alone: the writers of
+# windows (a plan change's flush among them) wait at most for one such read of this many.
+SETTLE_BATCH = 1_000
 # Stripe accepts meter events up to 35 days old; older windows are not fetched.
 MAX_BACKFILL_DAYS = 35
 METERING_CONCURRENCY = 8
@@ -273,20 +276,31 @@ class UsageService:
         only: Sequence[uuid.UUID] | None,
         metered_only: bool,
     ) -> list[MeteredSubscription]:
-        """The period-close pass: read a batch of subscriptions alone among the writers of
-        windows (the settlement lock), and settle in the same transaction every current period
-        the read found ready (`_ready_to_settle`), with the calls it read. A window recorded or
-        re-queued meanwhile waits for the commit, and then un-settles the period."""
+        """The period-close pass: read a batch of subscriptions without the settlement lock (the
+        writers of windows, a plan change's or a cancellation's flush among them, go on
+        meanwhile), then settle the periods the read found ready (`_settle`)."""
+        async with self._sessionmaker() as session:
+            batch = await UsageRepository(session).metered_subscriptions(
+                after=after, limit=limit, only=only, metered_only=metered_only
+            )
+        ready = [s.id for s in batch if _ready_to_settle(s)]
+        for start in range(0, len(ready), SETTLE_BATCH):
+            run.settled += await self._settle(ready[start : start + SETTLE_BATCH], metered_only=metered_only)
+        return batch
+
+    async def _settle(self, ids: list[uuid.UUID], *, metered_only: bool) -> int:
+        """Settle the current periods of these subscriptions that are still ready when read again
+        alone among the writers of windows (the settlement lock), with the calls read then, in
+        the same transaction: a window recorded or re-queued meanwhile waits for the commit, and
+        then un-settles the period. Only the subscriptions found ready are read under the lock."""
         async with unit_of_work(self._sessionmaker) as session:
             repo = UsageRepository(session)
             await repo.lock_settlements()
-            batch = await repo.metered_subscriptions(
-                after=after, limit=limit, only=only, metered_only=metered_only
+            again = await repo.metered_subscriptions(
+                after=None, limit=len(ids), only=ids, metered_only=metered_only
             )
-            ready = [s for s in batch if _ready_to_settle(s)]
-            if ready:
-                run.settled += await repo.settle_periods(ready, clock.now())
-        return batch
+            ready = [s for s in again if _ready_to_settle(s)]
+            return await repo.settle_periods(ready, clock.now()) if ready else 0
 
     async def _record(
         self,

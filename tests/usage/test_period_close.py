@@ -5,6 +5,7 @@ period confirms it from the settlement alone, and a draft of any other runs the 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -187,9 +188,10 @@ async def test_a_window_left_unsent_holds_the_settlement_and_a_quarantined_one_d
 
 
 async def test_the_period_close_run_twice_settles_each_period_once_and_changes_nothing(
-    engine: AsyncEngine, settings: Settings, stripe: Stripe
+    engine: AsyncEngine, settings: Settings, stripe: Stripe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     worlds = [await closing_subscription(engine) for _ in range(3)]
+    monkeypatch.setattr(usage_service, "SETTLE_BATCH", 2)  # a batch's ready periods settled in two parts
     first = await usage_job(engine, settings)
     assert first.settled == 3
     settled = await settlements(engine)
@@ -235,48 +237,72 @@ async def test_a_period_close_killed_mid_pass_resumes_where_it_stopped(
     assert stripe.meter_events.call_count == 9
 
 
-async def test_no_window_is_recorded_while_the_period_close_reads_a_batch_and_settles_it(
+async def test_a_plan_changes_usage_flush_does_not_wait_for_the_period_close_reading_a_batch(
     engine: AsyncEngine, settings: Settings, stripe: Stripe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The pass settles from what it read, so a writer of windows must wait for its commit
-    (and then un-settles what its window is billed in)."""
+    """The flush before a plan change or a cancellation records and sends the subscription's
+    windows while the pass is held in its batch read (which holds no lock writers wait for)."""
     world = await closing_subscription(engine)
     read = UsageRepository.metered_subscriptions
     reading, release = asyncio.Event(), asyncio.Event()
 
-    async def held_after_reading(self: UsageRepository, **options: Any) -> Any:
+    async def held_after_reading_a_batch(self: UsageRepository, **options: Any) -> Any:
         batch = await read(self, **options)
-        reading.set()
-        await release.wait()
+        if options.get("only") is None:  # the pass's batch, not the flush's one subscription
+            reading.set()
+            await release.wait()
         return batch
 
-    async def record_a_window() -> None:
-        tomorrow = NOW.replace(hour=0, minute=0) + timedelta(days=1)
-        window = {
-            "id": uuid.uuid4(),
-            "subscription_id": world.subscription_id,
-            "window_start": tomorrow,
-            "window_end": tomorrow + timedelta(hours=1),
-            "quantity": 7,
-            "successful_calls": 7,
-            "failed_calls": 0,
-            "meter_event_identifier": None,
-            "report_status": "unbilled",
-        }
-        async with async_sessionmaker(engine).begin() as session:
-            await UsageRepository(session).insert_records([window])
-
-    monkeypatch.setattr(UsageRepository, "metered_subscriptions", held_after_reading)
+    monkeypatch.setattr(UsageRepository, "metered_subscriptions", held_after_reading_a_batch)
     job = asyncio.create_task(usage_job(engine, settings))
-    await asyncio.wait_for(reading.wait(), 30)
-    writer = asyncio.create_task(record_a_window())
-    await asyncio.sleep(0.5)
-    assert not writer.done()  # waits for the pass's batch transaction
-    release.set()
-    assert (await job).settled == 1
-    await writer
-    settled = (await settlements(engine))[world.subscription_id]
-    assert settled.calls == await recorded_calls(engine, world, START, NOW) > 0
+    try:
+        await asyncio.wait_for(reading.wait(), 30)
+        async with httpx.AsyncClient() as http:
+            sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+            usage = UsageService(sessionmaker, StripeGateway(settings), settings, http)
+            assert await asyncio.wait_for(usage.flush(world.subscription_id, NOW), 10)
+        assert not job.done()
+    finally:
+        release.set()
+    await job
+    windows = await usage_windows(engine, world.subscription_id)
+    # Every window from the subscription's first day through the change, each once, all sent.
+    assert [w.window_start for w in windows] == [day_start(START.date()) + n * DAY for n in range(4)]
+    assert [w.window_end for w in windows][-1] == NOW
+    assert all(a.window_end == b.window_start for a, b in itertools.pairwise(windows))
+    assert all(w.reported_at is not None and w.quantity > 0 for w in windows)
+    assert stripe.meter_events.call_count == len(windows)
+
+
+async def test_the_period_close_settles_no_period_a_writer_is_still_recording_a_window_in(
+    engine: AsyncEngine, settings: Settings, stripe: Stripe
+) -> None:
+    """The pass settles from what it reads again under the settlement lock, so it waits for a
+    writer recording a window meanwhile and then sees that window (here left to send)."""
+    world = await closing_subscription(engine)
+    closing_day = day_start(NOW.date())
+    window = {
+        "subscription_id": world.subscription_id,
+        "window_start": closing_day,
+        "window_end": closing_day + timedelta(hours=10),  # billed in the period, which ends at NOW
+        "quantity": 7,
+        "successful_calls": 7,
+        "failed_calls": 0,
+        "meter_event_identifier": f"usage:{world.subscription_id}:{closing_day:%Y%m%d}",
+        "report_status": "pending",
+    }
+    async with async_sessionmaker(engine).begin() as session:
+        await UsageRepository(session).insert_records([window])  # uncommitted while the pass runs
+        job = asyncio.create_task(usage_job(engine, settings))
+        await asyncio.sleep(1)
+        assert not job.done()  # its windows recorded, it waits to settle for the writer's commit
+    run = await job
+    assert (run.recorded, run.settled) == (3, 0)
+    assert await settlements(engine) == {}
+    # Sent on the next run: settled with it.
+    assert (await usage_job(engine, settings)).settled == 1
+    calls = (await settlements(engine))[world.subscription_id].calls
+    assert calls == await recorded_calls(engine, world, START, NOW) > 7
 
 
 async def test_a_periods_calls_and_what_holds_it_are_the_windows_billed_in_it_not_those_around_it(
