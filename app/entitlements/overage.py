@@ -47,6 +47,7 @@ async def _billed_at_changes(
     return await stripe.invoice_item_quantities(
         customer=customer,
         metadata={"subscription_id": str(subscription.id), "period_start": start.isoformat()},
+        created_since=start,  # items of older periods cannot match: the listing need not page through them
     )
 
 

@@ -307,6 +307,24 @@ async def test_a_change_never_bills_again_the_overage_the_periods_close_line_bil
     assert pending.call_count == 0
 
 
+async def test_overage_items_on_a_voided_invoice_are_billed_again_and_older_periods_are_not_listed(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
+) -> None:
+    story = await legacy_with_calls(wire, stripe_api, auth, engine, 1200)
+    # An earlier change's item was on its invoice, which Stripe voided (the change was declined).
+    voided = {"id": "in_declined", "object": "invoice", "status": "void"}
+    listed, added = stripe_for_a_change(
+        stripe_api, [overage_item(story, "overage_before_change", 200, voided)]
+    )
+    with mid_period():
+        response = await story.change()
+    assert response.status_code == 200, response.text
+    assert form_of(added.calls.last.request)["quantity"] == ["200"]
+    sent = listed.calls.last.request.url.params
+    assert (sent["customer"], sent["created[gte]"]) == ("cus_wire", str(NOW))
+    assert [v for k, v in sent.multi_items() if k.startswith("expand")] == ["data.invoice"]
+
+
 async def test_a_change_of_a_subscription_without_the_metered_item_first_bills_its_overage_as_a_pending_item(
     wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
 ) -> None:
