@@ -229,19 +229,24 @@ async def legacy_with_calls(
         items=(item("si_wire", "price_wire_1", "licensed"),),
         before_subscribing=made_before_the_meter_item,
     )
-    day = datetime.fromtimestamp(NOW + 86400, UTC)
+    await record_calls(engine, story, NOW + 86400, calls)
+    return story
+
+
+async def record_calls(engine: AsyncEngine, story: PlanChange, at: int, calls: int) -> None:
+    """`calls` recorded for the story's subscription in the hour from `at`."""
+    start = datetime.fromtimestamp(at, UTC)
     await rows.add(
         engine,
         UsageRecord(
             subscription_id=uuid.UUID(story.subscription_id),
-            window_start=day,
-            window_end=day + timedelta(days=1),
+            window_start=start,
+            window_end=start + timedelta(hours=1),
             quantity=calls,
             successful_calls=calls,
             failed_calls=0,
         ),
     )
-    return story
 
 
 def stripe_for_a_change(
@@ -323,6 +328,51 @@ async def test_overage_items_on_a_voided_invoice_are_billed_again_and_older_peri
     sent = listed.calls.last.request.url.params
     assert (sent["customer"], sent["created[gte]"]) == ("cus_wire", str(NOW))
     assert [v for k, v in sent.multi_items() if k.startswith("expand")] == ["data.invoice"]
+
+
+async def test_a_change_retried_after_stripe_failed_it_bills_each_call_past_the_included_once(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
+) -> None:
+    story = await legacy_with_calls(wire, stripe_api, auth, engine, 1200)
+    made: dict[str, dict[str, Any]] = {}  # Stripe's invoice items, by the idempotency key made with
+
+    def add_item(request: httpx.Request) -> httpx.Response:
+        key = request.headers["Idempotency-Key"]
+        if key not in made:  # a repeated key gets the first answer back, as at Stripe
+            form = form_of(request)
+            kind = form["metadata[kind]"][0]
+            made[key] = overage_item(story, kind, int(form["quantity"][0]), None) | {"id": f"ii_{len(made)}"}
+        return httpx.Response(200, json=made[key])
+
+    stripe_api.get("/v1/invoiceitems").mock(
+        side_effect=lambda _: httpx.Response(
+            200,
+            json={
+                "object": "list",
+                "url": "/v1/invoiceitems",
+                "has_more": False,
+                "data": list(made.values()),
+            },
+        )
+    )
+    stripe_api.post("/v1/invoiceitems").mock(side_effect=add_item)
+    failing = True
+    failure = {"error": {"type": "api_error", "message": "An unknown error occurred"}}
+    changed = with_items(item("si_wire", "price_wire_3", "licensed"))
+    stripe_api.post("/v1/subscriptions/sub_wire").mock(
+        side_effect=lambda _: (
+            httpx.Response(500, json=failure) if failing else httpx.Response(200, json=changed)
+        )
+    )
+    with mid_period():
+        first = await story.change()
+        assert first.status_code >= 500, first.text  # the item was made, the change was not
+        await record_calls(engine, story, NOW + 2 * 86400, 100)
+        failing = False
+        retried = await story.change()
+    assert retried.status_code == 200, retried.text
+    # 1,300 calls: the 200 past the included ones billed before the failure, the 100 since on the retry.
+    assert sorted(i["quantity"] for i in made.values()) == [100, 200]
 
 
 async def test_a_change_of_a_subscription_without_the_metered_item_first_bills_its_overage_as_a_pending_item(
