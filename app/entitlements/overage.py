@@ -163,7 +163,8 @@ async def bill_overage(
     if consumer is None or consumer.stripe_customer_id is None:
         return 0
     # A plan change holds the row so (FOR NO KEY UPDATE) while it bills: one of the two waits, and
-    # then sees what the other billed.
+    # then sees what the other billed. The draft handler's row is locked so already; taken here
+    # too, so that the rule holds for whatever loaded the row.
     await session.execute(
         select(Subscription.id).where(Subscription.id == subscription.id).with_for_update(key_share=True)
     )
