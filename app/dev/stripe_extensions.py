@@ -26,8 +26,9 @@
 - One-off invoices as today's Stripe makes them: a draft that excludes pending items
   (`collection_method`, `days_until_due`), invoice items added to it by id (`quantity` and
   `unit_amount_decimal` or `unit_amount`), finalize and send, with `invoice.created`,
-  `invoiceitem.created`, `invoice.finalized` and `invoice.sent`; invoice items listed as Stripe
-  lists them (pending and invoiced, by customer); a repeated Idempotency-Key on
+  `invoiceitem.created`, `invoice.finalized` and `invoice.sent`, and void (with or without a
+  payment attempt); invoice items listed as Stripe lists them (pending and invoiced, by customer
+  and `created[gte]`, `expand[]=data.invoice`); a repeated Idempotency-Key on
   these calls replays the first answer as Stripe does. The emulator renders no PDF and has no
   hosted invoice page: `invoice_pdf` and `hosted_invoice_url` stay null.
 Objects are kept in localstripe's store, so they persist with it.
@@ -715,6 +716,20 @@ async def create_invoice(request: web.Request, path: dict[str, str]) -> web.Resp
     return _json(invoice._export())
 
 
+async def void_invoice(request: web.Request, path: dict[str, str]) -> web.Response:
+    """Void an open invoice; one with no payment attempt too (localstripe voids only those it
+    tried to charge), as Stripe does: its items are then never collected."""
+    invoice = resources.Invoice._api_retrieve(path["id"])
+    if invoice.payment_intent is not None:
+        return _json(resources.Invoice._api_void_invoice(path["id"])._export())
+    if invoice.status != "open":
+        raise UserError(400, f"You can only void an open invoice (this one is {invoice.status}).")
+    invoice._voided = True
+    invoice.status_transitions["voided_at"] = int(time.time())
+    schedule_webhook(resources.Event("invoice.voided", invoice))
+    return _json(invoice._export())
+
+
 def _unit_amount(data: dict[str, Any], quantity: int) -> Decimal | None:
     """The unit amount asked for (`unit_amount_decimal` or `unit_amount`), pricing `amount` from it."""
     unit = data.pop("unit_amount_decimal", None)
@@ -775,21 +790,27 @@ async def create_invoice_item(request: web.Request, path: dict[str, str]) -> web
 
 async def list_invoice_items(request: web.Request, path: dict[str, str]) -> web.Response:
     """Invoice items as Stripe lists them: pending and invoiced ones alike (localstripe lists only
-    pending ones), newest first, by `customer`, `invoice` and `pending`, paged by `starting_after`."""
+    pending ones), newest first, by `customer`, `invoice`, `pending` and `created[gte]`, paged by
+    `starting_after`, with `expand[]=data.invoice`."""
     query = request.query
     pending = resources.try_convert_to_bool(query["pending"]) if "pending" in query else None
+    since = resources.try_convert_to_int(query.get("created[gte]", 0))
+    expand = [
+        v.removeprefix("data.") for k, v in query.items() if k.startswith("expand") and v.startswith("data.")
+    ]
     items = [
         item
         for item in reversed(list(objects_of("invoiceitem")))
         if query.get("customer") in (None, item.customer)
         and query.get("invoice") in (None, item.invoice)
         and pending in (None, item.invoice is None)
+        and item.created >= since
     ]
     if query.get("starting_after"):
         ids = [item.id for item in items]
         items = items[ids.index(query["starting_after"]) + 1 :] if query["starting_after"] in ids else []
     limit = resources.try_convert_to_int(query.get("limit", 10))
-    data = [item._export() for item in items[:limit]]
+    data = [item._export(expand=expand) for item in items[:limit]]
     return _json({"object": "list", "url": "/v1/invoiceitems", "has_more": len(items) > limit, "data": data})
 
 
@@ -883,6 +904,7 @@ _OVERRIDES: list[tuple[str, re.Pattern[str], Override]] = [
     ("GET", re.compile(r"^/v1/subscriptions/(?P<id>sub_\w+)$"), retrieve_subscription),
     ("POST", re.compile(r"^/v1/invoices/create_preview$"), create_invoice_preview),
     ("POST", re.compile(r"^/v1/invoices$"), create_invoice),
+    ("POST", re.compile(r"^/v1/invoices/(?P<id>in_\w+)/void$"), void_invoice),
     ("POST", re.compile(r"^/v1/invoiceitems$"), create_invoice_item),
     ("GET", re.compile(r"^/v1/invoiceitems$"), list_invoice_items),
 ]

@@ -27,6 +27,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import clock
 from app.db.claims import claim_period
 from app.models import Consumer, Invoice, PricingPlanVersion, Subscription
 from app.money import minor_decimal
@@ -41,14 +42,12 @@ BILLED_AT_CHANGE = "overage_before_change"  # the `kind` in the metadata of a ch
 async def _billed_at_changes(
     stripe: StripeGateway, customer: str, subscription: Subscription, start: datetime
 ) -> int:
-    """The period's overage calls that plan changes have billed, as Stripe holds their items."""
+    """The period's overage calls billed so far, as Stripe holds their items: those of plan
+    changes and the period's close line alike (both kinds), so neither bills the other's again."""
     return await stripe.invoice_item_quantities(
         customer=customer,
-        metadata={
-            "subscription_id": str(subscription.id),
-            "period_start": start.isoformat(),
-            "kind": BILLED_AT_CHANGE,
-        },
+        metadata={"subscription_id": str(subscription.id), "period_start": start.isoformat()},
+        created_since=start,  # items of older periods cannot match: the listing need not page through them
     )
 
 
@@ -67,6 +66,8 @@ async def bill_overage_before_change(
     version = await _version_held(session, subscription)
     if start is None or end is None or version is None:
         return 0
+    if end <= clock.now():
+        return 0  # the period has ended: its close line bills its overage
     if version.overage_price_per_call is None or version.call_limit is None:
         return 0
     recorded = await UsageRepository(session).period_calls([(subscription.id, start, end)])
@@ -161,6 +162,12 @@ async def bill_overage(
     consumer = await session.get(Consumer, subscription.consumer_id)
     if consumer is None or consumer.stripe_customer_id is None:
         return 0
+    # A plan change holds the row so (FOR NO KEY UPDATE) while it bills: one of the two waits, and
+    # then sees what the other billed. The draft handler's row is locked so already; taken here
+    # too, so that the rule holds for whatever loaded the row.
+    await session.execute(
+        select(Subscription.id).where(Subscription.id == subscription.id).with_for_update(key_share=True)
+    )
     over -= await _billed_at_changes(stripe, consumer.stripe_customer_id, subscription, start)
     if over <= 0:
         return 0

@@ -284,13 +284,22 @@ class InvoiceCalls(StripeBase):
         )
         return item.id
 
-    async def invoice_item_quantities(self, *, customer: str, metadata: dict[str, str]) -> int:
-        """The summed quantity of the customer's invoice items (pending or invoiced) whose
-        metadata holds all of `metadata`: what Stripe has been asked to bill, as Stripe keeps it."""
+    async def invoice_item_quantities(
+        self, *, customer: str, metadata: dict[str, str], created_since: datetime
+    ) -> int:
+        """The summed quantity of the customer's invoice items made since `created_since`, pending
+        or on an invoice that is not void, whose metadata holds all of `metadata`: what Stripe has
+        been asked to bill and may still collect, as Stripe keeps it (a voided invoice's items
+        never will be)."""
         total = 0
         starting_after: str | None = None
         while True:
-            params: dict[str, Any] = {"customer": customer, "limit": 100}
+            params: dict[str, Any] = {
+                "customer": customer,
+                "limit": 100,
+                "created": {"gte": int(created_since.timestamp())},
+                "expand": ["data.invoice"],
+            }
             if starting_after is not None:
                 params["starting_after"] = starting_after
             page = await self._call(
@@ -300,6 +309,9 @@ class InvoiceCalls(StripeBase):
             for item in page.data:
                 data = item.to_dict()
                 held = data.get("metadata") or {}
+                invoice = data.get("invoice")
+                if isinstance(invoice, dict) and invoice.get("status") == "void":
+                    continue
                 if all(held.get(key) == value for key, value in metadata.items()):
                     total += int(data.get("quantity") or 0)
             if not page.has_more or not page.data:

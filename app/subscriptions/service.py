@@ -334,6 +334,10 @@ class SubscriptionService:
         stripe_id = subscription.stripe_subscription_id
         if plan.type == "free":
             if stripe_id:
+                # The overage so far goes on the final invoice the cancel makes (invoice_now).
+                await bill_overage_before_change(
+                    self._session, self._stripe, subscription, self._customer(consumer), change=tag
+                )
                 await self._stripe.cancel_subscription(
                     stripe_id, prorate=True, invoice_now=True, idempotency_key=f"sub-downgrade:{tag}"
                 )

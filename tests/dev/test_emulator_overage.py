@@ -3,12 +3,15 @@ item on one subscription, renewed together on one invoice, the tiers priced like
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
+from app.config import Settings
 from app.dev.stripe_extensions import tiered_amount
+from app.stripe import StripeGateway
 from tests.support import emulator
 from tests.support.emulator import DAY, HOUR
 
@@ -147,3 +150,42 @@ def test_graduated_tiers_price_each_tiers_units_rounded_half_up_plus_its_flat_am
         {"up_to": None, "unit_amount_decimal": "0.5", "flat_amount_decimal": "5"},
     ]
     assert tiered_amount(tiers, "graduated", quantity) == amount
+
+
+async def test_invoice_items_listed_since_a_moment_count_pending_ones_and_those_not_on_a_voided_invoice(
+    stripe_http: httpx.AsyncClient, settings: Settings
+) -> None:
+    clock = await emulator.clock(stripe_http)
+    # A card that attaches but is declined: the invoice stays open, and Stripe may void it.
+    customer = await emulator.customer(stripe_http, clock["id"], card="pm_card_chargeCustomerFail")
+    start = int(clock["frozen_time"])
+    tagged = {"customer": customer, "currency": "usd", "unit_amount": "100", "metadata[kind]": "overage"}
+    await emulator.ok(await stripe_http.post("/v1/invoiceitems", data={**tagged, "quantity": "3"}))
+    declined = await emulator.ok(
+        await stripe_http.post(
+            "/v1/invoices",
+            data={
+                "customer": customer,
+                "currency": "usd",
+                "collection_method": "send_invoice",
+                "days_until_due": 7,
+            },
+        )
+    )
+    on_it = {**tagged, "quantity": "5", "invoice": declined["id"]}
+    await emulator.ok(await stripe_http.post("/v1/invoiceitems", data=on_it))
+    await emulator.ok(await stripe_http.post(f"/v1/invoices/{declined['id']}/finalize"))
+    await emulator.ok(await stripe_http.post(f"/v1/invoices/{declined['id']}/void"))
+    await emulator.advance(stripe_http, clock["id"], start + 2 * DAY)
+    await emulator.ok(await stripe_http.post("/v1/invoiceitems", data={**tagged, "quantity": "7"}))
+
+    gateway = StripeGateway(settings)
+
+    async def billed(since: int) -> int:
+        moment = datetime.fromtimestamp(since, UTC)
+        return await gateway.invoice_item_quantities(
+            customer=customer, metadata={"kind": "overage"}, created_since=moment
+        )
+
+    assert await billed(start) == 3 + 7  # the 5 on the voided invoice are not billed
+    assert await billed(start + DAY) == 7

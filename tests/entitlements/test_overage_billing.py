@@ -4,7 +4,10 @@ overage was billed through the meter (no item), never both."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -86,14 +89,20 @@ def stripe_invoice_items(mock: respx.MockRouter, base: str | None) -> respx.Rout
     return route
 
 
+@contextmanager
+def stripe_for_drafts(settings: Settings) -> Iterator[respx.Route]:
+    """Stripe's invoice items (the create route) while the metering service has nothing to add."""
+    with respx.mock(assert_all_called=False) as mock:
+        mock.get(url__startswith="http://metering.test/").respond(404)
+        yield stripe_invoice_items(mock, settings.stripe_api_base)
+
+
 async def test_a_subscription_without_the_meter_item_is_billed_its_overage_once_on_the_draft(
     client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
 ) -> None:
     world = await overage_world(engine, recorded=160)
     invoice_id = f"in_{uuid.uuid4().hex[:10]}"
-    with respx.mock(assert_all_called=False) as mock:
-        mock.get(url__startswith="http://metering.test/").respond(404)
-        items = stripe_invoice_items(mock, settings.stripe_api_base)
+    with stripe_for_drafts(settings) as items:
         await draft_created(client, worker_ctx, world, invoice_id)
         # Stripe sends the event again (and a second one for the same draft): nothing more is billed.
         await draft_created(client, worker_ctx, world, invoice_id)
@@ -109,9 +118,7 @@ async def test_a_period_within_its_included_calls_bills_no_overage(
     client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
 ) -> None:
     world = await overage_world(engine, recorded=100)
-    with respx.mock(assert_all_called=False) as mock:
-        mock.get(url__startswith="http://metering.test/").respond(404)
-        items = stripe_invoice_items(mock, settings.stripe_api_base)
+    with stripe_for_drafts(settings) as items:
         await draft_created(client, worker_ctx, world, f"in_{uuid.uuid4().hex[:10]}")
     assert items.call_count == 0
 
@@ -126,9 +133,7 @@ async def test_a_subscription_with_the_meter_item_never_also_gets_the_invoice_li
             .where(Subscription.id == world.subscription_id)
             .values(stripe_overage_item_id="si_overage")
         )
-    with respx.mock(assert_all_called=False) as mock:
-        mock.get(url__startswith="http://metering.test/").respond(404)
-        items = stripe_invoice_items(mock, settings.stripe_api_base)
+    with stripe_for_drafts(settings) as items:
         await draft_created(client, worker_ctx, world, f"in_{uuid.uuid4().hex[:10]}")
         await draft_created(client, worker_ctx, world, f"in_{uuid.uuid4().hex[:10]}")
     assert items.call_count == 0  # the meter item's tiers bill the 60 calls past the 100 included
@@ -137,3 +142,23 @@ async def test_a_subscription_with_the_meter_item_never_also_gets_the_invoice_li
             select(Subscription.stripe_overage_item_id).where(Subscription.id == world.subscription_id)
         )
     assert kept == "si_overage"
+
+
+async def test_the_close_line_waits_for_a_plan_change_holding_the_subscription_before_counting_its_items(
+    client: httpx.AsyncClient, worker_ctx: Ctx, engine: AsyncEngine, settings: Settings
+) -> None:
+    world = await overage_world(engine, recorded=160)
+    with stripe_for_drafts(settings) as items:
+        async with engine.connect() as change:
+            # A plan change holds the row as it does (FOR NO KEY UPDATE) while it bills its item.
+            held = select(Subscription.id).where(Subscription.id == world.subscription_id)
+            await change.execute(held.with_for_update(key_share=True))
+            drafted = asyncio.create_task(
+                draft_created(client, worker_ctx, world, f"in_{uuid.uuid4().hex[:10]}")
+            )
+            await asyncio.sleep(1)
+            assert not drafted.done()
+            assert items.call_count == 0  # it has not listed or billed while the change runs
+            await change.commit()
+        await drafted
+    assert items.call_count == 1

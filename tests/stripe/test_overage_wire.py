@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +16,7 @@ import respx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import clock
 from app.models import Subscription, UsageRecord
 from app.stripe.subscriptions import StripeSubscriptionState
 from tests.support import rows
@@ -210,9 +212,12 @@ async def test_a_declined_change_that_deletes_the_metered_item_is_402_and_keeps_
     assert str(stored.pricing_plan_id) == story.overage["id"]
 
 
-async def test_a_change_of_a_subscription_without_the_metered_item_first_bills_its_overage_as_a_pending_item(
-    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
-) -> None:
+async def legacy_with_calls(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine, calls: int
+) -> PlanChange:
+    """A subscription made before the overage meter item (1,000 calls included, 1 cent past them)
+    with `calls` recorded in its period, about to change to a plan at 2 cents past them."""
+
     async def made_before_the_meter_item(plan: dict[str, Any]) -> None:
         await rows.made_before_the_overage_meter_item(engine, plan["id"])
 
@@ -224,18 +229,156 @@ async def test_a_change_of_a_subscription_without_the_metered_item_first_bills_i
         items=(item("si_wire", "price_wire_1", "licensed"),),
         before_subscribing=made_before_the_meter_item,
     )
-    day = datetime.fromtimestamp(NOW + 86400, UTC)
+    await record_calls(engine, story, NOW + 86400, calls)
+    return story
+
+
+async def record_calls(engine: AsyncEngine, story: PlanChange, at: int, calls: int) -> None:
+    """`calls` recorded for the story's subscription in the hour from `at`."""
+    start = datetime.fromtimestamp(at, UTC)
     await rows.add(
         engine,
         UsageRecord(
             subscription_id=uuid.UUID(story.subscription_id),
-            window_start=day,
-            window_end=day + timedelta(days=1),
-            quantity=1200,
-            successful_calls=1200,
+            window_start=start,
+            window_end=start + timedelta(hours=1),
+            quantity=calls,
+            successful_calls=calls,
             failed_calls=0,
         ),
     )
+
+
+def stripe_for_a_change(
+    stripe_api: respx.MockRouter, listed: list[dict[str, Any]]
+) -> tuple[respx.Route, respx.Route]:
+    """Stripe for a change to the hard-limit plan: its invoice items (`listed`), and the routes
+    that list them and that add one."""
+    listing = stripe_api.get("/v1/invoiceitems").respond(
+        200, json={"object": "list", "url": "/v1/invoiceitems", "has_more": False, "data": listed}
+    )
+    added = stripe_api.post("/v1/invoiceitems").respond(200, json={"id": "ii_new", "object": "invoiceitem"})
+    stripe_api.post("/v1/subscriptions/sub_wire").respond(
+        200, json=with_items(item("si_wire", "price_wire_3", "licensed"))
+    )
+    return listing, added
+
+
+def mid_period() -> AbstractContextManager[clock.Clock]:
+    """Business time three days into the wire subscription's period (it ends at NOW + MONTH)."""
+    return clock.use(clock.ManualClock(datetime.fromtimestamp(NOW + 3 * 86400, UTC)))
+
+
+def overage_item(
+    story: PlanChange, kind: str, quantity: int, invoice: dict[str, Any] | None
+) -> dict[str, Any]:
+    """An overage invoice item of the story's period as Stripe lists it (`invoice` expanded)."""
+    period_start = datetime.fromtimestamp(NOW, UTC).isoformat()
+    return {
+        "id": f"ii_{kind}",
+        "object": "invoiceitem",
+        "customer": "cus_wire",
+        "invoice": invoice,
+        "quantity": quantity,
+        "metadata": {"subscription_id": story.subscription_id, "period_start": period_start, "kind": kind},
+    }
+
+
+@pytest.mark.parametrize(
+    ("close_line_listed", "at"),
+    [
+        # The renewal draft's close line holds the 200 calls; our row still shows that period.
+        (True, NOW + 3 * 86400),
+        # Stripe has renewed, its draft not made yet and its update not processed: the close line
+        # will bill the period.
+        (False, NOW + MONTH + 3600),
+    ],
+)
+async def test_a_change_never_bills_again_the_overage_the_periods_close_line_bills(
+    wire: httpx.AsyncClient,
+    stripe_api: respx.MockRouter,
+    auth: Auth,
+    engine: AsyncEngine,
+    close_line_listed: bool,
+    at: int,
+) -> None:
+    story = await legacy_with_calls(wire, stripe_api, auth, engine, 1200)
+    draft = {"id": "in_renewal", "object": "invoice", "status": "draft"}
+    close_line = [overage_item(story, "overage", 200, draft)] if close_line_listed else []
+    _listed, pending = stripe_for_a_change(stripe_api, close_line)
+    with clock.use(clock.ManualClock(datetime.fromtimestamp(at, UTC))):
+        response = await story.change()
+    assert response.status_code == 200, response.text
+    assert pending.call_count == 0
+
+
+async def test_overage_items_on_a_voided_invoice_are_billed_again_and_older_periods_are_not_listed(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
+) -> None:
+    story = await legacy_with_calls(wire, stripe_api, auth, engine, 1200)
+    # An earlier change's item was on its invoice, which Stripe voided (the change was declined).
+    voided = {"id": "in_declined", "object": "invoice", "status": "void"}
+    listed, added = stripe_for_a_change(
+        stripe_api, [overage_item(story, "overage_before_change", 200, voided)]
+    )
+    with mid_period():
+        response = await story.change()
+    assert response.status_code == 200, response.text
+    assert form_of(added.calls.last.request)["quantity"] == ["200"]
+    sent = listed.calls.last.request.url.params
+    assert (sent["customer"], sent["created[gte]"]) == ("cus_wire", str(NOW))
+    assert [v for k, v in sent.multi_items() if k.startswith("expand")] == ["data.invoice"]
+
+
+async def test_a_change_retried_after_stripe_failed_it_bills_each_call_past_the_included_once(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
+) -> None:
+    story = await legacy_with_calls(wire, stripe_api, auth, engine, 1200)
+    made: dict[str, dict[str, Any]] = {}  # Stripe's invoice items, by the idempotency key made with
+
+    def add_item(request: httpx.Request) -> httpx.Response:
+        key = request.headers["Idempotency-Key"]
+        if key not in made:  # a repeated key gets the first answer back, as at Stripe
+            form = form_of(request)
+            kind = form["metadata[kind]"][0]
+            made[key] = overage_item(story, kind, int(form["quantity"][0]), None) | {"id": f"ii_{len(made)}"}
+        return httpx.Response(200, json=made[key])
+
+    stripe_api.get("/v1/invoiceitems").mock(
+        side_effect=lambda _: httpx.Response(
+            200,
+            json={
+                "object": "list",
+                "url": "/v1/invoiceitems",
+                "has_more": False,
+                "data": list(made.values()),
+            },
+        )
+    )
+    stripe_api.post("/v1/invoiceitems").mock(side_effect=add_item)
+    failing = True
+    failure = {"error": {"type": "api_error", "message": "An unknown error occurred"}}
+    changed = with_items(item("si_wire", "price_wire_3", "licensed"))
+    stripe_api.post("/v1/subscriptions/sub_wire").mock(
+        side_effect=lambda _: (
+            httpx.Response(500, json=failure) if failing else httpx.Response(200, json=changed)
+        )
+    )
+    with mid_period():
+        first = await story.change()
+        assert first.status_code >= 500, first.text  # the item was made, the change was not
+        await record_calls(engine, story, NOW + 2 * 86400, 100)
+        failing = False
+        retried = await story.change()
+    assert retried.status_code == 200, retried.text
+    # 1,300 calls: the 200 past the included ones billed before the failure, the 100 since on the retry.
+    assert sorted(i["quantity"] for i in made.values()) == [100, 200]
+
+
+async def test_a_change_of_a_subscription_without_the_metered_item_first_bills_its_overage_as_a_pending_item(
+    wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
+) -> None:
+    story = await legacy_with_calls(wire, stripe_api, auth, engine, 1200)
     listed = stripe_api.get("/v1/invoiceitems").respond(
         200, json={"object": "list", "url": "/v1/invoiceitems", "has_more": False, "data": []}
     )
@@ -249,7 +392,8 @@ async def test_a_change_of_a_subscription_without_the_metered_item_first_bills_i
         ),
     )
     stored_before = await _stored(engine, story.subscription_id)
-    response = await story.change()
+    with mid_period():
+        response = await story.change()
     assert response.status_code == 200, response.text
     assert listed.calls.last.request.url.params["customer"] == "cus_wire"
     sent = form_of(pending.calls.last.request)

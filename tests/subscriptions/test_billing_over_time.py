@@ -572,3 +572,25 @@ async def test_an_older_subscription_changing_plan_mid_period_bills_each_call_pa
     assert _overage_lines(at_change) == [(200, 300)]
     assert sorted(_overage_lines(invoices)) == [(200, 300), (300, 600)]
     assert all(i.status == "paid" for i in invoices)
+
+
+async def test_an_older_subscription_downgraded_to_the_free_plan_is_billed_its_overage_until_then_once(
+    stack: Stack, metering: respx.MockRouter
+) -> None:
+    free = {"type": "free", "call_limit": 5000}
+    story, _at_change, _invoices = await _legacy_overage_change(stack, free, before=1200, after=300)
+
+    ours = await story.ours()
+    assert ours.stripe_subscription_id is None
+    # The Stripe subscription's invoices (its final one, made at the cancel, is no longer ours).
+    listed = await stack.stripe_http.get(
+        "/v1/invoices", params={"subscription": story.stripe_id, "limit": 100}
+    )
+    overage = [
+        (line["quantity"], line["amount"])
+        for invoice in listed.json()["data"]
+        for line in invoice["lines"]["data"]
+        if (line.get("description") or "").startswith("Overage")
+    ]
+    # 200 calls past the 1,000 included, at 1.5 cents, on the final invoice the cancel made.
+    assert overage == [(200, 300)]
