@@ -30,18 +30,30 @@ async def _blocked_inserts(probe: asyncpg.Connection, count: int) -> None:
     raise AssertionError(f"{count} inserts never waited on a lock")
 
 
-async def test_batches_of_the_same_events_in_opposite_orders_store_each_once_without_a_deadlock(
-    settings: Settings, engine: AsyncEngine
-) -> None:
-    payloads = [customer_created(id=f"evt_order_{n:03}") for n in range(20)]
-    events = [
+def _events(prefix: str, count: int) -> list[IncomingEvent]:
+    payloads = [customer_created(id=f"evt_{prefix}_{n:03}") for n in range(count)]
+    return [
         IncomingEvent(p["id"], p["type"], None, p["created"], False, orjson.dumps(p).decode())
         for p in payloads
     ]
+
+
+async def _store(settings: Settings, *, command: float) -> EventStore:
+    timeouts = DbTimeouts(connect=5, command=command, checkout=5)
+    return await EventStore.open(settings.database_url, max_size=2, timeouts=timeouts)
+
+
+async def _stored_ids(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as connection:
+        return sorted((await connection.execute(select(StripeEvent.id))).scalars().all())
+
+
+async def test_batches_of_the_same_events_in_opposite_orders_store_each_once_without_a_deadlock(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    events = _events("order", 20)
     middle = events[10]
-    store = await EventStore.open(
-        settings.database_url, max_size=2, timeouts=DbTimeouts(connect=5, command=10, checkout=5)
-    )
+    store = await _store(settings, command=10)
     holder = await asyncpg.connect(asyncpg_dsn(settings.database_url))
     probe = await asyncpg.connect(asyncpg_dsn(settings.database_url))
     try:
@@ -70,23 +82,15 @@ async def test_batches_of_the_same_events_in_opposite_orders_store_each_once_wit
     everything_but_the_middle = {e.id for e in events} - {middle.id}
     assert stored[0] | stored[1] == everything_but_the_middle
     assert not stored[0] & stored[1]
-    async with engine.connect() as connection:
-        rows = (await connection.execute(select(StripeEvent.id))).scalars().all()
-    assert sorted(rows) == sorted(e.id for e in events)
+    assert await _stored_ids(engine) == sorted(e.id for e in events)
 
 
 async def test_a_redelivered_event_whose_job_has_not_committed_does_not_hold_back_its_batch(
     settings: Settings, engine: AsyncEngine
 ) -> None:
-    payloads = [customer_created(id=f"evt_busy_{n:03}") for n in range(6)]
-    events = [
-        IncomingEvent(p["id"], p["type"], None, p["created"], False, orjson.dumps(p).decode())
-        for p in payloads
-    ]
+    events = _events("busy", 6)
     busy, new = events[0], events[1:]
-    store = await EventStore.open(
-        settings.database_url, max_size=2, timeouts=DbTimeouts(connect=5, command=2, checkout=5)
-    )
+    store = await _store(settings, command=2)
     job = await asyncpg.connect(asyncpg_dsn(settings.database_url))
     try:
         assert await store.insert_new([busy]) == {busy.id}
@@ -102,6 +106,4 @@ async def test_a_redelivered_event_whose_job_has_not_committed_does_not_hold_bac
         await store.close()
 
     assert stored == {e.id for e in new}
-    async with engine.connect() as connection:
-        rows = (await connection.execute(select(StripeEvent.id))).scalars().all()
-    assert sorted(rows) == sorted(e.id for e in events)
+    assert await _stored_ids(engine) == sorted(e.id for e in events)
