@@ -95,8 +95,9 @@ async def fetch_page(
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
 ) -> list[Mapping[str, Any]]:
-    """`SubscriptionRepository.page_rows` on any asyncpg connection (a session's, or a pooled read
-    connection for the list's lean route)."""
+    """A page of the consumer's subscriptions with the plan version each holds, in one query, as
+    plain driver rows (the columns `subscription_document` reads), on any asyncpg connection (a
+    session's, or a pooled read connection for the list's lean route): the hottest read path."""
     sql, names = _PAGE_SQL[(status is not None, after is not None)]
     params: dict[str, object] = {"consumer_id": consumer_id, "limit": limit, "status": status}
     if after is not None:
@@ -139,22 +140,8 @@ class SubscriptionRepository:
         )
         return int((await self._session.execute(statement)).scalar_one())
 
-    async def page_rows(
-        self,
-        consumer_id: uuid.UUID,
-        *,
-        status: str | None,
-        after: tuple[datetime, uuid.UUID] | None,
-        limit: int,
-    ) -> list[Mapping[str, Any]]:
-        """A page of the consumer's subscriptions with the plan version each holds, in one query,
-        as plain driver rows (the columns `subscription_document` reads): a list is read-only, and
-        this is the hottest read path."""
-        connection = await driver_connection(self._session)
-        return await fetch_page(connection, consumer_id, status=status, after=after, limit=limit)
-
     async def owned_row(self, subscription_id: uuid.UUID, consumer_id: uuid.UUID) -> Mapping[str, Any] | None:
-        """The consumer's subscription with its held plan version, as `page_rows` gives them."""
+        """The consumer's subscription with its held plan version, as `fetch_page` gives them."""
         sql, names = _ONE_SQL
         params = {"consumer_id": consumer_id, "subscription_id": subscription_id}
         row: Mapping[str, Any] | None = await (await driver_connection(self._session)).fetchrow(
