@@ -8,12 +8,12 @@ each (10,000,000 usage_records at the default, every one already reported to Str
 INSERT ... SELECT generate_series), all of them closing the same 30-day period, an hour ago. Ours
 is the code that runs because that period closed, timed end to end:
   - the usage job's pass, run as the worker runs it (`UsageService.aggregate()`, no stand-in),
-    with its period-close pass: per batch of BATCH_SIZE subscriptions, a read of the batch
-    without the settlement lock (`metered_subscriptions`: per subscription one range of the
-    windows' key from the day before its period, giving its period's calls and where its
-    windows stop, and one probe each of its unsent windows and its settlement), then per
-    SETTLE_BATCH of those it found ready one transaction that takes the settlement lock alone,
-    reads them again and settles those still ready in one INSERT into usage_period_settlements;
+    with its period-close pass: per batch of BATCH_SIZE subscriptions, read in parts of
+    SETTLE_BATCH, one transaction per part that takes the settlement lock alone, reads the part
+    (`metered_subscriptions`: per subscription one range of the windows' key from the day
+    before its period, giving its period's calls and where its windows stop, and one probe
+    each of its unsent windows and its settlement) and settles those it found ready in one
+    INSERT into usage_period_settlements;
     then the windows to record (none: every ended day is in, so the metering service is never
     asked), `claim_pending` (none left to send, so Stripe is never called) and the call-limit
     check (no call-limited plan here). The settlements of the previous round are truncated

@@ -160,11 +160,10 @@ _PERIOD_CALLS = f"""
 """  # noqa: S608 (constant SQL)
 
 # The period-close pass and the writers of windows exclude each other on this advisory lock
-# (transaction-scoped): the pass holds it alone while it reads again the subscriptions its batch
-# read (without it) found ready and settles them, every transaction that records or re-queues
-# windows shares it. A window recorded
-# meanwhile is then either seen by the pass (which then settles with it, or not at all) or
-# un-settles the period after the pass commits.
+# (transaction-scoped): the pass holds it alone while it reads a part of its batch and settles
+# the periods it found ready, every transaction that records or re-queues windows shares it. A
+# window recorded meanwhile is then either seen by the pass (which then settles with it, or not
+# at all) or un-settles the period after the pass commits.
 _SETTLEMENT_LOCK = 0x7573_6167_6573  # "usages"
 # Taken through SQLAlchemy, not the driver: that begins the session's transaction on the
 # connection (the driver's statements after it run inside; alone they would each commit).

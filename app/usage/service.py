@@ -52,8 +52,9 @@ from app.usage.windows import DAY, covers_period, day_start, meter_event_identif
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 5_000
-# Periods found ready settled per transaction holding the settlement lock alone: the writers of
-# windows (a plan change's flush among them) wait at most for one such read of this many.
+# Subscriptions the period-close pass reads (and settles) per transaction holding the settlement
+# lock alone: the writers of windows (a plan change's flush among them) wait at most for one such
+# read of this many.
 SETTLE_BATCH = 1_000
 # Stripe accepts meter events up to 35 days old; older windows are not fetched.
 MAX_BACKFILL_DAYS = 35
@@ -182,7 +183,8 @@ class UsageService:
             oldest = today - timedelta(days=MAX_BACKFILL_DAYS) if subscription.metered else today
             return Span(oldest_day=oldest, last_day=today - timedelta(days=1), stop=at)
 
-        return await self._run(span, only=[subscription_id], metered_only=False)
+        # Inside a plan change or a cancellation: it does not wait for other writers of windows.
+        return await self._run(span, only=[subscription_id], metered_only=False, lock_reads=False)
 
     async def flush(self, subscription_id: uuid.UUID, at: datetime) -> bool:
         """`close`, True when every window up to `at` is recorded and none is left unsent."""
@@ -240,12 +242,18 @@ class UsageService:
         only: Sequence[uuid.UUID] | None,
         on_batch: Callable[[int], None] | None = None,
         metered_only: bool = True,
+        lock_reads: bool = True,
     ) -> UsageRun:
         run = UsageRun()
         after: uuid.UUID | None = None
         while True:
             batch = await self._read_batch(
-                run, after=after, limit=BATCH_SIZE, only=only, metered_only=metered_only
+                run,
+                after=after,
+                limit=BATCH_SIZE,
+                only=only,
+                metered_only=metered_only,
+                lock_reads=lock_reads,
             )
             if not batch:
                 return run
@@ -258,7 +266,12 @@ class UsageService:
             changed = [s.id for s in batch if s.id in last_windows or s.period_unsent]
             if changed:
                 await self._read_batch(
-                    run, after=None, limit=len(changed), only=changed, metered_only=metered_only
+                    run,
+                    after=None,
+                    limit=len(changed),
+                    only=changed,
+                    metered_only=metered_only,
+                    lock_reads=lock_reads,
                 )
             run.subscriptions += len(batch)
             if on_batch is not None:
@@ -275,32 +288,61 @@ class UsageService:
         limit: int,
         only: Sequence[uuid.UUID] | None,
         metered_only: bool,
+        lock_reads: bool,
     ) -> list[MeteredSubscription]:
-        """The period-close pass: read a batch of subscriptions without the settlement lock (the
-        writers of windows, a plan change's or a cancellation's flush among them, go on
-        meanwhile), then settle the periods the read found ready (`_settle`)."""
-        async with self._sessionmaker() as session:
-            batch = await UsageRepository(session).metered_subscriptions(
-                after=after, limit=limit, only=only, metered_only=metered_only
+        """The period-close pass with a batch's read, one read of each subscription: the batch
+        is read in parts of SETTLE_BATCH, each in a transaction that holds the settlement lock
+        alone and settles the periods its read found ready (`_read_and_settle`), so a writer of
+        windows waits at most for one part. A flush (`lock_reads` False) runs inside a plan
+        change or a cancellation and must not wait for other writers: it reads without the lock
+        and settles only what it found ready, read again under the lock."""
+        if not lock_reads:
+            async with self._sessionmaker() as session:
+                batch = await UsageRepository(session).metered_subscriptions(
+                    after=after, limit=limit, only=only, metered_only=metered_only
+                )
+            ready = [s.id for s in batch if _ready_to_settle(s)]
+            for start in range(0, len(ready), SETTLE_BATCH):
+                part = ready[start : start + SETTLE_BATCH]
+                await self._read_and_settle(
+                    run, after=None, limit=len(part), only=part, metered_only=metered_only
+                )
+            return batch
+        batch = []
+        while len(batch) < limit:
+            size = min(SETTLE_BATCH, limit - len(batch))
+            read = await self._read_and_settle(
+                run, after=after, limit=size, only=only, metered_only=metered_only
             )
-        ready = [s.id for s in batch if _ready_to_settle(s)]
-        for start in range(0, len(ready), SETTLE_BATCH):
-            run.settled += await self._settle(ready[start : start + SETTLE_BATCH], metered_only=metered_only)
+            batch += read
+            if len(read) < size:
+                break
+            after = read[-1].id
         return batch
 
-    async def _settle(self, ids: list[uuid.UUID], *, metered_only: bool) -> int:
-        """Settle the current periods of these subscriptions that are still ready when read again
-        alone among the writers of windows (the settlement lock), with the calls read then, in
-        the same transaction: a window recorded or re-queued meanwhile waits for the commit, and
-        then un-settles the period. Only the subscriptions found ready are read under the lock."""
+    async def _read_and_settle(
+        self,
+        run: UsageRun,
+        *,
+        after: uuid.UUID | None,
+        limit: int,
+        only: Sequence[uuid.UUID] | None,
+        metered_only: bool,
+    ) -> list[MeteredSubscription]:
+        """Read these subscriptions alone among the writers of windows (the settlement lock) and
+        settle the current periods found ready, with the calls read, in the same transaction: a
+        window recorded or re-queued meanwhile waits for the commit, and then un-settles the
+        period. Returns what was read."""
         async with unit_of_work(self._sessionmaker) as session:
             repo = UsageRepository(session)
             await repo.lock_settlements()
-            again = await repo.metered_subscriptions(
-                after=None, limit=len(ids), only=ids, metered_only=metered_only
+            read = await repo.metered_subscriptions(
+                after=after, limit=limit, only=only, metered_only=metered_only
             )
-            ready = [s for s in again if _ready_to_settle(s)]
-            return await repo.settle_periods(ready, clock.now()) if ready else 0
+            ready = [s for s in read if _ready_to_settle(s)]
+            settled = await repo.settle_periods(ready, clock.now()) if ready else 0
+        run.settled += settled
+        return read
 
     async def _record(
         self,

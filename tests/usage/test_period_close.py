@@ -237,26 +237,28 @@ async def test_a_period_close_killed_mid_pass_resumes_where_it_stopped(
     assert stripe.meter_events.call_count == 9
 
 
-async def test_a_plan_changes_usage_flush_does_not_wait_for_the_period_close_reading_a_batch(
+async def test_a_plan_changes_usage_flush_waits_for_no_more_than_one_part_of_the_period_close(
     engine: AsyncEngine, settings: Settings, stripe: Stripe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The flush before a plan change or a cancellation records and sends the subscription's
-    windows while the pass is held in its batch read (which holds no lock writers wait for)."""
-    world = await closing_subscription(engine)
-    read = UsageRepository.metered_subscriptions
-    reading, release = asyncio.Event(), asyncio.Event()
+    """The pass reads its batch in parts, each holding the settlement lock alone only while it is
+    read and settled: the flush before a plan change or a cancellation records and sends the
+    subscription's windows while the pass is held between two parts of one batch."""
+    world, other = await closing_subscription(engine), await closing_subscription(engine)
+    monkeypatch.setattr(usage_service, "SETTLE_BATCH", 1)  # one batch of two, read in two parts
+    read_and_settle = UsageService._read_and_settle
+    between, release = asyncio.Event(), asyncio.Event()
 
-    async def held_after_reading_a_batch(self: UsageRepository, **options: Any) -> Any:
-        batch = await read(self, **options)
-        if options.get("only") is None:  # the pass's batch, not the flush's one subscription
-            reading.set()
+    async def held_after_the_first_part(self: UsageService, run: UsageRun, **options: Any) -> Any:
+        read = await read_and_settle(self, run, **options)
+        if options.get("only") is None and not between.is_set():  # the batch's first part
+            between.set()
             await release.wait()
-        return batch
+        return read
 
-    monkeypatch.setattr(UsageRepository, "metered_subscriptions", held_after_reading_a_batch)
+    monkeypatch.setattr(UsageService, "_read_and_settle", held_after_the_first_part)
     job = asyncio.create_task(usage_job(engine, settings))
     try:
-        await asyncio.wait_for(reading.wait(), 30)
+        await asyncio.wait_for(between.wait(), 30)
         async with httpx.AsyncClient() as http:
             sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
             usage = UsageService(sessionmaker, StripeGateway(settings), settings, http)
@@ -271,15 +273,20 @@ async def test_a_plan_changes_usage_flush_does_not_wait_for_the_period_close_rea
     assert [w.window_end for w in windows][-1] == NOW
     assert all(a.window_end == b.window_start for a, b in itertools.pairwise(windows))
     assert all(w.reported_at is not None and w.quantity > 0 for w in windows)
-    assert stripe.meter_events.call_count == len(windows)
+    # Each window went to Stripe once, the other subscription's (recorded by the pass) too.
+    assert stripe.meter_events.call_count == len(windows) + len(
+        await usage_windows(engine, other.subscription_id)
+    )
 
 
 async def test_the_period_close_settles_no_period_a_writer_is_still_recording_a_window_in(
     engine: AsyncEngine, settings: Settings, stripe: Stripe
 ) -> None:
-    """The pass settles from what it reads again under the settlement lock, so it waits for a
-    writer recording a window meanwhile and then sees that window (here left to send)."""
+    """The pass reads under the settlement lock, so it waits for a writer recording a window
+    meanwhile (here a plan change's flush: the closing day's part before the change, billed in
+    the period) and then sees that window, sends it and settles the period with it."""
     world = await closing_subscription(engine)
+    assert (await usage_job(engine, settings)).settled == 1  # every whole day in, sent and settled
     closing_day = day_start(NOW.date())
     window = {
         "subscription_id": world.subscription_id,
@@ -295,12 +302,9 @@ async def test_the_period_close_settles_no_period_a_writer_is_still_recording_a_
         await UsageRepository(session).insert_records([window])  # uncommitted while the pass runs
         job = asyncio.create_task(usage_job(engine, settings))
         await asyncio.sleep(1)
-        assert not job.done()  # its windows recorded, it waits to settle for the writer's commit
+        assert not job.done()  # it waits for the writer's commit to read
     run = await job
-    assert (run.recorded, run.settled) == (3, 0)
-    assert await settlements(engine) == {}
-    # Sent on the next run: settled with it.
-    assert (await usage_job(engine, settings)).settled == 1
+    assert (run.recorded, run.reported, run.settled) == (0, 1, 1)
     calls = (await settlements(engine))[world.subscription_id].calls
     assert calls == await recorded_calls(engine, world, START, NOW) > 7
 
