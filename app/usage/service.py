@@ -115,28 +115,47 @@ class Span:
     stop: datetime | None = None
     # Backfill: every day of the span again (present windows are kept), not from the last window.
     from_oldest: bool = False
+    # When `oldest_day` starts and `last_day` ends: the instants a subscription's windows are
+    # compared with, once per subscription of every batch.
+    oldest_start: datetime = field(init=False)
+    days_end: datetime = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "oldest_start", day_start(self.oldest_day))
+        object.__setattr__(self, "days_end", day_start(self.last_day + DAY))
 
 
 def _first_window(subscription: MeteredSubscription, chosen: Span) -> tuple[datetime, datetime | None]:
     """Where the subscription's next window to record starts, and the instant its windows stop
     at (None: none, they go on day by day)."""
-    cursor = day_start(max(subscription.started_at.astimezone(UTC).date(), chosen.oldest_day))
-    if subscription.last_window_end is not None and not chosen.from_oldest:
-        cursor = max(cursor, subscription.last_window_end)
-    stops = [window_boundary(t) for t in (chosen.stop, subscription.ended_at) if t is not None]
-    return cursor, min(stops) if stops else None
+    last = subscription.last_window_end
+    if (
+        last is not None
+        and not chosen.from_oldest
+        and last >= max(chosen.oldest_start, subscription.started_at)
+    ):
+        cursor = last  # the usual case; the maximum below, without building its dates
+    else:
+        cursor = day_start(max(subscription.started_at.astimezone(UTC).date(), chosen.oldest_day))
+        if last is not None and not chosen.from_oldest:
+            cursor = max(cursor, last)
+    if chosen.stop is None and subscription.ended_at is None:
+        return cursor, None
+    return cursor, min(window_boundary(t) for t in (chosen.stop, subscription.ended_at) if t is not None)
 
 
-def _window_end(cursor: datetime, stop: datetime | None, last_day: date) -> datetime | None:
+def _window_end(cursor: datetime, stop: datetime | None, chosen: Span) -> datetime | None:
     """Where the window starting at `cursor` ends, or None when none is due there: its day has
-    not ended (past `last_day`), or the windows have reached `stop`."""
-    if stop is not None and cursor >= stop:
+    not ended (past the span's last day), or the windows have reached `stop`."""
+    if stop is None:
+        if cursor >= chosen.days_end:  # the usual case: every ended day is in
+            return None
+    elif cursor >= stop:
         return None
-    day = cursor.astimezone(UTC).date()
-    midnight = day_start(day + DAY)
+    midnight = day_start(cursor.astimezone(UTC).date() + DAY)
     if stop is not None and stop < midnight:
         return stop
-    return midnight if day <= last_day else None
+    return midnight if cursor < chosen.days_end else None
 
 
 def _ready_to_settle(subscription: MeteredSubscription) -> bool:
@@ -362,10 +381,10 @@ class UsageService:
                 return await UsageRepository(session).day_so_far(subscription.id, midnight, start)
 
         async def windows_of(
-            subscription: MeteredSubscription, last_day: date, cursor: datetime, stop: datetime | None
+            subscription: MeteredSubscription, chosen: Span, cursor: datetime, stop: datetime | None
         ) -> list[dict[str, Any]]:
             rows: list[dict[str, Any]] = []
-            while (end := _window_end(cursor, stop, last_day)) is not None:
+            while (end := _window_end(cursor, stop, chosen)) is not None:
                 day = cursor.astimezone(UTC).date()
                 try:
                     async with gate:
@@ -400,8 +419,8 @@ class UsageService:
             chosen = span(subscription)
             cursor, stop = _first_window(subscription, chosen)
             # Most have nothing due (at a period's close, all of them): no task for those.
-            if _window_end(cursor, stop, chosen.last_day) is not None:
-                due.append(windows_of(subscription, chosen.last_day, cursor, stop))
+            if _window_end(cursor, stop, chosen) is not None:
+                due.append(windows_of(subscription, chosen, cursor, stop))
         per_subscription = await asyncio.gather(*due)
         rows = [row for rows in per_subscription for row in rows]
         run.fetched += len(rows)
