@@ -9,22 +9,22 @@ INSERT ... SELECT generate_series), all of them closing the same 30-day period, 
 is the code that runs because that period closed, timed end to end:
   - the usage job's pass, run as the worker runs it (`UsageService.aggregate()`, no stand-in),
     with its period-close pass: per batch of BATCH_SIZE subscriptions, read in parts of
-    SETTLE_BATCH, one transaction per part that takes the settlement lock alone, reads the part
-    (`metered_subscriptions`: per subscription one range of the windows' key from the day
-    before its period, giving its period's calls and where its windows stop, and one probe
-    each of its unsent windows and its settlement) and settles those it found ready in one
-    INSERT into usage_period_settlements;
-    then the windows to record (none: every ended day is in, so the metering service is never
-    asked), `claim_pending` (none left to send, so Stripe is never called) and the call-limit
-    check (no call-limited plan here). The settlements of the previous round are truncated
+    SETTLE_BATCH, one transaction per part that takes the settlement lock alone and reads the
+    part with one statement (`UsageRepository.settle_ready`: per subscription one range of the
+    windows' key from the day before its period, giving its period's calls and where its
+    windows stop, and one probe each of its unsent windows and its settlement) that also
+    settles, in usage_period_settlements, every period it found ready, and returns only the
+    subscriptions with anything left to do (here none: every ended day is in and sent, and no
+    plan has a call limit, so the metering service, Stripe and the call-limit check are never
+    asked; the statement still decides it for each). The settlements of the previous round are truncated
     first, untimed, so every round settles all N periods;
   - then every renewal draft's confirmation, as `invoice.created` makes it: the settlement comes
     joined to the subscription row the handler loads and locks anyway (`draft_subscription`),
-    and `settled_calls` decides from it. The join's work for all N drafts (the subscription row
-    and the settlement's key, one probe each) is timed as one statement over the N drafts, and
-    `settled_calls` is run for each; the per-draft round trip and transaction are the handler's
-    own, with or without usage, and are not counted. A sample of drafts also goes through
-    `draft_subscription` itself, each in its own transaction (untimed), and must agree.
+    which decides in the same statement whether it still holds. That statement's work for all
+    N drafts (the subscription row and the settlement's key, one probe each, and the decision)
+    is timed as one statement over the N drafts; the per-draft round trip and transaction are
+    the handler's own, with or without usage, and are not counted. A sample of drafts also goes
+    through `draft_subscription` itself, each in its own transaction (untimed), and must agree.
 Excluded: mirroring the invoice from Stripe's payload (the same for a draft with or without
 usage), and the overage line (`bill_overage`), which moves to the Stripe meter: after that a
 settled draft has no overage work. Also printed, not in the figure: the same pass once every
@@ -47,15 +47,25 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
+from sqlalchemy import Uuid, and_, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from app import clock
 from app.config import Settings
+from app.models import Subscription, UsagePeriodSettlement
 from app.resources import freeze_startup_heap
 from app.stripe import StripeGateway
-from app.usage.repository import _BEFORE_ANY_ID, _METERED_SQL, ENDED_LOOKBACK, UsageRepository, settled_calls
-from app.usage.service import BATCH_SIZE, UsageService
-from app.usage.windows import may_end_early
+from app.usage.repository import (
+    _BEFORE_ANY_ID,
+    _METERED_SQL,
+    ENDED_LOOKBACK,
+    UsageRepository,
+    _DriverStatement,
+    _settled_calls,
+)
+from app.usage.service import SETTLE_BATCH, UsageService
+from app.usage.windows import day_start
 from app.worker.settings import WorkerSettings
 from bench.harness import Figure, embedded_stack
 from bench.usage_ingest import seed_subscriptions
@@ -82,15 +92,20 @@ SELECT gen_random_uuid(), s.id, $1::timestamptz + d * interval '1 day',
 FROM (SELECT id FROM subscriptions ORDER BY id OFFSET $3 LIMIT $4) s, generate_series(0, $2::int - 1) d
 """
 
-# What `draft_subscription` joins for one draft, for all drafts at once: the subscription row
-# and its period's settlement.
-CONFIRM_SQL = """
-SELECT s.id, s.status, s.cancel_at_period_end, u.calls, u.covered_through
-FROM unnest($1::uuid[]) AS d(id)
-JOIN subscriptions s ON s.id = d.id
-LEFT JOIN usage_period_settlements u
-  ON u.subscription_id = s.id AND u.period_start = $2 AND u.period_end = $3
-"""
+# What `draft_subscription` reads for one draft, for all drafts at once: the subscription row
+# and its period's settlement, with the settlement's calls decided in the statement as there.
+CONFIRM = _DriverStatement.compile(
+    select(Subscription.id, _settled_calls(PERIOD_END))
+    .outerjoin(
+        UsagePeriodSettlement,
+        and_(
+            UsagePeriodSettlement.subscription_id == Subscription.id,
+            UsagePeriodSettlement.period_start == PERIOD_START,
+            UsagePeriodSettlement.period_end == PERIOD_END,
+        ),
+    )
+    .where(Subscription.id == any_(bindparam("ids", None, type_=ARRAY(Uuid()))))
+)
 SAMPLE = 200  # drafts that also go through `draft_subscription`, one transaction each
 
 BARE_SQL = """
@@ -136,12 +151,11 @@ async def confirm_drafts(connection: asyncpg.Connection, ids: list[uuid.UUID]) -
     """Every renewal draft's confirmation (see the module's docstring): seconds, and the calls
     the drafts found settled."""
     started = time.perf_counter()
-    rows = await connection.fetch(CONFIRM_SQL, ids, PERIOD_START, PERIOD_END)
+    rows = await connection.fetch(CONFIRM.sql, *CONFIRM.args({"ids": ids}))
     calls = 0
     for row in rows:
-        found = settled_calls(row[3], row[4], PERIOD_END, may_end_early=may_end_early(row[1], row[2]))
-        assert found is not None, row[0]  # settled: the usage job is not run again
-        calls += found
+        assert row[1] is not None, row[0]  # settled: the usage job is not run again
+        calls += int(row[1])
     elapsed = time.perf_counter() - started
     assert len(rows) == len(ids)
     return elapsed, calls
@@ -195,14 +209,24 @@ async def main() -> list[Figure]:
         # The seed's dirty pages are written now, not during whichever timed side comes first.
         await connection.execute("CHECKPOINT")
         ids = [r[0] for r in await connection.fetch("SELECT id FROM subscriptions ORDER BY id")]
-        batch_sql = _METERED_SQL[False, True]
+        batch_sql = _METERED_SQL[False, True, True]
         batch_args = batch_sql.args(
-            {"after": _BEFORE_ANY_ID, "limit": BATCH_SIZE, "ended_since": CLOSED_AT - ENDED_LOOKBACK}
+            {
+                "after": _BEFORE_ANY_ID,
+                "limit": SETTLE_BATCH,
+                "ended_since": CLOSED_AT - ENDED_LOOKBACK,
+                "settled_at": CLOSED_AT,
+                "quiet_from": day_start(CLOSED_AT.date()),  # the usage job's: every ended day in
+            }
         )
         for name, sql, args in (
             ("bare GROUP BY", BARE_SQL, (PERIOD_START, PERIOD_END)),
-            (f"the usage job's batch read (the first {BATCH_SIZE:,})", batch_sql.sql, tuple(batch_args)),
-            (f"the drafts' confirmations ({len(ids):,})", CONFIRM_SQL, (ids, PERIOD_START, PERIOD_END)),
+            (
+                f"the usage job's read of a part (the first {SETTLE_BATCH:,})",
+                batch_sql.sql,
+                tuple(batch_args),
+            ),
+            (f"the drafts' confirmations ({len(ids):,})", CONFIRM.sql, tuple(CONFIRM.args({"ids": ids}))),
         ):
             explained = connection.transaction()
             await explained.start()

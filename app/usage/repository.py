@@ -19,9 +19,12 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    case,
+    false,
     func,
     literal,
     literal_column,
+    null,
     or_,
     select,
     text,
@@ -30,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
@@ -71,15 +75,12 @@ class MeteredSubscription:
     # The instant it ended (cancelled, or its last period over): no window reaches past it.
     ended_at: datetime | None = None
     metered: bool = True
-    # Its windows may stop before its period's end (`app.usage.windows.covers_period`).
-    may_end_early: bool = False
-    # Its current period is settled already (a row in usage_period_settlements).
-    settled: bool = False
-    # Its current period's calls so far (windows billed in it), and whether a window billed in
-    # it or before is still to send (one billed in the next period, e.g. the closing day's, is
-    # not counted; a quarantined one is not to send).
-    period_calls: int = 0
+    # Whether a window billed in its current period or before is still to send (one billed in
+    # the next period, e.g. the closing day's, is not counted; a quarantined one is not to send).
     period_unsent: bool = False
+    # Its current period was ready to settle as read (see `_metered_statement`): metered, not
+    # settled yet, its windows cover it and none billed in it (or before) is left to send.
+    ready: bool = False
     # It has an overage item on the API's meter: all its calls are reported (the tiers bill them).
     overage_item: bool = False
 
@@ -87,6 +88,18 @@ class MeteredSubscription:
     def bills_calls(self) -> bool:
         """Its calls go to Stripe's meter: a pay-per-use plan, or an overage plan's meter item."""
         return self.pay_per_use or self.overage_item
+
+
+@dataclass(slots=True)
+class BatchRead:
+    """What one read of a batch (or part of one) found: the subscriptions with anything to do,
+    how many it read, the last one's id (where the next read starts) and how many periods it
+    newly settled."""
+
+    subscriptions: list[MeteredSubscription]
+    read: int
+    last_id: uuid.UUID | None
+    settled: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,14 +186,6 @@ _SETTLEMENT_LOCK = 0x7573_6167_6573  # "usages"
 _LOCK_SETTLEMENTS = text("SELECT pg_advisory_xact_lock(:key)")
 _SHARE_SETTLEMENTS = text("SELECT pg_advisory_xact_lock_shared(:key)")
 
-# A batch's settled periods with their calls, one array per column; a period settled already is kept.
-_SETTLE = """
-    INSERT INTO usage_period_settlements (subscription_id, period_start, period_end, calls,
-                                          covered_through, settled_at)
-    SELECT *, $6
-    FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::bigint[], $5::timestamptz[])
-    ON CONFLICT DO NOTHING
-"""
 # A window recorded or sent again un-settles the periods it is billed in or before.
 _UNSETTLE = """
     DELETE FROM usage_period_settlements s
@@ -204,14 +209,16 @@ _ENDED_AT = func.coalesce(Subscription.expires_at, Subscription.cancelled_at)
 _IS_METERED = or_(PricingPlan.type == "pay_per_use", PricingPlanVersion.call_limit.is_not(None))
 
 
-def settled_calls(
-    calls: int | None, covered_through: datetime | None, end: datetime, *, may_end_early: bool
-) -> int | None:
-    """A settlement's calls for a draft of the period ending at `end` (None: no settlement, or
-    the windows it saw no longer cover the period for the subscription as it is now)."""
-    if calls is None or not covers_period(covered_through, end, may_end_early=may_end_early):
-        return None
-    return int(calls)
+def _settled_calls(end: datetime) -> ColumnElement[int | None]:
+    """A settlement's calls for a draft of the period ending at `end`, joined to its subscription
+    (NULL: no settlement, or the windows it saw no longer cover the period for the subscription
+    as it is now: one that has since come to end with its period has a last, partial window)."""
+    covered = covers_period(
+        UsagePeriodSettlement.covered_through,
+        literal(end, DateTime(timezone=True)),
+        may_end_early=may_end_early(Subscription.status, Subscription.cancel_at_period_end),
+    )
+    return case((covered, UsagePeriodSettlement.calls), else_=null())
 
 
 def _earliest_ends(windows: Iterable[tuple[uuid.UUID, datetime]]) -> dict[uuid.UUID, datetime]:
@@ -277,9 +284,10 @@ class _DriverStatement:
 _BEFORE_ANY_ID = uuid.UUID(int=0)
 
 
-def _metered_statement(*, only: bool, metered_only: bool) -> _DriverStatement:
+def _metered_statement(*, only: bool, metered_only: bool, settle: bool) -> _DriverStatement:
     """`metered_subscriptions`' statement: after :after by id, :limit of them, cancelled ones
-    ended since :ended_since, with `only` those of :only."""
+    ended since :ended_since, with `only` those of :only; with `settle`, the current periods
+    found ready are settled at :settled_at by the same statement."""
     # A window belongs to the period holding its meter event's instant (app.usage.windows: its
     # last second). A subscription's windows follow one another without overlap, so the one
     # starting last ends last: one range of the (subscription, window start) key, from the day
@@ -316,6 +324,7 @@ def _metered_statement(*, only: bool, metered_only: bool) -> _DriverStatement:
         )
         .exists()
     )
+    to_send = select(UsageRecord.id).where(UsageRecord.subscription_id == Subscription.id, _SENDABLE).exists()
     settled = (
         select(UsagePeriodSettlement.calls)
         .where(
@@ -327,21 +336,22 @@ def _metered_statement(*, only: bool, metered_only: bool) -> _DriverStatement:
     )
     statement = _readable(
         select(
-            Subscription.id,
-            PricingPlan.type,
-            Subscription.started_at,
-            func.coalesce(since_period.c.last_end, last_window),
-            PricingPlanVersion.call_limit,
-            Subscription.current_period_start,
-            Subscription.current_period_end,
-            Subscription.status,
-            Subscription.cancel_at_period_end,
-            _ENDED_AT,
-            _IS_METERED,
-            settled,
-            Subscription.stripe_overage_item_id,
-            since_period.c.calls,
-            unsent,
+            Subscription.id.label("id"),
+            PricingPlan.type.label("plan_type"),
+            Subscription.started_at.label("started_at"),
+            func.coalesce(since_period.c.last_end, last_window).label("last_end"),
+            PricingPlanVersion.call_limit.label("call_limit"),
+            Subscription.current_period_start.label("period_start"),
+            Subscription.current_period_end.label("period_end"),
+            Subscription.status.label("status"),
+            Subscription.cancel_at_period_end.label("cancel_at_period_end"),
+            _ENDED_AT.label("ended_at"),
+            _IS_METERED.label("metered"),
+            settled.label("settled"),
+            Subscription.stripe_overage_item_id.label("overage_item_id"),
+            since_period.c.calls.label("calls"),
+            unsent.label("unsent"),
+            to_send.label("to_send"),
         ),
         None,
         metered_only=metered_only,
@@ -355,13 +365,79 @@ def _metered_statement(*, only: bool, metered_only: bool) -> _DriverStatement:
     )
     if only:
         statement = statement.where(Subscription.id == any_(bindparam("only", None, type_=_UUIDS)))
-    return _DriverStatement.compile(statement)
+    part = statement.cte("part")
+    # Whether its current period is to settle as read: metered, not settled yet, its windows
+    # cover it and none billed in it (or before) is left to send.
+    ready = and_(
+        part.c.metered,
+        part.c.period_start < part.c.period_end,
+        ~part.c.settled,
+        ~part.c.unsent,
+        covers_period(
+            part.c.last_end,
+            part.c.period_end,
+            may_end_early=may_end_early(part.c.status, part.c.cancel_at_period_end),
+        ),
+    )
+    settled_now: ColumnElement[int] = literal(0)
+    if settle:
+        # Every period found ready settled by the same statement, with the calls and the last
+        # window it read: no row goes to Python and back. A period settled already is kept.
+        settling = (
+            postgresql_insert(UsagePeriodSettlement)
+            .from_select(
+                ["subscription_id", "period_start", "period_end", "calls", "covered_through", "settled_at"],
+                select(
+                    part.c.id,
+                    part.c.period_start,
+                    part.c.period_end,
+                    func.coalesce(part.c.calls, 0),
+                    part.c.last_end,
+                    bindparam("settled_at", None, type_=DateTime(timezone=True)),
+                ).where(ready),
+            )
+            .on_conflict_do_nothing()
+            .returning(UsagePeriodSettlement.subscription_id)
+            .cte("settling")
+        )
+        settled_now = select(func.count()).select_from(settling).scalar_subquery()
+    # With :quiet_from (the end of the last ended day, for the usage job's pass), a subscription
+    # with nothing left to do is read (and settled) but not returned: every ended day's window
+    # in (and the one up to its end, if it ended), none to send, no call limit to check, and
+    # not waiting to be settled. The last one read is returned anyway, with how many were read.
+    quiet_from = bindparam("quiet_from", None, type_=DateTime(timezone=True))
+    quiet = func.coalesce(
+        and_(
+            quiet_from.is_not(None),
+            part.c.last_end >= quiet_from,
+            or_(part.c.ended_at.is_(None), part.c.last_end >= part.c.ended_at),
+            ~part.c.to_send,
+            part.c.call_limit.is_(None),
+            true() if settle else ~ready,
+        ),
+        false(),
+    )
+    last_read = select(part.c.id).order_by(part.c.id.desc()).limit(1).scalar_subquery()
+    return _DriverStatement.compile(
+        select(
+            *(c for c in part.c if c.name not in ("settled", "calls", "unsent", "to_send")),
+            part.c.unsent,
+            ready.label("ready"),
+            quiet.label("quiet"),
+            settled_now.label("settled_now"),
+            select(func.count()).select_from(part).scalar_subquery().label("read"),
+        )
+        .where(or_(~quiet, part.c.id == last_read))
+        .order_by(part.c.id)
+    )
 
 
+# The batch reads, by (only some ids, metered plans only, settling what it finds ready).
 _METERED_SQL = {
-    (only, metered_only): _metered_statement(only=only, metered_only=metered_only)
+    (only, metered_only, settle): _metered_statement(only=only, metered_only=metered_only, settle=settle)
     for only in (False, True)
     for metered_only in (False, True)
+    for settle in (False, True)
 }
 
 
@@ -404,14 +480,53 @@ class UsageRepository:
         metered_only: bool = True,
     ) -> list[MeteredSubscription]:
         """Subscriptions to record windows for, by id after `after`, with where their windows stop."""
-        statement = _METERED_SQL[only is not None, metered_only]
-        given: dict[str, Any] = {"after": after or _BEFORE_ANY_ID, "limit": limit}
-        given["ended_since"] = clock.now() - ENDED_LOOKBACK
+        return (
+            await self._read(after, limit, only, metered_only, settle_at=None, quiet_from=None)
+        ).subscriptions
+
+    async def settle_ready(
+        self,
+        *,
+        after: uuid.UUID | None,
+        limit: int,
+        only: Sequence[uuid.UUID] | None = None,
+        metered_only: bool = True,
+        quiet_from: datetime | None = None,
+    ) -> BatchRead:
+        """`metered_subscriptions`, settling in the same statement the current periods found
+        ready, each with the calls and the last window read with it. With `quiet_from` (where
+        the windows to record stop, for a run recording every ended day), those found with
+        nothing left to do are counted but not returned. The caller holds the settlement lock
+        (`lock_settlements`)."""
+        return await self._read(
+            after, limit, only, metered_only, settle_at=clock.now(), quiet_from=quiet_from
+        )
+
+    async def _read(
+        self,
+        after: uuid.UUID | None,
+        limit: int,
+        only: Sequence[uuid.UUID] | None,
+        metered_only: bool,
+        *,
+        settle_at: datetime | None,
+        quiet_from: datetime | None,
+    ) -> BatchRead:
+        statement = _METERED_SQL[only is not None, metered_only, settle_at is not None]
+        given: dict[str, Any] = {
+            "after": after or _BEFORE_ANY_ID,
+            "limit": limit,
+            "settled_at": settle_at,
+            "quiet_from": quiet_from,
+            "ended_since": clock.now() - ENDED_LOOKBACK,
+        }
         if only is not None:
             given["only"] = list(only)
         # Thousands of rows a batch: on the driver, where decoding them costs a fraction of
         # SQLAlchemy's result rows.
         rows = await (await driver_connection(self._session)).fetch(statement.sql, *statement.args(given))
+        if not rows:
+            return BatchRead([], read=0, last_id=None, settled=0)
         now = clock.now()
 
         def ended_at(status: str, at_period_end: bool, end: datetime | None) -> datetime | None:
@@ -420,7 +535,7 @@ class UsageRepository:
             # Still live here, but Stripe ends it at its period's end: past that, nothing counts.
             return end if at_period_end and end is not None and end <= now else None
 
-        return [
+        subscriptions = [
             MeteredSubscription(
                 id=row[0],
                 pay_per_use=row[1] == "pay_per_use",
@@ -431,14 +546,14 @@ class UsageRepository:
                 current_period_end=row[6],
                 ended_at=ended_at(row[7], row[8], row[9]),
                 metered=bool(row[10]),
-                may_end_early=may_end_early(row[7], row[8]),
-                settled=bool(row[11]),
-                overage_item=row[12] is not None,
-                period_calls=int(row[13] or 0),
-                period_unsent=bool(row[14]),
+                overage_item=row[11] is not None,
+                period_unsent=bool(row[12]),
+                ready=bool(row[13]),
             )
             for row in rows
+            if not row[14]  # quiet: the last one read comes back for its id alone
         ]
+        return BatchRead(subscriptions, read=int(rows[0][16]), last_id=rows[-1][0], settled=int(rows[0][15]))
 
     async def count_metered(self, *, only: Sequence[uuid.UUID] | None = None) -> int:
         statement = _readable(select(func.count()).select_from(Subscription), only)
@@ -499,23 +614,6 @@ class UsageRepository:
         re-queued meanwhile, so what this transaction reads of the windows stays true."""
         await self._session.execute(_LOCK_SETTLEMENTS, {"key": _SETTLEMENT_LOCK})
 
-    async def settle_periods(self, ready: Sequence[MeteredSubscription], at: datetime) -> int:
-        """Record the current periods of these subscriptions as settled, each with the calls and
-        the last window read with it, in one statement; returns how many were newly settled.
-        The caller holds the settlement lock (`lock_settlements`) since it read them."""
-        if not ready:
-            return 0
-        status: str = await (await driver_connection(self._session)).execute(
-            _SETTLE,
-            [s.id for s in ready],
-            [s.current_period_start for s in ready],
-            [s.current_period_end for s in ready],
-            [s.period_calls for s in ready],
-            [s.last_window_end for s in ready],
-            at,
-        )
-        return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
-
     async def period_calls(
         self, periods: Sequence[tuple[uuid.UUID, datetime, datetime]]
     ) -> dict[uuid.UUID, int]:
@@ -541,7 +639,7 @@ class UsageRepository:
         if start is None or end is None:
             return await self._session.get(Subscription, subscription_id, with_for_update=lock), None
         statement = (
-            select(Subscription, UsagePeriodSettlement.calls, UsagePeriodSettlement.covered_through)
+            select(Subscription, _settled_calls(end))
             .outerjoin(
                 UsagePeriodSettlement,
                 and_(
@@ -556,9 +654,8 @@ class UsageRepository:
         row = (await self._session.execute(statement)).one_or_none()
         if row is None:
             return None, None
-        subscription, calls, covered_through = row
-        ends_early = may_end_early(subscription.status, subscription.cancel_at_period_end)
-        return subscription, settled_calls(calls, covered_through, end, may_end_early=ends_early)
+        subscription, calls = row
+        return subscription, None if calls is None else int(calls)
 
     async def subscriptions(self, ids: Sequence[uuid.UUID]) -> list[Subscription]:
         if not ids:

@@ -42,12 +42,13 @@ from app.plans.service import meter_event_name
 from app.stripe import StripeGateway
 from app.stripe.meters import MeterEventRefused
 from app.usage.repository import (
+    BatchRead,
     MeteredSubscription,
     Quarantined,
     Unreported,
     UsageRepository,
 )
-from app.usage.windows import DAY, covers_period, day_start, meter_event_identifier, window_boundary
+from app.usage.windows import DAY, day_start, meter_event_identifier, window_boundary
 
 log = logging.getLogger(__name__)
 
@@ -158,17 +159,6 @@ def _window_end(cursor: datetime, stop: datetime | None, chosen: Span) -> dateti
     return midnight if cursor < chosen.days_end else None
 
 
-def _ready_to_settle(subscription: MeteredSubscription) -> bool:
-    """Whether the subscription's current period is to settle as it was read: metered, not
-    settled yet, its windows cover it and none billed in it (or before) is left to send."""
-    start, end = subscription.current_period_start, subscription.current_period_end
-    if not subscription.metered or start is None or end is None or start >= end:
-        return False
-    if subscription.settled or subscription.period_unsent:
-        return False
-    return covers_period(subscription.last_window_end, end, may_end_early=subscription.may_end_early)
-
-
 class UsageService:
     def __init__(
         self,
@@ -189,7 +179,7 @@ class UsageService:
         that has ended gets its last, partial day too, up to the instant it ended."""
         today = today or clock.today()
         span = Span(oldest_day=today - timedelta(days=MAX_BACKFILL_DAYS), last_day=today - timedelta(days=1))
-        return await self._run(lambda _subscription: span, only=only)
+        return await self._run(lambda _subscription: span, only=only, quiet_from=span.days_end)
 
     async def close(self, subscription_id: uuid.UUID, at: datetime) -> UsageRun:
         """Record the subscription's windows up to `at` under its current plan and report them:
@@ -262,7 +252,11 @@ class UsageService:
         on_batch: Callable[[int], None] | None = None,
         metered_only: bool = True,
         lock_reads: bool = True,
+        quiet_from: datetime | None = None,
     ) -> UsageRun:
+        """Batch by batch: read (and settle), record, send, check call limits. With `quiet_from`
+        (where every subscription's windows to record stop, the same for all), a subscription
+        with nothing to do is settled in its read and goes no further."""
         run = UsageRun()
         after: uuid.UUID | None = None
         while True:
@@ -273,16 +267,18 @@ class UsageService:
                 only=only,
                 metered_only=metered_only,
                 lock_reads=lock_reads,
+                quiet_from=quiet_from,
             )
-            if not batch:
+            if not batch.read:
                 return run
-            last_windows = await self._record(batch, span, run)
+            acting = batch.subscriptions
+            last_windows = await self._record(acting, span, run)
             # Every subscription's: windows billed on a plan it has since left are still sent.
-            await self._report([s.id for s in batch], run)
-            await self._flag_overruns([s for s in batch if s.call_limit is not None], clock.now(), run)
+            await self._report([s.id for s in acting], run)
+            await self._flag_overruns([s for s in acting if s.call_limit is not None], clock.now(), run)
             # Read again those whose periods this run may have made ready: windows recorded, or
             # windows to send that are now sent or quarantined.
-            changed = [s.id for s in batch if s.id in last_windows or s.period_unsent]
+            changed = [s.id for s in acting if s.id in last_windows or s.period_unsent]
             if changed:
                 await self._read_batch(
                     run,
@@ -291,13 +287,14 @@ class UsageService:
                     only=changed,
                     metered_only=metered_only,
                     lock_reads=lock_reads,
+                    quiet_from=None,
                 )
-            run.subscriptions += len(batch)
+            run.subscriptions += batch.read
             if on_batch is not None:
-                on_batch(len(batch))
-            if len(batch) < BATCH_SIZE:  # the last batch: no need to ask for the next
+                on_batch(batch.read)
+            if batch.read < BATCH_SIZE:  # the last batch: no need to ask for the next
                 return run
-            after = batch[-1].id
+            after = batch.last_id
 
     async def _read_batch(
         self,
@@ -308,35 +305,38 @@ class UsageService:
         only: Sequence[uuid.UUID] | None,
         metered_only: bool,
         lock_reads: bool,
-    ) -> list[MeteredSubscription]:
+        quiet_from: datetime | None,
+    ) -> BatchRead:
         """The period-close pass with a batch's read, one read of each subscription: the batch
         is read in parts of SETTLE_BATCH, each in a transaction that holds the settlement lock
-        alone and settles the periods its read found ready (`_read_and_settle`), so a writer of
-        windows waits at most for one part. A flush (`lock_reads` False) runs inside a plan
-        change or a cancellation and must not wait for other writers: it reads without the lock
-        and settles only what it found ready, read again under the lock."""
+        alone and settles, in its read, the periods it finds ready (`_read_and_settle`), so a
+        writer of windows waits at most for one part. A flush (`lock_reads` False) runs inside
+        a plan change or a cancellation and must not wait for other writers: it reads without
+        the lock and settles only what it found ready, read again under the lock."""
         if not lock_reads:
             async with self._sessionmaker() as session:
-                batch = await UsageRepository(session).metered_subscriptions(
+                found = await UsageRepository(session).metered_subscriptions(
                     after=after, limit=limit, only=only, metered_only=metered_only
                 )
-            ready = [s.id for s in batch if _ready_to_settle(s)]
+            ready = [s.id for s in found if s.ready]
             for start in range(0, len(ready), SETTLE_BATCH):
                 part = ready[start : start + SETTLE_BATCH]
                 await self._read_and_settle(
-                    run, after=None, limit=len(part), only=part, metered_only=metered_only
+                    run, after=None, limit=len(part), only=part, metered_only=metered_only, quiet_from=None
                 )
-            return batch
-        batch = []
-        while len(batch) < limit:
-            size = min(SETTLE_BATCH, limit - len(batch))
-            read = await self._read_and_settle(
-                run, after=after, limit=size, only=only, metered_only=metered_only
+            return BatchRead(found, read=len(found), last_id=found[-1].id if found else None, settled=0)
+        batch = BatchRead([], read=0, last_id=None, settled=0)
+        while batch.read < limit:
+            size = min(SETTLE_BATCH, limit - batch.read)
+            part_read = await self._read_and_settle(
+                run, after=after, limit=size, only=only, metered_only=metered_only, quiet_from=quiet_from
             )
-            batch += read
-            if len(read) < size:
+            batch.subscriptions += part_read.subscriptions
+            batch.read += part_read.read
+            batch.last_id = part_read.last_id or batch.last_id
+            if part_read.read < size:
                 break
-            after = read[-1].id
+            after = part_read.last_id
         return batch
 
     async def _read_and_settle(
@@ -347,20 +347,19 @@ class UsageService:
         limit: int,
         only: Sequence[uuid.UUID] | None,
         metered_only: bool,
-    ) -> list[MeteredSubscription]:
-        """Read these subscriptions alone among the writers of windows (the settlement lock) and
-        settle the current periods found ready, with the calls read, in the same transaction: a
+        quiet_from: datetime | None,
+    ) -> BatchRead:
+        """Read these subscriptions alone among the writers of windows (the settlement lock),
+        settling in the same statement the current periods found ready, with the calls read: a
         window recorded or re-queued meanwhile waits for the commit, and then un-settles the
-        period. Returns what was read."""
+        period."""
         async with unit_of_work(self._sessionmaker) as session:
             repo = UsageRepository(session)
             await repo.lock_settlements()
-            read = await repo.metered_subscriptions(
-                after=after, limit=limit, only=only, metered_only=metered_only
+            read = await repo.settle_ready(
+                after=after, limit=limit, only=only, metered_only=metered_only, quiet_from=quiet_from
             )
-            ready = [s for s in read if _ready_to_settle(s)]
-            settled = await repo.settle_periods(ready, clock.now()) if ready else 0
-        run.settled += settled
+        run.settled += read.settled
         return read
 
     async def _record(

@@ -16,6 +16,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
 
+from sqlalchemy import ColumnElement, Interval, SQLColumnExpression, and_, case, func, literal_column, or_
+
 DAY = timedelta(days=1)
 _SECOND = timedelta(seconds=1)
 # A window's meter event carries its last second; SQL writes it `window_end - METER_STAMP_OFFSET`.
@@ -59,19 +61,32 @@ def period_days(start: datetime, end: datetime) -> tuple[date, date]:
     return first, last
 
 
-def may_end_early(status: str, cancel_at_period_end: bool) -> bool:
-    """Whether a subscription's windows may stop before its period's end (see `covers_period`)."""
-    return status == "cancelled" or cancel_at_period_end
+def may_end_early(
+    status: SQLColumnExpression[str], cancel_at_period_end: SQLColumnExpression[bool]
+) -> ColumnElement[bool]:
+    """Whether a subscription's windows may stop before its period's end (see `covers_period`),
+    in SQL: it is cancelled, or cancels at its period's end."""
+    return or_(status == "cancelled", cancel_at_period_end)
 
 
-def covers_period(last_window_end: datetime | None, end: datetime, *, may_end_early: bool) -> bool:
+def covers_period(
+    last_window_end: SQLColumnExpression[datetime],
+    end: SQLColumnExpression[datetime],
+    *,
+    may_end_early: SQLColumnExpression[bool],
+) -> ColumnElement[bool]:
     """Whether windows recorded up to `last_window_end` (a subscription's windows follow one
-    another from its first) hold every window billed before `end`: the next window would be
-    billed at `end` or later. It ends at the next midnight, or, for a subscription that may
-    end early (cancelled, or cancelling at its period's end), possibly at the next second."""
-    if last_window_end is None:
-        return False
-    if may_end_early:
-        return last_window_end >= end
-    next_end = day_start(last_window_end.astimezone(UTC).date() + DAY)
-    return event_instant(next_end) >= end
+    another from its first) hold every window billed before `end`, in SQL: the next window would
+    be billed at `end` or later. It ends at the next midnight (UTC), or, for a subscription that
+    may end early (cancelled, or cancelling at its period's end), possibly at the next second.
+    The period close settles with it and a renewal draft checks a settlement with it."""
+    next_midnight = func.date_trunc("day", last_window_end, "UTC") + literal_column(
+        "interval '1 day'", Interval()
+    )
+    next_stamp = next_midnight - literal_column(
+        f"interval '{METER_STAMP_OFFSET.total_seconds():g} seconds'", Interval()
+    )
+    return and_(
+        last_window_end.is_not(None),
+        case((may_end_early, last_window_end >= end), else_=next_stamp >= end),
+    )

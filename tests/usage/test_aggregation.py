@@ -12,7 +12,7 @@ import httpx
 import pytest
 import respx
 from arq import Retry
-from sqlalchemy import select, update
+from sqlalchemy import DateTime, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from app import clock
@@ -406,19 +406,34 @@ async def test_a_period_is_settled_only_once_every_window_billed_in_it_is_record
         assert last == await period_sum(engine, world.subscription_id, start, now) > calls
 
 
-def test_windows_recorded_through_the_closing_day_cover_the_period_unless_it_may_end_early() -> None:
+async def test_windows_recorded_through_the_closing_day_cover_the_period_unless_it_may_end_early(
+    engine: AsyncEngine,
+) -> None:
+    async def covers(last: datetime | None, end: datetime, *, may_end_early: bool) -> bool:
+        moment = DateTime(timezone=True)
+        clause = covers_period(
+            literal(last, moment), literal(end, moment), may_end_early=literal(may_end_early)
+        )
+        async with engine.connect() as connection:
+            return bool((await connection.execute(select(clause))).scalar_one())
+
     midnight = datetime(2026, 11, 20, tzinfo=UTC)
     renewal = midnight + timedelta(hours=14, minutes=37)
     # The closing day's whole window is stamped 23:59:59, in the next period.
-    assert covers_period(midnight, renewal, may_end_early=False)
-    assert not covers_period(midnight - DAY, renewal, may_end_early=False)
+    assert await covers(midnight, renewal, may_end_early=False)
+    assert not await covers(midnight - DAY, renewal, may_end_early=False)
     # A period ending at midnight bills the day before it.
-    assert covers_period(midnight, midnight, may_end_early=False)
-    assert not covers_period(midnight - DAY, midnight, may_end_early=False)
+    assert await covers(midnight, midnight, may_end_early=False)
+    assert not await covers(midnight - DAY, midnight, may_end_early=False)
+    # A window that ended partway through a day: the next one ends at that day's midnight.
+    assert await covers(
+        midnight + timedelta(hours=10), midnight + DAY - timedelta(seconds=1), may_end_early=False
+    )
+    assert not await covers(midnight + timedelta(hours=10), midnight + DAY, may_end_early=False)
     # Ending with the period: a partial window up to the end is billed in it.
-    assert not covers_period(midnight, renewal, may_end_early=True)
-    assert covers_period(renewal, renewal, may_end_early=True)
-    assert not covers_period(None, renewal, may_end_early=False)
+    assert not await covers(midnight, renewal, may_end_early=True)
+    assert await covers(renewal, renewal, may_end_early=True)
+    assert not await covers(None, renewal, may_end_early=False)
 
 
 async def test_a_renewal_draft_sends_a_window_of_its_period_the_usage_job_left_unsent(

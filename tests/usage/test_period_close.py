@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 import app.usage.service as usage_service
 from app import clock
 from app.config import Settings
-from app.models import Subscription, UsagePeriodSettlement
+from app.models import Subscription, UsagePeriodSettlement, UsageRecord
 from app.stripe import StripeGateway
 from app.usage.repository import UsageRepository
 from app.usage.service import UsageRun, UsageService
@@ -203,28 +203,53 @@ async def test_the_period_close_run_twice_settles_each_period_once_and_changes_n
     assert stripe.meter_events.call_count == sent
 
 
+async def test_subscriptions_with_nothing_left_to_do_are_counted_and_passed_over_to_reach_one_with_work(
+    engine: AsyncEngine, settings: Settings, stripe: Stripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's read leaves out the subscriptions with nothing to do (every ended day in and
+    sent, settled, no call limit): they still count as read, so batches go on past them."""
+    worlds = [await closing_subscription(engine) for _ in range(4)]
+    assert (await usage_job(engine, settings)).settled == 4
+    last = max(w.subscription_id for w in worlds)  # read last, after the three with nothing to do
+    window = (await usage_windows(engine, last))[-1]
+    async with async_sessionmaker(engine).begin() as session:  # quarantined, then re-queued by an operator
+        await session.execute(
+            update(UsageRecord)
+            .where(UsageRecord.id == window.id)
+            .values(report_status="quarantined", reported_at=None)
+        )
+        await UsageRepository(session).requeue(window_id=window.id)
+    monkeypatch.setattr(usage_service, "BATCH_SIZE", 1)
+    monkeypatch.setattr(usage_service, "SETTLE_BATCH", 1)
+    sent = stripe.meter_events.call_count
+    run = await usage_job(engine, settings)
+    # Sent again (Stripe refuses an identifier it has seen: quarantined again), then settled.
+    assert (run.subscriptions, run.recorded, run.quarantined, run.settled) == (4, 0, 1, 1)
+    assert stripe.meter_events.call_count == sent + 1
+
+
 async def test_a_period_close_killed_mid_pass_resumes_where_it_stopped(
     engine: AsyncEngine, settings: Settings, stripe: Stripe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     worlds = [await closing_subscription(engine) for _ in range(3)]
     monkeypatch.setattr(usage_service, "BATCH_SIZE", 1)
-    settle = UsageRepository.settle_periods
+    settle = UsageRepository.settle_ready
     batches = 0
 
-    async def killed_on_the_second_batch(self: UsageRepository, *args: Any) -> int:
+    async def killed_on_the_second_batch(self: UsageRepository, **options: Any) -> Any:
         nonlocal batches
-        batches += 1
-        settled = await settle(self, *args)
+        read = await settle(self, **options)
+        batches += read.settled > 0
         if batches == 2:
             raise RuntimeError("worker killed before the batch's transaction commits")
-        return settled
+        return read
 
-    monkeypatch.setattr(UsageRepository, "settle_periods", killed_on_the_second_batch)
+    monkeypatch.setattr(UsageRepository, "settle_ready", killed_on_the_second_batch)
     with pytest.raises(RuntimeError, match="worker killed"):
         await usage_job(engine, settings)
     first = await settlements(engine)
     assert len(first) == 1  # the first batch's settlement is in; the second's went with its transaction
-    monkeypatch.setattr(UsageRepository, "settle_periods", settle)
+    monkeypatch.setattr(UsageRepository, "settle_ready", settle)
 
     resumed = await usage_job(engine, settings)
     assert resumed.settled == 2
