@@ -448,6 +448,15 @@ class UsageRepository:
         """
         if not rows:
             return 0
+        # A name it would not write (an `id`, a typo) is refused, never silently dropped.
+        written = frozenset(_RECORD_COLUMNS)
+        for row in rows:
+            if row.keys() != written:
+                raise ValueError(
+                    f"insert_records writes exactly {', '.join(_RECORD_COLUMNS)} (the id is the "
+                    f"column's default); a row names {sorted(row.keys() - written)} it does not "
+                    f"write and lacks {sorted(written - row.keys())}"
+                )
         values = [[row[name] for row in rows] for name in _RECORD_COLUMNS]
         created_at = clock.now()
         await self._share_settlements()
