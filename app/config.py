@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     stripe_api_base: str | None = None
     stripe_api_version: str = DEFAULT_STRIPE_API_VERSION
     stripe_max_network_retries: int = Field(2, ge=0, le=10)
+    # How long a call waits for an earlier Stripe request with its idempotency key to finish
+    # (Stripe answers 409 idempotency_key_in_use meanwhile) before answering 503.
+    stripe_in_flight_wait_seconds: float = Field(10.0, ge=0, le=60)
     stripe_rate_limit_per_second: int = Field(25, ge=1)
 
     platform_commission: Decimal = Field(Decimal("0.20"), ge=0, le=1)

@@ -101,7 +101,7 @@ DEFAULT_CODES: dict[int, tuple[str, ...]] = {
     409: ("conflict",),
     422: ("validation_error",),
     502: ("stripe_unreachable", "stripe_error", "upstream_error"),
-    503: ("stripe_rate_limited", "service_unavailable"),
+    503: ("stripe_rate_limited", "stripe_request_in_progress", "service_unavailable"),
 }
 
 

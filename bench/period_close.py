@@ -53,6 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 
 from app import clock
 from app.config import Settings
+from app.db.statements import DriverStatement
 from app.models import Subscription, UsagePeriodSettlement
 from app.resources import freeze_startup_heap
 from app.stripe import StripeGateway
@@ -61,7 +62,6 @@ from app.usage.repository import (
     _METERED_SQL,
     ENDED_LOOKBACK,
     UsageRepository,
-    _DriverStatement,
     _settled_calls,
 )
 from app.usage.service import SETTLE_BATCH, UsageService
@@ -94,7 +94,7 @@ FROM (SELECT id FROM subscriptions ORDER BY id OFFSET $3 LIMIT $4) s, generate_s
 
 # What `draft_subscription` reads for one draft, for all drafts at once: the subscription row
 # and its period's settlement, with the settlement's calls decided in the statement as there.
-CONFIRM = _DriverStatement.compile(
+CONFIRM = DriverStatement.compile(
     select(Subscription.id, _settled_calls(PERIOD_END))
     .outerjoin(
         UsagePeriodSettlement,

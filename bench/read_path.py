@@ -106,11 +106,11 @@ async def grow(database_url: str, first: int, last: int) -> int:
 
 
 async def explain(database_url: str, consumer_id: uuid.UUID) -> str:
-    sql, names = _PAGE_SQL[(False, False)]
+    statement = _PAGE_SQL[(False, False)]
     params = {"consumer_id": consumer_id, "limit": SUBSCRIPTIONS + 1}
     connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        rows = await connection.fetch("EXPLAIN " + sql, *(params[name] for name in names))
+        rows = await connection.fetch("EXPLAIN " + statement.sql, *statement.args(params))
         return "\n".join(row[0] for row in rows)
     finally:
         await connection.close()

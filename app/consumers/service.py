@@ -31,7 +31,8 @@ class ConsumerService:
         Returns the consumer and whether this call created it. The Stripe customer is created
         before the row is written, with no database connection held meanwhile; concurrent calls
         for one user send one idempotency key (the consumer id derives from the user id), so
-        Stripe creates one customer and every call stores that one.
+        Stripe creates one customer and every call stores that one (a call sent while another
+        is still creating it waits for that one's answer, `StripeBase._call`).
         """
         consumer = await self._repo.get_by_user(principal.user_id)
         if consumer is not None and consumer.stripe_customer_id is not None:
@@ -40,11 +41,19 @@ class ConsumerService:
         email = consumer.email if consumer is not None else principal.email
         # Stripe may take a while: no pooled connection (nor lock) is held while it answers.
         await release_connection(self._session)
+        # Stripe refuses, for 24 h, a key sent again with other parameters: the create carries only
+        # what derives from the user id, so every attempt sends the same. The email, which a later
+        # token may change (say, after an attempt whose row was not stored), is set after it.
         customer = await self._stripe.create_customer(
-            email=email,
+            email=None,
             metadata={"user_id": principal.user_id, "consumer_id": str(consumer_id)},
             idempotency_key=f"customer-create:{consumer_id}",
         )
+        if email and customer.email != email:
+            # Setting a value is idempotent by itself: a fresh key per attempt, the SDK retries it.
+            await self._stripe.set_customer_email(
+                customer.id, email, idempotency_key=f"customer-email:{consumer_id}:{uuid.uuid4()}"
+            )
         return await self._repo.save_with_customer(consumer_id, principal.user_id, email, customer.id)
 
     async def get(self, principal: Principal, consumer_id: uuid.UUID) -> Consumer:

@@ -14,7 +14,7 @@
   `default_payment_method`, `proration_behavior`, `trial_period_days`, the
   `latest_invoice.confirmation_secret` expansion), translated onto localstripe's plan-based ones;
   a repeated Idempotency-Key on a subscription or customer create replays the first answer as
-  Stripe does (a repeat sent while the first runs waits for its answer).
+  Stripe does (a repeat sent while the first runs is answered 409 `idempotency_key_in_use`).
 - Checkout Sessions (`/v1/checkout/sessions`) whose `url` is a dev page that pays the session
   (subscription created, `checkout.session.completed` sent), and billing-portal sessions.
 - Connect: Express accounts (`/v1/accounts`), onboarding links (`/v1/account_links`; opening the
@@ -36,7 +36,6 @@ Objects are kept in localstripe's store, so they persist with it.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 import time
@@ -865,7 +864,7 @@ async def send_invoice(request: web.Request) -> web.Response:
 _REPLAYED = re.compile(
     r"^/v1/(customers|invoices|invoiceitems|subscriptions|billing/meter_events|invoices/in_\w+/(finalize|send))$"
 )
-_IN_FLIGHT = web.AppKey("idempotency_in_flight", dict[str, asyncio.Event])
+_IN_FLIGHT = web.AppKey("idempotency_in_flight", set[str])
 
 
 @web.middleware
@@ -873,11 +872,17 @@ async def idempotent_replay(request: web.Request, handler: Handler) -> web.Strea
     key = request.headers.get("Idempotency-Key")
     if request.method != "POST" or not key or not _REPLAYED.match(request.path):
         return await handler(request)
-    # A key whose first request is still running: Stripe answers 409 idempotency_key_in_use, which
-    # its SDKs retry until the first answer is replayed; the emulator waits for that answer.
+    # A key whose first request is still running: Stripe answers 409 idempotency_key_in_use and
+    # saves nothing, so the same request sent again once the first ends gets its answer replayed.
     in_flight = request.app[_IN_FLIGHT]
-    while key in in_flight:
-        await in_flight[key].wait()
+    if key in in_flight:
+        error = {
+            "type": "invalid_request_error",
+            "code": "idempotency_key_in_use",
+            "message": f"There is currently another in-progress request using this Idempotent Key: {key}. "
+            "Please try again later.",
+        }
+        return web.json_response({"error": error}, status=409)
     first = resources.store.get(f"idempotency:{key}")
     if first is not None:
         if first["path"] != request.path:
@@ -885,14 +890,13 @@ async def idempotent_replay(request: web.Request, handler: Handler) -> web.Strea
         return web.Response(
             text=first["body"], content_type="application/json", headers={"Idempotent-Replayed": "true"}
         )
-    done = in_flight[key] = asyncio.Event()
+    in_flight.add(key)
     try:
         response = await handler(request)
         if response.status == 200 and isinstance(response, web.Response) and response.text is not None:
             resources.store[f"idempotency:{key}"] = {"path": request.path, "body": response.text}
     finally:
-        del in_flight[key]
-        done.set()
+        in_flight.discard(key)
     return response
 
 
@@ -1056,7 +1060,7 @@ def install_extensions(app: web.Application) -> None:
     _add_test_cards()
     _snapshot_customer_on_invoices()
     app.middlewares.insert(1, hosted_pages)  # after the error middleware, before auth
-    app[_IN_FLIGHT] = {}
+    app[_IN_FLIGHT] = set()
     app.middlewares.append(idempotent_replay)
     app.middlewares.append(stripe_today)
     app.router.add_post("/v1/checkout/sessions", create_checkout_session)

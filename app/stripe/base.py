@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -40,6 +41,30 @@ class StripeRateLimited(ServiceUnavailable):
         self.retry_after = retry_after
 
 
+class StripeRequestInProgress(ServiceUnavailable):
+    """Stripe was still running an earlier request sent with the same idempotency key (409
+    `idempotency_key_in_use`) for longer than we wait for it."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Stripe is still processing an identical request; try again shortly",
+            code="stripe_request_in_progress",
+        )
+
+
+# A request sent again while one with its idempotency key is unfinished: first pause, longest pause.
+IN_FLIGHT_FIRST_PAUSE = 0.25
+IN_FLIGHT_LONGEST_PAUSE = 2.0
+
+
+def key_in_use(exc: stripe.StripeError) -> bool:
+    """Stripe answered 409 `idempotency_key_in_use`: a request with this idempotency key is still
+    running there (a concurrent duplicate, or the attempt a timed-out retry follows). Stripe saves
+    nothing for it, so the same request sent again once the first ends gets the first's answer."""
+    error = exc.error
+    return exc.http_status == 409 and error is not None and error.code == "idempotency_key_in_use"
+
+
 def _retry_after(exc: stripe.StripeError) -> float | None:
     headers = {str(name).lower(): value for name, value in (exc.headers or {}).items()}
     try:
@@ -52,6 +77,8 @@ def _retry_after(exc: stripe.StripeError) -> float | None:
 def translate_error(exc: stripe.StripeError) -> DomainError:
     """Map a Stripe error onto ours; Stripe's user-facing message is kept, nothing internal."""
     message = exc.user_message or getattr(exc, "_message", None) or "Stripe refused the request"
+    if key_in_use(exc):
+        return StripeRequestInProgress()
     if isinstance(exc, stripe.CardError):
         return PaymentRequired(message, code=exc.code or "card_declined")
     if isinstance(exc, stripe.IdempotencyError):
@@ -108,12 +135,30 @@ class StripeBase:
             max_network_retries=settings.stripe_max_network_retries,
             http_client=http_client or stripe.HTTPXClient(timeout=20),
         )
+        self._in_flight_wait = settings.stripe_in_flight_wait_seconds
 
     @property
     def client(self) -> stripe.StripeClient:
         return self._client
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call` through `_call_once`; sent again, with growing pauses, while Stripe answers that
+        a request with its idempotency key is still running (the SDK's own few retries of that
+        409 are over in about a second, shorter than such a request may take), for about
+        `stripe_in_flight_wait_seconds`: the first request's answer then comes back as a replay."""
+        deadline = time.monotonic() + self._in_flight_wait  # wall clock
+        pause = IN_FLIGHT_FIRST_PAUSE
+        while True:
+            try:
+                return await self._call_once(operation, call)
+            except StripeRequestInProgress:
+                left = deadline - time.monotonic()  # wall clock
+                if left <= 0:
+                    raise
+                await asyncio.sleep(min(pause, left))
+                pause = min(pause * 2, IN_FLIGHT_LONGEST_PAUSE)
+
+    async def _call_once(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         started = time.perf_counter()
         outcome = "ok"
         try:

@@ -39,6 +39,18 @@ class CustomerCalls(StripeBase):
         )
         return StripeCustomer(id=customer.id, email=customer.email)
 
+    async def set_customer_email(
+        self, customer_id: str, email: str, *, idempotency_key: str
+    ) -> StripeCustomer:
+        """Set the email Stripe sends the customer's receipts and invoices to."""
+        customer = await self._call(
+            "customers.update",
+            lambda: self._client.v1.customers.update_async(
+                customer_id, params={"email": email}, options={"idempotency_key": idempotency_key}
+            ),
+        )
+        return StripeCustomer(id=customer.id, email=customer.email)
+
     async def retrieve_customer(self, customer_id: str) -> StripeCustomer:
         customer = await self._call(
             "customers.retrieve", lambda: self._client.v1.customers.retrieve_async(customer_id)

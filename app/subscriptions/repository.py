@@ -6,10 +6,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BindParameter, DateTime, and_, bindparam, func, literal_column, or_, select
-from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import driver_connection
+from app.db.statements import DriverStatement
 from app.models import PricingPlan, PricingPlanVersion, Subscription, UsageRecord
 from app.models.subscription import LIVE_STATUSES
 from app.subscriptions.documents import PLAN_FIELDS, SUBSCRIPTION_FIELDS, VERSION_FIELDS
@@ -20,10 +20,10 @@ _HELD_VERSION = and_(
 )
 
 
-def _document_sql(*, by_status: bool, after: bool, one: bool) -> tuple[str, tuple[str, ...]]:
-    """The lean read's SQL, rendered once from the model into the driver's own SQL ($1, $2, ...),
-    and its parameters' names in order. The columns are those `subscription_document` reads; a page
-    is newest first by (created_at, id), so pages never skip or repeat a row."""
+def _document_sql(*, by_status: bool, after: bool, one: bool) -> DriverStatement:
+    """The lean read's statement, rendered once from the model into the driver's own SQL. The
+    columns are those `subscription_document` reads; a page is newest first by (created_at, id),
+    so pages never skip or repeat a row."""
     columns = [
         *(Subscription.__table__.c[name] for name in SUBSCRIPTION_FIELDS),
         *(PricingPlan.__table__.c[name].label(f"plan_{name}") for name in PLAN_FIELDS),
@@ -52,8 +52,7 @@ def _document_sql(*, by_status: bool, after: bool, one: bool) -> tuple[str, tupl
                 and_(Subscription.created_at == created_at, Subscription.id < last_id),
             )
         )
-    compiled = statement.compile(dialect=postgresql_asyncpg.dialect())  # type: ignore[no-untyped-call]
-    return str(compiled), tuple(compiled.positiontup or ())
+    return DriverStatement.compile(statement)
 
 
 _PAGE_SQL = {
@@ -65,13 +64,12 @@ _ONE_SQL = _document_sql(by_status=False, after=False, one=True)
 
 
 # The period sum, rendered once from the model into the driver's own SQL ($1, $2, $3).
-_RECORDED_USAGE_SQL = str(
+_RECORDED_USAGE_SQL = DriverStatement.compile(
     select(
         func.coalesce(func.sum(UsageRecord.quantity), literal_column("0")),
         func.coalesce(func.sum(UsageRecord.successful_calls), literal_column("0")),
         func.coalesce(func.sum(UsageRecord.failed_calls), literal_column("0")),
-    )
-    .where(
+    ).where(
         # Billed in the period holding its meter event's instant (app.usage.windows); windows
         # lie within one day, so the window_start bounds only narrow the index scan.
         UsageRecord.subscription_id == bindparam("subscription_id"),
@@ -83,8 +81,7 @@ _RECORDED_USAGE_SQL = str(
         UsageRecord.window_end - literal_column("interval '1 second'")
         < bindparam("end", type_=DateTime(timezone=True)),
     )
-    .compile(dialect=postgresql_asyncpg.dialect())  # type: ignore[no-untyped-call]
-)
+).sql
 
 
 async def fetch_page(
@@ -98,11 +95,11 @@ async def fetch_page(
     """A page of the consumer's subscriptions with the plan version each holds, in one query, as
     plain driver rows (the columns `subscription_document` reads), on any asyncpg connection (a
     session's, or a pooled read connection for the list's lean route): the hottest read path."""
-    sql, names = _PAGE_SQL[(status is not None, after is not None)]
+    statement = _PAGE_SQL[(status is not None, after is not None)]
     params: dict[str, object] = {"consumer_id": consumer_id, "limit": limit, "status": status}
     if after is not None:
         params["after_created_at"], params["after_id"] = after
-    rows: list[Mapping[str, Any]] = await connection.fetch(sql, *(params[name] for name in names))
+    rows: list[Mapping[str, Any]] = await connection.fetch(statement.sql, *statement.args(params))
     return rows
 
 
@@ -142,10 +139,9 @@ class SubscriptionRepository:
 
     async def owned_row(self, subscription_id: uuid.UUID, consumer_id: uuid.UUID) -> Mapping[str, Any] | None:
         """The consumer's subscription with its held plan version, as `fetch_page` gives them."""
-        sql, names = _ONE_SQL
         params = {"consumer_id": consumer_id, "subscription_id": subscription_id}
         row: Mapping[str, Any] | None = await (await driver_connection(self._session)).fetchrow(
-            sql, *(params[name] for name in names)
+            _ONE_SQL.sql, *_ONE_SQL.args(params)
         )
         return row
 

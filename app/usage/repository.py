@@ -32,12 +32,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
 from app.db import driver_connection
+from app.db.statements import DriverStatement as _DriverStatement
 from app.models import (
     Consumer,
     PricingPlan,
@@ -204,7 +204,6 @@ _SENDABLE = and_(
 _UUIDS = ARRAY(Uuid())
 _ONE_DAY = literal_column("interval '1 day'", Interval())
 _ONE_SECOND = literal_column("interval '1 second'", Interval())  # a window's meter event: its last second
-_ASYNCPG = postgresql_asyncpg.dialect()  # type: ignore[no-untyped-call]
 _ENDED_AT = func.coalesce(Subscription.expires_at, Subscription.cancelled_at)
 _IS_METERED = or_(PricingPlan.type == "pay_per_use", PricingPlanVersion.call_limit.is_not(None))
 
@@ -259,25 +258,6 @@ def _readable(
     if only is not None:
         statement = statement.where(Subscription.id.in_(only))
     return statement
-
-
-@dataclass(frozen=True, slots=True)
-class _DriverStatement:
-    """A statement built with SQLAlchemy and compiled once, to run on the driver: its SQL and
-    its parameters in order (those built with None are given per call, the others keep the
-    values they were built with)."""
-
-    sql: str
-    names: tuple[str, ...]
-    built: dict[str, Any]
-
-    @classmethod
-    def compile(cls, statement: Select[*tuple[Any, ...]]) -> _DriverStatement:
-        compiled = statement.compile(dialect=_ASYNCPG, compile_kwargs={"render_postcompile": True})
-        return cls(str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
-
-    def args(self, given: dict[str, Any]) -> list[Any]:
-        return [given[name] if self.built[name] is None else self.built[name] for name in self.names]
 
 
 # Before every subscription id (they are random UUIDs, never the nil one): the first batch's `after`.
@@ -584,6 +564,15 @@ class UsageRepository:
         """
         if not rows:
             return 0
+        # A name it would not write (an `id`, a typo) is refused, never silently dropped.
+        written = frozenset(_RECORD_COLUMNS)
+        for row in rows:
+            if row.keys() != written:
+                raise ValueError(
+                    f"insert_records writes exactly {', '.join(_RECORD_COLUMNS)} (the id is the "
+                    f"column's default); a row names {sorted(row.keys() - written)} it does not "
+                    f"write and lacks {sorted(written - row.keys())}"
+                )
         values = [[row[name] for row in rows] for name in _RECORD_COLUMNS]
         created_at = clock.now()
         await self._share_settlements()

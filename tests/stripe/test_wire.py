@@ -32,6 +32,7 @@ from tests.support.stripe_wire import (
     NOW,
     consumer_with_card,
     form_of,
+    wire_customer,
     wire_payment_method,
     wire_subscription,
 )
@@ -274,9 +275,14 @@ async def test_portal_session_needs_registration(wire: httpx.AsyncClient, auth: 
 async def test_card_attached_but_refused_as_default_is_detached_again_and_not_stored(
     wire: httpx.AsyncClient, stripe_api: respx.MockRouter, auth: Auth, engine: AsyncEngine
 ) -> None:
-    stripe_api.post("/v1/customers/cus_wire").respond(
-        400, json={"error": {"type": "invalid_request_error", "message": "No such PaymentMethod"}}
-    )
+    def update_customer(request: httpx.Request) -> httpx.Response:
+        if "invoice_settings[default_payment_method]" not in form_of(request):
+            return httpx.Response(200, json=wire_customer())  # registration setting the email
+        return httpx.Response(
+            400, json={"error": {"type": "invalid_request_error", "message": "No such PaymentMethod"}}
+        )
+
+    stripe_api.post("/v1/customers/cus_wire").mock(side_effect=update_customer)
     detach = stripe_api.post("/v1/payment_methods/pm_wire/detach").respond(200, json=wire_payment_method())
     headers = await registered_consumer(wire, auth)
     body = {"payment_method_id": "pm_wire"}

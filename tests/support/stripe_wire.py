@@ -4,8 +4,9 @@ Stripe objects and helpers the wire tests share."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -130,3 +131,90 @@ async def wire(
 async def consumer_with_card(wire: httpx.AsyncClient, auth: Auth) -> dict[str, str]:
     """A new consumer with the card the wire fixture's Stripe knows (`pm_wire`): its headers."""
     return await journeys.consumer_with_card(wire, auth, "pm_wire")
+
+
+class IdempotentStripe:
+    """Stripe's idempotency layer over one respx route, as its API reference describes it: the
+    first request with a key runs (`answer`) and its answer is saved; one sent while that first
+    still runs is answered 409 `idempotency_key_in_use` and nothing is saved for it; one sent
+    after, with the same parameters, gets the saved answer (`Idempotent-Replayed: true`), with
+    other parameters 400 `idempotency_error`. `lose_answers` drops that many answers (the first
+    ones) on the way back, as a network failure after Stripe has done the work would."""
+
+    def __init__(
+        self, answer: Callable[[httpx.Request], Awaitable[httpx.Response]], *, lose_answers: int = 0
+    ) -> None:
+        self._answer = answer
+        self._saved: dict[str, tuple[bytes, httpx.Response]] = {}
+        self._running: set[str] = set()
+        self._lose = lose_answers
+        self.executed = 0  # requests that ran (not replayed, not refused)
+        self.in_use = 0  # 409 idempotency_key_in_use answers given
+        self._changed = asyncio.Condition()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._running)
+
+    async def reached(self, condition: Callable[[], bool]) -> None:
+        """Wait until `condition` (of `running`, `in_use`) holds."""
+        async with self._changed:
+            await self._changed.wait_for(condition)
+
+    async def _changes(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        key = request.headers["Idempotency-Key"]
+        if key in self._running:
+            self.in_use += 1
+            await self._changes()
+            return httpx.Response(409, json=_key_in_use(key))
+        if key in self._saved:
+            body, first = self._saved[key]
+            if body != request.content:
+                return httpx.Response(400, json=_key_reused(key))
+            return self._delivered(
+                httpx.Response(first.status_code, json=first.json(), headers={"Idempotent-Replayed": "true"}),
+                request,
+            )
+        self._running.add(key)
+        await self._changes()
+        try:
+            answered = await self._answer(request)
+            self.executed += 1
+        finally:
+            self._running.discard(key)
+        self._saved[key] = (request.content, answered)
+        return self._delivered(answered, request)
+
+    def _delivered(self, response: httpx.Response, request: httpx.Request) -> httpx.Response:
+        if self._lose > 0:
+            self._lose -= 1
+            raise httpx.ConnectError("connection reset after Stripe answered", request=request)
+        return response
+
+
+def _key_in_use(key: str) -> dict[str, Any]:
+    return {
+        "error": {
+            "code": "idempotency_key_in_use",
+            "doc_url": "https://stripe.com/docs/error-codes/idempotency-key-in-use",
+            "message": "There is currently another in-progress request using this Idempotent Key (that "
+            f"probably means you submitted twice, and the other request is still going through): {key}. "
+            "Please try again later.",
+            "type": "invalid_request_error",
+        }
+    }
+
+
+def _key_reused(key: str) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": "Keys for idempotent requests can only be used with the same parameters they were "
+            f"first used with. Try using a key other than '{key}' if you meant to execute a different "
+            "request.",
+            "type": "idempotency_error",
+        }
+    }
