@@ -142,9 +142,8 @@ class Table:
 
     async def plan(self) -> str:
         ids = self.batches[0]
-        explained = await self.connection.fetch(
-            "EXPLAIN " + _PERIOD_CALLS, ids, [PERIOD_START] * len(ids), [PERIOD_END] * len(ids)
-        )
+        given = {"ids": ids, "starts": [PERIOD_START] * len(ids), "ends": [PERIOD_END] * len(ids)}
+        explained = await self.connection.fetch("EXPLAIN " + _PERIOD_CALLS.sql, *_PERIOD_CALLS.args(given))
         return "\n".join(row[0] for row in explained)
 
 

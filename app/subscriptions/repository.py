@@ -13,6 +13,7 @@ from app.db.statements import DriverStatement
 from app.models import PricingPlan, PricingPlanVersion, Subscription, UsageRecord
 from app.models.subscription import LIVE_STATUSES
 from app.subscriptions.documents import PLAN_FIELDS, SUBSCRIPTION_FIELDS, VERSION_FIELDS
+from app.usage.windows import billed_in
 
 _HELD_VERSION = and_(
     PricingPlanVersion.plan_id == Subscription.pricing_plan_id,
@@ -70,16 +71,13 @@ _RECORDED_USAGE_SQL = DriverStatement.compile(
         func.coalesce(func.sum(UsageRecord.successful_calls), literal_column("0")),
         func.coalesce(func.sum(UsageRecord.failed_calls), literal_column("0")),
     ).where(
-        # Billed in the period holding its meter event's instant (app.usage.windows); windows
-        # lie within one day, so the window_start bounds only narrow the index scan.
         UsageRecord.subscription_id == bindparam("subscription_id"),
-        UsageRecord.window_start
-        > bindparam("start", type_=DateTime(timezone=True)) - literal_column("interval '1 day'"),
-        UsageRecord.window_start < bindparam("end"),
-        UsageRecord.window_end - literal_column("interval '1 second'")
-        >= bindparam("start", type_=DateTime(timezone=True)),
-        UsageRecord.window_end - literal_column("interval '1 second'")
-        < bindparam("end", type_=DateTime(timezone=True)),
+        billed_in(
+            UsageRecord.window_start,
+            UsageRecord.window_end,
+            bindparam("start", type_=DateTime(timezone=True)),
+            bindparam("end", type_=DateTime(timezone=True)),
+        ),
     )
 ).sql
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     case,
+    column,
     false,
     func,
     literal,
@@ -47,7 +48,14 @@ from app.models import (
     UsageRecord,
 )
 from app.models.subscription import LIVE_STATUSES
-from app.usage.windows import covers_period, event_instant, may_end_early
+from app.usage.windows import (
+    billed_before,
+    billed_in,
+    covers_period,
+    event_instant,
+    may_end_early,
+    stamped_in,
+)
 
 _Ts = TypeVarTuple("_Ts")
 # A cancelled subscription is still read until its last window is in (at most this long after).
@@ -153,28 +161,6 @@ _INSERT_RECORDS = """
 # No conflict target: a concurrent run may collide on the window or on its identifier (the same thing).
 _INSERT_NEW_RECORDS = _INSERT_RECORDS + "ON CONFLICT DO NOTHING"
 
-# A window belongs to the period holding its meter event's instant (app.usage.windows: its
-# last second, so window_end - 1s in [start, end)); windows lie within one day, so the
-# window_start bounds (implied by the others) only let the index narrow the scan. One index
-# range and one aggregate per subscription (no join to sort and group afterwards), run on the
-# session's driver connection, where asyncpg keeps it prepared.
-_PERIOD_SUM = """
-        SELECT sum(r.quantity) AS calls
-        FROM usage_records r
-        WHERE r.subscription_id = p.subscription_id
-          AND r.window_start >= p.period_start - interval '1 day'
-          AND r.window_start < p.period_end
-          AND r.window_end >= p.period_start + interval '1 second'
-          AND r.window_end < p.period_end + interval '1 second'
-"""
-_PERIOD_CALLS = f"""
-    SELECT p.subscription_id, t.calls
-    FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
-         AS p(subscription_id, period_start, period_end)
-    CROSS JOIN LATERAL ({_PERIOD_SUM}) t
-    WHERE t.calls IS NOT NULL
-"""  # noqa: S608 (constant SQL)
-
 # The period-close pass and the writers of windows exclude each other on this advisory lock
 # (transaction-scoped): the pass holds it alone while it reads a part of its batch and settles
 # the periods it found ready, every transaction that records or re-queues windows shares it. A
@@ -273,12 +259,15 @@ def _metered_statement(*, only: bool, metered_only: bool, settle: bool) -> _Driv
     # starting last ends last: one range of the (subscription, window start) key, from the day
     # before its period, gives both the period's calls and where its windows stop; only a
     # subscription with no window since then is read backwards from its key, one entry.
-    stamp = UsageRecord.window_end - _ONE_SECOND
     since_period = (
         select(
             func.max(UsageRecord.window_end).label("last_end"),
             func.sum(UsageRecord.quantity)
-            .filter(stamp >= Subscription.current_period_start, stamp < Subscription.current_period_end)
+            .filter(
+                stamped_in(
+                    UsageRecord.window_end, Subscription.current_period_start, Subscription.current_period_end
+                )
+            )
             .label("calls"),
         )
         .where(
@@ -299,8 +288,7 @@ def _metered_statement(*, only: bool, metered_only: bool, settle: bool) -> _Driv
         .where(
             UsageRecord.subscription_id == Subscription.id,
             _SENDABLE,
-            UsageRecord.window_start < Subscription.current_period_end,
-            stamp < Subscription.current_period_end,
+            billed_before(UsageRecord.window_start, UsageRecord.window_end, Subscription.current_period_end),
         )
         .exists()
     )
@@ -419,6 +407,39 @@ _METERED_SQL = {
     for metered_only in (False, True)
     for settle in (False, True)
 }
+
+
+# Each subscription's calls billed in its own period (:ids, :starts, :ends, one array each): one
+# index range and one aggregate per subscription (no join to sort and group afterwards).
+_PERIODS = (
+    func.unnest(
+        bindparam("ids", None, type_=_UUIDS),
+        bindparam("starts", None, type_=ARRAY(DateTime(timezone=True))),
+        bindparam("ends", None, type_=ARRAY(DateTime(timezone=True))),
+    )
+    .table_valued(
+        column("subscription_id", Uuid()),
+        column("period_start", DateTime(timezone=True)),
+        column("period_end", DateTime(timezone=True)),
+    )
+    .render_derived(name="p")
+)
+_PERIOD_SUM = (
+    select(func.sum(UsageRecord.quantity).label("calls"))
+    .where(
+        UsageRecord.subscription_id == _PERIODS.c.subscription_id,
+        billed_in(
+            UsageRecord.window_start, UsageRecord.window_end, _PERIODS.c.period_start, _PERIODS.c.period_end
+        ),
+    )
+    .lateral("t")
+)
+_PERIOD_CALLS = _DriverStatement.compile(
+    select(_PERIODS.c.subscription_id, _PERIOD_SUM.c.calls)
+    .select_from(_PERIODS)
+    .join(_PERIOD_SUM, true())
+    .where(_PERIOD_SUM.c.calls.is_not(None))
+)
 
 
 # The pending windows of a batch's subscriptions (:ids), to claim for sending.
@@ -609,8 +630,13 @@ class UsageRepository:
         """Recorded calls (quantity) per subscription billed in its own [start, end), one query for all."""
         if not periods:
             return {}
+        given = {
+            "ids": [p[0] for p in periods],
+            "starts": [p[1] for p in periods],
+            "ends": [p[2] for p in periods],
+        }
         rows = await (await driver_connection(self._session)).fetch(
-            _PERIOD_CALLS, [p[0] for p in periods], [p[1] for p in periods], [p[2] for p in periods]
+            _PERIOD_CALLS.sql, *_PERIOD_CALLS.args(given)
         )
         return {row[0]: int(row[1]) for row in rows}
 

@@ -61,6 +61,46 @@ def period_days(start: datetime, end: datetime) -> tuple[date, date]:
     return first, last
 
 
+# A window's meter event instant in SQL, written on `window_end` (not an index column, so no
+# expression needs computing per row of an index range); windows lie within one UTC day.
+_SQL_STAMP_OFFSET = literal_column(f"interval '{METER_STAMP_OFFSET.total_seconds():g} seconds'", Interval())
+_SQL_DAY = literal_column("interval '1 day'", Interval())
+# An instant in SQL: a column (nullable or not) or a bound value.
+_Instant = SQLColumnExpression[datetime] | SQLColumnExpression[datetime | None]
+
+
+def stamped_in(
+    window_end: _Instant,
+    start: _Instant,
+    end: _Instant,
+) -> ColumnElement[bool]:
+    """In SQL: the window's meter event instant (its last second) falls in [start, end), so the
+    window is billed in that period, as Stripe bills it."""
+    return and_(window_end >= start + _SQL_STAMP_OFFSET, window_end < end + _SQL_STAMP_OFFSET)
+
+
+def billed_in(
+    window_start: _Instant,
+    window_end: _Instant,
+    start: _Instant,
+    end: _Instant,
+) -> ColumnElement[bool]:
+    """In SQL: the window is billed in [start, end) (`stamped_in`), with the bounds that implies
+    on its start (it lies within one day), which narrow an index range on (subscription,
+    window start) to the period's windows."""
+    return and_(window_start >= start - _SQL_DAY, window_start < end, stamped_in(window_end, start, end))
+
+
+def billed_before(
+    window_start: _Instant,
+    window_end: _Instant,
+    end: _Instant,
+) -> ColumnElement[bool]:
+    """In SQL: the window is billed before `end` (in the period ending there or an earlier one),
+    with the bound that implies on its start."""
+    return and_(window_start < end, window_end < end + _SQL_STAMP_OFFSET)
+
+
 def may_end_early(
     status: SQLColumnExpression[str], cancel_at_period_end: SQLColumnExpression[bool]
 ) -> ColumnElement[bool]:
@@ -70,8 +110,8 @@ def may_end_early(
 
 
 def covers_period(
-    last_window_end: SQLColumnExpression[datetime],
-    end: SQLColumnExpression[datetime],
+    last_window_end: _Instant,
+    end: _Instant,
     *,
     may_end_early: SQLColumnExpression[bool],
 ) -> ColumnElement[bool]:
@@ -80,12 +120,7 @@ def covers_period(
     be billed at `end` or later. It ends at the next midnight (UTC), or, for a subscription that
     may end early (cancelled, or cancelling at its period's end), possibly at the next second.
     The period close settles with it and a renewal draft checks a settlement with it."""
-    next_midnight = func.date_trunc("day", last_window_end, "UTC") + literal_column(
-        "interval '1 day'", Interval()
-    )
-    next_stamp = next_midnight - literal_column(
-        f"interval '{METER_STAMP_OFFSET.total_seconds():g} seconds'", Interval()
-    )
+    next_stamp = func.date_trunc("day", last_window_end, "UTC") + _SQL_DAY - _SQL_STAMP_OFFSET
     return and_(
         last_window_end.is_not(None),
         case((may_end_early, last_window_end >= end), else_=next_stamp >= end),
