@@ -179,7 +179,11 @@ class UsageService:
         that has ended gets its last, partial day too, up to the instant it ended."""
         today = today or clock.today()
         span = Span(oldest_day=today - timedelta(days=MAX_BACKFILL_DAYS), last_day=today - timedelta(days=1))
-        return await self._run(lambda _subscription: span, only=only, quiet_from=span.days_end)
+        # A run for some subscriptions (a renewal draft's, for its one) reads without the lock
+        # first: it takes the lock alone only for those it finds ready.
+        return await self._run(
+            lambda _subscription: span, only=only, quiet_from=span.days_end, lock_reads=only is None
+        )
 
     async def close(self, subscription_id: uuid.UUID, at: datetime) -> UsageRun:
         """Record the subscription's windows up to `at` under its current plan and report them:
@@ -224,7 +228,9 @@ class UsageService:
             async with self._sessionmaker() as session:
                 on_start(await UsageRepository(session).count_metered(only=only))
         span = Span(oldest_day=first, last_day=last, from_oldest=True)
-        return await self._run(lambda _subscription: span, only=only, on_batch=on_batch)
+        return await self._run(
+            lambda _subscription: span, only=only, on_batch=on_batch, lock_reads=only is None
+        )
 
     async def quarantined(self, subscription_id: uuid.UUID | None = None) -> list[Quarantined]:
         """Windows in quarantine (oldest first), with Stripe's error."""
@@ -310,9 +316,10 @@ class UsageService:
         """The period-close pass with a batch's read, one read of each subscription: the batch
         is read in parts of SETTLE_BATCH, each in a transaction that holds the settlement lock
         alone and settles, in its read, the periods it finds ready (`_read_and_settle`), so a
-        writer of windows waits at most for one part. A flush (`lock_reads` False) runs inside
-        a plan change or a cancellation and must not wait for other writers: it reads without
-        the lock and settles only what it found ready, read again under the lock."""
+        writer of windows waits at most for one part. A run for a few subscriptions
+        (`lock_reads` False: a flush inside a plan change or a cancellation, which must not wait
+        for other writers, or a renewal draft's run) reads without the lock and takes it alone
+        only to settle what it found ready, read again under the lock."""
         if not lock_reads:
             async with self._sessionmaker() as session:
                 found = await UsageRepository(session).metered_subscriptions(
