@@ -13,7 +13,6 @@ from sqlalchemy import (
     ColumnElement,
     DateTime,
     Integer,
-    Interval,
     Select,
     Uuid,
     and_,
@@ -24,7 +23,6 @@ from sqlalchemy import (
     false,
     func,
     literal,
-    literal_column,
     null,
     or_,
     select,
@@ -52,6 +50,7 @@ from app.usage.windows import (
     billed_before,
     billed_in,
     covers_period,
+    earliest_start,
     event_instant,
     may_end_early,
     stamped_in,
@@ -188,8 +187,6 @@ _SENDABLE = and_(
     UsageRecord.report_status.in_(("pending", "unbilled")),
 )
 _UUIDS = ARRAY(Uuid())
-_ONE_DAY = literal_column("interval '1 day'", Interval())
-_ONE_SECOND = literal_column("interval '1 second'", Interval())  # a window's meter event: its last second
 _ENDED_AT = func.coalesce(Subscription.expires_at, Subscription.cancelled_at)
 _IS_METERED = or_(PricingPlan.type == "pay_per_use", PricingPlanVersion.call_limit.is_not(None))
 
@@ -272,7 +269,7 @@ def _metered_statement(*, only: bool, metered_only: bool, settle: bool) -> _Driv
         )
         .where(
             UsageRecord.subscription_id == Subscription.id,
-            UsageRecord.window_start >= Subscription.current_period_start - _ONE_DAY,
+            UsageRecord.window_start >= earliest_start(Subscription.current_period_start),
         )
         .lateral("since_period")
     )

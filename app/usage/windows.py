@@ -79,6 +79,12 @@ def stamped_in(
     return and_(window_end >= start + _SQL_STAMP_OFFSET, window_end < end + _SQL_STAMP_OFFSET)
 
 
+def earliest_start(start: _Instant) -> ColumnElement[datetime] | ColumnElement[datetime | None]:
+    """In SQL: where the first window billed in a period starting at `start` may start (it lies
+    within one day and its meter event falls in the period)."""
+    return start - _SQL_DAY
+
+
 def billed_in(
     window_start: _Instant,
     window_end: _Instant,
@@ -88,7 +94,7 @@ def billed_in(
     """In SQL: the window is billed in [start, end) (`stamped_in`), with the bounds that implies
     on its start (it lies within one day), which narrow an index range on (subscription,
     window start) to the period's windows."""
-    return and_(window_start >= start - _SQL_DAY, window_start < end, stamped_in(window_end, start, end))
+    return and_(window_start >= earliest_start(start), window_start < end, stamped_in(window_end, start, end))
 
 
 def billed_before(
