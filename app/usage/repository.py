@@ -10,6 +10,7 @@ from typing import Any, TypeVarTuple
 
 import asyncpg
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     DateTime,
     Integer,
@@ -19,10 +20,12 @@ from sqlalchemy import (
     any_,
     bindparam,
     case,
+    cast,
     column,
     false,
     func,
     literal,
+    literal_column,
     null,
     or_,
     select,
@@ -33,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import Grouping
 
 from app import clock
 from app.db import driver_connection
@@ -47,13 +51,14 @@ from app.models import (
 )
 from app.models.subscription import LIVE_STATUSES
 from app.usage.windows import (
+    WindowBounds,
     billed_before,
-    billed_in,
     covers_period,
     earliest_start,
     event_instant,
     may_end_early,
     stamped_in,
+    window_bounds,
 )
 
 _Ts = TypeVarTuple("_Ts")
@@ -253,9 +258,9 @@ def _metered_statement(*, only: bool, metered_only: bool, settle: bool) -> _Driv
     found ready are settled at :settled_at by the same statement."""
     # A window belongs to the period holding its meter event's instant (app.usage.windows: its
     # last second). A subscription's windows follow one another without overlap, so the one
-    # starting last ends last: one range of the (subscription, window start) key, from the day
-    # before its period, gives both the period's calls and where its windows stop; only a
-    # subscription with no window since then is read backwards from its key, one entry.
+    # starting last ends last: one range of the (subscription, window start) key, from the start
+    # of its period's first day, gives both the period's calls and where its windows stop; only
+    # a subscription with no window since then is read backwards from its key, one entry.
     since_period = (
         select(
             func.max(UsageRecord.window_end).label("last_end"),
@@ -406,37 +411,122 @@ _METERED_SQL = {
 }
 
 
-# Each subscription's calls billed in its own period (:ids, :starts, :ends, one array each): one
-# index range and one aggregate per subscription (no join to sort and group afterwards).
-_PERIODS = (
+# The calls billed in given periods, one statement per batch, of two kinds. The bounds a period
+# puts on its windows (`WindowBounds`) are computed once per period in a derived table, which
+# OFFSET 0 keeps from being folded back into the scan (where they would be computed per window).
+_DATES = ARRAY(DateTime(timezone=True))
+# A period's calls as a bigint, not numeric (what sum(bigint) gives): read as an int, with no
+# Decimal made and converted per subscription.
+_CALLS = cast(func.sum(UsageRecord.quantity), BigInteger()).label("calls")
+
+
+def _bounded(periods: Any, *keep: ColumnElement[Any]) -> Any:
+    """The derived table of `periods` with each one's window bounds (and the columns kept)."""
+    bounds = window_bounds(periods.c.period_start, periods.c.period_end)
+    return (
+        select(*keep, *bounds.labelled())
+        .select_from(periods)
+        .offset(literal_column("0", Integer()))
+        .subquery()
+    )
+
+
+# Periods shared by many subscriptions (:ids, grouped by period; :starts, :ends, :firsts, :lasts,
+# one entry per period, the last two its ids' first and last place in :ids, from 1): one index
+# scan of `= ANY` per period, as fast as one GROUP BY of a single period.
+_SHARED = (
+    func.unnest(
+        bindparam("starts", None, type_=_DATES),
+        bindparam("ends", None, type_=_DATES),
+        bindparam("firsts", None, type_=ARRAY(Integer)),
+        bindparam("lasts", None, type_=ARRAY(Integer)),
+    )
+    .table_valued(
+        column("period_start", DateTime(timezone=True)),
+        column("period_end", DateTime(timezone=True)),
+        column("first", Integer()),
+        column("last", Integer()),
+    )
+    .render_derived(name="periods")
+)
+_SHARED_PERIODS = _bounded(_SHARED, _SHARED.c.first, _SHARED.c.last)
+_SHARED_SUM = (
+    select(UsageRecord.subscription_id, _CALLS)
+    .where(
+        UsageRecord.subscription_id
+        == any_(Grouping(bindparam("ids", None, _UUIDS))[_SHARED_PERIODS.c.first : _SHARED_PERIODS.c.last]),
+        WindowBounds.of(_SHARED_PERIODS.c).hold(UsageRecord.window_start, UsageRecord.window_end),
+    )
+    .group_by(UsageRecord.subscription_id)
+    .lateral("t")
+)
+PERIOD_CALLS_SHARED = _DriverStatement.compile(
+    select(_SHARED_SUM.c.subscription_id, _SHARED_SUM.c.calls)
+    .select_from(_SHARED_PERIODS)
+    .join(_SHARED_SUM, true())
+)
+# Periods of their own (:ids, :starts, :ends, one entry per subscription): one index range per
+# subscription.
+_EACH = (
     func.unnest(
         bindparam("ids", None, type_=_UUIDS),
-        bindparam("starts", None, type_=ARRAY(DateTime(timezone=True))),
-        bindparam("ends", None, type_=ARRAY(DateTime(timezone=True))),
+        bindparam("starts", None, type_=_DATES),
+        bindparam("ends", None, type_=_DATES),
     )
     .table_valued(
         column("subscription_id", Uuid()),
         column("period_start", DateTime(timezone=True)),
         column("period_end", DateTime(timezone=True)),
     )
-    .render_derived(name="p")
+    .render_derived(name="periods")
 )
-_PERIOD_SUM = (
-    select(func.sum(UsageRecord.quantity).label("calls"))
+_EACH_PERIODS = _bounded(_EACH, _EACH.c.subscription_id)
+_EACH_SUM = (
+    select(_CALLS)
     .where(
-        UsageRecord.subscription_id == _PERIODS.c.subscription_id,
-        billed_in(
-            UsageRecord.window_start, UsageRecord.window_end, _PERIODS.c.period_start, _PERIODS.c.period_end
-        ),
+        UsageRecord.subscription_id == _EACH_PERIODS.c.subscription_id,
+        WindowBounds.of(_EACH_PERIODS.c).hold(UsageRecord.window_start, UsageRecord.window_end),
     )
     .lateral("t")
 )
-_PERIOD_CALLS = _DriverStatement.compile(
-    select(_PERIODS.c.subscription_id, _PERIOD_SUM.c.calls)
-    .select_from(_PERIODS)
-    .join(_PERIOD_SUM, true())
-    .where(_PERIOD_SUM.c.calls.is_not(None))
+PERIOD_CALLS_EACH = _DriverStatement.compile(
+    select(_EACH_PERIODS.c.subscription_id, _EACH_SUM.c.calls)
+    .select_from(_EACH_PERIODS)
+    .join(_EACH_SUM, true())
+    .where(_EACH_SUM.c.calls.is_not(None))
 )
+# A batch of this many subscriptions a period or more is read period by period: on fewer, an
+# `= ANY` scan per period costs more than the index range per subscription it saves (measured
+# in bench/period_aggregation.py).
+SHARED_PERIOD_MEMBERS = 4
+
+
+def period_calls_query(
+    periods: Sequence[tuple[uuid.UUID, datetime, datetime]],
+) -> tuple[_DriverStatement, list[Any]]:
+    """The statement summing each subscription's calls billed in its own [start, end), with its
+    arguments: period by period when the subscriptions share periods (`SHARED_PERIOD_MEMBERS`
+    or more to a period on average), else each subscription on its own."""
+    shared: dict[tuple[datetime, datetime], list[uuid.UUID]] = {}
+    for id_, start, end in periods:
+        shared.setdefault((start, end), []).append(id_)
+    if len(periods) < SHARED_PERIOD_MEMBERS * len(shared):
+        given = {
+            "ids": [p[0] for p in periods],
+            "starts": [p[1] for p in periods],
+            "ends": [p[2] for p in periods],
+        }
+        return PERIOD_CALLS_EACH, PERIOD_CALLS_EACH.args(given)
+    ids: list[uuid.UUID] = []
+    firsts: list[int] = []
+    lasts: list[int] = []
+    for members in shared.values():
+        firsts.append(len(ids) + 1)  # PostgreSQL's arrays count from 1, a slice holds both ends
+        ids.extend(members)
+        lasts.append(len(ids))
+    starts, ends = zip(*shared, strict=True)
+    given = {"ids": ids, "starts": list(starts), "ends": list(ends), "firsts": firsts, "lasts": lasts}
+    return PERIOD_CALLS_SHARED, PERIOD_CALLS_SHARED.args(given)
 
 
 # The pending windows of a batch's subscriptions (:ids), to claim for sending.
@@ -624,18 +714,13 @@ class UsageRepository:
     async def period_calls(
         self, periods: Sequence[tuple[uuid.UUID, datetime, datetime]]
     ) -> dict[uuid.UUID, int]:
-        """Recorded calls (quantity) per subscription billed in its own [start, end), one query for all."""
+        """Recorded calls (quantity) per subscription billed in its own [start, end), one query
+        for all (`period_calls_query`)."""
         if not periods:
             return {}
-        given = {
-            "ids": [p[0] for p in periods],
-            "starts": [p[1] for p in periods],
-            "ends": [p[2] for p in periods],
-        }
-        rows = await (await driver_connection(self._session)).fetch(
-            _PERIOD_CALLS.sql, *_PERIOD_CALLS.args(given)
-        )
-        return {row[0]: int(row[1]) for row in rows}
+        statement, args = period_calls_query(periods)
+        rows = await (await driver_connection(self._session)).fetch(statement.sql, *args)
+        return dict(rows)  # (subscription id, calls) records
 
     async def draft_subscription(
         self, subscription_id: uuid.UUID, start: datetime | None, end: datetime | None

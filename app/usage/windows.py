@@ -14,9 +14,23 @@ in the period that contains that second, and so do the usage, estimate and quota
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, Interval, SQLColumnExpression, and_, case, func, literal_column, or_
+from sqlalchemy import (
+    ColumnElement,
+    Interval,
+    Label,
+    SQLColumnExpression,
+    Text,
+    and_,
+    case,
+    func,
+    literal_column,
+    or_,
+)
+from sqlalchemy.sql.base import ReadOnlyColumnCollection
 
 DAY = timedelta(days=1)
 _SECOND = timedelta(seconds=1)
@@ -65,8 +79,54 @@ def period_days(start: datetime, end: datetime) -> tuple[date, date]:
 # expression needs computing per row of an index range); windows lie within one UTC day.
 _SQL_STAMP_OFFSET = literal_column(f"interval '{METER_STAMP_OFFSET.total_seconds():g} seconds'", Interval())
 _SQL_DAY = literal_column("interval '1 day'", Interval())
+_SQL_DAY_UNIT = literal_column("'day'", Text())
+_SQL_UTC = literal_column("'UTC'", Text())
 # An instant in SQL: a column (nullable or not) or a bound value.
 _Instant = SQLColumnExpression[datetime] | SQLColumnExpression[datetime | None]
+
+
+@dataclass(frozen=True)
+class WindowBounds:
+    """What a period bounds the windows billed in it by, in SQL: their start lies in
+    [`start_from`, `start_before`) and their end in [`end_from`, `end_before`). A query over many
+    periods computes these once per period (rather than once per window it reads)."""
+
+    start_from: _Instant
+    start_before: _Instant
+    end_from: _Instant
+    end_before: _Instant
+
+    def labelled(self) -> list[Label[datetime]]:
+        """The four bounds as columns of a derived table, named after the fields."""
+        return [
+            self.start_from.label("start_from"),
+            self.start_before.label("start_before"),
+            self.end_from.label("end_from"),
+            self.end_before.label("end_before"),
+        ]
+
+    @classmethod
+    def of(cls, columns: ReadOnlyColumnCollection[str, Any]) -> WindowBounds:
+        """The bounds a derived table holds (as `labelled` names them)."""
+        return cls(columns.start_from, columns.start_before, columns.end_from, columns.end_before)
+
+    def hold(self, window_start: _Instant, window_end: _Instant) -> ColumnElement[bool]:
+        """In SQL: the window lies within the bounds, so it is billed in their period."""
+        return and_(
+            window_start >= self.start_from,
+            window_start < self.start_before,
+            window_end >= self.end_from,
+            window_end < self.end_before,
+        )
+
+
+def window_bounds(start: _Instant, end: _Instant) -> WindowBounds:
+    """The bounds of the windows billed in [start, end): their meter event instant (their last
+    second, `window_end - METER_STAMP_OFFSET`) falls in the period, as Stripe bills it, and so,
+    since a window lies within one day, they start from the start of `start`'s day and before
+    `end` (the bounds that narrow an index range on (subscription, window start) to the
+    period)."""
+    return WindowBounds(earliest_start(start), end, start + _SQL_STAMP_OFFSET, end + _SQL_STAMP_OFFSET)
 
 
 def stamped_in(
@@ -76,13 +136,15 @@ def stamped_in(
 ) -> ColumnElement[bool]:
     """In SQL: the window's meter event instant (its last second) falls in [start, end), so the
     window is billed in that period, as Stripe bills it."""
-    return and_(window_end >= start + _SQL_STAMP_OFFSET, window_end < end + _SQL_STAMP_OFFSET)
+    bounds = window_bounds(start, end)
+    return and_(window_end >= bounds.end_from, window_end < bounds.end_before)
 
 
 def earliest_start(start: _Instant) -> ColumnElement[datetime] | ColumnElement[datetime | None]:
-    """In SQL: where the first window billed in a period starting at `start` may start (it lies
-    within one day and its meter event falls in the period)."""
-    return start - _SQL_DAY
+    """In SQL: where the first window billed in a period starting at `start` may start: at the
+    start of that UTC day. Its last second (its meter event's instant) is in the period, so on
+    that day or later, and a window starts on the day of its last second."""
+    return func.date_trunc(_SQL_DAY_UNIT, start, _SQL_UTC)
 
 
 def billed_in(
@@ -91,10 +153,8 @@ def billed_in(
     start: _Instant,
     end: _Instant,
 ) -> ColumnElement[bool]:
-    """In SQL: the window is billed in [start, end) (`stamped_in`), with the bounds that implies
-    on its start (it lies within one day), which narrow an index range on (subscription,
-    window start) to the period's windows."""
-    return and_(window_start >= earliest_start(start), window_start < end, stamped_in(window_end, start, end))
+    """In SQL: the window is billed in [start, end) (`window_bounds`)."""
+    return window_bounds(start, end).hold(window_start, window_end)
 
 
 def billed_before(
@@ -126,7 +186,7 @@ def covers_period(
     be billed at `end` or later. It ends at the next midnight (UTC), or, for a subscription that
     may end early (cancelled, or cancelling at its period's end), possibly at the next second.
     The period close settles with it and a renewal draft checks a settlement with it."""
-    next_stamp = func.date_trunc("day", last_window_end, "UTC") + _SQL_DAY - _SQL_STAMP_OFFSET
+    next_stamp = func.date_trunc(_SQL_DAY_UNIT, last_window_end, _SQL_UTC) + _SQL_DAY - _SQL_STAMP_OFFSET
     return and_(
         last_window_end.is_not(None),
         case((may_end_early, last_window_end >= end), else_=next_stamp >= end),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,8 +21,8 @@ from app.config import Settings
 from app.models import JobRun, OutboxMessage, Subscription
 from app.periods import add_months
 from app.usage.jobs import aggregate_usage
-from app.usage.repository import UsageRepository
-from app.usage.windows import DAY, covers_period, day_start, meter_event_identifier
+from app.usage.repository import PERIOD_CALLS_EACH, PERIOD_CALLS_SHARED, UsageRepository, period_calls_query
+from app.usage.windows import DAY, covers_period, day_start, event_instant, in_period, meter_event_identifier
 from app.webhooks.jobs import process_stripe_event
 from tests.support.billing_data import event, invoice_obj, make_world
 from tests.support.factories import sign_webhook
@@ -373,6 +374,77 @@ async def settled(engine: AsyncEngine, world_id: uuid.UUID, start: datetime, end
 async def period_sum(engine: AsyncEngine, world_id: uuid.UUID, start: datetime, end: datetime) -> int:
     async with async_sessionmaker(engine)() as session:
         return (await UsageRepository(session).period_calls([(world_id, start, end)]))[world_id]
+
+
+async def test_the_batched_period_sum_bills_each_window_in_the_period_its_meter_event_falls_in(
+    engine: AsyncEngine,
+) -> None:
+    """The worker's batched period sum, read period by period (subscriptions sharing periods)
+    and subscription by subscription (a period each), against the rule in Python: a window
+    counts in the period holding its last second. Each subscription has daily windows and one
+    day split at 13:00; the periods start and end at midnight, at the split, and a second
+    either side of it."""
+    first_day = day_start(datetime.now(UTC)) - timedelta(days=12)
+    split = first_day + timedelta(days=4, hours=13)
+    worlds = [await pay_per_use(engine, days_ago=13) for _ in range(8)]
+    recorded: dict[uuid.UUID, list[tuple[datetime, datetime, int]]] = {}
+    rows = []
+    for n, world in enumerate(worlds):
+        bounds = [first_day + timedelta(days=d) for d in range(11)]
+        bounds.insert(5, split)
+        windows = [
+            (start, end, (n + 1) * 100 + i) for i, (start, end) in enumerate(itertools.pairwise(bounds))
+        ]
+        recorded[world.subscription_id] = windows
+        rows += [
+            {
+                "subscription_id": world.subscription_id,
+                "window_start": start,
+                "window_end": end,
+                "quantity": quantity,
+                "successful_calls": quantity,
+                "failed_calls": 0,
+                "meter_event_identifier": meter_event_identifier(world.subscription_id, start),
+                "report_status": "pending",
+            }
+            for start, end, quantity in windows
+        ]
+    async with async_sessionmaker(engine).begin() as session:
+        assert await UsageRepository(session).insert_records(rows) == len(rows)
+    second = timedelta(seconds=1)
+    periods = [
+        (first_day + 2 * DAY, first_day + 7 * DAY),
+        (split, first_day + 8 * DAY),
+        (split - second, split + second),
+        (split + second, first_day + 9 * DAY - second),
+        (first_day - DAY, split),
+        (first_day + 20 * DAY, first_day + 50 * DAY),  # no window in it
+        (first_day + DAY - second, first_day + 3 * DAY),
+        (first_day + 3 * DAY, split - second),
+    ]
+
+    def expected(batch: list[tuple[uuid.UUID, datetime, datetime]]) -> dict[uuid.UUID, int]:
+        sums: dict[uuid.UUID, int] = {}
+        for id_, start, end in batch:
+            billed = [
+                q for _, window_end, q in recorded[id_] if in_period(event_instant(window_end), start, end)
+            ]
+            if billed:
+                sums[id_] = sum(billed)
+        return sums
+
+    ids = [w.subscription_id for w in worlds]
+    shared = [  # two periods of four subscriptions each, for every pair of periods
+        [(id_, *(a if n % 2 else b)) for n, id_ in enumerate(ids)]
+        for a, b in itertools.combinations(periods, 2)
+    ]
+    own = [[(id_, *periods[(n + shift) % len(periods)]) for n, id_ in enumerate(ids)] for shift in range(8)]
+    async with async_sessionmaker(engine)() as session:
+        repo = UsageRepository(session)
+        for batches, statement in ((shared, PERIOD_CALLS_SHARED), (own, PERIOD_CALLS_EACH)):
+            for batch in batches:
+                assert period_calls_query(batch)[0] is statement
+                assert await repo.period_calls(batch) == expected(batch), batch
 
 
 async def test_a_period_is_settled_only_once_every_window_billed_in_it_is_recorded_and_sent(
