@@ -11,7 +11,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +54,12 @@ class LoadResult:
 
 
 @asynccontextmanager
-async def embedded_stack(*, with_stripe: bool = False) -> AsyncIterator[Settings]:
-    """Embedded PostgreSQL (migrated) and Redis, optionally the Stripe emulator; settings for them."""
+async def embedded_stack(
+    *, with_stripe: bool = False, server: Mapping[str, str] | None = None
+) -> AsyncIterator[Settings]:
+    """Embedded PostgreSQL (migrated) and Redis, optionally the Stripe emulator; settings for them.
+    `server`: PostgreSQL settings (ALTER SYSTEM) to restart the server with, such as a bench's
+    shared_buffers sized for its tables."""
     folder = Path(tempfile.mkdtemp(prefix="bb", dir="/tmp"))
     postgres = EmbeddedPostgres(folder / "pg")
     redis_port = free_port()
@@ -63,6 +67,14 @@ async def embedded_stack(*, with_stripe: bool = False) -> AsyncIterator[Settings
     stripe = stripe_emulator(free_port(), None) if with_stripe else None
     try:
         database_url = await asyncio.to_thread(postgres.start)
+        if server:
+            connection = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+            try:
+                for name, value in server.items():
+                    await connection.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+            finally:
+                await connection.close()
+            await asyncio.to_thread(postgres.restart)
         await asyncio.to_thread(upgrade, database_url)
         redis.start()
         if stripe is not None:

