@@ -524,8 +524,9 @@ def period_calls_query(
         firsts.append(len(ids) + 1)  # PostgreSQL's arrays count from 1, a slice holds both ends
         ids.extend(members)
         lasts.append(len(ids))
-    starts, ends = zip(*shared, strict=True)
-    given = {"ids": ids, "starts": list(starts), "ends": list(ends), "firsts": firsts, "lasts": lasts}
+    starts = [start for start, _ in shared]
+    ends = [end for _, end in shared]
+    given = {"ids": ids, "starts": starts, "ends": ends, "firsts": firsts, "lasts": lasts}
     return PERIOD_CALLS_SHARED, PERIOD_CALLS_SHARED.args(given)
 
 
