@@ -51,6 +51,10 @@ def asyncpg_dsn(database_url: str) -> str:
     return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """The pool's reset of a connection handed back: nothing to undo."""
+
+
 class EventStore:
     """Stores incoming events through a small asyncpg pool of its own.
 
@@ -72,6 +76,7 @@ class EventStore:
             max_size=max_size,
             timeout=timeouts.connect,
             command_timeout=timeouts.command,
+            reset=_keep_session,
         )
         return cls(pool, checkout_timeout=timeouts.checkout)
 
