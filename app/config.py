@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     jwt_role_claim: str = "custom:user_type"
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # FastAPI's own OpenTelemetry spans, metrics and logs, for a process that configures an
+    # OpenTelemetry SDK. Off, no request looks for one (three environment reads each).
+    opentelemetry: bool = False
     db_pool_size: int = Field(10, ge=1)
     # A stalled database fails fast: a request gets 503 within about connect + command timeout.
     db_connect_timeout_seconds: float = Field(1.0, gt=0, le=60)

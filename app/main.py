@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
+from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
@@ -136,6 +137,11 @@ def describe_parameters(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+# FastAPI's native OpenTelemetry off (`Settings.opentelemetry`): with it on, every request asks
+# the global providers whether an SDK was configured.
+_NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -160,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=OPENAPI_TAGS,
         swagger_ui_parameters={"validatorUrl": None},
         lifespan=lifespan,
+        telemetry=None if settings.opentelemetry else _NO_TELEMETRY,
     )
     install_error_handlers(app)
     app.add_middleware(IdempotencyMiddleware)  # inside RequestContextMiddleware: needs the request id
