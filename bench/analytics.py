@@ -366,33 +366,31 @@ def _report(results: dict[str, float]) -> list[Figure]:
     return figures
 
 
-def _admin_dsn(url: str) -> str:
-    return (
-        make_url(url)
-        .set(database="postgres")
+@asynccontextmanager
+async def _copy_of(url: str, name: str) -> AsyncIterator[str]:
+    """A copy of the database at `url` (as it is now, nobody connected to it) on the same
+    server, dropped after the block (and before, if a killed run left one)."""
+    source = make_url(url)
+    admin_dsn = (
+        source.set(database="postgres")
         .render_as_string(hide_password=False)
         .replace("postgresql+asyncpg://", "postgresql://")
     )
 
+    async def admin(*statements: str) -> None:
+        connection = await asyncpg.connect(admin_dsn)
+        try:
+            for statement in statements:
+                await connection.execute(statement)
+        finally:
+            await connection.close()
 
-async def _drop_database(url: str) -> None:
-    admin = await asyncpg.connect(_admin_dsn(url))
+    drop = f'DROP DATABASE IF EXISTS "{name}"'
+    await admin(drop, f'CREATE DATABASE "{name}" TEMPLATE "{source.database}"')
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}"')
+        yield source.set(database=name).render_as_string(hide_password=False)
     finally:
-        await admin.close()
-
-
-async def _copy_database(url: str, name: str) -> str:
-    """A copy of the database at `url` (as it is now, nobody connected to it) on the same server."""
-    source = make_url(url)
-    admin = await asyncpg.connect(_admin_dsn(url))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source.database}"')
-    finally:
-        await admin.close()
-    return source.set(database=name).render_as_string(hide_password=False)
+        await admin(drop)
 
 
 async def _usage_growth(url: str, args: argparse.Namespace, hours: int, *, before_rows: int) -> Figure:
@@ -401,36 +399,37 @@ async def _usage_growth(url: str, args: argparse.Namespace, hours: int, *, befor
     one call each, in an order that alternates, the figure the median of the pairs' ratios (a
     before-and-after of one table, minutes apart, read 0.85 to 1.34 run to run as the machine's
     speed drifted). An aggregate costs at most its share of the rows: growth per row <= 1.2."""
-    url_10x = await _copy_database(url, "bench_usage_10x")
-    connection = await asyncpg.connect(url_10x.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        started = time.perf_counter()
-        await connection.execute(GROW_USAGE_SQL[0], args.consumers, args.consumers * GROWTH)
-        await connection.execute(GROW_USAGE_SQL[1], API_ID)
-        await bulk_insert(connection, "usage_records", GROW_USAGE_SQL[2], hours, START)
-        await connection.execute("VACUUM ANALYZE")
-        rows = int(await connection.fetchval("SELECT count(*) FROM usage_records"))
-        print(f"grew a copy to {rows:,} usage rows in {time.perf_counter() - started:.0f}s", flush=True)
-        lower, upper = START, START + timedelta(hours=hours, days=1)
-        plan = "\n".join(
-            r[0]
-            for r in await connection.fetch("EXPLAIN " + _asyncpg_sql(USAGE_SQL), API_ID, lower, upper, 10)
-        )
-    finally:
-        await connection.close()
-    pairs: list[tuple[float, float]] = []
-    async with _served(url, hours) as at_1x, _served(url_10x, hours) as at_10x:
-        one, ten = at_1x.calls["usage"], at_10x.calls["usage"]
-        await one()  # warm each app's connection, plans and caches
-        await ten()
-        for round_ in range(GROWTH_ROUNDS):
-            seconds: dict[int, float] = {}
-            for size, call in ((1, one), (10, ten)) if round_ % 2 == 0 else ((10, ten), (1, one)):
-                started = time.perf_counter()
-                await call()
-                seconds[size] = time.perf_counter() - started
-            pairs.append((seconds[1], seconds[10]))
-    await _drop_database(url_10x)
+    async with _copy_of(url, "bench_usage_10x") as url_10x:
+        connection = await asyncpg.connect(url_10x.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            started = time.perf_counter()
+            await connection.execute(GROW_USAGE_SQL[0], args.consumers, args.consumers * GROWTH)
+            await connection.execute(GROW_USAGE_SQL[1], API_ID)
+            await bulk_insert(connection, "usage_records", GROW_USAGE_SQL[2], hours, START)
+            await connection.execute("VACUUM ANALYZE")
+            rows = int(await connection.fetchval("SELECT count(*) FROM usage_records"))
+            print(f"grew a copy to {rows:,} usage rows in {time.perf_counter() - started:.0f}s", flush=True)
+            lower, upper = START, START + timedelta(hours=hours, days=1)
+            plan = "\n".join(
+                r[0]
+                for r in await connection.fetch(
+                    "EXPLAIN " + _asyncpg_sql(USAGE_SQL), API_ID, lower, upper, 10
+                )
+            )
+        finally:
+            await connection.close()
+        pairs: list[tuple[float, float]] = []
+        async with _served(url, hours) as at_1x, _served(url_10x, hours) as at_10x:
+            one, ten = at_1x.calls["usage"], at_10x.calls["usage"]
+            await one()  # warm each app's connection, plans and caches
+            await ten()
+            for round_ in range(GROWTH_ROUNDS):
+                seconds: dict[int, float] = {}
+                for size, call in ((1, one), (10, ten)) if round_ % 2 == 0 else ((10, ten), (1, one)):
+                    started = time.perf_counter()
+                    await call()
+                    seconds[size] = time.perf_counter() - started
+                pairs.append((seconds[1], seconds[10]))
     growth = statistics.median(at_10x / at_1x for at_1x, at_10x in pairs)
     before = statistics.median(at_1x for at_1x, _ in pairs)
     after = statistics.median(at_10x for _, at_10x in pairs)
