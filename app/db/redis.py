@@ -21,12 +21,14 @@ from redis.asyncio import ConnectionPool
 from redis.exceptions import NoScriptError
 
 from app.config import Settings
-from app.db.packed_redis import EntitlementsRedis, PackedConnection, PipelinedRedis
+from app.db.packed_redis import Arg, EntitlementsRedis, PackedConnection, PipelinedRedis
 
 
 def create_redis(settings: Settings) -> ArqRedis:
     """A lazily connecting client: the API starts (and stores webhooks) even while Redis is down."""
-    pool = ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=2.0)
+    pool = ConnectionPool.from_url(
+        settings.redis_url, socket_connect_timeout=1.0, socket_timeout=2.0, connection_class=PackedConnection
+    )
     return ArqRedis(connection_pool=pool)
 
 
@@ -60,30 +62,45 @@ _ENQUEUE_UNIQUE_SHA = hashlib.sha1(_ENQUEUE_UNIQUE.encode(), usedforsecurity=Fal
 
 
 async def enqueue_unique_many(
-    redis: ArqRedis, function: str, jobs: Sequence[tuple[str, tuple[Any, ...]]]
+    redis: ArqRedis | PipelinedRedis, function: str, jobs: Sequence[tuple[str, tuple[Any, ...]]]
 ) -> list[bool]:
     """Enqueue `function(*args)` as job `job_id` for each (job_id, args) unless that job exists,
     all in one script call (one round trip, one command for Redis to run).
+
+    On a `PipelinedRedis` (webhook ingest's) the call is packed by hiredis and written with the
+    other commands of its turn of the event loop, bounded by that client's timeout; jobs go to
+    arq's default queue, serialized as arq's default does.
 
     Returns, per job, whether this call enqueued it.
     """
     if not jobs:
         return []
+    command = _enqueue_command(redis, function, jobs)
     try:
-        return await _send(redis, function, jobs)
+        added = await _execute(redis, command)
     except NoScriptError:
         # First use on this Redis (or after a restart): load the script and send again.
-        await redis.script_load(_ENQUEUE_UNIQUE)
-        return await _send(redis, function, jobs)
+        await _execute(redis, ("SCRIPT", "LOAD", _ENQUEUE_UNIQUE))
+        added = await _execute(redis, command)
+    return [bool(flag) for flag in added]
 
 
-async def _send(redis: ArqRedis, function: str, jobs: Sequence[tuple[str, tuple[Any, ...]]]) -> list[bool]:
-    queue = redis.default_queue_name or default_queue_name
+def _enqueue_command(
+    redis: ArqRedis | PipelinedRedis, function: str, jobs: Sequence[tuple[str, tuple[Any, ...]]]
+) -> tuple[Arg, ...]:
+    queue, serializer = default_queue_name, None
+    if isinstance(redis, ArqRedis):
+        queue, serializer = redis.default_queue_name or default_queue_name, redis.job_serializer
     now = timestamp_ms()
-    keys: list[Any] = [queue]
-    args: list[Any] = [expires_extra_ms, now]
+    keys: list[Arg] = [queue]
+    args: list[Arg] = [expires_extra_ms, now]
     for job_id, job_args in jobs:
         keys += (job_key_prefix + job_id, result_key_prefix + job_id)
-        args += (serialize_job(function, job_args, {}, None, now, serializer=redis.job_serializer), job_id)
-    added = await redis.evalsha(_ENQUEUE_UNIQUE_SHA, len(keys), *keys, *args)  # type: ignore[misc]
-    return [bool(flag) for flag in added]
+        args += (serialize_job(function, job_args, {}, None, now, serializer=serializer), job_id)
+    return ("EVALSHA", _ENQUEUE_UNIQUE_SHA, len(keys), *keys, *args)
+
+
+async def _execute(redis: ArqRedis | PipelinedRedis, command: tuple[Arg, ...]) -> Any:
+    if isinstance(redis, PipelinedRedis):
+        return await redis.call(*command)
+    return await redis.execute_command(*command)  # type: ignore[no-untyped-call]

@@ -12,8 +12,7 @@ import asyncio
 import logging
 import time
 
-from arq.connections import ArqRedis
-
+from app.db.packed_redis import PipelinedRedis
 from app.db.redis import enqueue_unique_many
 from app.errors import BadRequest, ServiceUnavailable
 from app.webhooks.repository import EventStore, IncomingEvent, UnstorableEvent
@@ -47,14 +46,13 @@ class EventIngest:
     def __init__(
         self,
         store: EventStore,
-        redis: ArqRedis | None,
+        redis: PipelinedRedis | None,
         *,
-        enqueue_timeout: float = 0.5,
         max_writers: int = MAX_WRITERS,
     ) -> None:
+        """`redis` bounds each call by its own timeout (the webhook's enqueue timeout)."""
         self._store = store
         self._redis = redis
-        self._enqueue_timeout = enqueue_timeout
         self._max_writers = max_writers
         self._redis_retry_at = 0.0  # after a failed enqueue, Redis is left alone until then
         self._waiting: list[tuple[IncomingEvent, asyncio.Future[bool]]] = []
@@ -136,8 +134,8 @@ class EventIngest:
             return  # Redis just failed: the batches behind do not wait on it too; the sweeper enqueues
         jobs = [(event_job_id(i), (i,)) for i in event_ids]
         try:
-            # Bounded: while Redis stalls the webhook is still answered; the sweeper enqueues later.
-            await asyncio.wait_for(enqueue_unique_many(self._redis, PROCESS_JOB, jobs), self._enqueue_timeout)
+            # Bounded by the client's timeout: while Redis stalls the webhook is still answered.
+            await enqueue_unique_many(self._redis, PROCESS_JOB, jobs)
         except Exception:
             self._redis_retry_at = time.monotonic() + REDIS_BACKOFF_SECONDS  # wall clock
             # The events are stored and `pending`: the sweeper enqueues them later.
