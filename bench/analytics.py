@@ -378,6 +378,33 @@ async def _copy_of(url: str, name: str) -> AsyncIterator[str]:
         await admin(drop)
 
 
+async def _pairs(
+    url: str, url_10x: str, hours: int, path: str, rounds: int, *, warm: int
+) -> list[tuple[float, float]]:
+    """`rounds` pairs of (seconds at 1x, seconds at 10x) of one endpoint's call, served by an app
+    over each database, in an order that alternates; after `warm` untimed calls of each."""
+    pairs: list[tuple[float, float]] = []
+    async with _served(url, hours) as at_1x, _served(url_10x, hours) as at_10x:
+        one, ten = at_1x.calls[path], at_10x.calls[path]
+        for _ in range(warm):  # each app's connection, plans and caches
+            await one()
+            await ten()
+        for round_ in range(rounds):
+            seconds: dict[int, float] = {}
+            for size, call in ((1, one), (10, ten)) if round_ % 2 == 0 else ((10, ten), (1, one)):
+                started = time.perf_counter()
+                await call()
+                seconds[size] = time.perf_counter() - started
+            pairs.append((seconds[1], seconds[10]))
+    return pairs
+
+
+def _medians_of(pairs: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """The median of the pairs' ratios (10x / 1x), and the median time at 1x and at 10x."""
+    growth = statistics.median(at_10x / at_1x for at_1x, at_10x in pairs)
+    return growth, statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+
+
 async def _earnings_growth(url: str, hours: int) -> list[Figure]:
     """The earnings endpoint over a table of 10x the rows (a copy of the database, grown) against
     the same endpoint over the 1x database on the same server, side by side: EARNINGS_GROWTH_PAIRS
@@ -400,22 +427,8 @@ async def _earnings_growth(url: str, hours: int) -> list[Figure]:
             )
         finally:
             await connection.close()
-        pairs: list[tuple[float, float]] = []
-        async with _served(url, hours) as at_1x, _served(url_10x, hours) as at_10x:
-            one, ten = at_1x.calls["earnings"], at_10x.calls["earnings"]
-            for _ in range(20):  # warm each app's connection, plans and caches
-                await one()
-                await ten()
-            for round_ in range(EARNINGS_GROWTH_PAIRS):
-                seconds: dict[int, float] = {}
-                for size, call in ((1, one), (10, ten)) if round_ % 2 == 0 else ((10, ten), (1, one)):
-                    started = time.perf_counter()
-                    await call()
-                    seconds[size] = time.perf_counter() - started
-                pairs.append((seconds[1], seconds[10]))
-    growth = statistics.median(at_10x / at_1x for at_1x, at_10x in pairs)
-    before = statistics.median(at_1x for at_1x, _ in pairs)
-    after = statistics.median(at_10x for _, at_10x in pairs)
+        pairs = await _pairs(url, url_10x, hours, "earnings", EARNINGS_GROWTH_PAIRS, warm=20)
+    growth, before, after = _medians_of(pairs)
     print(
         f"earnings at {rows:,} rows ({GROWTH}x): endpoint {after * 1000:.2f} ms against "
         f"{before * 1000:.2f} ms at 1x, {growth:.2f}x (median of {EARNINGS_GROWTH_PAIRS} pairs; "
@@ -452,21 +465,8 @@ async def _usage_growth(url: str, args: argparse.Namespace, hours: int, *, befor
             )
         finally:
             await connection.close()
-        pairs: list[tuple[float, float]] = []
-        async with _served(url, hours) as at_1x, _served(url_10x, hours) as at_10x:
-            one, ten = at_1x.calls["usage"], at_10x.calls["usage"]
-            await one()  # warm each app's connection, plans and caches
-            await ten()
-            for round_ in range(GROWTH_ROUNDS):
-                seconds: dict[int, float] = {}
-                for size, call in ((1, one), (10, ten)) if round_ % 2 == 0 else ((10, ten), (1, one)):
-                    started = time.perf_counter()
-                    await call()
-                    seconds[size] = time.perf_counter() - started
-                pairs.append((seconds[1], seconds[10]))
-    growth = statistics.median(at_10x / at_1x for at_1x, at_10x in pairs)
-    before = statistics.median(at_1x for at_1x, _ in pairs)
-    after = statistics.median(at_10x for _, at_10x in pairs)
+        pairs = await _pairs(url, url_10x, hours, "usage", GROWTH_ROUNDS, warm=1)
+    growth, before, after = _medians_of(pairs)
     per_row = growth / (rows / before_rows)
     print(
         f"usage at {rows:,} rows ({rows / before_rows:.0f}x): endpoint {after * 1000:.0f} ms, "
