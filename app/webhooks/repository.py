@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 
 import asyncpg
 from sqlalchemy import select, update
@@ -70,7 +70,7 @@ class EventStore:
         self._checkout_timeout = checkout_timeout
 
     @classmethod
-    async def open(cls, database_url: str, *, max_size: int, timeouts: DbTimeouts) -> EventStore:
+    async def open(cls, database_url: str, *, max_size: int, timeouts: DbTimeouts) -> Self:
         """The pool, with connecting, checking out and each statement bounded in time."""
         # min_size=0: the API starts (and answers probes) even while the database is away.
         pool = await asyncpg.create_pool(
