@@ -207,21 +207,32 @@ async def test_concurrent_deliveries_of_one_event_store_it_once(
     assert await arq_redis.exists(*(f"arq:job:{event_job_id(p['id'])}" for p in [payload, *others])) == 6
 
 
+@pytest.mark.parametrize("client_kind", ["arq", "pipelined"])
 async def test_one_enqueue_call_adds_each_new_job_once_and_skips_jobs_or_results_that_exist(
-    arq_redis: ArqRedis,
+    arq_redis: ArqRedis, redis_url: str, client_kind: str
 ) -> None:
+    """Through arq's client (the worker's sweeper) and the pipelined one (webhook ingest), on a
+    Redis that has not seen the script yet (the first call loads it and sends again)."""
     from arq.constants import default_queue_name, result_key_prefix
     from arq.jobs import Job, JobStatus
 
+    from app.db.packed_redis import PipelinedRedis
     from app.db.redis import enqueue_unique_many
     from app.webhooks.ingest import PROCESS_JOB
 
     ids = [f"evt_{uuid.uuid4().hex}" for _ in range(4)]
     jobs = [(event_job_id(i), (i,)) for i in ids]
     await arq_redis.set(result_key_prefix + jobs[3][0], b"done before")  # a job that already ran
-
-    assert await enqueue_unique_many(arq_redis, PROCESS_JOB, jobs[:2]) == [True, True]
-    assert await enqueue_unique_many(arq_redis, PROCESS_JOB, jobs) == [False, False, True, False]
+    await arq_redis.script_flush()
+    client: ArqRedis | PipelinedRedis = (
+        arq_redis if client_kind == "arq" else PipelinedRedis(redis_url, timeout=2.0)
+    )
+    try:
+        assert await enqueue_unique_many(client, PROCESS_JOB, jobs[:2]) == [True, True]
+        assert await enqueue_unique_many(client, PROCESS_JOB, jobs) == [False, False, True, False]
+    finally:
+        if isinstance(client, PipelinedRedis):
+            client.close()
 
     # The queue is shared with other tests: only these jobs' places in it are asked.
     places = [await arq_redis.zscore(default_queue_name, job_id) for job_id, _ in jobs]
