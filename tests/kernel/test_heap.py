@@ -36,9 +36,8 @@ def test_young_collections_run_once_per_threshold_allocations(restored_gc: tuple
 
     gc.callbacks.append(count)
     try:
-        kept: list[list[int]] = [
-            [] for _ in range(10 * GC_YOUNG_THRESHOLD)
-        ]  # tracked objects that stay alive
+        # Tracked objects that stay alive: each counts towards the next young collection.
+        kept: list[list[int]] = [[] for _ in range(10 * GC_YOUNG_THRESHOLD)]
     finally:
         gc.callbacks.remove(count)
     assert len(kept) == 10 * GC_YOUNG_THRESHOLD
