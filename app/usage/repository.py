@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -411,13 +412,17 @@ _METERED_SQL = {
 }
 
 
-# The calls billed in given periods, one statement per batch, of two kinds. The bounds a period
-# puts on its windows (`WindowBounds`) are computed once per period in a derived table, which
-# OFFSET 0 keeps from being folded back into the scan (where they would be computed per window).
+# The calls billed in given periods, one statement per batch, of two kinds, each in two forms:
+# every subscription's calls, or only those over a call limit given with its period (what the
+# worker's quota check needs: the rest never leave PostgreSQL). The bounds a period puts on its
+# windows (`WindowBounds`) are computed once per period in a derived table, which OFFSET 0 keeps
+# from being folded back into the scan (where they would be computed per window).
 _DATES = ARRAY(DateTime(timezone=True))
+_COUNTS = ARRAY(BigInteger())
 # A period's calls as a bigint, not numeric (what sum(bigint) gives): read as an int, with no
 # Decimal made and converted per subscription.
-_CALLS = cast(func.sum(UsageRecord.quantity), BigInteger()).label("calls")
+_CALLS_SUM = cast(func.sum(UsageRecord.quantity), BigInteger())
+_CALLS = _CALLS_SUM.label("calls")
 
 
 def _bounded(periods: Any, *keep: ColumnElement[Any]) -> Any:
@@ -431,70 +436,71 @@ def _bounded(periods: Any, *keep: ColumnElement[Any]) -> Any:
     )
 
 
-# Periods shared by many subscriptions (:ids, grouped by period; :starts, :ends, :firsts, :lasts,
-# one entry per period, the last two its ids' first and last place in :ids, from 1): one index
-# scan of `= ANY` per period, as fast as one GROUP BY of a single period.
-_SHARED = (
-    func.unnest(
-        bindparam("starts", None, type_=_DATES),
-        bindparam("ends", None, type_=_DATES),
-        bindparam("firsts", None, type_=ARRAY(Integer)),
-        bindparam("lasts", None, type_=ARRAY(Integer)),
+def _periods(*arrays: tuple[str, Any, Any]) -> Any:
+    """The derived table unnesting the given (name, array type, column type) arrays, in order."""
+    return (
+        func.unnest(*(bindparam(name, None, type_=array) for name, array, _ in arrays))
+        .table_valued(*(column(name, type_) for name, _, type_ in arrays))
+        .render_derived(name="periods")
     )
-    .table_valued(
-        column("period_start", DateTime(timezone=True)),
-        column("period_end", DateTime(timezone=True)),
-        column("first", Integer()),
-        column("last", Integer()),
+
+
+_PERIOD_ARRAYS = (
+    ("period_start", _DATES, DateTime(timezone=True)),
+    ("period_end", _DATES, DateTime(timezone=True)),
+)
+_LIMITS = ("call_limit", _COUNTS, BigInteger())
+
+
+def _shared_statement(*, over_limit: bool) -> _DriverStatement:
+    """Periods shared by many subscriptions (:ids, grouped by period and limit; :period_start,
+    :period_end, :first, :last and :call_limit one entry per group, first and last its ids'
+    places in :ids, from 1): one index scan of `= ANY` per group, as fast as one GROUP BY of a
+    single period."""
+    places = (("first", ARRAY(Integer), Integer()), ("last", ARRAY(Integer), Integer()))
+    shared = _periods(*_PERIOD_ARRAYS, *places, *((_LIMITS,) if over_limit else ()))
+    kept = [shared.c.first, shared.c.last, *((shared.c.call_limit,) if over_limit else ())]
+    periods = _bounded(shared, *kept)
+    members = Grouping(bindparam("ids", None, _UUIDS))[periods.c.first : periods.c.last]
+    sums = (
+        select(UsageRecord.subscription_id, _CALLS)
+        .where(
+            UsageRecord.subscription_id == any_(members),
+            WindowBounds.of(periods.c).hold(UsageRecord.window_start, UsageRecord.window_end),
+        )
+        .group_by(UsageRecord.subscription_id)
     )
-    .render_derived(name="periods")
-)
-_SHARED_PERIODS = _bounded(_SHARED, _SHARED.c.first, _SHARED.c.last)
-_SHARED_SUM = (
-    select(UsageRecord.subscription_id, _CALLS)
-    .where(
-        UsageRecord.subscription_id
-        == any_(Grouping(bindparam("ids", None, _UUIDS))[_SHARED_PERIODS.c.first : _SHARED_PERIODS.c.last]),
-        WindowBounds.of(_SHARED_PERIODS.c).hold(UsageRecord.window_start, UsageRecord.window_end),
+    if over_limit:
+        sums = sums.having(periods.c.call_limit < _CALLS_SUM)
+    calls = sums.lateral("t")
+    return _DriverStatement.compile(
+        select(calls.c.subscription_id, calls.c.calls).select_from(periods).join(calls, true())
     )
-    .group_by(UsageRecord.subscription_id)
-    .lateral("t")
-)
-PERIOD_CALLS_SHARED = _DriverStatement.compile(
-    select(_SHARED_SUM.c.subscription_id, _SHARED_SUM.c.calls)
-    .select_from(_SHARED_PERIODS)
-    .join(_SHARED_SUM, true())
-)
-# Periods of their own (:ids, :starts, :ends, one entry per subscription): one index range per
-# subscription.
-_EACH = (
-    func.unnest(
-        bindparam("ids", None, type_=_UUIDS),
-        bindparam("starts", None, type_=_DATES),
-        bindparam("ends", None, type_=_DATES),
+
+
+def _each_statement(*, over_limit: bool) -> _DriverStatement:
+    """Periods of their own (:ids, :period_start, :period_end and :call_limit, one entry per
+    subscription): one index range per subscription."""
+    each = _periods(("subscription_id", _UUIDS, Uuid()), *_PERIOD_ARRAYS, *((_LIMITS,) if over_limit else ()))
+    periods = _bounded(each, each.c.subscription_id, *((each.c.call_limit,) if over_limit else ()))
+    calls = (
+        select(_CALLS)
+        .where(
+            UsageRecord.subscription_id == periods.c.subscription_id,
+            WindowBounds.of(periods.c).hold(UsageRecord.window_start, UsageRecord.window_end),
+        )
+        .lateral("t")
     )
-    .table_valued(
-        column("subscription_id", Uuid()),
-        column("period_start", DateTime(timezone=True)),
-        column("period_end", DateTime(timezone=True)),
+    kept = calls.c.calls > periods.c.call_limit if over_limit else calls.c.calls.is_not(None)
+    return _DriverStatement.compile(
+        select(periods.c.subscription_id, calls.c.calls).select_from(periods).join(calls, true()).where(kept)
     )
-    .render_derived(name="periods")
-)
-_EACH_PERIODS = _bounded(_EACH, _EACH.c.subscription_id)
-_EACH_SUM = (
-    select(_CALLS)
-    .where(
-        UsageRecord.subscription_id == _EACH_PERIODS.c.subscription_id,
-        WindowBounds.of(_EACH_PERIODS.c).hold(UsageRecord.window_start, UsageRecord.window_end),
-    )
-    .lateral("t")
-)
-PERIOD_CALLS_EACH = _DriverStatement.compile(
-    select(_EACH_PERIODS.c.subscription_id, _EACH_SUM.c.calls)
-    .select_from(_EACH_PERIODS)
-    .join(_EACH_SUM, true())
-    .where(_EACH_SUM.c.calls.is_not(None))
-)
+
+
+PERIOD_CALLS_SHARED = _shared_statement(over_limit=False)
+PERIOD_CALLS_EACH = _each_statement(over_limit=False)
+PERIOD_OVERRUNS_SHARED = _shared_statement(over_limit=True)
+PERIOD_OVERRUNS_EACH = _each_statement(over_limit=True)
 # A batch of this many subscriptions a period or more is read period by period: on fewer, an
 # `= ANY` scan per period costs more than the index range per subscription it saves (measured
 # in bench/period_aggregation.py).
@@ -503,20 +509,25 @@ SHARED_PERIOD_MEMBERS = 4
 
 def period_calls_query(
     periods: Sequence[tuple[uuid.UUID, datetime, datetime]],
+    limits: Sequence[int] | None = None,
 ) -> tuple[_DriverStatement, list[Any]]:
     """The statement summing each subscription's calls billed in its own [start, end), with its
     arguments: period by period when the subscriptions share periods (`SHARED_PERIOD_MEMBERS`
-    or more to a period on average), else each subscription on its own."""
-    shared: dict[tuple[datetime, datetime], list[uuid.UUID]] = {}
-    for id_, start, end in periods:
-        shared.setdefault((start, end), []).append(id_)
+    or more to a period on average), else each subscription on its own. With `limits` (one per
+    period, in order), it returns only the subscriptions whose calls exceed their limit."""
+    given_limits: Iterable[int | None] = limits if limits is not None else itertools.repeat(None)
+    shared: dict[tuple[datetime, datetime, int | None], list[uuid.UUID]] = {}
+    for (id_, start, end), limit in zip(periods, given_limits, strict=limits is not None):
+        shared.setdefault((start, end, limit), []).append(id_)
     if len(periods) < SHARED_PERIOD_MEMBERS * len(shared):
-        given = {
-            "ids": [p[0] for p in periods],
-            "starts": [p[1] for p in periods],
-            "ends": [p[2] for p in periods],
+        each = PERIOD_CALLS_EACH if limits is None else PERIOD_OVERRUNS_EACH
+        given: dict[str, Any] = {
+            "subscription_id": [p[0] for p in periods],
+            "period_start": [p[1] for p in periods],
+            "period_end": [p[2] for p in periods],
+            "call_limit": limits,
         }
-        return PERIOD_CALLS_EACH, PERIOD_CALLS_EACH.args(given)
+        return each, each.args(given)
     ids: list[uuid.UUID] = []
     firsts: list[int] = []
     lasts: list[int] = []
@@ -524,10 +535,16 @@ def period_calls_query(
         firsts.append(len(ids) + 1)  # PostgreSQL's arrays count from 1, a slice holds both ends
         ids.extend(members)
         lasts.append(len(ids))
-    starts = [start for start, _ in shared]
-    ends = [end for _, end in shared]
-    given = {"ids": ids, "starts": starts, "ends": ends, "firsts": firsts, "lasts": lasts}
-    return PERIOD_CALLS_SHARED, PERIOD_CALLS_SHARED.args(given)
+    statement = PERIOD_CALLS_SHARED if limits is None else PERIOD_OVERRUNS_SHARED
+    given = {
+        "ids": ids,
+        "period_start": [start for start, _, _ in shared],
+        "period_end": [end for _, end, _ in shared],
+        "first": firsts,
+        "last": lasts,
+        "call_limit": [limit for _, _, limit in shared],
+    }
+    return statement, statement.args(given)
 
 
 # The pending windows of a batch's subscriptions (:ids), to claim for sending.
@@ -717,9 +734,22 @@ class UsageRepository:
     ) -> dict[uuid.UUID, int]:
         """Recorded calls (quantity) per subscription billed in its own [start, end), one query
         for all (`period_calls_query`)."""
+        return await self._period_calls(periods, None)
+
+    async def period_overruns(
+        self, periods: Sequence[tuple[uuid.UUID, datetime, datetime]], limits: Sequence[int]
+    ) -> dict[uuid.UUID, int]:
+        """`period_calls` of only the subscriptions whose calls exceed their limit (`limits`, one
+        per period, in order): a batch's other subscriptions are compared in PostgreSQL and not
+        sent back."""
+        return await self._period_calls(periods, limits)
+
+    async def _period_calls(
+        self, periods: Sequence[tuple[uuid.UUID, datetime, datetime]], limits: Sequence[int] | None
+    ) -> dict[uuid.UUID, int]:
         if not periods:
             return {}
-        statement, args = period_calls_query(periods)
+        statement, args = period_calls_query(periods, limits)
         rows = await (await driver_connection(self._session)).fetch(statement.sql, *args)
         return {row[0]: row[1] for row in rows}  # (a comprehension costs less than dict(rows))
 

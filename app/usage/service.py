@@ -500,10 +500,11 @@ class UsageService:
         limits = {s.id: s.call_limit for s in batch if s.call_limit is not None}
         async with unit_of_work(self._sessionmaker) as session:
             repo = UsageRepository(session)
-            calls = await repo.period_calls([(id_, *period) for id_, period in periods.items()])
-            over = [id_ for id_, count in calls.items() if id_ in limits and count > limits[id_]]
+            calls = await repo.period_overruns(
+                [(id_, *periods[id_]) for id_ in limits], list(limits.values())
+            )
             outbox = Outbox(session, None)
-            for subscription in await repo.subscriptions(over):
+            for subscription in await repo.subscriptions(list(calls)):
                 start, end = periods[subscription.id]
                 if not await claim_period(session, QUOTA_JOB, str(subscription.id), start.isoformat()):
                     continue

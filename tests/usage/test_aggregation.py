@@ -21,7 +21,14 @@ from app.config import Settings
 from app.models import JobRun, OutboxMessage, Subscription
 from app.periods import add_months
 from app.usage.jobs import aggregate_usage
-from app.usage.repository import PERIOD_CALLS_EACH, PERIOD_CALLS_SHARED, UsageRepository, period_calls_query
+from app.usage.repository import (
+    PERIOD_CALLS_EACH,
+    PERIOD_CALLS_SHARED,
+    PERIOD_OVERRUNS_EACH,
+    PERIOD_OVERRUNS_SHARED,
+    UsageRepository,
+    period_calls_query,
+)
 from app.usage.windows import DAY, covers_period, day_start, event_instant, in_period, meter_event_identifier
 from app.webhooks.jobs import process_stripe_event
 from tests.support.billing_data import event, invoice_obj, make_world
@@ -380,7 +387,8 @@ async def test_the_batched_period_sum_bills_each_window_in_the_period_its_meter_
     engine: AsyncEngine,
 ) -> None:
     """The worker's batched period sum, read period by period (subscriptions sharing periods)
-    and subscription by subscription (a period each), against the rule in Python: a window
+    and subscription by subscription (a period each), in full and as the quota check reads it
+    (only the subscriptions over a limit), against the rule in Python: a window
     counts in the period holding its last second. Each subscription has daily windows and one
     day split at 13:00; the periods start and end at midnight, at the split, and a second
     either side of it."""
@@ -433,18 +441,44 @@ async def test_the_batched_period_sum_bills_each_window_in_the_period_its_meter_
                 sums[id_] = sum(billed)
         return sums
 
+    Batch = list[tuple[uuid.UUID, datetime, datetime]]
+
+    def limits_at(batch: Batch, sums: dict[uuid.UUID, int], shift: int, *, shared: bool) -> list[int]:
+        firsts: dict[tuple[datetime, datetime], uuid.UUID] = {}
+        for id_, start, end in batch:
+            firsts.setdefault((start, end), id_)
+        at = [firsts[start, end] if shared else id_ for id_, start, end in batch]
+        return [max(sums.get(id_, 0) + shift, 0) for id_ in at]  # (a limit is never negative)
+
     ids = [w.subscription_id for w in worlds]
     shared = [  # two periods of four subscriptions each, for every pair of periods
         [(id_, *(a if n % 2 else b)) for n, id_ in enumerate(ids)]
         for a, b in itertools.combinations(periods, 2)
     ]
     own = [[(id_, *periods[(n + shift) % len(periods)]) for n, id_ in enumerate(ids)] for shift in range(8)]
+    kinds = (
+        (shared, PERIOD_CALLS_SHARED, PERIOD_OVERRUNS_SHARED),
+        (own, PERIOD_CALLS_EACH, PERIOD_OVERRUNS_EACH),
+    )
+    flagged = [0, 0]  # over their limit, read subscription by subscription and period by period
     async with async_sessionmaker(engine)() as session:
         repo = UsageRepository(session)
-        for batches, statement in ((shared, PERIOD_CALLS_SHARED), (own, PERIOD_CALLS_EACH)):
+        for batches, statement, overruns in kinds:
             for batch in batches:
                 assert period_calls_query(batch)[0] is statement
-                assert await repo.period_calls(batch) == expected(batch), batch
+                sums = expected(batch)
+                assert await repo.period_calls(batch) == sums, batch
+                # The quota check's form, with a limit just under, at and just over a sum: each
+                # subscription's own, or a shared period's first subscription's for all of it
+                # (its others' sums are larger or smaller).
+                for shift in (-1, 0, 1):
+                    limits = limits_at(batch, sums, shift, shared=statement is PERIOD_CALLS_SHARED)
+                    pairs = zip(batch, limits, strict=True)
+                    over = {id_: sums[id_] for (id_, _, _), limit in pairs if sums.get(id_, 0) > limit}
+                    flagged[statement is PERIOD_CALLS_SHARED] += len(over)
+                    assert period_calls_query(batch, limits)[0] is overruns
+                    assert await repo.period_overruns(batch, limits) == over, (batch, limits)
+    assert all(flagged)
 
 
 async def test_a_period_is_settled_only_once_every_window_billed_in_it_is_recorded_and_sent(
