@@ -67,3 +67,17 @@ async def test_rows_naming_exactly_the_written_columns_are_recorded(engine: Asyn
     async with async_sessionmaker(engine).begin() as session:
         assert await UsageRepository(session).insert_records([await _window(engine)]) == 1
     assert await _recorded(engine) == 1
+
+
+async def test_a_row_with_a_column_misspelt_in_place_of_its_own_is_refused_naming_both(
+    engine: AsyncEngine,
+) -> None:
+    """As many keys as the written columns, one of them wrong: refused as the others are."""
+    good, row = await _window(engine), await _window(engine)
+    row["quantitiy"] = row.pop("quantity")
+    async with async_sessionmaker(engine).begin() as session:
+        with pytest.raises(
+            ValueError, match="names \\['quantitiy'\\] it does not write and lacks \\['quantity'\\]"
+        ):
+            await UsageRepository(session).insert_records([good, row])
+    assert await _recorded(engine) == 0
