@@ -149,6 +149,7 @@ _RECORD_COLUMNS = (
     "meter_event_identifier",
     "report_status",
 )
+_WRITTEN = frozenset(_RECORD_COLUMNS)
 # The windows of a batch, as one array per column; `created_at` last. Each id is the column's
 # default, a time-ordered uuidv7 (migration 0016): the batch's keys go to the right edge of the
 # primary key's index, however large the table. No conflict handling here:
@@ -224,11 +225,10 @@ def _earliest_ends(windows: Iterable[tuple[uuid.UUID, datetime]]) -> dict[uuid.U
 def _refuse(row: dict[str, Any]) -> ValueError:
     """Why insert_records will not write this row: the columns it names but does not write, and
     those it lacks."""
-    written = frozenset(_RECORD_COLUMNS)
     return ValueError(
         f"insert_records writes exactly {', '.join(_RECORD_COLUMNS)} (the id is the column's "
-        f"default); a row names {sorted(row.keys() - written)} it does not write and lacks "
-        f"{sorted(written - row.keys())}"
+        f"default); a row names {sorted(row.keys() - _WRITTEN)} it does not write and lacks "
+        f"{sorted(_WRITTEN - row.keys())}"
     )
 
 
@@ -713,7 +713,7 @@ class UsageRepository:
         try:
             values = [[row[name] for row in rows] for name in _RECORD_COLUMNS]
         except KeyError:
-            raise _refuse(next(row for row in rows if row.keys() != set(_RECORD_COLUMNS))) from None
+            raise _refuse(next(row for row in rows if row.keys() != _WRITTEN)) from None
         created_at = clock.now()
         await self._share_settlements()
         try:
