@@ -240,7 +240,7 @@ class Counters:
     def _track_keys(
         self, subscription_id: str, period: tuple[int, int], limits: Limits, now: int
     ) -> tuple[tuple[Any, ...], tuple[int, ...]]:
-        """The script's keys (with their number) and the ends they expire after, for one
+        """The script's call up to its keys (with their number) and the ends they expire after, for one
         subscription and period, reused within the minute: they change only with the minute window."""
         minute = now // 60
         if minute != self._track_minute or len(self._track_memo) >= TRACK_MEMO_SIZE:
@@ -264,7 +264,7 @@ class Counters:
                     bucket, window_end = window_bounds(window, now)
                     counter_keys.append(keys.window_counter(subscription_id, window, bucket))
                     ends.append(window_end)
-            found = ((self._track.sha, len(counter_keys), *counter_keys), tuple(ends))
+            found = (("EVALSHA", self._track.sha, len(counter_keys), *counter_keys), tuple(ends))
             self._track_memo[memo_key] = found
         return found
 
@@ -286,10 +286,12 @@ class Counters:
         commands: list[tuple[Arg, ...]] = []
         for (subscription_id, period), (limits, n) in grouped.items():
             head, ends = self._track_keys(subscription_id, period, limits, now)
-            commands.append((*head, n, *(_ttl(until, now) for until in ends)))
+            commands.append((*head, n, *[_ttl(until, now) for until in ends]))
         for attempt in range(2):
             try:
-                results = await self._hot.call_many([("EVALSHA", *command) for command in commands])
+                results = await self._hot.call_many(commands)
+                if len(grouped) == len(items):  # no subscription twice: each result is its item's
+                    return [int(r) for r in results]
                 after = {group: int(r) for group, r in zip(grouped, results, strict=True)}
                 # Each item's period count after its own calls, in the batch's order.
                 pending = {group: after[group] - n for group, (_limits, n) in grouped.items()}

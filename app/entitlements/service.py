@@ -225,6 +225,8 @@ class EntitlementService:
         self._recent: dict[str, tuple[float, Entitlement]] = {}
         # What each snapshot's terms give (limits, alert marks), computed once per snapshot read.
         self._terms: dict[int, tuple[Entitlement, Limits, tuple[int, ...]]] = {}
+        # Snapshot keys by the subscription id's integer (a UUID formats and hashes in Python).
+        self._snapshot_keys: dict[int, str] = {}
 
     def _terms_of(self, entitlement: Entitlement) -> tuple[Limits, tuple[int, ...]]:
         found = self._terms.get(id(entitlement))
@@ -471,10 +473,14 @@ class EntitlementService:
             entitlements.append(entitlement if entitlement and entitlement.api_id == item.api_id else None)
         return entitlements
 
-    @staticmethod
-    def _cache_key(subscription_id: uuid.UUID | None, api_key_id: str | None) -> str:
+    def _cache_key(self, subscription_id: uuid.UUID | None, api_key_id: str | None) -> str:
         if subscription_id is not None:
-            return keys.snapshot_key(subscription_id)
+            key = self._snapshot_keys.get(subscription_id.int)
+            if key is None:
+                if len(self._snapshot_keys) >= LOCAL_SNAPSHOT_COPIES:
+                    self._snapshot_keys.clear()
+                key = self._snapshot_keys[subscription_id.int] = keys.snapshot_key(subscription_id)
+            return key
         assert api_key_id is not None  # noqa: S101  (the schema sends exactly one)
         return keys.api_key_index(api_key_id)
 

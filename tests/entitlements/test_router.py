@@ -223,6 +223,32 @@ async def test_track_counts_a_batch_whatever_the_limits(http: httpx.AsyncClient,
     assert (refused["reason"], refused["used"]) == ("quota_exhausted", 7)
 
 
+async def test_each_tracked_item_gets_its_own_subscriptions_count_in_the_batchs_order(
+    http: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    subscriptions = [await entitled(engine, call_limit=1000) for _ in range(3)]
+    for n, subscription in enumerate(subscriptions):
+        for _ in range(n + 1):
+            await check(http, subscription, track=1)
+    third, first, second = subscriptions[2], subscriptions[0], subscriptions[1]
+    distinct = [
+        {"subscription_id": str(third.id), "api_id": third.api_id, "count": 30},
+        {"api_key_id": first.api_key_id, "api_id": first.api_id, "count": 10},
+        {"subscription_id": str(second.id), "api_id": second.api_id, "count": 20},
+    ]
+    # The same subscription named by key and by id is one subscription, counted in turn.
+    repeated = [*distinct, {"subscription_id": str(first.id), "api_id": first.api_id, "count": 5}]
+    answers = []
+    for calls in (distinct, repeated):
+        response = await http.post("/api/v1/entitlements/track", json={"calls": calls}, headers=GATEWAY)
+        assert response.status_code == 200, response.text
+        answers.append([(r["counted"], r["used"], r["remaining"]) for r in response.json()["results"]])
+    assert answers == [
+        [(30, 33, 967), (10, 11, 989), (20, 22, 978)],
+        [(30, 63, 937), (10, 21, 979), (20, 42, 958), (5, 26, 974)],
+    ]
+
+
 async def test_every_counter_expires_at_its_period_or_window_end_however_often_it_moves(
     gateway: tuple[FastAPI, httpx.AsyncClient], engine: AsyncEngine
 ) -> None:
