@@ -13,7 +13,8 @@ reaches:
   2. in-process: `EntitlementService.check` called one at a time: p50/p99 in microseconds.
   3. track batches of 100 calls (100 subscriptions, count 1 each) through
      `EntitlementService.track` against a bare Redis pipeline of 100 `INCRBY`: calls counted per
-     second, median of alternating rounds. Goal >= 0.5x.
+     second in eleven pairs of rounds whose order alternates (ABBA), the median of the pairs'
+     ratios. Goal >= 0.5x.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ HTTP_ROUNDS = 6
 HTTP_SECONDS = 2.0
 IN_PROCESS_CHECKS = 5000
 TRACK_BATCH = 100
-TRACK_ROUNDS = 5
+# Alternating pairs of rounds; one pair's ratio ranged from 0.44x to 0.75x in one run (the bare
+# pipeline's rate swings most), so the figure is the median of many pairs, not of five.
+TRACK_ROUNDS = 11
 TRACK_BATCHES_PER_ROUND = 200
 
 
@@ -216,7 +219,8 @@ async def in_process(service: EntitlementService, key: tuple[uuid.UUID, str, str
 
 async def track_batches(
     service: EntitlementService, redis: Redis, seeded: list[tuple[uuid.UUID, str, str]]
-) -> tuple[float, float]:
+) -> list[tuple[float, float]]:
+    """(ours, bare) calls per second of each round, the pair's order alternating (ABBA)."""
     request = TrackRequest(
         calls=[TrackItem(subscription_id=s, api_id=a, count=1) for s, a, _ in seeded[:TRACK_BATCH]]
     )
@@ -240,11 +244,14 @@ async def track_batches(
 
     await ours()
     await bare()
-    ours_rates, bare_rates = [], []
-    for _ in range(TRACK_ROUNDS):
-        ours_rates.append(await ours())
-        bare_rates.append(await bare())
-    return statistics.median(ours_rates), statistics.median(bare_rates)
+    rounds: list[tuple[float, float]] = []
+    for n in range(TRACK_ROUNDS):
+        if n % 2:
+            bare_rate = await bare()
+            rounds.append((await ours(), bare_rate))
+        else:
+            rounds.append((await ours(), await bare()))
+    return rounds
 
 
 async def main() -> list[Figure]:
@@ -272,18 +279,27 @@ async def main() -> list[Figure]:
             print(f"in-process check track:1: p50 {p50:.0f} us, p99 {p99:.0f} us")
             redis = Redis.from_url(settings.redis_url)
             try:
-                ours, bare = await track_batches(service, redis, seeded)
+                track_rounds = await track_batches(service, redis, seeded)
             finally:
                 await redis.aclose()
-        print(
-            f"track, batches of {TRACK_BATCH}: {ours:,.0f} calls/s; bare INCRBY pipeline {bare:,.0f} calls/s"
-        )
-        print(f"track ratio {ours / bare:.2f}x (goal >= 0.5x)")
+        for n, (ours, bare) in enumerate(track_rounds, 1):
+            print(
+                f"{n}. track, batches of {TRACK_BATCH}: {ours:,.0f} calls/s;"
+                f" bare INCRBY pipeline {bare:,.0f} calls/s   ratio {ours / bare:.2f}"
+            )
+        track_ratio = statistics.median(ours / bare for ours, bare in track_rounds)
+        print(f"track ratio, median of {len(track_rounds)} ABBA rounds: {track_ratio:.2f}x (goal >= 0.5x)")
     conditions = f"{CONNECTIONS} conn, median of {len(rounds)}"
     return [
         Figure("entitlements: check / /health over HTTP", ratio, 0.6, True, conditions),
         Figure("entitlements: check p99 / p50 over HTTP", tail, 3, False, f"/health {health_tail:.2f}"),
-        Figure("entitlements: track / bare INCRBY", ours / bare, 0.5, True, f"batches of {TRACK_BATCH}"),
+        Figure(
+            "entitlements: track / bare INCRBY",
+            track_ratio,
+            0.5,
+            True,
+            f"batches of {TRACK_BATCH}, median of {len(track_rounds)}",
+        ),
     ]
 
 

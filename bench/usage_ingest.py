@@ -14,8 +14,8 @@ Both leave the id to the column's default (a time-ordered uuidv7, migration 0016
 does. The table is emptied and checkpointed before each pass; rounds run in ABBA order so outside
 load hits both alike. The figure is ours rows/s / baseline rows/s, median of the rounds (goal
 >= 0.9x). A pass writes about 90 MB of WAL, and the disk under it makes one pass's time vary by
-10% or more either way: nine rounds, not five, keep the median steady (five gave 0.84x to 1.00x
-run to run for the same code).
+10% or more either way: nine rounds, not five, keep the median steady (the nine rounds of one
+run ranged from 0.76x to 1.31x; three runs of five rounds gave medians from 0.84x to 1.00x).
 
 Then 10x: 40,000 subscriptions' 1,000,000 windows through the same path into one table of a
 second database on the same server, in ten chunks of the 1x run's size (4,000 subscriptions, one
