@@ -43,7 +43,7 @@ from app.entitlements.schemas import CheckRequest, TrackItem, TrackRequest
 from app.entitlements.service import EntitlementService
 from app.main import create_app
 from app.models import Api, Consumer, PricingPlan, PricingPlanVersion, Subscription
-from bench.harness import Figure, LoadResult, embedded_stack
+from bench.harness import Figure, LoadResult, alternating, embedded_stack
 from bench.load import closed_loop, raw_request
 
 TOKEN = "bench-gateway-token-0123456789"
@@ -186,13 +186,7 @@ async def over_http(settings: Settings, key: tuple[uuid.UUID, str, str]) -> list
         await run(check)  # warm both paths: the snapshot cached, every connection open once
         await run(health)
         for n in range(HTTP_ROUNDS):
-            if n % 2 == 0:
-                baseline = await run(health)
-                measured = await run(check)
-            else:
-                measured = await run(check)
-                baseline = await run(health)
-            rounds.append(HttpRound(baseline, measured))
+            rounds.append(HttpRound(*await alternating(n, lambda: run(health), lambda: run(check))))
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
             answer = (await http.post(CHECK_PATH, json=body, headers=headers)).json()
         assert answer["allowed"], answer
@@ -220,7 +214,7 @@ async def in_process(service: EntitlementService, key: tuple[uuid.UUID, str, str
 async def track_batches(
     service: EntitlementService, redis: Redis, seeded: list[tuple[uuid.UUID, str, str]]
 ) -> list[tuple[float, float]]:
-    """(ours, bare) calls per second of each round, the pair's order alternating (ABBA)."""
+    """(bare, ours) calls per second of each round, the pair's order alternating (ABBA)."""
     request = TrackRequest(
         calls=[TrackItem(subscription_id=s, api_id=a, count=1) for s, a, _ in seeded[:TRACK_BATCH]]
     )
@@ -244,14 +238,7 @@ async def track_batches(
 
     await ours()
     await bare()
-    rounds: list[tuple[float, float]] = []
-    for n in range(TRACK_ROUNDS):
-        if n % 2:
-            bare_rate = await bare()
-            rounds.append((await ours(), bare_rate))
-        else:
-            rounds.append((await ours(), await bare()))
-    return rounds
+    return [await alternating(n, bare, ours) for n in range(TRACK_ROUNDS)]
 
 
 async def main() -> list[Figure]:
@@ -282,12 +269,12 @@ async def main() -> list[Figure]:
                 track_rounds = await track_batches(service, redis, seeded)
             finally:
                 await redis.aclose()
-        for n, (ours, bare) in enumerate(track_rounds, 1):
+        for n, (bare, ours) in enumerate(track_rounds, 1):
             print(
                 f"{n}. track, batches of {TRACK_BATCH}: {ours:,.0f} calls/s;"
                 f" bare INCRBY pipeline {bare:,.0f} calls/s   ratio {ours / bare:.2f}"
             )
-        track_ratio = statistics.median(ours / bare for ours, bare in track_rounds)
+        track_ratio = statistics.median(ours / bare for bare, ours in track_rounds)
         print(f"track ratio, median of {len(track_rounds)} ABBA rounds: {track_ratio:.2f}x (goal >= 0.5x)")
     conditions = f"{CONNECTIONS} conn, median of {len(rounds)}"
     return [

@@ -1,4 +1,5 @@
-"""What every benchmark shares: the embedded stack, an in-process client, and a load loop.
+"""What every benchmark shares: the embedded stack, an in-process client, a load loop, and the
+alternating round of a baseline and what it is compared with.
 
 Figures are ratios against a baseline measured in the same run with the same client, because
 absolute times on a shared 2-core machine mean little.
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import httpx
@@ -28,6 +30,7 @@ from app.dev.processes import EmbeddedPostgres, free_port, redis_server, stripe_
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef-0123"
 WEBHOOK_SECRET = "whsec_bench"
 # Consumers `bench-user-<n>` for n in ($1, $2]: the 10x runs' more consumers.
+T = TypeVar("T")
 MORE_CONSUMERS_SQL = """
     INSERT INTO consumers (id, user_id, email, stripe_customer_id, created_at, updated_at)
     SELECT gen_random_uuid(), 'bench-user-' || n, 'bench-user-' || n || '@example.com',
@@ -175,6 +178,18 @@ async def load(
     elapsed = time.perf_counter() - started
     cuts = statistics.quantiles(latencies, n=100)
     return LoadResult(len(latencies), elapsed, cuts[49] * 1e3, cuts[98] * 1e3)
+
+
+async def alternating(
+    round_: int, baseline: Callable[[], Awaitable[T]], measured: Callable[[], Awaitable[T]]
+) -> tuple[T, T]:
+    """One round of a baseline and what is measured against it, (baseline, measured): the
+    baseline first in even rounds, second in odd ones (ABBA), so a drift in load favours neither."""
+    if round_ % 2:
+        after = await measured()
+        return await baseline(), after
+    before = await baseline()
+    return before, await measured()
 
 
 @dataclass(frozen=True)

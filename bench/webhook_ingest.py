@@ -19,7 +19,7 @@ import httpx
 import orjson
 
 from app.main import create_app
-from bench.harness import WEBHOOK_SECRET, Figure, LoadResult, client_for, embedded_stack, load
+from bench.harness import WEBHOOK_SECRET, Figure, LoadResult, alternating, client_for, embedded_stack, load
 from tests.support.factories import sign_webhook
 
 GOAL = 0.80
@@ -79,13 +79,13 @@ async def main() -> list[Figure]:
             for round_ in range(ROUNDS):
                 # Each ingest request is a new, freshly signed event (warm-up included).
                 fresh = iter([signed_event() for _ in range(REQUESTS + 50)])
-                if round_ % 2:  # the pair's order alternates, so a drift in load favours neither
-                    measured = await load(ingest, concurrency=CONCURRENCY, requests=REQUESTS)
-                    baseline = await load(no_op, concurrency=CONCURRENCY, requests=REQUESTS)
-                else:
-                    baseline = await load(no_op, concurrency=CONCURRENCY, requests=REQUESTS)
-                    measured = await load(ingest, concurrency=CONCURRENCY, requests=REQUESTS)
-                rounds.append((baseline, measured))
+                rounds.append(
+                    await alternating(
+                        round_,
+                        lambda: load(no_op, concurrency=CONCURRENCY, requests=REQUESTS),
+                        lambda: load(ingest, concurrency=CONCURRENCY, requests=REQUESTS),
+                    )
+                )
     baseline, measured = sorted(rounds, key=lambda r: r[1].throughput / r[0].throughput)[ROUNDS // 2]
     ratio = measured.throughput / baseline.throughput
     print("rounds: " + ", ".join(f"{m.throughput / b.throughput:.2f}" for b, m in rounds))
