@@ -475,11 +475,12 @@ class EntitlementService:
 
     def _cache_key(self, subscription_id: uuid.UUID | None, api_key_id: str | None) -> str:
         if subscription_id is not None:
-            key = self._snapshot_keys.get(subscription_id.int)
+            number = subscription_id.int
+            key = self._snapshot_keys.get(number)
             if key is None:
                 if len(self._snapshot_keys) >= LOCAL_SNAPSHOT_COPIES:
                     self._snapshot_keys.clear()
-                key = self._snapshot_keys[subscription_id.int] = keys.snapshot_key(subscription_id)
+                key = self._snapshot_keys[number] = keys.snapshot_key(subscription_id)
             return key
         assert api_key_id is not None  # noqa: S101  (the schema sends exactly one)
         return keys.api_key_index(api_key_id)
